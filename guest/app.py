@@ -1,0 +1,139 @@
+"""The guest harness: compiles the tenant's source and runs its workflow.
+
+Everything imported here is loaded at build time and lands in componentize-py's
+pre-initialized snapshot, so a fresh isolate starts with it already imported.
+"""
+
+import base64  # noqa: F401  (preloaded for tenant code)
+import collections  # noqa: F401
+import dataclasses  # noqa: F401
+import datetime  # noqa: F401
+import functools  # noqa: F401
+import hashlib  # noqa: F401
+import itertools  # noqa: F401
+import json
+import linecache
+import math  # noqa: F401
+import random  # noqa: F401
+import re  # noqa: F401
+import sys
+import time
+import traceback
+import typing  # noqa: F401
+import uuid  # noqa: F401
+
+import tenantflow
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import host
+
+FILENAME = "workflow.py"
+
+
+class _HostStream:
+    """sys.stdout/sys.stderr for tenant code: every write goes to the host's bounded log."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        if text:
+            host.log(self.fd, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _no_sleep(seconds: float) -> None:
+    raise RuntimeError("time.sleep blocks the worker; use step.sleep(name, duration) in workflows")
+
+
+sys.stdout = _HostStream(1)
+sys.stderr = _HostStream(2)
+time.sleep = _no_sleep
+
+
+def _error(name: str, message: str, tb: str = "", line: int | None = None) -> Err:
+    return Err(wit_world.RunError(name, message, tb, line))
+
+
+def _tenant_line(error: BaseException) -> int | None:
+    if isinstance(error, SyntaxError) and error.filename == FILENAME:
+        return error.lineno
+    line = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename == FILENAME:
+            line = frame.lineno
+    return line
+
+
+def _tenant_traceback(error: BaseException) -> str:
+    """The traceback with the harness's own frames left out."""
+    summary = traceback.TracebackException.from_exception(error)
+    summary.stack = traceback.StackSummary.from_list([f for f in summary.stack if f.filename == FILENAME])
+    return "".join(summary.format())
+
+
+def _from_exception(error: BaseException) -> Err:
+    name = type(error).__name__
+    if isinstance(error, RecursionError):
+        name = "StackOverflow"
+    if isinstance(error, tenantflow.StepError):
+        name = error.name
+        message = error.message
+    else:
+        message = str(error)
+    return _error(name, message, _tenant_traceback(error)[-16384:], _tenant_line(error))
+
+
+def _load(source: str) -> typing.Callable[..., typing.Any]:
+    """The workflow's entry point: a module-level run(event, step) or a WorkflowEntrypoint class."""
+    linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
+    namespace: dict[str, typing.Any] = {"__name__": "workflow", "__file__": FILENAME}
+    try:
+        code = compile(source, FILENAME, "exec")
+    except SyntaxError as error:
+        raise _error("WorkflowCodeError", f"SyntaxError: {error.msg} (line {error.lineno})",
+                     "".join(traceback.format_exception_only(error)), error.lineno)
+    try:
+        exec(code, namespace)
+    except BaseException as error:
+        err = _from_exception(error)
+        err.value.message = f"{err.value.name}: {err.value.message}"
+        err.value.name = "WorkflowCodeError"
+        raise err
+    for value in namespace.values():
+        if (isinstance(value, type) and issubclass(value, tenantflow.WorkflowEntrypoint)
+                and value is not tenantflow.WorkflowEntrypoint):
+            return value().run  # type: ignore[no-any-return]
+    run = namespace.get("run")
+    if callable(run):
+        return run  # type: ignore[no-any-return]
+    raise _error("WorkflowCodeError",
+                 "the workflow defines neither run(event, step) nor a WorkflowEntrypoint subclass")
+
+
+class WitWorld(wit_world.WitWorld):
+    def check(self, source: str) -> None:
+        _load(source)
+
+    def run(self, source: str, event: str) -> str:
+        entry = _load(source)
+        data = json.loads(event)
+        started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
+        try:
+            result = entry(started, tenantflow.Step())
+        except BaseException as error:
+            raise _from_exception(error)
+        try:
+            text = json.dumps(result)
+        except (TypeError, ValueError) as error:
+            raise _error("OutputNotSerializable", f"the workflow's return value is not JSON: {error}")
+        if len(text) > tenantflow.MAX_RESULT_BYTES:
+            raise _error("OutputLimitExceeded",
+                         f"the workflow's output is at most {tenantflow.MAX_RESULT_BYTES} bytes of JSON, got {len(text)}")
+        return text

@@ -1,0 +1,134 @@
+"""The contract between the sandbox and whoever keeps the journal (the runtime).
+
+The host counts durable calls and hands each one to a `Journal` as a
+`StepCall`; the journal answers from what it has recorded, records what is
+new, or raises `Suspend` to end the activation until the instance may go on.
+No SQL here: the runtime implements this protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Kind = Literal["do", "sleep", "wait"]
+Backoff = Literal["constant", "linear", "exponential"]
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """One durable call: its position in the run, its name and which call of that name it is."""
+
+    position: int
+    name: str
+    occurrence: int
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Retries and timeout of `step.do`, with Cloudflare Workflows' defaults."""
+
+    limit: int = 5
+    delay_ms: int = 10_000
+    backoff: Backoff = "exponential"
+    timeout_ms: int = 600_000
+
+    def delay_before(self, attempt: int) -> int:
+        """Milliseconds to wait before `attempt` (2 is the first retry)."""
+        retry = attempt - 1
+        if self.backoff == "constant":
+            return self.delay_ms
+        if self.backoff == "linear":
+            return self.delay_ms * retry
+        return int(self.delay_ms * 2 ** (retry - 1))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepConfig:
+        default = cls()
+        backoff = data.get("backoff", default.backoff)
+        return cls(
+            limit=_whole(data.get("limit"), default.limit),
+            delay_ms=_whole(data.get("delay_ms"), default.delay_ms),
+            backoff=backoff if backoff in ("constant", "linear", "exponential") else default.backoff,
+            timeout_ms=_whole(data.get("timeout_ms"), default.timeout_ms),
+        )
+
+
+def _whole(value: Any, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return default
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run the step body now; `attempt` counts from 1."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """The step's journaled JSON result."""
+
+    result: str
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """The step failed for good; the error is raised into the workflow."""
+
+    name: str
+    message: str
+
+
+Plan = Run | Done | StepFailed
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one attempt of a step body ended, and what it cost."""
+
+    attempt: int
+    ok: bool
+    result: str | None = None
+    error_name: str | None = None
+    error_message: str | None = None
+    retryable: bool = True
+    fuel: int = 0
+    duration_ms: float = 0.0
+
+
+class Suspend(Exception):
+    """Raised by a journal to end the activation; the instance goes on later."""
+
+    def __init__(self, reason: str, wake_at_ms: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wake_at_ms = wake_at_ms
+
+
+class Abort(Exception):
+    """Raised by a journal to fail the activation with a named error (e.g. NonDeterminismError)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+class EventTimeout(Exception):
+    """Raised by `Journal.wait_for_event` when the wait timed out; the workflow sees WaitTimeoutError."""
+
+
+class Journal(Protocol):
+    """What the host asks of the runtime during one activation."""
+
+    def step_begin(self, call: StepCall, config: StepConfig) -> Plan: ...
+
+    def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan: ...
+
+    def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None: ...
+
+    def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any: ...
