@@ -8,13 +8,13 @@ from tenantflow.host.journal import (
     Journal,
     Plan,
     Run,
-    StepFailed,
     StepCall,
     StepConfig,
+    StepFailed,
     Suspend,
 )
 from tenantflow.host.limits import Grants, Limits
-from tenantflow.host.outcome import Completed, ErrorInfo, Outcome, Failed, Suspended
+from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Suspended
 from tenantflow.host.sandbox import Sandbox
 
 __all__ = [

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 TICK_S = 0.005
+# How often a running guest asks the host whether its (activation or step) deadline has passed.
+CHECK_S = 0.05
 ENGINE_SETTINGS: dict[str, object] = {
     "consume_fuel": True,
     "epoch_interruption": True,
@@ -45,3 +51,44 @@ class EpochTicker:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+_CONTINUE = 0
+
+
+class EpochCallback:
+    """Re-arms a store's epoch deadline: `ticks_left()` > 0 lets the guest run that many more ticks, 0 traps.
+
+    Compiled wasm caches the deadline it saw on entry to a function and rereads it only once the
+    cached value has passed, so lowering a store's deadline from a host call (e.g. when a step body
+    with a short `timeout` starts) is not seen by a loop already running. Re-arming in short slices
+    through this callback bounds that staleness to one slice. One instance serves many stores; keep
+    it alive as long as they live.
+    """
+
+    def __init__(self, ticks_left: Callable[[], int]) -> None:
+        self._ticks_left = ticks_left
+        self._fn = _CALLBACK(self._on_deadline)
+
+    def install(self, store: wasmtime.Store) -> None:
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._fn, None, _NO_FINALIZER)
+
+    def _on_deadline(self, context: Any, env: Any, delta: Any, kind: Any) -> int:
+        try:
+            ticks = self._ticks_left()
+        except BaseException:
+            ticks = 0
+        if ticks <= 0:
+            error = ffi.wasmtime_error_new(b"tenantflow: deadline reached (interrupt)")
+            return ctypes.cast(error, ctypes.c_void_p).value or 0
+        delta[0] = ticks
+        kind[0] = _CONTINUE
+        return 0

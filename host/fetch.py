@@ -39,9 +39,21 @@ class ResponseTooLarge(FetchError):
     """The response body is larger than the tenant's limit."""
 
 
+def _parse_entry(entry: str) -> tuple[str, str]:
+    """An allowlist entry as (name, port or ""): "host", "host:port", "1.2.3.4", "::1", "[::1]", "[::1]:port"."""
+    entry = entry.strip().lower()
+    if entry.startswith("["):
+        name, _, rest = entry[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else ""
+    if entry.count(":") == 1:
+        name, _, port = entry.partition(":")
+        return name, port
+    return entry, ""
+
+
 def _allowed_entry(grants: Grants, host: str, port: int) -> bool:
     for entry in grants.egress:
-        name, _, entry_port = entry.lower().partition(":") if entry.count(":") == 1 else (entry.lower(), "", "")
+        name, entry_port = _parse_entry(entry)
         if entry_port and entry_port != str(port):
             continue
         if name == host or (name.startswith("*.") and host.endswith(name[1:])):
@@ -49,12 +61,10 @@ def _allowed_entry(grants: Grants, host: str, port: int) -> bool:
     return False
 
 
-def _named_literally(grants: Grants, ip: str) -> bool:
+def _named_literally(grants: Grants, ip: str, port: int) -> bool:
     for entry in grants.egress:
-        name = entry.lower()
-        if name.count(":") == 1:
-            name = name.partition(":")[0]
-        if name.strip("[]") == ip:
+        name, entry_port = _parse_entry(entry)
+        if name == ip and (not entry_port or entry_port == str(port)):
             return True
     return False
 
@@ -70,7 +80,7 @@ def _resolve(grants: Grants, host: str, port: int) -> str:
     for info in infos:
         address = str(info[4][0])
         ip = ipaddress.ip_address(address)
-        if ip.is_global or _named_literally(grants, address):
+        if ip.is_global or _named_literally(grants, address, port):
             return address
     raise EgressDenied(f"{host} resolves to a non-public address; name that address in the allowlist to allow it")
 

@@ -9,6 +9,7 @@ the trap. A trapped instance is dropped with its Store, never re-entered.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -18,9 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wasmtime
-from wasmtime.component import Component, Linker, Record, Variant
-
-from tenantflow.host.engine import EpochTicker, make_engine
+from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochCallback, EpochTicker, make_engine
 from tenantflow.host.fetch import FetchError, fetch
 from tenantflow.host.journal import (
     Abort,
@@ -29,7 +28,6 @@ from tenantflow.host.journal import (
     EventTimeout,
     Journal,
     Plan,
-    Run,
     StepCall,
     StepConfig,
     StepFailed,
@@ -38,6 +36,7 @@ from tenantflow.host.journal import (
 from tenantflow.host.limits import Grants, Limits
 from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Stats, Suspended
 from tenantflow.wasm_build.build import load_component
+from wasmtime.component import Component, Linker, Record, Variant
 
 HOST_INTERFACE = "tenantflow:sandbox/host@0.1.0"
 
@@ -78,26 +77,41 @@ class _Activation:
     log_truncated: bool = False
     in_flight: _InFlight | None = None
     step_deadline: float | None = None
+    timed_out: bool = False
 
     def next_call(self, name: str, kind: Any) -> StepCall:
         if self.in_flight is not None:
-            raise Abort("WorkflowCodeError", f"step {name!r} was called inside the body of {self.in_flight.call.name!r}")
+            raise Abort(
+                "WorkflowCodeError", f"step {name!r} was called inside the body of {self.in_flight.call.name!r}"
+            )
         call = StepCall(self.position, name, self.occurrences[name], kind)
         self.position += 1
         self.occurrences[name] += 1
         return call
 
-    def set_deadline(self, seconds_from_now: float) -> None:
-        self.store.set_epoch_deadline(self.ticker.ticks(max(0.0, seconds_from_now)))
+    def ticks_left(self) -> int:
+        """Epoch ticks until the next deadline check (at most CHECK_S away), or 0 once a deadline passed."""
+        end = self.deadline if self.step_deadline is None else min(self.deadline, self.step_deadline)
+        left = end - time.monotonic()
+        if left <= 0:
+            self.timed_out = True
+            return 0
+        return int(self.ticker.ticks(min(left, CHECK_S)))
 
     def fuel_used(self) -> int:
-        return self.limits.fuel - self.store.get_fuel()
+        return int(self.limits.fuel - self.store.get_fuel())
+
+
+def _trap_cause(text: str) -> str:
+    """The cause of a trap ("wasm trap: ...") without wasmtime's backtrace dump."""
+    _, caused, cause = text.partition("Caused by:")
+    lines = [line.strip() for line in (cause if caused else text).splitlines() if line.strip()]
+    return "; ".join(lines)[:1000] if lines else "the guest trapped"
 
 
 def _failure(name: str, message: str) -> Record:
     record = Record()
-    record.name = name
-    record.message = message
+    vars(record).update(name=name, message=message)
     return record
 
 
@@ -109,11 +123,18 @@ class Sandbox:
     while guest code runs).
     """
 
-    def __init__(self, component: Component | None = None) -> None:
-        self.engine, self.settings = make_engine()
+    def __init__(self, component: Component | None = None, engine: wasmtime.Engine | None = None) -> None:
+        """`component`, if given, must come with the `engine` (from `make_engine`) it was loaded for."""
+        if (component is None) != (engine is None):
+            raise ValueError("pass both a component and the engine it was loaded for, or neither")
+        if engine is None:
+            self.engine, self.settings = make_engine()
+        else:
+            self.engine, self.settings = engine, dict(ENGINE_SETTINGS)
         self.component = component if component is not None else load_component(self.engine, self.settings)
         self._local = threading.local()
         self._ticker = EpochTicker(self.engine)
+        self._epoch = EpochCallback(self._ticks_left)
         self.linker = Linker(self.engine)
         self.linker.add_wasip2()
         with self.linker.root() as root, root.add_instance(HOST_INTERFACE) as host:
@@ -128,6 +149,10 @@ class Sandbox:
 
     def close(self) -> None:
         self._ticker.close()
+
+    def _ticks_left(self) -> int:
+        act: _Activation | None = getattr(self._local, "activation", None)
+        return 1 if act is None else act.ticks_left()
 
     # -- activations -------------------------------------------------------
 
@@ -161,8 +186,11 @@ class Sandbox:
         store.set_wasi(wasmtime.WasiConfig())
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
-        act = _Activation(store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s)
-        act.set_deadline(limits.deadline_s)
+        act = _Activation(
+            store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s
+        )
+        self._epoch.install(store)
+        store.set_epoch_deadline(act.ticks_left())
         self._local.activation = act
         try:
             instance = self.linker.instantiate(store, self.component)
@@ -191,8 +219,14 @@ class Sandbox:
     def _returned(self, act: _Activation, value: Any, started: float, instantiated: float) -> Outcome:
         stats = self._stats(act, started, instantiated)
         if isinstance(value, Record):
-            name = _GUEST_ERRORS.get(value.name, value.name)
-            return Failed(ErrorInfo(name, value.message, value.traceback, value.line), stats)
+            error: Any = value
+            name = _GUEST_ERRORS.get(error.name, error.name)
+            message = error.message
+            if name == "MemoryLimitExceeded":
+                message = (
+                    f"MemoryError: the guest ran out of memory (cap {act.limits.memory_bytes} bytes) {message}".strip()
+                )
+            return Failed(ErrorInfo(name, message, error.traceback, error.line), stats)
         if value is None:
             return Completed("null", stats)
         if len(value) > act.limits.output_bytes:
@@ -212,16 +246,18 @@ class Sandbox:
         text = str(trap)
         if "all fuel consumed" in text:
             error = ErrorInfo("FuelExhausted", f"the activation used its fuel budget of {act.limits.fuel}")
-        elif "interrupt" in text:
-            if act.in_flight is not None and act.step_deadline is not None:
+        elif act.timed_out or "interrupt" in text:
+            if act.in_flight is not None and act.step_deadline is not None and time.monotonic() >= act.step_deadline:
                 return self._step_timed_out(act, stats)
             error = ErrorInfo("DeadlineExceeded", f"the activation ran longer than {act.limits.deadline_s} s")
         elif "call stack exhausted" in text:
             error = ErrorInfo("StackOverflow", "the guest's call stack is exhausted (unbounded recursion?)")
         elif "memory" in text.lower():
-            error = ErrorInfo("MemoryLimitExceeded", f"the guest ran out of memory (cap {act.limits.memory_bytes} bytes)")
+            error = ErrorInfo(
+                "MemoryLimitExceeded", f"the guest ran out of memory (cap {act.limits.memory_bytes} bytes)"
+            )
         else:
-            error = ErrorInfo("GuestTrap", text.splitlines()[0] if text else "the guest trapped")
+            error = ErrorInfo("GuestTrap", f"the guest crashed: {_trap_cause(text)}")
         return Failed(error, stats)
 
     def _step_timed_out(self, act: _Activation, stats: Stats) -> Outcome:
@@ -275,11 +311,10 @@ class Sandbox:
             return plan.result
         if isinstance(plan, StepFailed):
             return _failure(plan.name, plan.message)
-        remaining = act.deadline - time.monotonic()
+        now = time.monotonic()
         timeout = config.timeout_ms / 1000
-        act.step_deadline = timeout if timeout < remaining else None
+        act.step_deadline = now + timeout if now + timeout < act.deadline else None
         act.in_flight = _InFlight(call, config, plan.attempt, time.perf_counter(), act.store.get_fuel())
-        act.set_deadline(min(timeout, remaining))
         return plan.attempt
 
     def _step_begin(self, act: _Activation, name: str, config_json: str) -> Any:
@@ -296,11 +331,11 @@ class Sandbox:
             raise Abort("WorkflowCodeError", f"step-complete for {name!r} without a step in flight")
         act.in_flight = None
         act.step_deadline = None
-        act.set_deadline(act.deadline - time.monotonic())
         fuel = flight.fuel_before - act.store.get_fuel()
         duration_ms = (time.perf_counter() - flight.started) * 1000
+        payload: Any = outcome.payload
         if outcome.tag == "ok":
-            result: str = outcome.payload
+            result: str = payload
             if len(result) > act.limits.output_bytes:
                 attempt = Attempt(
                     flight.attempt,
@@ -317,8 +352,8 @@ class Sandbox:
             attempt = Attempt(
                 flight.attempt,
                 ok=False,
-                error_name=outcome.payload.name,
-                error_message=outcome.payload.message,
+                error_name=payload.name,
+                error_message=payload.message,
                 retryable=outcome.tag == "retryable",
                 fuel=fuel,
                 duration_ms=duration_ms,
@@ -349,8 +384,12 @@ class Sandbox:
     def _call(self, act: _Activation, capability: str, request: str) -> Any:
         if capability != "fetch":
             return _failure("CapabilityNotGranted", f"no capability named {capability!r}")
+        remaining = act.deadline - time.monotonic()
+        grants = act.grants
+        if remaining < grants.fetch_timeout_s:
+            grants = dataclasses.replace(grants, fetch_timeout_s=max(0.0, remaining))
         try:
-            return fetch(act.grants, json.loads(request))
+            return fetch(grants, json.loads(request))
         except FetchError as error:
             return _failure(type(error).__name__, str(error))
         except (ValueError, TypeError, KeyError) as error:
