@@ -79,15 +79,25 @@ def _tenant_traceback(error: BaseException) -> str:
 
 
 def _from_exception(error: BaseException) -> Err:
+    """The run-error for an exception from tenant code; it does not raise, not even out of memory."""
+    # The traceback keeps the tenant's frames alive and with them its data (e.g. the list that used
+    # up the memory): clear their locals first so that formatting has memory to work with.
+    traceback.clear_frames(error.__traceback__)
     name = type(error).__name__
     if isinstance(error, RecursionError):
         name = "StackOverflow"
-    if isinstance(error, tenantflow.StepError):
-        name = error.name
-        message = error.message
-    else:
-        message = str(error)
-    return _error(name, message, _tenant_traceback(error)[-16384:], _tenant_line(error))
+    try:
+        if isinstance(error, tenantflow.StepError):
+            name = error.name
+            message = error.message
+        else:
+            message = str(error)[:16384]
+    except BaseException:
+        message = "(the error's message could not be rendered)"
+    try:
+        return _error(name, message, _tenant_traceback(error)[-16384:], _tenant_line(error))
+    except BaseException:
+        return _error(name, message)
 
 
 def _load(source: str) -> typing.Callable[..., typing.Any]:
@@ -102,9 +112,11 @@ def _load(source: str) -> typing.Callable[..., typing.Any]:
     try:
         exec(code, namespace)
     except BaseException as error:
+        namespace.clear()  # let go of whatever the module built before formatting the error
         err = _from_exception(error)
-        err.value.message = f"{err.value.name}: {err.value.message}"
-        err.value.name = "WorkflowCodeError"
+        if not isinstance(error, (MemoryError, RecursionError)):  # limits keep their own names
+            err.value.message = f"{err.value.name}: {err.value.message}"
+            err.value.name = "WorkflowCodeError"
         raise err
     for value in namespace.values():
         if (isinstance(value, type) and issubclass(value, tenantflow.WorkflowEntrypoint)
@@ -119,9 +131,22 @@ def _load(source: str) -> typing.Callable[..., typing.Any]:
 
 class WitWorld(wit_world.WitWorld):
     def check(self, source: str) -> None:
-        _load(source)
+        try:
+            _load(source)
+        except Err:
+            raise
+        except BaseException as error:  # e.g. MemoryError compiling a huge source
+            raise _from_exception(error)
 
     def run(self, source: str, event: str) -> str:
+        try:
+            return self._run(source, event)
+        except Err:
+            raise
+        except BaseException as error:  # never let an exception escape the export: that aborts the guest
+            raise _from_exception(error)
+
+    def _run(self, source: str, event: str) -> str:
         entry = _load(source)
         data = json.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
@@ -133,6 +158,9 @@ class WitWorld(wit_world.WitWorld):
             text = json.dumps(result)
         except (TypeError, ValueError) as error:
             raise _error("OutputNotSerializable", f"the workflow's return value is not JSON: {error}")
+        except BaseException as error:  # MemoryError, RecursionError: let go of the value first
+            del result
+            raise _from_exception(error)
         if len(text) > tenantflow.MAX_RESULT_BYTES:
             raise _error("OutputLimitExceeded",
                          f"the workflow's output is at most {tenantflow.MAX_RESULT_BYTES} bytes of JSON, got {len(text)}")
