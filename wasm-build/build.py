@@ -103,7 +103,7 @@ def _componentize(out: Path) -> None:
         raise BuildError(f"componentize-py failed:\n{done.stdout}\n{done.stderr[-4000:]}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | bytearray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(data)

@@ -1,0 +1,96 @@
+"""One activation of a claimed instance: load, run in the sandbox, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from tenantflow.host import Completed, Failed, Grants, Limits, Outcome, Sandbox, Suspended
+from tenantflow.runtime.clock import Clock
+from tenantflow.runtime.journal import LEASE_LOST, InstanceJournal
+from tenantflow.runtime.metrics import Metrics
+from tenantflow.runtime.records import ActivationState, Claim, Quotas
+from tenantflow.runtime.store import LeaseLost, SQLStore
+
+log = logging.getLogger("tenantflow.executor")
+
+RETRY_AFTER_HOST_ERROR_S = 5.0
+
+
+@dataclass(frozen=True)
+class Activated:
+    """What an activation did, for callers that watch (local runs, tests, metrics)."""
+
+    claim: Claim
+    status: str
+    outcome: Outcome | None
+
+
+def limits_for(quotas: Quotas) -> Limits:
+    return Limits(memory_bytes=quotas.memory_mb << 20, fuel=quotas.fuel)
+
+
+class Executor:
+    def __init__(
+        self,
+        store: SQLStore,
+        sandbox: Sandbox,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.sandbox = sandbox
+        self.clock = clock
+        self.metrics = metrics
+        self.stopping = stopping
+
+    def activate(self, claim: Claim) -> Activated:
+        try:
+            state = self.store.load(claim)
+        except LeaseLost:
+            return Activated(claim, "lost", None)
+        journal = InstanceJournal(self.store, claim, state, self.clock, self.stopping)
+        try:
+            outcome = self._run(state, journal)
+        except Exception:
+            log.exception("activation of %s failed in the host; retrying in %s s", claim.key, RETRY_AFTER_HOST_ERROR_S)
+            self.store.finish(
+                claim, self.clock.now(), status="waiting", wake_at=self.clock.now() + RETRY_AFTER_HOST_ERROR_S
+            )
+            return Activated(claim, "waiting", None)
+        status = self._record(claim, journal, outcome)
+        if self.metrics is not None:
+            self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts)
+        return Activated(claim, status, outcome)
+
+    def _run(self, state: ActivationState, journal: InstanceJournal) -> Outcome:
+        instance = state.instance
+        event = {"payload": instance.params, "timestamp": instance.created_at, "instance_id": instance.instance_id}
+        grants = Grants(egress=state.quotas.egress)
+        return self.sandbox.run(state.source, event, journal, limits_for(state.quotas), grants)
+
+    def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> str:
+        now = self.clock.now()
+        log_text = outcome.stats.log
+        if isinstance(outcome, Completed):
+            self.store.finish(claim, now, status="complete", output=outcome.output, log=log_text)
+            return "complete"
+        if isinstance(outcome, Failed):
+            error = {
+                "name": outcome.error.name,
+                "message": outcome.error.message,
+                "traceback": outcome.error.traceback,
+                "line": outcome.error.line,
+            }
+            self.store.finish(claim, now, status="errored", error=error, log=log_text)
+            return "errored"
+        assert isinstance(outcome, Suspended)
+        if outcome.reason == LEASE_LOST:
+            return "lost"
+        wake_at = None if outcome.wake_at_ms is None else outcome.wake_at_ms / 1000
+        if wake_at is None and journal.waiting_for is None:
+            wake_at = now
+        self.store.finish(claim, now, status="waiting", wake_at=wake_at, waiting_for=journal.waiting_for, log=log_text)
+        return "waiting"

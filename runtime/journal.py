@@ -1,0 +1,184 @@
+"""The journal of one activation: answers the host's durable calls from the store.
+
+Replay returns what is recorded; a new result is written durably before the
+host function returns into the guest. When the instance has to wait, this
+raises `Suspend` and the isolate is thrown away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from typing import Any
+
+from tenantflow.host import (
+    Abort,
+    Attempt,
+    Done,
+    EventTimeout,
+    Plan,
+    Run,
+    StepCall,
+    StepConfig,
+    StepFailed,
+    Suspend,
+)
+from tenantflow.runtime.clock import Clock
+from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry
+from tenantflow.runtime.store import LeaseLost, SQLStore
+
+LEASE_LOST = "lease lost"
+
+
+# Wake times travel as whole milliseconds; a time within this much of now counts as due.
+DUE_SLACK_S = 0.002
+
+
+def _ms(seconds: float) -> int:
+    return math.ceil(seconds * 1000)
+
+
+class InstanceJournal:
+    """Implements the host's Journal protocol for one claimed instance."""
+
+    def __init__(
+        self,
+        store: SQLStore,
+        claim: Claim,
+        state: ActivationState,
+        clock: Clock,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.claim = claim
+        self.clock = clock
+        self.entries = dict(state.entries)
+        self.events = list(state.events)
+        self.max_steps = state.quotas.max_steps
+        self.stopping = stopping
+        self.waiting_for: str | None = None
+        self.attempts: list[tuple[float, int]] = []
+
+    def _existing(self, call: StepCall) -> Entry | None:
+        entry = self.entries.get(call.position)
+        if entry is not None and (entry.name != call.name or entry.kind != call.kind):
+            raise Abort(
+                "NonDeterminismError",
+                f"journal position {call.position} holds {entry.kind} {entry.name!r}, "
+                f"but the workflow now calls {call.kind} {call.name!r} there",
+            )
+        return entry
+
+    def _new(self, call: StepCall, state: str, **fields: Any) -> Entry:
+        if call.position >= self.max_steps:
+            raise Abort("StepLimitExceeded", f"an instance may take at most {self.max_steps} steps")
+        now = self.clock.now()
+        return Entry(call.position, call.name, call.kind, state, created_at=now, updated_at=now, **fields)
+
+    def _write(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
+        entry.updated_at = self.clock.now()
+        try:
+            status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed)
+        except LeaseLost:
+            raise Suspend(LEASE_LOST) from None
+        self.entries[entry.position] = entry
+        if status == "paused":
+            raise Suspend("paused")
+        if self.stopping is not None and self.stopping.is_set():
+            raise Suspend("worker stopping", _ms(self.clock.now()))
+
+    def _due(self, wake_at: float | None) -> bool:
+        return wake_at is None or wake_at <= self.clock.now() + DUE_SLACK_S
+
+    # -- step.do -------------------------------------------------------------
+
+    def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
+        entry = self._existing(call)
+        if entry is None:
+            if call.position >= self.max_steps:
+                raise Abort("StepLimitExceeded", f"an instance may take at most {self.max_steps} steps")
+            return Run(1)
+        if entry.state == "done":
+            return Done(entry.result or "null")
+        if entry.state == "failed":
+            return StepFailed(entry.error_name or "Error", entry.error_message or "")
+        if not self._due(entry.wake_at):
+            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at or 0))
+        return Run(entry.attempts + 1)
+
+    def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
+        now = self.clock.now()
+        self.attempts.append((attempt.duration_ms, attempt.fuel))
+        entry = self.entries.get(call.position) or self._new(call, "running")
+        entry.attempts = attempt.attempt
+        entry.fuel += attempt.fuel
+        entry.duration_ms += attempt.duration_ms
+        record = AttemptRecord(
+            call.position,
+            attempt.attempt,
+            attempt.ok,
+            attempt.error_name,
+            attempt.error_message,
+            attempt.fuel,
+            attempt.duration_ms,
+            now,
+        )
+        if attempt.ok:
+            entry.state, entry.result, entry.wake_at = "done", attempt.result, None
+            entry.error_name = entry.error_message = None
+            self._write(entry, record)
+            return Done(attempt.result or "null")
+        entry.error_name, entry.error_message = attempt.error_name, attempt.error_message
+        if attempt.retryable and attempt.attempt <= config.limit:
+            delay = config.delay_before(attempt.attempt + 1) / 1000
+            entry.state, entry.wake_at = "retrying", now + delay
+            self._write(entry, record)
+            if delay <= 0:
+                return Run(attempt.attempt + 1)
+            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at))
+        entry.state, entry.wake_at = "failed", None
+        self._write(entry, record)
+        return StepFailed(attempt.error_name or "Error", attempt.error_message or "")
+
+    # -- step.sleep ----------------------------------------------------------
+
+    def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None:
+        entry = self._existing(call)
+        if entry is None:
+            now = self.clock.now()
+            wake = wake_at_ms / 1000 if wake_at_ms is not None else now + (duration_ms or 0) / 1000
+            entry = self._new(call, "sleeping", wake_at=wake)
+            self._write(entry)
+        if not self._due(entry.wake_at):
+            raise Suspend(f"sleep {call.name!r}", _ms(entry.wake_at or 0))
+
+    # -- step.wait_for_event -------------------------------------------------
+
+    def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
+        entry = self._existing(call)
+        if entry is not None and entry.state == "done":
+            return json.loads(entry.result or "null")
+        if entry is not None and entry.state == "timed_out":
+            raise EventTimeout(entry.error_message or f"no {event_type!r} event arrived in time")
+        fresh = entry is None
+        if entry is None:
+            timeout_at = None if timeout_ms is None else self.clock.now() + timeout_ms / 1000
+            entry = self._new(call, "waiting", wake_at=timeout_at, event_type=event_type)
+        for event in self.events:
+            if event.type == event_type:
+                self.events.remove(event)
+                value = {"type": event.type, "payload": event.payload, "timestamp": event.created_at}
+                entry.state, entry.result = "done", json.dumps(value)
+                self._write(entry, consumed=event.seq)
+                return value
+        if entry.wake_at is not None and self._due(entry.wake_at):
+            entry.state = "timed_out"
+            entry.error_name = "WaitTimeoutError"
+            entry.error_message = f"no {event_type!r} event arrived before the timeout"
+            self._write(entry)
+            raise EventTimeout(entry.error_message)
+        if fresh:
+            self._write(entry)
+        self.waiting_for = event_type
+        raise Suspend(f"waiting for {event_type!r}", None if entry.wake_at is None else _ms(entry.wake_at))

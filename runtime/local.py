@@ -1,0 +1,72 @@
+"""`tenantflow run FILE.py`: one workflow, to completion, on a temporary database.
+
+Time is a manual clock that jumps to the next timer, so `step.sleep("1 day")`
+takes no time; the given events are buffered up front and matched when waited for.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenantflow.host import Sandbox
+from tenantflow.runtime.clock import ManualClock
+from tenantflow.runtime.records import FINISHED, Instance
+from tenantflow.runtime.service import Service
+from tenantflow.runtime.store.sqlite import SQLiteStore
+
+MAX_ACTIVATIONS = 10_000
+
+
+@dataclass
+class LocalRun:
+    instance: Instance
+    journal: dict[str, Any]
+    activations: int
+    stuck: bool
+
+
+def run_local(
+    source: str,
+    params: Any = None,
+    events: Sequence[tuple[str, Any]] = (),
+    sandbox: Sandbox | None = None,
+) -> LocalRun:
+    with tempfile.TemporaryDirectory(prefix="tenantflow-run-") as tmp:
+        store = SQLiteStore(str(Path(tmp) / "run.db"), synchronous="normal")
+        clock = ManualClock()
+        service = Service(store, sandbox, clock, workers=1)
+        try:
+            tenant, _ = service.create_tenant("local")
+            service.deploy(tenant, "local", source)
+            instance = service.create_instances(tenant, "local", [{"id": "run", "params": params}])[0]
+            for event_type, payload in events:
+                service.send_event(tenant, "local", instance.instance_id, event_type, payload)
+            activations, stuck = 0, False
+            while activations < MAX_ACTIVATIONS:
+                claims = store.claim("local", 1, clock.now(), 3600.0, lambda _: 1)
+                if claims:
+                    service.executor.activate(claims[0])
+                    activations += 1
+                    continue
+                current = service.instance(tenant, "local", "run")
+                if current.status in FINISHED:
+                    break
+                wake = store.next_wake()
+                if wake is None:
+                    stuck = True
+                    break
+                clock.set(wake)
+            return LocalRun(
+                service.instance(tenant, "local", "run"),
+                service.journal(tenant, "local", "run"),
+                activations,
+                stuck,
+            )
+        finally:
+            if sandbox is None:
+                service.sandbox.close()
+            store.close()

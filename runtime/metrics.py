@@ -1,0 +1,67 @@
+"""Prometheus metrics, in a registry of their own (one per service, no process globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from tenantflow.host import Failed, Outcome
+from tenantflow.host.outcome import LIMIT_ERRORS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StatusCollector(Collector):
+    def __init__(self, counts: Callable[[], list[tuple[str, str, int]]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "tenantflow_instances", "Instances by tenant and status", labels=["tenant", "status"]
+        )
+        for tenant, status, count in self._counts():
+            family.add_metric([tenant, status], count)
+        yield family
+
+
+class Metrics:
+    def __init__(self, status_counts: Callable[[], list[tuple[str, str, int]]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.activations = Counter(
+            "tenantflow_activations", "Activations by tenant and outcome", ["tenant", "outcome"], registry=self.registry
+        )
+        self.limit_hits = Counter(
+            "tenantflow_limit_hits", "Activations killed by a limit", ["tenant", "kind"], registry=self.registry
+        )
+        self.isolate_start = Histogram(
+            "tenantflow_isolate_start_seconds",
+            "Time to a fresh isolate",
+            ["tenant"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
+            registry=self.registry,
+        )
+        self.step_latency = Histogram(
+            "tenantflow_step_seconds",
+            "Wall time of step.do attempts",
+            ["tenant"],
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=self.registry,
+        )
+        self.step_fuel = Counter("tenantflow_step_fuel", "Fuel used by step bodies", ["tenant"], registry=self.registry)
+        if status_counts is not None:
+            self.registry.register(_StatusCollector(status_counts))
+
+    def activation(self, tenant: str, outcome: Outcome, steps: Sequence[tuple[float, int]] = ()) -> None:
+        kind = type(outcome).__name__.lower()
+        self.activations.labels(tenant, kind).inc()
+        self.isolate_start.labels(tenant).observe(outcome.stats.instantiate_ms / 1000)
+        if isinstance(outcome, Failed) and outcome.error.name in LIMIT_ERRORS:
+            self.limit_hits.labels(tenant, outcome.error.name).inc()
+        for duration_ms, fuel in steps:
+            self.step_latency.labels(tenant).observe(duration_ms / 1000)
+            self.step_fuel.labels(tenant).inc(fuel)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

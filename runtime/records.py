@@ -1,0 +1,155 @@
+"""Typed records the runtime reads from and writes to a store."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tenantflow.runtime.errors import InvalidInput
+
+Status = Literal["queued", "running", "waiting", "paused", "errored", "terminated", "complete"]
+STATUSES: tuple[Status, ...] = ("queued", "running", "waiting", "paused", "errored", "terminated", "complete")
+FINISHED: frozenset[str] = frozenset({"errored", "terminated", "complete"})
+
+ID_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_-]*$")
+MAX_ID = 64
+
+
+def check_id(value: Any, what: str = "id") -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID or not ID_PATTERN.match(value):
+        raise InvalidInput(
+            f"{what} must be 1-{MAX_ID} characters of letters, digits, '_' and '-', not starting with '-'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """A tenant's limits; None means the platform default."""
+
+    max_concurrent: int = 8
+    max_instances_per_minute: int = 6000
+    max_steps: int = 10_000
+    memory_mb: int = 256
+    fuel: int = 20_000_000_000
+    max_source_bytes: int = 1 << 20
+    max_payload_bytes: int = 1 << 20
+    egress: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    quotas: Quotas
+    created_at: float
+    operator: bool = False
+
+
+@dataclass(frozen=True)
+class Version:
+    workflow: str
+    version: int
+    source_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Instance:
+    tenant_id: str
+    workflow: str
+    instance_id: str
+    version: int
+    source_hash: str
+    status: Status
+    params: Any
+    output: Any = None
+    error: dict[str, Any] | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    wake_at: float | None = None
+    fence: int = 0
+    steps: int = 0
+    log: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.instance_id,
+            "workflow": self.workflow,
+            "version": self.version,
+            "status": self.status,
+            "params": self.params,
+            "output": self.output,
+            "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "wake_at": self.wake_at,
+        }
+
+
+@dataclass(frozen=True)
+class InstanceKey:
+    tenant_id: str
+    workflow: str
+    instance_id: str
+
+
+@dataclass
+class Entry:
+    """One journal position: a step.do, a sleep or an event wait."""
+
+    position: int
+    name: str
+    kind: str
+    state: str  # done | failed | retrying | sleeping | waiting | timed_out
+    attempts: int = 0
+    result: str | None = None
+    error_name: str | None = None
+    error_message: str | None = None
+    wake_at: float | None = None
+    event_type: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    fuel: int = 0
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    position: int
+    attempt: int
+    ok: bool
+    error_name: str | None
+    error_message: str | None
+    fuel: int
+    duration_ms: float
+    finished_at: float
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    type: str
+    payload: Any
+    created_at: float
+    consumed_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An instance a worker holds a lease on, with its fencing token."""
+
+    key: InstanceKey
+    fence: int
+
+
+@dataclass
+class ActivationState:
+    """Everything an activation needs, loaded in one go."""
+
+    instance: Instance
+    source: str
+    entries: dict[int, Entry] = field(default_factory=dict)
+    events: list[EventRecord] = field(default_factory=list)
+    quotas: Quotas = field(default_factory=Quotas)

@@ -1,0 +1,252 @@
+"""The service: what the HTTP API and the CLI do, on one store, one sandbox and one worker pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tenantflow.host import Sandbox
+from tenantflow.runtime.clock import Clock, SystemClock
+from tenantflow.runtime.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    TooLarge,
+    Unauthorized,
+    WorkflowCodeError,
+)
+from tenantflow.runtime.executor import Executor
+from tenantflow.runtime.metrics import Metrics
+from tenantflow.runtime.records import STATUSES, Instance, InstanceKey, Quotas, Tenant, Version, check_id
+from tenantflow.runtime.store import SQLStore, open_store
+from tenantflow.runtime.worker import DEFAULT_LEASE_S, WorkerPool
+
+MAX_BATCH = 100
+MAX_PAGE = 1000
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value))
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per tenant: `per_minute` creations, bursting up to the same number."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, tenant_id: str, per_minute: int, count: int) -> None:
+        now = time.monotonic()
+        rate = per_minute / 60
+        with self._lock:
+            bucket = self._buckets.setdefault(tenant_id, _Bucket(float(per_minute), now))
+            bucket.tokens = min(float(per_minute), bucket.tokens + (now - bucket.updated) * rate)
+            bucket.updated = now
+            if bucket.tokens < count:
+                wait = (count - bucket.tokens) / rate if rate > 0 else 60.0
+                raise QuotaExceeded(f"instance creation is limited to {per_minute} per minute", retry_after_s=wait)
+            bucket.tokens -= count
+
+
+class Service:
+    def __init__(
+        self,
+        store: SQLStore,
+        sandbox: Sandbox | None = None,
+        clock: Clock | None = None,
+        *,
+        workers: int = 4,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
+        self.store = store
+        self.sandbox = sandbox or Sandbox()
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics(store.status_counts)
+        self.stopping = threading.Event()
+        self.executor = Executor(store, self.sandbox, self.clock, self.metrics, self.stopping)
+        self.pool = WorkerPool(store, self.executor, self.clock, threads=workers, lease_s=lease_s)
+        self.limiter = RateLimiter()
+        self._started = False
+
+    @classmethod
+    def open(cls, url: str, **kwargs: Any) -> Service:
+        return cls(open_store(url), **kwargs)
+
+    def start(self) -> Service:
+        self.pool.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self.pool.stop()
+            self._started = False
+
+    def close(self) -> None:
+        self.stop()
+        self.sandbox.close()
+        self.store.close()
+
+    # -- tenants -------------------------------------------------------------
+
+    def create_tenant(self, name: str, quotas: Quotas | None = None, operator: bool = False) -> tuple[Tenant, str]:
+        check_id(name, "tenant name")
+        api_key = "tf_" + secrets.token_urlsafe(32)
+        tenant = Tenant(name, name, quotas or Quotas(), self.clock.now(), operator)
+        try:
+            self.store.tenant(name)
+        except NotFound:
+            self.store.create_tenant(tenant, hash_key(api_key))
+            return tenant, api_key
+        raise Conflict(f"tenant {name!r} already exists")
+
+    def authenticate(self, api_key: str | None) -> Tenant:
+        if not api_key:
+            raise Unauthorized("send the tenant's API key as 'Authorization: Bearer <key>'")
+        tenant = self.store.tenant_by_key(hash_key(api_key))
+        if tenant is None:
+            raise Unauthorized("unknown API key")
+        return tenant
+
+    # -- workflows -----------------------------------------------------------
+
+    def deploy(self, tenant: Tenant, workflow: str, source: Any) -> tuple[Version, bool]:
+        check_id(workflow, "workflow name")
+        if not isinstance(source, str):
+            raise InvalidInput("source is a string of Python")
+        if len(source.encode()) > tenant.quotas.max_source_bytes:
+            raise TooLarge(f"the source is larger than {tenant.quotas.max_source_bytes} bytes")
+        error = self.sandbox.check(source)
+        if error is not None:
+            raise WorkflowCodeError(error.message, error.line)
+        return self.store.deploy(tenant.tenant_id, workflow, source, source_hash(source), self.clock.now())
+
+    def workflows(self, tenant: Tenant) -> list[Version]:
+        return self.store.workflows(tenant.tenant_id)
+
+    def versions(self, tenant: Tenant, workflow: str) -> list[Version]:
+        return self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"))
+
+    def source(self, tenant: Tenant, workflow: str, version: int | None = None) -> tuple[Version, str]:
+        versions = self.versions(tenant, workflow)
+        chosen = versions[-1] if version is None else next((v for v in versions if v.version == version), None)
+        if chosen is None:
+            raise NotFound(f"workflow {workflow!r} has no version {version}")
+        return chosen, self.store.source(tenant.tenant_id, chosen.source_hash)
+
+    # -- instances -----------------------------------------------------------
+
+    def create_instances(self, tenant: Tenant, workflow: str, items: Sequence[Any]) -> list[Instance]:
+        check_id(workflow, "workflow name")
+        if not isinstance(items, list) or not items:
+            raise InvalidInput("a batch is a non-empty JSON array of {id?, params?}")
+        if len(items) > MAX_BATCH:
+            raise TooLarge(f"a batch creates at most {MAX_BATCH} instances")
+        parsed: list[tuple[str, Any]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise InvalidInput("each instance is a JSON object {id?, params?}")
+            unknown = set(item) - {"id", "params"}
+            if unknown:
+                raise InvalidInput(f"unknown fields: {sorted(unknown)}")
+            instance_id = item.get("id")
+            instance_id = uuid.uuid4().hex if instance_id is None else check_id(instance_id, "instance id")
+            params = item.get("params")
+            if _json_size(params) > tenant.quotas.max_payload_bytes:
+                raise TooLarge(f"params are larger than {tenant.quotas.max_payload_bytes} bytes")
+            parsed.append((instance_id, params))
+        if len({i for i, _ in parsed}) != len(parsed):
+            raise InvalidInput("instance ids in a batch must differ")
+        version = self.versions(tenant, workflow)[-1]
+        self.limiter.take(tenant.tenant_id, tenant.quotas.max_instances_per_minute, len(parsed))
+        created = self.store.create_instances(tenant.tenant_id, version, parsed, self.clock.now())
+        self.pool.wake()
+        return created
+
+    def instance(self, tenant: Tenant, workflow: str, instance_id: str) -> Instance:
+        return self.store.instance(self._key(tenant, workflow, instance_id))
+
+    def instances(
+        self, tenant: Tenant, workflow: str, status: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[Instance]:
+        check_id(workflow, "workflow name")
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status is one of {', '.join(STATUSES)}")
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
+        self.versions(tenant, workflow)
+        return self.store.instances(tenant.tenant_id, workflow, status, limit, after)
+
+    def _key(self, tenant: Tenant, workflow: str, instance_id: str) -> InstanceKey:
+        return InstanceKey(tenant.tenant_id, check_id(workflow, "workflow name"), check_id(instance_id, "instance id"))
+
+    # -- controls ------------------------------------------------------------
+
+    def control(self, tenant: Tenant, workflow: str, instance_id: str, action: str) -> Instance:
+        key = self._key(tenant, workflow, instance_id)
+        now = self.clock.now()
+        if action == "pause":
+            self.store.pause(key, now)
+        elif action == "resume":
+            self.store.resume(key, now)
+        elif action == "terminate":
+            self.store.terminate(key, now)
+        elif action == "restart":
+            self.store.restart(key, now)
+        else:
+            raise NotFound(f"no control {action!r}; use pause, resume, terminate or restart")
+        self.pool.wake()
+        return self.store.instance(key)
+
+    def send_event(self, tenant: Tenant, workflow: str, instance_id: str, event_type: Any, payload: Any) -> int:
+        key = self._key(tenant, workflow, instance_id)
+        if not isinstance(event_type, str) or not event_type or len(event_type) > 256:
+            raise InvalidInput("type is a non-empty string of at most 256 characters")
+        if _json_size(payload) > tenant.quotas.max_payload_bytes:
+            raise TooLarge(f"the payload is larger than {tenant.quotas.max_payload_bytes} bytes")
+        seq = self.store.send_event(key, event_type, payload, self.clock.now())
+        self.pool.wake()
+        return seq
+
+    def journal(self, tenant: Tenant, workflow: str, instance_id: str) -> dict[str, Any]:
+        key = self._key(tenant, workflow, instance_id)
+        entries, attempts, events = self.store.journal(key)
+        by_position: dict[int, list[dict[str, Any]]] = {}
+        for attempt in attempts:
+            by_position.setdefault(attempt.position, []).append(asdict(attempt))
+        steps = []
+        for entry in entries:
+            item = asdict(entry)
+            item["result"] = None if entry.result is None else json.loads(entry.result)
+            item["attempt_log"] = by_position.get(entry.position, [])
+            steps.append(item)
+        return {
+            "id": instance_id,
+            "workflow": workflow,
+            "steps": steps,
+            "events": [asdict(e) for e in events],
+            "log": self.store.instance(key).log,
+        }

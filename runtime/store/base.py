@@ -1,0 +1,630 @@
+"""The journal store: SQL shared by the SQLite and PostgreSQL backends.
+
+Statements are written with `?` placeholders; a backend translates them.
+Every write made on behalf of an activation is fenced: it only applies while
+the instance's `fence` is the one the worker claimed it with, so a worker
+whose lease was taken over can no longer change anything.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+from typing import Any
+
+from tenantflow.runtime import codec
+from tenantflow.runtime.errors import Conflict, InvalidState, NotFound
+from tenantflow.runtime.records import (
+    FINISHED,
+    ActivationState,
+    AttemptRecord,
+    Claim,
+    Entry,
+    EventRecord,
+    Instance,
+    InstanceKey,
+    Quotas,
+    Tenant,
+    Version,
+)
+from tenantflow.runtime.store.schema import MIGRATIONS
+
+Row = Sequence[Any]
+
+INSTANCE_COLUMNS = (
+    "tenant_id, workflow, instance_id, version, source_hash, status, params, output, error, "
+    "created_at, updated_at, wake_at, fence, steps, log"
+)
+ENTRY_COLUMNS = (
+    "position, name, kind, state, attempts, result, error_name, error_message, wake_at, event_type, "
+    "created_at, updated_at, fuel, duration_ms"
+)
+KEY = "tenant_id = ? AND workflow = ? AND instance_id = ?"
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the instance (lease expired and taken over, or restarted)."""
+
+
+class Tx(ABC):
+    """One transaction: run statements, get rows."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self.execute(sql, params)
+        return rows[0] if rows else None
+
+
+def _key(key: InstanceKey) -> tuple[str, str, str]:
+    return (key.tenant_id, key.workflow, key.instance_id)
+
+
+def _instance(row: Row) -> Instance:
+    return Instance(
+        tenant_id=row[0],
+        workflow=row[1],
+        instance_id=row[2],
+        version=row[3],
+        source_hash=row[4],
+        status=row[5],
+        params=codec.decode(row[6]),
+        output=codec.decode(row[7]),
+        error=codec.decode(row[8]),
+        created_at=row[9],
+        updated_at=row[10],
+        wake_at=row[11],
+        fence=row[12],
+        steps=row[13],
+        log=codec.decode_text(row[14]) or "",
+    )
+
+
+def _entry(row: Row) -> Entry:
+    return Entry(
+        position=row[0],
+        name=row[1],
+        kind=row[2],
+        state=row[3],
+        attempts=row[4],
+        result=codec.decode_text(row[5]),
+        error_name=row[6],
+        error_message=row[7],
+        wake_at=row[8],
+        event_type=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+        fuel=row[12],
+        duration_ms=row[13],
+    )
+
+
+def _round_robin(rows: list[Row]) -> list[Row]:
+    """Interleave rows by tenant (first column), keeping each tenant's order."""
+    queues: dict[str, list[Row]] = {}
+    for row in rows:
+        queues.setdefault(row[0], []).append(row)
+    ordered: list[Row] = []
+    while queues:
+        for tenant in list(queues):
+            ordered.append(queues[tenant].pop(0))
+            if not queues[tenant]:
+                del queues[tenant]
+    return ordered
+
+
+def _tenant(row: Row) -> Tenant:
+    quotas = json.loads(row[2])
+    quotas["egress"] = tuple(quotas.get("egress", ()))
+    return Tenant(tenant_id=row[0], name=row[1], quotas=Quotas(**quotas), created_at=row[3], operator=bool(row[4]))
+
+
+class SQLStore(ABC):
+    """Everything the runtime stores, for any SQL backend."""
+
+    dialect: dict[str, str]
+    skip_locked = ""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Tx]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- schema ------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self.transaction() as tx:
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            row = tx.one("SELECT MAX(version) FROM schema_migrations")
+            current = row[0] if row and row[0] is not None else 0
+            for number, statements in enumerate(MIGRATIONS, start=1):
+                if number <= current:
+                    continue
+                for statement in statements:
+                    tx.execute(statement.format(**self.dialect))
+                tx.execute("INSERT INTO schema_migrations (version) VALUES (?)", (number,))
+
+    # -- tenants -----------------------------------------------------------
+
+    def create_tenant(self, tenant: Tenant, key_hash: str) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO tenants (tenant_id, name, key_hash, quotas, operator, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    tenant.tenant_id,
+                    tenant.name,
+                    key_hash,
+                    json.dumps(asdict(tenant.quotas)),
+                    int(tenant.operator),
+                    tenant.created_at,
+                ),
+            )
+
+    def tenant_by_key(self, key_hash: str) -> Tenant | None:
+        with self.transaction() as tx:
+            row = tx.one(
+                "SELECT tenant_id, name, quotas, created_at, operator FROM tenants WHERE key_hash = ?", (key_hash,)
+            )
+        return _tenant(row) if row else None
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        with self.transaction() as tx:
+            row = tx.one(
+                "SELECT tenant_id, name, quotas, created_at, operator FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            )
+        if row is None:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        return _tenant(row)
+
+    def tenants(self) -> list[Tenant]:
+        with self.transaction() as tx:
+            rows = tx.execute("SELECT tenant_id, name, quotas, created_at, operator FROM tenants ORDER BY created_at")
+        return [_tenant(r) for r in rows]
+
+    # -- workflows ---------------------------------------------------------
+
+    def deploy(self, tenant_id: str, workflow: str, source: str, source_hash: str, now: float) -> tuple[Version, bool]:
+        """Store a version; the latest one again (and False) when its source is the same."""
+        with self.transaction() as tx:
+            latest = tx.one(
+                "SELECT version, source_hash, created_at FROM versions WHERE tenant_id = ? AND workflow = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (tenant_id, workflow),
+            )
+            if latest and latest[1] == source_hash:
+                return Version(workflow, latest[0], latest[1], latest[2]), False
+            tx.execute(
+                "INSERT INTO sources (tenant_id, source_hash, source) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (tenant_id, source_hash, codec.encode_text(source)),
+            )
+            number = (latest[0] if latest else 0) + 1
+            tx.execute(
+                "INSERT INTO versions (tenant_id, workflow, version, source_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                (tenant_id, workflow, number, source_hash, now),
+            )
+        return Version(workflow, number, source_hash, now), True
+
+    def versions(self, tenant_id: str, workflow: str) -> list[Version]:
+        with self.transaction() as tx:
+            rows = tx.execute(
+                "SELECT workflow, version, source_hash, created_at FROM versions WHERE tenant_id = ? AND workflow = ? "
+                "ORDER BY version",
+                (tenant_id, workflow),
+            )
+        if not rows:
+            raise NotFound(f"no workflow {workflow!r}")
+        return [Version(*r) for r in rows]
+
+    def workflows(self, tenant_id: str) -> list[Version]:
+        """The latest version of each workflow."""
+        with self.transaction() as tx:
+            rows = tx.execute(
+                "SELECT v.workflow, v.version, v.source_hash, v.created_at FROM versions v "
+                "JOIN (SELECT workflow, MAX(version) AS version FROM versions WHERE tenant_id = ? GROUP BY workflow) m "
+                "ON v.workflow = m.workflow AND v.version = m.version WHERE v.tenant_id = ? ORDER BY v.workflow",
+                (tenant_id, tenant_id),
+            )
+        return [Version(*r) for r in rows]
+
+    def source(self, tenant_id: str, source_hash: str) -> str:
+        with self.transaction() as tx:
+            row = tx.one("SELECT source FROM sources WHERE tenant_id = ? AND source_hash = ?", (tenant_id, source_hash))
+        if row is None:
+            raise NotFound(f"no source {source_hash}")
+        return codec.decode_text(row[0]) or ""
+
+    # -- instances ---------------------------------------------------------
+
+    def create_instances(
+        self, tenant_id: str, version: Version, items: Sequence[tuple[str, Any]], now: float
+    ) -> list[Instance]:
+        created = []
+        with self.transaction() as tx:
+            for instance_id, params in items:
+                exists = tx.one(f"SELECT 1 FROM instances WHERE {KEY}", (tenant_id, version.workflow, instance_id))
+                if exists:
+                    raise Conflict(f"instance {instance_id!r} already exists")
+                tx.execute(
+                    "INSERT INTO instances (tenant_id, workflow, instance_id, version, source_hash, status, params, "
+                    "created_at, updated_at, wake_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                    (
+                        tenant_id,
+                        version.workflow,
+                        instance_id,
+                        version.version,
+                        version.source_hash,
+                        codec.encode(params),
+                        now,
+                        now,
+                        now,
+                    ),
+                )
+                created.append(
+                    Instance(
+                        tenant_id,
+                        version.workflow,
+                        instance_id,
+                        version.version,
+                        version.source_hash,
+                        "queued",
+                        params,
+                        created_at=now,
+                        updated_at=now,
+                        wake_at=now,
+                    )
+                )
+        return created
+
+    def instance(self, key: InstanceKey) -> Instance:
+        with self.transaction() as tx:
+            row = tx.one(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {KEY}", _key(key))
+        if row is None:
+            raise NotFound(f"no instance {key.instance_id!r} of workflow {key.workflow!r}")
+        return _instance(row)
+
+    def instances(
+        self, tenant_id: str, workflow: str, status: str | None, limit: int, after: str | None
+    ) -> list[Instance]:
+        sql = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = ? AND workflow = ?"
+        params: list[Any] = [tenant_id, workflow]
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        if after:
+            sql += " AND instance_id > ?"
+            params.append(after)
+        sql += " ORDER BY instance_id LIMIT ?"
+        params.append(limit)
+        with self.transaction() as tx:
+            return [_instance(r) for r in tx.execute(sql, params)]
+
+    def status_counts(self) -> list[tuple[str, str, int]]:
+        """(tenant_id, status, count) over all instances, for metrics."""
+        with self.transaction() as tx:
+            rows = tx.execute("SELECT tenant_id, status, COUNT(*) FROM instances GROUP BY tenant_id, status")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- controls ----------------------------------------------------------
+
+    def _status(self, tx: Tx, key: InstanceKey) -> str:
+        row = tx.one(f"SELECT status FROM instances WHERE {KEY}", _key(key))
+        if row is None:
+            raise NotFound(f"no instance {key.instance_id!r} of workflow {key.workflow!r}")
+        return str(row[0])
+
+    def pause(self, key: InstanceKey, now: float) -> None:
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status not in ("queued", "running", "waiting"):
+                raise InvalidState(f"cannot pause an instance that is {status}")
+            tx.execute(f"UPDATE instances SET status = 'paused', updated_at = ? WHERE {KEY}", (now, *_key(key)))
+
+    def resume(self, key: InstanceKey, now: float) -> None:
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status != "paused":
+                raise InvalidState(f"cannot resume an instance that is {status}")
+            tx.execute(
+                f"UPDATE instances SET status = CASE WHEN wake_at IS NOT NULL AND wake_at > ? THEN 'waiting' "
+                f"ELSE 'queued' END, wake_at = COALESCE(wake_at, ?), updated_at = ? WHERE {KEY}",
+                (now, now, now, *_key(key)),
+            )
+
+    def terminate(self, key: InstanceKey, now: float) -> None:
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status in FINISHED:
+                raise InvalidState(f"cannot terminate an instance that is {status}")
+            tx.execute(
+                f"UPDATE instances SET status = 'terminated', wake_at = NULL, waiting_for = NULL, lease_owner = NULL, "
+                f"lease_until = NULL, updated_at = ? WHERE {KEY}",
+                (now, *_key(key)),
+            )
+
+    def restart(self, key: InstanceKey, now: float) -> None:
+        """From scratch with the same params and version: the journal and events go, the fence moves on."""
+        with self.transaction() as tx:
+            self._status(tx, key)
+            for table in ("journal", "attempts", "events"):
+                tx.execute(f"DELETE FROM {table} WHERE {KEY}", _key(key))
+            tx.execute(
+                "UPDATE instances SET status = 'queued', output = NULL, error = NULL, wake_at = ?, "
+                "waiting_for = NULL, lease_owner = NULL, lease_until = NULL, fence = fence + 1, steps = 0, "
+                f"log = NULL, updated_at = ? WHERE {KEY}",
+                (now, now, *_key(key)),
+            )
+
+    def send_event(self, key: InstanceKey, event_type: str, payload: Any, now: float) -> int:
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status in FINISHED:
+                raise InvalidState(f"cannot send an event to an instance that is {status}")
+            row = tx.one(f"SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE {KEY}", _key(key))
+            seq = int(row[0]) if row else 1
+            tx.execute(
+                "INSERT INTO events (tenant_id, workflow, instance_id, seq, type, payload, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*_key(key), seq, event_type, codec.encode(payload), now),
+            )
+            tx.execute(
+                f"UPDATE instances SET wake_at = ?, updated_at = ? WHERE {KEY} AND status = 'waiting' "
+                f"AND waiting_for = ?",
+                (now, now, *_key(key), event_type),
+            )
+        return seq
+
+    # -- the journal, read ---------------------------------------------------
+
+    def journal(self, key: InstanceKey) -> tuple[list[Entry], list[AttemptRecord], list[EventRecord]]:
+        with self.transaction() as tx:
+            self._status(tx, key)
+            entries = [
+                _entry(r)
+                for r in tx.execute(f"SELECT {ENTRY_COLUMNS} FROM journal WHERE {KEY} ORDER BY position", _key(key))
+            ]
+            attempts = [
+                AttemptRecord(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
+                for r in tx.execute(
+                    "SELECT position, attempt, ok, error_name, error_message, fuel, duration_ms, finished_at "
+                    f"FROM attempts WHERE {KEY} ORDER BY position, attempt",
+                    _key(key),
+                )
+            ]
+            events = [
+                EventRecord(r[0], r[1], codec.decode(r[2]), r[3], r[4])
+                for r in tx.execute(
+                    f"SELECT seq, type, payload, created_at, consumed_at FROM events WHERE {KEY} ORDER BY seq",
+                    _key(key),
+                )
+            ]
+        return entries, attempts, events
+
+    # -- scheduling --------------------------------------------------------
+
+    def next_wake(self) -> float | None:
+        """The earliest time any instance becomes runnable (its wake time or its lease expiry)."""
+        with self.transaction() as tx:
+            row = tx.one(
+                "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE wake_at END) FROM instances "
+                "WHERE status IN ('queued', 'waiting', 'running')"
+            )
+        return float(row[0]) if row and row[0] is not None else None
+
+    def claim(self, owner: str, limit: int, now: float, lease_s: float, room: Callable[[str], int]) -> list[Claim]:
+        """Lease up to `limit` runnable instances, fairly across tenants, at most room(tenant) each."""
+        runnable = "((status IN ('queued', 'waiting') AND wake_at <= ?) OR (status = 'running' AND lease_until < ?))"
+        claims: list[Claim] = []
+        with self.transaction() as tx:
+            rows = tx.execute(
+                f"SELECT tenant_id, workflow, instance_id FROM instances WHERE {runnable} "
+                f"ORDER BY wake_at LIMIT ? {self.skip_locked}",
+                (now, now, limit * 4),
+            )
+            for tenant_id, workflow, instance_id in _round_robin(rows):
+                if len(claims) >= limit:
+                    break
+                if room(tenant_id) - sum(1 for c in claims if c.key.tenant_id == tenant_id) <= 0:
+                    continue
+                row = tx.one(
+                    f"UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
+                    f"WHERE {KEY} AND {runnable} RETURNING fence",
+                    (owner, now + lease_s, tenant_id, workflow, instance_id, now, now),
+                )
+                if row is not None:
+                    claims.append(Claim(InstanceKey(tenant_id, workflow, instance_id), int(row[0])))
+        return claims
+
+    def heartbeat(self, owner: str, claims: Sequence[Claim], lease_until: float) -> None:
+        if not claims:
+            return
+        with self.transaction() as tx:
+            for claim in claims:
+                tx.execute(
+                    f"UPDATE instances SET lease_until = ? WHERE {KEY} AND fence = ? AND lease_owner = ?",
+                    (lease_until, *_key(claim.key), claim.fence, owner),
+                )
+
+    def expire_leases(self, owners: Sequence[str]) -> int:
+        """Make the instances of dead workers runnable at once."""
+        if not owners:
+            return 0
+        count = 0
+        with self.transaction() as tx:
+            for owner in owners:
+                rows = tx.execute(
+                    "UPDATE instances SET lease_until = 0 WHERE status = 'running' AND lease_owner = ? "
+                    "RETURNING instance_id",
+                    (owner,),
+                )
+                count += len(rows)
+        return count
+
+    def lease_owners(self) -> list[str]:
+        with self.transaction() as tx:
+            rows = tx.execute("SELECT DISTINCT lease_owner FROM instances WHERE status = 'running'")
+        return [r[0] for r in rows if r[0]]
+
+    # -- an activation -----------------------------------------------------
+
+    def load(self, claim: Claim) -> ActivationState:
+        with self.transaction() as tx:
+            row = tx.one(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {KEY} AND fence = ?", (*_key(claim.key), claim.fence)
+            )
+            if row is None:
+                raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
+            instance = _instance(row)
+            source = tx.one(
+                "SELECT source FROM sources WHERE tenant_id = ? AND source_hash = ?",
+                (instance.tenant_id, instance.source_hash),
+            )
+            tenant = tx.one(
+                "SELECT tenant_id, name, quotas, created_at, operator FROM tenants WHERE tenant_id = ?",
+                (instance.tenant_id,),
+            )
+            entries = {
+                e.position: e
+                for e in (
+                    _entry(r)
+                    for r in tx.execute(
+                        f"SELECT {ENTRY_COLUMNS} FROM journal WHERE {KEY} ORDER BY position", _key(claim.key)
+                    )
+                )
+            }
+            events = [
+                EventRecord(r[0], r[1], codec.decode(r[2]), r[3], r[4])
+                for r in tx.execute(
+                    "SELECT seq, type, payload, created_at, consumed_at FROM events "
+                    f"WHERE {KEY} AND consumed_at IS NULL ORDER BY seq",
+                    _key(claim.key),
+                )
+            ]
+        return ActivationState(
+            instance=instance,
+            source=(codec.decode_text(source[0]) or "") if source else "",
+            entries=entries,
+            events=events,
+            quotas=_tenant(tenant).quotas if tenant else Quotas(),
+        )
+
+    def record(
+        self,
+        claim: Claim,
+        entry: Entry,
+        attempt: AttemptRecord | None,
+        now: float,
+        consumed_event: int | None = None,
+    ) -> str:
+        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost."""
+        with self.transaction() as tx:
+            row = tx.one(
+                f"UPDATE instances SET updated_at = ?, steps = steps + ? WHERE {KEY} AND fence = ? "
+                "AND status IN ('running', 'paused') RETURNING status",
+                (now, 1 if entry.state == "done" else 0, *_key(claim.key), claim.fence),
+            )
+            if row is None:
+                raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
+            self._upsert_entry(tx, claim.key, entry)
+            if attempt is not None:
+                tx.execute(
+                    "INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, "
+                    "error_message, fuel, duration_ms, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (
+                        *_key(claim.key),
+                        attempt.position,
+                        attempt.attempt,
+                        int(attempt.ok),
+                        attempt.error_name,
+                        attempt.error_message,
+                        attempt.fuel,
+                        attempt.duration_ms,
+                        attempt.finished_at,
+                    ),
+                )
+            if consumed_event is not None:
+                tx.execute(
+                    f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ?",
+                    (entry.position, *_key(claim.key), consumed_event),
+                )
+        return str(row[0])
+
+    def _upsert_entry(self, tx: Tx, key: InstanceKey, e: Entry) -> None:
+        tx.execute(
+            "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
+            "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state, "
+            "attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name, "
+            "error_message = excluded.error_message, wake_at = excluded.wake_at, fuel = excluded.fuel, "
+            "duration_ms = excluded.duration_ms, updated_at = excluded.updated_at",
+            (
+                *_key(key),
+                e.position,
+                e.name,
+                e.kind,
+                e.state,
+                e.attempts,
+                None if e.result is None else codec.encode_text(e.result),
+                e.error_name,
+                e.error_message,
+                e.wake_at,
+                e.event_type,
+                e.fuel,
+                e.duration_ms,
+                e.created_at,
+                e.updated_at,
+            ),
+        )
+
+    def finish(
+        self,
+        claim: Claim,
+        now: float,
+        *,
+        status: str,
+        output: str | None = None,
+        error: dict[str, Any] | None = None,
+        wake_at: float | None = None,
+        waiting_for: str | None = None,
+        log: str = "",
+    ) -> bool:
+        """End an activation: complete, errored or waiting. A paused or terminated instance keeps its status."""
+        with self.transaction() as tx:
+            row = tx.one(f"SELECT status FROM instances WHERE {KEY} AND fence = ?", (*_key(claim.key), claim.fence))
+            if row is None:
+                return False
+            current = row[0]
+            if current == "terminated":
+                return True
+            if current == "paused" and status == "waiting":
+                status = "paused"
+            if waiting_for is not None:
+                arrived = tx.one(
+                    f"SELECT 1 FROM events WHERE {KEY} AND consumed_at IS NULL AND type = ? LIMIT 1",
+                    (*_key(claim.key), waiting_for),
+                )
+                if arrived:
+                    wake_at = now
+            tx.execute(
+                f"UPDATE instances SET status = ?, output = ?, error = ?, wake_at = ?, waiting_for = ?, "
+                f"lease_owner = NULL, lease_until = NULL, log = ?, updated_at = ? WHERE {KEY} AND fence = ?",
+                (
+                    status,
+                    None if output is None else codec.encode_text(output),
+                    None if error is None else codec.encode(error),
+                    wake_at,
+                    waiting_for,
+                    codec.encode_text(log) if log else None,
+                    now,
+                    *_key(claim.key),
+                    claim.fence,
+                ),
+            )
+        return True

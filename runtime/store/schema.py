@@ -1,0 +1,106 @@
+"""The schema, as numbered migrations shared by SQLite and PostgreSQL.
+
+Every table carries tenant_id first in its primary key and every query is
+scoped by it, so the schema can be distributed by tenant (Citus) unchanged.
+`{blob}`, `{float}` and `{bigint}` are filled in per dialect.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE tenants (
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            quotas TEXT NOT NULL,
+            operator INTEGER NOT NULL DEFAULT 0,
+            created_at {float} NOT NULL,
+            PRIMARY KEY (tenant_id)
+        )""",
+        "CREATE UNIQUE INDEX tenants_key_hash ON tenants (key_hash)",
+        """CREATE TABLE sources (
+            tenant_id TEXT NOT NULL,
+            source_hash TEXT NOT NULL,
+            source {blob} NOT NULL,
+            PRIMARY KEY (tenant_id, source_hash)
+        )""",
+        """CREATE TABLE versions (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            source_hash TEXT NOT NULL,
+            created_at {float} NOT NULL,
+            PRIMARY KEY (tenant_id, workflow, version)
+        )""",
+        """CREATE TABLE instances (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            source_hash TEXT NOT NULL,
+            status TEXT NOT NULL,
+            params {blob},
+            output {blob},
+            error {blob},
+            created_at {float} NOT NULL,
+            updated_at {float} NOT NULL,
+            wake_at {float},
+            waiting_for TEXT,
+            lease_owner TEXT,
+            lease_until {float},
+            fence {bigint} NOT NULL DEFAULT 0,
+            steps INTEGER NOT NULL DEFAULT 0,
+            log {blob},
+            PRIMARY KEY (tenant_id, workflow, instance_id)
+        )""",
+        "CREATE INDEX instances_runnable ON instances (wake_at) WHERE status IN ('queued', 'waiting', 'running')",
+        "CREATE INDEX instances_leases ON instances (lease_until) WHERE status = 'running'",
+        "CREATE INDEX instances_by_status ON instances (tenant_id, workflow, status, created_at)",
+        """CREATE TABLE journal (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            result {blob},
+            error_name TEXT,
+            error_message TEXT,
+            wake_at {float},
+            event_type TEXT,
+            fuel {bigint} NOT NULL DEFAULT 0,
+            duration_ms {float} NOT NULL DEFAULT 0,
+            created_at {float} NOT NULL,
+            updated_at {float} NOT NULL,
+            PRIMARY KEY (tenant_id, workflow, instance_id, position)
+        )""",
+        """CREATE TABLE attempts (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            ok INTEGER NOT NULL,
+            error_name TEXT,
+            error_message TEXT,
+            fuel {bigint} NOT NULL DEFAULT 0,
+            duration_ms {float} NOT NULL DEFAULT 0,
+            finished_at {float} NOT NULL,
+            PRIMARY KEY (tenant_id, workflow, instance_id, position, attempt)
+        )""",
+        """CREATE TABLE events (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            seq {bigint} NOT NULL,
+            type TEXT NOT NULL,
+            payload {blob},
+            created_at {float} NOT NULL,
+            consumed_at INTEGER,
+            PRIMARY KEY (tenant_id, workflow, instance_id, seq)
+        )""",
+    ],
+]

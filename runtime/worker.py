@@ -1,0 +1,175 @@
+"""The scheduler and worker pool: claim runnable instances, run activations on threads.
+
+A dispatcher thread leases runnable instances (new, timer due, event arrived,
+retry due, resumed, lease expired) and hands them to a bounded thread pool.
+It sleeps until the next wake time in the store or until `wake()` is called,
+so a due timer fires within a few milliseconds, not at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from tenantflow.runtime.clock import Clock
+from tenantflow.runtime.executor import Activated, Executor
+from tenantflow.runtime.records import Claim, Quotas
+from tenantflow.runtime.store import SQLStore
+
+log = logging.getLogger("tenantflow.worker")
+
+DEFAULT_LEASE_S = 30.0
+POLL_S = 1.0
+QUOTA_CACHE_S = 5.0
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_local_owners(owners: list[str]) -> list[str]:
+    """Lease owners on this host whose process is gone (their leases need not run out)."""
+    host = socket.gethostname()
+    dead = []
+    for owner in owners:
+        name, _, rest = owner.partition(":")
+        pid_text = rest.partition(":")[0]
+        if name != host or not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            dead.append(owner)
+        except PermissionError:
+            pass
+    return dead
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: SQLStore,
+        executor: Executor,
+        clock: Clock,
+        *,
+        threads: int = 4,
+        lease_s: float = DEFAULT_LEASE_S,
+        owner: str | None = None,
+        on_done: Callable[[Activated], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.threads = threads
+        self.lease_s = lease_s
+        self.owner = owner or new_owner()
+        self.on_done = on_done
+        self.stopping = executor.stopping or threading.Event()
+        self._kick = threading.Event()
+        self._lock = threading.Lock()
+        self._held: dict[Claim, None] = {}
+        self._running: Counter[str] = Counter()
+        self._quotas: dict[str, tuple[float, Quotas]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tenantflow-activation")
+        self._dispatcher = threading.Thread(target=self._dispatch, name="tenantflow-dispatcher", daemon=True)
+        self._heartbeat = threading.Thread(target=self._beat, name="tenantflow-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        recovered = self.store.expire_leases(_dead_local_owners(self.store.lease_owners()))
+        if recovered:
+            log.info("recovered %d instances of dead workers", recovered)
+        self._dispatcher.start()
+        self._heartbeat.start()
+
+    def wake(self) -> None:
+        """Something became runnable (created, event, resumed): look now."""
+        self._kick.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let running activations suspend at their next step, then return."""
+        self.stopping.set()
+        self._kick.set()
+        self._dispatcher.join(timeout)
+        self._pool.shutdown(wait=True)
+        self._heartbeat.join(timeout)
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def _room(self, tenant_id: str) -> int:
+        now = time.monotonic()
+        cached = self._quotas.get(tenant_id)
+        if cached is None or cached[0] < now:
+            try:
+                quotas = self.store.tenant(tenant_id).quotas
+            except Exception:
+                quotas = Quotas()
+            cached = (now + QUOTA_CACHE_S, quotas)
+            self._quotas[tenant_id] = cached
+        with self._lock:
+            return cached[1].max_concurrent - self._running[tenant_id]
+
+    def _dispatch(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                waited = self._dispatch_once()
+            except Exception:
+                log.exception("dispatcher error; retrying")
+                waited = POLL_S
+            self._kick.wait(waited)
+            self._kick.clear()
+
+    def _dispatch_once(self) -> float:
+        """Claim what fits; the time to wait before looking again."""
+        free = self.threads - self.busy
+        if free > 0:
+            claims = self.store.claim(self.owner, free, self.clock.now(), self.lease_s, self._room)
+            for claim in claims:
+                with self._lock:
+                    self._held[claim] = None
+                    self._running[claim.key.tenant_id] += 1
+                self._pool.submit(self._activate, claim)
+            if len(claims) == free:
+                return POLL_S
+            if claims:
+                return 0.0
+        if self.busy >= self.threads:
+            return POLL_S
+        wake = self.store.next_wake()
+        if wake is None:
+            return POLL_S
+        delay = wake - self.clock.now()
+        # Due but not claimable (its tenant is at its concurrency limit): a finishing activation kicks us.
+        return POLL_S if delay <= 0 else min(POLL_S, delay)
+
+    def _activate(self, claim: Claim) -> None:
+        try:
+            done = self.executor.activate(claim)
+        except Exception:
+            log.exception("activation of %s failed", claim.key)
+            done = Activated(claim, "failed", None)
+        finally:
+            with self._lock:
+                self._held.pop(claim, None)
+                self._running[claim.key.tenant_id] -= 1
+            self._kick.set()
+        if self.on_done is not None:
+            self.on_done(done)
+
+    def _beat(self) -> None:
+        while not self.stopping.wait(self.lease_s / 3):
+            with self._lock:
+                held = list(self._held)
+            try:
+                self.store.heartbeat(self.owner, held, self.clock.now() + self.lease_s)
+            except Exception:
+                log.exception("heartbeat failed")
