@@ -14,7 +14,7 @@ from typing import Any
 
 from tenantflow.host import Sandbox
 from tenantflow.runtime.clock import ManualClock
-from tenantflow.runtime.records import FINISHED, Instance
+from tenantflow.runtime.records import FINISHED, Instance, InstanceKey
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store.sqlite import SQLiteStore
 
@@ -27,6 +27,27 @@ class LocalRun:
     journal: dict[str, Any]
     activations: int
     stuck: bool
+
+
+def drive(service: Service, clock: ManualClock, key: InstanceKey, limit: int = MAX_ACTIVATIONS) -> tuple[int, bool]:
+    """Run the instance's activations in this thread, jumping the clock to each timer, until it finishes.
+
+    Returns the number of activations and whether it got stuck (waiting for an event that never comes).
+    """
+    activations = 0
+    while activations < limit:
+        claims = service.store.claim("local", 1, clock.now(), 3600.0, {})
+        if claims:
+            service.executor.activate(claims[0])
+            activations += 1
+            continue
+        if service.store.instance(key).status in FINISHED:
+            return activations, False
+        wake = service.store.next_wake()
+        if wake is None:
+            return activations, True
+        clock.set(wake)
+    return activations, False
 
 
 def run_local(
@@ -45,21 +66,7 @@ def run_local(
             instance = service.create_instances(tenant, "local", [{"id": "run", "params": params}])[0]
             for event_type, payload in events:
                 service.send_event(tenant, "local", instance.instance_id, event_type, payload)
-            activations, stuck = 0, False
-            while activations < MAX_ACTIVATIONS:
-                claims = store.claim("local", 1, clock.now(), 3600.0, lambda _: 1)
-                if claims:
-                    service.executor.activate(claims[0])
-                    activations += 1
-                    continue
-                current = service.instance(tenant, "local", "run")
-                if current.status in FINISHED:
-                    break
-                wake = store.next_wake()
-                if wake is None:
-                    stuck = True
-                    break
-                clock.set(wake)
+            activations, stuck = drive(service, clock, instance.key)
             return LocalRun(
                 service.instance(tenant, "local", "run"),
                 service.journal(tenant, "local", "run"),

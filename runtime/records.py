@@ -73,6 +73,10 @@ class Instance:
     steps: int = 0
     log: str = ""
 
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey(self.tenant_id, self.workflow, self.instance_id)
+
     def public(self) -> dict[str, Any]:
         return {
             "id": self.instance_id,

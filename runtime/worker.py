@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -20,14 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tenantflow.runtime.clock import Clock
 from tenantflow.runtime.executor import Activated, Executor
-from tenantflow.runtime.records import Claim, Quotas
+from tenantflow.runtime.records import Claim
 from tenantflow.runtime.store import SQLStore
 
 log = logging.getLogger("tenantflow.worker")
 
 DEFAULT_LEASE_S = 30.0
 POLL_S = 1.0
-QUOTA_CACHE_S = 5.0
 
 
 def new_owner() -> str:
@@ -76,7 +74,6 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._held: dict[Claim, None] = {}
         self._running: Counter[str] = Counter()
-        self._quotas: dict[str, tuple[float, Quotas]] = {}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tenantflow-activation")
         self._dispatcher = threading.Thread(target=self._dispatch, name="tenantflow-dispatcher", daemon=True)
         self._heartbeat = threading.Thread(target=self._beat, name="tenantflow-heartbeat", daemon=True)
@@ -105,19 +102,6 @@ class WorkerPool:
         with self._lock:
             return len(self._held)
 
-    def _room(self, tenant_id: str) -> int:
-        now = time.monotonic()
-        cached = self._quotas.get(tenant_id)
-        if cached is None or cached[0] < now:
-            try:
-                quotas = self.store.tenant(tenant_id).quotas
-            except Exception:
-                quotas = Quotas()
-            cached = (now + QUOTA_CACHE_S, quotas)
-            self._quotas[tenant_id] = cached
-        with self._lock:
-            return cached[1].max_concurrent - self._running[tenant_id]
-
     def _dispatch(self) -> None:
         while not self.stopping.is_set():
             try:
@@ -132,7 +116,9 @@ class WorkerPool:
         """Claim what fits; the time to wait before looking again."""
         free = self.threads - self.busy
         if free > 0:
-            claims = self.store.claim(self.owner, free, self.clock.now(), self.lease_s, self._room)
+            with self._lock:
+                running = dict(self._running)
+            claims = self.store.claim(self.owner, free, self.clock.now(), self.lease_s, running)
             for claim in claims:
                 with self._lock:
                     self._held[claim] = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any
@@ -416,8 +416,12 @@ class SQLStore(ABC):
             )
         return float(row[0]) if row and row[0] is not None else None
 
-    def claim(self, owner: str, limit: int, now: float, lease_s: float, room: Callable[[str], int]) -> list[Claim]:
-        """Lease up to `limit` runnable instances, fairly across tenants, at most room(tenant) each."""
+    def claim(self, owner: str, limit: int, now: float, lease_s: float, running: Mapping[str, int]) -> list[Claim]:
+        """Lease up to `limit` runnable instances, fairly across tenants.
+
+        `running` counts the activations this worker already runs per tenant; a tenant gets no more
+        than its `max_concurrent` quota minus that.
+        """
         runnable = "((status IN ('queued', 'waiting') AND wake_at <= ?) OR (status = 'running' AND lease_until < ?))"
         claims: list[Claim] = []
         with self.transaction() as tx:
@@ -426,10 +430,15 @@ class SQLStore(ABC):
                 f"ORDER BY wake_at LIMIT ? {self.skip_locked}",
                 (now, now, limit * 4),
             )
+            room: dict[str, int] = {}
+            for tenant_id in {r[0] for r in rows}:
+                quotas = tx.one("SELECT quotas FROM tenants WHERE tenant_id = ?", (tenant_id,))
+                allowed = json.loads(quotas[0]).get("max_concurrent", Quotas.max_concurrent) if quotas else 0
+                room[tenant_id] = allowed - running.get(tenant_id, 0)
             for tenant_id, workflow, instance_id in _round_robin(rows):
                 if len(claims) >= limit:
                     break
-                if room(tenant_id) - sum(1 for c in claims if c.key.tenant_id == tenant_id) <= 0:
+                if room[tenant_id] <= 0:
                     continue
                 row = tx.one(
                     f"UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
@@ -437,6 +446,7 @@ class SQLStore(ABC):
                     (owner, now + lease_s, tenant_id, workflow, instance_id, now, now),
                 )
                 if row is not None:
+                    room[tenant_id] -= 1
                     claims.append(Claim(InstanceKey(tenant_id, workflow, instance_id), int(row[0])))
         return claims
 
