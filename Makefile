@@ -1,0 +1,47 @@
+# Everything a fresh machine needs comes from here and pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DB ?= sqlite:///./tenantflow.db
+PG_VERSION := $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
+
+.PHONY: install guest serve test lint pytest postgres bench bench-quick clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# Build (or verify) the guest component and its precompiled artifact; cached by content hash.
+guest: install
+	$(BIN)/python -m tenantflow.wasm_build
+
+serve: guest
+	$(BIN)/tenantflow serve --db $(DB)
+
+lint: install
+	$(BIN)/ruff check host runtime wasm-build tests bench
+	$(BIN)/ruff format --check host runtime wasm-build tests bench
+	$(BIN)/mypy -p tenantflow.host -p tenantflow.runtime
+
+# PostgreSQL runs on this machine kind; start it if it is down.
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $(PG_VERSION) main start
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "PostgreSQL did not start"; exit 1
+
+pytest: guest postgres
+	$(BIN)/pytest -q
+
+test: lint pytest
+
+bench: guest postgres
+	$(BIN)/python -m bench
+
+bench-quick: guest postgres
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info
