@@ -82,6 +82,7 @@ class WorkerPool:
         recovered = self.store.expire_leases(_dead_local_owners(self.store.lease_owners()))
         if recovered:
             log.info("recovered %d instances of dead workers", recovered)
+        self.store.listen(self._kick.set)
         self._dispatcher.start()
         self._heartbeat.start()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any
@@ -134,6 +134,11 @@ class SQLStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when another process may have made work runnable; backends without
+        notifications (SQLite) do nothing and the workers' polling finds the work."""
+        return None
 
     # -- schema ------------------------------------------------------------
 
