@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from tenantflow.runtime import codec
 from tenantflow.runtime.errors import Conflict, InvalidState, NotFound
@@ -33,6 +33,7 @@ from tenantflow.runtime.records import (
 from tenantflow.runtime.store.schema import MIGRATIONS
 
 Row = Sequence[Any]
+T = TypeVar("T")
 
 INSTANCE_COLUMNS = (
     "tenant_id, workflow, instance_id, version, source_hash, status, params, output, error, "
@@ -134,6 +135,11 @@ class SQLStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in a write transaction; backends may commit several callers' writes together."""
+        with self.transaction() as tx:
+            return fn(tx)
 
     def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process may have made work runnable; backends without
@@ -537,7 +543,8 @@ class SQLStore(ABC):
         consumed_event: int | None = None,
     ) -> str:
         """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost."""
-        with self.transaction() as tx:
+
+        def write(tx: Tx) -> str:
             row = tx.one(
                 f"UPDATE instances SET updated_at = ?, steps = steps + ? WHERE {KEY} AND fence = ? "
                 "AND status IN ('running', 'paused') RETURNING status",
@@ -568,7 +575,9 @@ class SQLStore(ABC):
                     f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ?",
                     (entry.position, *_key(claim.key), consumed_event),
                 )
-        return str(row[0])
+            return str(row[0])
+
+        return self.write(write)
 
     def _upsert_entry(self, tx: Tx, key: InstanceKey, e: Entry) -> None:
         tx.execute(
@@ -611,30 +620,31 @@ class SQLStore(ABC):
         log: str = "",
     ) -> bool:
         """End an activation: complete, errored or waiting. A paused or terminated instance keeps its status."""
-        with self.transaction() as tx:
+
+        def write(tx: Tx) -> bool:
             row = tx.one(f"SELECT status FROM instances WHERE {KEY} AND fence = ?", (*_key(claim.key), claim.fence))
             if row is None:
                 return False
             current = row[0]
             if current == "terminated":
                 return True
-            if current == "paused" and status == "waiting":
-                status = "paused"
+            new_status = "paused" if current == "paused" and status == "waiting" else status
+            new_wake_at = wake_at
             if waiting_for is not None:
                 arrived = tx.one(
                     f"SELECT 1 FROM events WHERE {KEY} AND consumed_at IS NULL AND type = ? LIMIT 1",
                     (*_key(claim.key), waiting_for),
                 )
                 if arrived:
-                    wake_at = now
+                    new_wake_at = now
             tx.execute(
                 f"UPDATE instances SET status = ?, output = ?, error = ?, wake_at = ?, waiting_for = ?, "
                 f"lease_owner = NULL, lease_until = NULL, log = ?, updated_at = ? WHERE {KEY} AND fence = ?",
                 (
-                    status,
+                    new_status,
                     None if output is None else codec.encode_text(output),
                     None if error is None else codec.encode(error),
-                    wake_at,
+                    new_wake_at,
                     waiting_for,
                     codec.encode_text(log) if log else None,
                     now,
@@ -642,4 +652,6 @@ class SQLStore(ABC):
                     claim.fence,
                 ),
             )
-        return True
+            return True
+
+        return self.write(write)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from tenantflow.runtime.store.base import Row, SQLStore, Tx
 
 SYNCHRONOUS = ("full", "normal", "off")
+T = TypeVar("T")
 
 
 class _SQLiteTx(Tx):
@@ -21,9 +23,22 @@ class _SQLiteTx(Tx):
         return self._connection.execute(sql, params).fetchall()
 
 
+@dataclass
+class _Pending:
+    fn: Callable[[Tx], Any]
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
 class SQLiteStore(SQLStore):
     """All threads share one connection behind a lock: SQLite takes one writer at a time anyway,
-    and a Python lock hands it over without SQLite's busy-wait sleeps."""
+    and a Python lock hands it over without SQLite's busy-wait sleeps.
+
+    Journal writes are group-committed: whoever takes the lock commits every write queued
+    meanwhile in one transaction (one fsync), each in a savepoint of its own so that one
+    caller's error (e.g. a lost lease) does not undo the others.
+    """
 
     dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER"}
 
@@ -32,6 +47,8 @@ class SQLiteStore(SQLStore):
             raise ValueError(f"synchronous is one of {SYNCHRONOUS}")
         self.path = path
         self._lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute(f"PRAGMA synchronous={synchronous}")
@@ -48,6 +65,46 @@ class SQLiteStore(SQLStore):
                 self._connection.execute("ROLLBACK")
                 raise
             self._connection.execute("COMMIT")
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        pending = _Pending(fn)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[no-any-return]
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        connection = self._connection
+        tx = _SQLiteTx(connection)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for pending in batch:
+                if len(batch) > 1:
+                    connection.execute("SAVEPOINT write")
+                try:
+                    pending.result = pending.fn(tx)
+                except Exception as error:
+                    if len(batch) == 1:
+                        raise
+                    connection.execute("ROLLBACK TO write")
+                    pending.error = error
+                if len(batch) > 1:
+                    connection.execute("RELEASE write")
+            connection.execute("COMMIT")
+        except BaseException as error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            for pending in batch:
+                pending.error = pending.error or error
+        finally:
+            for pending in batch:
+                pending.done = True
 
     def close(self) -> None:
         with self._lock:
