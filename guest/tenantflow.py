@@ -96,6 +96,8 @@ def parse_duration(value: Any) -> int:
 
 
 def _step_config(retries: Any, timeout: Any) -> str:
+    if retries is None and timeout is None:
+        return "{}"
     config: dict[str, Any] = {}
     if retries is not None:
         if not isinstance(retries, dict):

@@ -10,6 +10,7 @@ the trap. A trapped instance is dropped with its Store, never re-entered.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import wasmtime
 from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochCallback, EpochTicker, make_engine
+from tenantflow.host.fastcall import add_func
 from tenantflow.host.fetch import FetchError, fetch
 from tenantflow.host.journal import (
     Abort,
@@ -102,6 +104,15 @@ class _Activation:
         return int(self.limits.fuel - self.store.get_fuel())
 
 
+@functools.lru_cache(maxsize=256)
+def _step_config(config_json: str) -> StepConfig:
+    """The step's config from the guest's JSON (a workflow uses few distinct ones: cached)."""
+    try:
+        return StepConfig.from_json(json.loads(config_json))
+    except (ValueError, AttributeError):
+        return StepConfig()
+
+
 def _trap_cause(text: str) -> str:
     """The cause of a trap ("wasm trap: ...") without wasmtime's backtrace dump."""
     _, caused, cause = text.partition("Caused by:")
@@ -139,7 +150,7 @@ class Sandbox:
         self.linker.add_wasip2()
         with self.linker.root() as root, root.add_instance(HOST_INTERFACE) as host:
             for name, fn in self._host_functions().items():
-                host.add_func(name, self._guarded(fn))
+                add_func(host, name, self._guarded(fn))
         run_index = self.component.get_export_index("run")
         check_index = self.component.get_export_index("check")
         if run_index is None or check_index is None:
@@ -319,10 +330,7 @@ class Sandbox:
 
     def _step_begin(self, act: _Activation, name: str, config_json: str) -> Any:
         call = act.next_call(name, "do")
-        try:
-            config = StepConfig.from_json(json.loads(config_json))
-        except (ValueError, AttributeError):
-            config = StepConfig()
+        config = _step_config(config_json[:4096])
         return self._plan(act, call, config, act.journal.step_begin(call, config))
 
     def _step_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:

@@ -1,0 +1,234 @@
+"""Host functions whose WIT types are resolved once, not on every call.
+
+wasmtime-py's `LinkerInstance.add_func` asks the C API for the function's parameter and result
+types on every call, and its variant, record, option and result types ask again for their cases
+and fields each time they convert a value. For the guest's small host interface that was most of
+the cost of a host call (a `step.do` is two calls). `add_func` here registers the same kind of
+callback, but resolves the function's types on its first call and keeps them, with the compound
+types switched to subclasses that remember their cases and fields (types never change).
+
+The cached types assume that one linker serves one component, as a `Sandbox`'s does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from wasmtime import StoreContext, WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime.component import _types as wit
+from wasmtime.component._linker import LinkerInstance
+
+HostFunc = Callable[..., Any]
+
+
+class _Variant(wit.VariantType):
+    """A variant type that also precomputes how to pick a case (same rules as `VariantLikeType._lower`)."""
+
+    @functools.cached_property
+    def cases(self) -> list[tuple[str, wit.ValType | None]]:
+        return super().cases
+
+    @functools.cached_property
+    def _is_tagged(self) -> bool:
+        return super()._tagged()
+
+    def _tagged(self) -> bool:
+        return self._is_tagged
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, wit.ValType | None]:
+        return dict(self.cases)
+
+    @functools.cached_property
+    def _by_class(self) -> list[tuple[tuple[type, ...] | None, str, wit.ValType | None]]:
+        picks: list[tuple[tuple[type, ...] | None, str, wit.ValType | None]] = []
+        for name, ty in self.cases:
+            classes: set[type] = set()
+            if ty is not None:
+                ty.add_classes(classes)
+            picks.append((tuple(classes) if ty is not None else None, name, ty))
+        return picks
+
+    def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
+        if self._is_tagged:
+            if not isinstance(val, wit.Variant):
+                raise TypeError("expected Variant type")
+            name, payload = val.tag, val.payload
+            if name not in self._by_name:
+                raise ValueError("value not valid for this variant")
+            ty = self._by_name[name]
+        else:
+            for classes, case, case_type in self._by_class:
+                if (val is None) if classes is None else isinstance(val, classes):
+                    name, ty = case, case_type
+                    break
+            else:
+                raise ValueError("value not valid for this variant")
+            payload = val
+        raw_ptr = None
+        if ty is not None:
+            raw = ffi.wasmtime_component_val_t()
+            ty.convert_to_c(store, payload, ctypes.pointer(raw))
+            raw_ptr = ffi.wasmtime_component_val_new(ctypes.byref(raw))
+        contents = ptr.contents
+        contents.kind = ffi.WASMTIME_COMPONENT_VARIANT
+        contents.of.variant.discriminant = ffi.str_to_capi(name)
+        contents.of.variant.val = raw_ptr
+
+    def _lift(self, tag: str, ptr: Any) -> Any:
+        if tag not in self._by_name:
+            raise ValueError(f"tag {tag} not found in variant cases")
+        ty = self._by_name[tag]
+        if ty is None:
+            return wit.Variant(tag) if self._is_tagged else None
+        contents = ptr.contents
+        payload = ty.convert_from_c(contents)
+        contents.kind = ffi.WASMTIME_COMPONENT_BOOL
+        contents.of.boolean = False
+        ffi.wasmtime_component_val_delete(ptr)
+        return wit.Variant(tag, payload) if self._is_tagged else payload
+
+
+class _Record(wit.RecordType):
+    @functools.cached_property
+    def fields(self) -> list[tuple[str, wit.ValType]]:
+        return super().fields
+
+
+class _Option(wit.OptionType):
+    @functools.cached_property
+    def payload(self) -> wit.ValType:
+        return super().payload
+
+
+class _Result(wit.ResultType):
+    @functools.cached_property
+    def ok(self) -> wit.ValType | None:
+        return super().ok
+
+    @functools.cached_property
+    def err(self) -> wit.ValType | None:
+        return super().err
+
+
+class _List(wit.ListType):
+    @functools.cached_property
+    def element(self) -> wit.ValType:
+        return super().element
+
+
+class _Tuple(wit.TupleType):
+    @functools.cached_property
+    def elements(self) -> list[wit.ValType]:
+        return super().elements
+
+
+_FROZEN: dict[type, type] = {
+    wit.VariantType: _Variant,
+    wit.RecordType: _Record,
+    wit.OptionType: _Option,
+    wit.ResultType: _Result,
+    wit.ListType: _List,
+    wit.TupleType: _Tuple,
+}
+
+
+def _freeze(ty: wit.ValType | None) -> None:
+    """Switch `ty` and the types inside it to their caching subclasses."""
+    if ty is None:
+        return
+    frozen = _FROZEN.get(type(ty))
+    if frozen is not None:
+        ty.__class__ = frozen
+    children: list[wit.ValType | None] = []
+    if isinstance(ty, wit.VariantType):
+        children = [case for _, case in ty.cases]
+    elif isinstance(ty, wit.RecordType):
+        children = [field for _, field in ty.fields]
+    elif isinstance(ty, wit.OptionType):
+        children = [ty.payload]
+    elif isinstance(ty, wit.ResultType):
+        children = [ty.ok, ty.err]
+    elif isinstance(ty, wit.ListType):
+        children = [ty.element]
+    elif isinstance(ty, wit.TupleType):
+        children = list(ty.elements)
+    for child in children:
+        _freeze(child)
+
+
+class _Entry:
+    def __init__(self, fn: HostFunc) -> None:
+        self.fn = fn
+        self.params: list[wit.ValType] | None = None
+        self.result: wit.ValType | None = None
+        self.lock = threading.Lock()
+
+    def resolve(self, ty_raw: Any) -> list[wit.ValType]:
+        with self.lock:
+            if self.params is None:
+                func_type = wit.FuncType._from_ptr(ty_raw, owner=True)  # borrowed: never deleted here
+                params = [ty for _, ty in func_type.params]
+                result = func_type.result
+                for ty in params:
+                    _freeze(ty)
+                _freeze(result)
+                self.result = result
+                self.params = params
+            return self.params
+
+
+_ENTRIES: dict[int, _Entry] = {}
+_KEYS = itertools.count(1)
+
+
+def _error_pointer(error: WasmtimeError) -> int:
+    return ctypes.cast(error._consume(), ctypes.c_void_p).value or 0
+
+
+def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: Any, nresults: int) -> int:
+    store = StoreContext(context)
+    try:
+        entry = _ENTRIES[env]
+        params = entry.params if entry.params is not None else entry.resolve(ty_raw)
+        if len(params) != nargs or nresults != (0 if entry.result is None else 1):
+            raise WasmtimeError("host function called with an unexpected signature")
+        value = entry.fn(store, *[ty.convert_from_c(args[i]) for i, ty in enumerate(params)])
+        if entry.result is not None:
+            entry.result.convert_to_c(store, value, results)
+        elif value is not None:
+            raise WasmtimeError("host function without a result returned a value")
+    except WasmtimeError as error:
+        return _error_pointer(error)
+    except BaseException as error:
+        return _error_pointer(WasmtimeError(f"host function failed: {type(error).__name__}: {error}"))
+    finally:
+        store._invalidate()
+    return 0
+
+
+def _finalize(env: int) -> None:
+    _ENTRIES.pop(env, None)
+
+
+_CALL = ffi.wasmtime_component_func_callback_t(_call)
+_FINALIZE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_finalize)
+
+
+def add_func(instance: LinkerInstance, name: str, fn: HostFunc) -> None:
+    """Like `instance.add_func(name, fn)`: `fn(store, *args)` gets and returns Python values."""
+    key = next(_KEYS)
+    _ENTRIES[key] = _Entry(fn)
+    encoded = name.encode()
+    error = ffi.wasmtime_component_linker_instance_add_func(
+        instance.ptr(), ctypes.create_string_buffer(encoded), len(encoded), _CALL, key, _FINALIZE
+    )
+    if error:
+        _ENTRIES.pop(key, None)
+        raise WasmtimeError._from_ptr(error)
