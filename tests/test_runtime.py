@@ -379,3 +379,14 @@ def run(event, step):
     done = finish(service, clock, instance)
     assert done.status == "errored"
     assert done.error is not None and done.error["name"] == "StepLimitExceeded"
+
+
+def test_event_sent_while_paused_is_not_lost(service: Service, tenant: Tenant, clock: ManualClock) -> None:
+    instance = start(service, tenant, EVENTS)
+    assert run_once(service, clock)
+    service.control(tenant, "wf", instance.instance_id, "pause")
+    service.send_event(tenant, "wf", instance.instance_id, "go", 1)
+    service.send_event(tenant, "wf", instance.instance_id, "go", 2)
+    assert not run_once(service, clock)
+    service.control(tenant, "wf", instance.instance_id, "resume")
+    assert finish(service, clock, instance).output == [1, 2]

@@ -341,9 +341,11 @@ class SQLStore(ABC):
             status = self._status(tx, key)
             if status != "paused":
                 raise InvalidState(f"cannot resume an instance that is {status}")
+            # Still held by a worker (paused mid-activation): it goes on running. Otherwise it is replayed
+            # now, and the replay finds out what it waits for (a timer, an event that came while paused).
             tx.execute(
-                f"UPDATE instances SET status = CASE WHEN wake_at IS NOT NULL AND wake_at > ? THEN 'waiting' "
-                f"ELSE 'queued' END, wake_at = COALESCE(wake_at, ?), updated_at = ? WHERE {KEY}",
+                "UPDATE instances SET status = CASE WHEN lease_owner IS NOT NULL AND lease_until > ? THEN 'running' "
+                f"ELSE 'queued' END, wake_at = ?, updated_at = ? WHERE {KEY}",
                 (now, now, now, *_key(key)),
             )
 
