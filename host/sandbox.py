@@ -263,7 +263,7 @@ class Sandbox:
             error = ErrorInfo("DeadlineExceeded", f"the activation ran longer than {act.limits.deadline_s} s")
         elif "call stack exhausted" in text:
             error = ErrorInfo("StackOverflow", "the guest's call stack is exhausted (unbounded recursion?)")
-        elif "memory" in text.lower():
+        elif "memory" in text.lower() and "out of bounds" not in text:
             error = ErrorInfo(
                 "MemoryLimitExceeded", f"the guest ran out of memory (cap {act.limits.memory_bytes} bytes)"
             )

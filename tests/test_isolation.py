@@ -18,6 +18,8 @@ from memjournal import MemJournal
 from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
 
 SMALL = Limits(fuel=2_000_000_000, memory_bytes=64 << 20, deadline_s=5)
+# For code that should hit the memory cap: fuel enough that memory, not fuel, runs out first.
+MEMORY_BOUND = Limits(fuel=20_000_000_000, memory_bytes=64 << 20, deadline_s=5)
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -52,7 +54,7 @@ HOSTILE = {
     ),
     "busy loop at import": ("while True:\n    pass\n", {"FuelExhausted", "DeadlineExceeded"}),
     "busy loop in a step body": (
-        "def run(event, step):\n    step.do('spin', lambda: [0 for _ in iter(int, 1)])\n",
+        "def run(event, step):\n    @step.do('spin')\n    def spin():\n        while True:\n            pass\n",
         {"FuelExhausted", "DeadlineExceeded"},
     ),
     "huge bytearray": ("def run(event, step):\n    x = bytearray(1_500_000_000)\n", {"MemoryLimitExceeded"}),
@@ -113,7 +115,7 @@ HOSTILE = {
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_code_ends_with_named_error_and_host_keeps_serving(sandbox: Sandbox, case: str) -> None:
     source, names = HOSTILE[case]
-    outcome, elapsed = timed(sandbox, source)
+    outcome, elapsed = timed(sandbox, source, MEMORY_BOUND if names == {"MemoryLimitExceeded"} else SMALL)
     assert isinstance(outcome, Failed), outcome
     assert outcome.error.name in names, outcome.error
     assert outcome.error.message
