@@ -151,8 +151,8 @@ def bench_instantiate(box: Sandbox) -> None:
 def bench_first_instruction(box: FirstLogSandbox) -> None:
     source = "print(1)\n\ndef run(event, step):\n    return 1\n"
     event = {"payload": None}
-    samples = []
-    totals = []
+    samples: list[float] = []
+    totals: list[float] = []
     for i in range(RUNS + 10):
         box.first_log = None
         started = time.perf_counter()
@@ -221,6 +221,7 @@ def bench_rss_per_instance(box: Sandbox, count: int = 50) -> None:
     per_instance = []
     per_instance_after_call = []
     check = box.component.get_export_index("check")
+    assert check is not None
     for _ in range(3):
         gc.collect()
         before = rss_mb()

@@ -318,7 +318,7 @@ def _resolving_to(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]
             infos.append((family, socket.SOCK_STREAM, 6, "", sockaddr))
         return infos
 
-    monkeypatch.setattr(fetch_module.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)  # the module the host's fetch resolves with
     return looked_up
 
 
