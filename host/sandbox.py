@@ -392,7 +392,9 @@ class Sandbox:
     def _call(self, act: _Activation, capability: str, request: str) -> Any:
         if capability != "fetch":
             return _failure("CapabilityNotGranted", f"no capability named {capability!r}")
-        remaining = act.deadline - time.monotonic()
+        # A fetch may not outlast the activation, nor the timeout of the step body it is made in.
+        end = act.deadline if act.step_deadline is None else min(act.deadline, act.step_deadline)
+        remaining = end - time.monotonic()
         grants = act.grants
         if remaining < grants.fetch_timeout_s:
             grants = dataclasses.replace(grants, fetch_timeout_s=max(0.0, remaining))

@@ -296,6 +296,27 @@ def test_fetch_cannot_outlast_the_activation_deadline(sandbox: Sandbox, a: Serve
     assert not isinstance(outcome, Completed) or "FetchTimeout" in outcome.output, outcome
 
 
+def test_fetch_in_a_step_body_cannot_outlast_the_step_timeout(sandbox: Sandbox, a: Server) -> None:
+    source = f"""
+        from tenantflow import fetch
+
+        def run(event, step):
+            @step.do("call partner", timeout="300 milliseconds")
+            def call():
+                return fetch({a.url("/slow?s=5")!r}).text
+            return call
+        """
+    journal = MemJournal()
+    grants = Grants(egress=("127.0.0.1",), fetch_timeout_s=30)
+    started = time.monotonic()
+    outcome = sandbox.run(textwrap.dedent(source), {}, journal, LIMITS, grants)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5, elapsed
+    assert not isinstance(outcome, Completed), outcome
+    [attempt] = journal.attempts_of("call partner")
+    assert attempt.error_name == "StepTimeout" and attempt.duration_ms >= 300
+
+
 # -- the SSRF guard against names that resolve to internal addresses -----------------------
 
 
