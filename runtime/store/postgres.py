@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from tenantflow.runtime import codec
 from tenantflow.runtime.errors import Conflict
 from tenantflow.runtime.records import AttemptRecord, Claim, Entry, Instance, InstanceKey, Version
@@ -39,7 +39,6 @@ CHANNEL_PREFIX = "tenantflow_wake"
 MIGRATION_LOCK = 7_406_031_805  # pg_advisory_lock key: one migrating process at a time
 NOTIFY_WITHIN_S = 1.0  # timers further out are found by the workers' polling anyway
 POOL_PARAMS = ("pool_min", "pool_max")
-DEPLOY_RETRIES = 5
 
 _translated: dict[str, str] = {}
 
@@ -131,7 +130,14 @@ class PostgresStore(SQLStore):
             name="tenantflow",
             open=False,
         )
-        self._pool.open(wait=True, timeout=timeout_s)
+        try:
+            self._pool.open(wait=True, timeout=timeout_s)
+        except PoolTimeout:
+            self._pool.close()
+            # The pool only says it timed out; connecting once says why (refused, unknown database, auth).
+            with psycopg.connect(conninfo, connect_timeout=max(1, int(timeout_s))):
+                pass
+            raise
         self._listeners: list[Callable[[], None]] = []
         self._listen_lock = threading.Lock()
         self._listen_thread: threading.Thread | None = None
@@ -223,13 +229,10 @@ class PostgresStore(SQLStore):
         return str(row[0])
 
     def deploy(self, tenant_id: str, workflow: str, source: str, source_hash: str, now: float) -> tuple[Version, bool]:
-        for attempt in range(DEPLOY_RETRIES):
-            try:
-                return super().deploy(tenant_id, workflow, source, source_hash, now)
-            except psycopg.errors.UniqueViolation:
-                if attempt == DEPLOY_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        # Deploys of one tenant take turns (on its tenant row), so each gets the next version number.
+        with self.transaction() as tx:
+            tx.execute("SELECT 1 FROM tenants WHERE tenant_id = ? FOR UPDATE", (tenant_id,))
+            return super().deploy(tenant_id, workflow, source, source_hash, now)
 
     def create_instances(
         self, tenant_id: str, version: Version, items: Sequence[tuple[str, Any]], now: float

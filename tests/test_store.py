@@ -1,0 +1,664 @@
+"""The journal store, the same suite on SQLite and on PostgreSQL (the real server, a fresh database per run).
+
+Each test gets an empty store: a new SQLite file, or a new schema in this session's PostgreSQL database.
+Times are passed explicitly, so lease expiry needs no sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pg import fresh_schema, pg_server  # noqa: F401  (pg_server is a fixture)
+from tenantflow.host import Sandbox
+from tenantflow.runtime.errors import Conflict, InvalidState, NotFound
+from tenantflow.runtime.records import AttemptRecord, Claim, Entry, InstanceKey, Quotas, Tenant, Version
+from tenantflow.runtime.service import Service
+from tenantflow.runtime.store import LeaseLost, SQLStore, open_store
+from tenantflow.runtime.store.postgres import PostgresStore, split_url
+from tenantflow.runtime.store.schema import MIGRATIONS
+
+T0 = 1_800_000_000.0
+LEASE = 30.0
+
+Opener = Callable[[], SQLStore]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL for an empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tf.db'}"
+    return fresh_schema(request.getfixturevalue("pg_server"))
+
+
+@pytest.fixture
+def opened(backend: str) -> Iterator[list[SQLStore]]:
+    stores: list[SQLStore] = []
+    yield stores
+    for s in stores:
+        s.close()
+
+
+@pytest.fixture
+def open_more(backend: str, opened: list[SQLStore]) -> Opener:
+    """Open another store on the same database (another process, as far as the store can tell)."""
+
+    def opener() -> SQLStore:
+        s = open_store(backend)
+        opened.append(s)
+        return s
+
+    return opener
+
+
+@pytest.fixture
+def store(open_more: Opener) -> SQLStore:
+    return open_more()
+
+
+def make_tenant(store: SQLStore, name: str = "acme", **quotas: Any) -> Tenant:
+    tenant = Tenant(name, name, Quotas(**quotas), T0)
+    store.create_tenant(tenant, f"hash-{name}")
+    return tenant
+
+
+def deployed(store: SQLStore, tenant: str = "acme", workflow: str = "wf", source: str = "src") -> Version:
+    return store.deploy(tenant, workflow, source, f"h-{source}", T0)[0]
+
+
+def make_instance(store: SQLStore, instance_id: str = "i1", tenant: str = "acme", params: Any = None) -> InstanceKey:
+    try:
+        store.tenant(tenant)
+    except NotFound:
+        make_tenant(store, tenant)
+    try:
+        version = store.versions(tenant, "wf")[-1]
+    except NotFound:
+        version = deployed(store, tenant)
+    store.create_instances(tenant, version, [(instance_id, params)], T0)
+    return InstanceKey(tenant, "wf", instance_id)
+
+
+def claim_one(store: SQLStore, now: float = T0, owner: str = "w1", lease: float = LEASE) -> Claim:
+    claims = store.claim(owner, 1, now, lease, {})
+    assert len(claims) == 1, claims
+    return claims[0]
+
+
+def done_entry(position: int, result: str = '"ok"', name: str = "s") -> Entry:
+    return Entry(position, name, "do", "done", attempts=1, result=result, created_at=T0, updated_at=T0)
+
+
+def ok_attempt(position: int) -> AttemptRecord:
+    return AttemptRecord(position, 1, True, None, None, 10, 1.5, T0)
+
+
+# -- schema -------------------------------------------------------------------
+
+
+def test_migrations_are_idempotent(store: SQLStore, open_more: Opener) -> None:
+    make_tenant(store)
+    store.migrate()
+    store.migrate()
+    again = open_more()  # opening migrates too
+    with again.transaction() as tx:
+        versions = [r[0] for r in tx.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert [t.tenant_id for t in again.tenants()] == ["acme"]
+
+
+def test_every_table_keys_by_tenant_first(store: SQLStore) -> None:
+    """The Citus rule: tenant_id leads every primary key."""
+    for table in ("tenants", "sources", "versions", "instances", "journal", "attempts", "events"):
+        with store.transaction() as tx:
+            if isinstance(store, PostgresStore):
+                rows = tx.execute(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = i.indkey[0] WHERE i.indrelid = ?::regclass AND i.indisprimary",
+                    (table,),
+                )
+            else:
+                rows = [(r[1],) for r in tx.execute(f"PRAGMA table_info({table})") if r[5] == 1]
+        assert rows and rows[0][0] == "tenant_id", table
+
+
+# -- tenants and workflows ----------------------------------------------------------
+
+
+def test_tenants(store: SQLStore) -> None:
+    make_tenant(store, "acme", max_concurrent=3, egress=("api.example.com",))
+    make_tenant(store, "zeta")
+    tenant = store.tenant("acme")
+    assert tenant.quotas.max_concurrent == 3
+    assert tenant.quotas.egress == ("api.example.com",)
+    assert store.tenant_by_key("hash-zeta") == store.tenant("zeta")
+    assert store.tenant_by_key("nope") is None
+    assert [t.tenant_id for t in store.tenants()] == ["acme", "zeta"]
+    with pytest.raises(NotFound):
+        store.tenant("ghost")
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        make_tenant(store, "acme")
+
+
+def test_deploy_versions(store: SQLStore) -> None:
+    make_tenant(store)
+    v1, new = store.deploy("acme", "wf", "one", "h1", T0)
+    assert (v1.version, new) == (1, True)
+    same, new = store.deploy("acme", "wf", "one", "h1", T0 + 1)
+    assert (same, new) == (v1, False)
+    v2, new = store.deploy("acme", "wf", "two", "h2", T0 + 2)
+    assert (v2.version, new) == (2, True)
+    store.deploy("acme", "other", "one", "h1", T0 + 3)
+    assert [v.version for v in store.versions("acme", "wf")] == [1, 2]
+    assert [(v.workflow, v.version) for v in store.workflows("acme")] == [("other", 1), ("wf", 2)]
+    assert store.source("acme", "h2") == "two"
+    with pytest.raises(NotFound):
+        store.versions("acme", "missing")
+    with pytest.raises(NotFound):
+        store.source("acme", "nope")
+    make_tenant(store, "zeta")
+    assert store.workflows("zeta") == []
+    with pytest.raises(NotFound):
+        store.source("zeta", "h1")  # sources are per tenant
+
+
+def test_concurrent_deploys_get_distinct_versions(store: SQLStore) -> None:
+    make_tenant(store)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: store.deploy("acme", "wf", f"s{i}", f"h{i}", T0)[0].version, range(16)))
+    assert sorted(results) == list(range(1, 17))
+
+
+def test_large_sources_and_results_are_compressed_and_round_trip(store: SQLStore) -> None:
+    make_tenant(store)
+    source = "x = 1\n" * 50_000
+    store.deploy("acme", "wf", source, "big", T0)
+    assert store.source("acme", "big") == source
+    with store.transaction() as tx:
+        row = tx.one("SELECT source FROM sources WHERE tenant_id = ? AND source_hash = ?", ("acme", "big"))
+    assert row is not None and len(bytes(row[0])) < len(source) // 10
+
+
+# -- instances ----------------------------------------------------------------
+
+
+def test_create_list_and_conflict(store: SQLStore) -> None:
+    make_tenant(store)
+    version = deployed(store)
+    created = store.create_instances("acme", version, [("a", {"n": 1}), ("b", [1, 2])], T0)
+    assert [(i.instance_id, i.status, i.params) for i in created] == [
+        ("a", "queued", {"n": 1}),
+        ("b", "queued", [1, 2]),
+    ]
+    got = store.instance(InstanceKey("acme", "wf", "a"))
+    assert (got.status, got.params, got.version, got.source_hash, got.wake_at) == ("queued", {"n": 1}, 1, "h-src", T0)
+    with pytest.raises(Conflict):
+        store.create_instances("acme", version, [("c", None), ("a", None)], T0)
+    with pytest.raises(NotFound):
+        store.instance(InstanceKey("acme", "wf", "c"))  # the batch was all or nothing
+    store.create_instances("acme", version, [(f"p{i:02d}", i) for i in range(10)], T0)
+    page = store.instances("acme", "wf", None, 5, None)
+    assert [i.instance_id for i in page] == ["a", "b", "p00", "p01", "p02"]
+    page = store.instances("acme", "wf", None, 5, page[-1].instance_id)
+    assert [i.instance_id for i in page] == ["p03", "p04", "p05", "p06", "p07"]
+    assert store.instances("acme", "wf", "paused", 100, None) == []
+    assert len(store.instances("acme", "wf", "queued", 100, None)) == 12
+    assert store.status_counts() == [("acme", "queued", 12)]
+    with pytest.raises(NotFound):
+        store.instance(InstanceKey("other", "wf", "a"))  # scoped by tenant
+
+
+def test_concurrent_creates_of_one_id_conflict(store: SQLStore) -> None:
+    make_tenant(store)
+    version = deployed(store)
+    barrier = threading.Barrier(6)
+
+    def create(i: int) -> str:
+        barrier.wait()
+        try:
+            store.create_instances("acme", version, [("same", i)], T0)
+            return "created"
+        except Conflict:
+            return "conflict"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = sorted(pool.map(create, range(6)))
+    assert outcomes == ["conflict"] * 5 + ["created"]
+
+
+# -- controls -------------------------------------------------------------------
+
+
+def test_controls_and_invalid_transitions(store: SQLStore) -> None:
+    key = make_instance(store)
+    store.pause(key, T0 + 1)
+    assert store.instance(key).status == "paused"
+    with pytest.raises(InvalidState):
+        store.pause(key, T0 + 1)
+    assert store.claim("w", 10, T0 + 5, LEASE, {}) == []  # paused is not runnable
+    store.resume(key, T0 + 2)
+    assert store.instance(key).status == "queued"
+    with pytest.raises(InvalidState):
+        store.resume(key, T0 + 2)
+    store.terminate(key, T0 + 3)
+    got = store.instance(key)
+    assert (got.status, got.wake_at) == ("terminated", None)
+    for control in (store.terminate, store.pause, store.resume):
+        with pytest.raises(InvalidState):
+            control(key, T0 + 4)
+    with pytest.raises(InvalidState):
+        store.send_event(key, "x", None, T0 + 4)
+    store.restart(key, T0 + 5)
+    got = store.instance(key)
+    assert (got.status, got.wake_at, got.fence) == ("queued", T0 + 5, 1)
+    with pytest.raises(NotFound):
+        store.pause(InstanceKey("acme", "wf", "ghost"), T0)
+
+
+def test_resume_replays_a_sleeping_instance_and_keeps_a_held_one_running(store: SQLStore) -> None:
+    key = make_instance(store)
+    claim = claim_one(store)
+    store.pause(key, T0 + 1)  # mid-activation: the worker still holds it
+    store.resume(key, T0 + 2)
+    assert store.instance(key).status == "running"
+    assert store.finish(claim, T0 + 3, status="waiting", wake_at=T0 + 100)
+    store.pause(key, T0 + 4)
+    store.resume(key, T0 + 5)
+    got = store.instance(key)
+    assert (got.status, got.wake_at) == ("queued", T0 + 5)  # the replay finds its timer again
+
+
+def test_restart_clears_journal_and_fences_out_the_old_claim(store: SQLStore) -> None:
+    key = make_instance(store, params={"p": 1})
+    claim = claim_one(store)
+    store.record(claim, done_entry(0), ok_attempt(0), T0 + 1)
+    store.send_event(key, "go", 1, T0 + 1)
+    store.restart(key, T0 + 2)
+    assert store.journal(key) == ([], [], [])
+    with pytest.raises(LeaseLost):
+        store.record(claim, done_entry(1), None, T0 + 3)
+    assert store.finish(claim, T0 + 3, status="complete", output='"x"') is False
+    got = store.instance(key)
+    assert (got.status, got.params, got.steps, got.output) == ("queued", {"p": 1}, 0, None)
+
+
+# -- events -----------------------------------------------------------------------
+
+
+def test_events_are_numbered_and_wake_a_waiting_instance(store: SQLStore) -> None:
+    key = make_instance(store)
+    claim = claim_one(store)
+    wait = Entry(0, "approval", "wait", "waiting", event_type="go", created_at=T0, updated_at=T0)
+    store.record(claim, wait, None, T0 + 1)
+    assert store.finish(claim, T0 + 1, status="waiting", wake_at=None, waiting_for="go")
+    assert store.next_wake() is None
+    assert store.send_event(key, "other", {"a": 1}, T0 + 2) == 1
+    assert store.instance(key).wake_at is None  # not the awaited type
+    assert store.send_event(key, "go", {"b": 2}, T0 + 3) == 2
+    assert store.instance(key).wake_at == T0 + 3
+    assert store.next_wake() == T0 + 3
+    claim = claim_one(store, T0 + 3)
+    state = store.load(claim)
+    assert [(e.seq, e.type, e.payload) for e in state.events] == [(1, "other", {"a": 1}), (2, "go", {"b": 2})]
+    wait.state, wait.result = "done", '{"type": "go"}'
+    store.record(claim, wait, None, T0 + 4, consumed_event=2)
+    assert [e.seq for e in store.load(claim).events] == [1]
+    _, _, events = store.journal(key)
+    assert [(e.seq, e.consumed_at) for e in events] == [(1, None), (2, 0)]
+
+
+def test_an_event_that_arrived_during_the_activation_is_not_missed(store: SQLStore) -> None:
+    key = make_instance(store)
+    claim = claim_one(store)
+    store.send_event(key, "go", None, T0 + 1)  # while running: nothing to wake yet
+    assert store.finish(claim, T0 + 2, status="waiting", waiting_for="go")
+    assert store.instance(key).wake_at == T0 + 2
+
+
+def test_concurrent_events_get_distinct_numbers(store: SQLStore) -> None:
+    key = make_instance(store)
+    with ThreadPoolExecutor(8) as pool:
+        seqs = list(pool.map(lambda i: store.send_event(key, "t", i, T0), range(40)))
+    assert sorted(seqs) == list(range(1, 41))
+
+
+# -- claims, leases, fencing ------------------------------------------------------
+
+
+def test_claim_lease_and_takeover_fence(store: SQLStore) -> None:
+    key = make_instance(store)
+    first = claim_one(store, T0, "w1")
+    assert first.key == key
+    got = store.instance(key)
+    assert (got.status, got.fence) == ("running", first.fence)
+    assert store.claim("w2", 5, T0 + LEASE - 1, LEASE, {}) == []  # leased
+    assert store.record(first, done_entry(0), ok_attempt(0), T0 + 1) == "running"
+    second = claim_one(store, T0 + LEASE + 1, "w2")  # lease expired: taken over
+    assert second.fence == first.fence + 1
+    with pytest.raises(LeaseLost):
+        store.record(first, done_entry(1, '"stale"'), ok_attempt(1), T0 + LEASE + 2)
+    with pytest.raises(LeaseLost):
+        store.load(first)
+    assert store.finish(first, T0 + LEASE + 2, status="complete", output='"stale"') is False
+    state = store.load(second)
+    assert list(state.entries) == [0]
+    store.record(second, done_entry(1, '"fresh"'), ok_attempt(1), T0 + LEASE + 3)
+    assert store.finish(second, T0 + LEASE + 4, status="complete", output='"done"')
+    entries, attempts, _ = store.journal(key)
+    assert [(e.position, e.result) for e in entries] == [(0, '"ok"'), (1, '"fresh"')]
+    assert [(a.position, a.attempt) for a in attempts] == [(0, 1), (1, 1)]
+    got = store.instance(key)
+    assert (got.status, got.output, got.steps) == ("complete", "done", 2)
+
+
+def test_record_upserts_a_position_and_counts_done_steps(store: SQLStore) -> None:
+    key = make_instance(store)
+    claim = claim_one(store)
+    retrying = Entry(0, "s", "do", "retrying", attempts=1, error_name="E", error_message="m", wake_at=T0 + 10)
+    store.record(claim, retrying, AttemptRecord(0, 1, False, "E", "m", 5, 1.0, T0), T0)
+    assert store.instance(key).steps == 0
+    store.record(claim, done_entry(0), AttemptRecord(0, 2, True, None, None, 5, 1.0, T0 + 10), T0 + 10)
+    store.record(claim, done_entry(0), AttemptRecord(0, 2, True, None, None, 5, 1.0, T0 + 10), T0 + 10)  # replayed
+    entries, attempts, _ = store.journal(key)
+    assert [(e.state, e.attempts, e.error_name) for e in entries] == [("done", 1, None)]
+    assert [(a.attempt, a.ok) for a in attempts] == [(1, False), (2, True)]
+    big = "[" + ",".join(['"abcdefgh"'] * 10_000) + "]"
+    store.record(claim, done_entry(1, big), None, T0 + 11)
+    assert store.load(claim).entries[1].result == big
+    assert store.instance(key).steps == 3
+
+
+def test_record_and_finish_while_paused_or_terminated(store: SQLStore) -> None:
+    key = make_instance(store)
+    claim = claim_one(store)
+    store.pause(key, T0 + 1)
+    assert store.record(claim, done_entry(0), None, T0 + 2) == "paused"  # the worker suspends
+    assert store.finish(claim, T0 + 3, status="waiting", wake_at=T0 + 3)
+    assert store.instance(key).status == "paused"
+    store.resume(key, T0 + 4)
+    claim = claim_one(store, T0 + 4)
+    store.terminate(key, T0 + 5)
+    with pytest.raises(LeaseLost):
+        store.record(claim, done_entry(1), None, T0 + 6)
+    store.finish(claim, T0 + 6, status="complete", output='"x"')
+    assert store.instance(key).status == "terminated"
+
+
+def test_heartbeat_extends_only_the_holders_lease(store: SQLStore) -> None:
+    key = make_instance(store)
+    claim = claim_one(store, T0, "w1", lease=10)
+    store.heartbeat("w1", [claim], T0 + 100)
+    assert store.claim("w2", 1, T0 + 50, 10, {}) == []
+    assert store.next_wake() == T0 + 100
+    store.heartbeat("w2", [claim], T0 + 1000)  # not the owner
+    store.heartbeat("w1", [Claim(key, claim.fence - 1)], T0 + 1000)  # an old fence
+    assert store.next_wake() == T0 + 100
+    taken = claim_one(store, T0 + 101, "w2")
+    store.heartbeat("w1", [claim], T0 + 1000)  # too late: it is w2's now
+    assert store.next_wake() == T0 + 101 + LEASE
+    assert taken.fence == claim.fence + 1
+
+
+def test_expire_leases_of_dead_owners(store: SQLStore) -> None:
+    for i in range(3):
+        make_instance(store, f"i{i}")
+    dead = store.claim("dead", 2, T0, LEASE, {})
+    alive = store.claim("alive", 5, T0, LEASE, {})
+    assert len(dead) == 2 and len(alive) == 1
+    assert sorted(store.lease_owners()) == ["alive", "dead"]
+    assert store.expire_leases([]) == 0
+    assert store.expire_leases(["dead", "ghost"]) == 2
+    taken = store.claim("new", 5, T0 + 1, LEASE, {})
+    assert sorted(c.key.instance_id for c in taken) == sorted(c.key.instance_id for c in dead)
+    assert sorted(store.lease_owners()) == ["alive", "new"]
+
+
+def test_next_wake(store: SQLStore) -> None:
+    assert store.next_wake() is None
+    a = make_instance(store, "a")
+    make_instance(store, "b")
+    assert store.next_wake() == T0
+    claims = store.claim("w", 2, T0, LEASE, {})
+    assert store.next_wake() == T0 + LEASE  # lease expiries count
+    by_id = {c.key.instance_id: c for c in claims}
+    store.finish(by_id["a"], T0 + 1, status="waiting", wake_at=T0 + 5)
+    assert store.next_wake() == T0 + 5
+    store.finish(by_id["b"], T0 + 1, status="complete", output="1")
+    store.pause(a, T0 + 2)
+    assert store.next_wake() is None
+
+
+def test_claim_is_fair_across_tenants_and_respects_quotas(store: SQLStore) -> None:
+    make_tenant(store, "big")
+    make_tenant(store, "small", max_concurrent=2)
+    for tenant in ("big", "small"):
+        version = deployed(store, tenant)
+        store.create_instances(tenant, version, [(f"{tenant}{i}", None) for i in range(6)], T0)
+    claims = store.claim("w", 4, T0 + 1, LEASE, {})
+    assert sorted(c.key.tenant_id for c in claims) == ["big", "big", "small", "small"]
+    claims = store.claim("w", 4, T0 + 1, LEASE, {"small": 2})
+    assert [c.key.tenant_id for c in claims] == ["big"] * 4
+
+
+def test_parallel_claims_never_hand_out_one_instance_twice(store: SQLStore, open_more: Opener) -> None:
+    make_tenant(store, max_concurrent=1000)
+    version = deployed(store)
+    store.create_instances("acme", version, [(f"i{i:03d}", None) for i in range(120)], T0)
+    stores = [store, open_more(), open_more()]
+    claimed: list[Claim] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        s = stores[n % len(stores)]
+        while True:
+            got = s.claim(f"w{n}", 3, T0 + 1, LEASE, {})
+            if not got:
+                return
+            with lock:
+                claimed.extend(got)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    ids = [c.key.instance_id for c in claimed]
+    assert len(ids) == len(set(ids)) == 120
+
+
+# -- races that a single-writer SQLite cannot have; PostgreSQL must handle them with row locks --
+
+
+def _hold_row_lock(store: SQLStore, key: InstanceKey, then: Callable[[], None], released: threading.Event) -> None:
+    """In another thread: lock the instance row, wait, run `then` (in the same transaction), commit."""
+    with store.transaction() as tx:
+        tx.execute(
+            "SELECT 1 FROM instances WHERE tenant_id = ? AND workflow = ? AND instance_id = ? FOR UPDATE",
+            (
+                key.tenant_id,
+                key.workflow,
+                key.instance_id,
+            ),
+        )
+        released.wait(10)
+        time.sleep(0.3)  # the other side is now blocked on the row
+        then()
+
+
+@pytest.fixture
+def pg_store(pg_server: str) -> Iterator[PostgresStore]:  # noqa: F811
+    s = PostgresStore(fresh_schema(pg_server))
+    yield s
+    s.close()
+
+
+def test_pg_stale_worker_commits_nothing_after_takeover_while_it_was_blocked(pg_store: PostgresStore) -> None:
+    """Two claims on PostgreSQL: the old holder's step commit waits on the row, the takeover commits first."""
+    store = pg_store
+    key = make_instance(store)
+    old = claim_one(store, T0, "w1")
+    other = PostgresStore(store.conninfo)
+    try:
+        started = threading.Event()
+        takeover: list[Claim] = []
+
+        def take() -> None:
+            takeover.extend(other.claim("w2", 1, T0 + LEASE + 1, LEASE, {}))
+
+        holder = threading.Thread(target=_hold_row_lock, args=(other, key, take, started))
+        holder.start()
+        started.set()
+        time.sleep(0.1)
+        with pytest.raises(LeaseLost):
+            store.record(old, done_entry(0, '"stale"'), ok_attempt(0), T0 + LEASE + 2)  # blocks, then fenced out
+        holder.join()
+        assert len(takeover) == 1 and takeover[0].fence == old.fence + 1
+        assert store.journal(key) == ([], [], [])
+        store.record(takeover[0], done_entry(0, '"fresh"'), ok_attempt(0), T0 + LEASE + 3)
+        entries, attempts, _ = store.journal(key)
+        assert [e.result for e in entries] == ['"fresh"'] and len(attempts) == 1
+    finally:
+        other.close()
+
+
+def test_pg_finish_does_not_overwrite_a_terminate_it_raced_with(pg_store: PostgresStore) -> None:
+    store = pg_store
+    key = make_instance(store)
+    claim = claim_one(store)
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_row_lock, args=(store, key, lambda: store.terminate(key, T0 + 1), started))
+    holder.start()
+    started.set()
+    time.sleep(0.1)
+    store.finish(claim, T0 + 2, status="complete", output='"late"')
+    holder.join()
+    got = store.instance(key)
+    assert (got.status, got.output) == ("terminated", None)
+
+
+def test_pg_finish_sees_an_event_that_committed_while_it_waited(pg_store: PostgresStore) -> None:
+    store = pg_store
+    key = make_instance(store)
+    claim = claim_one(store)
+    started = threading.Event()
+    holder = threading.Thread(
+        target=_hold_row_lock, args=(store, key, lambda: store.send_event(key, "go", 1, T0 + 1), started)
+    )
+    holder.start()
+    started.set()
+    time.sleep(0.1)
+    store.finish(claim, T0 + 2, status="waiting", waiting_for="go")
+    holder.join()
+    assert store.instance(key).wake_at == T0 + 2  # not left waiting forever
+
+
+def test_pg_concurrent_migrations_on_an_empty_schema(pg_server: str) -> None:  # noqa: F811
+    url = fresh_schema(pg_server)
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: PostgresStore(url), range(4)))
+    try:
+        with stores[0].transaction() as tx:
+            assert tx.execute("SELECT COUNT(*) FROM schema_migrations")[0][0] == len(MIGRATIONS)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_pg_notify_wakes_listeners_in_the_same_schema_only(pg_server: str) -> None:  # noqa: F811
+    url = fresh_schema(pg_server)
+    listener, writer, elsewhere = PostgresStore(url), PostgresStore(url), PostgresStore(fresh_schema(pg_server))
+    try:
+        woke = threading.Event()
+        listener.listen(woke.set)
+        time.sleep(0.5)  # LISTEN is in place (it also wakes once on connecting)
+        woke.clear()
+        key = make_instance(elsewhere)
+        elsewhere.send_event(key, "x", None, T0)
+        assert not woke.wait(0.7)
+        started = time.monotonic()
+        make_instance(writer)
+        assert woke.wait(2.0)
+        assert time.monotonic() - started < 0.5
+        woke.clear()
+        writer.send_event(InstanceKey("acme", "wf", "i1"), "go", None, T0)
+        assert woke.wait(2.0)
+        woke.clear()
+        claim = claim_one(writer)
+        writer.finish(claim, time.time(), status="waiting", wake_at=time.time() + 0.2)  # a timer due soon
+        assert woke.wait(2.0)
+    finally:
+        for s in (listener, writer, elsewhere):
+            s.close()
+
+
+def test_pg_url_options_and_unreachable_server() -> None:
+    conninfo, own = split_url("postgresql://u@h:5/db?pool_max=3&options=-csearch_path%3Dx&pool_min=2")
+    assert own == {"pool_max": 3, "pool_min": 2}
+    assert conninfo == "postgresql://u@h:5/db?options=-csearch_path%3Dx"
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError, match="(?i)refused"):
+        PostgresStore("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", timeout_s=1.0)
+    assert time.monotonic() - started < 10
+
+
+def test_open_store_routes_postgresql_urls(pg_server: str) -> None:  # noqa: F811
+    s = open_store(fresh_schema(pg_server))
+    try:
+        assert isinstance(s, PostgresStore)
+        assert s.channel.startswith("tenantflow_wake_s_")
+    finally:
+        s.close()
+
+
+# -- the whole runtime on each backend ---------------------------------------------
+
+FLOW = """
+from tenantflow import NonRetryableError
+
+def run(event, step):
+    total = 0
+    for i in range(5):
+        total += step.do("add", lambda: i)
+
+    def boom():
+        raise NonRetryableError("no")
+
+    try:
+        step.do("boom", boom)
+        caught = None
+    except Exception as error:
+        caught = type(error).__name__
+    step.sleep("nap", "200 milliseconds")
+    got = step.wait_for_event("approval", event_type="approved", timeout="1 minute")
+    return {"total": total, "caught": caught, "approved": got["payload"], "id": event.instance_id}
+"""
+
+
+def test_workflows_run_to_completion_on_each_backend(backend: str, sandbox: Sandbox) -> None:
+    service = Service(open_store(backend), sandbox, workers=4, lease_s=5.0)
+    try:
+        tenant, _ = service.create_tenant("acme")
+        service.deploy(tenant, "wf", FLOW)
+        service.start()
+        service.create_instances(tenant, "wf", [{"id": f"r{i}"} for i in range(8)])
+        for i in range(8):
+            service.send_event(tenant, "wf", f"r{i}", "approved", {"by": i})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(s == "complete" for _, s, _ in service.store.status_counts()):
+                break
+            time.sleep(0.05)
+        for i in range(8):
+            got = service.instance(tenant, "wf", f"r{i}")
+            assert got.status == "complete", (got.status, got.error)
+            assert got.output == {"total": 10, "caught": "NonRetryableError", "approved": {"by": i}, "id": f"r{i}"}
+            journal = service.journal(tenant, "wf", f"r{i}")
+            assert [s["name"] for s in journal["steps"]] == ["add"] * 5 + ["boom", "nap", "approval"]
+            assert [s["state"] for s in journal["steps"]] == ["done"] * 5 + ["failed", "sleeping", "done"]
+    finally:
+        service.stop()
+        service.store.close()
