@@ -1,0 +1,112 @@
+"""`tenantflow serve` and `tenantflow worker`: processes with a graceful SIGTERM.
+
+serve: bind the port first (fail fast if taken), start the workers, serve the
+API with uvicorn. On SIGTERM or SIGINT uvicorn stops accepting connections and
+finishes the requests in flight; then the workers stop claiming, the running
+activations suspend at their next step (their journal is already durable) and
+the process exits 0. Nothing is lost: what was running resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from tenantflow.runtime.api import create_app
+from tenantflow.runtime.service import Service
+
+log = logging.getLogger("tenantflow.server")
+
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+
+def configure_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (IPv4 or IPv6); OSError if it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _install(handler: Callable[[int, FrameType | None], None]) -> None:
+    for sig in HANDLED:
+        signal.signal(sig, handler)
+
+
+def serve(
+    db: str,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    workers: int = 4,
+    log_level: str = "info",
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    # uvicorn re-raises the signal it shut down for once it is done, with the handler that was
+    # installed before it started: make that one only take note, so the workers get their orderly
+    # stop below (and a signal that comes before uvicorn runs is not lost).
+    stop = threading.Event()
+    _install(lambda _sig, _frame: stop.set())
+    sock = bind(host, port)
+    try:
+        service = Service.open(db, workers=workers)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        app = create_app(service)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            lifespan="off",
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        service.start()
+        actual = sock.getsockname()[1]
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{actual}"
+        log.info("tenantflow serving on %s (database %s, %d workers)", url, db, workers)
+        if on_ready is not None:
+            on_ready(url)
+        if not stop.is_set():
+            server.run(sockets=[sock])
+    finally:
+        log.info("stopping workers; running activations suspend at their next step")
+        service.close()
+        sock.close()
+        log.info("stopped")
+
+
+def work(db: str, workers: int = 4) -> None:
+    """Workers only (scale-out): run until SIGTERM or SIGINT, then stop gracefully."""
+    done = threading.Event()
+    _install(lambda _sig, _frame: done.set())
+    service = Service.open(db, workers=workers)
+    try:
+        service.start()
+        log.info("tenantflow worker running on %s with %d workers", db, workers)
+        while not done.wait(1.0):
+            pass
+    finally:
+        log.info("stopping workers; running activations suspend at their next step")
+        service.close()
+        log.info("stopped")
