@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from tenantflow.runtime.dashboard import dashboard_routes
 from tenantflow.runtime.errors import (
     InvalidInput,
     QuotaExceeded,
@@ -391,7 +392,7 @@ def create_app(service: Service, *, max_body: int = MAX_BODY) -> Starlette:
     ]
     routes += [Route(f"{instance}/{action}", api.control(action), methods=["POST"]) for action in CONTROLS]
     return Starlette(
-        routes=routes,
+        routes=[*routes, *dashboard_routes(service)],  # the browser dashboard at /, same Service and keys
         exception_handlers={
             TenantflowError: api.on_error,
             HTTPException: api.on_http_error,

@@ -131,6 +131,22 @@ class Service:
             raise Unauthorized("unknown API key")
         return tenant
 
+    def tenants(self, actor: Tenant) -> list[Tenant]:
+        """The tenants `actor` may look at: every tenant for an operator, else only itself."""
+        if not actor.operator:
+            return [actor]
+        return sorted(self.store.tenants(), key=lambda t: (t.tenant_id != actor.tenant_id, t.name))
+
+    def view_as(self, actor: Tenant, tenant_id: str | None) -> Tenant:
+        """The tenant whose resources `actor` reads: itself, or (for an operator only) the one named.
+
+        Anyone else asking for another tenant gets NotFound, as for another tenant's resources."""
+        if tenant_id is None or tenant_id == actor.tenant_id:
+            return actor
+        if not actor.operator:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        return self.store.tenant(check_id(tenant_id, "tenant name"))
+
     # -- workflows -----------------------------------------------------------
 
     def deploy(self, tenant: Tenant, workflow: str, source: Any) -> tuple[Version, bool]:

@@ -15,12 +15,26 @@ import os
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Sequence
 from types import FrameType
 
-from tenantflow.runtime.service import Service
-from tenantflow.runtime.store import DEFAULT_DB
-from tenantflow.runtime.worker import DEFAULT_LEASE_S
+# Stop on SIGTERM/SIGINT from the start: the imports below take a while, and a worker asked to stop
+# while it starts should still exit cleanly.
+_stop = threading.Event()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _stop.set()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+from tenantflow.runtime.service import Service  # noqa: E402
+from tenantflow.runtime.store import DEFAULT_DB  # noqa: E402
+from tenantflow.runtime.worker import DEFAULT_LEASE_S  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,6 +42,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db", default=os.environ.get("TENANTFLOW_DB", DEFAULT_DB), help="database URL")
     parser.add_argument("--threads", type=int, default=4, help="activations run at once (default 4)")
     parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, help="lease period in seconds")
+    parser.add_argument(
+        "--host-alias",
+        help="lease owner host name to use instead of this host's (tests: a worker that looks remote, whose "
+        "instances are recovered by lease expiry only, never by the local dead-process check)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -39,19 +58,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     service = Service.open(args.db, workers=args.threads, lease_s=args.lease)
+    if args.host_alias:
+        service.pool.owner = f"{args.host_alias}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
         service.start()
         print(json.dumps({"ready": True, "owner": service.pool.owner, "pid": os.getpid()}), flush=True)
-        while not stop.wait(1.0):
+        while not _stop.wait(1.0):
             pass
     finally:
         service.close()

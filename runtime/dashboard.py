@@ -1,0 +1,528 @@
+"""The dashboard: server-rendered pages over the same `Service` and the same API keys as the /v1 API.
+
+How it fits together:
+
+- Pages (`/`, `/login`, `/workflows/{name}`, `/workflows/{name}/instances/{id}`) are HTML shells that
+  carry no tenant data, so they need no credentials.
+- The sign-in page keeps the tenant's API key in the tab's `sessionStorage` (gone when the tab
+  closes; never a cookie, so no request is ever authenticated by the browser on its own).
+- `static/dashboard.js` fills each shell's regions from HTML fragments rendered here
+  (`/ui/fragments/...`), sending `Authorization: Bearer <key>` exactly as an HTTP client does;
+  live regions are polled again every second or two (EventSource cannot send that header).
+- Every action (start, pause, resume, terminate, restart, send an event) is a `fetch` to the /v1
+  API with the same header: the dashboard has no write path of its own.
+- An operator key may read every tenant's workflows and instances (`?tenant=NAME`); controls
+  on another tenant's instances need that tenant's own key, so they are not offered there.
+
+All tenant data is escaped by Jinja2's autoescaping, and every dashboard response carries a
+Content-Security-Policy that allows only this origin's scripts and styles (no inline script).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from tenantflow.runtime.errors import Unauthorized
+from tenantflow.runtime.records import FINISHED, STATUSES, Instance, Tenant, check_id
+from tenantflow.runtime.service import Service
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+PAGE_SIZE = 25
+MAX_PAGE_SIZE = 200
+PREVIEW_CHARS = 64 * 1024
+"""JSON values and logs longer than this are cut in the page (the API has them whole)."""
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+NO_STORE = {"Cache-Control": "no-store"}
+
+STATUS_SYMBOLS = {
+    "queued": "○",
+    "running": "▶",
+    "waiting": "◷",
+    "paused": "❚❚",
+    "errored": "✕",
+    "terminated": "■",
+    "complete": "✓",
+}
+
+
+# -- formatting ----------------------------------------------------------------
+
+
+def fmt_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "—"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso_time(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fmt_duration(ms: float | None) -> str:
+    if ms is None or not math.isfinite(ms):
+        return "—"
+    if ms < 0:
+        return "−" + fmt_duration(-ms)
+    if ms < 1:
+        return f"{ms * 1000:.0f} µs"
+    if ms < 99.95:
+        return f"{ms:.1f} ms"
+    if ms < 999.5:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def fmt_offset(seconds: float | None) -> str:
+    """A time relative to the instance's start, e.g. "+1.25 s"."""
+    if seconds is None:
+        return "—"
+    return "+" + fmt_duration(max(0.0, seconds) * 1000)
+
+
+def fmt_relative(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return ""
+    delta = epoch - now
+    if abs(delta) < 0.5:
+        return "now"
+    text = fmt_duration(abs(delta) * 1000)
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def fmt_count(value: int | float | None) -> str:
+    """1234567 → "1.23 M" (the exact number goes in a title attribute)."""
+    if value is None:
+        return "—"
+    n = float(value)
+    for limit, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= limit:
+            return f"{n / limit:.3g} {suffix}"
+    return f"{int(n)}"
+
+
+def fmt_bytes(size: int | None) -> str:
+    if size is None:
+        return "—"
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value:.1f} TiB"
+
+
+def pretty_json(value: Any) -> str:
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return _cut(text)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= PREVIEW_CHARS:
+        return text
+    return text[:PREVIEW_CHARS] + f"\n… ({len(text) - PREVIEW_CHARS} more characters; the API returns all of it)"
+
+
+def json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError):
+        return 0
+
+
+# -- view models -----------------------------------------------------------------
+
+
+@dataclass
+class AttemptView:
+    number: int
+    ok: bool
+    error_name: str | None
+    error_message: str | None
+    fuel: int
+    duration_ms: float
+    start: float
+    end: float
+
+
+@dataclass
+class EventView:
+    seq: int
+    type: str
+    payload: str
+    size: int
+    arrived: float
+    consumed_by: int | None
+    consumer: str | None = None
+
+
+@dataclass
+class StepView:
+    position: int
+    name: str
+    kind: str
+    state: str
+    state_label: str
+    attempts: int
+    start: float | None
+    end: float | None
+    duration_ms: float | None
+    fuel: int
+    result: str | None
+    result_size: int | None
+    error_name: str | None
+    error_message: str | None
+    wake_at: float | None
+    event_type: str | None
+    attempt_log: list[AttemptView] = field(default_factory=list)
+    events: list[EventView] = field(default_factory=list)
+    bar_x: float = 0.0
+    bar_w: float = 0.0
+
+
+@dataclass
+class Timeline:
+    start: float
+    end: float
+    steps: list[StepView]
+    events: list[EventView]
+    log_lines: list[str]
+    total_fuel: int
+    total_ms: float
+
+
+STATE_LABELS = {
+    "done": "done",
+    "failed": "failed",
+    "retrying": "retrying",
+    "sleeping": "sleeping",
+    "waiting": "waiting",
+    "timed_out": "timed out",
+}
+
+
+def build_timeline(instance: Instance, journal: dict[str, Any], now: float) -> Timeline:
+    """The journal as the page shows it: each position with its start, end and cost, in order."""
+    live = instance.status not in FINISHED
+    events = [
+        EventView(
+            seq=int(e["seq"]),
+            type=str(e["type"]),
+            payload=pretty_json(e["payload"]),
+            size=json_size(e["payload"]),
+            arrived=float(e["created_at"]),
+            consumed_by=e.get("consumed_at"),
+        )
+        for e in journal.get("events", [])
+    ]
+    steps: list[StepView] = []
+    for raw in journal.get("steps", []):
+        attempts = [
+            AttemptView(
+                number=int(a["attempt"]),
+                ok=bool(a["ok"]),
+                error_name=a.get("error_name"),
+                error_message=a.get("error_message"),
+                fuel=int(a.get("fuel") or 0),
+                duration_ms=float(a.get("duration_ms") or 0.0),
+                start=float(a["finished_at"]) - float(a.get("duration_ms") or 0.0) / 1000,
+                end=float(a["finished_at"]),
+            )
+            for a in raw.get("attempt_log", [])
+        ]
+        kind = str(raw["kind"])
+        state = str(raw["state"])
+        created = float(raw.get("created_at") or instance.created_at)
+        updated = float(raw.get("updated_at") or created)
+        wake_at = raw.get("wake_at")
+        start: float | None = created
+        end: float | None = None
+        duration: float | None = None
+        label = STATE_LABELS.get(state, state)
+        if kind == "do":
+            if attempts:
+                start = min(created, attempts[0].start)
+            if state in ("done", "failed"):
+                end = attempts[-1].end if attempts else updated
+            duration = float(raw.get("duration_ms") or 0.0) or (sum(a.duration_ms for a in attempts) or None)
+        elif kind == "sleep":
+            if wake_at is not None and float(wake_at) <= now:
+                end = float(wake_at)
+                label = "slept"
+            duration = None if wake_at is None else (float(wake_at) - created) * 1000
+        else:
+            if state in ("done", "timed_out"):
+                end = updated
+            duration = None if end is None else (end - created) * 1000
+        has_result = state == "done" and kind != "sleep"
+        result = raw.get("result")
+        view = StepView(
+            position=int(raw["position"]),
+            name=str(raw["name"]),
+            kind=kind,
+            state=state,
+            state_label=label,
+            attempts=int(raw.get("attempts") or len(attempts)),
+            start=start,
+            end=end,
+            duration_ms=duration,
+            fuel=int(raw.get("fuel") or 0) or sum(a.fuel for a in attempts),
+            result=pretty_json(result) if has_result else None,
+            result_size=json_size(result) if has_result else None,
+            error_name=raw.get("error_name"),
+            error_message=raw.get("error_message"),
+            wake_at=None if wake_at is None else float(wake_at),
+            event_type=raw.get("event_type"),
+            attempt_log=attempts,
+        )
+        steps.append(view)
+    by_position = {s.position: s for s in steps}
+    for event in events:
+        if event.consumed_by is not None and event.consumed_by in by_position:
+            consumer = by_position[event.consumed_by]
+            event.consumer = consumer.name
+            consumer.events.append(event)
+
+    t0 = instance.created_at
+    ends = [t0, instance.updated_at]
+    for s in steps:
+        ends += [x for x in (s.start, s.end) if x is not None]
+    t1 = max([*ends, now] if live else ends)
+    span = max(t1 - t0, 1e-3)
+    for s in steps:
+        begin = s.start if s.start is not None else t0
+        stop = s.end if s.end is not None else (now if live else t1)
+        if s.kind == "sleep" and s.wake_at is not None and s.end is None:
+            stop = min(s.wake_at, t1)
+        s.bar_x = round(max(0.0, min(1.0, (begin - t0) / span)) * 1000, 1)
+        s.bar_w = round(max(0.004, min(1.0, (stop - begin) / span)) * 1000, 1)
+        s.bar_w = min(s.bar_w, 1000 - s.bar_x) or 4.0
+    log = str(journal.get("log") or "")
+    return Timeline(
+        start=t0,
+        end=t1,
+        steps=steps,
+        events=events,
+        log_lines=_cut(log).splitlines(),
+        total_fuel=sum(s.fuel for s in steps),
+        total_ms=sum(s.duration_ms or 0.0 for s in steps if s.kind == "do"),
+    )
+
+
+# -- the routes --------------------------------------------------------------------
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        time=fmt_time,
+        iso=iso_time,
+        duration=fmt_duration,
+        offset=fmt_offset,
+        count=fmt_count,
+        bytes=fmt_bytes,
+        json=pretty_json,
+    )
+    env.globals.update(statuses=STATUSES, symbols=STATUS_SYMBOLS, relative=fmt_relative, finished=FINISHED)
+    return env
+
+
+class Dashboard:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.env = _environment()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def render(self, template: str, status_code: int = 200, *, fragment: bool = False, **context: Any) -> Response:
+        html = self.env.get_template(template).render(**context)
+        headers = dict(SECURITY_HEADERS)
+        if fragment:
+            headers.update(NO_STORE)
+        return HTMLResponse(html, status_code=status_code, headers=headers)
+
+    def actor(self, request: Request) -> Tenant:
+        header = request.headers.get("authorization", "").strip()
+        scheme, _, key = header.partition(" ")
+        if not header:
+            raise Unauthorized("send the tenant's API key as 'Authorization: Bearer <key>'")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+        return self.service.authenticate(key.strip())
+
+    def scope(self, request: Request) -> tuple[Tenant, Tenant]:
+        """(who is asking, whose resources are shown)."""
+        actor = self.actor(request)
+        return actor, self.service.view_as(actor, request.query_params.get("tenant") or None)
+
+    @staticmethod
+    def query(viewed: Tenant, actor: Tenant, **params: Any) -> str:
+        """A query string that keeps the viewed tenant (for an operator looking at another tenant)."""
+        items = {k: v for k, v in params.items() if v not in (None, "")}
+        if viewed.tenant_id != actor.tenant_id:
+            items = {"tenant": viewed.tenant_id, **items}
+        return ("?" + urlencode(items)) if items else ""
+
+    # -- pages (no tenant data: safe without credentials) -----------------------
+
+    def page(self, template: str) -> Any:
+        def endpoint(request: Request) -> Response:
+            params = dict(request.path_params)
+            for key, what in (("name", "workflow name"), ("id", "instance id")):
+                if key in params:
+                    check_id(params[key], what)
+            return self.render(
+                template,
+                page=template.removesuffix(".html"),
+                path=params,
+                query=dict(request.query_params),
+                statuses=STATUSES,
+            )
+
+        return endpoint
+
+    def favicon(self, request: Request) -> Response:
+        return RedirectResponse("/ui/static/favicon.svg", status_code=301)
+
+    # -- fragments (Bearer auth, like the API) ----------------------------------
+
+    def me(self, request: Request) -> Response:
+        actor = self.actor(request)
+        return JSONResponse(
+            {"tenant": actor.tenant_id, "name": actor.name, "operator": actor.operator}, headers=NO_STORE
+        )
+
+    def workflows_fragment(self, request: Request) -> Response:
+        actor = self.actor(request)
+        groups = [(tenant, self.service.workflows(tenant)) for tenant in self.service.tenants(actor)]
+        return self.render("_workflows.html", fragment=True, actor=actor, groups=groups, q=self.query)
+
+    def workflow_fragment(self, request: Request) -> Response:
+        actor, viewed = self.scope(request)
+        name = request.path_params["name"]
+        versions = self.service.versions(viewed, name)
+        version_text = request.query_params.get("version", "")
+        chosen = int(version_text) if version_text.isdigit() and len(version_text) < 10 else None
+        version, source = self.service.source(viewed, name, chosen)
+        return self.render(
+            "_workflow.html",
+            fragment=True,
+            actor=actor,
+            viewed=viewed,
+            readonly=viewed.tenant_id != actor.tenant_id,
+            name=name,
+            versions=versions,
+            version=version,
+            source_lines=source.splitlines(),
+            q=self.query,
+        )
+
+    def instances_fragment(self, request: Request) -> Response:
+        actor, viewed = self.scope(request)
+        name = request.path_params["name"]
+        query = request.query_params
+        status = query.get("status") or None
+        after = query.get("after") or None
+        limit_text = query.get("limit", str(PAGE_SIZE))
+        limit = int(limit_text) if limit_text.isdigit() and len(limit_text) < 5 else PAGE_SIZE
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        page = self.service.instances(viewed, name, status, limit + 1, after)
+        more = len(page) > limit
+        page = page[:limit]
+        return self.render(
+            "_instances.html",
+            fragment=True,
+            actor=actor,
+            viewed=viewed,
+            name=name,
+            instances=page,
+            status=status,
+            after=after,
+            limit=limit,
+            next_after=page[-1].instance_id if more and page else None,
+            now=time.time(),
+            q=self.query,
+        )
+
+    def instance_fragment(self, request: Request) -> Response:
+        actor, viewed = self.scope(request)
+        name, instance_id = request.path_params["name"], request.path_params["id"]
+        instance = self.service.instance(viewed, name, instance_id)
+        journal = self.service.journal(viewed, name, instance_id)
+        now = time.time()
+        return self.render(
+            "_instance.html",
+            fragment=True,
+            actor=actor,
+            viewed=viewed,
+            readonly=viewed.tenant_id != actor.tenant_id,
+            name=name,
+            instance=instance,
+            timeline=build_timeline(instance, journal, now),
+            now=now,
+            q=self.query,
+        )
+
+
+def dashboard_routes(service: Service) -> list[BaseRoute]:
+    """The dashboard's routes, to add to the API app's routes (they share its error handlers)."""
+    d = Dashboard(service)
+    fragments = "/ui/fragments/workflows"
+    return [
+        Route("/", d.page("workflows.html"), methods=["GET"], name="dashboard"),
+        Route("/login", d.page("login.html"), methods=["GET"]),
+        Route("/workflows/{name}", d.page("workflow.html"), methods=["GET"]),
+        Route("/workflows/{name}/instances/{id}", d.page("instance.html"), methods=["GET"]),
+        Route("/favicon.ico", d.favicon, methods=["GET"]),
+        Route("/ui/me", d.me, methods=["GET"]),
+        Route(fragments, d.workflows_fragment, methods=["GET"]),
+        Route(fragments + "/{name}", d.workflow_fragment, methods=["GET"]),
+        Route(fragments + "/{name}/instances", d.instances_fragment, methods=["GET"]),
+        Route(fragments + "/{name}/instances/{id}", d.instance_fragment, methods=["GET"]),
+        Mount("/ui/static", StaticFiles(directory=str(STATIC)), name="dashboard-static"),
+    ]

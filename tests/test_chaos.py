@@ -1,0 +1,289 @@
+"""Chaos: worker processes are killed with SIGKILL every second while instances of a 20-step
+workflow with a sleep and an event wait run; a fresh worker replaces each one.
+
+At the end every instance is complete, every step has exactly one committed result (one journal
+entry, one attempt), and the step bodies that ran more than once, counted from outside the guest
+by an HTTP counter the bodies POST to, are no more than the kills (each worker runs one activation
+at a time, so a kill can interrupt at most one body between running and committing).
+
+On PostgreSQL half the workers look remote (another host name in their lease owner), so their instances are
+taken over by lease expiry; the others are recovered at once by their replacement, which sees
+their process gone. A few instances run an activation longer than the lease, kept by heartbeats.
+
+Short form by default (CI); TENANTFLOW_CHAOS=long runs 500 instances on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from pg import fresh_schema, pg_server  # noqa: F401  (pg_server is a fixture)
+from tenantflow.host import Sandbox
+from tenantflow.runtime.records import InstanceKey, Quotas
+from tenantflow.runtime.service import Service
+from tenantflow.runtime.store import open_store
+
+LONG = os.environ.get("TENANTFLOW_CHAOS", "").lower() == "long"
+STEPS = 20
+LEASE_S = 2.0
+KILL_EVERY_S = 1.0
+SLOW_MS = 450
+
+WORKFLOW = """
+import tenantflow
+
+def run(event, step):
+    base = event.payload["counter"] + "/" + event.instance_id
+    total = 0
+    for i in range(20):
+        def body(i=i):
+            delay = event.payload["slow_ms"] if i >= 14 else 0
+            answer = tenantflow.fetch(f"{base}/{i}?delay_ms={delay}", method="POST", body="x")
+            if answer.status != 200:
+                raise RuntimeError(f"counter answered {answer.status}")
+            return i
+        total += step.do(f"step{i}", body)
+        if i == 6:
+            step.sleep("nap", "700 milliseconds")
+        if i == 13:
+            approval = step.wait_for_event("approval", event_type="approved", timeout="10 minutes")
+    return {"total": total, "approved": approval["payload"]}
+"""
+
+
+class _Counter(BaseHTTPRequestHandler):
+    hits: Counter[str]
+    lock: threading.Lock
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path, _, query = self.path.partition("?")
+        with self.lock:
+            self.hits[path] += 1
+        if query.startswith("delay_ms="):
+            time.sleep(int(query.split("=")[1]) / 1000)
+        body = b"ok"
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the worker that asked was killed
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def counter() -> Iterator[tuple[str, Counter[str]]]:
+    hits: Counter[str] = Counter()
+    handler = type("Handler", (_Counter,), {"hits": hits, "lock": threading.Lock()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hit", hits
+    server.shutdown()
+    server.server_close()
+
+
+class Fleet:
+    """Worker processes on one database; kill -9 one at random and start a new one."""
+
+    def __init__(self, url: str, size: int, log_dir: Path, remote: bool) -> None:
+        self.url = url
+        self.remote = remote
+        self.log_dir = log_dir
+        self.started = 0
+        self.kills = 0
+        self.workers: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        for _ in range(size):
+            self.spawn()
+
+    def spawn(self) -> None:
+        self.started += 1
+        log = open(self.log_dir / f"worker-{self.started}.log", "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "tenantflow.runtime.worker_main", "--db", self.url]
+        command += ["--threads", "1", "--lease", str(LEASE_S)]
+        if self.remote and self.started % 2:
+            # Looks like a worker on another machine: when it dies, its instances come back by lease expiry
+            # only (the replacement's check for dead local processes does not apply to it).
+            command += ["--host-alias", f"remote-{self.started}"]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append((process, log))
+
+    def kill_one(self) -> None:
+        process, log = self.workers.pop(random.randrange(len(self.workers)))
+        process.send_signal(signal.SIGKILL)
+        process.wait()  # reaped: the replacement sees the pid gone
+        log.close()
+        self.kills += 1
+        self.spawn()
+
+    def stop(self) -> list[int | None]:
+        """SIGTERM all; their exit codes (a worker stopped before Python installed its handler counts as 0)."""
+        for process, _ in self.workers:
+            process.send_signal(signal.SIGTERM)
+        codes: list[int | None] = []
+        for process, log in self.workers:
+            try:
+                code = process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+            log.close()
+            if code == -signal.SIGTERM and b"ready" not in Path(log.name).read_bytes():
+                code = 0
+            codes.append(code)
+        self.workers = []
+        return codes
+
+    def errors(self) -> list[str]:
+        """Tracebacks in the workers' logs (a killed worker's log ends abruptly, which is fine)."""
+        found = []
+        for path in sorted(self.log_dir.glob("worker-*.log")):
+            text = path.read_text(errors="replace")
+            if "Traceback" in text:
+                found.append(f"{path.name}:\n{text[-3000:]}")
+        return found
+
+
+def chaos(
+    url: str,
+    sandbox: Sandbox,
+    counter: tuple[str, Counter[str]],
+    tmp_path: Path,
+    *,
+    workers: int,
+    n: int,
+    many_hosts: bool,
+    slow_every: int = 0,
+    kill: bool = True,
+) -> None:
+    """`many_hosts`: half the workers look remote. Every `slow_every`-th instance has slow steps after
+    its event, so that activation outlasts the lease and only heartbeats keep it."""
+    base, hits = counter
+    budget_s = 600.0 if LONG else 75.0
+    setup = Service(open_store(url), sandbox)
+    try:
+        tenant, _ = setup.create_tenant("chaos", Quotas(max_concurrent=64, egress=("127.0.0.1",)))
+        setup.deploy(tenant, "flow", WORKFLOW)
+        ids = [f"c{i:04d}" for i in range(n)]
+        fleet = Fleet(url, workers, tmp_path, remote=many_hosts)
+
+        def slowness(instance_id: str) -> int:
+            return SLOW_MS if slow_every and int(instance_id[1:]) % slow_every == 0 else 0
+
+        try:
+            for start in range(0, n, 100):
+                batch = ids[start : start + 100]
+                setup.create_instances(
+                    tenant,
+                    "flow",
+                    [{"id": i, "params": {"counter": base, "slow_ms": slowness(i)}} for i in batch],
+                )
+            pending_events = list(ids)
+            random.shuffle(pending_events)
+            started = time.monotonic()
+            next_kill = started + KILL_EVERY_S
+            while True:
+                counts = {status: count for _, status, count in setup.store.status_counts()}
+                if counts.get("complete", 0) == n:
+                    break
+                assert time.monotonic() - started < budget_s, f"not done in {budget_s} s: {counts}, kills {fleet.kills}"
+                # Events trickle in: some arrive before the instance waits (buffered), some after.
+                for instance_id in pending_events[: max(1, n // 20)]:
+                    setup.send_event(tenant, "flow", instance_id, "approved", {"by": instance_id})
+                del pending_events[: max(1, n // 20)]
+                if kill and time.monotonic() >= next_kill:
+                    fleet.kill_one()
+                    next_kill += KILL_EVERY_S
+                time.sleep(0.1)
+            elapsed = time.monotonic() - started
+        finally:
+            codes = fleet.stop()
+        assert codes == [0] * workers, f"workers did not stop cleanly: {codes}"
+        assert fleet.kills >= 3 or not kill, "the run was too short to kill anything"
+        assert not fleet.errors(), "\n".join(fleet.errors())
+
+        extra = 0
+        for instance_id in ids:
+            key = InstanceKey("chaos", "flow", instance_id)
+            instance = setup.store.instance(key)
+            assert instance.status == "complete", (instance_id, instance.status, instance.error)
+            assert instance.output == {"total": sum(range(STEPS)), "approved": {"by": instance_id}}
+            entries, attempts, _ = setup.store.journal(key)
+            steps = [e for e in entries if e.kind == "do"]
+            assert [(e.name, e.state, e.result) for e in steps] == [
+                (f"step{i}", "done", json.dumps(i)) for i in range(STEPS)
+            ]
+            assert [e.position for e in entries] == list(range(STEPS + 2))
+            # Exactly one committed attempt per step: no body's result was committed twice.
+            assert sorted((a.position, a.attempt, a.ok) for a in attempts) == [(e.position, 1, True) for e in steps]
+            for i in range(STEPS):
+                runs = hits[f"/hit/{instance_id}/{i}"]
+                assert runs >= 1, f"{instance_id} step {i} completed without running"
+                extra += runs - 1
+        print(
+            f"\nchaos: {n} instances x {STEPS} steps, {workers} workers, {fleet.kills} kills, "
+            f"{extra} bodies ran twice, {elapsed:.1f} s"
+        )
+        assert extra <= fleet.kills, f"{extra} step bodies ran more than once, but only {fleet.kills} kills"
+    finally:
+        setup.store.close()
+
+
+def test_chaos_postgresql(
+    pg_server: str,  # noqa: F811
+    sandbox: Sandbox,
+    counter: tuple[str, Counter[str]],
+    tmp_path: Path,
+) -> None:
+    chaos(
+        fresh_schema(pg_server),
+        sandbox,
+        counter,
+        tmp_path,
+        workers=4,
+        n=500 if LONG else 100,
+        many_hosts=True,
+        slow_every=25,
+    )
+
+
+def test_activations_longer_than_the_lease_keep_it_by_heartbeats(
+    pg_server: str,  # noqa: F811
+    sandbox: Sandbox,
+    counter: tuple[str, Counter[str]],
+    tmp_path: Path,
+) -> None:
+    """No kills: every instance has an activation longer than the lease, and no body may run twice."""
+    chaos(
+        fresh_schema(pg_server), sandbox, counter, tmp_path, workers=4, n=4, many_hosts=True, slow_every=1, kill=False
+    )
+
+
+def test_chaos_sqlite(sandbox: Sandbox, counter: tuple[str, Counter[str]], tmp_path: Path) -> None:
+    chaos(
+        f"sqlite:///{tmp_path / 'chaos.db'}",
+        sandbox,
+        counter,
+        tmp_path,
+        workers=1,
+        n=200 if LONG else 60,
+        many_hosts=False,
+    )
