@@ -489,14 +489,22 @@ class Dashboard:
             q=self.query,
         )
 
-    def instance_fragment(self, request: Request) -> Response:
+    def instance_fragment(self, part: str) -> Any:
+        """The instance's summary (status, params, output or error) or its timeline (journal, events, log)."""
+
+        def endpoint(request: Request) -> Response:
+            return self._instance(request, part)
+
+        return endpoint
+
+    def _instance(self, request: Request, part: str) -> Response:
         actor, viewed = self.scope(request)
         name, instance_id = request.path_params["name"], request.path_params["id"]
         instance = self.service.instance(viewed, name, instance_id)
         journal = self.service.journal(viewed, name, instance_id)
         now = time.time()
         return self.render(
-            "_instance.html",
+            f"_instance_{part}.html",
             fragment=True,
             actor=actor,
             viewed=viewed,
@@ -523,6 +531,7 @@ def dashboard_routes(service: Service) -> list[BaseRoute]:
         Route(fragments, d.workflows_fragment, methods=["GET"]),
         Route(fragments + "/{name}", d.workflow_fragment, methods=["GET"]),
         Route(fragments + "/{name}/instances", d.instances_fragment, methods=["GET"]),
-        Route(fragments + "/{name}/instances/{id}", d.instance_fragment, methods=["GET"]),
+        Route(fragments + "/{name}/instances/{id}/summary", d.instance_fragment("summary"), methods=["GET"]),
+        Route(fragments + "/{name}/instances/{id}/timeline", d.instance_fragment("timeline"), methods=["GET"]),
         Mount("/ui/static", StaticFiles(directory=str(STATIC)), name="dashboard-static"),
     ]

@@ -290,10 +290,12 @@ def test_tenant_text_is_escaped(site: Site) -> None:
     tenant = site.service.authenticate(site.acme)
     hostile = {"name": "<img src=x onerror=alert(1)>", "note": "</script><script>alert(2)</script>"}
     site.service.create_instances(tenant, "approval", [{"id": "hostile", "params": hostile}])
-    page = site.get("/ui/fragments/workflows/approval/instances/hostile", site.acme)
-    assert page.status_code == 200
-    assert "<img src=x" not in page.text and "<script>" not in page.text
-    assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    site.wait_status("approval", "hostile", "waiting")  # the name went into a step result and the log
+    for part in ("summary", "timeline"):
+        page = site.get(f"/ui/fragments/workflows/approval/instances/hostile/{part}", site.acme)
+        assert page.status_code == 200
+        assert "<img src=x" not in page.text and "<script>" not in page.text
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
     site.service.control(tenant, "approval", "hostile", "terminate")
 
 

@@ -302,6 +302,11 @@
   function instancePage() {
     const controls = document.getElementById("controls");
     const region = document.getElementById("instance-region");
+    const timeline = document.getElementById("timeline-region");
+    const reload = () => {
+      loadRegion(region);
+      loadRegion(timeline);
+    };
     const base =
       "/v1/workflows/" +
       encodeURIComponent(controls.dataset.workflow) +
@@ -327,7 +332,9 @@
       lastStatus = current;
     });
     document.addEventListener("tf:error", (event) => {
-      if (event.detail.region === region) controls.hidden = true;
+      if (event.detail.region !== region) return;
+      controls.hidden = true;
+      timeline.hidden = true;
     });
 
     for (const button of controls.querySelectorAll("[data-action]")) {
@@ -344,7 +351,7 @@
         } catch (e) {
           show(status, label + " failed: " + e.message, "error");
         }
-        loadRegion(region);
+        reload();
       });
     }
 
@@ -370,7 +377,7 @@
       } catch (e) {
         show(status, "Could not send the event: " + e.message, "error");
       }
-      loadRegion(region);
+      reload();
     });
   }
 
