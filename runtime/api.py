@@ -268,6 +268,12 @@ class Api:
     async def instances(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         query = request.query_params
+        unknown = sorted(set(query) - {"status", "limit", "after"})
+        if unknown:
+            raise InvalidInput(f"unknown query parameters: {unknown}; use status, limit and after")
+        repeated = sorted(name for name in set(query) if len(query.getlist(name)) > 1)
+        if repeated:
+            raise InvalidInput(f"query parameters given more than once: {repeated}")
         status = query.get("status")
         after = query.get("after")
         if after is not None:

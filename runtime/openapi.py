@@ -150,7 +150,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "id": {**ID_SCHEMA, "description": "Defaults to a random id"},
+            "id": {**ID_SCHEMA, "nullable": True, "description": "Absent or null: a random id"},
             "params": {**ANY, "description": "The instance's event.payload (at most 1 MiB of JSON)"},
         },
     },

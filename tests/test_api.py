@@ -15,6 +15,7 @@ from helpers_server import EXAMPLES, ServerProcess, Servers, servers
 from tenantflow.runtime.api import MAX_BODY, create_app
 from tenantflow.runtime.client import ApiError, Client
 from tenantflow.runtime.openapi import openapi_document
+from tenantflow.runtime.store import open_store
 
 APPROVAL = (EXAMPLES / "approval.py").read_text()
 ORDER = (EXAMPLES / "order.py").read_text()
@@ -674,3 +675,74 @@ def test_the_server_log_has_no_500(server: ServerProcess) -> None:
     # Runs last in this module: every bad input above was answered without a server error.
     assert " 500 " not in server.log()
     assert "Traceback" not in server.log()
+
+
+# -- graceful shutdown ----------------------------------------------------------------------------
+
+DURABLE = """
+import time
+
+def spin(ms):
+    start = time.time()
+    while time.time() - start < ms / 1000:
+        pass
+    return ms
+
+def run(event, step):
+    n = event.payload["n"]
+    before = step.do("before", lambda: {"n": n, "spun": spin(150)})
+    step.sleep("nap", "1 second")
+    after = step.do("after", lambda: {"n": n * 10, "spun": spin(150)})
+    return {"before": before["n"], "after": after["n"]}
+"""
+
+
+def test_sigterm_loses_nothing_and_a_restart_finishes_everything(tmp_path: Path) -> None:
+    ids = [f"d{i:02d}" for i in range(12)]
+    with servers(tmp_path) as group:
+        first = group.start("durable", workers=3)
+        key = first.create_tenant("durable")["api_key"]
+        with first.client(key) as client:
+            client.deploy("durable", DURABLE)
+            client.start_batch("durable", [{"id": i, "params": {"n": n}} for n, i in enumerate(ids)])
+            # Stop while activations run step bodies and other instances sleep.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                statuses = [i["status"] for i in client.instances("durable")["instances"]]
+                if "running" in statuses and ("waiting" in statuses or "queued" in statuses):
+                    break
+                time.sleep(0.01)
+            assert "running" in statuses, statuses
+        started = time.monotonic()
+        assert first.terminate(timeout=30) == 0
+        assert time.monotonic() - started < 10
+        log = first.log()
+        assert "stopping workers" in log and "stopped" in log
+        assert "Traceback" not in log
+
+        # Stopped cleanly: no instance is left leased as running, and work remains for the restart.
+        store = open_store(first.db)
+        try:
+            statuses = [status for tenant, status, count in store.status_counts() for _ in range(count)]
+        finally:
+            store.close()
+        assert len(statuses) == len(ids)
+        assert "running" not in statuses, statuses
+        assert statuses.count("complete") < len(ids), statuses
+
+        second = group.start("durable", workers=3)
+        with second.client(key) as client:
+            for n, instance_id in enumerate(ids):
+                done = client.wait("durable", instance_id, timeout=30)
+                assert done["status"] == "complete", done
+                assert done["output"] == {"before": n, "after": n * 10}
+                steps = client.journal("durable", instance_id)["steps"]
+                assert [(s["name"], s["state"]) for s in steps] == [
+                    ("before", "done"),
+                    ("nap", "sleeping"),
+                    ("after", "done"),
+                ]
+                # A graceful stop lets a running step body finish and commit: none ran twice.
+                for step in (steps[0], steps[2]):
+                    assert step["attempts"] == 1 and len(step["attempt_log"]) == 1, step
+        assert second.terminate() == 0
