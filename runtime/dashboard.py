@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +31,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.datastructures import URLPath
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from tenantflow.runtime.errors import Unauthorized
 from tenantflow.runtime.records import FINISHED, STATUSES, Instance, Tenant, check_id
 from tenantflow.runtime.service import Service
@@ -218,6 +221,11 @@ class StepView:
     events: list[EventView] = field(default_factory=list)
     bar_x: float = 0.0
     bar_w: float = 0.0
+
+    @property
+    def look(self) -> str:
+        """The state the page colours by (a sleep whose time has come is shown as done)."""
+        return "slept" if self.state_label == "slept" else self.state
 
 
 @dataclass
@@ -517,9 +525,50 @@ class Dashboard:
         )
 
 
+class RouteGroup(BaseRoute):
+    """Routes at the root without a prefix, as one entry of the app's route list.
+
+    Unlike `Mount("")`, which fully matches every path, this only matches what one of its routes
+    matches, so the API's 404s and 405s stay as they are. Being one group (and not `Route`s) also
+    keeps the HTML pages apart from the API's routes, which the OpenAPI document lists.
+    """
+
+    SCOPE_KEY = "tenantflow.dashboard.route"
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.routes = list(routes)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        partial: tuple[BaseRoute, Scope] | None = None
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                return Match.FULL, {**child, self.SCOPE_KEY: route}
+            if match == Match.PARTIAL and partial is None:
+                partial = (route, child)
+        if partial is not None:
+            return Match.PARTIAL, {**partial[1], self.SCOPE_KEY: partial[0]}
+        return Match.NONE, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route: BaseRoute = scope[self.SCOPE_KEY]
+        await route.handle(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        for route in self.routes:
+            try:
+                return route.url_path_for(name, **path_params)
+            except NoMatchFound:
+                continue
+        raise NoMatchFound(name, path_params)
+
+
 def dashboard_routes(service: Service) -> list[BaseRoute]:
-    """The dashboard's routes, to add to the API app's routes (they share its error handlers)."""
-    d = Dashboard(service)
+    """The dashboard, to add to the API app's routes (it shares the app's error handlers)."""
+    return [RouteGroup(_routes(Dashboard(service)))]
+
+
+def _routes(d: Dashboard) -> list[BaseRoute]:
     fragments = "/ui/fragments/workflows"
     return [
         Route("/", d.page("workflows.html"), methods=["GET"], name="dashboard"),

@@ -252,6 +252,20 @@ def test_pages_are_shells_with_a_strict_policy(site: Site) -> None:
     assert site.get("/workflows/bad%20name").status_code == 422
 
 
+def test_the_api_keeps_its_404_and_405(site: Site) -> None:
+    for method, path, status in (
+        ("GET", "/nope", 404),
+        ("GET", "/ui/nope", 404),
+        ("DELETE", "/v1/workflows/approval", 405),
+        ("POST", "/", 405),
+        ("POST", "/ui/fragments/workflows", 405),
+    ):
+        response = httpx.request(method, site.url + path, timeout=10)
+        assert response.status_code == status, (method, path)
+        assert response.headers["content-type"].startswith("application/problem+json"), (method, path)
+    assert site.get("/healthz").json() == {"status": "ok"}
+
+
 def test_fragments_need_a_key(site: Site) -> None:
     for key in (None, "tf_not-a-key"):
         response = site.get("/ui/fragments/workflows", key)
@@ -432,8 +446,6 @@ def test_browser_run_approve_and_timeline(site: Site, browser: Any) -> None:
     expect(page.locator("#instance-log")).to_contain_text("gave up on upstream: the upstream said no")
     expect(page.get_by_role("button", name="Terminate")).to_be_disabled()
     page.screenshot(path=str(ARTIFACTS / "instance.png"), full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 800})
-    page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
 
     # Restart needs confirmation: cancel keeps it complete, confirm starts it again from scratch.
     page.get_by_role("button", name="Restart").click()
