@@ -549,9 +549,9 @@ _control_command("restart", "Restart an instance from scratch with the same para
 
 
 def _parse_event(text: str) -> tuple[str, Any]:
-    event_type, sep, payload = text.partition("=")
-    if not sep or not event_type:
-        raise click.BadParameter(f"{text!r} is not TYPE=JSON")
+    event_type, _, payload = text.partition("=")
+    if not event_type:
+        raise click.BadParameter(f"{text!r} is not TYPE=JSON (or TYPE alone for no payload)")
     return event_type, _parse_json(payload, f"the payload of event {event_type!r}") if payload else None
 
 
