@@ -129,6 +129,9 @@ class SQLStore(ABC):
 
     dialect: dict[str, str]
     skip_locked = ""
+    # Appended to the reads that decide a write (a control's status check, finish): where transactions
+    # do not serialize all writers (PostgreSQL), they lock the instance row so nothing changes under them.
+    for_update = ""
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Tx]: ...
@@ -324,7 +327,7 @@ class SQLStore(ABC):
     # -- controls ----------------------------------------------------------
 
     def _status(self, tx: Tx, key: InstanceKey) -> str:
-        row = tx.one(f"SELECT status FROM instances WHERE {KEY}", _key(key))
+        row = tx.one(f"SELECT status FROM instances WHERE {KEY}{self.for_update}", _key(key))
         if row is None:
             raise NotFound(f"no instance {key.instance_id!r} of workflow {key.workflow!r}")
         return str(row[0])
@@ -624,7 +627,10 @@ class SQLStore(ABC):
         """End an activation: complete, errored or waiting. A paused or terminated instance keeps its status."""
 
         def write(tx: Tx) -> bool:
-            row = tx.one(f"SELECT status FROM instances WHERE {KEY} AND fence = ?", (*_key(claim.key), claim.fence))
+            row = tx.one(
+                f"SELECT status FROM instances WHERE {KEY} AND fence = ?{self.for_update}",
+                (*_key(claim.key), claim.fence),
+            )
             if row is None:
                 return False
             current = row[0]

@@ -116,6 +116,7 @@ class PostgresStore(SQLStore):
 
     dialect = {"blob": "BYTEA", "float": "DOUBLE PRECISION", "bigint": "BIGINT"}
     skip_locked = "FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 16, timeout_s: float = 30.0) -> None:
         conninfo, own = split_url(url)
@@ -222,12 +223,6 @@ class PostgresStore(SQLStore):
 
     # -- read-then-write made safe under READ COMMITTED ---------------------
 
-    def _status(self, tx: Tx, key: InstanceKey) -> str:
-        row = tx.one(f"SELECT status FROM instances WHERE {KEY} FOR UPDATE", _key(key))
-        if row is None:
-            return super()._status(tx, key)  # raises NotFound
-        return str(row[0])
-
     def deploy(self, tenant_id: str, workflow: str, source: str, source_hash: str, now: float) -> tuple[Version, bool]:
         # Deploys of one tenant take turns (on its tenant row), so each gets the next version number.
         with self.transaction() as tx:
@@ -330,21 +325,9 @@ class PostgresStore(SQLStore):
         waiting_for: str | None = None,
         log: str = "",
     ) -> bool:
-        # Lock the row first: a pause, terminate or event that commits meanwhile is then seen, not overwritten.
-        with self.transaction() as tx:
-            if tx.one(f"SELECT 1 FROM instances WHERE {KEY} AND fence = ? FOR UPDATE", (*_key(claim.key), claim.fence)):
-                done = super().finish(
-                    claim,
-                    now,
-                    status=status,
-                    output=output,
-                    error=error,
-                    wake_at=wake_at,
-                    waiting_for=waiting_for,
-                    log=log,
-                )
-            else:
-                done = False
+        done = super().finish(
+            claim, now, status=status, output=output, error=error, wake_at=wake_at, waiting_for=waiting_for, log=log
+        )
         if done and status == "waiting" and wake_at is not None and wake_at < now + NOTIFY_WITHIN_S:
             self.notify()
         return done
