@@ -157,7 +157,7 @@ def _show_instance(instance: dict[str, Any]) -> None:
     table.add_row("status", Text(status, style=STATUS_STYLE.get(status, "")))
     table.add_row("created", _when(instance.get("created_at")))
     table.add_row("updated", _when(instance.get("updated_at")))
-    if instance.get("wake_at") is not None and status in ("waiting", "queued"):
+    if instance.get("wake_at") is not None and status == "waiting":
         table.add_row("wakes", _when(instance["wake_at"]))
     if instance.get("params") is not None:
         table.add_row("params", _excerpt(instance["params"], 200))

@@ -238,7 +238,7 @@ def test_the_walkthrough(server: ServerProcess, key: str) -> None:
 
 def test_controls_and_their_errors(server: ServerProcess, key: str) -> None:
     remote(server, key, "deploy", str(EXAMPLES / "approval.py"))
-    remote(server, key, "start", "approval", "--id", "ctl", "--wait", "0")  # returns at once, not finished
+    remote(server, key, "start", "approval", "--id", "ctl")
     deadline = time.monotonic() + 10
     while json.loads(remote(server, key, "status", "approval", "ctl", "--json").stdout)["status"] != "waiting":
         assert time.monotonic() < deadline
@@ -255,6 +255,18 @@ def test_controls_and_their_errors(server: ServerProcess, key: str) -> None:
     assert late.exit_code == 1 and "409" in late.stderr
     restarted = remote(server, key, "restart", "approval", "ctl", "--json")
     assert restarted.exit_code == 0 and json.loads(restarted.stdout)["status"] == "queued"
+
+
+def test_start_can_wait_for_the_end(server: ServerProcess, key: str) -> None:
+    remote(server, key, "deploy", str(EXAMPLES / "order.py"))
+    params = '{"order": "W-1", "declines": 1, "courier_after": 20}'
+    done = remote(server, key, "start", "order", "--params", params, "--wait", "20", "--json")
+    assert done.exit_code == 0, done.output
+    finished = json.loads(done.stdout)
+    assert finished["status"] == "complete" and finished["output"]["charge"]["gateway_calls"] == 2
+    # Not finished in time: exit 1 and say so (the approval waits an hour for its event).
+    slow = remote(server, key, "start", "approval", "--wait", "0.2")
+    assert slow.exit_code == 1 and "still" in slow.stderr
 
 
 def test_tenant_command_errors(server: ServerProcess, key: str, tmp_path: Path) -> None:
