@@ -644,6 +644,24 @@ def test_errors_of_the_workflow_show_in_the_status(api: Client) -> None:
     assert done["error"]["line"] == 3
 
 
+def test_outputs_json_cannot_carry_are_still_valid_json(api: Client, http: httpx.Client) -> None:
+    source = (
+        "def run(event, step):\n"
+        "    step.do('nan', lambda: float('nan'))\n"
+        "    return {'nan': float('nan'), 'inf': float('-inf'), 'lone': chr(0xD800)}\n"
+    )
+    api.deploy("odd", source)
+    api.start("odd", "o1")
+    api.wait("odd", "o1")
+    for path in ("/v1/workflows/odd/instances/o1", "/v1/workflows/odd/instances/o1/journal"):
+        response = http.get(path)
+        assert response.status_code == 200
+        assert "NaN" not in response.text and "Infinity" not in response.text
+        json.loads(response.text, parse_constant=lambda name: pytest.fail(f"{name} in the answer"))
+    output = api.status("odd", "o1")["output"]
+    assert output == {"nan": None, "inf": None, "lone": "\ud800"}
+
+
 # -- the catch-all (in process: a service that breaks on purpose) -----------------------------
 
 
