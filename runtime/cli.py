@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client
 from tenantflow.runtime.errors import TenantflowError
-from tenantflow.runtime.records import FINISHED, Quotas
+from tenantflow.runtime.records import FINISHED, STATUSES, Quotas
 from tenantflow.runtime.store import DEFAULT_DB
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -303,6 +303,7 @@ def tenants() -> None:
 @click.option("--memory-mb", type=click.IntRange(1), help="Memory per activation, MiB.")
 @click.option("--fuel", type=click.IntRange(1), help="Fuel (wasm instructions, roughly) per activation.")
 @click.option("--egress", multiple=True, metavar="HOST", help="A host `fetch` may reach (repeat, or comma-separate).")
+@click.option("--operator", is_flag=True, help="An operator key: reads every tenant in the dashboard.")
 @json_option
 def tenants_create(
     name: str,
@@ -312,6 +313,7 @@ def tenants_create(
     memory_mb: int | None,
     fuel: int | None,
     egress: tuple[str, ...],
+    operator: bool,
     as_json: bool,
 ) -> None:
     """Create tenant NAME and print JSON with its API key (shown once; only its hash is stored)."""
@@ -330,12 +332,17 @@ def tenants_create(
     except TenantflowError as error:
         _fail(str(error))
     try:
-        tenant, api_key = service.create_tenant(name, quotas)
+        tenant, api_key = service.create_tenant(name, quotas, operator=operator)
     except TenantflowError as error:
         _fail(str(error))
     finally:
         service.close()
-    result = {"tenant": tenant.name, "api_key": api_key, "quotas": _quotas_json(tenant.quotas)}
+    result = {
+        "tenant": tenant.name,
+        "api_key": api_key,
+        "operator": tenant.operator,
+        "quotas": _quotas_json(tenant.quotas),
+    }
     click.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
@@ -368,7 +375,8 @@ def tenants_list(db: str, as_json: bool) -> None:
     finally:
         store.close()
     rows: list[dict[str, Any]] = [
-        {"tenant": t.name, "created_at": t.created_at, "quotas": _quotas_json(t.quotas)} for t in found
+        {"tenant": t.name, "created_at": t.created_at, "operator": t.operator, "quotas": _quotas_json(t.quotas)}
+        for t in found
     ]
     if as_json:
         _print_json(rows)
@@ -451,7 +459,7 @@ def start(
 
 @main.command()
 @click.argument("workflow")
-@click.option("--status", "status_filter", help="Only instances with this status.")
+@click.option("--status", "status_filter", type=click.Choice(STATUSES), help="Only instances with this status.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--after", help="Only ids after this one (for the next page).")
 @api_options

@@ -73,7 +73,7 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
         "a.example.org,b.example.org",
     )
     created = json.loads(done.stdout)
-    assert created["tenant"] == "acme"
+    assert created["tenant"] == "acme" and created["operator"] is False
     api_key = created["api_key"]
     assert api_key.startswith("tf_") and len(api_key) > 30
     assert created["quotas"] == {
@@ -109,6 +109,9 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
     assert bad.returncode != 0
     zero = cli("tenants", "create", "zero", "--db", db, "--max-concurrent", "0", check=False)
     assert zero.returncode == 2 and "max-concurrent" in zero.stderr
+    ops = json.loads(cli("tenants", "create", "ops", "--db", db, "--operator").stdout)
+    assert ops["operator"] is True
+    assert [t["operator"] for t in json.loads(cli("tenants", "list", "--db", db, "--json").stdout)] == [False, True]
 
 
 def test_db_comes_from_tenantflow_db_or_the_default_file(tmp_path: Path) -> None:
