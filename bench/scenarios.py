@@ -382,11 +382,11 @@ def baseline_fan_out(backend: Backend, instances: int) -> dict[str, Any]:
 # -- tenantflow only -------------------------------------------------------------------
 
 
-def sleepers(backend: Backend, instances: int, park_rate: float) -> dict[str, Any]:
+def sleepers(backend: Backend, instances: int, park_rate: float, margin_s: float) -> dict[str, Any]:
     """Scenario 3, in a process of its own (its RSS is the service's alone)."""
     with backend.database("sleepers") as url:
         command = [sys.executable, "-m", "bench.sleepers", "--db", url, "--instances", str(instances)]
-        command += ["--park-rate", str(park_rate), "--workers", str(WORKERS)]
+        command += ["--park-rate", str(park_rate), "--margin", str(margin_s), "--workers", str(WORKERS)]
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=3600)
         if done.returncode != 0:
             raise RuntimeError(f"sleepers failed:\n{done.stderr[-4000:]}")

@@ -37,8 +37,9 @@ def counts(service: Service) -> dict[str, int]:
     return {status: n for _, status, n in service.store.status_counts()}
 
 
-def run(url: str, instances: int, workers: int, park_rate: float) -> dict[str, Any]:
-    """`park_rate`: a pessimistic guess of instances created and parked per second, for the wake time."""
+def run(url: str, instances: int, workers: int, park_rate: float, margin_s: float = 10.0) -> dict[str, Any]:
+    """All wake at `margin_s` + `instances` / `park_rate` seconds after the first is created: `park_rate` is a
+    pessimistic guess of how many are created and parked per second, so that all are parked before then."""
     service = Service.open(url, workers=workers).start()
     peak = [proc_status_kb("VmRSS")]
     stop = threading.Event()
@@ -54,7 +55,7 @@ def run(url: str, instances: int, workers: int, park_rate: float) -> dict[str, A
         service.deploy(tenant, "sleeper", SLEEPER)
         rss_before_kb = proc_status_kb("VmRSS")
         started = time.time()
-        wake = started + 10 + instances / park_rate
+        wake = started + margin_s + instances / park_rate
         for first in range(0, instances, MAX_BATCH):
             batch = [{"id": f"s{n}", "params": {"wake": wake}} for n in range(first, min(first + MAX_BATCH, instances))]
             service.create_instances(tenant, "sleeper", batch)
@@ -104,8 +105,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--park-rate", type=float, default=100.0)
+    parser.add_argument("--margin", type=float, default=10.0)
     args = parser.parse_args()
-    print(json.dumps(run(args.db, args.instances, args.workers, args.park_rate)), flush=True)
+    print(json.dumps(run(args.db, args.instances, args.workers, args.park_rate, args.margin)), flush=True)
 
 
 if __name__ == "__main__":
