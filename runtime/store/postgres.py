@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from tenantflow.runtime import codec
 from tenantflow.runtime.errors import Conflict
 from tenantflow.runtime.records import AttemptRecord, Claim, Entry, Instance, InstanceKey, Version
-from tenantflow.runtime.store.base import KEY, LeaseLost, Row, SQLStore, Tx
+from tenantflow.runtime.store.base import LeaseLost, Row, SQLStore, Tx
 
 log = logging.getLogger("tenantflow.store.postgres")
 
@@ -69,20 +69,22 @@ class _PostgresTx(Tx):
         return cursor.fetchall() if cursor.description is not None else []
 
 
-# One statement, one round trip: the fence check and every write of a step result.
-# Values are cast because a parameter in a SELECT list has no column to take its type from.
-RECORD_SQL = translate(
-    f"""
+# One statement, one round trip: the fence check and every write of a step result. Named parameters
+# (psycopg sends a repeated name once). Values are cast because a parameter in a SELECT list has no
+# column to take its type from.
+_KEY_NAMED = "tenant_id = %(t)s AND workflow = %(w)s AND instance_id = %(i)s"
+RECORD_SQL = f"""
 WITH inst AS (
-    UPDATE instances SET updated_at = ?, steps = steps + ?
-    WHERE {KEY} AND fence = ? AND status IN ('running', 'paused')
+    UPDATE instances SET updated_at = %(now)s, steps = steps + %(done)s
+    WHERE {_KEY_NAMED} AND fence = %(fence)s AND status IN ('running', 'paused')
     RETURNING status
 ), entry AS (
     INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result,
         error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at)
-    SELECT ?::text, ?::text, ?::text, ?::integer, ?::text, ?::text, ?::text, ?::integer, ?::bytea,
-        ?::text, ?::text, ?::double precision, ?::text, ?::bigint, ?::double precision,
-        ?::double precision, ?::double precision
+    SELECT %(t)s::text, %(w)s::text, %(i)s::text, %(pos)s::integer, %(name)s::text, %(kind)s::text,
+        %(state)s::text, %(attempts)s::integer, %(result)s::bytea, %(error_name)s::text, %(error_message)s::text,
+        %(wake_at)s::double precision, %(event_type)s::text, %(fuel)s::bigint, %(duration_ms)s::double precision,
+        %(created_at)s::double precision, %(updated_at)s::double precision
     FROM inst
     ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state,
         attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name,
@@ -92,23 +94,19 @@ WITH inst AS (
 ), attempt AS (
     INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, error_message,
         fuel, duration_ms, finished_at)
-    SELECT ?::text, ?::text, ?::text, ?::integer, ?::integer, ?::integer, ?::text, ?::text, ?::bigint,
-        ?::double precision, ?::double precision
-    FROM inst WHERE ?::boolean
+    SELECT %(t)s::text, %(w)s::text, %(i)s::text, %(a_pos)s::integer, %(a_attempt)s::integer, %(a_ok)s::integer,
+        %(a_error_name)s::text, %(a_error_message)s::text, %(a_fuel)s::bigint, %(a_duration_ms)s::double precision,
+        %(a_finished_at)s::double precision
+    FROM inst WHERE %(has_attempt)s::boolean
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), consumed AS (
-    UPDATE events SET consumed_at = ?
-    WHERE {KEY} AND seq = ? AND EXISTS (SELECT 1 FROM inst)
+    UPDATE events SET consumed_at = %(pos)s
+    WHERE {_KEY_NAMED} AND seq = %(seq)s AND EXISTS (SELECT 1 FROM inst)
     RETURNING 1
 )
 SELECT status FROM inst
 """
-)
-
-
-def _key(key: InstanceKey) -> tuple[str, str, str]:
-    return (key.tenant_id, key.workflow, key.instance_id)
 
 
 class PostgresStore(SQLStore):
@@ -268,42 +266,39 @@ class PostgresStore(SQLStore):
         now: float,
         consumed_event: int | None = None,
     ) -> str:
-        key = _key(claim.key)
-        a = attempt or AttemptRecord(0, 0, False, None, None, 0, 0.0, 0.0)
-        params = (
-            now,
-            1 if entry.state == "done" else 0,
-            *key,
-            claim.fence,
-            *key,
-            entry.position,
-            entry.name,
-            entry.kind,
-            entry.state,
-            entry.attempts,
-            None if entry.result is None else codec.encode_text(entry.result),
-            entry.error_name,
-            entry.error_message,
-            entry.wake_at,
-            entry.event_type,
-            entry.fuel,
-            entry.duration_ms,
-            entry.created_at,
-            entry.updated_at,
-            *key,
-            a.position,
-            a.attempt,
-            int(a.ok),
-            a.error_name,
-            a.error_message,
-            a.fuel,
-            a.duration_ms,
-            a.finished_at,
-            attempt is not None,
-            entry.position,
-            *key,
-            consumed_event,
-        )
+        key = claim.key
+        params: dict[str, Any] = {
+            "t": key.tenant_id,
+            "w": key.workflow,
+            "i": key.instance_id,
+            "now": now,
+            "done": 1 if entry.state == "done" else 0,
+            "fence": claim.fence,
+            "pos": entry.position,
+            "name": entry.name,
+            "kind": entry.kind,
+            "state": entry.state,
+            "attempts": entry.attempts,
+            "result": None if entry.result is None else codec.encode_text(entry.result),
+            "error_name": entry.error_name,
+            "error_message": entry.error_message,
+            "wake_at": entry.wake_at,
+            "event_type": entry.event_type,
+            "fuel": entry.fuel,
+            "duration_ms": entry.duration_ms,
+            "created_at": entry.created_at,
+            "updated_at": entry.updated_at,
+            "has_attempt": attempt is not None,
+            "a_pos": None if attempt is None else attempt.position,
+            "a_attempt": None if attempt is None else attempt.attempt,
+            "a_ok": None if attempt is None else int(attempt.ok),
+            "a_error_name": None if attempt is None else attempt.error_name,
+            "a_error_message": None if attempt is None else attempt.error_message,
+            "a_fuel": None if attempt is None else attempt.fuel,
+            "a_duration_ms": None if attempt is None else attempt.duration_ms,
+            "a_finished_at": None if attempt is None else attempt.finished_at,
+            "seq": consumed_event,
+        }
         if getattr(self._local, "tx", None) is not None:
             row = self._local.tx.connection.execute(RECORD_SQL, params).fetchone()
         else:
