@@ -38,7 +38,7 @@ class _HostStream:
 
     def write(self, text: str) -> int:
         if text:
-            host.log(self.fd, text)
+            host.log(self.fd, tenantflow.host_text(text))
         return len(text)
 
     def flush(self) -> None:
@@ -58,7 +58,7 @@ time.sleep = _no_sleep
 
 
 def _error(name: str, message: str, tb: str = "", line: int | None = None) -> Err:
-    return Err(wit_world.RunError(name, message, tb, line))
+    return Err(wit_world.RunError(name, tenantflow.host_text(message), tenantflow.host_text(tb), line))
 
 
 def _tenant_line(error: BaseException) -> int | None:

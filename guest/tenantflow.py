@@ -121,8 +121,17 @@ def _step_config(retries: Any, timeout: Any) -> str:
     return json.dumps(config)
 
 
+def host_text(value: str) -> str:
+    """`value` as valid UTF-8 for the host: lone surrogates become backslash escapes."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
 def _failure(error: BaseException) -> host.Failure:
-    return host.Failure(type(error).__name__, str(error)[:4096])
+    return host.Failure(type(error).__name__, host_text(str(error)[:4096]))
 
 
 def _raise_failure(failure: host.Failure) -> None:
@@ -164,6 +173,7 @@ class Step:
     def _run_step(self, name: str, config: str, fn: Callable[[], Any]) -> Any:
         if self._in_body:
             raise RuntimeError(f"step {name!r} is called inside another step's body; steps cannot nest")
+        name = host_text(name)
         plan = host.step_begin(name, config)
         while True:
             if isinstance(plan, host.Plan_Done):
@@ -194,7 +204,7 @@ class Step:
     def sleep(self, name: str, duration: Any) -> None:
         """Sleep durably for a duration ("1 day", or milliseconds)."""
         self._check_outside_body(name)
-        host.sleep(name, parse_duration(duration))
+        host.sleep(host_text(name), parse_duration(duration))
 
     def sleep_until(self, name: str, when: Any) -> None:
         """Sleep durably until a datetime (naive means UTC) or epoch seconds."""
@@ -207,7 +217,7 @@ class Step:
             epoch = float(when)
         else:
             raise TypeError("sleep_until takes a datetime or epoch seconds")
-        host.sleep_until(name, int(epoch * 1000))
+        host.sleep_until(host_text(name), int(epoch * 1000))
 
     def wait_for_event(self, name: str, event_type: str, timeout: Any = "24 hours") -> dict[str, Any]:
         """Wait durably for an event of `event_type`; returns {type, payload, timestamp}."""
@@ -216,7 +226,7 @@ class Step:
             raise TypeError("event_type is a non-empty string")
         timeout_ms = None if timeout is None else parse_duration(timeout)
         try:
-            result: dict[str, Any] = json.loads(host.wait_for_event(name, event_type, timeout_ms))
+            result: dict[str, Any] = json.loads(host.wait_for_event(host_text(name), host_text(event_type), timeout_ms))
         except Err as err:
             raise WaitTimeoutError(err.value.message) from None
         return result

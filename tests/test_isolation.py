@@ -501,3 +501,19 @@ def test_hundred_activations_do_not_leak_host_memory(sandbox: Sandbox) -> None:
             assert output(run(sandbox, source)) == 2000 + (4 << 20)
     growth = _rss_mb() - before
     assert growth < 30, f"RSS grew by {growth:.1f} MB over 100 activations"
+
+
+def test_lone_surrogates_do_not_crash_the_isolate(sandbox: Sandbox) -> None:
+    source = """
+def run(event, step):
+    print("\\ud800 half a pair")
+    step.do("name \\udfff", lambda: "\\ud83d")
+    try:
+        step.do("boom", {"retries": {"limit": 0}}, lambda: (_ for _ in ()).throw(ValueError("bad \\ud800")))
+    except Exception as error:
+        return str(error)
+"""
+    outcome = sandbox.run(source, {"payload": None}, MemJournal())
+    assert isinstance(outcome, Completed), outcome
+    assert "\\ud800 half a pair" in outcome.stats.log
+    assert "bad \\ud800" in json.loads(outcome.output)
