@@ -174,13 +174,11 @@ class PostgresStore(SQLStore):
         self._pool.close()
 
     def migrate(self) -> None:
-        # Several worker processes may start at once: one of them migrates, the others wait and find it done.
-        with self._pool.connection() as connection:
-            connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-            try:
-                super().migrate()
-            finally:
-                connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        # Several worker processes may start at once: one of them migrates, the others wait for its
+        # transaction and find the work done (the migrations run in a savepoint of the locking one).
+        with self.transaction() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            super().migrate()
 
     # -- wakeups ---------------------------------------------------------------
 
@@ -217,7 +215,10 @@ class PostgresStore(SQLStore):
         with self._listen_lock:
             listeners = list(self._listeners)
         for callback in listeners:
-            callback()
+            try:
+                callback()
+            except Exception:
+                log.exception("wakeup callback failed")
 
     # -- read-then-write made safe under READ COMMITTED ---------------------
 
@@ -255,6 +256,19 @@ class PostgresStore(SQLStore):
         if count:
             self.notify()
         return count
+
+    # -- scheduling ------------------------------------------------------------
+
+    def next_wake(self) -> float | None:
+        # As SQLStore.next_wake, as two index-ordered minimums: every idle worker asks this about once a
+        # second, and a MIN over a CASE reads every waiting instance (~5 ms per 20k here).
+        # One statement, so no transaction around it: one round trip.
+        with self._pool.connection() as connection:
+            row = connection.execute(
+                "SELECT LEAST((SELECT MIN(wake_at) FROM instances WHERE status IN ('queued', 'waiting')), "
+                "(SELECT MIN(lease_until) FROM instances WHERE status = 'running'))"
+            ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
 
     # -- an activation ---------------------------------------------------------
 
