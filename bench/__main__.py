@@ -136,11 +136,11 @@ def main() -> None:
     runs = args.runs or (1 if quick else 3)
     skip = set(filter(None, args.skip.split(",")))
     sizes = {
-        "sequential": 300 if quick else 1000,
-        "fan_out": 60 if quick else 1000,
-        "recovery": 60 if quick else 1000,
-        "sleepers": 300 if quick else 50_000,
-        "raw": 500 if quick else 2000,
+        "sequential": 200 if quick else 1000,
+        "fan_out": 40 if quick else 1000,
+        "recovery": 40 if quick else 1000,
+        "sleepers": 200 if quick else 50_000,
+        "raw": 300 if quick else 2000,
     }
     kill_at = 0.5
     dbos_python = ensure_dbos_env() if "dbos" not in skip else None
@@ -236,7 +236,7 @@ def main() -> None:
         results: dict[str, Any] = {"meta": meta, "samples": samples, **extra}
         if "sleepers" not in skip:
             log(f"sleepers: {sizes['sleepers']:,} instances on SQLite")
-            park_rate, margin = (100.0, 2.0) if quick else (100.0, 10.0)
+            park_rate, margin = (100.0, 2.0) if quick else (50.0, 10.0)
             results["sleepers"] = scenarios.sleepers(Backend("sqlite", scratch), sizes["sleepers"], park_rate, margin)
             log(f"sleepers: {json.dumps(results['sleepers'])}")
         if "isolate" not in skip:

@@ -93,6 +93,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"| isolate start: fresh instance to the tenant's first instruction | p50 {start['p50_ms']:.2f} ms, "
             f"p99 {start['p99_ms']:.2f} ms (n = {start['n']}) |"
         )
+    delete = results.get("raw_sqlite_delete") or []
+    if delete:
+        low, high = min(delete), max(delete)
+        lines += [
+            "",
+            f"Raw SQLite commits/s in DBOS's mode (rollback journal, synchronous=FULL), same runs: "
+            f"median {fmt(sorted(delete)[len(delete) // 2])} ({fmt(low)}–{fmt(high)}).",
+        ]
     lines += ["", "Storage modes: " + "; ".join(f"{k}: {v}" for k, v in meta["modes"].items()) + "."]
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.", ""]
     return "\n".join(lines)

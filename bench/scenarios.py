@@ -91,16 +91,18 @@ class Reader:
         else:
             self._pg = psycopg.connect(url, autocommit=True)
 
-    def scalar(self, sql: str) -> Any:
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
         try:
             if self._sqlite is not None:
-                row = self._sqlite.execute(sql).fetchone()
-            else:
-                assert self._pg is not None
-                row = self._pg.execute(sql).fetchone()
+                return self._sqlite.execute(sql).fetchall()
+            assert self._pg is not None
+            return self._pg.execute(sql).fetchall()
         except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
-            return None  # the schema is not there yet
-        return None if row is None else row[0]
+            return []  # the schema is not there yet
+
+    def scalar(self, sql: str) -> Any:
+        rows = self.rows(sql)
+        return rows[0][0] if rows else None
 
     def close(self) -> None:
         if self._sqlite is not None:
