@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from tenantflow.host import Sandbox
@@ -36,7 +35,7 @@ from tenantflow.runtime.records import Quotas
 from tenantflow.runtime.service import MAX_BATCH, Service
 from tenantflow.runtime.store import open_store
 
-from bench import runtime_bench, sandbox_bench
+from bench import pg_bench, runtime_bench, sandbox_bench
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -65,14 +64,8 @@ class Backend:
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     path.with_name(path.name + suffix).unlink(missing_ok=True)
             return
-        name = f"tfbench_{tag}"
-        with psycopg.connect(ADMIN_PG, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield urlunsplit(urlsplit(ADMIN_PG)._replace(path="/" + name))
-        finally:
-            with psycopg.connect(ADMIN_PG, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with pg_bench.fresh_database(ADMIN_PG) as url:
+            yield url
 
 
 def sqlite_path(url: str) -> str:
@@ -115,8 +108,9 @@ class Reader:
 
 
 def raw_commit_rate(backend: Backend, n: int, journal_mode: str = "WAL") -> float:
-    """One-row INSERT + COMMIT per iteration on a fresh database of `backend` (SQLite: `journal_mode`,
-    synchronous=FULL; PostgreSQL: autocommit, synchronous_commit as the server has it, i.e. on)."""
+    """One-row INSERT + COMMIT per iteration on a fresh database of `backend`. SQLite: `n` commits in
+    `journal_mode`, synchronous=FULL. PostgreSQL: pg_bench's one-round-trip autocommit INSERT for about
+    n / 2000 seconds (synchronous_commit as the server has it, i.e. on)."""
     with backend.database("raw") as url:
         if backend.name == "sqlite":
             if journal_mode == "WAL":
@@ -133,12 +127,7 @@ def raw_commit_rate(backend: Backend, n: int, journal_mode: str = "WAL") -> floa
             elapsed = time.perf_counter() - started
             connection.close()
             return n / elapsed
-        with psycopg.connect(url, autocommit=True) as pg:
-            pg.execute("CREATE TABLE t (id BIGSERIAL PRIMARY KEY, v BYTEA)")
-            started = time.perf_counter()
-            for i in range(n):
-                pg.execute("INSERT INTO t (v) VALUES (%s)", (b"x" * 64 + str(i).encode(),))
-            return n / (time.perf_counter() - started)
+        return pg_bench.raw_commit_rate(url, n / 2000, one_round_trip=True)
 
 
 # -- tenantflow -------------------------------------------------------------------------
