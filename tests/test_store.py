@@ -473,20 +473,50 @@ def test_parallel_claims_never_hand_out_one_instance_twice(store: SQLStore, open
 # -- races that a single-writer SQLite cannot have; PostgreSQL must handle them with row locks --
 
 
-def _hold_row_lock(store: SQLStore, key: InstanceKey, then: Callable[[], None], released: threading.Event) -> None:
-    """In another thread: lock the instance row, wait, run `then` (in the same transaction), commit."""
+def _hold_row_lock(store: PostgresStore, key: InstanceKey, then: Callable[[], None], locked: threading.Event) -> None:
+    """In another thread: lock the instance row, wait until another session is blocked on a lock, then run
+    `then` in the same transaction and commit."""
     with store.transaction() as tx:
         tx.execute(
             "SELECT 1 FROM instances WHERE tenant_id = ? AND workflow = ? AND instance_id = ? FOR UPDATE",
-            (
-                key.tenant_id,
-                key.workflow,
-                key.instance_id,
-            ),
+            (key.tenant_id, key.workflow, key.instance_id),
         )
-        released.wait(10)
-        time.sleep(0.3)  # the other side is now blocked on the row
+        locked.set()
+        with psycopg.connect(store.conninfo, autocommit=True) as watcher:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = watcher.execute(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("nobody blocked on the row")
         then()
+
+
+def _race(store: PostgresStore, key: InstanceKey, then: Callable[[], None], blocked: Callable[[], None]) -> None:
+    """Run `blocked` while another transaction holds the instance row and commits `then` first."""
+    locked = threading.Event()
+    failures: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            _hold_row_lock(store, key, then, locked)
+        except BaseException as error:  # reported by the test thread
+            failures.append(error)
+            locked.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    try:
+        blocked()
+    finally:
+        holder.join()
+    assert not failures, failures
 
 
 @pytest.fixture
@@ -503,19 +533,13 @@ def test_pg_stale_worker_commits_nothing_after_takeover_while_it_was_blocked(pg_
     old = claim_one(store, T0, "w1")
     other = PostgresStore(store.conninfo)
     try:
-        started = threading.Event()
         takeover: list[Claim] = []
 
-        def take() -> None:
-            takeover.extend(other.claim("w2", 1, T0 + LEASE + 1, LEASE, {}))
+        def stale_commit() -> None:
+            with pytest.raises(LeaseLost):
+                store.record(old, done_entry(0, '"stale"'), ok_attempt(0), T0 + LEASE + 2)
 
-        holder = threading.Thread(target=_hold_row_lock, args=(other, key, take, started))
-        holder.start()
-        started.set()
-        time.sleep(0.1)
-        with pytest.raises(LeaseLost):
-            store.record(old, done_entry(0, '"stale"'), ok_attempt(0), T0 + LEASE + 2)  # blocks, then fenced out
-        holder.join()
+        _race(other, key, lambda: takeover.extend(other.claim("w2", 1, T0 + LEASE + 1, LEASE, {})), stale_commit)
         assert len(takeover) == 1 and takeover[0].fence == old.fence + 1
         assert store.journal(key) == ([], [], [])
         store.record(takeover[0], done_entry(0, '"fresh"'), ok_attempt(0), T0 + LEASE + 3)
@@ -529,13 +553,12 @@ def test_pg_finish_does_not_overwrite_a_terminate_it_raced_with(pg_store: Postgr
     store = pg_store
     key = make_instance(store)
     claim = claim_one(store)
-    started = threading.Event()
-    holder = threading.Thread(target=_hold_row_lock, args=(store, key, lambda: store.terminate(key, T0 + 1), started))
-    holder.start()
-    started.set()
-    time.sleep(0.1)
-    store.finish(claim, T0 + 2, status="complete", output='"late"')
-    holder.join()
+    _race(
+        store,
+        key,
+        lambda: store.terminate(key, T0 + 1),
+        lambda: store.finish(claim, T0 + 2, status="complete", output='"late"'),
+    )
     got = store.instance(key)
     assert (got.status, got.output) == ("terminated", None)
 
@@ -544,16 +567,26 @@ def test_pg_finish_sees_an_event_that_committed_while_it_waited(pg_store: Postgr
     store = pg_store
     key = make_instance(store)
     claim = claim_one(store)
-    started = threading.Event()
-    holder = threading.Thread(
-        target=_hold_row_lock, args=(store, key, lambda: store.send_event(key, "go", 1, T0 + 1), started)
+    _race(
+        store,
+        key,
+        lambda: store.send_event(key, "go", 1, T0 + 1),
+        lambda: store.finish(claim, T0 + 2, status="waiting", waiting_for="go"),
     )
-    holder.start()
-    started.set()
-    time.sleep(0.1)
-    store.finish(claim, T0 + 2, status="waiting", waiting_for="go")
-    holder.join()
     assert store.instance(key).wake_at == T0 + 2  # not left waiting forever
+
+
+def test_pg_controls_racing_on_one_instance_take_turns(pg_store: PostgresStore) -> None:
+    """A pause that waited for a terminate must see it (and refuse), not overwrite it."""
+    store = pg_store
+    key = make_instance(store)
+
+    def pause() -> None:
+        with pytest.raises(InvalidState):
+            store.pause(key, T0 + 2)
+
+    _race(store, key, lambda: store.terminate(key, T0 + 1), pause)
+    assert store.instance(key).status == "terminated"
 
 
 def test_pg_concurrent_migrations_on_an_empty_schema(pg_server: str) -> None:  # noqa: F811
