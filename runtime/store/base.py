@@ -427,8 +427,8 @@ class SQLStore(ABC):
         """The earliest time any instance becomes runnable (its wake time or its lease expiry)."""
         with self.transaction() as tx:
             row = tx.one(
-                "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE wake_at END) FROM instances "
-                "WHERE status IN ('queued', 'waiting', 'running')"
+                "SELECT MIN(t) FROM (SELECT MIN(wake_at) AS t FROM instances WHERE status IN ('queued', 'waiting') "
+                "UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE status = 'running') AS due"
             )
         return float(row[0]) if row and row[0] is not None else None
 
@@ -441,10 +441,15 @@ class SQLStore(ABC):
         runnable = "((status IN ('queued', 'waiting') AND wake_at <= ?) OR (status = 'running' AND lease_until < ?))"
         claims: list[Claim] = []
         with self.transaction() as tx:
+            # Two index-ordered reads (dead workers' instances first), not one OR over the table.
             rows = tx.execute(
-                f"SELECT tenant_id, workflow, instance_id FROM instances WHERE {runnable} "
-                f"ORDER BY wake_at LIMIT ? {self.skip_locked}",
-                (now, now, limit * 4),
+                "SELECT tenant_id, workflow, instance_id FROM instances WHERE status = 'running' "
+                f"AND lease_until < ? ORDER BY lease_until LIMIT ? {self.skip_locked}",
+                (now, limit * 4),
+            ) + tx.execute(
+                "SELECT tenant_id, workflow, instance_id FROM instances WHERE status IN ('queued', 'waiting') "
+                f"AND wake_at <= ? ORDER BY wake_at LIMIT ? {self.skip_locked}",
+                (now, limit * 4),
             )
             room: dict[str, int] = {}
             for tenant_id in {r[0] for r in rows}:

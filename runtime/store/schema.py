@@ -103,4 +103,9 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (tenant_id, workflow, instance_id, seq)
         )""",
     ],
+    [
+        # Due instances are found by wake time among queued and waiting ones only.
+        "DROP INDEX instances_runnable",
+        "CREATE INDEX instances_wake ON instances (wake_at) WHERE status IN ('queued', 'waiting')",
+    ],
 ]
