@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 
 from tenantflow.host import Completed, Failed, Grants, Limits, Outcome, Sandbox, Suspended
+from tenantflow.host.engine import MAX_MEMORY_BYTES
 from tenantflow.runtime.clock import Clock
 from tenantflow.runtime.journal import LEASE_LOST, InstanceJournal
 from tenantflow.runtime.metrics import Metrics
@@ -28,7 +29,7 @@ class Activated:
 
 
 def limits_for(quotas: Quotas) -> Limits:
-    return Limits(memory_bytes=quotas.memory_mb << 20, fuel=quotas.fuel)
+    return Limits(memory_bytes=min(quotas.memory_mb << 20, MAX_MEMORY_BYTES), fuel=quotas.fuel)
 
 
 class Executor:
