@@ -112,7 +112,7 @@ SELECT status FROM inst
 class PostgresStore(SQLStore):
     """postgresql://user@host:port/db[?pool_min=N&pool_max=N&<libpq options>]"""
 
-    dialect = {"blob": "BYTEA", "float": "DOUBLE PRECISION", "bigint": "BIGINT"}
+    dialect = {"blob": "BYTEA", "float": "DOUBLE PRECISION", "bigint": "BIGINT", "clustered": ""}
     skip_locked = "FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
 

@@ -40,7 +40,7 @@ class SQLiteStore(SQLStore):
     caller's error (e.g. a lost lease) does not undo the others.
     """
 
-    dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER"}
+    dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER", "clustered": " WITHOUT ROWID"}
 
     def __init__(self, path: str, synchronous: str = "full") -> None:
         if synchronous not in SYNCHRONOUS:
