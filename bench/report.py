@@ -93,6 +93,24 @@ def markdown(results: dict[str, Any]) -> str:
             f"| isolate start: fresh instance to the tenant's first instruction | p50 {start['p50_ms']:.2f} ms, "
             f"p99 {start['p99_ms']:.2f} ms (n = {start['n']}) |"
         )
+    recoveries = [x for x in results["samples"] if x["scenario"] == "recovery"]
+    if recoveries:
+        parts = []
+        for engine in ("tenantflow", "dbos"):
+            mine = [x for x in recoveries if x["engine"] == engine]
+            remaining = sorted(x["remaining_at_kill"] for x in mine)
+            ready = sorted(x["spawn_to_ready_s"] for x in mine if x.get("spawn_to_ready_s") is not None)
+            if remaining:
+                parts.append(
+                    f"{ENGINE_LABELS[engine]}: {remaining[len(remaining) // 2]} left at the kill"
+                    + (f", new process ready {fmt(ready[len(ready) // 2])} s after spawn" if ready else "")
+                )
+        lines += [
+            "",
+            "Recovery: the worker process is killed with SIGKILL once half of the instances are complete; the time "
+            "is from spawning the replacement process until the last instance finished, as the database recorded "
+            f"it (medians: {'; '.join(parts)}).",
+        ]
     delete = results.get("raw_sqlite_delete") or []
     if delete:
         low, high = min(delete), max(delete)
