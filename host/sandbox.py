@@ -211,10 +211,16 @@ class Sandbox:
             try:
                 value = func(store, *args)
             except wasmtime.WasmtimeError as trap:
+                # wasmtime-py raises from a frame that holds the error: without this, that cycle keeps
+                # every frame of the call alive, the Store (and its pool slot) with them.
+                trap.__traceback__ = None
                 return self._trapped(act, trap, started, instantiated)
             func.post_return(store)
             return self._returned(act, value, started, instantiated)
         finally:
+            # The recorded exception's traceback holds the host function's frame, which holds the
+            # activation: drop it, or the Store (and its pool slot) lives until the cycle collector runs.
+            act.pending = None
             self._local.activation = None
             del act, store
 

@@ -517,3 +517,24 @@ def run(event, step):
     assert isinstance(outcome, Completed), outcome
     assert "\\ud800 half a pair" in outcome.stats.log
     assert "bad \\ud800" in json.loads(outcome.output)
+
+
+def test_suspended_and_trapped_isolates_are_freed_without_the_cycle_collector(sandbox: Sandbox) -> None:
+    import gc
+
+    import wasmtime
+
+    suspending = "def run(event, step):\n    step.do('a', lambda: 1)\n    step.sleep('z', '1 day')\n"
+    trapping = "def run(event, step):\n    while True:\n        pass\n"
+    gc.collect()
+    gc.disable()
+    try:
+        # more activations than the pooling allocator has slots (128): leaked Stores would exhaust it
+        for i in range(200):
+            source = trapping if i % 20 == 0 else suspending
+            outcome = sandbox.run(source, {"payload": None}, MemJournal(), Limits(fuel=50_000_000))
+            assert not isinstance(outcome, Completed)
+        leaked = [o for o in gc.get_objects() if isinstance(o, wasmtime.Store)]
+    finally:
+        gc.enable()
+    assert leaked == []
