@@ -256,7 +256,7 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
 @db_option
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 1024), help="Activation threads.")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(host: str, port: int, db: str, workers: int, log_level: str) -> None:
     """Run the HTTP API and the workers in one process (graceful stop on SIGTERM)."""
@@ -274,7 +274,7 @@ def serve(host: str, port: int, db: str, workers: int, log_level: str) -> None:
 
 @main.command()
 @db_option
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 1024), help="Activation threads.")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def worker(db: str, workers: int, log_level: str) -> None:
     """Run workers only, for scale-out on a shared database (graceful stop on SIGTERM)."""

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tenantflow.host import Sandbox
+from tenantflow.host.engine import POOLING
 from tenantflow.runtime.clock import Clock, SystemClock
 from tenantflow.runtime.errors import (
     Conflict,
@@ -30,6 +31,8 @@ from tenantflow.runtime.store import SQLStore, open_store
 from tenantflow.runtime.worker import DEFAULT_LEASE_S, WorkerPool
 
 MAX_BATCH = 100
+# Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
+MAX_WORKERS = POOLING["instances"] - 8
 MAX_PAGE = 1000
 
 
@@ -81,6 +84,8 @@ class Service:
         workers: int = 4,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
+        if not 1 <= workers <= MAX_WORKERS:
+            raise InvalidInput(f"workers is between 1 and {MAX_WORKERS} (the sandbox's pool of isolate slots)")
         self.store = store
         self.sandbox = sandbox or Sandbox()
         self.clock = clock or SystemClock()
