@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -24,4 +24,3 @@ class Grants:
     fetch_timeout_s: float = 10.0
     fetch_max_bytes: int = 1 << 20
     fetch_max_redirects: int = 5
-    extra: dict[str, str] = field(default_factory=dict)
