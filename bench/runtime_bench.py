@@ -41,10 +41,10 @@ def emit(name: str, **figures: Any) -> None:
     print(json.dumps({"bench": "runtime", "name": name, **figures}), flush=True)
 
 
-def raw_commit_rate(path: Path, synchronous: str, n: int) -> float:
-    """One-row INSERT + COMMIT per iteration, WAL mode: the physical limit for durable steps."""
+def raw_commit_rate(path: Path, synchronous: str, n: int, journal_mode: str = "WAL") -> float:
+    """One-row INSERT + COMMIT per iteration (WAL by default): the physical limit for durable steps."""
     connection = sqlite3.connect(path, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute(f"PRAGMA journal_mode={journal_mode}")
     connection.execute(f"PRAGMA synchronous={synchronous}")
     connection.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)")
     started = time.perf_counter()

@@ -113,20 +113,7 @@ def raw_commit_rate(backend: Backend, n: int, journal_mode: str = "WAL") -> floa
     n / 2000 seconds (synchronous_commit as the server has it, i.e. on)."""
     with backend.database("raw") as url:
         if backend.name == "sqlite":
-            if journal_mode == "WAL":
-                return runtime_bench.raw_commit_rate(Path(sqlite_path(url)), "full", n)
-            connection = sqlite3.connect(sqlite_path(url), isolation_level=None)
-            connection.execute(f"PRAGMA journal_mode={journal_mode}")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-            started = time.perf_counter()
-            for i in range(n):
-                connection.execute("BEGIN IMMEDIATE")
-                connection.execute("INSERT INTO t (v) VALUES (?)", (b"x" * 64 + str(i).encode(),))
-                connection.execute("COMMIT")
-            elapsed = time.perf_counter() - started
-            connection.close()
-            return n / elapsed
+            return runtime_bench.raw_commit_rate(Path(sqlite_path(url)), "full", n, journal_mode)
         return pg_bench.raw_commit_rate(url, n / 2000, one_round_trip=True)
 
 
