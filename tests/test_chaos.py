@@ -286,7 +286,7 @@ def test_chaos_sqlite(sandbox: Sandbox, counter: tuple[str, Counter[str]], tmp_p
         counter,
         tmp_path,
         workers=1,
-        n=200 if LONG else 60,
+        n=200 if LONG else 150,
         many_hosts=False,
     )
 
