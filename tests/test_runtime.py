@@ -17,22 +17,15 @@ from tenantflow.runtime.service import Service
 from tenantflow.runtime.store.sqlite import SQLiteStore
 
 
-@pytest.fixture(scope="module")
-def runtime_sandbox() -> Iterator[Sandbox]:
-    sandbox = Sandbox()
-    yield sandbox
-    sandbox.close()
-
-
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(1_800_000_000.0)
 
 
 @pytest.fixture
-def service(tmp_path: Path, runtime_sandbox: Sandbox, clock: ManualClock) -> Iterator[Service]:
+def service(tmp_path: Path, sandbox: Sandbox, clock: ManualClock) -> Iterator[Service]:
     store = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
-    svc = Service(store, runtime_sandbox, clock)
+    svc = Service(store, sandbox, clock)
     yield svc
     store.close()
 

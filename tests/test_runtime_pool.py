@@ -18,17 +18,10 @@ from tenantflow.runtime.service import Service
 from tenantflow.runtime.store.sqlite import SQLiteStore
 
 
-@pytest.fixture(scope="module")
-def pool_sandbox() -> Iterator[Sandbox]:
-    sandbox = Sandbox()
-    yield sandbox
-    sandbox.close()
-
-
 @pytest.fixture
-def live(tmp_path: Path, pool_sandbox: Sandbox) -> Iterator[Service]:
+def live(tmp_path: Path, sandbox: Sandbox) -> Iterator[Service]:
     store = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
-    service = Service(store, pool_sandbox, workers=4).start()
+    service = Service(store, sandbox, workers=4).start()
     yield service
     service.stop()
     store.close()
@@ -146,10 +139,10 @@ def _start_worker(db: Path) -> subprocess.Popen[str]:
     return process
 
 
-def test_sigkill_mid_workflow_loses_and_reruns_no_committed_step(tmp_path: Path, pool_sandbox: Sandbox) -> None:
+def test_sigkill_mid_workflow_loses_and_reruns_no_committed_step(tmp_path: Path, sandbox: Sandbox) -> None:
     db = tmp_path / "crash.db"
     store = SQLiteStore(str(db))
-    setup = Service(store, pool_sandbox)
+    setup = Service(store, sandbox)
     tenant = setup.create_tenant("crash")[0]
     setup.deploy(tenant, "wf", CRASHY)
     setup.create_instances(tenant, "wf", [{"id": f"k{n}"} for n in range(6)])
