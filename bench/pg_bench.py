@@ -32,14 +32,9 @@ from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import SQLStore
 from tenantflow.runtime.store.postgres import PostgresStore
 
-DEFAULT_SERVER = os.environ.get("TENANTFLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+from bench.runtime_bench import SEQUENTIAL
 
-SEQUENTIAL = """
-def run(event, step):
-    for i in range(event.payload["steps"]):
-        step.do("step", lambda: {"i": i, "ok": True})
-    return "done"
-"""
+DEFAULT_SERVER = os.environ.get("TENANTFLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 TWENTY_STEPS = """
 def run(event, step):
