@@ -58,3 +58,14 @@ class WorkflowCodeError(TenantflowError):
     def __init__(self, message: str, line: int | None = None) -> None:
         super().__init__(message)
         self.line = line
+
+
+class Unavailable(TenantflowError):
+    """The store is busy (e.g. SQLite locked past its busy timeout) or the service is saturated; retry later."""
+
+    status = 503
+    title = "Service unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
