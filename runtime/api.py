@@ -8,6 +8,8 @@ are capped before they are parsed; tenant calls under /v1 need
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import math
@@ -19,9 +21,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenantflow.runtime.dashboard import dashboard_routes
 from tenantflow.runtime.errors import (
     InvalidInput,
@@ -29,6 +33,7 @@ from tenantflow.runtime.errors import (
     TenantflowError,
     TooLarge,
     Unauthorized,
+    Unavailable,
     WorkflowCodeError,
 )
 from tenantflow.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -44,6 +49,9 @@ MAX_BODY = 2 << 20
 DRAIN_LIMIT = 16 << 20
 """An oversize body is read and dropped up to this size so the client gets its 413 cleanly."""
 
+BODY_TIMEOUT_S = 10.0
+"""A request body must arrive whole within this many seconds of the first read (else 408)."""
+
 PROBLEM_TYPE = "urn:tenantflow:problem:"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 JSON_CONTENT_TYPE = "application/json"
@@ -56,6 +64,20 @@ class MalformedRequest(TenantflowError):
 
     status = 400
     title = "Malformed request"
+
+
+class Forbidden(TenantflowError):
+    """A known key that may not do this (a tenant key on /metrics)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class RequestTimeout(TenantflowError):
+    """The request body did not arrive within BODY_TIMEOUT_S."""
+
+    status = 408
+    title = "Request timeout"
 
 
 class InternalError(TenantflowError):
@@ -151,6 +173,53 @@ def _object(value: Any, what: str, allowed: Collection[str], required: Collectio
     return value
 
 
+class BodyTimeout:
+    """ASGI middleware: a request body must arrive whole within `timeout_s` of the app's first read.
+
+    A client that sends headers and then stalls would otherwise hold its connection and task
+    forever; the endpoint reading the body gets RequestTimeout (408, connection closed) instead.
+    Once the body is complete, later reads (waiting for a disconnect) are not timed.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float = BODY_TIMEOUT_S) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, complete
+            if complete:
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s") from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+def bearer_key(request: Request, who: str = "the tenant's API key") -> str:
+    """The key of an `Authorization: Bearer <key>` header; Unauthorized if there is none."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.strip().partition(" ")
+    if not header:
+        raise Unauthorized(f"send {who} as 'Authorization: Bearer <key>'")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+    return key.strip()
+
+
 def version_json(version: Version) -> dict[str, Any]:
     return {
         "name": version.workflow,
@@ -165,20 +234,24 @@ def instance_json(instance: Instance) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, service: Service, max_body: int = MAX_BODY) -> None:
+    def __init__(self, service: Service, max_body: int = MAX_BODY, metrics_token: str | None = None) -> None:
         self.service = service
         self.max_body = max_body
+        self.metrics_token = metrics_token or None
 
     # -- plumbing -------------------------------------------------------------
 
     async def tenant(self, request: Request) -> Tenant:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.strip().partition(" ")
-        if not header:
-            raise Unauthorized("send the tenant's API key as 'Authorization: Bearer <key>'")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("the Authorization header must be 'Bearer <key>'")
-        return await run_in_threadpool(self.service.authenticate, key.strip())
+        return await run_in_threadpool(self.service.authenticate, bearer_key(request))
+
+    async def metrics_reader(self, request: Request) -> None:
+        """Let through the metrics token or an operator key: the metrics name every tenant."""
+        key = bearer_key(request, "the operator key or the metrics token")
+        if self.metrics_token is not None and hmac.compare_digest(key.encode(), self.metrics_token.encode()):
+            return
+        tenant = await run_in_threadpool(self.service.authenticate, key)
+        if not tenant.operator:
+            raise Forbidden("/metrics needs the operator key or the metrics token, not a tenant key")
 
     async def body(self, request: Request, default: Any = None) -> Any:
         declared = request.headers.get("content-length")
@@ -216,6 +289,7 @@ class Api:
         return JSONBody({"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
+        await self.metrics_reader(request)
         body = await run_in_threadpool(self.service.metrics.render)
         return Response(body, media_type=None, headers={"content-type": METRICS_CONTENT_TYPE})
 
@@ -227,9 +301,11 @@ class Api:
     async def deploy(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         body = _object(await self.body(request), "the body", {"source"}, {"source"})
-        version, created = await run_in_threadpool(
-            self.service.deploy, tenant, request.path_params["name"], body["source"]
-        )
+        name, source = request.path_params["name"], body["source"]
+        # The check (the tenant's module code) runs on the service's own bounded pool: waiting for
+        # it holds no thread of the pool the other requests need.
+        checked = await asyncio.wrap_future(self.service.begin_deploy(tenant, name, source))
+        version, created = await run_in_threadpool(self.service.finish_deploy, tenant, name, source, checked)
         return JSONBody({**version_json(version), "created": created}, status_code=201 if created else 200)
 
     async def workflows(self, request: Request) -> Response:
@@ -333,12 +409,14 @@ class Api:
         headers: dict[str, str] = {}
         if isinstance(exc, WorkflowCodeError):
             extra["line"] = exc.line
-        if isinstance(exc, QuotaExceeded):
+        if isinstance(exc, QuotaExceeded | Unavailable):
             retry_after = max(1, math.ceil(exc.retry_after_s))
             headers["Retry-After"] = str(retry_after)
             extra["retry_after_s"] = exc.retry_after_s
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = 'Bearer realm="tenantflow"'
+        if isinstance(exc, RequestTimeout):
+            headers["Connection"] = "close"  # the rest of the body may still come: do not read it
         return problem(
             exc.status,
             exc.title,
@@ -378,9 +456,17 @@ class Api:
         )
 
 
-def create_app(service: Service, *, max_body: int = MAX_BODY) -> Starlette:
-    """The API over `service`; the caller starts and stops the service's workers."""
-    api = Api(service, max_body)
+def create_app(
+    service: Service,
+    *,
+    max_body: int = MAX_BODY,
+    metrics_token: str | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> Starlette:
+    """The API over `service`; the caller starts and stops the service's workers.
+
+    /metrics answers to an operator key, or to `metrics_token` (for a scraper) if one is given."""
+    api = Api(service, max_body, metrics_token)
     instance = "/v1/workflows/{name}/instances/{id}"
     routes = [
         Route("/healthz", api.healthz, methods=["GET"]),
@@ -399,6 +485,7 @@ def create_app(service: Service, *, max_body: int = MAX_BODY) -> Starlette:
     routes += [Route(f"{instance}/{action}", api.control(action), methods=["POST"]) for action in CONTROLS]
     return Starlette(
         routes=[*routes, *dashboard_routes(service)],  # the browser dashboard at /, same Service and keys
+        middleware=[Middleware(BodyTimeout, timeout_s=body_timeout_s)],
         exception_handlers={
             TenantflowError: api.on_error,
             HTTPException: api.on_http_error,

@@ -258,14 +258,20 @@ def main() -> None:
 @db_option
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
-def serve(host: str, port: int, db: str, workers: int, log_level: str) -> None:
+@click.option(
+    "--metrics-token",
+    envvar="TENANTFLOW_METRICS_TOKEN",
+    help="A token a scraper may send as 'Authorization: Bearer TOKEN' for /metrics "
+    "(env TENANTFLOW_METRICS_TOKEN); an operator key always may.",
+)
+def serve(host: str, port: int, db: str, workers: int, log_level: str, metrics_token: str | None) -> None:
     """Run the HTTP API and the workers in one process (graceful stop on SIGTERM)."""
     from tenantflow.runtime.server import configure_logging
     from tenantflow.runtime.server import serve as run_server
 
     configure_logging(log_level)
     try:
-        run_server(db, host, port, workers, log_level)
+        run_server(db, host, port, workers, log_level, metrics_token=metrics_token)
     except OSError as error:
         _fail(f"cannot listen on {host}:{port}: {error}")
     except TenantflowError as error:

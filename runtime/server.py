@@ -24,6 +24,14 @@ log = logging.getLogger("tenantflow.server")
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
+# uvicorn's connection limits (the request body's own deadline is api.BODY_TIMEOUT_S).
+KEEP_ALIVE_S = 5
+"""An idle keep-alive connection is closed after this many seconds."""
+MAX_CONNECTIONS = 1000
+"""Connections or requests in progress beyond which uvicorn answers 503 to new requests."""
+MAX_HEADER_BYTES = 16 << 10
+"""A request line plus headers larger than this is refused (uvicorn's h11 incomplete-event cap)."""
+
 
 def configure_logging(level: str = "info") -> None:
     logging.basicConfig(
@@ -59,6 +67,7 @@ def serve(
     workers: int = 4,
     log_level: str = "info",
     on_ready: Callable[[str], None] | None = None,
+    metrics_token: str | None = None,
 ) -> None:
     # uvicorn re-raises the signal it shut down for once it is done, with the handler that was
     # installed before it started: make that one only take note, so the workers get their orderly
@@ -72,13 +81,16 @@ def serve(
         sock.close()
         raise
     try:
-        app = create_app(service)
+        app = create_app(service, metrics_token=metrics_token)
         config = uvicorn.Config(
             app,
             log_level=log_level,
             lifespan="off",
             timeout_graceful_shutdown=10,
             server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            limit_concurrency=MAX_CONNECTIONS,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
         server = uvicorn.Server(config)
         service.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -9,10 +10,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tenantflow.host import Sandbox
+from tenantflow.host import ErrorInfo, Sandbox
 from tenantflow.host.engine import POOLING
 from tenantflow.runtime.clock import Clock, SystemClock
 from tenantflow.runtime.errors import (
@@ -22,9 +24,10 @@ from tenantflow.runtime.errors import (
     QuotaExceeded,
     TooLarge,
     Unauthorized,
+    Unavailable,
     WorkflowCodeError,
 )
-from tenantflow.runtime.executor import Executor
+from tenantflow.runtime.executor import Executor, limits_for
 from tenantflow.runtime.metrics import Metrics
 from tenantflow.runtime.records import STATUSES, Instance, InstanceKey, Quotas, Tenant, Version, check_id
 from tenantflow.runtime.store import SQLStore, open_store
@@ -34,6 +37,17 @@ MAX_BATCH = 100
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
 MAX_WORKERS = POOLING["instances"] - 8
 MAX_PAGE = 1000
+
+# Deploy checks run the tenant's module-level code: on a pool of their own (never the request
+# threads), a few at a time, under the tenant's memory quota and a small fuel and time budget.
+CHECK_THREADS = 2
+CHECK_QUEUE = 16
+"""Deploy checks waiting or running at once, across tenants; beyond it: 503 Unavailable."""
+CHECKS_PER_TENANT = 2
+"""Deploy checks of one tenant waiting or running at once; beyond it: 429 QuotaExceeded."""
+CHECK_DEADLINE_S = 5.0
+CHECK_FUEL = 2_000_000_000
+"""Fuel for a deploy check (the tenant's fuel quota if lower): ~0.2 s of guest CPU."""
 
 
 def hash_key(api_key: str) -> str:
@@ -74,6 +88,52 @@ class RateLimiter:
             bucket.tokens -= count
 
 
+class DeployChecks:
+    """Runs `Sandbox.check` on CHECK_THREADS threads of its own, with bounded waiting room."""
+
+    def __init__(self, sandbox: Sandbox, threads: int = CHECK_THREADS) -> None:
+        self.sandbox = sandbox
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deploy-check")
+        self._lock = threading.Lock()
+        self._by_tenant: dict[str, int] = {}
+        self._total = 0
+
+    def submit(self, tenant: Tenant, source: str) -> Future[ErrorInfo | None]:
+        """The check's future (its error or None); QuotaExceeded or Unavailable when it cannot wait."""
+        self._reserve(tenant.tenant_id)
+        limits = dataclasses.replace(
+            limits_for(tenant.quotas), fuel=min(tenant.quotas.fuel, CHECK_FUEL), deadline_s=CHECK_DEADLINE_S
+        )
+        try:
+            future = self._pool.submit(self.sandbox.check, source, limits)
+        except BaseException:
+            self._release(tenant.tenant_id)
+            raise
+        future.add_done_callback(lambda _: self._release(tenant.tenant_id))
+        return future
+
+    def _reserve(self, tenant_id: str) -> None:
+        with self._lock:
+            if self._by_tenant.get(tenant_id, 0) >= CHECKS_PER_TENANT:
+                raise QuotaExceeded(
+                    f"at most {CHECKS_PER_TENANT} deploys of a tenant are checked at once", CHECK_DEADLINE_S
+                )
+            if self._total >= CHECK_QUEUE:
+                raise Unavailable("the server is checking too many deploys; retry shortly", CHECK_DEADLINE_S)
+            self._by_tenant[tenant_id] = self._by_tenant.get(tenant_id, 0) + 1
+            self._total += 1
+
+    def _release(self, tenant_id: str) -> None:
+        with self._lock:
+            self._total -= 1
+            left = self._by_tenant.pop(tenant_id) - 1
+            if left:
+                self._by_tenant[tenant_id] = left
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Service:
     def __init__(
         self,
@@ -94,6 +154,7 @@ class Service:
         self.executor = Executor(store, self.sandbox, self.clock, self.metrics, self.stopping)
         self.pool = WorkerPool(store, self.executor, self.clock, threads=workers, lease_s=lease_s)
         self.limiter = RateLimiter()
+        self.checks = DeployChecks(self.sandbox)
         self._started = False
 
     @classmethod
@@ -112,6 +173,7 @@ class Service:
 
     def close(self) -> None:
         self.stop()
+        self.checks.close()
         self.sandbox.close()
         self.store.close()
 
@@ -155,14 +217,25 @@ class Service:
     # -- workflows -----------------------------------------------------------
 
     def deploy(self, tenant: Tenant, workflow: str, source: Any) -> tuple[Version, bool]:
+        checked = self.begin_deploy(tenant, workflow, source).result()
+        return self.finish_deploy(tenant, workflow, source, checked)
+
+    def begin_deploy(self, tenant: Tenant, workflow: str, source: Any) -> Future[ErrorInfo | None]:
+        """Validate a deploy and start checking its source (see DeployChecks); does not block."""
         check_id(workflow, "workflow name")
         if not isinstance(source, str):
             raise InvalidInput("source is a string of Python")
-        if len(source.encode()) > tenant.quotas.max_source_bytes:
+        if len(source.encode("utf-8", "surrogatepass")) > tenant.quotas.max_source_bytes:
             raise TooLarge(f"the source is larger than {tenant.quotas.max_source_bytes} bytes")
-        error = self.sandbox.check(source)
+        return self.checks.submit(tenant, source)
+
+    def finish_deploy(
+        self, tenant: Tenant, workflow: str, source: str, error: ErrorInfo | None
+    ) -> tuple[Version, bool]:
+        """Store the checked source as a version, or WorkflowCodeError (422) naming what the check hit."""
         if error is not None:
-            raise WorkflowCodeError(error.message, error.line)
+            message = error.message if error.name == "WorkflowCodeError" else f"{error.name}: {error.message}"
+            raise WorkflowCodeError(message, error.line)
         return self.store.deploy(tenant.tenant_id, workflow, source, source_hash(source), self.clock.now())
 
     def workflows(self, tenant: Tenant) -> list[Version]:
