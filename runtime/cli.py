@@ -21,9 +21,10 @@ from typing import Any, NoReturn, TypeVar
 import click
 import httpx
 from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
-from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client
+from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client, allow_deep_json
 from tenantflow.runtime.errors import TenantflowError
 from tenantflow.runtime.records import FINISHED, STATUSES, Quotas
 from tenantflow.runtime.store import DEFAULT_DB
@@ -39,6 +40,37 @@ STATUS_STYLE = {
     "running": "blue",
     "queued": "white",
 }
+
+
+def _escapes() -> dict[int, str]:
+    table = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if chr(code) not in "\t\n"}
+    # Bidirectional overrides reorder what the reader sees; lone surrogates cannot be encoded.
+    for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000)]:
+        table[code] = f"\\u{code:04x}"
+    return table
+
+
+ESCAPES = _escapes()
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with what a terminal would act on shown as escapes instead: control characters but
+    tab and newline (ESC as "\\x1b", so no OSC or CSI sequence passes), bidi overrides and lone
+    surrogates. Print the result as `Text` (never as a markup string), so "[bold]" stays text."""
+    return text.translate(ESCAPES)
+
+
+def _t(text: Any, style: str = "") -> Text:
+    """Tenant text for rich: escaped for the terminal, never read as markup."""
+    return Text(terminal_safe(str(text)), style=style)
+
+
+def _json_text(value: Any, indent: int | None = 2) -> Text:
+    try:
+        text = json.dumps(value, indent=indent, ensure_ascii=False)
+    except RecursionError:
+        text = json.dumps(value, ensure_ascii=False)
+    return JSONHighlighter()(_t(text))
 
 
 def _out() -> Console:
@@ -63,7 +95,7 @@ def _parse_json(text: str | None, what: str) -> Any:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    _err().print(Text("error: ", style="bold red") + Text(message))
+    _err().print(Text("error: ", style="bold red") + _t(message))
     sys.exit(code)
 
 
@@ -83,11 +115,18 @@ def _age(seconds: float) -> str:
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch:.6g} s since 1970"  # beyond what the platform's time functions hold
 
 
 def _excerpt(value: Any, width: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        text = "(nested too deeply to show; see --json)"
+    text = terminal_safe(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -152,21 +191,21 @@ def _show_instance(instance: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("instance", instance["id"])
-    table.add_row("workflow", f"{instance['workflow']} (version {instance['version']})")
-    table.add_row("status", Text(status, style=STATUS_STYLE.get(status, "")))
+    table.add_row("instance", _t(instance["id"]))
+    table.add_row("workflow", _t(f"{instance['workflow']} (version {instance['version']})"))
+    table.add_row("status", _t(status, STATUS_STYLE.get(status, "")))
     table.add_row("created", _when(instance.get("created_at")))
     table.add_row("updated", _when(instance.get("updated_at")))
     if instance.get("wake_at") is not None and status == "waiting":
         table.add_row("wakes", _when(instance["wake_at"]))
     if instance.get("params") is not None:
-        table.add_row("params", _excerpt(instance["params"], 200))
+        table.add_row("params", Text(_excerpt(instance["params"], 200)))
     if instance.get("output") is not None:
-        table.add_row("output", json.dumps(instance["output"], indent=2, ensure_ascii=False))
+        table.add_row("output", _json_text(instance["output"]))
     error = instance.get("error")
     if error:
         where = f" (line {error['line']})" if error.get("line") else ""
-        table.add_row("error", Text(f"{error.get('name')}: {error.get('message')}{where}", style="red"))
+        table.add_row("error", _t(f"{error.get('name')}: {error.get('message')}{where}", "red"))
     console.print(table)
 
 
@@ -181,18 +220,18 @@ def _step_duration(step: dict[str, Any]) -> str:
 
 def _step_result(step: dict[str, Any], width: int = 60) -> str:
     if step.get("error_name"):
-        text = f"{step['error_name']}: {step.get('error_message') or ''}"
+        text = terminal_safe(f"{step['error_name']}: {step.get('error_message') or ''}")
         return text if len(text) <= width else text[: width - 1] + "…"
     if step["kind"] == "sleep":
         return f"until {_when(step.get('wake_at'))}"
     if step["kind"] == "wait" and step["state"] == "waiting":
-        return f"for {step.get('event_type')!r}"
+        return terminal_safe(f"for {step.get('event_type')!r}")
     return _excerpt(step.get("result"), width)
 
 
 def timeline(journal: dict[str, Any], title: str | None = None, finished: bool = False, width: int = 80) -> Table:
     """The step timeline: position, name, kind, state, attempts, duration, result excerpt."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=None if title is None else _t(title), title_justify="left")
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("step", overflow="fold")
     table.add_column("kind", no_wrap=True)
@@ -210,12 +249,12 @@ def timeline(journal: dict[str, Any], title: str | None = None, finished: bool =
         style = {"done": "green", "failed": "red", "timed_out": "yellow", "retrying": "yellow"}.get(state, "")
         table.add_row(
             str(step["position"]),
-            step["name"],
-            step["kind"],
-            Text(state, style=style),
+            _t(step["name"]),
+            _t(step["kind"]),
+            _t(state, style),
             str(step["attempts"]) if step["kind"] == "do" else "",
             _step_duration(step),
-            _step_result(step, result_width),
+            Text(_step_result(step, result_width)),
         )
     return table
 
@@ -232,15 +271,15 @@ def _show_journal(journal: dict[str, Any], finished: bool = False) -> None:
         for event in events:
             table.add_row(
                 str(event["seq"]),
-                event["type"],
-                _excerpt(event.get("payload")),
+                _t(event["type"]),
+                Text(_excerpt(event.get("payload"))),
                 _when(event.get("created_at")),
                 "-" if event.get("consumed_at") is None else f"#{event['consumed_at']}",
             )
         console.print(table)
     if journal.get("log"):
         console.print(Text("output printed by the workflow:", style="bold"))
-        console.print(Text(journal["log"].rstrip("\n")))
+        console.print(_t(journal["log"].rstrip("\n")))
 
 
 # -- the command group ------------------------------------------------------------
@@ -250,6 +289,7 @@ def _show_journal(journal: dict[str, Any], finished: bool = False) -> None:
 @click.version_option(package_name="tenantflow")
 def main() -> None:
     """tenantflow: durable workflows from tenant-supplied Python, in a WASI sandbox."""
+    allow_deep_json()  # results nested ~1000 deep must print
 
 
 @main.command()
@@ -523,7 +563,7 @@ def events_send(
     if as_json:
         _print_json(result)
         return
-    _out().print(f"event {result['type']!r} delivered to {workflow}/{instance_id} (#{result['seq']})")
+    _out().print(_t(f"event {result['type']!r} delivered to {workflow}/{instance_id} (#{result['seq']})"))
 
 
 @main.command()
@@ -615,7 +655,7 @@ def run(file: Path, params: str | None, event_args: tuple[str, ...], as_json: bo
         console.print(timeline(result.journal, title=title, finished=finished, width=console.width))
         if result.journal.get("log"):
             console.print(Text("printed:", style="bold"))
-            console.print(Text(result.journal["log"].rstrip("\n")))
+            console.print(_t(result.journal["log"].rstrip("\n")))
         status_text = instance["status"]
         console.print(
             Text("status: ", style="bold")
@@ -625,16 +665,16 @@ def run(file: Path, params: str | None, event_args: tuple[str, ...], as_json: bo
         if instance["error"]:
             failure = instance["error"]
             where = f" (line {failure['line']})" if failure.get("line") else ""
-            console.print(Text(f"error: {failure['name']}: {failure['message']}{where}", style="red"))
+            console.print(_t(f"error: {failure['name']}: {failure['message']}{where}", "red"))
             if failure.get("traceback"):
-                console.print(Text(failure["traceback"].rstrip("\n"), style="dim"))
+                console.print(_t(failure["traceback"].rstrip("\n"), "dim"))
         elif result.stuck:
             console.print(
                 Text("stuck: waiting for an event that was not given (use --event TYPE=JSON)", style="yellow")
             )
         else:
             console.print(Text("output:", style="bold"))
-            console.print_json(json.dumps(instance["output"]))
+            console.print(_json_text(instance["output"]))
     if instance["status"] != "complete":
         sys.exit(1)
 

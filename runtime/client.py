@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -11,6 +12,17 @@ import httpx
 from tenantflow.runtime.records import FINISHED
 
 DEFAULT_URL = "http://127.0.0.1:8787"
+
+DEEP_JSON_RECURSION_LIMIT = 4000
+"""Stored JSON may nest ~1000 deep (as deep as the guest's own json goes); the json module counts
+each level against the recursion limit, on top of the frames of the server's request thread or
+the CLI (~30), so the default limit of 1000 cannot read such a value back. 4000 levels of json's C
+code fit easily in a thread's stack."""
+
+
+def allow_deep_json() -> None:
+    """Raise this process's recursion limit to DEEP_JSON_RECURSION_LIMIT (never lower it)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEP_JSON_RECURSION_LIMIT))
 
 
 class ApiError(Exception):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import URLPath
@@ -75,16 +75,28 @@ STATUS_SYMBOLS = {
 # -- formatting ----------------------------------------------------------------
 
 
+def _datetime(epoch: float) -> datetime | None:
+    """The UTC time of `epoch`, or None beyond what datetime holds (years 1-9999)."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def fmt_time(epoch: float | None) -> str:
     if epoch is None:
         return "—"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    moment = _datetime(epoch)
+    if moment is None:
+        return f"{'after 9999' if epoch > 0 else 'before year 1'} ({epoch:.6g} s since 1970)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def iso_time(epoch: float | None) -> str:
-    if epoch is None:
+    moment = None if epoch is None else _datetime(epoch)
+    if moment is None:
         return ""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def fmt_duration(ms: float | None) -> str:
@@ -155,9 +167,19 @@ def fmt_bytes(size: int | None) -> str:
 def pretty_json(value: Any) -> str:
     try:
         text = json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        # Indented JSON is encoded in Python, a frame per level: very deep values go compact.
+        text = _compact_json(value)
     except (TypeError, ValueError):
         text = repr(value)
     return _cut(text)
+
+
+def _compact_json(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (RecursionError, TypeError, ValueError):
+        return "(too deeply nested to show; the API returns it)"
 
 
 def _cut(text: str) -> str:
@@ -168,9 +190,43 @@ def _cut(text: str) -> str:
 
 def json_size(value: Any) -> int:
     try:
-        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    except (TypeError, ValueError):
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    except (RecursionError, TypeError, ValueError):
         return 0
+
+
+CONTROLS_SHOWN = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if chr(code) not in "\t\n\r"}
+"""Control characters (none of which the templates use) as visible escapes, e.g. ESC as "\\x1b"."""
+
+
+class SafeHTMLResponse(HTMLResponse):
+    """HTML with tenant text made plain: control characters and lone surrogates (valid in stored
+    JSON, not in UTF-8) are shown as escapes ("\\x1b", "\\ud800")."""
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, str):
+            return content.translate(CONTROLS_SHOWN).encode(self.charset, "backslashreplace")
+        return super().render(content)
+
+
+def safe_next(target: str | None) -> str:
+    r"""Where to go after sign-in: `target` if it is a path on this origin, else "/".
+
+    Browsers read "\\" as "/" and drop tabs and newlines from URLs, so "/\\evil.example" or
+    "/\t/evil.example" would leave the origin: a path starts with one "/" and has no backslash or
+    control character, also after one more round of percent-decoding; the sign-in page itself is
+    no target.
+    """
+    if not target:
+        return "/"
+    for form in (target, unquote(target)):
+        if not form.startswith("/") or form.startswith("//") or "\\" in form:
+            return "/"
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in form):
+            return "/"
+    if target == "/login" or target.startswith(("/login?", "/login/")):
+        return "/"
+    return target
 
 
 # -- view models -----------------------------------------------------------------
@@ -392,7 +448,7 @@ class Dashboard:
         headers = dict(SECURITY_HEADERS)
         if fragment:
             headers.update(NO_STORE)
-        return HTMLResponse(html, status_code=status_code, headers=headers)
+        return SafeHTMLResponse(html, status_code=status_code, headers=headers)
 
     def actor(self, request: Request) -> Tenant:
         header = request.headers.get("authorization", "").strip()
@@ -433,6 +489,16 @@ class Dashboard:
             )
 
         return endpoint
+
+    def login(self, request: Request) -> Response:
+        return self.render(
+            "login.html",
+            page="login",
+            path={},
+            query=dict(request.query_params),
+            statuses=STATUSES,
+            next=safe_next(request.query_params.get("next")),
+        )
 
     def favicon(self, request: Request) -> Response:
         return RedirectResponse("/ui/static/favicon.svg", status_code=301)
@@ -572,7 +638,7 @@ def _routes(d: Dashboard) -> list[BaseRoute]:
     fragments = "/ui/fragments/workflows"
     return [
         Route("/", d.page("workflows.html"), methods=["GET"], name="dashboard"),
-        Route("/login", d.page("login.html"), methods=["GET"]),
+        Route("/login", d.login, methods=["GET"]),
         Route("/workflows/{name}", d.page("workflow.html"), methods=["GET"]),
         Route("/workflows/{name}/instances/{id}", d.page("instance.html"), methods=["GET"]),
         Route("/favicon.ico", d.favicon, methods=["GET"]),

@@ -18,6 +18,7 @@ from types import FrameType
 
 import uvicorn
 from tenantflow.runtime.api import create_app
+from tenantflow.runtime.client import allow_deep_json
 from tenantflow.runtime.service import Service
 
 log = logging.getLogger("tenantflow.server")
@@ -74,6 +75,7 @@ def serve(
     # stop below (and a signal that comes before uvicorn runs is not lost).
     stop = threading.Event()
     _install(lambda _sig, _frame: stop.set())
+    allow_deep_json()  # stored results nested ~1000 deep must read back
     sock = bind(host, port)
     try:
         service = Service.open(db, workers=workers)

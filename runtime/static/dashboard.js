@@ -228,6 +228,21 @@
     }
   }
 
+  // Where to go after sign-in: a path on this origin, else "/" (the server checked it too).
+  // Browsers read "\\" as "/" and drop tabs and newlines, so "/\\evil.example" would leave the origin.
+  function sameOriginPath(next) {
+    if (typeof next !== "string" || !next.startsWith("/") || next.startsWith("//")) return "/";
+    if (/[\\\u0000-\u001f\u007f-\u009f]/.test(next) || next.startsWith("/login")) return "/";
+    let url;
+    try {
+      url = new URL(next, location.origin);
+    } catch (e) {
+      return "/";
+    }
+    if (url.origin !== location.origin) return "/";
+    return url.pathname + url.search + url.hash;
+  }
+
   // -- sign-in page -----------------------------------------------------------------
 
   function loginPage() {
@@ -251,9 +266,7 @@
         return;
       }
       sessionStorage.setItem(KEY, key);
-      let next = params.get("next") || "/";
-      if (!next.startsWith("/") || next.startsWith("//") || next.startsWith("/login")) next = "/";
-      location.assign(next);
+      location.assign(sameOriginPath(form.dataset.next || "/"));
     });
   }
 
