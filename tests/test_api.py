@@ -112,7 +112,9 @@ def test_health_metrics_and_openapi(server: ServerProcess, api: Client) -> None:
     created = api.start("echo", "m1", {"x": 1})
     api.wait("echo", created["id"])
 
-    metrics = httpx.get(server.url + "/metrics")
+    assert httpx.get(server.url + "/metrics").status_code == 401
+    operator = server.create_tenant("ops", "--operator")["api_key"]
+    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {operator}"})
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'tenantflow_instances{status="complete",tenant="acme"}' in metrics.text

@@ -517,3 +517,65 @@ def test_browser_other_tenant_and_operator(site: Site, browser: Any) -> None:
     expect(page.locator("#controls")).to_be_hidden()
     page.screenshot(path=str(ARTIFACTS / "operator.png"), full_page=True)
     context.close()
+
+
+# -- sign-in redirect ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (None, "/"),
+        ("", "/"),
+        ("/workflows/approval?status=waiting", "/workflows/approval?status=waiting"),
+        ("/\\127.0.0.1:9/x", "/"),
+        ("/%5C127.0.0.1:9/x", "/"),
+        ("//127.0.0.1:9/x", "/"),
+        ("/%2F127.0.0.1:9/x", "/"),
+        ("/\t/127.0.0.1:9/x", "/"),
+        ("/\n/evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("javascript:alert(1)", "/"),
+        ("evil.example", "/"),
+        ("/login?next=/x", "/"),
+    ],
+)
+def test_safe_next_keeps_only_same_origin_paths(target: str | None, expected: str) -> None:
+    from tenantflow.runtime.dashboard import safe_next
+
+    assert safe_next(target) == expected
+
+
+def test_the_login_page_carries_a_checked_next(site: Site) -> None:
+    evil = site.get("/login", next="/\\127.0.0.1:9/x").text
+    assert 'data-next="/"' in evil and "127.0.0.1:9" not in evil
+    good = site.get("/login", next="/workflows/approval").text
+    assert 'data-next="/workflows/approval"' in good
+
+
+def test_browser_sign_in_never_leaves_the_origin(site: Site, browser: Any) -> None:
+    context = browser.new_context()
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    port = site.url.rsplit(":", 1)[1]
+    # "localhost" is another origin than "127.0.0.1"; the browser reads "\" as "/".
+    for next_path in (f"/%5Clocalhost:{port}/workflows/approval", f"/%09/localhost:{port}/", "//localhost:" + port):
+        page.goto(site.url + "/login?next=" + next_path)
+        page.get_by_label("API key").fill(site.acme)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(site.url + "/")
+        assert page.url == site.url + "/"
+        page.evaluate("sessionStorage.clear()")
+    # Without the server's check, the script still refuses a target that leaves the origin.
+    page.goto(site.url + "/login")
+    page.evaluate(f"document.getElementById('login-form').dataset.next = '/\\\\localhost:{port}/workflows/approval'")
+    page.get_by_label("API key").fill(site.acme)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(site.url + "/")
+    page.evaluate("sessionStorage.clear()")
+    # A same-origin target is followed.
+    page.goto(site.url + "/login?next=/workflows/approval")
+    page.get_by_label("API key").fill(site.acme)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(site.url + "/workflows/approval")
+    context.close()
