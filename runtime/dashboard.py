@@ -206,7 +206,7 @@ class SafeHTMLResponse(HTMLResponse):
     def render(self, content: Any) -> bytes:
         if isinstance(content, str):
             return content.translate(CONTROLS_SHOWN).encode(self.charset, "backslashreplace")
-        return super().render(content)
+        return bytes(super().render(content))
 
 
 def safe_next(target: str | None) -> str:

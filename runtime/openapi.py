@@ -32,11 +32,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 PROBLEMS: dict[int, str] = {
     400: "Malformed request: the body is not JSON, not UTF-8, or empty",
     401: "Missing or unknown API key",
+    403: "A known key that may not do this (a tenant key on /metrics)",
     404: "No such workflow or instance (another tenant's resources are not found either)",
     409: "Conflict: the id is taken, or the control does not apply in the instance's status",
+    408: "The request body did not arrive within 10 s; the connection is closed",
     413: "Too large: the request body (over 2 MiB), the source, the params or the payload",
-    422: "Invalid input: wrong types, unknown fields, bad ids, or workflow code that does not compile",
-    429: "Instance creation rate quota exceeded; see the Retry-After header",
+    422: "Invalid input: wrong types, unknown fields, bad ids, or workflow code that does not compile "
+    "or whose module code hits a limit (DeadlineExceeded, FuelExhausted, MemoryLimitExceeded)",
+    429: "A quota is exceeded (instance creation rate, deploy checks in progress); see the Retry-After header",
+    503: "The store is busy or the server is saturated (e.g. deploy checks); see the Retry-After header",
 }
 
 
@@ -47,7 +51,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
             "description": PROBLEMS[status],
             "content": {"application/problem+json": {"schema": _ref("Problem")}},
         }
-        if status == 429:
+        if status in (429, 503):
             response["headers"] = {
                 "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
             }
@@ -85,6 +89,9 @@ def _op(
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": body}}}
+        responses.update({k: v for k, v in _problems(408).items() if k not in responses})
+    if secured:
+        responses.update({k: v for k, v in _problems(503).items() if k not in responses})
     op["security"] = [{"bearerAuth": []}] if secured else []
     if secured:
         op["tags"] = ["tenant"]
@@ -327,14 +334,14 @@ def _build() -> dict[str, Any]:
         "/metrics": {
             "get": _op(
                 "metrics",
-                "Prometheus metrics",
+                "Prometheus metrics (every tenant's counts): the operator key or the server's metrics token",
                 {
                     "200": {
                         "description": "Prometheus text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **_problems(401, 403),
                 },
-                secured=False,
             )
         },
         "/openapi.json": {
@@ -359,7 +366,7 @@ def _build() -> dict[str, Any]:
                 {
                     "201": _json(_ref("Deployed"), "A new version"),
                     "200": _json(_ref("Deployed"), "The same source as the latest version: that version"),
-                    **_problems(400, 401, 413, 422),
+                    **_problems(400, 401, 413, 422, 429),
                 },
                 params=("name",),
                 body=_ref("DeployRequest"),
@@ -453,7 +460,13 @@ def _build() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "The tenant's key"}},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The tenant's key (for /metrics: the operator key or the metrics token)",
+                }
+            },
         },
     }
 
