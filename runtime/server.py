@@ -9,6 +9,7 @@ the process exits 0. Nothing is lost: what was running resumes on the next start
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -17,9 +18,11 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 from tenantflow.runtime.api import create_app
 from tenantflow.runtime.client import allow_deep_json
 from tenantflow.runtime.service import Service
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("tenantflow.server")
 
@@ -32,6 +35,70 @@ MAX_CONNECTIONS = 1000
 """Connections or requests in progress beyond which uvicorn answers 503 to new requests."""
 MAX_HEADER_BYTES = 16 << 10
 """A request line plus headers larger than this is refused (uvicorn's h11 incomplete-event cap)."""
+HEADER_TIMEOUT_S = 10.0
+"""A connection whose next request's headers are not complete this long after it opened (or after
+its last response) is closed: uvicorn itself waits forever for headers that trickle in."""
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers (see HEADER_TIMEOUT_S).
+
+    Relies on uvicorn 0.5x internals: `handle_events` runs after each read and sets `self.cycle`
+    to a new RequestResponseCycle once a request's headers are parsed; `on_response_complete`
+    runs when the response is sent.
+    """
+
+    header_timeout_s = HEADER_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not self._armed_for:
+            self._disarm()  # a request's headers are in: the body has its own deadline (api.BodyTimeout)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._armed_for = self.cycle
+        self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+        self._header_timer = None
+
+    def _expire(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_config(app: ASGIApp, log_level: str = "info", header_timeout_s: float = HEADER_TIMEOUT_S) -> uvicorn.Config:
+    """uvicorn's settings for `tenantflow serve`, with the connection limits above."""
+    protocol = type("HeaderDeadline", (HeaderDeadline,), {"header_timeout_s": header_timeout_s})
+    return uvicorn.Config(
+        app,
+        log_level=log_level,
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+        server_header=False,
+        http=protocol,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=MAX_CONNECTIONS,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
 
 
 def configure_logging(level: str = "info") -> None:
@@ -83,18 +150,7 @@ def serve(
         sock.close()
         raise
     try:
-        app = create_app(service, metrics_token=metrics_token)
-        config = uvicorn.Config(
-            app,
-            log_level=log_level,
-            lifespan="off",
-            timeout_graceful_shutdown=10,
-            server_header=False,
-            timeout_keep_alive=KEEP_ALIVE_S,
-            limit_concurrency=MAX_CONNECTIONS,
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(uvicorn_config(create_app(service, metrics_token=metrics_token), log_level))
         service.start()
         actual = sock.getsockname()[1]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{actual}"

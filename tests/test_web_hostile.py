@@ -22,6 +22,7 @@ from helpers_server import ServerProcess, Servers, servers
 from tenantflow.host import Sandbox
 from tenantflow.runtime.api import create_app
 from tenantflow.runtime.errors import Unavailable
+from tenantflow.runtime.server import uvicorn_config
 from tenantflow.runtime.service import Service
 
 TOKEN = "metrics-secret-token"
@@ -105,10 +106,11 @@ def test_the_metrics_token_is_taken_from_the_environment(group: Servers, tmp_pat
 
 
 def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """The app under uvicorn with `tenantflow serve`'s settings, but a 0.5 s header deadline."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn_config(app, "warning", header_timeout_s=0.5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -182,6 +184,42 @@ def test_stalled_uploads_get_408_and_are_closed(local: tuple[Service, str, str])
         assert b"connection: close" in head.lower()
         assert b"did not arrive within 0.5 s" in body
     assert time.monotonic() - started < 5
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sent before it closed the connection, which it must do within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        return _read_all(sock)
+    except TimeoutError:
+        raise AssertionError(f"the connection is still open after {seconds} s") from None
+
+
+def test_connections_that_never_finish_their_headers_are_closed(local: tuple[Service, str, str]) -> None:
+    _, key, url = local
+    host, port = url.removeprefix("http://").split(":")
+    idle = socket.create_connection((host, int(port)))
+    partial = socket.create_connection((host, int(port)))
+    partial.sendall(b"GET /v1/workflows HTTP/1.1\r\nHost: x\r\n")
+    trickle = socket.create_connection((host, int(port)))
+    kept = socket.create_connection((host, int(port)))
+    kept.sendall(f"GET /v1/workflows HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+    first = kept.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first
+    kept.sendall(b"GET /v1/workflows HTTP/1.1\r\n")  # a second request on the same connection, stalled
+    started = time.monotonic()
+    for _ in range(30):  # a byte every 0.1 s: each would reset an idle timer, not this deadline
+        try:
+            trickle.sendall(b"X")
+        except OSError:  # closed by the server
+            break
+        time.sleep(0.1)
+    for sock in (idle, partial, trickle, kept):
+        with sock:
+            assert b"HTTP/1.1 200" not in _closed_within(sock, 3)
+    assert time.monotonic() - started < 4
+    # A request that comes whole is served as usual.
+    assert httpx.get(url + "/v1/workflows", headers=bearer(key)).status_code == 200
 
 
 def test_a_slow_but_steady_body_within_the_deadline_is_fine(local: tuple[Service, str, str]) -> None:
