@@ -90,14 +90,9 @@ def test_metrics_need_the_operator_key_or_the_metrics_token(server: ServerProces
         assert "tenantflow_activations_total" in answer.text
 
 
-def test_the_metrics_token_is_taken_from_the_environment(group: Servers, tmp_path: Path) -> None:
-    import os
-
-    os.environ["TENANTFLOW_METRICS_TOKEN"] = "from-env"
-    try:
-        server = group.start("env-token")
-    finally:
-        del os.environ["TENANTFLOW_METRICS_TOKEN"]
+def test_the_metrics_token_is_taken_from_the_environment(group: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENANTFLOW_METRICS_TOKEN", "from-env")
+    server = group.start("env-token")  # (the server process inherits the environment)
     assert httpx.get(server.url + "/metrics", headers=bearer("from-env")).status_code == 200
     assert_problem(httpx.get(server.url + "/metrics", headers=bearer(TOKEN)), 401)
 

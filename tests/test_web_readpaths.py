@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from helpers_server import ServerProcess, Servers, cli, servers
 from tenantflow.runtime import codec
@@ -201,4 +200,3 @@ def test_hostile_strings_are_escaped_for_terminals() -> None:
     assert terminal_safe(HOSTILE_TEXT) == "\\x1b]0;pwned\\x07 [bold red]x[/] \\x9b2J"
     assert terminal_safe("a\tb\nc\ud800\u202e") == "a\tb\nc\\ud800\\u202e"
     assert terminal_safe("naïve ✓ 日本") == "naïve ✓ 日本"
-    httpx.Request("GET", "http://x")  # (httpx is imported for the fixtures' clients)
