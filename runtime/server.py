@@ -170,6 +170,7 @@ def work(db: str, workers: int = 4) -> None:
     """Workers only (scale-out): run until SIGTERM or SIGINT, then stop gracefully."""
     done = threading.Event()
     _install(lambda _sig, _frame: done.set())
+    allow_deep_json()  # as `serve` does: params the API accepted (~1000 deep) must load here too
     service = Service.open(db, workers=workers)
     try:
         service.start()
