@@ -9,6 +9,7 @@ whose lease was taken over can no longer change anything.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -102,20 +103,6 @@ def _entry(row: Row) -> Entry:
         fuel=row[12],
         duration_ms=row[13],
     )
-
-
-def _round_robin(rows: list[Row]) -> list[Row]:
-    """Interleave rows by tenant (first column), keeping each tenant's order."""
-    queues: dict[str, list[Row]] = {}
-    for row in rows:
-        queues.setdefault(row[0], []).append(row)
-    ordered: list[Row] = []
-    while queues:
-        for tenant in list(queues):
-            ordered.append(queues[tenant].pop(0))
-            if not queues[tenant]:
-                del queues[tenant]
-    return ordered
 
 
 def _tenant(row: Row) -> Tenant:
@@ -432,44 +419,120 @@ class SQLStore(ABC):
             )
         return float(row[0]) if row and row[0] is not None else None
 
-    def claim(self, owner: str, limit: int, now: float, lease_s: float, running: Mapping[str, int]) -> list[Claim]:
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_s: float,
+        running: Mapping[str, int] | None = None,
+        *,
+        max_per_tenant: int | None = None,
+    ) -> list[Claim]:
         """Lease up to `limit` runnable instances, fairly across tenants.
 
-        `running` counts the activations this worker already runs per tenant; a tenant gets no more
-        than its `max_concurrent` quota minus that.
+        The tenant with the fewest activations running now (live leases, in every process) goes first,
+        then round-robin: candidates are ordered by (running + their rank in the tenant's queue, due time).
+        A tenant never runs more than min(its `max_concurrent`, `max_per_tenant`) at once, counted across
+        processes. `running` is ignored (kept for old callers): the store counts live leases itself.
         """
-        runnable = "((status IN ('queued', 'waiting') AND wake_at <= ?) OR (status = 'running' AND lease_until < ?))"
         claims: list[Claim] = []
         with self.transaction() as tx:
-            # Two index-ordered reads (dead workers' instances first), not one OR over the table.
-            rows = tx.execute(
-                "SELECT tenant_id, workflow, instance_id FROM instances WHERE status = 'running' "
-                f"AND lease_until < ? ORDER BY lease_until LIMIT ? {self.skip_locked}",
-                (now, limit * 4),
-            ) + tx.execute(
-                "SELECT tenant_id, workflow, instance_id FROM instances WHERE status IN ('queued', 'waiting') "
-                f"AND wake_at <= ? ORDER BY wake_at LIMIT ? {self.skip_locked}",
-                (now, limit * 4),
-            )
-            room: dict[str, int] = {}
-            for tenant_id in {r[0] for r in rows}:
-                quotas = tx.one("SELECT quotas FROM tenants WHERE tenant_id = ?", (tenant_id,))
-                allowed = json.loads(quotas[0]).get("max_concurrent", Quotas.max_concurrent) if quotas else 0
-                room[tenant_id] = allowed - running.get(tenant_id, 0)
-            for tenant_id, workflow, instance_id in _round_robin(rows):
-                if len(claims) >= limit:
-                    break
-                if room[tenant_id] <= 0:
-                    continue
-                row = tx.one(
-                    f"UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
-                    f"WHERE {KEY} AND {runnable} RETURNING fence",
-                    (owner, now + lease_s, tenant_id, workflow, instance_id, now, now),
-                )
-                if row is not None:
-                    room[tenant_id] -= 1
-                    claims.append(Claim(InstanceKey(tenant_id, workflow, instance_id), int(row[0])))
+            rooms = self._tenant_rooms(tx, limit, now, max_per_tenant)
+            if not rooms:
+                return claims
+            for tenant_id, workflow, instance_id in self._ranked_candidates(tx, rooms, limit, now):
+                fence = self._lease(tx, InstanceKey(tenant_id, workflow, instance_id), owner, now, lease_s)
+                if fence is not None:
+                    claims.append(Claim(InstanceKey(tenant_id, workflow, instance_id), fence))
         return claims
+
+    def _tenant_rooms(self, tx: Tx, limit: int, now: float, cap: int | None) -> dict[str, tuple[int, int]]:
+        """(running, room) of up to `limit` tenants with runnable work and room, fewest running first.
+
+        One index seek per tenant and index: cheap however many instances wait."""
+        rows = tx.execute(
+            "SELECT t.tenant_id, t.quotas, "
+            "(SELECT COUNT(*) FROM instances r WHERE r.tenant_id = t.tenant_id AND r.status = 'running' "
+            "AND r.lease_until >= ?), "
+            "(SELECT MIN(d.wake_at) FROM instances d WHERE d.tenant_id = t.tenant_id "
+            "AND d.status IN ('queued', 'waiting')), "
+            "(SELECT MIN(e.lease_until) FROM instances e WHERE e.tenant_id = t.tenant_id AND e.status = 'running') "
+            "FROM tenants t",
+            (now,),
+        )
+        ready: list[tuple[int, float, str, int]] = []
+        for tenant_id, quotas, live, due_at, lease_at in rows:
+            due = min(x for x in (due_at, lease_at, math.inf) if x is not None)
+            if (due_at is None or due_at > now) and (lease_at is None or lease_at >= now):
+                continue
+            allowed = int(json.loads(quotas).get("max_concurrent", Quotas.max_concurrent))
+            if cap is not None:
+                allowed = min(allowed, cap)
+            if allowed > live:
+                ready.append((int(live), due, tenant_id, allowed))
+        chosen = sorted(ready)[:limit]
+        live_now = self._lock_tenants(tx, sorted(t for _, _, t, _ in chosen), now)
+        rooms: dict[str, tuple[int, int]] = {}
+        for live, _, tenant_id, allowed in chosen:
+            live = live_now.get(tenant_id, live)
+            if allowed > live:
+                rooms[tenant_id] = (live, min(allowed - live, limit))
+        return rooms
+
+    def _lock_tenants(self, tx: Tx, tenant_ids: list[str], now: float) -> dict[str, int]:
+        """Where claims of several processes can interleave (PostgreSQL): lock the tenants' rows (in a fixed
+        order) and count their live leases again, so two processes never both fill a tenant's last slot.
+        A backend whose transactions serialize every writer (SQLite) needs neither."""
+        return {}
+
+    def _ranked_candidates(
+        self, tx: Tx, rooms: Mapping[str, tuple[int, int]], limit: int, now: float
+    ) -> list[tuple[str, str, str]]:
+        """The first runnable instances of each tenant, ranked within the tenant, best first."""
+        quota_rows = ", ".join("(?, CAST(? AS INTEGER), CAST(? AS INTEGER))" for _ in rooms)
+        due_parts: list[str] = []
+        params: list[Any] = []
+        for tenant_id, (live, room) in rooms.items():
+            params += [tenant_id, live, room]
+        for n, (tenant_id, (_, room)) in enumerate(rooms.items()):
+            due_parts.append(
+                "SELECT * FROM (SELECT tenant_id, workflow, instance_id, lease_until AS due_at FROM instances "
+                f"WHERE tenant_id = ? AND status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?) AS e{n}"
+            )
+            due_parts.append(
+                "SELECT * FROM (SELECT tenant_id, workflow, instance_id, wake_at AS due_at FROM instances "
+                "WHERE tenant_id = ? AND status IN ('queued', 'waiting') AND wake_at <= ? ORDER BY wake_at LIMIT ?) "
+                f"AS d{n}"
+            )
+            params += [tenant_id, now, room, tenant_id, now, room]
+        params.append(limit)
+        rows = tx.execute(
+            f"WITH quota (tenant_id, running, room) AS (VALUES {quota_rows}), "
+            f"due AS ({' UNION ALL '.join(due_parts)}), "
+            "ranked AS (SELECT d.tenant_id, d.workflow, d.instance_id, d.due_at, q.running, q.room, "
+            "ROW_NUMBER() OVER (PARTITION BY d.tenant_id ORDER BY d.due_at, d.workflow, d.instance_id) AS rank "
+            "FROM due d JOIN quota q ON q.tenant_id = d.tenant_id) "
+            "SELECT tenant_id, workflow, instance_id FROM ranked WHERE rank <= room "
+            "ORDER BY running + rank, due_at, tenant_id, workflow, instance_id LIMIT ?",
+            params,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def _lease(self, tx: Tx, key: InstanceKey, owner: str, now: float, lease_s: float) -> int | None:
+        """Take the lease on one instance if it is still runnable (and, on PostgreSQL, not locked by another
+        claim: that one gets it); its new fence."""
+        runnable = "((status IN ('queued', 'waiting') AND wake_at <= ?) OR (status = 'running' AND lease_until < ?))"
+        if self.skip_locked and not tx.one(
+            f"SELECT 1 FROM instances WHERE {KEY} AND {runnable} {self.skip_locked}", (*_key(key), now, now)
+        ):
+            return None
+        row = tx.one(
+            f"UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
+            f"WHERE {KEY} AND {runnable} RETURNING fence",
+            (owner, now + lease_s, *_key(key), now, now),
+        )
+        return None if row is None else int(row[0])
 
     def heartbeat(self, owner: str, claims: Sequence[Claim], lease_until: float) -> None:
         if not claims:

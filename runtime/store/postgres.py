@@ -259,6 +259,20 @@ class PostgresStore(SQLStore):
 
     # -- scheduling ------------------------------------------------------------
 
+    def _lock_tenants(self, tx: Tx, tenant_ids: list[str], now: float) -> dict[str, int]:
+        if not tenant_ids:
+            return {}
+        marks = ", ".join("?" for _ in tenant_ids)
+        tx.execute(f"SELECT 1 FROM tenants WHERE tenant_id IN ({marks}) ORDER BY tenant_id FOR UPDATE", tenant_ids)
+        rows = tx.execute(
+            f"SELECT tenant_id, COUNT(*) FROM instances WHERE tenant_id IN ({marks}) AND status = 'running' "
+            "AND lease_until >= ? GROUP BY tenant_id",
+            (*tenant_ids, now),
+        )
+        live = dict.fromkeys(tenant_ids, 0)
+        live.update((r[0], int(r[1])) for r in rows)
+        return live
+
     def next_wake(self) -> float | None:
         # As SQLStore.next_wake, as two index-ordered minimums: every idle worker asks this about once a
         # second, and a MIN over a CASE reads every waiting instance (~5 ms per 20k here).
