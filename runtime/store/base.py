@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
 from tenantflow.runtime import codec
-from tenantflow.runtime.errors import Conflict, InvalidState, NotFound
+from tenantflow.runtime.errors import Conflict, InvalidState, NotFound, QuotaExceeded
 from tenantflow.runtime.records import (
+    ERROR_SUMMARY_CHARS,
     FINISHED,
+    MAX_BUFFERED_EVENT_BYTES,
+    MAX_BUFFERED_EVENTS,
     ActivationState,
     AttemptRecord,
     Claim,
@@ -38,13 +43,26 @@ T = TypeVar("T")
 
 INSTANCE_COLUMNS = (
     "tenant_id, workflow, instance_id, version, source_hash, status, params, output, error, "
-    "created_at, updated_at, wake_at, fence, steps, log"
+    "created_at, updated_at, wake_at, fence, steps, log, stored_bytes"
 )
+# A list's columns: no params, output or log, and of the error only its name and summary (an error stored
+# before those columns existed is decoded only when it is small).
+SUMMARY_COLUMNS = (
+    "tenant_id, workflow, instance_id, version, source_hash, status, error_name, error_summary, "
+    "created_at, updated_at, wake_at, fence, steps, stored_bytes, "
+    "CASE WHEN error_name IS NULL AND LENGTH(error) <= ? THEN error END"
+)
+LEGACY_ERROR_BYTES = 64 << 10
 ENTRY_COLUMNS = (
     "position, name, kind, state, attempts, result, error_name, error_message, wake_at, event_type, "
     "created_at, updated_at, fuel, duration_ms"
 )
 KEY = "tenant_id = ? AND workflow = ? AND instance_id = ?"
+HOST_FAULT = "HostFault"
+# The tenant's stored bytes are summed at most this often per store (the quota is checked on every write).
+STORAGE_CACHE_S = 2.0
+# A journal page holds at most this many bytes of entries (as stored), and always at least one entry.
+JOURNAL_PAGE_BYTES = 8 << 20
 
 
 class LeaseLost(Exception):
@@ -83,7 +101,68 @@ def _instance(row: Row) -> Instance:
         fence=row[12],
         steps=row[13],
         log=codec.decode_text(row[14]) or "",
+        stored_bytes=row[15],
     )
+
+
+def _event(row: Row) -> EventRecord:
+    return EventRecord(row[0], row[1], codec.decode(row[2]), row[3], row[4])
+
+
+@dataclass(frozen=True)
+class JournalPage:
+    entries: list[Entry]
+    attempts: list[AttemptRecord]
+    events: list[EventRecord]
+    next_after: int | None  # pass as `after` for the next page; None on the last page
+
+
+def _summary(row: Row) -> Instance:
+    error: dict[str, Any] | None = None
+    if row[6] is not None:
+        error = {"name": row[6], "message": row[7] or ""}
+    elif row[14] is not None:
+        legacy = codec.decode(row[14])
+        if isinstance(legacy, dict):
+            error = {"name": str(legacy.get("name")), "message": str(legacy.get("message"))[:ERROR_SUMMARY_CHARS]}
+    return Instance(
+        tenant_id=row[0],
+        workflow=row[1],
+        instance_id=row[2],
+        version=row[3],
+        source_hash=row[4],
+        status=row[5],
+        params=None,
+        error=error,
+        created_at=row[8],
+        updated_at=row[9],
+        wake_at=row[10],
+        fence=row[11],
+        steps=row[12],
+        detail=False,
+        stored_bytes=row[13],
+    )
+
+
+def _error_columns(error: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The error's name and the start of its message, as lists show them."""
+    if error is None:
+        return None, None
+    return str(error.get("name"))[:ERROR_SUMMARY_CHARS], str(error.get("message"))[:ERROR_SUMMARY_CHARS]
+
+
+def _entry_size(entry: Entry, result: bytes | None) -> int:
+    """What a journal row stores; `_ENTRY_SIZE_SQL` measures a stored row the same way."""
+    return (
+        (0 if result is None else len(result))
+        + len(entry.name)
+        + len(entry.error_name or "")
+        + len(entry.error_message or "")
+    )
+
+
+def _attempt_size(attempt: AttemptRecord | None) -> int:
+    return 0 if attempt is None else len(attempt.error_name or "") + len(attempt.error_message or "")
 
 
 def _entry(row: Row) -> Entry:
@@ -105,8 +184,19 @@ def _entry(row: Row) -> Entry:
     )
 
 
+QUOTA_FIELDS = frozenset(f.name for f in fields(Quotas))
+# The stored size of the journal row at a position (0 if none), as `_entry_size` counts it.
+_ENTRY_SIZE_SQL = (
+    "COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name) + COALESCE(LENGTH(j.error_name), 0) "
+    "+ COALESCE(LENGTH(j.error_message), 0) FROM journal j WHERE j.tenant_id = ? AND j.workflow = ? "
+    "AND j.instance_id = ? AND j.position = ?), 0)"
+)
+# What a finish replaces: the instance's current output, error and log.
+_FINISHED_SIZE_SQL = "COALESCE(LENGTH(output), 0) + COALESCE(LENGTH(error), 0) + COALESCE(LENGTH(log), 0)"
+
+
 def _tenant(row: Row) -> Tenant:
-    quotas = json.loads(row[2])
+    quotas = {k: v for k, v in json.loads(row[2]).items() if k in QUOTA_FIELDS}
     quotas["egress"] = tuple(quotas.get("egress", ()))
     return Tenant(tenant_id=row[0], name=row[1], quotas=Quotas(**quotas), created_at=row[3], operator=bool(row[4]))
 
@@ -119,6 +209,8 @@ class SQLStore(ABC):
     # Appended to the reads that decide a write (a control's status check, finish): where transactions
     # do not serialize all writers (PostgreSQL), they lock the instance row so nothing changes under them.
     for_update = ""
+    # Guards every store's cache of stored bytes per tenant (see `stored_bytes`).
+    _storage_lock = threading.Lock()
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Tx]: ...
@@ -251,19 +343,21 @@ class SQLStore(ABC):
                 exists = tx.one(f"SELECT 1 FROM instances WHERE {KEY}", (tenant_id, version.workflow, instance_id))
                 if exists:
                     raise Conflict(f"instance {instance_id!r} already exists")
+                blob = codec.encode(params)
                 tx.execute(
                     "INSERT INTO instances (tenant_id, workflow, instance_id, version, source_hash, status, params, "
-                    "created_at, updated_at, wake_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                    "created_at, updated_at, wake_at, stored_bytes) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                     (
                         tenant_id,
                         version.workflow,
                         instance_id,
                         version.version,
                         version.source_hash,
-                        codec.encode(params),
+                        blob,
                         now,
                         now,
                         now,
+                        len(blob),
                     ),
                 )
                 created.append(
@@ -283,6 +377,7 @@ class SQLStore(ABC):
         return created
 
     def instance(self, key: InstanceKey) -> Instance:
+        """One instance with everything (params, output, error, log), decoded after the read."""
         with self.transaction() as tx:
             row = tx.one(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {KEY}", _key(key))
         if row is None:
@@ -292,8 +387,10 @@ class SQLStore(ABC):
     def instances(
         self, tenant_id: str, workflow: str, status: str | None, limit: int, after: str | None
     ) -> list[Instance]:
-        sql = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = ? AND workflow = ?"
-        params: list[Any] = [tenant_id, workflow]
+        """A page of summaries (`detail` False): no params, output or log, and of an error only its name and
+        the start of its message, so a list never reads or decodes what an instance stores."""
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM instances WHERE tenant_id = ? AND workflow = ?"
+        params: list[Any] = [LEGACY_ERROR_BYTES, tenant_id, workflow]
         if status:
             sql += " AND status = ?"
             params.append(status)
@@ -303,7 +400,8 @@ class SQLStore(ABC):
         sql += " ORDER BY instance_id LIMIT ?"
         params.append(limit)
         with self.transaction() as tx:
-            return [_instance(r) for r in tx.execute(sql, params)]
+            rows = tx.execute(sql, params)
+        return [_summary(r) for r in rows]
 
     def status_counts(self) -> list[tuple[str, str, int]]:
         """(tenant_id, status, count) over all instances, for metrics."""
@@ -357,23 +455,34 @@ class SQLStore(ABC):
             for table in ("journal", "attempts", "events"):
                 tx.execute(f"DELETE FROM {table} WHERE {KEY}", _key(key))
             tx.execute(
-                "UPDATE instances SET status = 'queued', output = NULL, error = NULL, wake_at = ?, "
-                "waiting_for = NULL, lease_owner = NULL, lease_until = NULL, fence = fence + 1, steps = 0, "
-                f"log = NULL, updated_at = ? WHERE {KEY}",
+                "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
+                "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
+                "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, "
+                f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
                 (now, now, *_key(key)),
             )
 
     def send_event(self, key: InstanceKey, event_type: str, payload: Any, now: float) -> int:
+        """Buffer an event for the instance; QuotaExceeded (429) when it already holds MAX_BUFFERED_EVENTS
+        events it has not consumed, or their payloads would pass MAX_BUFFERED_EVENT_BYTES (as JSON)."""
+        text = json.dumps(payload)
+        size = len(text.encode())
+        blob = codec.encode_text(text)
         with self.transaction() as tx:
-            status = self._status(tx, key)
+            status = self._status(tx, key)  # locks the instance row where needed: the check and insert are one
             if status in FINISHED:
                 raise InvalidState(f"cannot send an event to an instance that is {status}")
+            self._check_buffered_events(tx, key, size)
             row = tx.one(f"SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE {KEY}", _key(key))
             seq = int(row[0]) if row else 1
             tx.execute(
-                "INSERT INTO events (tenant_id, workflow, instance_id, seq, type, payload, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*_key(key), seq, event_type, codec.encode(payload), now),
+                "INSERT INTO events (tenant_id, workflow, instance_id, seq, type, payload, created_at, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_key(key), seq, event_type, blob, now, size),
+            )
+            tx.execute(
+                f"UPDATE instances SET stored_bytes = stored_bytes + ? WHERE {KEY}",
+                (len(blob) + len(event_type), *_key(key)),
             )
             tx.execute(
                 f"UPDATE instances SET wake_at = ?, updated_at = ? WHERE {KEY} AND status = 'waiting' "
@@ -382,31 +491,111 @@ class SQLStore(ABC):
             )
         return seq
 
+    def _check_buffered_events(self, tx: Tx, key: InstanceKey, size: int) -> None:
+        row = tx.one(
+            "SELECT COUNT(*), COALESCE(SUM(COALESCE(size, LENGTH(payload))), 0) FROM events "
+            f"WHERE {KEY} AND consumed_at IS NULL",
+            _key(key),
+        )
+        count, buffered = (int(row[0]), int(row[1])) if row else (0, 0)
+        if count >= MAX_BUFFERED_EVENTS:
+            raise QuotaExceeded(
+                f"instance {key.instance_id!r} already holds {count} events it has not consumed "
+                f"(at most {MAX_BUFFERED_EVENTS}); send more once it has waited for some"
+            )
+        if buffered + size > MAX_BUFFERED_EVENT_BYTES:
+            raise QuotaExceeded(
+                f"instance {key.instance_id!r} already holds {buffered} bytes of events it has not consumed; "
+                f"with this one they would pass {MAX_BUFFERED_EVENT_BYTES} bytes"
+            )
+
+    # -- storage -------------------------------------------------------------
+
+    def stored_bytes(self, tenant_id: str, max_age_s: float = STORAGE_CACHE_S) -> int:
+        """What the tenant's instances and sources store, in bytes (as stored, i.e. compressed); summed at most
+        every `max_age_s` by this store object, so checking it on every write is cheap."""
+        cache = self._storage_cache()
+        with self._storage_lock:
+            cached = cache.get(tenant_id)
+        if cached is not None and time.monotonic() - cached[1] < max_age_s:
+            return cached[0]
+        with self.transaction() as tx:
+            row = tx.one(
+                "SELECT (SELECT COALESCE(SUM(stored_bytes), 0) FROM instances WHERE tenant_id = ?) + "
+                "(SELECT COALESCE(SUM(LENGTH(source)), 0) FROM sources WHERE tenant_id = ?)",
+                (tenant_id, tenant_id),
+            )
+        total = int(row[0]) if row and row[0] is not None else 0
+        with self._storage_lock:
+            cache[tenant_id] = (total, time.monotonic())
+        return total
+
+    def storage_exhausted(self, tenant_id: str, quotas: Quotas) -> bool:
+        return self.stored_bytes(tenant_id) >= quotas.max_stored_bytes
+
+    def _storage_cache(self) -> dict[str, tuple[int, float]]:
+        cache: dict[str, tuple[int, float]] = self.__dict__.setdefault("_storage", {})
+        return cache
+
     # -- the journal, read ---------------------------------------------------
 
-    def journal(self, key: InstanceKey) -> tuple[list[Entry], list[AttemptRecord], list[EventRecord]]:
+    def journal(
+        self, key: InstanceKey, after: int = -1, limit: int = 1000
+    ) -> tuple[list[Entry], list[AttemptRecord], list[EventRecord]]:
+        """The first page of the journal after position `after` (see `journal_page`)."""
+        page = self.journal_page(key, after, limit)
+        return page.entries, page.attempts, page.events
+
+    def journal_page(self, key: InstanceKey, after: int = -1, limit: int = 1000) -> JournalPage:
+        """Entries at positions > `after`, at most `limit` of them and JOURNAL_PAGE_BYTES of results and messages
+        (decoded size; at least one entry), with their attempts and the events consumed at those positions;
+        the last page also has the events not consumed yet (at most MAX_BUFFERED_EVENTS). `next_after` is the
+        position to pass as `after` for the next page, None on the last page."""
         with self.transaction() as tx:
             self._status(tx, key)
-            entries = [
-                _entry(r)
-                for r in tx.execute(f"SELECT {ENTRY_COLUMNS} FROM journal WHERE {KEY} ORDER BY position", _key(key))
-            ]
-            attempts = [
-                AttemptRecord(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
-                for r in tx.execute(
-                    "SELECT position, attempt, ok, error_name, error_message, fuel, duration_ms, finished_at "
-                    f"FROM attempts WHERE {KEY} ORDER BY position, attempt",
-                    _key(key),
+            last, more = self._page_end(tx, key, after, limit)
+            bounds = (*_key(key), after, last)
+            entry_rows = tx.execute(
+                f"SELECT {ENTRY_COLUMNS} FROM journal WHERE {KEY} AND position > ? AND position <= ? ORDER BY position",
+                bounds,
+            )
+            attempt_rows = tx.execute(
+                "SELECT position, attempt, ok, error_name, error_message, fuel, duration_ms, finished_at "
+                f"FROM attempts WHERE {KEY} AND position > ? AND position <= ? ORDER BY position, attempt",
+                bounds,
+            )
+            event_rows = tx.execute(
+                "SELECT seq, type, payload, created_at, consumed_at FROM events "
+                f"WHERE {KEY} AND consumed_at > ? AND consumed_at <= ?",
+                bounds,
+            )
+            if not more:
+                event_rows += tx.execute(
+                    "SELECT seq, type, payload, created_at, consumed_at FROM events "
+                    f"WHERE {KEY} AND consumed_at IS NULL ORDER BY seq LIMIT ?",
+                    (*_key(key), MAX_BUFFERED_EVENTS),
                 )
-            ]
-            events = [
-                EventRecord(r[0], r[1], codec.decode(r[2]), r[3], r[4])
-                for r in tx.execute(
-                    f"SELECT seq, type, payload, created_at, consumed_at FROM events WHERE {KEY} ORDER BY seq",
-                    _key(key),
-                )
-            ]
-        return entries, attempts, events
+        return JournalPage(
+            entries=[_entry(r) for r in entry_rows],
+            attempts=[AttemptRecord(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in attempt_rows],
+            events=sorted((_event(r) for r in event_rows), key=lambda e: e.seq),
+            next_after=last if more else None,
+        )
+
+    def _page_end(self, tx: Tx, key: InstanceKey, after: int, limit: int) -> tuple[int, bool]:
+        """The last position of the page after `after`, and whether more entries follow it."""
+        rows = tx.execute(
+            f"SELECT position, substr(result, 1, {codec.HEAD_BYTES}), COALESCE(LENGTH(result), 0), "
+            f"COALESCE(LENGTH(error_message), 0) FROM journal WHERE {KEY} AND position > ? ORDER BY position LIMIT ?",
+            (*_key(key), after, limit + 1),
+        )
+        last, total = after, 0
+        for n, (position, head, stored, message) in enumerate(rows):
+            size = codec.raw_size(head, int(stored)) + int(message)
+            if n == limit or (n > 0 and total + size > JOURNAL_PAGE_BYTES):
+                return last, True
+            last, total = position, total + size
+        return last, False
 
     # -- scheduling --------------------------------------------------------
 
@@ -567,43 +756,33 @@ class SQLStore(ABC):
     # -- an activation -----------------------------------------------------
 
     def load(self, claim: Claim) -> ActivationState:
+        """Everything an activation needs; read under the store's lock, decoded after it."""
         with self.transaction() as tx:
             row = tx.one(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {KEY} AND fence = ?", (*_key(claim.key), claim.fence)
             )
             if row is None:
                 raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
-            instance = _instance(row)
+            tenant_id, source_hash = row[0], row[4]
             source = tx.one(
-                "SELECT source FROM sources WHERE tenant_id = ? AND source_hash = ?",
-                (instance.tenant_id, instance.source_hash),
+                "SELECT source FROM sources WHERE tenant_id = ? AND source_hash = ?", (tenant_id, source_hash)
             )
             tenant = tx.one(
-                "SELECT tenant_id, name, quotas, created_at, operator FROM tenants WHERE tenant_id = ?",
-                (instance.tenant_id,),
+                "SELECT tenant_id, name, quotas, created_at, operator FROM tenants WHERE tenant_id = ?", (tenant_id,)
             )
-            entries = {
-                e.position: e
-                for e in (
-                    _entry(r)
-                    for r in tx.execute(
-                        f"SELECT {ENTRY_COLUMNS} FROM journal WHERE {KEY} ORDER BY position", _key(claim.key)
-                    )
-                )
-            }
-            events = [
-                EventRecord(r[0], r[1], codec.decode(r[2]), r[3], r[4])
-                for r in tx.execute(
-                    "SELECT seq, type, payload, created_at, consumed_at FROM events "
-                    f"WHERE {KEY} AND consumed_at IS NULL ORDER BY seq",
-                    _key(claim.key),
-                )
-            ]
+            entry_rows = tx.execute(
+                f"SELECT {ENTRY_COLUMNS} FROM journal WHERE {KEY} ORDER BY position", _key(claim.key)
+            )
+            event_rows = tx.execute(
+                "SELECT seq, type, payload, created_at, consumed_at FROM events "
+                f"WHERE {KEY} AND consumed_at IS NULL ORDER BY seq",
+                _key(claim.key),
+            )
         return ActivationState(
-            instance=instance,
+            instance=_instance(row),
             source=(codec.decode_text(source[0]) or "") if source else "",
-            entries=entries,
-            events=events,
+            entries={e.position: e for e in map(_entry, entry_rows)},
+            events=[_event(r) for r in event_rows],
             quotas=_tenant(tenant).quotas if tenant else Quotas(),
         )
 
@@ -615,17 +794,30 @@ class SQLStore(ABC):
         now: float,
         consumed_event: int | None = None,
     ) -> str:
-        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost."""
+        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost.
+
+        The instance's stored bytes change in the same statement that checks the fence: by what this
+        writes, less what the position held before."""
+        result = None if entry.result is None else codec.encode_text(entry.result)
+        added = _entry_size(entry, result) + _attempt_size(attempt)
 
         def write(tx: Tx) -> str:
             row = tx.one(
-                f"UPDATE instances SET updated_at = ?, steps = steps + ? WHERE {KEY} AND fence = ? "
-                "AND status IN ('running', 'paused') RETURNING status",
-                (now, 1 if entry.state == "done" else 0, *_key(claim.key), claim.fence),
+                f"UPDATE instances SET updated_at = ?, steps = steps + ?, stored_bytes = stored_bytes + ? - "
+                f"{_ENTRY_SIZE_SQL} WHERE {KEY} AND fence = ? AND status IN ('running', 'paused') RETURNING status",
+                (
+                    now,
+                    1 if entry.state == "done" else 0,
+                    added,
+                    *_key(claim.key),
+                    entry.position,
+                    *_key(claim.key),
+                    claim.fence,
+                ),
             )
             if row is None:
                 raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
-            self._upsert_entry(tx, claim.key, entry)
+            self._upsert_entry(tx, claim.key, entry, result)
             if attempt is not None:
                 tx.execute(
                     "INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, "
@@ -652,7 +844,7 @@ class SQLStore(ABC):
 
         return self.write(write)
 
-    def _upsert_entry(self, tx: Tx, key: InstanceKey, e: Entry) -> None:
+    def _upsert_entry(self, tx: Tx, key: InstanceKey, e: Entry, result: bytes | None) -> None:
         tx.execute(
             "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
             "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at) "
@@ -668,7 +860,7 @@ class SQLStore(ABC):
                 e.kind,
                 e.state,
                 e.attempts,
-                None if e.result is None else codec.encode_text(e.result),
+                result,
                 e.error_name,
                 e.error_message,
                 e.wake_at,
@@ -692,7 +884,13 @@ class SQLStore(ABC):
         waiting_for: str | None = None,
         log: str = "",
     ) -> bool:
-        """End an activation: complete, errored or waiting. A paused or terminated instance keeps its status."""
+        """End an activation: complete, errored or waiting. A paused or terminated instance keeps its status.
+
+        A normal end resets the count of host faults in a row; output, error and log replace the previous
+        ones, in the stored bytes too."""
+        output_blob = None if output is None else codec.encode_text(output)
+        error_blob = None if error is None else codec.encode(error)
+        log_blob = codec.encode_text(log) if log else None
 
         def write(tx: Tx) -> bool:
             row = tx.one(
@@ -714,20 +912,64 @@ class SQLStore(ABC):
                 if arrived:
                     new_wake_at = now
             tx.execute(
-                f"UPDATE instances SET status = ?, output = ?, error = ?, wake_at = ?, waiting_for = ?, "
-                f"lease_owner = NULL, lease_until = NULL, log = ?, updated_at = ? WHERE {KEY} AND fence = ?",
+                "UPDATE instances SET status = ?, output = ?, error = ?, error_name = ?, error_summary = ?, "
+                "wake_at = ?, waiting_for = ?, lease_owner = NULL, lease_until = NULL, log = ?, host_faults = 0, "
+                f"stored_bytes = stored_bytes + ? - ({_FINISHED_SIZE_SQL}), updated_at = ? WHERE {KEY} AND fence = ?",
                 (
                     new_status,
-                    None if output is None else codec.encode_text(output),
-                    None if error is None else codec.encode(error),
+                    output_blob,
+                    error_blob,
+                    *_error_columns(error),
                     new_wake_at,
                     waiting_for,
-                    codec.encode_text(log) if log else None,
+                    log_blob,
+                    sum(len(b) for b in (output_blob, error_blob, log_blob) if b is not None),
                     now,
                     *_key(claim.key),
                     claim.fence,
                 ),
             )
             return True
+
+        return self.write(write)
+
+    def host_fault(self, claim: Claim, now: float, retry_at: float, max_faults: int) -> bool:
+        """An activation failed in the host, not in the guest: count it and retry at `retry_at`, until
+        `max_faults` in a row; then the instance is errored with HostFault. True when it was errored.
+
+        A terminated instance, or one no longer held with this fence, is left alone (False)."""
+
+        def write(tx: Tx) -> bool:
+            row = tx.one(
+                f"SELECT status, host_faults FROM instances WHERE {KEY} AND fence = ?{self.for_update}",
+                (*_key(claim.key), claim.fence),
+            )
+            if row is None or row[0] == "terminated":
+                return False
+            faults = int(row[1]) + 1
+            if faults >= max_faults:
+                message = f"the activation failed in the host {faults} times in a row; the instance is errored"
+                error = codec.encode({"name": HOST_FAULT, "message": message})
+                tx.execute(
+                    "UPDATE instances SET status = 'errored', error = ?, error_name = ?, error_summary = ?, "
+                    "host_faults = ?, wake_at = NULL, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
+                    f"stored_bytes = stored_bytes + ? - COALESCE(LENGTH(error), 0), updated_at = ? "
+                    f"WHERE {KEY} AND fence = ?",
+                    (error, HOST_FAULT, message, faults, len(error), now, *_key(claim.key), claim.fence),
+                )
+                return True
+            tx.execute(
+                "UPDATE instances SET status = ?, host_faults = ?, wake_at = ?, waiting_for = NULL, "
+                f"lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {KEY} AND fence = ?",
+                (
+                    "paused" if row[0] == "paused" else "waiting",
+                    faults,
+                    retry_at,
+                    now,
+                    *_key(claim.key),
+                    claim.fence,
+                ),
+            )
+            return False
 
         return self.write(write)
