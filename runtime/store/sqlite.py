@@ -74,7 +74,9 @@ class SQLiteStore(SQLStore):
             try:
                 self._connection.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as error:
-                raise _store_busy() from error
+                if _busy(error):
+                    raise _store_busy() from error
+                raise
             try:
                 yield _SQLiteTx(self._connection)
             except BaseException as error:
@@ -88,7 +90,9 @@ class SQLiteStore(SQLStore):
             except sqlite3.OperationalError as error:
                 if self._connection.in_transaction:
                     self._connection.execute("ROLLBACK")
-                raise _store_busy() from error
+                if _busy(error):
+                    raise _store_busy() from error
+                raise
 
     def write(self, fn: Callable[[Tx], T]) -> T:
         pending = _Pending(fn)
