@@ -712,13 +712,10 @@ class SQLStore(ABC):
         """Take the lease on one instance if it is still runnable (and, on PostgreSQL, not locked by another
         claim: that one gets it); its new fence."""
         runnable = "((status IN ('queued', 'waiting') AND wake_at <= ?) OR (status = 'running' AND lease_until < ?))"
-        if self.skip_locked and not tx.one(
-            f"SELECT 1 FROM instances WHERE {KEY} AND {runnable} {self.skip_locked}", (*_key(key), now, now)
-        ):
-            return None
         row = tx.one(
             f"UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
-            f"WHERE {KEY} AND {runnable} RETURNING fence",
+            f"WHERE (tenant_id, workflow, instance_id) IN (SELECT tenant_id, workflow, instance_id FROM instances "
+            f"WHERE {KEY} AND {runnable} {self.skip_locked}) RETURNING fence",
             (owner, now + lease_s, *_key(key), now, now),
         )
         return None if row is None else int(row[0])
