@@ -8,8 +8,8 @@ whose lease was taken over can no longer change anything.
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -193,6 +193,12 @@ _ENTRY_SIZE_SQL = (
 )
 # What a finish replaces: the instance's current output, error and log.
 _FINISHED_SIZE_SQL = "COALESCE(LENGTH(output), 0) + COALESCE(LENGTH(error), 0) + COALESCE(LENGTH(log), 0)"
+
+
+@functools.lru_cache(maxsize=4096)
+def _max_concurrent(quotas: str) -> int:
+    """A tenant's max_concurrent from its stored quotas (parsed once per distinct text: claims read it often)."""
+    return int(json.loads(quotas).get("max_concurrent", Quotas.max_concurrent))
 
 
 def _tenant(row: Row) -> Tenant:
@@ -639,31 +645,32 @@ class SQLStore(ABC):
     def _tenant_rooms(self, tx: Tx, limit: int, now: float, cap: int | None) -> dict[str, tuple[int, int]]:
         """(running, room) of up to `limit` tenants with runnable work and room, fewest running first.
 
-        One index seek per tenant and index: cheap however many instances wait."""
+        Live and expired leases are read from the lease index once (few rows: one per activation running);
+        each tenant costs one index seek for its earliest wake time, however many instances wait."""
         rows = tx.execute(
-            "SELECT t.tenant_id, t.quotas, "
-            "(SELECT COUNT(*) FROM instances r WHERE r.tenant_id = t.tenant_id AND r.status = 'running' "
-            "AND r.lease_until >= ?), "
+            "WITH live AS (SELECT tenant_id, COUNT(*) AS n FROM instances WHERE status = 'running' "
+            "AND lease_until >= ? GROUP BY tenant_id), "
+            "expired AS (SELECT tenant_id, MIN(lease_until) AS at FROM instances WHERE status = 'running' "
+            "AND lease_until < ? GROUP BY tenant_id), "
+            "ready AS (SELECT t.tenant_id, t.quotas, COALESCE(l.n, 0) AS running, e.at AS expired_at, "
             "(SELECT MIN(d.wake_at) FROM instances d WHERE d.tenant_id = t.tenant_id "
-            "AND d.status IN ('queued', 'waiting')), "
-            "(SELECT MIN(e.lease_until) FROM instances e WHERE e.tenant_id = t.tenant_id AND e.status = 'running') "
-            "FROM tenants t",
-            (now,),
+            "AND d.status IN ('queued', 'waiting')) AS due_at "
+            "FROM tenants t LEFT JOIN live l ON l.tenant_id = t.tenant_id "
+            "LEFT JOIN expired e ON e.tenant_id = t.tenant_id) "
+            "SELECT tenant_id, quotas, running FROM ready WHERE due_at <= ? OR expired_at IS NOT NULL "
+            "ORDER BY running, COALESCE(expired_at, due_at), tenant_id",
+            (now, now, now),
         )
-        ready: list[tuple[int, float, str, int]] = []
-        for tenant_id, quotas, live, due_at, lease_at in rows:
-            due = min(x for x in (due_at, lease_at, math.inf) if x is not None)
-            if (due_at is None or due_at > now) and (lease_at is None or lease_at >= now):
-                continue
-            allowed = int(json.loads(quotas).get("max_concurrent", Quotas.max_concurrent))
-            if cap is not None:
-                allowed = min(allowed, cap)
+        chosen: list[tuple[str, int, int]] = []
+        for tenant_id, quotas, live in rows:
+            allowed = _max_concurrent(quotas) if cap is None else min(_max_concurrent(quotas), cap)
             if allowed > live:
-                ready.append((int(live), due, tenant_id, allowed))
-        chosen = sorted(ready)[:limit]
-        live_now = self._lock_tenants(tx, sorted(t for _, _, t, _ in chosen), now)
+                chosen.append((tenant_id, int(live), allowed))
+                if len(chosen) == limit:
+                    break
+        live_now = self._lock_tenants(tx, sorted(t for t, _, _ in chosen), now)
         rooms: dict[str, tuple[int, int]] = {}
-        for live, _, tenant_id, allowed in chosen:
+        for tenant_id, live, allowed in chosen:
             live = live_now.get(tenant_id, live)
             if allowed > live:
                 rooms[tenant_id] = (live, min(allowed - live, limit))
