@@ -5,11 +5,11 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from tenantflow.runtime.errors import InvalidInput
-from tenantflow.runtime.store.base import LeaseLost, SQLStore
+from tenantflow.runtime.store.base import HOST_FAULT, JOURNAL_PAGE_BYTES, JournalPage, LeaseLost, SQLStore
 
 DEFAULT_DB = "sqlite:///./tenantflow.db"
 
-__all__ = ["DEFAULT_DB", "LeaseLost", "SQLStore", "open_store"]
+__all__ = ["DEFAULT_DB", "HOST_FAULT", "JOURNAL_PAGE_BYTES", "JournalPage", "LeaseLost", "SQLStore", "open_store"]
 
 
 def open_store(url: str) -> SQLStore:
