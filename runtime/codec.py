@@ -28,6 +28,22 @@ def decode_text(blob: bytes | memoryview | None) -> str | None:
     return data[1:].decode()
 
 
+# Enough of a stored value's start to know its decoded size (the prefix and a zstd frame header).
+HEAD_BYTES = 24
+
+
+def raw_size(head: bytes | memoryview | None, stored: int) -> int:
+    """The decoded size in bytes of a stored value, from its first HEAD_BYTES and its stored length,
+    without decompressing it."""
+    if head is None:
+        return 0
+    data = bytes(head)
+    if data[:1] == _ZSTD:
+        size = zstandard.frame_content_size(data[1:])
+        return size if size >= 0 else stored
+    return max(stored - 1, 0)
+
+
 def encode(value: Any) -> bytes:
     return encode_text(json.dumps(value))
 

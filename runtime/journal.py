@@ -25,10 +25,13 @@ from tenantflow.host import (
     Suspend,
 )
 from tenantflow.runtime.clock import Clock
-from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry
+from tenantflow.runtime.errors import InvalidInput
+from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry, check_event_type
 from tenantflow.runtime.store import LeaseLost, SQLStore
 
 LEASE_LOST = "lease lost"
+# The error an activation fails with when its tenant's storage quota is used up.
+STORAGE_QUOTA_EXCEEDED = "StorageQuotaExceeded"
 
 
 # Wake times travel as whole milliseconds; a time within this much of now counts as due.
@@ -56,6 +59,7 @@ class InstanceJournal:
         self.entries = dict(state.entries)
         self.events = list(state.events)
         self.max_steps = state.quotas.max_steps
+        self.quotas = state.quotas
         self.stopping = stopping
         self.waiting_for: str | None = None
         self.attempts: list[tuple[float, int]] = []
@@ -77,6 +81,8 @@ class InstanceJournal:
         return Entry(call.position, call.name, call.kind, state, created_at=now, updated_at=now, **fields)
 
     def _write(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
+        if self.store.storage_exhausted(self.claim.key.tenant_id, self.quotas):
+            raise Abort(STORAGE_QUOTA_EXCEEDED, f"the tenant's {self.quotas.storage_exhausted()}")
         entry.updated_at = self.clock.now()
         try:
             status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed)
@@ -155,6 +161,14 @@ class InstanceJournal:
 
     # -- step.wait_for_event -------------------------------------------------
 
+    @staticmethod
+    def _check_event_type(event_type: str) -> None:
+        """A wait for a type no event can have (the API refuses it) would wait forever: fail it now."""
+        try:
+            check_event_type(event_type)
+        except InvalidInput as error:
+            raise Abort("InvalidEventType", str(error)) from None
+
     def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
         entry = self._existing(call)
         if entry is not None and entry.state == "done":
@@ -163,6 +177,7 @@ class InstanceJournal:
             raise EventTimeout(entry.error_message or f"no {event_type!r} event arrived in time")
         fresh = entry is None
         if entry is None:
+            self._check_event_type(event_type)
             timeout_at = None if timeout_ms is None else self.clock.now() + timeout_ms / 1000
             entry = self._new(call, "waiting", wake_at=timeout_at, event_type=event_type)
         for event in self.events:

@@ -15,12 +15,27 @@ FINISHED: frozenset[str] = frozenset({"errored", "terminated", "complete"})
 ID_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_-]*$")
 MAX_ID = 64
 
+EVENT_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
+MAX_EVENT_TYPE = 100
+# What one instance may hold in events it has not consumed yet; beyond it, sending answers 429.
+MAX_BUFFERED_EVENTS = 100
+MAX_BUFFERED_EVENT_BYTES = 4 << 20
+# How much of an error's message an instance list shows (lists never decode the whole error).
+ERROR_SUMMARY_CHARS = 500
+
 
 def check_id(value: Any, what: str = "id") -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_ID or not ID_PATTERN.match(value):
         raise InvalidInput(
             f"{what} must be 1-{MAX_ID} characters of letters, digits, '_' and '-', not starting with '-'"
         )
+    return value
+
+
+def check_event_type(value: Any) -> str:
+    """An event type: 1-100 characters of letters, digits and `_ . : -` (InvalidInput otherwise)."""
+    if not isinstance(value, str) or len(value) > MAX_EVENT_TYPE or not EVENT_TYPE_PATTERN.match(value):
+        raise InvalidInput(f"an event type is 1-{MAX_EVENT_TYPE} characters of letters, digits, '_', '.', ':' and '-'")
     return value
 
 
@@ -36,6 +51,15 @@ class Quotas:
     max_source_bytes: int = 1 << 20
     max_payload_bytes: int = 1 << 20
     egress: tuple[str, ...] = ()
+    # Everything the tenant's instances store (params, journal, attempts, events, outputs, errors, logs).
+    max_stored_mb: int = 1024
+
+    @property
+    def max_stored_bytes(self) -> int:
+        return self.max_stored_mb << 20
+
+    def storage_exhausted(self) -> str:
+        return f"storage quota of {self.max_stored_mb} MB exhausted"
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,10 @@ class Instance:
     fence: int = 0
     steps: int = 0
     log: str = ""
+    # False in lists: params, output and log are not loaded, and `error` is only its name and the start
+    # of its message.
+    detail: bool = True
+    stored_bytes: int = 0
 
     @property
     def key(self) -> InstanceKey:

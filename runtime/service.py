@@ -29,7 +29,16 @@ from tenantflow.runtime.errors import (
 )
 from tenantflow.runtime.executor import Executor, limits_for
 from tenantflow.runtime.metrics import Metrics
-from tenantflow.runtime.records import STATUSES, Instance, InstanceKey, Quotas, Tenant, Version, check_id
+from tenantflow.runtime.records import (
+    STATUSES,
+    Instance,
+    InstanceKey,
+    Quotas,
+    Tenant,
+    Version,
+    check_event_type,
+    check_id,
+)
 from tenantflow.runtime.store import SQLStore, open_store
 from tenantflow.runtime.worker import DEFAULT_LEASE_S, WorkerPool
 
@@ -37,6 +46,8 @@ MAX_BATCH = 100
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
 MAX_WORKERS = POOLING["instances"] - 8
 MAX_PAGE = 1000
+# A tenant out of storage frees some only by an operator's action: no point retrying soon.
+STORAGE_RETRY_AFTER_S = 60.0
 
 # Deploy checks run the tenant's module-level code: on a pool of their own (never the request
 # threads), a few at a time, under the tenant's memory quota and a small fuel and time budget.
@@ -275,6 +286,7 @@ class Service:
         if len({i for i, _ in parsed}) != len(parsed):
             raise InvalidInput("instance ids in a batch must differ")
         version = self.versions(tenant, workflow)[-1]
+        self._check_storage(tenant)
         self.limiter.take(tenant.tenant_id, tenant.quotas.max_instances_per_minute, len(parsed))
         created = self.store.create_instances(tenant.tenant_id, version, parsed, self.clock.now())
         self.pool.wake()
@@ -317,13 +329,18 @@ class Service:
 
     def send_event(self, tenant: Tenant, workflow: str, instance_id: str, event_type: Any, payload: Any) -> int:
         key = self._key(tenant, workflow, instance_id)
-        if not isinstance(event_type, str) or not event_type or len(event_type) > 256:
-            raise InvalidInput("type is a non-empty string of at most 256 characters")
+        check_event_type(event_type)
         if _json_size(payload) > tenant.quotas.max_payload_bytes:
             raise TooLarge(f"the payload is larger than {tenant.quotas.max_payload_bytes} bytes")
+        self._check_storage(tenant)
         seq = self.store.send_event(key, event_type, payload, self.clock.now())
         self.pool.wake()
         return seq
+
+    def _check_storage(self, tenant: Tenant) -> None:
+        """QuotaExceeded (429) once the tenant's instances store its quota (summed every few seconds)."""
+        if self.store.storage_exhausted(tenant.tenant_id, tenant.quotas):
+            raise QuotaExceeded(tenant.quotas.storage_exhausted(), retry_after_s=STORAGE_RETRY_AFTER_S)
 
     def journal(self, tenant: Tenant, workflow: str, instance_id: str) -> dict[str, Any]:
         key = self._key(tenant, workflow, instance_id)

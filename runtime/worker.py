@@ -119,7 +119,9 @@ class WorkerPool:
         if free > 0:
             with self._lock:
                 running = dict(self._running)
-            claims = self.store.claim(self.owner, free, self.clock.now(), self.lease_s, running)
+            claims = self.store.claim(
+                self.owner, free, self.clock.now(), self.lease_s, running, max_per_tenant=self.threads
+            )
             for claim in claims:
                 with self._lock:
                     self._held[claim] = None

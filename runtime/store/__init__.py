@@ -5,24 +5,29 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from tenantflow.runtime.errors import InvalidInput
-from tenantflow.runtime.store.base import LeaseLost, SQLStore
+from tenantflow.runtime.store.base import HOST_FAULT, JOURNAL_PAGE_BYTES, JournalPage, LeaseLost, SQLStore
 
 DEFAULT_DB = "sqlite:///./tenantflow.db"
 
-__all__ = ["DEFAULT_DB", "LeaseLost", "SQLStore", "open_store"]
+__all__ = ["DEFAULT_DB", "HOST_FAULT", "JOURNAL_PAGE_BYTES", "JournalPage", "LeaseLost", "SQLStore", "open_store"]
 
 
 def open_store(url: str) -> SQLStore:
-    """sqlite:///relative.db, sqlite:////absolute.db (?synchronous=normal), or postgresql://..."""
+    """sqlite:///relative.db, sqlite:////absolute.db (?synchronous=normal&busy_timeout_ms=N), or postgresql://..."""
     if url.startswith("sqlite://"):
-        from tenantflow.runtime.store.sqlite import SQLiteStore
+        from tenantflow.runtime.store.sqlite import DEFAULT_BUSY_TIMEOUT_S, SQLiteStore
 
         parts = urlsplit(url)
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path:
             raise InvalidInput("a SQLite URL names a file: sqlite:///./tenantflow.db")
-        synchronous = parse_qs(parts.query).get("synchronous", ["full"])[0]
-        return SQLiteStore(path, synchronous=synchronous)
+        query = parse_qs(parts.query)
+        synchronous = query.get("synchronous", ["full"])[0]
+        busy_ms = query.get("busy_timeout_ms", [""])[0]
+        if busy_ms and not busy_ms.isdigit():
+            raise InvalidInput("busy_timeout_ms is a whole number of milliseconds")
+        busy_timeout_s = int(busy_ms) / 1000 if busy_ms else DEFAULT_BUSY_TIMEOUT_S
+        return SQLiteStore(path, synchronous=synchronous, busy_timeout_s=busy_timeout_s)
     if url.startswith(("postgresql://", "postgres://")):
         from tenantflow.runtime.store.postgres import PostgresStore
 

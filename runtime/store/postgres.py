@@ -29,15 +29,16 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenantflow.runtime import codec
-from tenantflow.runtime.errors import Conflict
+from tenantflow.runtime.errors import Conflict, Unavailable
 from tenantflow.runtime.records import AttemptRecord, Claim, Entry, Instance, InstanceKey, Version
-from tenantflow.runtime.store.base import LeaseLost, Row, SQLStore, Tx
+from tenantflow.runtime.store.base import LeaseLost, Row, SQLStore, Tx, _attempt_size, _entry_size
 
 log = logging.getLogger("tenantflow.store.postgres")
 
 CHANNEL_PREFIX = "tenantflow_wake"
 MIGRATION_LOCK = 7_406_031_805  # pg_advisory_lock key: one migrating process at a time
 NOTIFY_WITHIN_S = 1.0  # timers further out are found by the workers' polling anyway
+BUSY_RETRY_AFTER_S = 1.0
 POOL_PARAMS = ("pool_min", "pool_max")
 
 _translated: dict[str, str] = {}
@@ -75,7 +76,10 @@ class _PostgresTx(Tx):
 _KEY_NAMED = "tenant_id = %(t)s AND workflow = %(w)s AND instance_id = %(i)s"
 RECORD_SQL = f"""
 WITH inst AS (
-    UPDATE instances SET updated_at = %(now)s, steps = steps + %(done)s
+    UPDATE instances SET updated_at = %(now)s, steps = steps + %(done)s,
+        stored_bytes = stored_bytes + %(added)s - COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name)
+            + COALESCE(LENGTH(j.error_name), 0) + COALESCE(LENGTH(j.error_message), 0) FROM journal j
+            WHERE j.tenant_id = %(t)s AND j.workflow = %(w)s AND j.instance_id = %(i)s AND j.position = %(pos)s), 0)
     WHERE {_KEY_NAMED} AND fence = %(fence)s AND status IN ('running', 'paused')
     RETURNING status
 ), entry AS (
@@ -151,6 +155,18 @@ class PostgresStore(SQLStore):
     # -- connections and transactions ----------------------------------------
 
     @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; every connection busy past the pool's timeout raises `Unavailable` (503)."""
+        try:
+            connection = self._pool.getconn()
+        except PoolTimeout as error:
+            raise Unavailable("the database is busy; retry shortly", retry_after_s=BUSY_RETRY_AFTER_S) from error
+        try:
+            yield connection
+        finally:
+            self._pool.putconn(connection)
+
+    @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """A transaction; nested on one thread, a savepoint of the outer one."""
         current: _PostgresTx | None = getattr(self._local, "tx", None)
@@ -158,7 +174,7 @@ class PostgresStore(SQLStore):
             with current.connection.transaction():
                 yield current
             return
-        with self._pool.connection() as connection, connection.transaction():
+        with self._connection() as connection, connection.transaction():
             tx = _PostgresTx(connection)
             self._local.tx = tx
             try:
@@ -259,11 +275,25 @@ class PostgresStore(SQLStore):
 
     # -- scheduling ------------------------------------------------------------
 
+    def _lock_tenants(self, tx: Tx, tenant_ids: list[str], now: float) -> dict[str, int]:
+        if not tenant_ids:
+            return {}
+        marks = ", ".join("?" for _ in tenant_ids)
+        tx.execute(f"SELECT 1 FROM tenants WHERE tenant_id IN ({marks}) ORDER BY tenant_id FOR UPDATE", tenant_ids)
+        rows = tx.execute(
+            f"SELECT tenant_id, COUNT(*) FROM instances WHERE tenant_id IN ({marks}) AND status = 'running' "
+            "AND lease_until >= ? GROUP BY tenant_id",
+            (*tenant_ids, now),
+        )
+        live = dict.fromkeys(tenant_ids, 0)
+        live.update((r[0], int(r[1])) for r in rows)
+        return live
+
     def next_wake(self) -> float | None:
         # As SQLStore.next_wake, as two index-ordered minimums: every idle worker asks this about once a
         # second, and a MIN over a CASE reads every waiting instance (~5 ms per 20k here).
         # One statement, so no transaction around it: one round trip.
-        with self._pool.connection() as connection:
+        with self._connection() as connection:
             row = connection.execute(
                 "SELECT LEAST((SELECT MIN(wake_at) FROM instances WHERE status IN ('queued', 'waiting')), "
                 "(SELECT MIN(lease_until) FROM instances WHERE status = 'running'))"
@@ -281,6 +311,7 @@ class PostgresStore(SQLStore):
         consumed_event: int | None = None,
     ) -> str:
         key = claim.key
+        result = None if entry.result is None else codec.encode_text(entry.result)
         params: dict[str, Any] = {
             "t": key.tenant_id,
             "w": key.workflow,
@@ -293,7 +324,8 @@ class PostgresStore(SQLStore):
             "kind": entry.kind,
             "state": entry.state,
             "attempts": entry.attempts,
-            "result": None if entry.result is None else codec.encode_text(entry.result),
+            "result": result,
+            "added": _entry_size(entry, result) + _attempt_size(attempt),
             "error_name": entry.error_name,
             "error_message": entry.error_message,
             "wake_at": entry.wake_at,
@@ -316,7 +348,7 @@ class PostgresStore(SQLStore):
         if getattr(self._local, "tx", None) is not None:
             row = self._local.tx.connection.execute(RECORD_SQL, params).fetchone()
         else:
-            with self._pool.connection() as connection:
+            with self._connection() as connection:
                 row = connection.execute(RECORD_SQL, params).fetchone()
         if row is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")

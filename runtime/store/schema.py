@@ -109,4 +109,18 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX instances_runnable",
         "CREATE INDEX instances_wake ON instances (wake_at) WHERE status IN ('queued', 'waiting')",
     ],
+    [
+        # Fair share at claim time: a tenant's due instances and live leases, each found by index seeks.
+        "CREATE INDEX instances_due_by_tenant ON instances (tenant_id, wake_at) WHERE status IN ('queued', 'waiting')",
+        "CREATE INDEX instances_leases_by_tenant ON instances (tenant_id, lease_until) WHERE status = 'running'",
+        # What an instance stores (params, journal, attempts, events, output, error, log), for the storage quota.
+        "ALTER TABLE instances ADD COLUMN stored_bytes {bigint} NOT NULL DEFAULT 0",
+        # Activations in a row that failed in the host (reset by a normal finish).
+        "ALTER TABLE instances ADD COLUMN host_faults INTEGER NOT NULL DEFAULT 0",
+        # The error's name and the start of its message, so lists never decode the whole error.
+        "ALTER TABLE instances ADD COLUMN error_name TEXT",
+        "ALTER TABLE instances ADD COLUMN error_summary TEXT",
+        # An event's payload size as JSON, for the cap on what an instance buffers.
+        "ALTER TABLE events ADD COLUMN size {bigint}",
+    ],
 ]

@@ -9,10 +9,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tenantflow.runtime.errors import Unavailable
 from tenantflow.runtime.store.base import Row, SQLStore, Tx
 
 SYNCHRONOUS = ("full", "normal", "off")
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+BUSY_RETRY_AFTER_S = 1.0
 T = TypeVar("T")
+
+
+def _busy(error: BaseException) -> bool:
+    """SQLite gave up waiting for another connection's lock (past the busy timeout)."""
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
+
+
+def _store_busy() -> Unavailable:
+    return Unavailable("the database is busy; retry shortly", retry_after_s=BUSY_RETRY_AFTER_S)
 
 
 class _SQLiteTx(Tx):
@@ -42,29 +54,45 @@ class SQLiteStore(SQLStore):
 
     dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER", "clustered": " WITHOUT ROWID"}
 
-    def __init__(self, path: str, synchronous: str = "full") -> None:
+    def __init__(self, path: str, synchronous: str = "full", busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous is one of {SYNCHRONOUS}")
         self.path = path
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute(f"PRAGMA synchronous={synchronous}")
-        self._connection.execute("PRAGMA busy_timeout=30000")
+        self._connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self.migrate()
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        """A write transaction; a lock held elsewhere past the busy timeout raises `Unavailable` (503)."""
         with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                if _busy(error):
+                    raise _store_busy() from error
+                raise
             try:
                 yield _SQLiteTx(self._connection)
-            except BaseException:
-                self._connection.execute("ROLLBACK")
+            except BaseException as error:
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                if _busy(error):
+                    raise _store_busy() from error
                 raise
-            self._connection.execute("COMMIT")
+            try:
+                self._connection.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                if _busy(error):
+                    raise _store_busy() from error
+                raise
 
     def write(self, fn: Callable[[Tx], T]) -> T:
         pending = _Pending(fn)
@@ -75,8 +103,11 @@ class SQLiteStore(SQLStore):
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 self._commit(batch)
-        if pending.error is not None:
-            raise pending.error
+        error = pending.error
+        if error is not None:
+            if _busy(error):
+                raise _store_busy() from error
+            raise error
         return pending.result  # type: ignore[no-any-return]
 
     def _commit(self, batch: list[_Pending]) -> None:
