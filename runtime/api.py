@@ -220,6 +220,14 @@ def bearer_key(request: Request, who: str = "the tenant's API key") -> str:
     return key.strip()
 
 
+def _whole_query(text: str, name: str, minimum: int) -> int:
+    """A whole-number query parameter of at most 9 digits."""
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isdigit() or len(digits) > 9 or int(text) < minimum:
+        raise InvalidInput(f"{name} is a whole number, at least {minimum}")
+    return int(text)
+
+
 def version_json(version: Version) -> dict[str, Any]:
     return {
         "name": version.workflow,
@@ -373,8 +381,14 @@ class Api:
 
     async def journal(self, request: Request) -> Response:
         tenant = await self.tenant(request)
+        query = request.query_params
+        unknown = sorted(set(query) - {"after", "limit"})
+        if unknown:
+            raise InvalidInput(f"unknown query parameters: {unknown}; use after and limit")
+        after = _whole_query(query.get("after", "-1"), "after", minimum=-1)
+        limit = _whole_query(query.get("limit", "1000"), "limit", minimum=1)
         journal = await run_in_threadpool(
-            self.service.journal, tenant, request.path_params["name"], request.path_params["id"]
+            self.service.journal, tenant, request.path_params["name"], request.path_params["id"], after, limit
         )
         return JSONBody(journal)
 

@@ -146,8 +146,11 @@ class Client:
         result: dict[str, Any] = self.request("GET", self._instance_path(workflow, instance_id))
         return result
 
-    def journal(self, workflow: str, instance_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", self._instance_path(workflow, instance_id) + "/journal")
+    def journal(self, workflow: str, instance_id: str, after: int = -1, limit: int = 1000) -> dict[str, Any]:
+        """One page of the journal; pass `next_after` back as `after` for the next (None: the last page)."""
+        params = {"after": after, "limit": limit}
+        path = self._instance_path(workflow, instance_id) + "/journal"
+        result: dict[str, Any] = self.request("GET", path, params=params)
         return result
 
     def send_event(self, workflow: str, instance_id: str, event_type: str, payload: Any = None) -> dict[str, Any]:

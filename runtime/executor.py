@@ -17,6 +17,9 @@ from tenantflow.runtime.store import LeaseLost, SQLStore
 log = logging.getLogger("tenantflow.executor")
 
 RETRY_AFTER_HOST_ERROR_S = 5.0
+# A real host fault (a bug, a store outage) is retried; this many in a row errors the instance with HostFault.
+MAX_HOST_FAULTS = 5
+CANCELLED = "Cancelled"
 
 
 @dataclass(frozen=True)
@@ -47,30 +50,32 @@ class Executor:
         self.metrics = metrics
         self.stopping = stopping
 
-    def activate(self, claim: Claim) -> Activated:
+    def activate(self, claim: Claim, cancel: threading.Event | None = None) -> Activated:
         try:
             state = self.store.load(claim)
         except LeaseLost:
             return Activated(claim, "lost", None)
         journal = InstanceJournal(self.store, claim, state, self.clock, self.stopping)
         try:
-            outcome = self._run(state, journal)
+            outcome = self._run(state, journal, cancel)
         except Exception:
+            now = self.clock.now()
+            errored = self.store.host_fault(claim, now, now + RETRY_AFTER_HOST_ERROR_S, MAX_HOST_FAULTS)
+            if errored:
+                log.exception("activation of %s failed in the host %d times in a row; errored", claim.key, MAX_HOST_FAULTS)
+                return Activated(claim, "errored", None)
             log.exception("activation of %s failed in the host; retrying in %s s", claim.key, RETRY_AFTER_HOST_ERROR_S)
-            self.store.finish(
-                claim, self.clock.now(), status="waiting", wake_at=self.clock.now() + RETRY_AFTER_HOST_ERROR_S
-            )
             return Activated(claim, "waiting", None)
         status = self._record(claim, journal, outcome)
         if self.metrics is not None:
             self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts)
         return Activated(claim, status, outcome)
 
-    def _run(self, state: ActivationState, journal: InstanceJournal) -> Outcome:
+    def _run(self, state: ActivationState, journal: InstanceJournal, cancel: threading.Event | None) -> Outcome:
         instance = state.instance
         event = {"payload": instance.params, "timestamp": instance.created_at, "instance_id": instance.instance_id}
         grants = Grants(egress=state.quotas.egress)
-        return self.sandbox.run(state.source, event, journal, limits_for(state.quotas), grants)
+        return self.sandbox.run(state.source, event, journal, limits_for(state.quotas), grants, cancel=cancel)
 
     def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> str:
         now = self.clock.now()
@@ -78,6 +83,13 @@ class Executor:
         if isinstance(outcome, Completed):
             self.store.finish(claim, now, status="complete", output=outcome.output, log=log_text)
             return "complete"
+        if isinstance(outcome, Failed) and outcome.error.name == CANCELLED:
+            # Cancelled because the pool stops: hand the instance back, runnable now. Otherwise it was
+            # terminated, restarted or taken over, and whoever did that owns its state now.
+            if self.stopping is not None and self.stopping.is_set():
+                self.store.finish(claim, now, status="waiting", wake_at=now, log=log_text)
+                return "waiting"
+            return "cancelled"
         if isinstance(outcome, Failed):
             error = {
                 "name": outcome.error.name,

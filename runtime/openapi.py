@@ -269,13 +269,18 @@ SCHEMAS: dict[str, Any] = {
     },
     "Journal": {
         "type": "object",
-        "required": ["id", "workflow", "steps", "events", "log"],
+        "required": ["id", "workflow", "steps", "events", "log", "next_after"],
         "properties": {
             "id": {"type": "string"},
             "workflow": {"type": "string"},
             "steps": {"type": "array", "items": _ref("Step")},
             "events": {"type": "array", "items": _ref("EventRecord")},
             "log": {"type": "string", "description": "What the workflow printed (bounded)"},
+            "next_after": {
+                "type": "integer",
+                "nullable": True,
+                "description": "Pass as `after` for the next page; null on the last page",
+            },
         },
     },
     "SendEvent": {
@@ -427,9 +432,18 @@ def _build() -> dict[str, Any]:
         instance + "/journal": {
             "get": _op(
                 "getJournal",
-                "The instance's steps, attempts, waits and events, in order",
+                "A page of the instance's steps, attempts, waits and events, in order",
                 {"200": _json(_ref("Journal"), "The journal"), **_problems(401, 404, 422)},
                 params=("name", "id"),
+                query=[
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "Only positions after this one (next_after of the previous page)",
+                        "schema": {"type": "integer", "minimum": -1, "maximum": 999_999_999},
+                    },
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
             )
         },
         instance + "/events": {

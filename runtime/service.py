@@ -320,8 +320,10 @@ class Service:
             self.store.resume(key, now)
         elif action == "terminate":
             self.store.terminate(key, now)
+            self.pool.cancel(key)
         elif action == "restart":
             self.store.restart(key, now)
+            self.pool.cancel(key)
         else:
             raise NotFound(f"no control {action!r}; use pause, resume, terminate or restart")
         self.pool.wake()
@@ -342,14 +344,19 @@ class Service:
         if self.store.storage_exhausted(tenant.tenant_id, tenant.quotas):
             raise QuotaExceeded(tenant.quotas.storage_exhausted(), retry_after_s=STORAGE_RETRY_AFTER_S)
 
-    def journal(self, tenant: Tenant, workflow: str, instance_id: str) -> dict[str, Any]:
+    def journal(
+        self, tenant: Tenant, workflow: str, instance_id: str, after: int = -1, limit: int = MAX_PAGE
+    ) -> dict[str, Any]:
+        """A page of the journal: positions after `after`, at most `limit` of them and a bounded number of bytes."""
         key = self._key(tenant, workflow, instance_id)
-        entries, attempts, events = self.store.journal(key)
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
+        page = self.store.journal_page(key, after, limit)
         by_position: dict[int, list[dict[str, Any]]] = {}
-        for attempt in attempts:
+        for attempt in page.attempts:
             by_position.setdefault(attempt.position, []).append(asdict(attempt))
         steps = []
-        for entry in entries:
+        for entry in page.entries:
             item = asdict(entry)
             item["result"] = None if entry.result is None else json.loads(entry.result)
             item["attempt_log"] = by_position.get(entry.position, [])
@@ -358,6 +365,7 @@ class Service:
             "id": instance_id,
             "workflow": workflow,
             "steps": steps,
-            "events": [asdict(e) for e in events],
+            "events": [asdict(e) for e in page.events],
             "log": self.store.instance(key).log,
+            "next_after": page.next_after,
         }

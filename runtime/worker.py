@@ -4,6 +4,12 @@ A dispatcher thread leases runnable instances (new, timer due, event arrived,
 retry due, resumed, lease expired) and hands them to a bounded thread pool.
 It sleeps until the next wake time in the store or until `wake()` is called,
 so a due timer fires within a few milliseconds, not at the next poll.
+
+Every running activation has a cancel event. It is set when the instance is no
+longer ours to run (terminated, restarted, its lease taken over: seen at once
+for controls made through this process, within CANCEL_CHECK_S for others) and
+when the pool stops and the grace period is over; the sandbox then ends the
+activation within a few milliseconds, wherever the guest is.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -19,13 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tenantflow.runtime.clock import Clock
 from tenantflow.runtime.executor import Activated, Executor
-from tenantflow.runtime.records import Claim
+from tenantflow.runtime.records import Claim, InstanceKey
 from tenantflow.runtime.store import SQLStore
 
 log = logging.getLogger("tenantflow.worker")
 
 DEFAULT_LEASE_S = 30.0
 POLL_S = 1.0
+# How often the pool asks the store whether the instances it runs are still its own.
+CANCEL_CHECK_S = 0.5
+# How long `stop` lets running activations reach their next step before cancelling them.
+STOP_GRACE_S = 2.0
 
 
 def new_owner() -> str:
@@ -72,11 +83,12 @@ class WorkerPool:
         self.stopping = executor.stopping or threading.Event()
         self._kick = threading.Event()
         self._lock = threading.Lock()
-        self._held: dict[Claim, None] = {}
+        self._held: dict[Claim, threading.Event] = {}
         self._running: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tenantflow-activation")
         self._dispatcher = threading.Thread(target=self._dispatch, name="tenantflow-dispatcher", daemon=True)
         self._heartbeat = threading.Thread(target=self._beat, name="tenantflow-heartbeat", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="tenantflow-cancel-watch", daemon=True)
 
     def start(self) -> None:
         recovered = self.store.expire_leases(_dead_local_owners(self.store.lease_owners()))
@@ -85,18 +97,43 @@ class WorkerPool:
         self.store.listen(self._kick.set)
         self._dispatcher.start()
         self._heartbeat.start()
+        self._watcher.start()
 
     def wake(self) -> None:
         """Something became runnable (created, event, resumed): look now."""
         self._kick.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming, let running activations suspend at their next step, then return."""
+    def stop(self, timeout: float = 30.0, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop claiming; running activations suspend at their next step or are cancelled after `grace_s`."""
         self.stopping.set()
         self._kick.set()
         self._dispatcher.join(timeout)
+        deadline = time.monotonic() + grace_s
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._lock:
+            for cancel in self._held.values():
+                cancel.set()
         self._pool.shutdown(wait=True)
         self._heartbeat.join(timeout)
+        self._watcher.join(timeout)
+
+    def cancel(self, key: InstanceKey) -> bool:
+        """End the activation of `key` running here if the store says it is no longer ours (terminated,
+        restarted); a claim made since then (a restarted instance claimed again) runs on."""
+        with self._lock:
+            claims = [claim for claim in self._held if claim.key == key]
+        if not claims:
+            return False
+        return self._cancel_lost(claims) > 0
+
+    def _cancel_lost(self, claims: list[Claim]) -> int:
+        still = self.store.held(self.owner, claims)
+        with self._lock:
+            lost = [cancel for claim, cancel in self._held.items() if claim in claims and claim not in still]
+        for cancel in lost:
+            cancel.set()
+        return len(lost)
 
     @property
     def busy(self) -> int:
@@ -123,10 +160,11 @@ class WorkerPool:
                 self.owner, free, self.clock.now(), self.lease_s, running, max_per_tenant=self.threads
             )
             for claim in claims:
+                cancel = threading.Event()
                 with self._lock:
-                    self._held[claim] = None
+                    self._held[claim] = cancel
                     self._running[claim.key.tenant_id] += 1
-                self._pool.submit(self._activate, claim)
+                self._pool.submit(self._activate, claim, cancel)
             if len(claims) == free:
                 return POLL_S
             if claims:
@@ -140,9 +178,9 @@ class WorkerPool:
         # Due but not claimable (its tenant is at its concurrency limit): a finishing activation kicks us.
         return POLL_S if delay <= 0 else min(POLL_S, delay)
 
-    def _activate(self, claim: Claim) -> None:
+    def _activate(self, claim: Claim, cancel: threading.Event) -> None:
         try:
-            done = self.executor.activate(claim)
+            done = self.executor.activate(claim, cancel)
         except Exception:
             log.exception("activation of %s failed", claim.key)
             done = Activated(claim, "failed", None)
@@ -153,6 +191,17 @@ class WorkerPool:
             self._kick.set()
         if self.on_done is not None:
             self.on_done(done)
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(CANCEL_CHECK_S):
+            with self._lock:
+                held = list(self._held)
+            if not held:
+                continue
+            try:
+                self._cancel_lost(held)
+            except Exception:
+                log.exception("checking held instances failed")
 
     def _beat(self) -> None:
         while not self.stopping.wait(self.lease_s / 3):

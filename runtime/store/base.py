@@ -752,6 +752,19 @@ class SQLStore(ABC):
                 count += len(rows)
         return count
 
+    def held(self, owner: str, claims: Sequence[Claim]) -> set[Claim]:
+        """The claims `owner` still holds: not terminated, restarted or taken over since they were claimed."""
+        held: set[Claim] = set()
+        with self.transaction() as tx:
+            for claim in claims:
+                row = tx.one(
+                    f"SELECT 1 FROM instances WHERE {KEY} AND fence = ? AND lease_owner = ?",
+                    (*_key(claim.key), claim.fence, owner),
+                )
+                if row is not None:
+                    held.add(claim)
+        return held
+
     def lease_owners(self) -> list[str]:
         with self.transaction() as tx:
             rows = tx.execute("SELECT DISTINCT lease_owner FROM instances WHERE status = 'running'")
