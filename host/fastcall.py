@@ -8,6 +8,14 @@ callback, but resolves the function's types on its first call and keeps them, wi
 types switched to subclasses that remember their cases and fields (types never change).
 
 The cached types assume that one linker serves one component, as a `Sandbox`'s does.
+
+Two more jobs for the sandbox's limits: each function has a cap on the strings (and lists) it lifts
+from the guest, and a string longer than the cap reaches the host function as `TooLarge(size)`,
+never decoded into a Python str. Note that wasmtime itself has already copied the string out of
+the guest's memory by then (its dynamic host functions lift every argument before the callback
+runs): that one copy is bounded by the guest's memory cap; the decode (two more copies) is not done.
+And `call_started()` is the thread CPU time at which the current host call entered, so that the
+host's CPU time for lifting and for the call can be charged to the activation.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import ctypes
 import functools
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +34,38 @@ from wasmtime.component import _types as wit
 from wasmtime.component._linker import LinkerInstance
 
 HostFunc = Callable[..., Any]
+
+_CALL_STATE = threading.local()
+
+
+class TooLarge:
+    """An argument the guest passed that is longer than the function's cap; it was not decoded."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"TooLarge({self.size})"
+
+
+def call_started() -> float:
+    """`time.thread_time()` when the current host call on this thread entered (before lifting)."""
+    started: float = getattr(_CALL_STATE, "started", time.thread_time())
+    return started
+
+
+def _cap() -> int:
+    cap: int = getattr(_CALL_STATE, "cap", 1 << 62)
+    return cap
+
+
+class _String(wit.String):
+    def convert_from_c(self, c: Any) -> Any:
+        size = int(c.of.string.size)
+        if size > _cap():
+            ffi.wasm_byte_vec_delete(ctypes.byref(c.of.string))
+            return TooLarge(size)
+        return super().convert_from_c(c)
 
 
 class _Variant(wit.VariantType):
@@ -122,6 +163,13 @@ class _List(wit.ListType):
     def element(self) -> wit.ValType:
         return super().element
 
+    def convert_from_c(self, c: Any) -> Any:
+        size = int(c.of.tuple.size)
+        if size > _cap():
+            ffi.wasmtime_component_valtuple_delete(ctypes.byref(c.of.tuple))
+            return TooLarge(size)
+        return super().convert_from_c(c)
+
 
 class _Tuple(wit.TupleType):
     @functools.cached_property
@@ -136,6 +184,7 @@ _FROZEN: dict[type, type] = {
     wit.ResultType: _Result,
     wit.ListType: _List,
     wit.TupleType: _Tuple,
+    wit.String: _String,
 }
 
 
@@ -164,8 +213,9 @@ def _freeze(ty: wit.ValType | None) -> None:
 
 
 class _Entry:
-    def __init__(self, fn: HostFunc) -> None:
+    def __init__(self, fn: HostFunc, max_bytes: int) -> None:
         self.fn = fn
+        self.max_bytes = max_bytes
         self.params: list[wit.ValType] | None = None
         self.result: wit.ValType | None = None
         self.lock = threading.Lock()
@@ -193,9 +243,11 @@ def _error_pointer(error: WasmtimeError) -> int:
 
 
 def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: Any, nresults: int) -> int:
+    _CALL_STATE.started = time.thread_time()
     store = StoreContext(context)
     try:
         entry = _ENTRIES[env]
+        _CALL_STATE.cap = entry.max_bytes
         params = entry.params if entry.params is not None else entry.resolve(ty_raw)
         if len(params) != nargs or nresults != (0 if entry.result is None else 1):
             raise WasmtimeError("host function called with an unexpected signature")
@@ -221,10 +273,13 @@ _CALL = ffi.wasmtime_component_func_callback_t(_call)
 _FINALIZE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_finalize)
 
 
-def add_func(instance: LinkerInstance, name: str, fn: HostFunc) -> None:
-    """Like `instance.add_func(name, fn)`: `fn(store, *args)` gets and returns Python values."""
+def add_func(instance: LinkerInstance, name: str, fn: HostFunc, max_bytes: int = 1 << 62) -> None:
+    """Like `instance.add_func(name, fn)`: `fn(store, *args)` gets and returns Python values.
+
+    A string or list argument (at any depth) longer than `max_bytes` arrives as `TooLarge`.
+    """
     key = next(_KEYS)
-    _ENTRIES[key] = _Entry(fn)
+    _ENTRIES[key] = _Entry(fn, max_bytes)
     encoded = name.encode()
     error = ffi.wasmtime_component_linker_instance_add_func(
         instance.ptr(), ctypes.create_string_buffer(encoded), len(encoded), _CALL, key, _FINALIZE

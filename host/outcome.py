@@ -61,5 +61,8 @@ LIMIT_ERRORS = frozenset(
         "OutputLimitExceeded",
         "StackOverflow",
         "StepTimeout",
+        "Cancelled",
+        "InvalidHostCall",
+        "GuestExit",
     }
 )

@@ -1,0 +1,62 @@
+"""JSON from the guest, checked before the host keeps it: valid, bounded in nesting, no NaN, no lone surrogates.
+
+A tenant can replace `json.dumps` inside the guest or call the host binding directly, so a result,
+an output, a step config or a fetch request may be anything. Everything here runs in C (regex,
+json) except a loop of at most MAX_JSON_DEPTH regex passes; a 1 MiB result costs a few ms.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from tenantflow.host.errors import HostRefusal, invalid_call
+from tenantflow.host.limits import MAX_JSON_DEPTH
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_depth(text: str, call: str, max_depth: int) -> None:
+    if text.count("[") + text.count("{") <= max_depth:
+        return
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    for _ in range(max_depth):
+        if not brackets:
+            return
+        reduced = _INNERMOST.sub("", brackets)
+        if reduced == brackets:
+            return  # unbalanced: json.loads refuses it below
+        brackets = reduced
+    if brackets:
+        raise invalid_call(call, f"JSON nested deeper than {max_depth} levels")
+
+
+def parse(text: str, call: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The value of `text`, or InvalidHostCall naming `call` and what is wrong."""
+    _check_depth(text, call, max_depth)
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise invalid_call(call, f"not valid JSON ({str(error)[:200]})") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise invalid_call(call, "JSON with a lone surrogate (\\ud800-\\udfff) escape") from None
+    return value
+
+
+def check(text: str, call: str) -> None:
+    """Raise InvalidHostCall unless `text` is JSON the host may store."""
+    parse(text, call)
+
+
+__all__ = ["HostRefusal", "check", "parse"]
