@@ -1,4 +1,9 @@
-"""JSON from the guest, checked before the host keeps it: valid, bounded in nesting, no NaN, no lone surrogates.
+"""JSON from the guest, checked before the host keeps it: valid, bounded in nesting, no NaN or Infinity.
+
+Lone surrogates: a component-model string is valid UTF-8 (wasmtime checks it), so a raw lone
+surrogate never reaches the host; an escaped one ("\\ud800") is JSON that Python's own json.dumps
+writes for such a str, so it is accepted and kept escaped in the stored text. Readers that decode
+it must encode with an error handler (the runtime's read paths).
 
 A tenant can replace `json.dumps` inside the guest or call the host binding directly, so a result,
 an output, a step config or a fetch request may be anything. Everything here runs in C (regex,
@@ -17,7 +22,6 @@ from tenantflow.host.limits import MAX_JSON_DEPTH
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\[\]|\{\}")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -46,11 +50,6 @@ def parse(text: str, call: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         value = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
         raise invalid_call(call, f"not valid JSON ({str(error)[:200]})") from None
-    if _SURROGATE_ESCAPE.search(text):
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise invalid_call(call, "JSON with a lone surrogate (\\ud800-\\udfff) escape") from None
     return value
 
 
