@@ -14,8 +14,8 @@ from the guest, and a string longer than the cap reaches the host function as `T
 never decoded into a Python str. Note that wasmtime itself has already copied the string out of
 the guest's memory by then (its dynamic host functions lift every argument before the callback
 runs): that one copy is bounded by the guest's memory cap; the decode (two more copies) is not done.
-And `call_started()` is the thread CPU time at which the current host call entered, so that the
-host's CPU time for lifting and for the call can be charged to the activation.
+And `set_meter` installs a per-thread hook that is told each host call's thread CPU time, lifting
+and lowering included, so that the sandbox can charge it to the activation's fuel.
 """
 
 from __future__ import annotations
@@ -48,10 +48,13 @@ class TooLarge:
         return f"TooLarge({self.size})"
 
 
-def call_started() -> float:
-    """`time.thread_time()` when the current host call on this thread entered (before lifting)."""
-    started: float = getattr(_CALL_STATE, "started", time.thread_time())
-    return started
+Meter = Callable[[float], None]
+
+
+def set_meter(meter: Meter | None) -> None:
+    """Call `meter(seconds)` with the thread CPU time of each host call on this thread, conversions
+    included (from entry to after the result is lowered); it may raise WasmtimeError to trap."""
+    _CALL_STATE.meter = meter
 
 
 def _cap() -> int:
@@ -256,6 +259,9 @@ def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: A
             entry.result.convert_to_c(store, value, results)
         elif value is not None:
             raise WasmtimeError("host function without a result returned a value")
+        meter: Meter | None = getattr(_CALL_STATE, "meter", None)
+        if meter is not None:
+            meter(time.thread_time() - _CALL_STATE.started)
     except WasmtimeError as error:
         return _error_pointer(error)
     except BaseException as error:

@@ -24,7 +24,7 @@ import wasmtime
 from tenantflow.host import jsoncheck, wasi
 from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochCallback, EpochTicker, make_engine
 from tenantflow.host.errors import HostRefusal, invalid_call
-from tenantflow.host.fastcall import TooLarge, add_func, call_started
+from tenantflow.host.fastcall import TooLarge, add_func, set_meter
 from tenantflow.host.fetch import FetchError, fetch
 from tenantflow.host.journal import (
     Abort,
@@ -293,6 +293,17 @@ class Sandbox:
         act: _Activation | None = getattr(self._local, "activation", None)
         return 1 if act is None else act.ticks_left()
 
+    def _meter(self, seconds: float) -> None:
+        """Charge a host call's CPU time to the activation's fuel (fastcall calls this after each call)."""
+        act: _Activation | None = getattr(self._local, "activation", None)
+        if act is None or act.pending is not None:
+            return
+        try:
+            act.charge(seconds)
+        except HostRefusal as refusal:
+            act.pending = refusal
+            raise wasmtime.WasmtimeError("tenantflow: activation ended by the host") from None
+
     def _drop_resource(self, store: Any, rep: int) -> None:
         # Runs inside wasmtime-py's exception slot: it must never raise.
         act: _Activation | None = getattr(self._local, "activation", None)
@@ -345,6 +356,7 @@ class Sandbox:
         self._epoch.install(store)
         store.set_epoch_deadline(act.ticks_left())
         self._local.activation = act
+        set_meter(self._meter)
         try:
             instance = self.linker.instantiate(store, self.component)
             func = instance.get_func(store, index)
@@ -364,6 +376,7 @@ class Sandbox:
             # activation: drop it, or the Store (and its pool slot) lives until the cycle collector runs.
             act.pending = None
             self._local.activation = None
+            set_meter(None)
             del act, store
 
     def _stats(self, act: _Activation, started: float, instantiated: float) -> Stats:
@@ -460,7 +473,7 @@ class Sandbox:
     def _guarded(self, call: str, fn: Callable[..., Any], with_store: bool = False) -> Callable[..., Any]:
         """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function.
 
-        Its CPU time (from the start of the call, lifting included) is charged to the fuel, and
+        Its CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
         whatever it raises is recorded on the activation, which then traps. An argument longer
         than the function's cap is refused before `fn` runs.
         """
@@ -473,9 +486,7 @@ class Sandbox:
                 for arg in args:
                     if isinstance(arg, TooLarge):
                         raise invalid_call(call, f"an argument of {arg.size} bytes is longer than the host accepts")
-                result = fn(act, store, *args) if with_store else fn(act, *args)
-                act.charge(time.thread_time() - call_started())
-                return result
+                return fn(act, store, *args) if with_store else fn(act, *args)
             except BaseException as error:
                 act.pending = error
                 raise wasmtime.WasmtimeError("tenantflow: activation ended by the host") from None
