@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from memjournal import MemJournal
-from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
+from tenantflow.host import Failed, Limits, Outcome, Sandbox
 from tenantflow.host.limits import MAX_ERROR_NAME_CHARS
 
 LIMITS = Limits(deadline_s=10, memory_bytes=128 << 20, fuel=2 * 10**9)
