@@ -161,10 +161,40 @@ class _Result(wit.ResultType):
         return super().err
 
 
+_VAL_SIZE = ctypes.sizeof(ffi.wasmtime_component_val_t)
+_KIND_OFFSET = ffi.wasmtime_component_val_t.kind.offset
+_PAYLOAD_OFFSET = ffi.wasmtime_component_val_t.of.offset
+_KIND_U8 = ffi.WASMTIME_COMPONENT_U8.value
+
+
 class _List(wit.ListType):
     @functools.cached_property
     def element(self) -> wit.ValType:
         return super().element
+
+    @functools.cached_property
+    def _bytes(self) -> bool:
+        return isinstance(self.element, wit.U8)
+
+    def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
+        if not (self._bytes and isinstance(val, bytes)):
+            super().convert_to_c(store, val, ptr)
+            return
+        # list<u8> from bytes (WASI random, stream reads) without a Python call per byte: lay the
+        # values out as wasmtime_component_val_t structs (kind byte at offset 0, u8 payload at the
+        # union's offset) in one buffer and copy it in. Depends on wasmtime-py's ctypes layout,
+        # which the offsets below are read from.
+        size = len(val)
+        raw = ffi.wasmtime_component_vallist_t()
+        ffi.wasmtime_component_vallist_new_uninit(raw, size)
+        if size:
+            layout = bytearray(size * _VAL_SIZE)
+            layout[_KIND_OFFSET::_VAL_SIZE] = bytes([_KIND_U8]) * size
+            layout[_PAYLOAD_OFFSET::_VAL_SIZE] = val
+            ctypes.memmove(raw.data, bytes(layout), len(layout))
+        contents = ptr.contents
+        contents.kind = ffi.WASMTIME_COMPONENT_LIST
+        contents.of.list = raw
 
     def convert_from_c(self, c: Any) -> Any:
         size = int(c.of.tuple.size)

@@ -66,6 +66,8 @@ _GUEST_ERRORS = {"MemoryError": "MemoryLimitExceeded", "RecursionError": "StackO
 # A limit enforced by a host function (e.g. the log cap) ended the activation.
 LimitHit = HostRefusal
 
+# Host CPU is billed to the fuel once this much has gathered (see `_Activation.charge`).
+CHARGE_QUANTUM_S = 0.001
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -124,6 +126,7 @@ class _Activation:
     timed_out: bool = False
     cancel: threading.Event | None = None
     cancelled: bool = False
+    unbilled: float = 0.0
     wasi: wasi.WasiState = field(default_factory=wasi.WasiState)
 
     def next_call(self, name: str, kind: Any) -> StepCall:
@@ -152,10 +155,16 @@ class _Activation:
         return int(self.ticker.ticks(min(left, CHECK_S)))
 
     def charge(self, seconds: float) -> None:
-        """Charge host CPU or wait time to the fuel; FuelExhausted once the fuel is gone."""
-        cost = int(seconds * FUEL_PER_SECOND)
-        if cost <= 0:
+        """Charge host CPU or wait time to the fuel; FuelExhausted once the fuel is gone.
+
+        Charges are billed to the store in quanta of CHARGE_QUANTUM_S (two FFI calls each), so a
+        cheap host call costs a float addition; what is left unbilled at the end is under a quantum.
+        """
+        self.unbilled += seconds
+        if self.unbilled < CHARGE_QUANTUM_S:
             return
+        cost = int(self.unbilled * FUEL_PER_SECOND)
+        self.unbilled = 0.0
         left = self.store.get_fuel()
         if cost >= left:
             self.store.set_fuel(0)
@@ -479,7 +488,13 @@ class Sandbox:
         """
 
         def host_function(store: Any, *args: Any) -> Any:
-            act: _Activation = self._local.activation
+            act: _Activation | None = getattr(self._local, "activation", None)
+            if act is None:
+                # An export called directly on an instance from `linker.instantiate` (benchmarks,
+                # tools), outside `Sandbox.run`: WASI answers without ever waiting, the rest refuses.
+                if not with_store:
+                    raise wasmtime.WasmtimeError(f"tenantflow: {call} outside an activation")
+                return fn(_DETACHED, store, *args)
             if act.pending is not None:
                 raise wasmtime.WasmtimeError("tenantflow: the activation is ending")
             try:
@@ -613,6 +628,23 @@ class Sandbox:
             return _failure(type(error).__name__, str(error))
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             return _failure("BadRequest", f"malformed fetch request: {str(error)[:200]}")
+
+
+class _Detached:
+    """The WASI caller of an instance used outside `Sandbox.run`: it never waits and keeps no log."""
+
+    def __init__(self) -> None:
+        self.wasi = wasi.WasiState()
+
+    def wait_until(self, ready_at: float) -> None:
+        if ready_at > time.monotonic():
+            raise HostRefusal("InvalidHostCall", "a WASI wait outside an activation")
+
+    def write_stream(self, fd: int, text: str) -> None:
+        pass
+
+
+_DETACHED = _Detached()
 
 
 class _NoJournal:
