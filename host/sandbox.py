@@ -61,6 +61,12 @@ from wasmtime.component import Component, Linker, Record, ResourceType, Variant
 HOST_INTERFACE = "tenantflow:sandbox/host@0.1.0"
 
 _GUEST_ERRORS = {"MemoryError": "MemoryLimitExceeded", "RecursionError": "StackOverflow"}
+# CPython-on-wasm quirk: when `x += x` (or `x + x`) on a str cannot get memory under the cap, the
+# guest reports "TypeError: unsupported operand type(s) for +=: '' and ''": the failed allocation
+# leaves the type objects' names zeroed (the interpreter's memory is damaged, and catching the
+# error in the guest can trap later). No real type is nameless, and wasmtime-py gives the host no
+# way to read a component's memory size, so the nameless operands are the signal.
+_NAMELESS_OPERANDS = re.compile(r"^unsupported operand type\(s\) for \S+: '' and ''$")
 
 
 # A limit enforced by a host function (e.g. the log cap) ended the activation.
@@ -403,6 +409,8 @@ class Sandbox:
             error: Any = value
             name = _GUEST_ERRORS.get(error.name, error.name)
             message = error.message
+            if name == "TypeError" and _NAMELESS_OPERANDS.search(message):
+                name = "MemoryLimitExceeded"
             if name == "MemoryLimitExceeded":
                 message = (
                     f"MemoryError: the guest ran out of memory (cap {act.limits.memory_bytes} bytes) {message}".strip()

@@ -48,8 +48,16 @@ def test_bad_host_calls_are_invalid_host_call(sandbox: Sandbox, call: str) -> No
     failed_with(run(sandbox, source), "InvalidHostCall")
 
 
-def test_an_output_that_is_not_json_is_refused(sandbox: Sandbox) -> None:
-    failed_with(run(sandbox, "def run(event, step):\n    return float('nan')\n"), "InvalidHostCall")
+def test_nan_is_not_json(sandbox: Sandbox) -> None:
+    failed_with(run(sandbox, "def run(event, step):\n    return float('nan')\n"), "OutputNotSerializable")
+    outcome = run(sandbox, "def run(event, step):\n    return step.do('a', lambda: float('inf'))\n")
+    failed_with(outcome, "ResultNotSerializable")
+
+
+@pytest.mark.parametrize("output", ["'not json'", "'[' * 500 + ']' * 500", "'NaN'"])
+def test_an_output_that_is_not_json_is_refused(sandbox: Sandbox, output: str) -> None:
+    source = f"import json\ndef run(event, step):\n    json.dumps = lambda *args, **kwargs: {output}\n"
+    failed_with(run(sandbox, source), "InvalidHostCall")
 
 
 def test_error_strings_are_clipped_by_the_host(sandbox: Sandbox) -> None:
@@ -133,3 +141,9 @@ def test_host_memory_stays_within_a_multiple_of_the_memory_cap(sandbox: Sandbox)
     assert len(outcomes) == 4
     for outcome in outcomes:
         failed_with(outcome, "InvalidHostCall")
+
+
+@pytest.mark.parametrize("grow", ["x += x", "x = x + x"])
+def test_doubling_a_string_until_out_of_memory_is_a_memory_limit(sandbox: Sandbox, grow: str) -> None:
+    source = f"def run(event, step):\n    x = 'ab'\n    while True:\n        {grow}\n"
+    failed_with(run(sandbox, source, Limits(memory_bytes=64 << 20)), "MemoryLimitExceeded")
