@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from memjournal import MemJournal
-from tenantflow.host import Completed, Grants, Limits, Outcome, Sandbox
+from tenantflow.host import Completed, Failed, Grants, Limits, Outcome, Sandbox
 from tenantflow.host import fetch as fetch_module
 from tenantflow.host.fetch import EgressDenied, FetchError, FetchTimeout, ResponseTooLarge, fetch
 
@@ -475,3 +475,24 @@ def test_a_fetch_ends_at_the_activation_deadline(sandbox: Sandbox) -> None:
         )
         elapsed = time.monotonic() - started
     assert elapsed < 1.5, outcome
+
+
+def test_cancel_ends_a_fetch_in_flight(sandbox: Sandbox) -> None:
+    with trickling_server(0.1) as port:
+        grants = Grants(egress=(f"127.0.0.1:{port}",), fetch_timeout_s=30.0)
+        cancel = threading.Event()
+        timer = threading.Timer(0.3, cancel.set)
+        timer.start()
+        started = time.monotonic()
+        outcome = sandbox.run(
+            textwrap.dedent(GUEST),
+            {"payload": {"url": f"http://127.0.0.1:{port}/"}},
+            MemJournal(),
+            Limits(deadline_s=20),
+            grants,
+            cancel,
+        )
+        elapsed = time.monotonic() - started
+        timer.join()
+    assert isinstance(outcome, Failed) and outcome.error.name == "Cancelled", outcome
+    assert elapsed < 0.3 + 0.2

@@ -133,3 +133,13 @@ def test_cancel_ends_the_activation_within_a_check(sandbox: Sandbox, body: str) 
     failed_with(outcome, "Cancelled")
     assert elapsed < 0.3 + 0.2
     assert journal.attempts == []
+
+
+def test_a_real_sleep_in_a_step_body_ends_at_the_step_timeout(sandbox: Sandbox) -> None:
+    journal = MemJournal()
+    source = REAL_TIME + "\ndef run(event, step):\n    step.do('nap', {'timeout': 300}, lambda: real_time.sleep(90))\n"
+    started = time.monotonic()
+    outcome = sandbox.run(source, {"payload": None}, journal, Limits(deadline_s=20))
+    assert time.monotonic() - started < 1
+    assert not isinstance(outcome, Completed), outcome
+    assert [attempt.error_name for _, attempt in journal.attempts] == ["StepTimeout"]
