@@ -14,8 +14,8 @@ from the guest, and a string longer than the cap reaches the host function as `T
 never decoded into a Python str. Note that wasmtime itself has already copied the string out of
 the guest's memory by then (its dynamic host functions lift every argument before the callback
 runs): that one copy is bounded by the guest's memory cap; the decode (two more copies) is not done.
-And `set_meter` installs a per-thread hook that is told each host call's thread CPU time, lifting
-and lowering included, so that the sandbox can charge it to the activation's fuel.
+And `set_meter` installs a per-thread hook called at the end of each host call (after the result
+is lowered), so that the sandbox can charge the host's CPU time to the activation's fuel.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import ctypes
 import functools
 import itertools
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,12 +47,11 @@ class TooLarge:
         return f"TooLarge({self.size})"
 
 
-Meter = Callable[[float], None]
+Meter = Callable[[], None]
 
 
 def set_meter(meter: Meter | None) -> None:
-    """Call `meter(seconds)` with the thread CPU time of each host call on this thread, conversions
-    included (from entry to after the result is lowered); it may raise WasmtimeError to trap."""
+    """Call `meter()` at the end of each host call on this thread; it may raise WasmtimeError to trap."""
     _CALL_STATE.meter = meter
 
 
@@ -276,7 +274,6 @@ def _error_pointer(error: WasmtimeError) -> int:
 
 
 def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: Any, nresults: int) -> int:
-    _CALL_STATE.started = time.thread_time()
     store = StoreContext(context)
     try:
         entry = _ENTRIES[env]
@@ -291,7 +288,7 @@ def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: A
             raise WasmtimeError("host function without a result returned a value")
         meter: Meter | None = getattr(_CALL_STATE, "meter", None)
         if meter is not None:
-            meter(time.thread_time() - _CALL_STATE.started)
+            meter()
     except WasmtimeError as error:
         return _error_pointer(error)
     except BaseException as error:

@@ -72,7 +72,7 @@ _NAMELESS_OPERANDS = re.compile(r"^unsupported operand type\(s\) for \S+: '' and
 # A limit enforced by a host function (e.g. the log cap) ended the activation.
 LimitHit = HostRefusal
 
-# Host CPU is billed to the fuel once this much has gathered (see `_Activation.charge`).
+# Host CPU is measured and billed to the fuel at most this often (see `_Activation.meter`).
 CHARGE_QUANTUM_S = 0.001
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -132,7 +132,9 @@ class _Activation:
     timed_out: bool = False
     cancel: threading.Event | None = None
     cancelled: bool = False
-    unbilled: float = 0.0
+    cpu_mark: float = 0.0
+    fuel_mark: int = 0
+    checked_at: float = 0.0
     wasi: wasi.WasiState = field(default_factory=wasi.WasiState)
 
     def next_call(self, name: str, kind: Any) -> StepCall:
@@ -161,21 +163,38 @@ class _Activation:
         return int(self.ticker.ticks(min(left, CHECK_S)))
 
     def charge(self, seconds: float) -> None:
-        """Charge host CPU or wait time to the fuel; FuelExhausted once the fuel is gone.
-
-        Charges are billed to the store in quanta of CHARGE_QUANTUM_S (two FFI calls each), so a
-        cheap host call costs a float addition; what is left unbilled at the end is under a quantum.
-        """
-        self.unbilled += seconds
-        if self.unbilled < CHARGE_QUANTUM_S:
+        """Charge host CPU or wait time to the fuel; FuelExhausted once the fuel is gone."""
+        cost = int(seconds * FUEL_PER_SECOND)
+        if cost <= 0:
             return
-        cost = int(self.unbilled * FUEL_PER_SECOND)
-        self.unbilled = 0.0
+        self.fuel_mark -= cost
         left = self.store.get_fuel()
         if cost >= left:
             self.store.set_fuel(0)
             raise HostRefusal("FuelExhausted", f"the activation used its fuel budget of {self.limits.fuel}")
         self.store.set_fuel(left - cost)
+
+    def start_metering(self) -> None:
+        self.cpu_mark = time.thread_time()
+        self.fuel_mark = self.store.get_fuel()
+        self.checked_at = time.perf_counter()
+
+    def meter(self) -> None:
+        """Charge the thread CPU time that the fuel did not count (the host's work) since the last check.
+
+        Reading the thread's CPU clock is a system call (~2 us here), so it is read at most once per
+        CHARGE_QUANTUM_S of wall time, at the end of a host call: thread CPU since the last check
+        minus the guest's own CPU (its fuel burnt / FUEL_PER_SECOND) is what the host spent.
+        """
+        now = time.perf_counter()
+        if now - self.checked_at < CHARGE_QUANTUM_S:
+            return
+        self.checked_at = now
+        cpu = time.thread_time()
+        fuel = self.store.get_fuel()
+        host_s = (cpu - self.cpu_mark) - (self.fuel_mark - fuel) / FUEL_PER_SECOND
+        self.cpu_mark, self.fuel_mark = cpu, fuel
+        self.charge(host_s)
 
     def wait_until(self, ready_at: float) -> None:
         """WASI poll: wait until `ready_at`, never past the deadline, waking every CHECK_S for the cancel."""
@@ -308,13 +327,13 @@ class Sandbox:
         act: _Activation | None = getattr(self._local, "activation", None)
         return 1 if act is None else act.ticks_left()
 
-    def _meter(self, seconds: float) -> None:
-        """Charge a host call's CPU time to the activation's fuel (fastcall calls this after each call)."""
+    def _meter(self) -> None:
+        """Charge the host's CPU time to the activation's fuel (fastcall calls this after each call)."""
         act: _Activation | None = getattr(self._local, "activation", None)
         if act is None or act.pending is not None:
             return
         try:
-            act.charge(seconds)
+            act.meter()
         except HostRefusal as refusal:
             act.pending = refusal
             raise wasmtime.WasmtimeError("tenantflow: activation ended by the host") from None
@@ -377,6 +396,7 @@ class Sandbox:
             func = instance.get_func(store, index)
             assert func is not None
             instantiated = time.perf_counter()
+            act.start_metering()
             try:
                 value = func(store, *args)
             except wasmtime.WasmtimeError as trap:
@@ -490,7 +510,7 @@ class Sandbox:
     def _guarded(self, call: str, fn: Callable[..., Any], with_store: bool = False) -> Callable[..., Any]:
         """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function.
 
-        Its CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
+        The host's CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
         whatever it raises is recorded on the activation, which then traps. An argument longer
         than the function's cap is refused before `fn` runs.
         """
