@@ -155,7 +155,7 @@ class WitWorld(wit_world.WitWorld):
         except BaseException as error:
             raise _from_exception(error)
         try:
-            text = json.dumps(result, allow_nan=False)
+            text = json.dumps(result)
         except (TypeError, ValueError) as error:
             raise _error("OutputNotSerializable", f"the workflow's return value is not JSON: {error}")
         except BaseException as error:  # MemoryError, RecursionError: let go of the value first

@@ -193,7 +193,7 @@ class Step:
         finally:
             self._in_body = False
         try:
-            text = json.dumps(value, allow_nan=False)
+            text = json.dumps(value)
         except (TypeError, ValueError) as error:
             return host.Attempt_Fatal(host.Failure("ResultNotSerializable", str(error)))
         if len(text) > MAX_RESULT_BYTES:

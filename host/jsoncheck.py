@@ -1,4 +1,7 @@
-"""JSON from the guest, checked before the host keeps it: valid, bounded in nesting, no NaN or Infinity.
+"""JSON from the guest, checked before the host keeps it: valid and bounded in nesting.
+
+NaN and Infinity are accepted: Python's json.dumps writes them for float('nan') and float('inf'),
+workflows return them, and the runtime's codec answers them as null (tests/test_api.py).
 
 Lone surrogates: a component-model string is valid UTF-8 (wasmtime checks it), so a raw lone
 surrogate never reaches the host; an escaped one ("\\ud800") is JSON that Python's own json.dumps
@@ -24,10 +27,6 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\[\]|\{\}")
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _check_depth(text: str, call: str, max_depth: int) -> None:
     if text.count("[") + text.count("{") <= max_depth:
         return
@@ -47,7 +46,7 @@ def parse(text: str, call: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """The value of `text`, or InvalidHostCall naming `call` and what is wrong."""
     _check_depth(text, call, max_depth)
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text)
     except (ValueError, RecursionError) as error:
         raise invalid_call(call, f"not valid JSON ({str(error)[:200]})") from None
     return value
