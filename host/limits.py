@@ -45,8 +45,9 @@ MAX_JSON_DEPTH = 100
 MAX_RETRIES = 100
 # Longest retry delay and step timeout: a year is already more than any workflow means.
 MAX_DURATION_MS = 365 * 86_400_000
-# Error strings from the guest, clipped on the host side (the guest clips too, but is not trusted).
-MAX_ERROR_NAME_CHARS = 128
+# Error strings from the guest, clipped on the host side with a marker, in UTF-8 bytes (the guest
+# clips too, but is not trusted).
+MAX_ERROR_NAME_BYTES = 128
 MAX_ERROR_MESSAGE_BYTES = 16 << 10
 MAX_TRACEBACK_BYTES = 64 << 10
 # os.urandom and friends: CPython asks for 256 bytes at a time; refuse huge asks before allocating.
@@ -55,9 +56,12 @@ MAX_RANDOM_BYTES = 64 << 10
 MAX_STREAM_WRITE_BYTES = 4096
 # Pollables one poll call may wait on.
 MAX_POLL_LIST = 1024
-# How much fuel a guest spin burns per CPU second on this machine kind (2 cores): host CPU
-# (time.thread_time in host functions) and WASI wait time are charged at this rate, so a guest that
+# How much fuel a guest spin burns per CPU second on this machine kind (2 cores): host CPU (the
+# activation thread's CPU time that its fuel does not account for) and WASI wait time are charged
+# at this rate, so a guest that
 # makes the host work or sleeps runs out of fuel after about as long as one that spins. Measured:
 # `x = 0; while True: x += 1` under fuel 2e9 and 4e9 used 0.237 s and 0.436 s of thread CPU until
 # FuelExhausted, i.e. ~1.0e10 fuel per marginal CPU second (default fuel 2e10 = ~2 s of CPU).
 FUEL_PER_SECOND = 10_000_000_000
+# Host CPU is measured (a ~2 us system call) and billed to the fuel at most this often.
+CHARGE_QUANTUM_S = 0.001

@@ -39,13 +39,14 @@ from tenantflow.host.journal import (
     Suspend,
 )
 from tenantflow.host.limits import (
+    CHARGE_QUANTUM_S,
     EVENT_TYPE_PATTERN,
     FUEL_PER_SECOND,
     MAX_CALL_REQUEST_BYTES,
     MAX_CONFIG_BYTES,
     MAX_DURATION_MS,
     MAX_ERROR_MESSAGE_BYTES,
-    MAX_ERROR_NAME_CHARS,
+    MAX_ERROR_NAME_BYTES,
     MAX_LIFT_BYTES,
     MAX_NAME_BYTES,
     MAX_RETRIES,
@@ -72,8 +73,6 @@ _NAMELESS_OPERANDS = re.compile(r"^unsupported operand type\(s\) for \S+: '' and
 # A limit enforced by a host function (e.g. the log cap) ended the activation.
 LimitHit = HostRefusal
 
-# Host CPU is measured and billed to the fuel at most this often (see `_Activation.meter`).
-CHARGE_QUANTUM_S = 0.001
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -437,7 +436,7 @@ class Sandbox:
                 )
             return Failed(
                 ErrorInfo(
-                    clip(name, MAX_ERROR_NAME_CHARS),
+                    clip(name, MAX_ERROR_NAME_BYTES),
                     clip(message, MAX_ERROR_MESSAGE_BYTES),
                     clip(error.traceback, MAX_TRACEBACK_BYTES),
                     error.line,
@@ -588,7 +587,7 @@ class Sandbox:
         return Attempt(
             flight.attempt,
             ok=False,
-            error_name="(too long)" if isinstance(name, TooLarge) else clip(name, MAX_ERROR_NAME_CHARS),
+            error_name="(too long)" if isinstance(name, TooLarge) else clip(name, MAX_ERROR_NAME_BYTES),
             error_message=(
                 f"(a message of {message.size} bytes, dropped by the host)"
                 if isinstance(message, TooLarge)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from memjournal import MemJournal
 from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
-from tenantflow.host.limits import MAX_ERROR_NAME_CHARS
+from tenantflow.host.limits import MAX_ERROR_NAME_BYTES
 
 LIMITS = Limits(deadline_s=10, memory_bytes=128 << 20, fuel=2 * 10**9)
 
@@ -65,7 +65,7 @@ def test_error_strings_are_clipped_by_the_host(sandbox: Sandbox) -> None:
     def run(event, step):
         raise type("E" * 5000, (Exception,), {})("boom")
     """
-    outcome = failed_with(run(sandbox, source), "E" * MAX_ERROR_NAME_CHARS + "... [clipped by the host: 5000 bytes]")
+    outcome = failed_with(run(sandbox, source), "E" * MAX_ERROR_NAME_BYTES + "... [clipped by the host: 5000 bytes]")
     assert len(outcome.error.name) < 200
 
 
