@@ -244,7 +244,7 @@ def _freeze(ty: wit.ValType | None) -> None:
 
 
 class _Entry:
-    def __init__(self, fn: HostFunc, max_bytes: int) -> None:
+    def __init__(self, fn: HostFunc, max_bytes: Callable[[], int]) -> None:
         self.fn = fn
         self.max_bytes = max_bytes
         self.params: list[wit.ValType] | None = None
@@ -277,7 +277,7 @@ def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: A
     store = StoreContext(context)
     try:
         entry = _ENTRIES[env]
-        _CALL_STATE.cap = entry.max_bytes
+        _CALL_STATE.cap = entry.max_bytes()
         params = entry.params if entry.params is not None else entry.resolve(ty_raw)
         if len(params) != nargs or nresults != (0 if entry.result is None else 1):
             raise WasmtimeError("host function called with an unexpected signature")
@@ -306,10 +306,15 @@ _CALL = ffi.wasmtime_component_func_callback_t(_call)
 _FINALIZE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_finalize)
 
 
-def add_func(instance: LinkerInstance, name: str, fn: HostFunc, max_bytes: int = 1 << 62) -> None:
+def _unbounded() -> int:
+    return 1 << 62
+
+
+def add_func(instance: LinkerInstance, name: str, fn: HostFunc, max_bytes: Callable[[], int] = _unbounded) -> None:
     """Like `instance.add_func(name, fn)`: `fn(store, *args)` gets and returns Python values.
 
-    A string or list argument (at any depth) longer than `max_bytes` arrives as `TooLarge`.
+    A string or list argument (at any depth) longer than `max_bytes()` (asked on each call, so it
+    can follow the calling activation's limits) arrives as `TooLarge`.
     """
     key = next(_KEYS)
     _ENTRIES[key] = _Entry(fn, max_bytes)

@@ -45,6 +45,9 @@ MAX_JSON_DEPTH = 100
 MAX_RETRIES = 100
 # Longest retry delay and step timeout: a year is already more than any workflow means.
 MAX_DURATION_MS = 365 * 86_400_000
+# The latest wake time of a durable sleep: 9999-12-31T23:59:59.999Z, the last instant every reader
+# (Python's datetime, JavaScript's Date, the dashboard) can show.
+MAX_WAKE_AT_MS = 253_402_300_799_999
 # Error strings from the guest, clipped on the host side with a marker, in UTF-8 bytes (the guest
 # clips too, but is not trusted).
 MAX_ERROR_NAME_BYTES = 128

@@ -52,6 +52,7 @@ from tenantflow.host.limits import (
     MAX_RETRIES,
     MAX_STREAM_WRITE_BYTES,
     MAX_TRACEBACK_BYTES,
+    MAX_WAKE_AT_MS,
     Grants,
     Limits,
 )
@@ -89,6 +90,10 @@ def clip(text: str, max_bytes: int) -> str:
     if len(data) <= max_bytes:
         return text
     return data[:max_bytes].decode("utf-8", "ignore") + f"... [clipped by the host: {len(data)} bytes]"
+
+
+def _stream_write_cap() -> int:
+    return MAX_STREAM_WRITE_BYTES
 
 
 def _utf8_size(text: str) -> int:
@@ -145,6 +150,12 @@ class _Activation:
         self.position += 1
         self.occurrences[name] += 1
         return call
+
+    @functools.cached_property
+    def lift_cap(self) -> int:
+        """No host import takes a string longer than the largest thing it may keep (+1 to tell "over")."""
+        largest = max(self.limits.output_bytes, self.limits.log_bytes, MAX_CALL_REQUEST_BYTES)
+        return min(largest, MAX_LIFT_BYTES) + 1
 
     def end(self) -> float:
         """When the activation (or the step body in flight) must be over, in monotonic seconds."""
@@ -308,10 +319,10 @@ class Sandbox:
                         elif entry.func is not None:
                             call = f"{interface}.{entry.name}"
                             guarded = self._guarded(call, entry.func, with_store=True)
-                            add_func(instance, entry.name, guarded, MAX_STREAM_WRITE_BYTES)
+                            add_func(instance, entry.name, guarded, _stream_write_cap)
             with root.add_instance(HOST_INTERFACE) as host:
                 for name, fn in self._host_functions().items():
-                    add_func(host, name, self._guarded(name, fn), MAX_LIFT_BYTES)
+                    add_func(host, name, self._guarded(name, fn, checks_sizes=name == "log"), self._lift_cap)
         run_index = self.component.get_export_index("run")
         check_index = self.component.get_export_index("check")
         if run_index is None or check_index is None:
@@ -325,6 +336,13 @@ class Sandbox:
     def _ticks_left(self) -> int:
         act: _Activation | None = getattr(self._local, "activation", None)
         return 1 if act is None else act.ticks_left()
+
+    def _lift_cap(self) -> int:
+        """The longest string a host import takes from the current activation; longer is never decoded."""
+        act: _Activation | None = getattr(self._local, "activation", None)
+        if act is None:
+            return MAX_LIFT_BYTES
+        return act.lift_cap
 
     def _meter(self) -> None:
         """Charge the host's CPU time to the activation's fuel (fastcall calls this after each call)."""
@@ -506,12 +524,14 @@ class Sandbox:
 
     # -- host functions ----------------------------------------------------
 
-    def _guarded(self, call: str, fn: Callable[..., Any], with_store: bool = False) -> Callable[..., Any]:
+    def _guarded(
+        self, call: str, fn: Callable[..., Any], with_store: bool = False, checks_sizes: bool = False
+    ) -> Callable[..., Any]:
         """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function.
 
         The host's CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
         whatever it raises is recorded on the activation, which then traps. An argument longer
-        than the function's cap is refused before `fn` runs.
+        than the function's cap is refused before `fn` runs, unless `checks_sizes` (it names its own error).
         """
 
         def host_function(store: Any, *args: Any) -> Any:
@@ -525,7 +545,7 @@ class Sandbox:
             if act.pending is not None:
                 raise wasmtime.WasmtimeError("tenantflow: the activation is ending")
             try:
-                for arg in args:
+                for arg in () if checks_sizes else args:
                     if isinstance(arg, TooLarge):
                         raise invalid_call(call, f"an argument of {arg.size} bytes is longer than the host accepts")
                 return fn(act, store, *args) if with_store else fn(act, *args)
@@ -611,16 +631,22 @@ class Sandbox:
 
     def _sleep(self, act: _Activation, name: str, duration_ms: int) -> None:
         name = _check_name("sleep", "step name", name)
+        if time.time() * 1000 + duration_ms > MAX_WAKE_AT_MS:
+            raise invalid_call("sleep", "a sleep cannot end after the year 9999")
         act.journal.sleep_until(act.next_call(name, "sleep"), None, duration_ms)
 
     def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> None:
         name = _check_name("sleep-until", "step name", name)
+        if not 0 <= wake_at_ms <= MAX_WAKE_AT_MS:
+            raise invalid_call("sleep-until", "the wake time is before 1970 or after the year 9999")
         act.journal.sleep_until(act.next_call(name, "sleep"), wake_at_ms, None)
 
     def _wait_for_event(self, act: _Activation, name: str, event_type: str, timeout_ms: int | None) -> Any:
         name = _check_name("wait-for-event", "step name", name)
         if isinstance(event_type, TooLarge) or not _EVENT_TYPE.fullmatch(event_type):
             raise invalid_call("wait-for-event", f"an event type matches {EVENT_TYPE_PATTERN}")
+        if timeout_ms is not None and timeout_ms > MAX_DURATION_MS:
+            raise invalid_call("wait-for-event", f"a wait is at most {MAX_DURATION_MS} ms (365 days)")
         call = act.next_call(name, "wait")
         try:
             return json.dumps(act.journal.wait_for_event(call, event_type, timeout_ms))
