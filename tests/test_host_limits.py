@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from memjournal import MemJournal
-from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
+from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox, jsoncheck
+from tenantflow.host.errors import HostRefusal
 from tenantflow.host.limits import MAX_ERROR_NAME_BYTES
 
 LIMITS = Limits(deadline_s=10, memory_bytes=128 << 20, fuel=2 * 10**9)
@@ -152,3 +153,22 @@ def test_host_memory_stays_within_a_multiple_of_the_memory_cap(sandbox: Sandbox)
 def test_doubling_a_string_until_out_of_memory_is_a_memory_limit(sandbox: Sandbox, grow: str) -> None:
     source = f"def run(event, step):\n    x = 'ab'\n    while True:\n        {grow}\n"
     failed_with(run(sandbox, source, Limits(memory_bytes=64 << 20)), "MemoryLimitExceeded")
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("[" * 100 + "]" * 100, True),
+        ("[" * 101 + "]" * 101, False),
+        ('["' + "[" * 500 + '"]', True),  # brackets inside a string do not nest
+        ('["\\\\", "\\"[[[", ' + "[" * 99 + "]" * 99 + "]", True),  # escapes do not end strings
+        ('{"a":' * 101 + "1" + "}" * 101, False),
+        ("[" * 5000 + "]" * 5000, False),  # deeper than json itself can go: still a named refusal
+    ],
+)
+def test_json_nesting_is_bounded(text: str, ok: bool) -> None:
+    if ok:
+        jsoncheck.check(text, "test")
+    else:
+        with pytest.raises(HostRefusal, match="nested deeper than 100"):
+            jsoncheck.check(text, "test")
