@@ -5,6 +5,11 @@ hand-off of Python exceptions goes through a process-wide slot, which is not
 safe across threads). It records the exception on the activation and traps
 with a plain WasmtimeError; `Sandbox.run` reads the recorded exception after
 the trap. A trapped instance is dropped with its Store, never re-entered.
+
+The guest's WASI is host/wasi.py's (nothing waits past the deadline or the
+cancel); every host import checks the size and shape of its arguments before
+working (host/limits.py has the caps); the host CPU spent for the guest is
+charged to its fuel (`_Activation.meter`).
 """
 
 from __future__ import annotations
