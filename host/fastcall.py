@@ -8,6 +8,14 @@ callback, but resolves the function's types on its first call and keeps them, wi
 types switched to subclasses that remember their cases and fields (types never change).
 
 The cached types assume that one linker serves one component, as a `Sandbox`'s does.
+
+Two more jobs for the sandbox's limits: each function has a cap on the strings (and lists) it lifts
+from the guest, and a string longer than the cap reaches the host function as `TooLarge(size)`,
+never decoded into a Python str. Note that wasmtime itself has already copied the string out of
+the guest's memory by then (its dynamic host functions lift every argument before the callback
+runs): that one copy is bounded by the guest's memory cap; the decode (two more copies) is not done.
+And `set_meter` installs a per-thread hook called at the end of each host call (after the result
+is lowered), so that the sandbox can charge the host's CPU time to the activation's fuel.
 """
 
 from __future__ import annotations
@@ -25,6 +33,40 @@ from wasmtime.component import _types as wit
 from wasmtime.component._linker import LinkerInstance
 
 HostFunc = Callable[..., Any]
+
+_CALL_STATE = threading.local()
+
+
+class TooLarge:
+    """An argument the guest passed that is longer than the function's cap; it was not decoded."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"TooLarge({self.size})"
+
+
+Meter = Callable[[], None]
+
+
+def set_meter(meter: Meter | None) -> None:
+    """Call `meter()` at the end of each host call on this thread; it may raise WasmtimeError to trap."""
+    _CALL_STATE.meter = meter
+
+
+def _cap() -> int:
+    cap: int = getattr(_CALL_STATE, "cap", 1 << 62)
+    return cap
+
+
+class _String(wit.String):
+    def convert_from_c(self, c: Any) -> Any:
+        size = int(c.of.string.size)
+        if size > _cap():
+            ffi.wasm_byte_vec_delete(ctypes.byref(c.of.string))
+            return TooLarge(size)
+        return super().convert_from_c(c)
 
 
 class _Variant(wit.VariantType):
@@ -117,10 +159,47 @@ class _Result(wit.ResultType):
         return super().err
 
 
+_VAL_SIZE = ctypes.sizeof(ffi.wasmtime_component_val_t)
+_KIND_OFFSET = ffi.wasmtime_component_val_t.kind.offset
+_PAYLOAD_OFFSET = ffi.wasmtime_component_val_t.of.offset
+_KIND_U8 = ffi.WASMTIME_COMPONENT_U8.value
+
+
 class _List(wit.ListType):
     @functools.cached_property
     def element(self) -> wit.ValType:
         return super().element
+
+    @functools.cached_property
+    def _bytes(self) -> bool:
+        return isinstance(self.element, wit.U8)
+
+    def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
+        if not (self._bytes and isinstance(val, bytes)):
+            super().convert_to_c(store, val, ptr)
+            return
+        # list<u8> from bytes (WASI random, stream reads) without a Python call per byte: lay the
+        # values out as wasmtime_component_val_t structs (kind byte at offset 0, u8 payload at the
+        # union's offset) in one buffer and copy it in. Depends on wasmtime-py's ctypes layout,
+        # which the offsets below are read from.
+        size = len(val)
+        raw = ffi.wasmtime_component_vallist_t()
+        ffi.wasmtime_component_vallist_new_uninit(raw, size)
+        if size:
+            layout = bytearray(size * _VAL_SIZE)
+            layout[_KIND_OFFSET::_VAL_SIZE] = bytes([_KIND_U8]) * size
+            layout[_PAYLOAD_OFFSET::_VAL_SIZE] = val
+            ctypes.memmove(raw.data, bytes(layout), len(layout))
+        contents = ptr.contents
+        contents.kind = ffi.WASMTIME_COMPONENT_LIST
+        contents.of.list = raw
+
+    def convert_from_c(self, c: Any) -> Any:
+        size = int(c.of.tuple.size)
+        if size > _cap():
+            ffi.wasmtime_component_valtuple_delete(ctypes.byref(c.of.tuple))
+            return TooLarge(size)
+        return super().convert_from_c(c)
 
 
 class _Tuple(wit.TupleType):
@@ -136,6 +215,7 @@ _FROZEN: dict[type, type] = {
     wit.ResultType: _Result,
     wit.ListType: _List,
     wit.TupleType: _Tuple,
+    wit.String: _String,
 }
 
 
@@ -164,8 +244,9 @@ def _freeze(ty: wit.ValType | None) -> None:
 
 
 class _Entry:
-    def __init__(self, fn: HostFunc) -> None:
+    def __init__(self, fn: HostFunc, max_bytes: Callable[[], int]) -> None:
         self.fn = fn
+        self.max_bytes = max_bytes
         self.params: list[wit.ValType] | None = None
         self.result: wit.ValType | None = None
         self.lock = threading.Lock()
@@ -196,6 +277,7 @@ def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: A
     store = StoreContext(context)
     try:
         entry = _ENTRIES[env]
+        _CALL_STATE.cap = entry.max_bytes()
         params = entry.params if entry.params is not None else entry.resolve(ty_raw)
         if len(params) != nargs or nresults != (0 if entry.result is None else 1):
             raise WasmtimeError("host function called with an unexpected signature")
@@ -204,6 +286,9 @@ def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: A
             entry.result.convert_to_c(store, value, results)
         elif value is not None:
             raise WasmtimeError("host function without a result returned a value")
+        meter: Meter | None = getattr(_CALL_STATE, "meter", None)
+        if meter is not None:
+            meter()
     except WasmtimeError as error:
         return _error_pointer(error)
     except BaseException as error:
@@ -221,10 +306,18 @@ _CALL = ffi.wasmtime_component_func_callback_t(_call)
 _FINALIZE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_finalize)
 
 
-def add_func(instance: LinkerInstance, name: str, fn: HostFunc) -> None:
-    """Like `instance.add_func(name, fn)`: `fn(store, *args)` gets and returns Python values."""
+def _unbounded() -> int:
+    return 1 << 62
+
+
+def add_func(instance: LinkerInstance, name: str, fn: HostFunc, max_bytes: Callable[[], int] = _unbounded) -> None:
+    """Like `instance.add_func(name, fn)`: `fn(store, *args)` gets and returns Python values.
+
+    A string or list argument (at any depth) longer than `max_bytes()` (asked on each call, so it
+    can follow the calling activation's limits) arrives as `TooLarge`.
+    """
     key = next(_KEYS)
-    _ENTRIES[key] = _Entry(fn)
+    _ENTRIES[key] = _Entry(fn, max_bytes)
     encoded = name.encode()
     error = ffi.wasmtime_component_linker_instance_add_func(
         instance.ptr(), ctypes.create_string_buffer(encoded), len(encoded), _CALL, key, _FINALIZE

@@ -5,15 +5,21 @@ checked, and the connection goes to the checked address (no second lookup). An
 address that is loopback, private, link-local or otherwise not global is
 refused unless the allowlist names that address itself. Redirects are followed
 by hand and every hop is checked again.
+
+One total deadline covers the whole exchange (connect, redirects, headers, body): a watchdog
+shuts the socket down when it passes, or when the activation is cancelled, so a server that
+trickles a byte at a time cannot hold the worker past it (socket timeouts alone are per read).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -104,8 +110,60 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-def fetch(grants: Grants, request: dict[str, Any]) -> str:
+class _Watchdog:
+    """Shuts the current connection's socket down at the deadline or on cancel."""
+
+    def __init__(self, deadline: float, cancel: threading.Event | None) -> None:
+        self.deadline = deadline
+        self.cancel = cancel or threading.Event()
+        self.fired = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="tenantflow-fetch-watchdog", daemon=True)
+        self._thread.start()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            left = self.deadline - time.monotonic()
+            if left <= 0 or self.cancel.is_set():
+                with self._lock:
+                    self.fired = True
+                    self._shut()
+                return
+            self._done.wait(min(left, 0.05))
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def fetch(grants: Grants, request: dict[str, Any], cancel: threading.Event | None = None) -> str:
     """Perform the request; the JSON response {status, headers, body} or a FetchError."""
+    deadline = time.monotonic() + grants.fetch_timeout_s
+    watchdog = _Watchdog(deadline, cancel)
+    try:
+        return _fetch(grants, request, deadline, watchdog)
+    except FetchError:
+        if watchdog.fired:
+            raise FetchTimeout(f"fetch took longer than {grants.fetch_timeout_s:.3g} s (or was cancelled)") from None
+        raise
+    finally:
+        watchdog.close()
+
+
+def _fetch(grants: Grants, request: dict[str, Any], deadline: float, watchdog: _Watchdog) -> str:
     url = str(request["url"])
     method = str(request.get("method") or "GET").upper()
     if method not in METHODS:
@@ -113,9 +171,8 @@ def fetch(grants: Grants, request: dict[str, Any]) -> str:
     headers = {str(k): str(v) for k, v in dict(request.get("headers") or {}).items()}
     body = request.get("body")
     data = body.encode() if isinstance(body, str) else None
-    deadline = time.monotonic() + grants.fetch_timeout_s
     for _ in range(grants.fetch_max_redirects + 1):
-        status, reply_headers, content, location = _one_request(grants, method, url, headers, data, deadline)
+        status, reply_headers, content, location = _one_request(grants, method, url, headers, data, deadline, watchdog)
         if status in (301, 302, 303, 307, 308) and location:
             url = urljoin(url, location)
             if status == 303 or (status in (301, 302) and method == "POST"):
@@ -133,6 +190,7 @@ def _one_request(
     headers: dict[str, str],
     data: bytes | None,
     deadline: float,
+    watchdog: _Watchdog,
 ) -> tuple[int, dict[str, str], bytes, str | None]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -149,6 +207,8 @@ def _one_request(
     if parts.query:
         path += "?" + parts.query
     try:
+        connection.connect()
+        watchdog.watch(connection.sock)
         connection.request(method, path, body=data, headers=headers)
         response = connection.getresponse()
         chunks: list[bytes] = []
@@ -165,10 +225,13 @@ def _one_request(
             if time.monotonic() > deadline:
                 raise FetchTimeout(f"fetch took longer than {grants.fetch_timeout_s} s")
             chunks.append(chunk)
+        if watchdog.fired:
+            raise FetchTimeout(f"fetch took longer than {grants.fetch_timeout_s:.3g} s (or was cancelled)")
         return response.status, dict(response.getheaders()), b"".join(chunks), response.getheader("Location")
     except TimeoutError:
         raise FetchTimeout(f"fetch took longer than {grants.fetch_timeout_s} s") from None
     except (OSError, http.client.HTTPException) as error:
         raise FetchError(f"{type(error).__name__}: {error}") from None
     finally:
+        watchdog.watch(None)
         connection.close()

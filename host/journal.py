@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from tenantflow.host.limits import MAX_DURATION_MS
+
 Kind = Literal["do", "sleep", "wait"]
 Backoff = Literal["constant", "linear", "exponential"]
 
@@ -37,11 +39,14 @@ class StepConfig:
     def delay_before(self, attempt: int) -> int:
         """Milliseconds to wait before `attempt` (2 is the first retry)."""
         retry = attempt - 1
+        delay: float
         if self.backoff == "constant":
-            return self.delay_ms
-        if self.backoff == "linear":
-            return self.delay_ms * retry
-        return int(self.delay_ms * 2 ** (retry - 1))
+            delay = self.delay_ms
+        elif self.backoff == "linear":
+            delay = self.delay_ms * retry
+        else:
+            delay = self.delay_ms * 2.0 ** (retry - 1)
+        return int(min(delay, MAX_DURATION_MS))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepConfig:

@@ -63,3 +63,19 @@ LIMIT_ERRORS = frozenset(
         "StepTimeout",
     }
 )
+
+# Every failure name the host itself gives an activation (beyond the workflow's own exceptions).
+HOST_ERRORS = LIMIT_ERRORS | frozenset(
+    {
+        # `Sandbox.run(cancel=...)` was set (terminate, shutdown); the attempt in flight is not journaled.
+        "Cancelled",
+        # The guest handed a host function something it refuses (size, shape, JSON, range).
+        "InvalidHostCall",
+        # The guest called WASI exit (os._exit).
+        "GuestExit",
+        # The guest crashed (a wasm trap that is none of the limits).
+        "GuestTrap",
+        # The source does not compile or define a workflow, or calls steps wrongly.
+        "WorkflowCodeError",
+    }
+)

@@ -5,6 +5,11 @@ hand-off of Python exceptions goes through a process-wide slot, which is not
 safe across threads). It records the exception on the activation and traps
 with a plain WasmtimeError; `Sandbox.run` reads the recorded exception after
 the trap. A trapped instance is dropped with its Store, never re-entered.
+
+The guest's WASI is host/wasi.py's (nothing waits past the deadline or the
+cancel); every host import checks the size and shape of its arguments before
+working (host/limits.py has the caps); the host CPU spent for the guest is
+charged to its fuel (`_Activation.meter`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -20,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wasmtime
+from tenantflow.host import jsoncheck, wasi
 from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochCallback, EpochTicker, make_engine
-from tenantflow.host.fastcall import add_func
+from tenantflow.host.errors import HostRefusal, invalid_call
+from tenantflow.host.fastcall import TooLarge, add_func, set_meter
 from tenantflow.host.fetch import FetchError, fetch
 from tenantflow.host.journal import (
     Abort,
@@ -35,23 +43,74 @@ from tenantflow.host.journal import (
     StepFailed,
     Suspend,
 )
-from tenantflow.host.limits import Grants, Limits
+from tenantflow.host.limits import (
+    CHARGE_QUANTUM_S,
+    EVENT_TYPE_PATTERN,
+    FUEL_PER_SECOND,
+    MAX_CALL_REQUEST_BYTES,
+    MAX_CONFIG_BYTES,
+    MAX_DURATION_MS,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_ERROR_NAME_BYTES,
+    MAX_LIFT_BYTES,
+    MAX_NAME_BYTES,
+    MAX_RETRIES,
+    MAX_STREAM_WRITE_BYTES,
+    MAX_TRACEBACK_BYTES,
+    MAX_WAKE_AT_MS,
+    Grants,
+    Limits,
+)
 from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Stats, Suspended
 from tenantflow.wasm_build.build import load_component
-from wasmtime.component import Component, Linker, Record, Variant
+from wasmtime.component import Component, Linker, Record, ResourceType, Variant
 
 HOST_INTERFACE = "tenantflow:sandbox/host@0.1.0"
 
 _GUEST_ERRORS = {"MemoryError": "MemoryLimitExceeded", "RecursionError": "StackOverflow"}
+# CPython-on-wasm quirk: when `x += x` (or `x + x`) on a str cannot get memory under the cap, the
+# guest reports "TypeError: unsupported operand type(s) for +=: '' and ''": the failed allocation
+# leaves the type objects' names zeroed (the interpreter's memory is damaged, and catching the
+# error in the guest can trap later). No real type is nameless, and wasmtime-py gives the host no
+# way to read a component's memory size, so the nameless operands are the signal.
+_NAMELESS_OPERANDS = re.compile(r"^unsupported operand type\(s\) for \S+: '' and ''$")
 
 
-class LimitHit(Exception):
-    """A limit enforced by a host function (e.g. the log cap) ended the activation."""
+# A limit enforced by a host function (e.g. the log cap) ended the activation.
+LimitHit = HostRefusal
 
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
-        self.message = message
+_EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _Interrupted(Exception):
+    """A WASI wait reached the deadline or saw the cancel; `Sandbox._trapped` names the outcome."""
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, with a marker saying how much was dropped."""
+    if len(text) <= max_bytes // 4:
+        return text
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore") + f"... [clipped by the host: {len(data)} bytes]"
+
+
+def _stream_write_cap() -> int:
+    return MAX_STREAM_WRITE_BYTES
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_name(call: str, what: str, name: Any) -> str:
+    if isinstance(name, TooLarge) or _utf8_size(name) > MAX_NAME_BYTES:
+        raise invalid_call(call, f"the {what} is longer than {MAX_NAME_BYTES} bytes")
+    if _CONTROL.search(name):
+        raise invalid_call(call, f"the {what} contains control characters")
+    return str(name)
 
 
 @dataclass
@@ -80,6 +139,13 @@ class _Activation:
     in_flight: _InFlight | None = None
     step_deadline: float | None = None
     timed_out: bool = False
+    cancel: threading.Event | None = None
+    cancelled: bool = False
+    cpu_mark: float = 0.0
+    fuel_mark: int = 0
+    checked_at: float = 0.0
+    journal_s: float = 0.0
+    wasi: wasi.WasiState = field(default_factory=wasi.WasiState)
 
     def next_call(self, name: str, kind: Any) -> StepCall:
         if self.in_flight is not None:
@@ -91,26 +157,143 @@ class _Activation:
         self.occurrences[name] += 1
         return call
 
+    @functools.cached_property
+    def lift_cap(self) -> int:
+        """No host import takes a string longer than the largest thing it may keep (+1 to tell "over")."""
+        largest = max(self.limits.output_bytes, self.limits.log_bytes, MAX_CALL_REQUEST_BYTES)
+        return min(largest, MAX_LIFT_BYTES) + 1
+
+    def end(self) -> float:
+        """When the activation (or the step body in flight) must be over, in monotonic seconds."""
+        return self.deadline if self.step_deadline is None else min(self.deadline, self.step_deadline)
+
     def ticks_left(self) -> int:
         """Epoch ticks until the next deadline check (at most CHECK_S away), or 0 once a deadline passed."""
-        end = self.deadline if self.step_deadline is None else min(self.deadline, self.step_deadline)
-        left = end - time.monotonic()
+        if self.cancel is not None and self.cancel.is_set():
+            self.cancelled = True
+            return 0
+        left = self.end() - time.monotonic()
         if left <= 0:
             self.timed_out = True
             return 0
         return int(self.ticker.ticks(min(left, CHECK_S)))
 
+    def charge(self, seconds: float) -> None:
+        """Charge host CPU or wait time to the fuel; FuelExhausted once the fuel is gone."""
+        cost = int(seconds * FUEL_PER_SECOND)
+        if cost <= 0:
+            return
+        self.fuel_mark -= cost
+        left = self.store.get_fuel()
+        if cost >= left:
+            self.store.set_fuel(0)
+            raise HostRefusal("FuelExhausted", f"the activation used its fuel budget of {self.limits.fuel}")
+        self.store.set_fuel(left - cost)
+
+    def start_metering(self) -> None:
+        self.cpu_mark = time.thread_time()
+        self.fuel_mark = self.store.get_fuel()
+        self.checked_at = time.perf_counter()
+
+    def journaled(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A journal call, whose time is not charged to the guest.
+
+        The journal's work is the platform's bookkeeping, bounded by the step quota, and its cost
+        depends on the store (SQLite or PostgreSQL, and their load), not on the tenant: charged, a
+        10,000-step workflow ran out of fuel on SQLite. Its wall time (a cheap clock, and never less
+        than its CPU time) is taken off the host CPU that `meter` charges.
+        """
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.journal_s += time.perf_counter() - started
+
+    def meter(self) -> None:
+        """Charge the thread CPU time that the fuel did not count (the host's work) since the last check.
+
+        Reading the thread's CPU clock is a system call (~2 us here), so it is read at most once per
+        CHARGE_QUANTUM_S of wall time, at the end of a host call: thread CPU since the last check
+        minus the guest's own CPU (its fuel burnt / FUEL_PER_SECOND) is what the host spent.
+        """
+        now = time.perf_counter()
+        if now - self.checked_at < CHARGE_QUANTUM_S:
+            return
+        self.checked_at = now
+        cpu = time.thread_time()
+        fuel = self.store.get_fuel()
+        host_s = (cpu - self.cpu_mark) - (self.fuel_mark - fuel) / FUEL_PER_SECOND - self.journal_s
+        self.cpu_mark, self.fuel_mark, self.journal_s = cpu, fuel, 0.0
+        self.charge(host_s)
+
+    def wait_until(self, ready_at: float) -> None:
+        """WASI poll: wait until `ready_at`, never past the deadline, waking every CHECK_S for the cancel."""
+        while True:
+            now = time.monotonic()
+            if ready_at <= now:
+                return
+            if self.cancel is not None and self.cancel.is_set():
+                self.cancelled = True
+                raise _Interrupted()
+            end = self.end()
+            if now >= end:
+                self.timed_out = True
+                raise _Interrupted()
+            pause = min(ready_at, end, now + CHECK_S) - now
+            if self.cancel is not None:
+                self.cancel.wait(pause)
+            else:
+                time.sleep(pause)
+            self.charge(time.monotonic() - now)
+
+    def write_stream(self, fd: int, text: str) -> None:
+        self.append_log(text)
+
+    def append_log(self, text: str) -> None:
+        size = _utf8_size(text)
+        if self.log_size + size > self.limits.log_bytes:
+            self.log_truncated = True
+            raise HostRefusal("OutputLimitExceeded", f"the activation printed more than {self.limits.log_bytes} bytes")
+        self.log_size += size
+        self.log.append(text)
+
     def fuel_used(self) -> int:
         return int(self.limits.fuel - self.store.get_fuel())
 
 
+def _bounded_int(data: dict[str, Any], key: str, default: int, maximum: int) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a whole number >= 0, got {str(value)[:50]!r}")
+    if value > maximum:
+        raise ValueError(f"{key} is at most {maximum}, got {str(value)[:50]}")
+    return value
+
+
 @functools.lru_cache(maxsize=256)
 def _step_config(config_json: str) -> StepConfig:
-    """The step's config from the guest's JSON (a workflow uses few distinct ones: cached)."""
+    """The step's config from the guest's JSON (a workflow uses few distinct ones: cached).
+
+    Out-of-range or mistyped fields are refused (InvalidHostCall), not defaulted: a silently
+    ignored `retries={"limit": 10**9}` would hide the mistake. The guest library checks the same.
+    """
+    call = "step-begin"
+    data = jsoncheck.parse(config_json, call)
+    if not isinstance(data, dict):
+        raise invalid_call(call, "the step config is not a JSON object")
+    default = StepConfig()
     try:
-        return StepConfig.from_json(json.loads(config_json))
-    except (ValueError, AttributeError):
-        return StepConfig()
+        backoff = data.get("backoff", default.backoff)
+        if backoff not in ("constant", "linear", "exponential"):
+            raise ValueError("backoff is 'constant', 'linear' or 'exponential'")
+        return StepConfig(
+            limit=_bounded_int(data, "limit", default.limit, MAX_RETRIES),
+            delay_ms=_bounded_int(data, "delay_ms", default.delay_ms, MAX_DURATION_MS),
+            backoff=backoff,
+            timeout_ms=_bounded_int(data, "timeout_ms", default.timeout_ms, MAX_DURATION_MS),
+        )
+    except ValueError as error:
+        raise invalid_call(call, f"bad step config: {error}") from None
 
 
 def _trap_cause(text: str) -> str:
@@ -147,10 +330,19 @@ class Sandbox:
         self._ticker = EpochTicker(self.engine)
         self._epoch = EpochCallback(self._ticks_left)
         self.linker = Linker(self.engine)
-        self.linker.add_wasip2()
-        with self.linker.root() as root, root.add_instance(HOST_INTERFACE) as host:
-            for name, fn in self._host_functions().items():
-                add_func(host, name, self._guarded(fn))
+        with self.linker.root() as root:
+            for interface, entries in wasi.imports(self.component, self.engine, HOST_INTERFACE).items():
+                with root.add_instance(interface) as instance:
+                    for entry in entries:
+                        if entry.resource is not None:
+                            instance.add_resource(entry.name, ResourceType.host(entry.resource), self._drop_resource)
+                        elif entry.func is not None:
+                            call = f"{interface}.{entry.name}"
+                            guarded = self._guarded(call, entry.func, with_store=True)
+                            add_func(instance, entry.name, guarded, _stream_write_cap)
+            with root.add_instance(HOST_INTERFACE) as host:
+                for name, fn in self._host_functions().items():
+                    add_func(host, name, self._guarded(name, fn, checks_sizes=name == "log"), self._lift_cap)
         run_index = self.component.get_export_index("run")
         check_index = self.component.get_export_index("check")
         if run_index is None or check_index is None:
@@ -165,6 +357,30 @@ class Sandbox:
         act: _Activation | None = getattr(self._local, "activation", None)
         return 1 if act is None else act.ticks_left()
 
+    def _lift_cap(self) -> int:
+        """The longest string a host import takes from the current activation; longer is never decoded."""
+        act: _Activation | None = getattr(self._local, "activation", None)
+        if act is None:
+            return MAX_LIFT_BYTES
+        return act.lift_cap
+
+    def _meter(self) -> None:
+        """Charge the host's CPU time to the activation's fuel (fastcall calls this after each call)."""
+        act: _Activation | None = getattr(self._local, "activation", None)
+        if act is None or act.pending is not None:
+            return
+        try:
+            act.meter()
+        except HostRefusal as refusal:
+            act.pending = refusal
+            raise wasmtime.WasmtimeError("tenantflow: activation ended by the host") from None
+
+    def _drop_resource(self, store: Any, rep: int) -> None:
+        # Runs inside wasmtime-py's exception slot: it must never raise.
+        act: _Activation | None = getattr(self._local, "activation", None)
+        if act is not None:
+            act.wasi.pollables.pop(rep, None)
+
     # -- activations -------------------------------------------------------
 
     def run(
@@ -174,13 +390,20 @@ class Sandbox:
         journal: Journal,
         limits: Limits | None = None,
         grants: Grants | None = None,
+        cancel: threading.Event | None = None,
     ) -> Outcome:
-        """Run `run(event, step)` from the top in a fresh isolate until it returns, fails or suspends."""
-        return self._activate(self._run_index, (source, json.dumps(event)), journal, limits, grants)
+        """Run `run(event, step)` from the top in a fresh isolate until it returns, fails or suspends.
 
-    def check(self, source: str, limits: Limits | None = None) -> ErrorInfo | None:
+        Once `cancel` is set the activation ends within about CHECK_S with Failed(Cancelled), whether
+        the guest is running, waiting in WASI or fetching; the attempt in flight is not journaled.
+        """
+        return self._activate(self._run_index, (source, json.dumps(event)), journal, limits, grants, cancel)
+
+    def check(
+        self, source: str, limits: Limits | None = None, cancel: threading.Event | None = None
+    ) -> ErrorInfo | None:
         """Compile the source in a fresh isolate and check it defines a workflow; the error or None."""
-        outcome = self._activate(self._check_index, (source,), _NoJournal(), limits, None)
+        outcome = self._activate(self._check_index, (source,), _NoJournal(), limits, None, cancel)
         return outcome.error if isinstance(outcome, Failed) else None
 
     def _activate(
@@ -190,24 +413,27 @@ class Sandbox:
         journal: Journal,
         limits: Limits | None,
         grants: Grants | None,
+        cancel: threading.Event | None = None,
     ) -> Outcome:
         limits = limits or Limits()
         started = time.perf_counter()
         store = wasmtime.Store(self.engine)
-        store.set_wasi(wasmtime.WasiConfig())
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
         act = _Activation(
             store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s
         )
+        act.cancel = cancel
         self._epoch.install(store)
         store.set_epoch_deadline(act.ticks_left())
         self._local.activation = act
+        set_meter(self._meter)
         try:
             instance = self.linker.instantiate(store, self.component)
             func = instance.get_func(store, index)
             assert func is not None
             instantiated = time.perf_counter()
+            act.start_metering()
             try:
                 value = func(store, *args)
             except wasmtime.WasmtimeError as trap:
@@ -222,6 +448,7 @@ class Sandbox:
             # activation: drop it, or the Store (and its pool slot) lives until the cycle collector runs.
             act.pending = None
             self._local.activation = None
+            set_meter(None)
             del act, store
 
     def _stats(self, act: _Activation, started: float, instantiated: float) -> Stats:
@@ -239,16 +466,30 @@ class Sandbox:
             error: Any = value
             name = _GUEST_ERRORS.get(error.name, error.name)
             message = error.message
+            if name == "TypeError" and _NAMELESS_OPERANDS.search(message):
+                name = "MemoryLimitExceeded"
             if name == "MemoryLimitExceeded":
                 message = (
                     f"MemoryError: the guest ran out of memory (cap {act.limits.memory_bytes} bytes) {message}".strip()
                 )
-            return Failed(ErrorInfo(name, message, error.traceback, error.line), stats)
+            return Failed(
+                ErrorInfo(
+                    clip(name, MAX_ERROR_NAME_BYTES),
+                    clip(message, MAX_ERROR_MESSAGE_BYTES),
+                    clip(error.traceback, MAX_TRACEBACK_BYTES),
+                    error.line,
+                ),
+                stats,
+            )
         if value is None:
             return Completed("null", stats)
-        if len(value) > act.limits.output_bytes:
-            message = f"the output is at most {act.limits.output_bytes} bytes of JSON, got {len(value)}"
+        if len(value) > act.limits.output_bytes or _utf8_size(value) > act.limits.output_bytes:
+            message = f"the output is at most {act.limits.output_bytes} bytes of JSON, got {_utf8_size(value)}"
             return Failed(ErrorInfo("OutputLimitExceeded", message), stats)
+        try:
+            jsoncheck.check(value, "the workflow's output")
+        except HostRefusal as refusal:
+            return Failed(ErrorInfo(refusal.name, refusal.message), stats)
         return Completed(value, stats)
 
     def _trapped(self, act: _Activation, trap: wasmtime.WasmtimeError, started: float, instantiated: float) -> Outcome:
@@ -256,8 +497,12 @@ class Sandbox:
         pending = act.pending
         if isinstance(pending, Suspend):
             return Suspended(pending.reason, pending.wake_at_ms, stats)
-        if isinstance(pending, Abort | LimitHit):
+        if isinstance(pending, Abort | HostRefusal):
             return Failed(ErrorInfo(pending.name, pending.message), stats)
+        if act.cancelled:
+            return Failed(ErrorInfo("Cancelled", "the activation was cancelled (terminate or shutdown)"), stats)
+        if isinstance(pending, _Interrupted):
+            pending = None
         if pending is not None:
             raise pending
         text = str(trap)
@@ -299,13 +544,31 @@ class Sandbox:
 
     # -- host functions ----------------------------------------------------
 
-    def _guarded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _guarded(
+        self, call: str, fn: Callable[..., Any], with_store: bool = False, checks_sizes: bool = False
+    ) -> Callable[..., Any]:
+        """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function.
+
+        The host's CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
+        whatever it raises is recorded on the activation, which then traps. An argument longer
+        than the function's cap is refused before `fn` runs, unless `checks_sizes` (it names its own error).
+        """
+
         def host_function(store: Any, *args: Any) -> Any:
-            act: _Activation = self._local.activation
+            act: _Activation | None = getattr(self._local, "activation", None)
+            if act is None:
+                # An export called directly on an instance from `linker.instantiate` (benchmarks,
+                # tools), outside `Sandbox.run`: WASI answers without ever waiting, the rest refuses.
+                if not with_store:
+                    raise wasmtime.WasmtimeError(f"tenantflow: {call} outside an activation")
+                return fn(_DETACHED, store, *args)
             if act.pending is not None:
                 raise wasmtime.WasmtimeError("tenantflow: the activation is ending")
             try:
-                return fn(act, *args)
+                for arg in () if checks_sizes else args:
+                    if isinstance(arg, TooLarge):
+                        raise invalid_call(call, f"an argument of {arg.size} bytes is longer than the host accepts")
+                return fn(act, store, *args) if with_store else fn(act, *args)
             except BaseException as error:
                 act.pending = error
                 raise wasmtime.WasmtimeError("tenantflow: activation ended by the host") from None
@@ -335,23 +598,21 @@ class Sandbox:
         return plan.attempt
 
     def _step_begin(self, act: _Activation, name: str, config_json: str) -> Any:
+        name = _check_name("step-begin", "step name", name)
+        if _utf8_size(config_json) > MAX_CONFIG_BYTES:
+            raise invalid_call("step-begin", f"the step config is longer than {MAX_CONFIG_BYTES} bytes")
+        config = _step_config(config_json)
         call = act.next_call(name, "do")
-        config = _step_config(config_json[:4096])
-        return self._plan(act, call, config, act.journal.step_begin(call, config))
+        return self._plan(act, call, config, act.journaled(act.journal.step_begin, call, config))
 
-    def _step_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
-        flight = act.in_flight
-        if flight is None or flight.call.name != name:
-            raise Abort("WorkflowCodeError", f"step-complete for {name!r} without a step in flight")
-        act.in_flight = None
-        act.step_deadline = None
+    def _attempt(self, act: _Activation, flight: _InFlight, outcome: Variant) -> Attempt:
+        """The attempt the guest reports, checked: a result is bounded JSON, error strings are clipped."""
         fuel = flight.fuel_before - act.store.get_fuel()
         duration_ms = (time.perf_counter() - flight.started) * 1000
         payload: Any = outcome.payload
         if outcome.tag == "ok":
-            result: str = payload
-            if len(result) > act.limits.output_bytes:
-                attempt = Attempt(
+            if isinstance(payload, TooLarge) or _utf8_size(payload) > act.limits.output_bytes:
+                return Attempt(
                     flight.attempt,
                     ok=False,
                     error_name="OutputLimitExceeded",
@@ -360,56 +621,103 @@ class Sandbox:
                     fuel=fuel,
                     duration_ms=duration_ms,
                 )
-            else:
-                attempt = Attempt(flight.attempt, ok=True, result=result, fuel=fuel, duration_ms=duration_ms)
-        else:
-            attempt = Attempt(
-                flight.attempt,
-                ok=False,
-                error_name=payload.name,
-                error_message=payload.message,
-                retryable=outcome.tag == "retryable",
-                fuel=fuel,
-                duration_ms=duration_ms,
-            )
-        plan = act.journal.step_complete(flight.call, flight.config, attempt)
+            jsoncheck.check(payload, f"step-complete of {flight.call.name!r}")
+            return Attempt(flight.attempt, ok=True, result=payload, fuel=fuel, duration_ms=duration_ms)
+        name, message = payload.name, payload.message
+        return Attempt(
+            flight.attempt,
+            ok=False,
+            error_name="(too long)" if isinstance(name, TooLarge) else clip(name, MAX_ERROR_NAME_BYTES),
+            error_message=(
+                f"(a message of {message.size} bytes, dropped by the host)"
+                if isinstance(message, TooLarge)
+                else clip(message, MAX_ERROR_MESSAGE_BYTES)
+            ),
+            retryable=outcome.tag == "retryable",
+            fuel=fuel,
+            duration_ms=duration_ms,
+        )
+
+    def _step_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
+        name = _check_name("step-complete", "step name", name)
+        flight = act.in_flight
+        if flight is None or flight.call.name != name:
+            raise Abort("WorkflowCodeError", f"step-complete for {name!r} without a step in flight")
+        attempt = self._attempt(act, flight, outcome)
+        act.in_flight = None
+        act.step_deadline = None
+        plan = act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
         return self._plan(act, flight.call, flight.config, plan)
 
     def _sleep(self, act: _Activation, name: str, duration_ms: int) -> None:
-        act.journal.sleep_until(act.next_call(name, "sleep"), None, duration_ms)
+        name = _check_name("sleep", "step name", name)
+        if time.time() * 1000 + duration_ms > MAX_WAKE_AT_MS:
+            raise invalid_call("sleep", "a sleep cannot end after the year 9999")
+        act.journaled(act.journal.sleep_until, act.next_call(name, "sleep"), None, duration_ms)
 
     def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> None:
-        act.journal.sleep_until(act.next_call(name, "sleep"), wake_at_ms, None)
+        name = _check_name("sleep-until", "step name", name)
+        if not 0 <= wake_at_ms <= MAX_WAKE_AT_MS:
+            raise invalid_call("sleep-until", "the wake time is before 1970 or after the year 9999")
+        act.journaled(act.journal.sleep_until, act.next_call(name, "sleep"), wake_at_ms, None)
 
     def _wait_for_event(self, act: _Activation, name: str, event_type: str, timeout_ms: int | None) -> Any:
+        name = _check_name("wait-for-event", "step name", name)
+        if isinstance(event_type, TooLarge) or not _EVENT_TYPE.fullmatch(event_type):
+            raise invalid_call("wait-for-event", f"an event type matches {EVENT_TYPE_PATTERN}")
+        if timeout_ms is not None and timeout_ms > MAX_DURATION_MS:
+            raise invalid_call("wait-for-event", f"a wait is at most {MAX_DURATION_MS} ms (365 days)")
         call = act.next_call(name, "wait")
         try:
-            return json.dumps(act.journal.wait_for_event(call, event_type, timeout_ms))
+            return json.dumps(act.journaled(act.journal.wait_for_event, call, event_type, timeout_ms))
         except EventTimeout as timeout:
             return _failure("WaitTimeoutError", str(timeout) or f"no {event_type!r} event arrived in time")
 
     def _log(self, act: _Activation, fd: int, text: str) -> None:
-        if act.log_size + len(text) > act.limits.log_bytes:
+        if isinstance(text, TooLarge):
             act.log_truncated = True
-            raise LimitHit("OutputLimitExceeded", f"the activation printed more than {act.limits.log_bytes} bytes")
-        act.log_size += len(text)
-        act.log.append(text)
+            raise HostRefusal("OutputLimitExceeded", f"the activation printed more than {act.limits.log_bytes} bytes")
+        act.append_log(text)
 
     def _call(self, act: _Activation, capability: str, request: str) -> Any:
         if capability != "fetch":
-            return _failure("CapabilityNotGranted", f"no capability named {capability!r}")
+            return _failure("CapabilityNotGranted", f"no capability named {str(capability)[:100]!r}")
+        if isinstance(request, TooLarge) or _utf8_size(request) > MAX_CALL_REQUEST_BYTES:
+            raise invalid_call("call", f"a fetch request is at most {MAX_CALL_REQUEST_BYTES} bytes of JSON")
+        parsed = jsoncheck.parse(request, "call")
+        if not isinstance(parsed, dict):
+            raise invalid_call("call", "a fetch request is a JSON object")
         # A fetch may not outlast the activation, nor the timeout of the step body it is made in.
-        end = act.deadline if act.step_deadline is None else min(act.deadline, act.step_deadline)
-        remaining = end - time.monotonic()
+        remaining = act.end() - time.monotonic()
         grants = act.grants
         if remaining < grants.fetch_timeout_s:
             grants = dataclasses.replace(grants, fetch_timeout_s=max(0.0, remaining))
         try:
-            return fetch(grants, json.loads(request))
+            return fetch(grants, parsed, act.cancel)
         except FetchError as error:
+            if act.cancel is not None and act.cancel.is_set():
+                act.cancelled = True
+                raise _Interrupted() from None
             return _failure(type(error).__name__, str(error))
-        except (ValueError, TypeError, KeyError) as error:
-            return _failure("BadRequest", f"malformed fetch request: {error}")
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            return _failure("BadRequest", f"malformed fetch request: {str(error)[:200]}")
+
+
+class _Detached:
+    """The WASI caller of an instance used outside `Sandbox.run`: it never waits and keeps no log."""
+
+    def __init__(self) -> None:
+        self.wasi = wasi.WasiState()
+
+    def wait_until(self, ready_at: float) -> None:
+        if ready_at > time.monotonic():
+            raise HostRefusal("InvalidHostCall", "a WASI wait outside an activation")
+
+    def write_stream(self, fd: int, text: str) -> None:
+        pass
+
+
+_DETACHED = _Detached()
 
 
 class _NoJournal:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from memjournal import MemJournal
-from tenantflow.host import Completed, Grants, Limits, Outcome, Sandbox
+from tenantflow.host import Completed, Failed, Grants, Limits, Outcome, Sandbox
 from tenantflow.host import fetch as fetch_module
 from tenantflow.host.fetch import EgressDenied, FetchError, FetchTimeout, ResponseTooLarge, fetch
 
@@ -419,3 +419,80 @@ def test_host_level_limits_raise_typed_errors(a: Server) -> None:
         fetch(grants, {"url": a.url("/slow?s=2")})
     with pytest.raises(ResponseTooLarge):
         fetch(grants, {"url": a.url("/big?n=11")})
+
+
+@contextlib.contextmanager
+def trickling_server(interval: float) -> Iterator[int]:
+    """A server on 127.0.0.1 that answers headers, then one body byte every `interval` seconds."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                for _ in range(1000):
+                    if stop.wait(interval):
+                        break
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_a_trickling_server_cannot_outlast_the_total_deadline(sandbox: Sandbox) -> None:
+    with trickling_server(0.1) as port:
+        grants = Grants(egress=(f"127.0.0.1:{port}",), fetch_timeout_s=1.0)
+        started = time.monotonic()
+        result = guest_fetch(sandbox, grants, f"http://127.0.0.1:{port}/")
+        elapsed = time.monotonic() - started
+    assert "FetchTimeout" in refused(result)
+    assert elapsed < 1.5
+
+
+def test_a_fetch_ends_at_the_activation_deadline(sandbox: Sandbox) -> None:
+    with trickling_server(0.1) as port:
+        grants = Grants(egress=(f"127.0.0.1:{port}",), fetch_timeout_s=30.0)
+        limits = Limits(fuel=2_000_000_000, memory_bytes=64 << 20, deadline_s=1)
+        started = time.monotonic()
+        outcome = sandbox.run(
+            textwrap.dedent(GUEST), {"payload": {"url": f"http://127.0.0.1:{port}/"}}, MemJournal(), limits, grants
+        )
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.5, outcome
+
+
+def test_cancel_ends_a_fetch_in_flight(sandbox: Sandbox) -> None:
+    with trickling_server(0.1) as port:
+        grants = Grants(egress=(f"127.0.0.1:{port}",), fetch_timeout_s=30.0)
+        cancel = threading.Event()
+        timer = threading.Timer(0.3, cancel.set)
+        timer.start()
+        started = time.monotonic()
+        outcome = sandbox.run(
+            textwrap.dedent(GUEST),
+            {"payload": {"url": f"http://127.0.0.1:{port}/"}},
+            MemJournal(),
+            Limits(deadline_s=20),
+            grants,
+            cancel,
+        )
+        elapsed = time.monotonic() - started
+        timer.join()
+    assert isinstance(outcome, Failed) and outcome.error.name == "Cancelled", outcome
+    assert elapsed < 0.3 + 0.2

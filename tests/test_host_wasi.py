@@ -1,0 +1,145 @@
+"""The sandbox's own WASI: nothing the guest reaches blocks past the deadline, and cancel ends any activation."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+
+import pytest
+from memjournal import MemJournal
+from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
+
+TWO_SECONDS = Limits(deadline_s=2, memory_bytes=128 << 20)
+
+REAL_TIME = """
+import _imp, importlib.machinery
+real_time = _imp.create_builtin(importlib.machinery.ModuleSpec("time", None, origin="built-in"))
+"""
+
+
+def run(sandbox: Sandbox, source: str, limits: Limits = TWO_SECONDS, **kwargs: object) -> tuple[Outcome, float]:
+    started = time.monotonic()
+    outcome = sandbox.run(textwrap.dedent(source), {"payload": None}, MemJournal(), limits, **kwargs)  # type: ignore[arg-type]
+    return outcome, time.monotonic() - started
+
+
+def failed_with(outcome: Outcome, *names: str) -> Failed:
+    assert isinstance(outcome, Failed), outcome
+    assert outcome.error.name in names, outcome.error
+    return outcome
+
+
+@pytest.mark.parametrize(
+    "sleep",
+    [
+        "real_time.sleep(90)",
+        "import select; select.select([], [], [], 90)",
+        "step.do('nap', lambda: real_time.sleep(90))",
+    ],
+)
+def test_a_real_sleep_ends_at_the_deadline(sandbox: Sandbox, sleep: str) -> None:
+    outcome, elapsed = run(sandbox, REAL_TIME + f"\ndef run(event, step):\n    {sleep}\n")
+    failed_with(outcome, "DeadlineExceeded", "FuelExhausted")
+    assert elapsed < 2.5
+
+
+def test_a_sleep_at_module_level_ends_at_the_deadline(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    error = sandbox.check(REAL_TIME + "real_time.sleep(90)\ndef run(event, step):\n    pass\n", TWO_SECONDS)
+    assert error is not None and error.name in ("DeadlineExceeded", "FuelExhausted"), error
+    assert time.monotonic() - started < 2.5
+
+
+def test_waiting_is_charged_to_the_fuel(sandbox: Sandbox) -> None:
+    # 1e9 fuel is about 0.1 s of CPU at FUEL_PER_SECOND: a 1 s sleep cannot fit in it.
+    outcome, elapsed = run(sandbox, REAL_TIME + "\ndef run(event, step):\n    real_time.sleep(1)\n", Limits(fuel=10**9))
+    failed_with(outcome, "FuelExhausted")
+    assert elapsed < 0.5
+
+
+def test_a_short_real_sleep_in_a_step_body_works(sandbox: Sandbox) -> None:
+    source = (
+        REAL_TIME
+        + """
+def run(event, step):
+    def nap():
+        started = real_time.monotonic()
+        real_time.sleep(0.05)
+        return real_time.monotonic() - started
+    return step.do("nap", nap)
+"""
+    )
+    outcome, _ = run(sandbox, source)
+    assert isinstance(outcome, Completed), outcome
+    assert 0.045 <= float(outcome.output) < 1
+
+
+def test_environment_and_arguments_are_empty(sandbox: Sandbox) -> None:
+    outcome, _ = run(sandbox, "import os, sys\ndef run(event, step):\n    return [dict(os.environ), sys.argv]\n")
+    assert isinstance(outcome, Completed), outcome
+    assert outcome.output in ("[{}, []]", '[{}, [""]]')
+
+
+def test_exit_is_a_named_error(sandbox: Sandbox) -> None:
+    outcome, _ = run(sandbox, "import os\ndef run(event, step):\n    os._exit(3)\n")
+    failed_with(outcome, "GuestExit")
+
+
+def test_huge_random_fails_cleanly(sandbox: Sandbox) -> None:
+    # 10**9 bytes: the guest cannot even allocate the buffer; the host never sees the ask.
+    outcome, _ = run(sandbox, "import os\ndef run(event, step):\n    return len(os.urandom(10**9))\n")
+    failed_with(outcome, "MemoryLimitExceeded")
+    # 32 MiB fits in the guest; CPython asks for 256 bytes per host call, and the host CPU of
+    # 131,072 calls is charged to the fuel: it ends at the fuel, not after a minute.
+    source = "import os\ndef run(event, step):\n    return len(os.urandom(32 << 20))\n"
+    outcome, elapsed = run(sandbox, source, Limits(fuel=2 * 10**9, deadline_s=30, memory_bytes=128 << 20))
+    failed_with(outcome, "FuelExhausted")
+    assert elapsed < 3
+
+
+def test_the_guest_still_has_time_and_randomness(sandbox: Sandbox) -> None:
+    source = """
+    import random, time, uuid, os, datetime
+    def run(event, step):
+        return [len(os.urandom(16)), time.time() > 1.7e9, len(str(uuid.uuid4())), datetime.datetime.now().year > 2020]
+    """
+    outcome, _ = run(sandbox, source)
+    assert isinstance(outcome, Completed), outcome
+    assert outcome.output == "[16, true, 36, true]"
+
+
+# -- cancellation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "while True:\n        pass",
+        "real_time.sleep(30)",
+        "step.do('spin', lambda: [None for _ in iter(int, 1)])",
+    ],
+)
+def test_cancel_ends_the_activation_within_a_check(sandbox: Sandbox, body: str) -> None:
+    cancel = threading.Event()
+    journal = MemJournal()
+    source = REAL_TIME + f"\ndef run(event, step):\n    {body}\n"
+    timer = threading.Timer(0.3, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    outcome = sandbox.run(source, {"payload": None}, journal, Limits(deadline_s=20), None, cancel)
+    elapsed = time.monotonic() - started
+    timer.join()
+    failed_with(outcome, "Cancelled")
+    assert elapsed < 0.3 + 0.2
+    assert journal.attempts == []
+
+
+def test_a_real_sleep_in_a_step_body_ends_at_the_step_timeout(sandbox: Sandbox) -> None:
+    journal = MemJournal()
+    source = REAL_TIME + "\ndef run(event, step):\n    step.do('nap', {'timeout': 300}, lambda: real_time.sleep(90))\n"
+    started = time.monotonic()
+    outcome = sandbox.run(source, {"payload": None}, journal, Limits(deadline_s=20))
+    assert time.monotonic() - started < 1
+    assert not isinstance(outcome, Completed), outcome
+    assert [attempt.error_name for _, attempt in journal.attempts] == ["StepTimeout"]
