@@ -62,7 +62,9 @@ class Executor:
             now = self.clock.now()
             errored = self.store.host_fault(claim, now, now + RETRY_AFTER_HOST_ERROR_S, MAX_HOST_FAULTS)
             if errored:
-                log.exception("activation of %s failed in the host %d times in a row; errored", claim.key, MAX_HOST_FAULTS)
+                log.exception(
+                    "activation of %s failed in the host %d times in a row; errored", claim.key, MAX_HOST_FAULTS
+                )
                 return Activated(claim, "errored", None)
             log.exception("activation of %s failed in the host; retrying in %s s", claim.key, RETRY_AFTER_HOST_ERROR_S)
             return Activated(claim, "waiting", None)

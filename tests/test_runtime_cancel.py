@@ -103,9 +103,7 @@ def test_a_lease_taken_elsewhere_cancels_within_the_check_interval(service: Serv
     assert wait_idle(service, 3.0) < 1.5
 
 
-def test_stop_cancels_after_the_grace_period_and_hands_the_instance_back(
-    service: Service, tenant: Tenant
-) -> None:
+def test_stop_cancels_after_the_grace_period_and_hands_the_instance_back(service: Service, tenant: Tenant) -> None:
     instance = start(service, tenant, SPIN, "spin")
     wait_status(service, instance, {"running"}, 10)
     started = time.monotonic()
