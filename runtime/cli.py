@@ -348,6 +348,7 @@ def tenants() -> None:
 @click.option("--max-instances", type=click.IntRange(1), help="Instances created per minute.")
 @click.option("--memory-mb", type=click.IntRange(1), help="Memory per activation, MiB.")
 @click.option("--fuel", type=click.IntRange(1), help="Fuel (wasm instructions, roughly) per activation.")
+@click.option("--max-stored-mb", type=click.IntRange(1), help="Storage for all the tenant's instances, MB.")
 @click.option("--egress", multiple=True, metavar="HOST", help="A host `fetch` may reach (repeat, or comma-separate).")
 @click.option("--operator", is_flag=True, help="An operator key: reads every tenant in the dashboard.")
 @json_option
@@ -358,6 +359,7 @@ def tenants_create(
     max_instances: int | None,
     memory_mb: int | None,
     fuel: int | None,
+    max_stored_mb: int | None,
     egress: tuple[str, ...],
     operator: bool,
     as_json: bool,
@@ -371,6 +373,7 @@ def tenants_create(
         max_instances_per_minute=max_instances or defaults.max_instances_per_minute,
         memory_mb=memory_mb or defaults.memory_mb,
         fuel=fuel or defaults.fuel,
+        max_stored_mb=max_stored_mb or defaults.max_stored_mb,
         egress=tuple(h.strip() for item in egress for h in item.split(",") if h.strip()),
     )
     try:
@@ -401,6 +404,7 @@ def _quotas_json(quotas: Quotas) -> dict[str, Any]:
         "fuel": quotas.fuel,
         "max_source_bytes": quotas.max_source_bytes,
         "max_payload_bytes": quotas.max_payload_bytes,
+        "max_stored_mb": quotas.max_stored_mb,
         "egress": list(quotas.egress),
     }
 
@@ -569,15 +573,19 @@ def events_send(
 @main.command()
 @click.argument("workflow")
 @click.argument("instance_id", metavar="ID")
+@click.option("--after", type=click.IntRange(-1), default=-1, show_default=True, help="Only positions after this.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True, help="Positions per page.")
 @api_options
-def journal(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
-    """Show an instance's journal: steps, attempts, waits and events, in order."""
-    found = client.journal(workflow, instance_id)
+def journal(client: Client, workflow: str, instance_id: str, after: int, limit: int, as_json: bool) -> None:
+    """Show a page of an instance's journal: steps, attempts, waits and events, in order."""
+    found = client.journal(workflow, instance_id, after=after, limit=limit)
     if as_json:
         _print_json(found)
         return
     current = client.status(workflow, instance_id)
-    _show_journal(found, finished=current["status"] in FINISHED)
+    _show_journal(found, finished=current["status"] in FINISHED and found.get("next_after") is None)
+    if found.get("next_after") is not None:
+        _out().print(_t(f"more: tenantflow journal {workflow} {instance_id} --after {found['next_after']}"))
 
 
 def _control_command(action: str, help_text: str) -> None:

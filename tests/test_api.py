@@ -306,6 +306,29 @@ def test_events_sent_before_the_wait_are_buffered(api: Client) -> None:
     assert api.wait("approval", "early")["output"]["by"] == "bo"
 
 
+FIVE_STEPS = """
+def run(event, step):
+    return [step.do(f"s{i}", lambda i=i: i) for i in range(5)]
+"""
+
+
+def test_the_journal_comes_a_page_at_a_time(api: Client, http: httpx.Client) -> None:
+    api.deploy("five", FIVE_STEPS)
+    api.start("five", "paged")
+    assert api.wait("five", "paged")["output"] == [0, 1, 2, 3, 4]
+    seen: list[int] = []
+    after = -1
+    while after is not None:
+        page = api.journal("five", "paged", after=after, limit=2)
+        assert len(page["steps"]) <= 2
+        seen += [step["position"] for step in page["steps"]]
+        after = page["next_after"]
+    assert seen == [0, 1, 2, 3, 4]
+    assert api.journal("five", "paged")["next_after"] is None
+    for bad in ("after=x", "after=-2", "limit=0", "limit=1001", "limit=1e3", "page=2"):
+        assert_problem(http.get(f"/v1/workflows/five/instances/paged/journal?{bad}"), 422)
+
+
 def test_instance_creation_errors(api: Client, http: httpx.Client) -> None:
     api.deploy("echo", ECHO)
     assert http.post("/v1/workflows/echo/instances", json={"id": "taken"}).status_code == 201

@@ -234,6 +234,11 @@ def test_the_walkthrough(server: ServerProcess, key: str) -> None:
         assert word in journal.stdout
     as_json = json.loads(remote(server, key, "journal", "approval", "exp-1", "--json").stdout)
     assert [s["name"] for s in as_json["steps"]] == ["file request", "notify approver", "approval", "pay out"]
+    first = remote(server, key, "journal", "approval", "exp-1", "--limit", "2")
+    assert "file request" in first.stdout and "pay out" not in first.stdout
+    assert "--after 1" in first.stdout
+    rest = json.loads(remote(server, key, "journal", "approval", "exp-1", "--after", "1", "--json").stdout)
+    assert [s["name"] for s in rest["steps"]] == ["approval", "pay out"] and rest["next_after"] is None
 
     instances = json.loads(remote(server, key, "instances", "approval", "--json").stdout)
     assert [i["id"] for i in instances["instances"]] == ["exp-1"]
