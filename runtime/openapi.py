@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tenantflow.runtime.records import MAX_ID, STATUSES
+from tenantflow.runtime.records import EVENT_TYPE_PATTERN, MAX_EVENT_TYPE, MAX_ID, STATUSES
 
 ID_SCHEMA: dict[str, Any] = {
     "type": "string",
@@ -288,7 +288,12 @@ SCHEMAS: dict[str, Any] = {
         "required": ["type"],
         "additionalProperties": False,
         "properties": {
-            "type": {"type": "string", "minLength": 1, "maxLength": 256},
+            "type": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_EVENT_TYPE,
+                "pattern": EVENT_TYPE_PATTERN.pattern,
+            },
             "payload": {**ANY, "description": "At most 1 MiB of JSON"},
         },
     },
@@ -449,10 +454,10 @@ def _build() -> dict[str, Any]:
         instance + "/events": {
             "post": _op(
                 "sendEvent",
-                "Deliver an event (buffered until a wait_for_event of its type takes it)",
+                "Deliver an event (buffered until a wait_for_event of its type takes it; at most 100 and 4 MiB)",
                 {
                     "202": _json(_ref("EventAccepted"), "Stored"),
-                    **_problems(400, 401, 404, 409, 413, 422),
+                    **_problems(400, 401, 404, 409, 413, 422, 429),
                 },
                 params=("name", "id"),
                 body=_ref("SendEvent"),

@@ -67,6 +67,8 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
         "128",
         "--fuel",
         "1000000000",
+        "--max-stored-mb",
+        "64",
         "--egress",
         "api.example.com",
         "--egress",
@@ -84,6 +86,7 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
         "fuel": 1_000_000_000,
         "max_source_bytes": 1 << 20,
         "max_payload_bytes": 1 << 20,
+        "max_stored_mb": 64,
         "egress": ["api.example.com", "a.example.org", "b.example.org"],
     }
 

@@ -1,8 +1,8 @@
 """Read paths hold on hostile but valid stored data, and the CLI prints tenant strings safely.
 
-One real `tenantflow serve` on 127.0.0.1. Each instance runs a real workflow; where the data is
-something the host may refuse on the way in (a lone surrogate, nesting ~990 deep, a wake time of
-2**64-1 ms), the test then writes it into the store directly: the read paths must hold for data
+One real `tenantflow serve` on 127.0.0.1. Each instance runs a real workflow; the data the host
+refuses on the way in (step names with control characters, a lone surrogate, nesting ~990 deep, wake
+times past year 9999) is then written into the store directly: the read paths must hold for data
 that is already stored. Every instance is read through the API (instance, list, journal), the
 dashboard (summary and timeline fragments) and the CLI (status, journal, instances).
 """
@@ -34,11 +34,12 @@ def run(event, step):
     mode = event.payload
     print({HOSTILE_TEXT!r})
     if mode == "deep":
-        return step.do("deep", lambda: json.loads({DEEP!r}))
+        return step.do("deep", lambda: json.loads("[[1]]"))
     if mode == "surrogate":
-        return step.do({HOSTILE_TEXT!r}, lambda: {{"v": "text"}})
-    step.sleep_until({HOSTILE_TEXT!r}, 9e12)
+        return step.do("named", lambda: {{"v": "text"}})
+    step.sleep_until("far", 253402300000)
 """
+FAR_S = 9e12
 
 MODES = ("deep", "surrogate", "far", "farthest")
 
@@ -57,16 +58,21 @@ def _store_hostile_values(db: str, tenant: str) -> None:
             sql = "UPDATE journal SET result = ? WHERE tenant_id = ? AND workflow = ? AND instance_id = ?"
             tx.execute(sql, (deep, *key, "deep"))
             tx.execute(sql, (surrogate, *key, "surrogate"))
+            tx.execute(
+                "UPDATE journal SET name = ? WHERE tenant_id = ? AND workflow = ? AND instance_id = ?",
+                (HOSTILE_TEXT, *key, "surrogate"),
+            )
             error = codec.encode({"name": "Boom\ud800", "message": HOSTILE_TEXT + " \udfff", "traceback": ESC})
             tx.execute(
                 "UPDATE instances SET error = ? WHERE tenant_id = ? AND workflow = ? AND instance_id = ?",
                 (error, *key, "surrogate"),
             )
             for table in ("instances", "journal"):
-                tx.execute(
-                    f"UPDATE {table} SET wake_at = ? WHERE tenant_id = ? AND workflow = ? AND instance_id = ?",
-                    (FAR_MS / 1000, *key, "farthest"),
-                )
+                for instance_id, wake_at in (("far", FAR_S), ("farthest", FAR_MS / 1000)):
+                    tx.execute(
+                        f"UPDATE {table} SET wake_at = ? WHERE tenant_id = ? AND workflow = ? AND instance_id = ?",
+                        (wake_at, *key, instance_id),
+                    )
     finally:
         store.close()
 
@@ -178,7 +184,7 @@ def test_cli_run_prints_hostile_data_safely(tmp_path: Path) -> None:
     source.write_text(
         "def run(event, step):\n"
         f"    print({HOSTILE_TEXT!r})\n"
-        f"    step.do({HOSTILE_TEXT!r}, lambda: 1)\n"
+        f"    step.do('plain name', lambda: {HOSTILE_TEXT!r})\n"
         f"    return {{{HOSTILE_TEXT!r}: {HOSTILE_TEXT!r}}}\n"
     )
     result = cli("run", str(source), check=False)
