@@ -26,6 +26,7 @@ lint: install
 	$(BIN)/ruff check host runtime wasm-build tests bench
 	$(BIN)/ruff format --check host runtime wasm-build tests bench
 	$(BIN)/mypy -p tenantflow.host -p tenantflow.runtime
+	PYTHONPATH=.typecheck $(BIN)/lint-imports
 
 # PostgreSQL runs on this machine kind; start it if it is down.
 postgres:

@@ -6,7 +6,7 @@ Run: `python -m bench.pg_bench [--quick] [--db postgresql://...]`. Prints one JS
 It creates a fresh database (tf_bench_<random>) on the server and drops it at the end. The raw
 commit rate is measured right before and after each figure it is compared with, since this
 machine's disk flush speed swings within minutes. Workers are real processes
-(`python -m tenantflow.runtime.worker_main`), as in a deployment.
+(`python -m tenantflow.runtime.cli.worker_main`), as in a deployment.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Worker:
     started: list[Worker] = []
 
     def __init__(self, url: str, threads: int, lease_s: float) -> None:
-        command = [sys.executable, "-m", "tenantflow.runtime.worker_main", "--db", url]
+        command = [sys.executable, "-m", "tenantflow.runtime.cli.worker_main", "--db", url]
         command += ["--threads", str(threads), "--lease", str(lease_s)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         Worker.started.append(self)

@@ -141,7 +141,7 @@ def tf_fan_out(backend: Backend, sandbox: Sandbox, instances: int) -> dict[str, 
 
 
 def _tf_worker(url: str, log: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "tenantflow.runtime.worker_main", "--db", url, "--threads", str(WORKERS)]
+    command = [sys.executable, "-m", "tenantflow.runtime.cli.worker_main", "--db", url, "--threads", str(WORKERS)]
     with log.open("a") as err:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
 

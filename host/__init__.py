@@ -1,5 +1,6 @@
 """The wasmtime embedding: one `Sandbox.run` is one activation in a fresh isolate."""
 
+from tenantflow.host.engine import ISOLATE_SLOTS, MAX_MEMORY_BYTES
 from tenantflow.host.journal import (
     Abort,
     Attempt,
@@ -26,8 +27,10 @@ __all__ = [
     "EventTimeout",
     "Failed",
     "Grants",
+    "ISOLATE_SLOTS",
     "Journal",
     "Limits",
+    "MAX_MEMORY_BYTES",
     "Outcome",
     "Plan",
     "Run",

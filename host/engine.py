@@ -31,6 +31,8 @@ POOLING: dict[str, int] = {
     "warm_slots": 8,
 }
 MAX_MEMORY_BYTES = POOLING["max_memory_bytes"]
+# Isolates that can be alive at once in one process (each activation or deploy check holds one).
+ISOLATE_SLOTS = POOLING["instances"]
 
 
 def _pooling(config: wasmtime.Config, pooling: dict[str, int]) -> None:

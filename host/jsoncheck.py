@@ -1,7 +1,7 @@
 """JSON from the guest, checked before the host keeps it: valid and bounded in nesting.
 
 NaN and Infinity are accepted: Python's json.dumps writes them for float('nan') and float('inf'),
-workflows return them, and the runtime's codec answers them as null (tests/test_api.py).
+workflows return them, and the runtime's codec answers them as null (tests/http/test_api.py).
 
 Lone surrogates: a component-model string is valid UTF-8 (wasmtime checks it), so a raw lone
 surrogate never reaches the host; an escaped one ("\\ud800") is JSON that Python's own json.dumps

@@ -18,7 +18,6 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from tenantflow.runtime import codec
 from tenantflow.runtime.errors import Conflict, InvalidState, NotFound, QuotaExceeded
 from tenantflow.runtime.records import (
     ERROR_SUMMARY_CHARS,
@@ -36,6 +35,7 @@ from tenantflow.runtime.records import (
     Tenant,
     Version,
 )
+from tenantflow.runtime.store import codec
 from tenantflow.runtime.store.schema import MIGRATIONS
 
 Row = Sequence[Any]

@@ -28,9 +28,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
-from tenantflow.runtime import codec
 from tenantflow.runtime.errors import Conflict, Unavailable
 from tenantflow.runtime.records import AttemptRecord, Claim, Entry, Instance, InstanceKey, Version
+from tenantflow.runtime.store import codec
 from tenantflow.runtime.store.base import LeaseLost, Row, SQLStore, Tx, _attempt_size, _entry_size
 
 log = logging.getLogger("tenantflow.store.postgres")

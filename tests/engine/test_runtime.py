@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from tenantflow.host import Sandbox
-from tenantflow.runtime.clock import ManualClock
+from tenantflow.runtime.engine.clock import ManualClock
 from tenantflow.runtime.errors import InvalidInput, InvalidState
-from tenantflow.runtime.local import drive
 from tenantflow.runtime.records import Instance, Tenant
 from tenantflow.runtime.service import Service
+from tenantflow.runtime.service.local import drive
 from tenantflow.runtime.store.sqlite import SQLiteStore
 
 

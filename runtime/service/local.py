@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tenantflow.host import Sandbox
-from tenantflow.runtime.clock import ManualClock
+from tenantflow.runtime.engine.clock import ManualClock
 from tenantflow.runtime.records import FINISHED, Instance, InstanceKey
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store.sqlite import SQLiteStore

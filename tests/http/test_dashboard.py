@@ -22,8 +22,8 @@ import httpx
 import pytest
 import uvicorn
 from tenantflow.host import Sandbox
-from tenantflow.runtime.api import create_app
-from tenantflow.runtime.dashboard import STATIC, build_timeline, fmt_bytes, fmt_count, fmt_duration
+from tenantflow.runtime.http.api import create_app
+from tenantflow.runtime.http.dashboard import STATIC, build_timeline, fmt_bytes, fmt_count, fmt_duration
 from tenantflow.runtime.records import Instance
 from tenantflow.runtime.service import Service
 
@@ -38,7 +38,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 
 APPROVAL = """\
 from tenantflow import StepError
@@ -541,7 +541,7 @@ def test_browser_other_tenant_and_operator(site: Site, browser: Any) -> None:
     ],
 )
 def test_safe_next_keeps_only_same_origin_paths(target: str | None, expected: str) -> None:
-    from tenantflow.runtime.dashboard import safe_next
+    from tenantflow.runtime.http.dashboard import safe_next
 
     assert safe_next(target) == expected
 

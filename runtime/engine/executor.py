@@ -6,11 +6,10 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from tenantflow.host import Completed, Failed, Grants, Limits, Outcome, Sandbox, Suspended
-from tenantflow.host.engine import MAX_MEMORY_BYTES
-from tenantflow.runtime.clock import Clock
-from tenantflow.runtime.journal import LEASE_LOST, InstanceJournal
-from tenantflow.runtime.metrics import Metrics
+from tenantflow.host import MAX_MEMORY_BYTES, Completed, Failed, Grants, Limits, Outcome, Sandbox, Suspended
+from tenantflow.runtime.engine.clock import Clock
+from tenantflow.runtime.engine.journal import LEASE_LOST, InstanceJournal
+from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.records import ActivationState, Claim, Quotas
 from tenantflow.runtime.store import LeaseLost, SQLStore
 

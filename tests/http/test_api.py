@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from helpers_server import EXAMPLES, ServerProcess, Servers, servers
-from tenantflow.runtime.api import MAX_BODY, create_app
 from tenantflow.runtime.client import ApiError, Client
-from tenantflow.runtime.openapi import openapi_document
+from tenantflow.runtime.http.api import MAX_BODY, create_app
+from tenantflow.runtime.http.openapi import openapi_document
 from tenantflow.runtime.store import open_store
 
 APPROVAL = (EXAMPLES / "approval.py").read_text()

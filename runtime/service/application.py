@@ -14,9 +14,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tenantflow.host import ErrorInfo, Sandbox
-from tenantflow.host.engine import POOLING
-from tenantflow.runtime.clock import Clock, SystemClock
+from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, Sandbox
+from tenantflow.runtime.engine.clock import Clock, SystemClock
+from tenantflow.runtime.engine.executor import Executor, limits_for
+from tenantflow.runtime.engine.metrics import Metrics
+from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool
 from tenantflow.runtime.errors import (
     Conflict,
     InvalidInput,
@@ -27,8 +29,6 @@ from tenantflow.runtime.errors import (
     Unavailable,
     WorkflowCodeError,
 )
-from tenantflow.runtime.executor import Executor, limits_for
-from tenantflow.runtime.metrics import Metrics
 from tenantflow.runtime.records import (
     STATUSES,
     Instance,
@@ -40,11 +40,10 @@ from tenantflow.runtime.records import (
     check_id,
 )
 from tenantflow.runtime.store import SQLStore, open_store
-from tenantflow.runtime.worker import DEFAULT_LEASE_S, WorkerPool
 
 MAX_BATCH = 100
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
-MAX_WORKERS = POOLING["instances"] - 8
+MAX_WORKERS = ISOLATE_SLOTS - 8
 MAX_PAGE = 1000
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
 STORAGE_RETRY_AFTER_S = 60.0

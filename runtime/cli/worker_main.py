@@ -1,4 +1,4 @@
-"""A worker process: `python -m tenantflow.runtime.worker_main --db URL [--threads N] [--lease S]`.
+"""A worker process: `python -m tenantflow.runtime.cli.worker_main --db URL [--threads N] [--lease S]`.
 
 Runs a Service's worker pool on the given store until SIGTERM or SIGINT, then
 lets running activations suspend at their next step and exits. When the pool is
@@ -32,13 +32,13 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
+from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S  # noqa: E402
 from tenantflow.runtime.service import Service  # noqa: E402
 from tenantflow.runtime.store import DEFAULT_DB  # noqa: E402
-from tenantflow.runtime.worker import DEFAULT_LEASE_S  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tenantflow.runtime.worker_main", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tenantflow.runtime.cli.worker_main", description=__doc__)
     parser.add_argument("--db", default=os.environ.get("TENANTFLOW_DB", DEFAULT_DB), help="database URL")
     parser.add_argument("--threads", type=int, default=4, help="activations run at once (default 4)")
     parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, help="lease period in seconds")

@@ -19,8 +19,8 @@ from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
-from tenantflow.runtime.api import create_app
 from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.service import Service
 from uvicorn.protocols.http.h11_impl import H11Protocol
 

@@ -24,8 +24,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from tenantflow.runtime.clock import Clock
-from tenantflow.runtime.executor import Activated, Executor
+from tenantflow.runtime.engine.clock import Clock
+from tenantflow.runtime.engine.executor import Activated, Executor
 from tenantflow.runtime.records import Claim, InstanceKey
 from tenantflow.runtime.store import SQLStore
 

@@ -1,6 +1,6 @@
 """The OpenAPI 3.0 document of the HTTP API, served at /openapi.json.
 
-Written by hand to say exactly what `tenantflow.runtime.api` does; the
+Written by hand to say exactly what `tenantflow.runtime.http.api` does; the
 schemathesis test checks the server against it (statuses, media types, bodies).
 """
 

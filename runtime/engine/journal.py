@@ -24,7 +24,7 @@ from tenantflow.host import (
     StepFailed,
     Suspend,
 )
-from tenantflow.runtime.clock import Clock
+from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.errors import InvalidInput
 from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry, check_event_type
 from tenantflow.runtime.store import LeaseLost, SQLStore

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from helpers_server import ServerProcess, Servers, cli, servers
-from tenantflow.runtime import codec
-from tenantflow.runtime.store import open_store
+from tenantflow.runtime.store import codec, open_store
 
 ESC = "\x1b]0;pwned\x07"
 MARKUP = "[bold red]x[/]"
@@ -194,7 +193,7 @@ def test_cli_run_prints_hostile_data_safely(tmp_path: Path) -> None:
 
 
 def test_far_times_render_in_the_browser_formats() -> None:
-    from tenantflow.runtime.dashboard import fmt_relative, fmt_time, iso_time
+    from tenantflow.runtime.http.dashboard import fmt_relative, fmt_time, iso_time
 
     for epoch in (9e12, FAR_MS / 1000, -1e15):
         assert fmt_time(epoch) and isinstance(iso_time(epoch), str) and fmt_relative(epoch, 0.0)

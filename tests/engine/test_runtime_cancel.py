@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from tenantflow.host import Sandbox
-from tenantflow.runtime.clock import ManualClock
-from tenantflow.runtime.executor import MAX_HOST_FAULTS
+from tenantflow.runtime.engine.clock import ManualClock
+from tenantflow.runtime.engine.executor import MAX_HOST_FAULTS
 from tenantflow.runtime.records import Instance, Quotas, Tenant
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store.sqlite import SQLiteStore

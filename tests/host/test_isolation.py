@@ -20,7 +20,7 @@ from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
 SMALL = Limits(fuel=2_000_000_000, memory_bytes=64 << 20, deadline_s=5)
 # For code that should hit the memory cap: fuel enough that memory, not fuel, runs out first.
 MEMORY_BOUND = Limits(fuel=20_000_000_000, memory_bytes=64 << 20, deadline_s=5)
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def run(sandbox: Sandbox, source: str, limits: Limits = SMALL, journal: MemJournal | None = None) -> Outcome:

@@ -20,9 +20,9 @@ import pytest
 import uvicorn
 from helpers_server import ServerProcess, Servers, servers
 from tenantflow.host import Sandbox
-from tenantflow.runtime.api import create_app
 from tenantflow.runtime.errors import Unavailable
-from tenantflow.runtime.server import uvicorn_config
+from tenantflow.runtime.http.api import create_app
+from tenantflow.runtime.http.server import uvicorn_config
 from tenantflow.runtime.service import Service
 
 TOKEN = "metrics-secret-token"

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from tenantflow.runtime.dashboard import dashboard_routes
+from tenantflow.runtime.engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tenantflow.runtime.errors import (
     InvalidInput,
     QuotaExceeded,
@@ -36,8 +36,8 @@ from tenantflow.runtime.errors import (
     Unavailable,
     WorkflowCodeError,
 )
-from tenantflow.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from tenantflow.runtime.openapi import openapi_document
+from tenantflow.runtime.http.dashboard import dashboard_routes
+from tenantflow.runtime.http.openapi import openapi_document
 from tenantflow.runtime.records import Instance, Tenant, Version, check_id
 from tenantflow.runtime.service import Service
 
@@ -276,7 +276,7 @@ class Api:
         if size > self.max_body:
             raise TooLarge(f"the request body is larger than {self.max_body} bytes")
         raw = b"".join(chunks)
-        if not raw.strip():
+        if not raw.strip(b" \t\n\r"):  # JSON's whitespace only: b"\x0b" is not an empty body
             if default is not None:
                 return default
             raise MalformedRequest("the body is empty; send a JSON document")

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from pg import fresh_schema, pg_server  # noqa: F401  (pg_server is a fixture)
 from tenantflow.host import Abort, Sandbox, StepCall
-from tenantflow.runtime import codec
-from tenantflow.runtime.clock import ManualClock
+from tenantflow.runtime.engine.clock import ManualClock
+from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.errors import InvalidInput, QuotaExceeded, Unavailable
-from tenantflow.runtime.journal import InstanceJournal
 from tenantflow.runtime.records import (
     ERROR_SUMMARY_CHARS,
     MAX_BUFFERED_EVENTS,
@@ -28,7 +27,7 @@ from tenantflow.runtime.records import (
     Quotas,
 )
 from tenantflow.runtime.service import Service
-from tenantflow.runtime.store import SQLStore, open_store
+from tenantflow.runtime.store import SQLStore, codec, open_store
 from tenantflow.runtime.store.base import JOURNAL_PAGE_BYTES
 from tenantflow.runtime.store.postgres import PostgresStore
 from tenantflow.runtime.store.sqlite import SQLiteStore

@@ -306,8 +306,8 @@ def main() -> None:
 )
 def serve(host: str, port: int, db: str, workers: int, log_level: str, metrics_token: str | None) -> None:
     """Run the HTTP API and the workers in one process (graceful stop on SIGTERM)."""
-    from tenantflow.runtime.server import configure_logging
-    from tenantflow.runtime.server import serve as run_server
+    from tenantflow.runtime.http.server import configure_logging
+    from tenantflow.runtime.http.server import serve as run_server
 
     configure_logging(log_level)
     try:
@@ -324,7 +324,7 @@ def serve(host: str, port: int, db: str, workers: int, log_level: str, metrics_t
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def worker(db: str, workers: int, log_level: str) -> None:
     """Run workers only, for scale-out on a shared database (graceful stop on SIGTERM)."""
-    from tenantflow.runtime.server import configure_logging, work
+    from tenantflow.runtime.http.server import configure_logging, work
 
     configure_logging(log_level)
     try:
@@ -628,7 +628,7 @@ def run(file: Path, params: str | None, event_args: tuple[str, ...], as_json: bo
     Time is simulated: sleeps, retry back-offs and event timeouts take no time;
     the --event events are delivered up front and taken when the workflow waits.
     """
-    from tenantflow.runtime.local import run_local
+    from tenantflow.runtime.service.local import run_local
 
     try:
         source = file.read_text(encoding="utf-8")
@@ -685,7 +685,3 @@ def run(file: Path, params: str | None, event_args: tuple[str, ...], as_json: bo
             console.print(_json_text(instance["output"]))
     if instance["status"] != "complete":
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

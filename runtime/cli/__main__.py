@@ -1,0 +1,3 @@
+from tenantflow.runtime.cli.main import main
+
+main()
