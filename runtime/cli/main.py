@@ -365,7 +365,9 @@ def tenants_create(
     as_json: bool,
 ) -> None:
     """Create tenant NAME and print JSON with its API key (shown once; only its hash is stored)."""
-    from tenantflow.runtime.service import Service
+    from tenantflow.runtime.engine.clock import SystemClock
+    from tenantflow.runtime.service import Tenants
+    from tenantflow.runtime.store import open_store
 
     defaults = Quotas()
     quotas = Quotas(
@@ -377,15 +379,15 @@ def tenants_create(
         egress=tuple(h.strip() for item in egress for h in item.split(",") if h.strip()),
     )
     try:
-        service = Service.open(db, workers=1)
+        store = open_store(db)
     except TenantflowError as error:
         _fail(str(error))
     try:
-        tenant, api_key = service.create_tenant(name, quotas, operator=operator)
+        tenant, api_key = Tenants(store, SystemClock()).create(name, quotas, operator=operator)
     except TenantflowError as error:
         _fail(str(error))
     finally:
-        service.close()
+        store.close()
     result = {
         "tenant": tenant.name,
         "api_key": api_key,

@@ -1,32 +1,27 @@
-"""The service: what the HTTP API and the CLI do, on one store, one sandbox and one worker pool."""
+"""The composition root: one store, one sandbox, one engine (executor and worker pool), and the
+application's operations on them (tenants, workflows, instances, controls, events, journals)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import secrets
 import threading
-import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future
+from dataclasses import asdict
 from typing import Any
 
 from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, Sandbox
 from tenantflow.runtime.engine.clock import Clock, SystemClock
-from tenantflow.runtime.engine.executor import Executor, limits_for
+from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool
 from tenantflow.runtime.errors import (
-    Conflict,
     InvalidInput,
     NotFound,
     QuotaExceeded,
     TooLarge,
-    Unauthorized,
-    Unavailable,
     WorkflowCodeError,
 )
 from tenantflow.runtime.records import (
@@ -39,6 +34,9 @@ from tenantflow.runtime.records import (
     check_event_type,
     check_id,
 )
+from tenantflow.runtime.service.checks import DeployChecks
+from tenantflow.runtime.service.ratelimit import RateLimiter
+from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.store import SQLStore, open_store
 
 MAX_BATCH = 100
@@ -48,21 +46,6 @@ MAX_PAGE = 1000
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
 STORAGE_RETRY_AFTER_S = 60.0
 
-# Deploy checks run the tenant's module-level code: on a pool of their own (never the request
-# threads), a few at a time, under the tenant's memory quota and a small fuel and time budget.
-CHECK_THREADS = 2
-CHECK_QUEUE = 16
-"""Deploy checks waiting or running at once, across tenants; beyond it: 503 Unavailable."""
-CHECKS_PER_TENANT = 2
-"""Deploy checks of one tenant waiting or running at once; beyond it: 429 QuotaExceeded."""
-CHECK_DEADLINE_S = 5.0
-CHECK_FUEL = 2_000_000_000
-"""Fuel for a deploy check (the tenant's fuel quota if lower): ~0.2 s of guest CPU."""
-
-
-def hash_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
-
 
 def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
@@ -70,78 +53,6 @@ def source_hash(source: str) -> str:
 
 def _json_size(value: Any) -> int:
     return len(json.dumps(value))
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class RateLimiter:
-    """A token bucket per tenant: `per_minute` creations, bursting up to the same number."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buckets: dict[str, _Bucket] = {}
-
-    def take(self, tenant_id: str, per_minute: int, count: int) -> None:
-        now = time.monotonic()
-        rate = per_minute / 60
-        with self._lock:
-            bucket = self._buckets.setdefault(tenant_id, _Bucket(float(per_minute), now))
-            bucket.tokens = min(float(per_minute), bucket.tokens + (now - bucket.updated) * rate)
-            bucket.updated = now
-            if bucket.tokens < count:
-                wait = (count - bucket.tokens) / rate if rate > 0 else 60.0
-                raise QuotaExceeded(f"instance creation is limited to {per_minute} per minute", retry_after_s=wait)
-            bucket.tokens -= count
-
-
-class DeployChecks:
-    """Runs `Sandbox.check` on CHECK_THREADS threads of its own, with bounded waiting room."""
-
-    def __init__(self, sandbox: Sandbox, threads: int = CHECK_THREADS) -> None:
-        self.sandbox = sandbox
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deploy-check")
-        self._lock = threading.Lock()
-        self._by_tenant: dict[str, int] = {}
-        self._total = 0
-
-    def submit(self, tenant: Tenant, source: str) -> Future[ErrorInfo | None]:
-        """The check's future (its error or None); QuotaExceeded or Unavailable when it cannot wait."""
-        self._reserve(tenant.tenant_id)
-        limits = dataclasses.replace(
-            limits_for(tenant.quotas), fuel=min(tenant.quotas.fuel, CHECK_FUEL), deadline_s=CHECK_DEADLINE_S
-        )
-        try:
-            future = self._pool.submit(self.sandbox.check, source, limits)
-        except BaseException:
-            self._release(tenant.tenant_id)
-            raise
-        future.add_done_callback(lambda _: self._release(tenant.tenant_id))
-        return future
-
-    def _reserve(self, tenant_id: str) -> None:
-        with self._lock:
-            if self._by_tenant.get(tenant_id, 0) >= CHECKS_PER_TENANT:
-                raise QuotaExceeded(
-                    f"at most {CHECKS_PER_TENANT} deploys of a tenant are checked at once", CHECK_DEADLINE_S
-                )
-            if self._total >= CHECK_QUEUE:
-                raise Unavailable("the server is checking too many deploys; retry shortly", CHECK_DEADLINE_S)
-            self._by_tenant[tenant_id] = self._by_tenant.get(tenant_id, 0) + 1
-            self._total += 1
-
-    def _release(self, tenant_id: str) -> None:
-        with self._lock:
-            self._total -= 1
-            left = self._by_tenant.pop(tenant_id) - 1
-            if left:
-                self._by_tenant[tenant_id] = left
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Service:
@@ -163,6 +74,7 @@ class Service:
         self.stopping = threading.Event()
         self.executor = Executor(store, self.sandbox, self.clock, self.metrics, self.stopping)
         self.pool = WorkerPool(store, self.executor, self.clock, threads=workers, lease_s=lease_s)
+        self.tenant_registry = Tenants(store, self.clock)
         self.limiter = RateLimiter()
         self.checks = DeployChecks(self.sandbox)
         self._started = False
@@ -190,39 +102,16 @@ class Service:
     # -- tenants -------------------------------------------------------------
 
     def create_tenant(self, name: str, quotas: Quotas | None = None, operator: bool = False) -> tuple[Tenant, str]:
-        check_id(name, "tenant name")
-        api_key = "tf_" + secrets.token_urlsafe(32)
-        tenant = Tenant(name, name, quotas or Quotas(), self.clock.now(), operator)
-        try:
-            self.store.tenant(name)
-        except NotFound:
-            self.store.create_tenant(tenant, hash_key(api_key))
-            return tenant, api_key
-        raise Conflict(f"tenant {name!r} already exists")
+        return self.tenant_registry.create(name, quotas, operator)
 
     def authenticate(self, api_key: str | None) -> Tenant:
-        if not api_key:
-            raise Unauthorized("send the tenant's API key as 'Authorization: Bearer <key>'")
-        tenant = self.store.tenant_by_key(hash_key(api_key))
-        if tenant is None:
-            raise Unauthorized("unknown API key")
-        return tenant
+        return self.tenant_registry.authenticate(api_key)
 
     def tenants(self, actor: Tenant) -> list[Tenant]:
-        """The tenants `actor` may look at: every tenant for an operator, else only itself."""
-        if not actor.operator:
-            return [actor]
-        return sorted(self.store.tenants(), key=lambda t: (t.tenant_id != actor.tenant_id, t.name))
+        return self.tenant_registry.tenants(actor)
 
     def view_as(self, actor: Tenant, tenant_id: str | None) -> Tenant:
-        """The tenant whose resources `actor` reads: itself, or (for an operator only) the one named.
-
-        Anyone else asking for another tenant gets NotFound, as for another tenant's resources."""
-        if tenant_id is None or tenant_id == actor.tenant_id:
-            return actor
-        if not actor.operator:
-            raise NotFound(f"no tenant {tenant_id!r}")
-        return self.store.tenant(check_id(tenant_id, "tenant name"))
+        return self.tenant_registry.view_as(actor, tenant_id)
 
     # -- workflows -----------------------------------------------------------
 
