@@ -135,6 +135,19 @@ class WorkerPool:
             cancel.set()
         return len(lost)
 
+    def run_one(self) -> bool:
+        """Claim one runnable instance and run its activation in this thread; whether there was one.
+
+        For local runs and tests that drive time themselves; `start` runs the threads instead."""
+        claims = self.store.claim(self.owner, 1, self.clock.now(), self.lease_s, max_per_tenant=self.threads)
+        for claim in claims:
+            self.executor.activate(claim)
+        return bool(claims)
+
+    def next_wake(self) -> float | None:
+        """When the earliest waiting instance becomes runnable (None: nothing is waiting on a time)."""
+        return self.store.next_wake()
+
     @property
     def busy(self) -> int:
         with self._lock:

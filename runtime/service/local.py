@@ -36,14 +36,12 @@ def drive(service: Service, clock: ManualClock, key: InstanceKey, limit: int = M
     """
     activations = 0
     while activations < limit:
-        claims = service.store.claim("local", 1, clock.now(), 3600.0, {})
-        if claims:
-            service.executor.activate(claims[0])
+        if service.pool.run_one():
             activations += 1
             continue
         if service.store.instance(key).status in FINISHED:
             return activations, False
-        wake = service.store.next_wake()
+        wake = service.pool.next_wake()
         if wake is None:
             return activations, True
         clock.set(wake)
@@ -59,7 +57,7 @@ def run_local(
     with tempfile.TemporaryDirectory(prefix="tenantflow-run-") as tmp:
         store = SQLiteStore(str(Path(tmp) / "run.db"), synchronous="normal")
         clock = ManualClock()
-        service = Service(store, sandbox, clock, workers=1)
+        service = Service(store, sandbox, clock, workers=1, lease_s=3600.0)
         try:
             tenant, _ = service.create_tenant("local")
             service.deploy(tenant, "local", source)
