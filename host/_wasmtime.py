@@ -129,7 +129,7 @@ class TrapKind(enum.Enum):
     OTHER = "other"
 
 
-def trap_kind(error: WasmtimeError) -> TrapKind:
+def trap_kind(error: Exception) -> TrapKind:
     """The kind of trap, read from its message.
 
     wasmtime's C API has trap codes (`wasmtime_trap_code`), but only for a `wasm_trap_t`, which core
@@ -416,6 +416,19 @@ def signature(ty_raw: Any) -> tuple[list[wit.ValType], wit.ValType | None]:
         _freeze(ty)
     _freeze(result)
     return params, result
+
+
+def lift(params: list[wit.ValType], args: Any) -> list[Any]:
+    """The Python values of a callback's arguments (`args` is its `wasmtime_component_val_t*`).
+
+    50.0.x: `ValType.convert_from_c` takes the C value and owns what it points to.
+    """
+    return [ty.convert_from_c(args[i]) for i, ty in enumerate(params)]
+
+
+def lower(ty: wit.ValType, store: StoreContext, value: Any, results: Any) -> None:
+    """Write `value` into a callback's result slot (50.0.x: `ValType.convert_to_c`)."""
+    ty.convert_to_c(store, value, results)
 
 
 def set_lift_cap(cap: int) -> None:

@@ -73,9 +73,9 @@ def _call(env: int, context: Any, ty_raw: Any, args: Any, nargs: int, results: A
         params = entry.params if entry.params is not None else entry.resolve(ty_raw)
         if len(params) != nargs or nresults != (0 if entry.result is None else 1):
             raise WasmtimeError("host function called with an unexpected signature")
-        value = entry.fn(store, *[ty.convert_from_c(args[i]) for i, ty in enumerate(params)])
+        value = entry.fn(store, *_wasmtime.lift(params, args))
         if entry.result is not None:
-            entry.result.convert_to_c(store, value, results)
+            _wasmtime.lower(entry.result, store, value, results)
         elif value is not None:
             raise WasmtimeError("host function without a result returned a value")
         meter: Meter | None = getattr(_CALL_STATE, "meter", None)
