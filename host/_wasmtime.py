@@ -9,8 +9,9 @@ too).
 What is here:
 - the pooling allocator (no Python API in 50.0.x; its C API is in the ctypes bindings);
 - the epoch deadline callback (idem);
-- host functions registered through the C API with their WIT types resolved once (`add_func`), and
-  the caching subclasses of the component value types that lift and lower arguments;
+- the C side of host/fastcall.py's host functions (registered through the C API with their WIT
+  types resolved once), and the caching subclasses of the component value types that lift and
+  lower their arguments (with a size cap on strings and lists);
 - building a `Record` from fields, and reading what kind of trap ended a call.
 """
 
@@ -175,7 +176,7 @@ class TooLarge:
         return f"TooLarge({self.size})"
 
 
-# The cap on strings and lists lifted on this thread, set by `add_func`'s callback before lifting.
+# The cap on strings and lists lifted on this thread, set by host/fastcall.py's callback before lifting.
 _LIFT = threading.local()
 
 
