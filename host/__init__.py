@@ -1,6 +1,7 @@
 """The wasmtime embedding: one `Sandbox.run` is one activation in a fresh isolate."""
 
 from tenantflow.host.engine import ISOLATE_SLOTS, MAX_MEMORY_BYTES
+from tenantflow.host.failures import HOST_ERRORS, LIMIT_ERRORS, FailureName
 from tenantflow.host.journal import (
     Abort,
     Attempt,
@@ -26,9 +27,12 @@ __all__ = [
     "ErrorInfo",
     "EventTimeout",
     "Failed",
+    "FailureName",
     "Grants",
+    "HOST_ERRORS",
     "ISOLATE_SLOTS",
     "Journal",
+    "LIMIT_ERRORS",
     "Limits",
     "MAX_MEMORY_BYTES",
     "Outcome",

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
 
 import wasmtime
-from wasmtime import _ffi as ffi
+from tenantflow.host._wasmtime import configure_pooling
+from tenantflow.wasm_build import ENGINE_SETTINGS, compiler_config, load_component
+from wasmtime.component import Component
+
+__all__ = [
+    "CHECK_S",
+    "ENGINE_SETTINGS",
+    "ISOLATE_SLOTS",
+    "MAX_MEMORY_BYTES",
+    "POOLING",
+    "TICK_S",
+    "EpochTicker",
+    "load_guest",
+    "make_engine",
+]
 
 TICK_S = 0.005
 # How often a running guest asks the host whether its (activation or step) deadline has passed.
 CHECK_S = 0.05
-ENGINE_SETTINGS: dict[str, object] = {
-    "consume_fuel": True,
-    "epoch_interruption": True,
-    "cranelift_opt_level": "speed",
-    "max_wasm_stack": 1 << 20,
-}
 # The pooling allocator reuses instance slots instead of mapping and unmapping memory for every
 # activation. With the default allocator, concurrent activations on several threads contend on the
 # process's memory map (mmap/munmap per instance) and two threads ran slower than one; pooled, with
@@ -35,42 +41,28 @@ MAX_MEMORY_BYTES = POOLING["max_memory_bytes"]
 ISOLATE_SLOTS = POOLING["instances"]
 
 
-def _pooling(config: wasmtime.Config, pooling: dict[str, int]) -> None:
-    # wasmtime-py 50 has no Python API for the pooling allocator; its C API is in the bindings.
-    instances = pooling["instances"]
-    per_component = pooling["core_instances_per_component"]
-    cfg = ffi.wasmtime_pooling_allocation_config_new()
-    try:
-        ffi.wasmtime_pooling_allocation_config_total_component_instances_set(cfg, instances)
-        ffi.wasmtime_pooling_allocation_config_max_core_instances_per_component_set(cfg, per_component)
-        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(cfg, instances * per_component)
-        ffi.wasmtime_pooling_allocation_config_max_memories_per_component_set(cfg, 8)
-        ffi.wasmtime_pooling_allocation_config_total_memories_set(cfg, instances * 2)
-        ffi.wasmtime_pooling_allocation_config_max_tables_per_component_set(cfg, per_component)
-        ffi.wasmtime_pooling_allocation_config_total_tables_set(cfg, instances * per_component)
-        ffi.wasmtime_pooling_allocation_config_total_stacks_set(cfg, instances)
-        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(cfg, pooling["max_memory_bytes"])
-        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(cfg, pooling["keep_resident_bytes"])
-        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(cfg, pooling["keep_resident_bytes"])
-        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(cfg, pooling["warm_slots"])
-        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), cfg)
-    finally:
-        ffi.wasmtime_pooling_allocation_config_delete(cfg)
-
-
 def make_engine(
-    settings: dict[str, object] | None = None, pooling: dict[str, int] | None = None
+    settings: Mapping[str, object] | None = None, pooling: dict[str, int] | None = None
 ) -> tuple[wasmtime.Engine, dict[str, object]]:
-    """A fresh engine and the settings it was made with (part of the artifact cache key)."""
+    """A fresh engine and the compile settings it was made with (the artifact's cache key).
+
+    The pooling allocator is not part of them: it decides how instances are allocated, not how the
+    guest is compiled (an artifact compiled without it loads into an engine with it).
+    """
     chosen = dict(ENGINE_SETTINGS if settings is None else settings)
-    config = wasmtime.Config()
-    for name, value in chosen.items():
-        setattr(config, name, value)
+    config = compiler_config(chosen)
     pool = POOLING if pooling is None else pooling
     if pool:
-        _pooling(config, pool)
-        chosen.update({f"pooling.{name}": value for name, value in pool.items()})
+        configure_pooling(config, pool)
     return wasmtime.Engine(config), chosen
+
+
+def load_guest(engine: wasmtime.Engine, settings: Mapping[str, object]) -> Component:
+    """The guest component for `engine` (made with `settings`), from the prebuilt artifact.
+
+    The artifact is built on first use (or by `python -m tenantflow.wasm_build`) and cached.
+    """
+    return load_component(engine, settings)
 
 
 class EpochTicker:
@@ -93,44 +85,3 @@ class EpochTicker:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_size_t,
-    ctypes.POINTER(ffi.wasmtime_context_t),
-    ctypes.c_void_p,
-    ctypes.POINTER(ctypes.c_uint64),
-    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
-)
-_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
-_CONTINUE = 0
-
-
-class EpochCallback:
-    """Re-arms a store's epoch deadline: `ticks_left()` > 0 lets the guest run that many more ticks, 0 traps.
-
-    Compiled wasm caches the deadline it saw on entry to a function and rereads it only once the
-    cached value has passed, so lowering a store's deadline from a host call (e.g. when a step body
-    with a short `timeout` starts) is not seen by a loop already running. Re-arming in short slices
-    through this callback bounds that staleness to one slice. One instance serves many stores; keep
-    it alive as long as they live.
-    """
-
-    def __init__(self, ticks_left: Callable[[], int]) -> None:
-        self._ticks_left = ticks_left
-        self._fn = _CALLBACK(self._on_deadline)
-
-    def install(self, store: wasmtime.Store) -> None:
-        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._fn, None, _NO_FINALIZER)
-
-    def _on_deadline(self, context: Any, env: Any, delta: Any, kind: Any) -> int:
-        try:
-            ticks = self._ticks_left()
-        except BaseException:
-            ticks = 0
-        if ticks <= 0:
-            error = ffi.wasmtime_error_new(b"tenantflow: deadline reached (interrupt)")
-            return ctypes.cast(error, ctypes.c_void_p).value or 0
-        delta[0] = ticks
-        kind[0] = _CONTINUE
-        return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tenantflow.host.failures import FailureName
+
 
 class HostRefusal(Exception):
     """A host function ended the activation with a named error (a limit hit, a bad call, a cancel)."""
@@ -14,4 +16,4 @@ class HostRefusal(Exception):
 
 def invalid_call(call: str, what: str) -> HostRefusal:
     """The guest handed host function `call` something it refuses: InvalidHostCall."""
-    return HostRefusal("InvalidHostCall", f"{call}: {what}")
+    return HostRefusal(FailureName.INVALID_HOST_CALL, f"{call}: {what}")

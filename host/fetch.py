@@ -21,28 +21,37 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
+from tenantflow.host.failures import FailureName
 from tenantflow.host.limits import Grants
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class FetchError(Exception):
-    """A fetch that could not be made or completed."""
+    """A fetch that could not be made or completed; the guest sees `failure` as the call's error name."""
+
+    failure: ClassVar[FailureName] = FailureName.FETCH_ERROR
 
 
 class EgressDenied(FetchError):
     """The destination is not on the tenant's allowlist, or resolves to a refused address."""
 
+    failure = FailureName.EGRESS_DENIED
+
 
 class FetchTimeout(FetchError):
     """The fetch took longer than the tenant's fetch timeout."""
 
+    failure = FailureName.FETCH_TIMEOUT
+
 
 class ResponseTooLarge(FetchError):
     """The response body is larger than the tenant's limit."""
+
+    failure = FailureName.RESPONSE_TOO_LARGE
 
 
 def _parse_entry(entry: str) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """A named error: FuelExhausted, MemoryLimitExceeded, WorkflowCodeError, ..."""
+    """A named error: a `FailureName` (FuelExhausted, WorkflowCodeError, ...) or the workflow's own exception's."""
 
     name: str
     message: str
@@ -52,30 +52,3 @@ class Failed:
 
 
 Outcome = Completed | Suspended | Failed
-
-LIMIT_ERRORS = frozenset(
-    {
-        "FuelExhausted",
-        "MemoryLimitExceeded",
-        "DeadlineExceeded",
-        "OutputLimitExceeded",
-        "StackOverflow",
-        "StepTimeout",
-    }
-)
-
-# Every failure name the host itself gives an activation (beyond the workflow's own exceptions).
-HOST_ERRORS = LIMIT_ERRORS | frozenset(
-    {
-        # `Sandbox.run(cancel=...)` was set (terminate, shutdown); the attempt in flight is not journaled.
-        "Cancelled",
-        # The guest handed a host function something it refuses (size, shape, JSON, range).
-        "InvalidHostCall",
-        # The guest called WASI exit (os._exit).
-        "GuestExit",
-        # The guest crashed (a wasm trap that is none of the limits).
-        "GuestTrap",
-        # The source does not compile or define a workflow, or calls steps wrongly.
-        "WorkflowCodeError",
-    }
-)

@@ -27,8 +27,10 @@ from typing import Any
 
 import wasmtime
 from tenantflow.host import jsoncheck, wasi
-from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochCallback, EpochTicker, make_engine
+from tenantflow.host._wasmtime import EpochCallback, TrapKind, record, trap_kind
+from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochTicker, load_guest, make_engine
 from tenantflow.host.errors import HostRefusal, invalid_call
+from tenantflow.host.failures import FailureName
 from tenantflow.host.fastcall import TooLarge, add_func, set_meter
 from tenantflow.host.fetch import FetchError, fetch
 from tenantflow.host.journal import (
@@ -62,12 +64,11 @@ from tenantflow.host.limits import (
     Limits,
 )
 from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Stats, Suspended
-from tenantflow.wasm_build.build import load_component
 from wasmtime.component import Component, Linker, Record, ResourceType, Variant
 
 HOST_INTERFACE = "tenantflow:sandbox/host@0.1.0"
 
-_GUEST_ERRORS = {"MemoryError": "MemoryLimitExceeded", "RecursionError": "StackOverflow"}
+_GUEST_ERRORS = {"MemoryError": FailureName.MEMORY_LIMIT_EXCEEDED, "RecursionError": FailureName.STACK_OVERFLOW}
 # CPython-on-wasm quirk: when `x += x` (or `x + x`) on a str cannot get memory under the cap, the
 # guest reports "TypeError: unsupported operand type(s) for +=: '' and ''": the failed allocation
 # leaves the type objects' names zeroed (the interpreter's memory is damaged, and catching the
@@ -150,7 +151,8 @@ class _Activation:
     def next_call(self, name: str, kind: Any) -> StepCall:
         if self.in_flight is not None:
             raise Abort(
-                "WorkflowCodeError", f"step {name!r} was called inside the body of {self.in_flight.call.name!r}"
+                FailureName.WORKFLOW_CODE_ERROR,
+                f"step {name!r} was called inside the body of {self.in_flight.call.name!r}",
             )
         call = StepCall(self.position, name, self.occurrences[name], kind)
         self.position += 1
@@ -187,7 +189,7 @@ class _Activation:
         left = self.store.get_fuel()
         if cost >= left:
             self.store.set_fuel(0)
-            raise HostRefusal("FuelExhausted", f"the activation used its fuel budget of {self.limits.fuel}")
+            raise HostRefusal(FailureName.FUEL_EXHAUSTED, f"the activation used its fuel budget of {self.limits.fuel}")
         self.store.set_fuel(left - cost)
 
     def start_metering(self) -> None:
@@ -253,7 +255,9 @@ class _Activation:
         size = _utf8_size(text)
         if self.log_size + size > self.limits.log_bytes:
             self.log_truncated = True
-            raise HostRefusal("OutputLimitExceeded", f"the activation printed more than {self.limits.log_bytes} bytes")
+            raise HostRefusal(
+                FailureName.OUTPUT_LIMIT_EXCEEDED, f"the activation printed more than {self.limits.log_bytes} bytes"
+            )
         self.log_size += size
         self.log.append(text)
 
@@ -304,9 +308,7 @@ def _trap_cause(text: str) -> str:
 
 
 def _failure(name: str, message: str) -> Record:
-    record = Record()
-    vars(record).update(name=name, message=message)
-    return record
+    return record(name=name, message=message)
 
 
 class Sandbox:
@@ -325,7 +327,7 @@ class Sandbox:
             self.engine, self.settings = make_engine()
         else:
             self.engine, self.settings = engine, dict(ENGINE_SETTINGS)
-        self.component = component if component is not None else load_component(self.engine, self.settings)
+        self.component = component if component is not None else load_guest(self.engine, self.settings)
         self._local = threading.local()
         self._ticker = EpochTicker(self.engine)
         self._epoch = EpochCallback(self._ticks_left)
@@ -467,8 +469,8 @@ class Sandbox:
             name = _GUEST_ERRORS.get(error.name, error.name)
             message = error.message
             if name == "TypeError" and _NAMELESS_OPERANDS.search(message):
-                name = "MemoryLimitExceeded"
-            if name == "MemoryLimitExceeded":
+                name = FailureName.MEMORY_LIMIT_EXCEEDED
+            if name == FailureName.MEMORY_LIMIT_EXCEEDED:
                 message = (
                     f"MemoryError: the guest ran out of memory (cap {act.limits.memory_bytes} bytes) {message}".strip()
                 )
@@ -485,7 +487,7 @@ class Sandbox:
             return Completed("null", stats)
         if len(value) > act.limits.output_bytes or _utf8_size(value) > act.limits.output_bytes:
             message = f"the output is at most {act.limits.output_bytes} bytes of JSON, got {_utf8_size(value)}"
-            return Failed(ErrorInfo("OutputLimitExceeded", message), stats)
+            return Failed(ErrorInfo(FailureName.OUTPUT_LIMIT_EXCEEDED, message), stats)
         try:
             jsoncheck.check(value, "the workflow's output")
         except HostRefusal as refusal:
@@ -500,26 +502,29 @@ class Sandbox:
         if isinstance(pending, Abort | HostRefusal):
             return Failed(ErrorInfo(pending.name, pending.message), stats)
         if act.cancelled:
-            return Failed(ErrorInfo("Cancelled", "the activation was cancelled (terminate or shutdown)"), stats)
+            return Failed(
+                ErrorInfo(FailureName.CANCELLED, "the activation was cancelled (terminate or shutdown)"), stats
+            )
         if isinstance(pending, _Interrupted):
             pending = None
         if pending is not None:
             raise pending
-        text = str(trap)
-        if "all fuel consumed" in text:
-            error = ErrorInfo("FuelExhausted", f"the activation used its fuel budget of {act.limits.fuel}")
-        elif act.timed_out or "interrupt" in text:
+        kind = trap_kind(trap)
+        if kind is TrapKind.OUT_OF_FUEL:
+            error = ErrorInfo(FailureName.FUEL_EXHAUSTED, f"the activation used its fuel budget of {act.limits.fuel}")
+        elif act.timed_out or kind is TrapKind.INTERRUPT:
             if act.in_flight is not None and act.step_deadline is not None and time.monotonic() >= act.step_deadline:
                 return self._step_timed_out(act, stats)
-            error = ErrorInfo("DeadlineExceeded", f"the activation ran longer than {act.limits.deadline_s} s")
-        elif "call stack exhausted" in text:
-            error = ErrorInfo("StackOverflow", "the guest's call stack is exhausted (unbounded recursion?)")
-        elif "memory" in text.lower() and "out of bounds" not in text:
+            message = f"the activation ran longer than {act.limits.deadline_s} s"
+            error = ErrorInfo(FailureName.DEADLINE_EXCEEDED, message)
+        elif kind is TrapKind.STACK_OVERFLOW:
+            error = ErrorInfo(FailureName.STACK_OVERFLOW, "the guest's call stack is exhausted (unbounded recursion?)")
+        elif kind is TrapKind.MEMORY:
             error = ErrorInfo(
-                "MemoryLimitExceeded", f"the guest ran out of memory (cap {act.limits.memory_bytes} bytes)"
+                FailureName.MEMORY_LIMIT_EXCEEDED, f"the guest ran out of memory (cap {act.limits.memory_bytes} bytes)"
             )
         else:
-            error = ErrorInfo("GuestTrap", f"the guest crashed: {_trap_cause(text)}")
+            error = ErrorInfo(FailureName.GUEST_TRAP, f"the guest crashed: {_trap_cause(str(trap))}")
         return Failed(error, stats)
 
     def _step_timed_out(self, act: _Activation, stats: Stats) -> Outcome:
@@ -529,7 +534,7 @@ class Sandbox:
         attempt = Attempt(
             attempt=flight.attempt,
             ok=False,
-            error_name="StepTimeout",
+            error_name=FailureName.STEP_TIMEOUT,
             error_message=f"step {flight.call.name!r} ran longer than {flight.config.timeout_ms} ms",
             fuel=flight.fuel_before - act.store.get_fuel(),
             duration_ms=(time.perf_counter() - flight.started) * 1000,
@@ -615,7 +620,7 @@ class Sandbox:
                 return Attempt(
                     flight.attempt,
                     ok=False,
-                    error_name="OutputLimitExceeded",
+                    error_name=FailureName.OUTPUT_LIMIT_EXCEEDED,
                     error_message=f"a step result is at most {act.limits.output_bytes} bytes of JSON",
                     retryable=False,
                     fuel=fuel,
@@ -642,7 +647,7 @@ class Sandbox:
         name = _check_name("step-complete", "step name", name)
         flight = act.in_flight
         if flight is None or flight.call.name != name:
-            raise Abort("WorkflowCodeError", f"step-complete for {name!r} without a step in flight")
+            raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-complete for {name!r} without a step in flight")
         attempt = self._attempt(act, flight, outcome)
         act.in_flight = None
         act.step_deadline = None
@@ -671,17 +676,19 @@ class Sandbox:
         try:
             return json.dumps(act.journaled(act.journal.wait_for_event, call, event_type, timeout_ms))
         except EventTimeout as timeout:
-            return _failure("WaitTimeoutError", str(timeout) or f"no {event_type!r} event arrived in time")
+            return _failure(FailureName.WAIT_TIMEOUT_ERROR, str(timeout) or f"no {event_type!r} event arrived in time")
 
     def _log(self, act: _Activation, fd: int, text: str) -> None:
         if isinstance(text, TooLarge):
             act.log_truncated = True
-            raise HostRefusal("OutputLimitExceeded", f"the activation printed more than {act.limits.log_bytes} bytes")
+            raise HostRefusal(
+                FailureName.OUTPUT_LIMIT_EXCEEDED, f"the activation printed more than {act.limits.log_bytes} bytes"
+            )
         act.append_log(text)
 
     def _call(self, act: _Activation, capability: str, request: str) -> Any:
         if capability != "fetch":
-            return _failure("CapabilityNotGranted", f"no capability named {str(capability)[:100]!r}")
+            return _failure(FailureName.CAPABILITY_NOT_GRANTED, f"no capability named {str(capability)[:100]!r}")
         if isinstance(request, TooLarge) or _utf8_size(request) > MAX_CALL_REQUEST_BYTES:
             raise invalid_call("call", f"a fetch request is at most {MAX_CALL_REQUEST_BYTES} bytes of JSON")
         parsed = jsoncheck.parse(request, "call")
@@ -698,9 +705,9 @@ class Sandbox:
             if act.cancel is not None and act.cancel.is_set():
                 act.cancelled = True
                 raise _Interrupted() from None
-            return _failure(type(error).__name__, str(error))
+            return _failure(error.failure, str(error))
         except (ValueError, TypeError, KeyError, AttributeError) as error:
-            return _failure("BadRequest", f"malformed fetch request: {str(error)[:200]}")
+            return _failure(FailureName.BAD_REQUEST, f"malformed fetch request: {str(error)[:200]}")
 
 
 class _Detached:
@@ -711,7 +718,7 @@ class _Detached:
 
     def wait_until(self, ready_at: float) -> None:
         if ready_at > time.monotonic():
-            raise HostRefusal("InvalidHostCall", "a WASI wait outside an activation")
+            raise HostRefusal(FailureName.INVALID_HOST_CALL, "a WASI wait outside an activation")
 
     def write_stream(self, fd: int, text: str) -> None:
         pass
@@ -724,6 +731,6 @@ class _NoJournal:
     """The journal of `Sandbox.check`: any durable call means the source does more than define a workflow."""
 
     def _refuse(self, *args: Any) -> Any:
-        raise Abort("WorkflowCodeError", "the workflow source calls steps at import time")
+        raise Abort(FailureName.WORKFLOW_CODE_ERROR, "the workflow source calls steps at import time")
 
     step_begin = step_complete = sleep_until = wait_for_event = _refuse

@@ -29,10 +29,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import wasmtime
+from tenantflow.host._wasmtime import record
 from tenantflow.host.errors import HostRefusal, invalid_call
+from tenantflow.host.failures import FailureName
 from tenantflow.host.limits import MAX_POLL_LIST, MAX_RANDOM_BYTES, MAX_STREAM_WRITE_BYTES
-from wasmtime.component import Component, Record, ResourceAny, ResourceHost, ResourceType, Variant
-from wasmtime.component._types import ComponentInstanceType, FuncType
+from wasmtime.component import (
+    Component,
+    ComponentInstanceType,
+    FuncType,
+    Record,
+    ResourceAny,
+    ResourceHost,
+    ResourceType,
+    Variant,
+)
 
 # Host resource type ids; each resource is declared in the interface that defines it.
 _DEFINED: dict[str, dict[str, int]] = {
@@ -128,9 +138,7 @@ def _subscribe_duration(caller: WasiCaller, store: Any, duration_ns: int) -> Res
 
 
 def _datetime(seconds: int, nanoseconds: int) -> Record:
-    record = Record()
-    vars(record).update(seconds=seconds, nanoseconds=nanoseconds)
-    return record
+    return record(seconds=seconds, nanoseconds=nanoseconds)
 
 
 def _wall_now(caller: WasiCaller, store: Any) -> Record:
@@ -201,7 +209,7 @@ def _no_terminal(caller: WasiCaller, store: Any) -> None:
 
 
 def _exit(caller: WasiCaller, store: Any, status: Any) -> None:
-    raise HostRefusal("GuestExit", "the workflow called exit(); a workflow ends by returning or raising")
+    raise HostRefusal(FailureName.GUEST_EXIT, "the workflow called exit(); a workflow ends by returning or raising")
 
 
 # -- wasi:sockets ----------------------------------------------------------------------------------

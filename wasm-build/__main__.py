@@ -1,8 +1,8 @@
 """`python -m tenantflow.wasm_build`: build (or verify) the cached guest artifact."""
 
-from tenantflow.host.engine import make_engine
+import wasmtime
 from tenantflow.wasm_build.build import build_component
+from tenantflow.wasm_build.settings import ENGINE_SETTINGS, compiler_config
 
 if __name__ == "__main__":
-    engine, settings = make_engine()
-    print(build_component(engine, settings))
+    print(build_component(wasmtime.Engine(compiler_config(ENGINE_SETTINGS)), ENGINE_SETTINGS))

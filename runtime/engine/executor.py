@@ -6,7 +6,17 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from tenantflow.host import MAX_MEMORY_BYTES, Completed, Failed, Grants, Limits, Outcome, Sandbox, Suspended
+from tenantflow.host import (
+    MAX_MEMORY_BYTES,
+    Completed,
+    Failed,
+    FailureName,
+    Grants,
+    Limits,
+    Outcome,
+    Sandbox,
+    Suspended,
+)
 from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.engine.journal import LEASE_LOST, InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
@@ -18,7 +28,6 @@ log = logging.getLogger("tenantflow.executor")
 RETRY_AFTER_HOST_ERROR_S = 5.0
 # A real host fault (a bug, a store outage) is retried; this many in a row errors the instance with HostFault.
 MAX_HOST_FAULTS = 5
-CANCELLED = "Cancelled"
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class Executor:
         if isinstance(outcome, Completed):
             self.store.finish(claim, now, status="complete", output=outcome.output, log=log_text)
             return "complete"
-        if isinstance(outcome, Failed) and outcome.error.name == CANCELLED:
+        if isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED:
             # Cancelled because the pool stops: hand the instance back, runnable now. Otherwise it was
             # terminated, restarted or taken over, and whoever did that owns its state now.
             if self.stopping is not None and self.stopping.is_set():

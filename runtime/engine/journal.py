@@ -17,6 +17,7 @@ from tenantflow.host import (
     Attempt,
     Done,
     EventTimeout,
+    FailureName,
     Plan,
     Run,
     StepCall,
@@ -30,8 +31,6 @@ from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, En
 from tenantflow.runtime.store import LeaseLost, SQLStore
 
 LEASE_LOST = "lease lost"
-# The error an activation fails with when its tenant's storage quota is used up.
-STORAGE_QUOTA_EXCEEDED = "StorageQuotaExceeded"
 
 
 # Wake times travel as whole milliseconds; a time within this much of now counts as due.
@@ -68,7 +67,7 @@ class InstanceJournal:
         entry = self.entries.get(call.position)
         if entry is not None and (entry.name != call.name or entry.kind != call.kind):
             raise Abort(
-                "NonDeterminismError",
+                FailureName.NON_DETERMINISM_ERROR,
                 f"journal position {call.position} holds {entry.kind} {entry.name!r}, "
                 f"but the workflow now calls {call.kind} {call.name!r} there",
             )
@@ -76,13 +75,13 @@ class InstanceJournal:
 
     def _new(self, call: StepCall, state: str, **fields: Any) -> Entry:
         if call.position >= self.max_steps:
-            raise Abort("StepLimitExceeded", f"an instance may take at most {self.max_steps} steps")
+            raise Abort(FailureName.STEP_LIMIT_EXCEEDED, f"an instance may take at most {self.max_steps} steps")
         now = self.clock.now()
         return Entry(call.position, call.name, call.kind, state, created_at=now, updated_at=now, **fields)
 
     def _write(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
         if self.store.storage_exhausted(self.claim.key.tenant_id, self.quotas):
-            raise Abort(STORAGE_QUOTA_EXCEEDED, f"the tenant's {self.quotas.storage_exhausted()}")
+            raise Abort(FailureName.STORAGE_QUOTA_EXCEEDED, f"the tenant's {self.quotas.storage_exhausted()}")
         entry.updated_at = self.clock.now()
         try:
             status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed)
@@ -103,7 +102,7 @@ class InstanceJournal:
         entry = self._existing(call)
         if entry is None:
             if call.position >= self.max_steps:
-                raise Abort("StepLimitExceeded", f"an instance may take at most {self.max_steps} steps")
+                raise Abort(FailureName.STEP_LIMIT_EXCEEDED, f"an instance may take at most {self.max_steps} steps")
             return Run(1)
         if entry.state == "done":
             return Done(entry.result or "null")
@@ -189,7 +188,7 @@ class InstanceJournal:
                 return value
         if entry.wake_at is not None and self._due(entry.wake_at):
             entry.state = "timed_out"
-            entry.error_name = "WaitTimeoutError"
+            entry.error_name = FailureName.WAIT_TIMEOUT_ERROR
             entry.error_message = f"no {event_type!r} event arrived before the timeout"
             self._write(entry)
             raise EventTimeout(entry.error_message)

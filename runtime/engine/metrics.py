@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from tenantflow.host import Failed, Outcome
-from tenantflow.host.outcome import LIMIT_ERRORS
+from tenantflow.host import LIMIT_ERRORS, Failed, Outcome
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -27,6 +27,7 @@ from tenantflow.host import (
     Suspended,
 )
 from tenantflow.host.engine import make_engine
+from tenantflow.wasm_build import ENGINE_SETTINGS
 from tenantflow.wasm_build.build import build_component, cache_key, load_component
 
 SMALL = Limits(fuel=2_000_000_000, memory_bytes=64 << 20, deadline_s=5)
@@ -508,6 +509,13 @@ def test_unknown_capability_is_refused(sandbox: Sandbox) -> None:
 
 
 # -- the artifact cache -------------------------------------------------------------
+
+
+def test_the_sandbox_loads_the_artifact_that_wasm_build_builds(sandbox: Sandbox) -> None:
+    # `python -m tenantflow.wasm_build` builds for ENGINE_SETTINGS; the host's engine adds only run-time
+    # settings (the pooling allocator), so both name the same cached artifact.
+    assert sandbox.settings == dict(ENGINE_SETTINGS)
+    assert cache_key(sandbox.settings) == cache_key(ENGINE_SETTINGS)
 
 
 def test_corrupt_cached_artifact_is_detected_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

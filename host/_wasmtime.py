@@ -1,0 +1,450 @@
+"""Every use of wasmtime-py's private names, in one place.
+
+Mirrors wasmtime-py 50.0.x (pyproject pins `wasmtime>=50,<51`). Each use below says which part of
+50.0.x it depends on and why the public API does not suffice. tests/host/test_wasmtime_canary.py
+names each private symbol used here and fails, pointing at this module, if an upgrade removes or
+reshapes one; no other module under host/ may touch wasmtime-py's internals (the canary checks that
+too).
+
+What is here:
+- the pooling allocator (no Python API in 50.0.x; its C API is in the ctypes bindings);
+- the epoch deadline callback (idem);
+- the C side of host/fastcall.py's host functions (registered through the C API with their WIT
+  types resolved once), and the caching subclasses of the component value types that lift and
+  lower their arguments (with a size cap on strings and lists);
+- building a `Record` from fields, and reading what kind of trap ended a call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+# 50.0.x: `wasmtime._ffi` re-exports the ctypes bindings of the C API (`_bindings.py`), needed for
+# the pooling allocator, the epoch deadline callback and `wasmtime_component_linker_instance_add_func`
+# with our own callback, none of which wasmtime-py wraps in a way we can use.
+# `wasmtime.component._types` holds the value types' lifting and lowering (`convert_from_c`,
+# `convert_to_c`, `_tagged`, `_lift`) that the subclasses below override; the public names
+# (`wasmtime.component.VariantType`, ...) are the same classes.
+import wasmtime
+from wasmtime import StoreContext, WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime.component import LinkerInstance, Record
+from wasmtime.component import _types as wit
+
+# -- the pooling allocator ---------------------------------------------------------------------------
+
+
+def configure_pooling(config: wasmtime.Config, pooling: dict[str, int]) -> None:
+    """Switch `config` to the pooling allocator with these sizes.
+
+    50.0.x: `wasmtime.Config` has no pooling setting; the C API's `wasmtime_pooling_allocation_*`
+    functions are in the bindings (`config.ptr()` is the `wasm_config_t*`).
+    """
+    instances = pooling["instances"]
+    per_component = pooling["core_instances_per_component"]
+    cfg = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        ffi.wasmtime_pooling_allocation_config_total_component_instances_set(cfg, instances)
+        ffi.wasmtime_pooling_allocation_config_max_core_instances_per_component_set(cfg, per_component)
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(cfg, instances * per_component)
+        ffi.wasmtime_pooling_allocation_config_max_memories_per_component_set(cfg, 8)
+        ffi.wasmtime_pooling_allocation_config_total_memories_set(cfg, instances * 2)
+        ffi.wasmtime_pooling_allocation_config_max_tables_per_component_set(cfg, per_component)
+        ffi.wasmtime_pooling_allocation_config_total_tables_set(cfg, instances * per_component)
+        ffi.wasmtime_pooling_allocation_config_total_stacks_set(cfg, instances)
+        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(cfg, pooling["max_memory_bytes"])
+        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(cfg, pooling["keep_resident_bytes"])
+        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(cfg, pooling["keep_resident_bytes"])
+        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(cfg, pooling["warm_slots"])
+        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), cfg)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(cfg)
+
+
+# -- the epoch deadline callback ---------------------------------------------------------------------
+
+# 50.0.x: the C signature of `wasmtime_store_epoch_deadline_callback`'s callback (the bindings declare
+# it inline in the argtypes, not as a named type).
+_DEADLINE_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+# WASMTIME_UPDATE_DEADLINE_CONTINUE: keep running with the new deadline.
+_CONTINUE = 0
+# Part of the trap message, so that `trap_kind` reads the callback's trap as an interrupt.
+_DEADLINE_MESSAGE = b"tenantflow: deadline reached (interrupt)"
+
+
+class EpochCallback:
+    """Re-arms a store's epoch deadline: `ticks_left()` > 0 lets the guest run that many more ticks, 0 traps.
+
+    Compiled wasm caches the deadline it saw on entry to a function and rereads it only once the
+    cached value has passed, so lowering a store's deadline from a host call (e.g. when a step body
+    with a short `timeout` starts) is not seen by a loop already running. Re-arming in short slices
+    through this callback bounds that staleness to one slice. One instance serves many stores; keep
+    it alive as long as they live.
+
+    50.0.x: `wasmtime.Store` offers only `set_epoch_deadline`; the callback is the C API's
+    `wasmtime_store_epoch_deadline_callback`, reached through the bindings.
+    """
+
+    def __init__(self, ticks_left: Callable[[], int]) -> None:
+        self._ticks_left = ticks_left
+        self._fn = _DEADLINE_CALLBACK(self._on_deadline)
+
+    def install(self, store: wasmtime.Store) -> None:
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._fn, None, _NO_FINALIZER)
+
+    def _on_deadline(self, context: Any, env: Any, delta: Any, kind: Any) -> int:
+        try:
+            ticks = self._ticks_left()
+        except BaseException:
+            ticks = 0
+        if ticks <= 0:
+            error = ffi.wasmtime_error_new(_DEADLINE_MESSAGE)
+            return ctypes.cast(error, ctypes.c_void_p).value or 0
+        delta[0] = ticks
+        kind[0] = _CONTINUE
+        return 0
+
+
+# -- traps -------------------------------------------------------------------------------------------
+
+
+class TrapKind(enum.Enum):
+    """What ended a call into the guest with a `WasmtimeError`."""
+
+    OUT_OF_FUEL = "out of fuel"
+    INTERRUPT = "interrupt"
+    STACK_OVERFLOW = "stack overflow"
+    MEMORY = "memory"
+    OTHER = "other"
+
+
+def trap_kind(error: Exception) -> TrapKind:
+    """The kind of trap, read from its message.
+
+    wasmtime's C API has trap codes (`wasmtime_trap_code`), but only for a `wasm_trap_t`, which core
+    wasm calls return; a component call (`wasmtime_component_func_call`) returns a `wasmtime_error_t`,
+    and 50.0.x's C API has no way from that to the trap code. So the text is what there is; the
+    phrases are wasmtime's `Trap` display strings (wasmtime 37-50): "all fuel consumed by
+    WebAssembly", "interrupt", "call stack exhausted", and memory failures that are not
+    "out of bounds memory access" (a guest bug, not a limit).
+    """
+    text = str(error)
+    if "all fuel consumed" in text:
+        return TrapKind.OUT_OF_FUEL
+    if "interrupt" in text:
+        return TrapKind.INTERRUPT
+    if "call stack exhausted" in text:
+        return TrapKind.STACK_OVERFLOW
+    if "memory" in text.lower() and "out of bounds" not in text:
+        return TrapKind.MEMORY
+    return TrapKind.OTHER
+
+
+# -- values ------------------------------------------------------------------------------------------
+
+
+def record(**fields: Any) -> Record:
+    """A WIT record value with these fields.
+
+    50.0.x: `Record()` takes no fields; lowering reads the record type's field names as attributes
+    of the value (`RecordType.convert_to_c`), so a plain attribute bag is what it expects.
+    """
+    value = Record()
+    vars(value).update(fields)
+    return value
+
+
+class TooLarge:
+    """An argument the guest passed that is longer than the function's cap; it was not decoded."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"TooLarge({self.size})"
+
+
+# The cap on strings and lists lifted on this thread, set by host/fastcall.py's callback before lifting.
+_LIFT = threading.local()
+
+
+def _cap() -> int:
+    cap: int = getattr(_LIFT, "cap", 1 << 62)
+    return cap
+
+
+class _String(wit.String):
+    # 50.0.x: `String.convert_from_c` decodes `c.of.string` (a `wasm_byte_vec_t` it owns) to a str.
+    def convert_from_c(self, c: Any) -> Any:
+        size = int(c.of.string.size)
+        if size > _cap():
+            ffi.wasm_byte_vec_delete(ctypes.byref(c.of.string))
+            return TooLarge(size)
+        return super().convert_from_c(c)
+
+
+class _Variant(wit.VariantType):
+    """A variant type that also precomputes how to pick a case (same rules as 50.0.x's `VariantLikeType`)."""
+
+    @functools.cached_property
+    def cases(self) -> list[tuple[str, wit.ValType | None]]:
+        return super().cases
+
+    @functools.cached_property
+    def _is_tagged(self) -> bool:
+        return super()._tagged()
+
+    def _tagged(self) -> bool:
+        return self._is_tagged
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, wit.ValType | None]:
+        return dict(self.cases)
+
+    @functools.cached_property
+    def _by_class(self) -> list[tuple[tuple[type, ...] | None, str, wit.ValType | None]]:
+        picks: list[tuple[tuple[type, ...] | None, str, wit.ValType | None]] = []
+        for name, ty in self.cases:
+            classes: set[type] = set()
+            if ty is not None:
+                ty.add_classes(classes)
+            picks.append((tuple(classes) if ty is not None else None, name, ty))
+        return picks
+
+    # 50.0.x: mirrors `VariantLikeType.convert_to_c` (the payload lowered into a fresh
+    # `wasmtime_component_val_t`, the case name as a `wasm_name_t`).
+    def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
+        if self._is_tagged:
+            if not isinstance(val, wit.Variant):
+                raise TypeError("expected Variant type")
+            name, payload = val.tag, val.payload
+            if name not in self._by_name:
+                raise ValueError("value not valid for this variant")
+            ty = self._by_name[name]
+        else:
+            for classes, case, case_type in self._by_class:
+                if (val is None) if classes is None else isinstance(val, classes):
+                    name, ty = case, case_type
+                    break
+            else:
+                raise ValueError("value not valid for this variant")
+            payload = val
+        raw_ptr = None
+        if ty is not None:
+            raw = ffi.wasmtime_component_val_t()
+            ty.convert_to_c(store, payload, ctypes.pointer(raw))
+            raw_ptr = ffi.wasmtime_component_val_new(ctypes.byref(raw))
+        contents = ptr.contents
+        contents.kind = ffi.WASMTIME_COMPONENT_VARIANT
+        contents.of.variant.discriminant = ffi.str_to_capi(name)
+        contents.of.variant.val = raw_ptr
+
+    # 50.0.x: mirrors `VariantLikeType._lift` (the payload's val is emptied, then deleted).
+    def _lift(self, tag: str, ptr: Any) -> Any:
+        if tag not in self._by_name:
+            raise ValueError(f"tag {tag} not found in variant cases")
+        ty = self._by_name[tag]
+        if ty is None:
+            return wit.Variant(tag) if self._is_tagged else None
+        contents = ptr.contents
+        payload = ty.convert_from_c(contents)
+        contents.kind = ffi.WASMTIME_COMPONENT_BOOL
+        contents.of.boolean = False
+        ffi.wasmtime_component_val_delete(ptr)
+        return wit.Variant(tag, payload) if self._is_tagged else payload
+
+
+class _Record(wit.RecordType):
+    @functools.cached_property
+    def fields(self) -> list[tuple[str, wit.ValType]]:
+        return super().fields
+
+
+class _Option(wit.OptionType):
+    @functools.cached_property
+    def payload(self) -> wit.ValType:
+        return super().payload
+
+
+class _Result(wit.ResultType):
+    @functools.cached_property
+    def ok(self) -> wit.ValType | None:
+        return super().ok
+
+    @functools.cached_property
+    def err(self) -> wit.ValType | None:
+        return super().err
+
+
+# 50.0.x: the ctypes layout of `wasmtime_component_val_t` (a kind byte, then a union).
+_VAL_SIZE = ctypes.sizeof(ffi.wasmtime_component_val_t)
+_KIND_OFFSET = ffi.wasmtime_component_val_t.kind.offset
+_PAYLOAD_OFFSET = ffi.wasmtime_component_val_t.of.offset
+_KIND_U8 = ffi.WASMTIME_COMPONENT_U8.value
+
+
+class _List(wit.ListType):
+    @functools.cached_property
+    def element(self) -> wit.ValType:
+        return super().element
+
+    @functools.cached_property
+    def _bytes(self) -> bool:
+        return isinstance(self.element, wit.U8)
+
+    def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
+        if not (self._bytes and isinstance(val, bytes)):
+            super().convert_to_c(store, val, ptr)
+            return
+        # list<u8> from bytes (WASI random, stream reads) without a Python call per byte: lay the
+        # values out as wasmtime_component_val_t structs (kind byte, u8 payload at the union's
+        # offset) in one buffer and copy it in.
+        size = len(val)
+        raw = ffi.wasmtime_component_vallist_t()
+        ffi.wasmtime_component_vallist_new_uninit(raw, size)
+        if size:
+            layout = bytearray(size * _VAL_SIZE)
+            layout[_KIND_OFFSET::_VAL_SIZE] = bytes([_KIND_U8]) * size
+            layout[_PAYLOAD_OFFSET::_VAL_SIZE] = val
+            ctypes.memmove(raw.data, bytes(layout), len(layout))
+        contents = ptr.contents
+        contents.kind = ffi.WASMTIME_COMPONENT_LIST
+        contents.of.list = raw
+
+    # 50.0.x: `ListType.convert_from_c` reads the list through `c.of.tuple` (same layout as `of.list`).
+    def convert_from_c(self, c: Any) -> Any:
+        size = int(c.of.tuple.size)
+        if size > _cap():
+            ffi.wasmtime_component_valtuple_delete(ctypes.byref(c.of.tuple))
+            return TooLarge(size)
+        return super().convert_from_c(c)
+
+
+class _Tuple(wit.TupleType):
+    @functools.cached_property
+    def elements(self) -> list[wit.ValType]:
+        return super().elements
+
+
+_FROZEN: dict[type, type] = {
+    wit.VariantType: _Variant,
+    wit.RecordType: _Record,
+    wit.OptionType: _Option,
+    wit.ResultType: _Result,
+    wit.ListType: _List,
+    wit.TupleType: _Tuple,
+    wit.String: _String,
+}
+
+
+def _freeze(ty: wit.ValType | None) -> None:
+    """Switch `ty` and the types inside it to their caching subclasses (types never change)."""
+    if ty is None:
+        return
+    frozen = _FROZEN.get(type(ty))
+    if frozen is not None:
+        ty.__class__ = frozen
+    children: list[wit.ValType | None] = []
+    if isinstance(ty, wit.VariantType):
+        children = [case for _, case in ty.cases]
+    elif isinstance(ty, wit.RecordType):
+        children = [field for _, field in ty.fields]
+    elif isinstance(ty, wit.OptionType):
+        children = [ty.payload]
+    elif isinstance(ty, wit.ResultType):
+        children = [ty.ok, ty.err]
+    elif isinstance(ty, wit.ListType):
+        children = [ty.element]
+    elif isinstance(ty, wit.TupleType):
+        children = list(ty.elements)
+    for child in children:
+        _freeze(child)
+
+
+# -- host functions through the C API ----------------------------------------------------------------
+#
+# 50.0.x: `LinkerInstance.add_func` asks the C API for the function's type on every call and lifts
+# every argument without a cap; host/fastcall.py registers the same kind of C callback itself
+# (`wasmtime_component_linker_instance_add_func`) with these helpers.
+
+# `callback(env, context, type, args, nargs, results, nresults) -> wasmtime_error_t* or 0`.
+RawHostFunc = Callable[[int, Any, Any, Any, int, Any, int], int]
+
+
+def host_callback(fn: RawHostFunc) -> Any:
+    """`fn` as the C API's `wasmtime_component_func_callback_t` (keep the result alive while it is linked)."""
+    return ffi.wasmtime_component_func_callback_t(fn)
+
+
+def host_finalizer(fn: Callable[[int], None]) -> Any:
+    """`fn(env)` as the finalizer the C API calls when the linker lets go of a host function."""
+    return ctypes.CFUNCTYPE(None, ctypes.c_void_p)(fn)
+
+
+def link_host_func(instance: LinkerInstance, name: str, callback: Any, env: int, finalizer: Any) -> None:
+    """Define `name` in `instance` as `callback`, which receives `env`; raises WasmtimeError if refused."""
+    encoded = name.encode()
+    error = ffi.wasmtime_component_linker_instance_add_func(
+        instance.ptr(), ctypes.create_string_buffer(encoded), len(encoded), callback, env, finalizer
+    )
+    if error:
+        raise WasmtimeError._from_ptr(error)
+
+
+def signature(ty_raw: Any) -> tuple[list[wit.ValType], wit.ValType | None]:
+    """The parameter and result types of a host function from the callback's type pointer, switched
+    to the caching subclasses (resolve once per function: they never change).
+
+    50.0.x: `FuncType._from_ptr(ptr, owner=...)`; `owner=True` because the type is borrowed from the
+    caller and must never be deleted here.
+    """
+    func_type = wit.FuncType._from_ptr(ty_raw, owner=True)
+    params = [ty for _, ty in func_type.params]
+    result = func_type.result
+    for ty in params:
+        _freeze(ty)
+    _freeze(result)
+    return params, result
+
+
+def lift(params: list[wit.ValType], args: Any) -> list[Any]:
+    """The Python values of a callback's arguments (`args` is its `wasmtime_component_val_t*`).
+
+    50.0.x: `ValType.convert_from_c` takes the C value and owns what it points to.
+    """
+    return [ty.convert_from_c(args[i]) for i, ty in enumerate(params)]
+
+
+def lower(ty: wit.ValType, store: StoreContext, value: Any, results: Any) -> None:
+    """Write `value` into a callback's result slot (50.0.x: `ValType.convert_to_c`)."""
+    ty.convert_to_c(store, value, results)
+
+
+def set_lift_cap(cap: int) -> None:
+    """Strings and lists longer than `cap` lifted on this thread (until the next call) arrive as `TooLarge`."""
+    _LIFT.cap = cap
+
+
+def release(store: StoreContext) -> None:
+    """End a callback's `StoreContext` (50.0.x: `_invalidate`, as wasmtime-py's own trampoline does)."""
+    store._invalidate()
+
+
+def error_pointer(error: WasmtimeError) -> int:
+    """The `wasmtime_error_t*` of `error`, handed over to wasmtime as a callback's owned return value.
+
+    50.0.x: `_consume` takes the pointer without the Python object deleting it.
+    """
+    return ctypes.cast(error._consume(), ctypes.c_void_p).value or 0
