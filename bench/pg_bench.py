@@ -6,7 +6,7 @@ Run: `python -m bench.pg_bench [--quick] [--db postgresql://...]`. Prints one JS
 It creates a fresh database (tf_bench_<random>) on the server and drops it at the end. The raw
 commit rate is measured right before and after each figure it is compared with, since this
 machine's disk flush speed swings within minutes. Workers are real processes
-(`python -m tenantflow.runtime.cli.worker_main`), as in a deployment.
+(`tenantflow worker`), as in a deployment.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class Worker:
     started: list[Worker] = []
 
     def __init__(self, url: str, threads: int, lease_s: float) -> None:
-        command = [sys.executable, "-m", "tenantflow.runtime.cli.worker_main", "--db", url]
-        command += ["--threads", str(threads), "--lease", str(lease_s)]
+        command = [sys.executable, "-m", "tenantflow.runtime.cli", "worker", "--db", url, "--ready-json"]
+        command += ["--workers", str(threads), "--lease", str(lease_s), "--log-level", "warning"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         Worker.started.append(self)
         stdout: IO[str] | None = self.process.stdout

@@ -141,7 +141,8 @@ def tf_fan_out(backend: Backend, sandbox: Sandbox, instances: int) -> dict[str, 
 
 
 def _tf_worker(url: str, log: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "tenantflow.runtime.cli.worker_main", "--db", url, "--threads", str(WORKERS)]
+    command = [sys.executable, "-m", "tenantflow.runtime.cli", "worker", "--db", url, "--workers", str(WORKERS)]
+    command += ["--ready-json", "--log-level", "warning"]
     with log.open("a") as err:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
 

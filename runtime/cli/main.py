@@ -321,14 +321,18 @@ def serve(host: str, port: int, db: str, workers: int, log_level: str, metrics_t
 @main.command()
 @db_option
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
+@click.option("--lease", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Lease, seconds.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
-def worker(db: str, workers: int, log_level: str) -> None:
+@click.option("--ready-json", is_flag=True, help="Print a JSON line once the workers run (for a parent process).")
+@click.option("--host-alias", hidden=True, help="Tests: a lease owner that looks like another machine's.")
+def worker(db: str, workers: int, lease: float, log_level: str, ready_json: bool, host_alias: str | None) -> None:
     """Run workers only, for scale-out on a shared database (graceful stop on SIGTERM)."""
-    from tenantflow.runtime.http.server import configure_logging, work
+    from tenantflow.runtime.cli.worker import run_workers
+    from tenantflow.runtime.http.server import configure_logging
 
     configure_logging(log_level)
     try:
-        work(db, workers)
+        run_workers(db, workers, lease, host_alias=host_alias, ready_json=ready_json)
     except TenantflowError as error:
         _fail(str(error))
 

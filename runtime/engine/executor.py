@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Literal
 
 from tenantflow.host import (
     MAX_MEMORY_BYTES,
@@ -18,7 +19,7 @@ from tenantflow.host import (
     Suspended,
 )
 from tenantflow.runtime.engine.clock import Clock
-from tenantflow.runtime.engine.journal import LEASE_LOST, InstanceJournal
+from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.records import ActivationState, Claim, Quotas
 from tenantflow.runtime.store import LeaseLost, SQLStore
@@ -30,12 +31,17 @@ RETRY_AFTER_HOST_ERROR_S = 5.0
 MAX_HOST_FAULTS = 5
 
 
+# How an activation ended for the engine: the instance's new status, or "lost" (the lease was gone,
+# nothing recorded), "cancelled" (terminated or restarted meanwhile), "failed" (an error in the engine).
+Ending = Literal["complete", "errored", "waiting", "lost", "cancelled", "failed"]
+
+
 @dataclass(frozen=True)
 class Activated:
     """What an activation did, for callers that watch (local runs, tests, metrics)."""
 
     claim: Claim
-    status: str
+    status: Ending
     outcome: Outcome | None
 
 
@@ -87,7 +93,7 @@ class Executor:
         grants = Grants(egress=state.quotas.egress)
         return self.sandbox.run(state.source, event, journal, limits_for(state.quotas), grants, cancel=cancel)
 
-    def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> str:
+    def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
         if isinstance(outcome, Completed):
@@ -110,7 +116,7 @@ class Executor:
             self.store.finish(claim, now, status="errored", error=error, log=log_text)
             return "errored"
         assert isinstance(outcome, Suspended)
-        if outcome.reason == LEASE_LOST:
+        if journal.lease_lost:
             return "lost"
         wake_at = None if outcome.wake_at_ms is None else outcome.wake_at_ms / 1000
         if wake_at is None and journal.waiting_for is None:

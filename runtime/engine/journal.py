@@ -30,9 +30,6 @@ from tenantflow.runtime.errors import InvalidInput
 from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry, check_event_type
 from tenantflow.runtime.store import LeaseLost, SQLStore
 
-LEASE_LOST = "lease lost"
-
-
 # Wake times travel as whole milliseconds; a time within this much of now counts as due.
 DUE_SLACK_S = 0.002
 
@@ -60,6 +57,8 @@ class InstanceJournal:
         self.max_steps = state.quotas.max_steps
         self.quotas = state.quotas
         self.stopping = stopping
+        # Set when a write found the instance no longer ours: its state is someone else's to record.
+        self.lease_lost = False
         self.waiting_for: str | None = None
         self.attempts: list[tuple[float, int]] = []
 
@@ -86,7 +85,8 @@ class InstanceJournal:
         try:
             status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed)
         except LeaseLost:
-            raise Suspend(LEASE_LOST) from None
+            self.lease_lost = True
+            raise Suspend("lease lost") from None
         self.entries[entry.position] = entry
         if status == "paused":
             raise Suspend("paused")

@@ -1,4 +1,4 @@
-"""`tenantflow serve` and `tenantflow worker`: processes with a graceful SIGTERM.
+"""`tenantflow serve`: the API, the dashboard and the workers in one process, with a graceful SIGTERM.
 
 serve: bind the port first (fail fast if taken), start the workers, serve the
 API with uvicorn. On SIGTERM or SIGINT uvicorn stops accepting connections and
@@ -163,21 +163,4 @@ def serve(
         log.info("stopping workers; running activations suspend at their next step")
         service.close()
         sock.close()
-        log.info("stopped")
-
-
-def work(db: str, workers: int = 4) -> None:
-    """Workers only (scale-out): run until SIGTERM or SIGINT, then stop gracefully."""
-    done = threading.Event()
-    _install(lambda _sig, _frame: done.set())
-    allow_deep_json()  # as `serve` does: params the API accepted (~1000 deep) must load here too
-    service = Service.open(db, workers=workers)
-    try:
-        service.start()
-        log.info("tenantflow worker running on %s with %d workers", db, workers)
-        while not done.wait(1.0):
-            pass
-    finally:
-        log.info("stopping workers; running activations suspend at their next step")
-        service.close()
         log.info("stopped")

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from dataclasses import asdict
 from typing import Any
 
-from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, Sandbox
+from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, FailureName, Sandbox
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
@@ -133,7 +133,9 @@ class Service:
     ) -> tuple[Version, bool]:
         """Store the checked source as a version, or WorkflowCodeError (422) naming what the check hit."""
         if error is not None:
-            message = error.message if error.name == "WorkflowCodeError" else f"{error.name}: {error.message}"
+            message = (
+                error.message if error.name == FailureName.WORKFLOW_CODE_ERROR else f"{error.name}: {error.message}"
+            )
             raise WorkflowCodeError(message, error.line)
         return self.store.deploy(tenant.tenant_id, workflow, source, source_hash(source), self.clock.now())
 

@@ -119,8 +119,8 @@ class Fleet:
     def spawn(self) -> None:
         self.started += 1
         log = open(self.log_dir / f"worker-{self.started}.log", "wb")  # noqa: SIM115
-        command = [sys.executable, "-m", "tenantflow.runtime.cli.worker_main", "--db", self.url]
-        command += ["--threads", "1", "--lease", str(LEASE_S)]
+        command = [sys.executable, "-m", "tenantflow.runtime.cli", "worker", "--db", self.url, "--ready-json"]
+        command += ["--workers", "1", "--lease", str(LEASE_S), "--log-level", "warning"]
         if self.remote and self.started % 2:
             # Looks like a worker on another machine: when it dies, its instances come back by lease expiry
             # only (the replacement's check for dead local processes does not apply to it).
@@ -305,7 +305,7 @@ def test_notify_wakes_an_idle_worker_process_promptly(pg_server: str, sandbox: S
     url = fresh_schema(pg_server)
     setup = Service(open_store(url), sandbox)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tenantflow.runtime.cli.worker_main", "--db", url, "--threads", "2"],
+        [sys.executable, "-m", "tenantflow.runtime.cli", "worker", "--db", url, "--workers", "2", "--ready-json"],
         stdout=subprocess.PIPE,
         stderr=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
     )

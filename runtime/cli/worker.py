@@ -1,0 +1,46 @@
+"""`tenantflow worker`: workers only, for scale-out on a shared database.
+
+The one worker process for operators, tests and benchmarks. It stops on SIGTERM or SIGINT:
+the workers stop claiming, running activations reach their next step or are cancelled after a
+grace period and handed back, and the process exits 0. With `--ready-json` it prints one JSON line,
+{"ready": true, "owner": ..., "pid": ...}, once the pool runs, so a parent knows it can count on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import uuid
+
+from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.service import Service
+
+log = logging.getLogger("tenantflow.worker")
+
+
+def run_workers(
+    db: str, threads: int, lease_s: float, *, host_alias: str | None = None, ready_json: bool = False
+) -> None:
+    """Run a worker pool on `db` until SIGTERM or SIGINT."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: done.set())
+    allow_deep_json()  # as `serve` does: params the API accepted (~1000 deep) must load here too
+    service = Service.open(db, workers=threads, lease_s=lease_s)
+    if host_alias:
+        # Looks like a worker on another machine: its instances come back by lease expiry only.
+        service.pool.owner = f"{host_alias}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    try:
+        service.start()
+        log.info("tenantflow worker running on %s with %d workers", db, threads)
+        if ready_json:
+            print(json.dumps({"ready": True, "owner": service.pool.owner, "pid": os.getpid()}), flush=True)
+        while not done.wait(1.0):
+            pass
+    finally:
+        log.info("stopping workers")
+        service.close()
+        log.info("stopped")
