@@ -12,12 +12,12 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -26,20 +26,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tenantflow.runtime import contract
 from tenantflow.runtime.engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from tenantflow.runtime.errors import (
-    InvalidInput,
-    QuotaExceeded,
-    TenantflowError,
-    TooLarge,
-    Unauthorized,
-    Unavailable,
-    WorkflowCodeError,
-)
+from tenantflow.runtime.errors import InvalidInput, TenantflowError, TooLarge, Unauthorized
 from tenantflow.runtime.http.dashboard import dashboard_routes
 from tenantflow.runtime.http.openapi import openapi_document
-from tenantflow.runtime.records import Instance, Tenant, Version, check_id
+from tenantflow.runtime.http.operations import OPERATIONS
+from tenantflow.runtime.http.problems import (
+    Forbidden,
+    InternalError,
+    MalformedRequest,
+    RequestTimeout,
+    dumps,
+    problem,
+    problem_for,
+    status_problem,
+)
+from tenantflow.runtime.records import Instance, Tenant, Version, check_event_type, check_id
 from tenantflow.runtime.service import Service
+
+__all__ = ["BODY_TIMEOUT_S", "DRAIN_LIMIT", "MAX_BODY", "BodyTimeout", "create_app", "parse_json"]
 
 log = logging.getLogger("tenantflow.api")
 
@@ -52,60 +58,9 @@ DRAIN_LIMIT = 16 << 20
 BODY_TIMEOUT_S = 10.0
 """A request body must arrive whole within this many seconds of the first read (else 408)."""
 
-PROBLEM_TYPE = "urn:tenantflow:problem:"
-PROBLEM_CONTENT_TYPE = "application/problem+json"
 JSON_CONTENT_TYPE = "application/json"
 
-CONTROLS = ("pause", "resume", "terminate", "restart")
-
-
-class MalformedRequest(TenantflowError):
-    """A body that is not JSON (or not UTF-8, or empty where JSON is needed)."""
-
-    status = 400
-    title = "Malformed request"
-
-
-class Forbidden(TenantflowError):
-    """A known key that may not do this (a tenant key on /metrics)."""
-
-    status = 403
-    title = "Forbidden"
-
-
-class RequestTimeout(TenantflowError):
-    """The request body did not arrive within BODY_TIMEOUT_S."""
-
-    status = 408
-    title = "Request timeout"
-
-
-class InternalError(TenantflowError):
-    status = 500
-    title = "Internal server error"
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
-
-
-def _finite(value: Any) -> Any:
-    """The value with NaN and infinities (which JSON cannot carry) turned into null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def dumps(value: Any) -> bytes:
-    """Strict JSON (ASCII, so lone surrogates survive as escapes; no NaN)."""
-    try:
-        return json.dumps(value, allow_nan=False).encode()
-    except ValueError:
-        return json.dumps(_finite(value), allow_nan=False).encode()
+M = TypeVar("M", bound=BaseModel)
 
 
 class JSONBody(Response):
@@ -113,22 +68,6 @@ class JSONBody(Response):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
-
-
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    kind: str,
-    instance: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> Response:
-    body: dict[str, Any] = {"type": PROBLEM_TYPE + kind, "title": title, "status": status, "detail": detail}
-    if instance is not None:
-        body["instance"] = instance
-    body.update(extra)
-    return Response(dumps(body), status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
 def _reject_constant(name: str) -> Any:
@@ -161,16 +100,74 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
-def _object(value: Any, what: str, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{what} is a JSON object")
-    unknown = set(value) - set(allowed)
+# Fields whose rules the records state in words: a wrong value gets the records' own message.
+_STRING_ERRORS = {"string_type", "string_too_short", "string_too_long", "string_pattern_mismatch"}
+_FIELD_RULES: dict[str, Callable[[Any], Any]] = {
+    "id": lambda value: check_id(value, "instance id"),
+    "after": lambda value: check_id(value, "after"),
+    "type": check_event_type,
+}
+
+
+def _invalid(error: ValidationError, what: str) -> TenantflowError:
+    """The domain error for a body or query that does not fit its model, naming the field."""
+    problems = error.errors(include_url=False)
+    unknown = sorted(str(e["loc"][-1]) for e in problems if e["type"] == "extra_forbidden")
     if unknown:
-        raise InvalidInput(f"unknown fields in {what}: {sorted(unknown)}")
-    missing = set(required) - set(value)
-    if missing:
-        raise InvalidInput(f"{what} needs {', '.join(sorted(missing))}")
-    return value
+        return InvalidInput(f"unknown fields in {what}: {unknown}")
+    first = problems[0]
+    kind, loc = first["type"], first["loc"]
+    if not loc:
+        if kind == "too_long":
+            return TooLarge(f"{what} holds at most {first['ctx']['max_length']} items")
+        if kind == "too_short":
+            return InvalidInput(f"{what} is a non-empty JSON array")
+        if kind == "list_type":
+            return InvalidInput(f"{what} is a JSON array")
+        return InvalidInput(f"{what} is a JSON object")
+    field = str(loc[-1])
+    where = "".join(f"item {part}: " for part in loc if isinstance(part, int))
+    if kind == "missing":
+        return InvalidInput(f"{where}{what} needs {field}")
+    if kind in ("model_type", "dict_type"):
+        return InvalidInput(f"{where}each item of {what} is a JSON object")
+    rule = _FIELD_RULES.get(field)
+    if rule is not None and kind in _STRING_ERRORS:
+        try:
+            rule(first["input"])
+        except InvalidInput as refused:
+            return InvalidInput(f"{where}{refused}")
+    message = str(first["ctx"]["error"]) if kind == "value_error" else first["msg"]
+    return InvalidInput(f"{where}{field}: {message}")
+
+
+def validate(model: type[M], value: Any, what: str) -> M:
+    """`value` as `model`; InvalidInput (or TooLarge, for a list over its cap) naming the field otherwise."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise _invalid(error, what) from None
+
+
+def query(model: type[M], request: Request) -> M:
+    """The request's query string as `model`: each parameter at most once, none it does not know."""
+    params = request.query_params
+    repeated = sorted(name for name in set(params) if len(params.getlist(name)) > 1)
+    if repeated:
+        raise InvalidInput(f"query parameters given more than once: {repeated}")
+    unknown = sorted(set(params) - set(model.model_fields))
+    if unknown:
+        raise InvalidInput(f"unknown query parameters: {unknown}; use {', '.join(model.model_fields)}")
+    return validate(model, dict(params), "the query")
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _given(model: BaseModel) -> dict[str, Any]:
+    """The fields the request set, as they came (not re-serialized: params may nest deeply)."""
+    return {name: getattr(model, name) for name in model.model_fields_set}
 
 
 class BodyTimeout:
@@ -218,14 +215,6 @@ def bearer_key(request: Request, who: str = "the tenant's API key") -> str:
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     return key.strip()
-
-
-def _whole_query(text: str, name: str, minimum: int) -> int:
-    """A whole-number query parameter of at most 9 digits."""
-    digits = text[1:] if text.startswith("-") else text
-    if not digits.isdigit() or len(digits) > 9 or int(text) < minimum:
-        raise InvalidInput(f"{name} is a whole number, at least {minimum}")
-    return int(text)
 
 
 def version_json(version: Version) -> dict[str, Any]:
@@ -284,7 +273,7 @@ class Api:
 
     # -- public endpoints -------------------------------------------------------
 
-    async def healthz(self, request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
         def check() -> None:
             with self.service.store.transaction() as tx:
                 tx.execute("SELECT 1")
@@ -306,22 +295,22 @@ class Api:
 
     # -- workflows ---------------------------------------------------------------
 
-    async def deploy(self, request: Request) -> Response:
+    async def deploy_workflow(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        body = _object(await self.body(request), "the body", {"source"}, {"source"})
-        name, source = request.path_params["name"], body["source"]
+        body = validate(contract.Deploy, await self.body(request), "the body")
+        name, source = request.path_params["name"], body.source
         # The check (the tenant's module code) runs on the service's own bounded pool: waiting for
         # it holds no thread of the pool the other requests need.
         checked = await asyncio.wrap_future(self.service.begin_deploy(tenant, name, source))
         version, created = await run_in_threadpool(self.service.finish_deploy, tenant, name, source, checked)
         return JSONBody({**version_json(version), "created": created}, status_code=201 if created else 200)
 
-    async def workflows(self, request: Request) -> Response:
+    async def list_workflows(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         versions = await run_in_threadpool(self.service.workflows, tenant)
         return JSONBody({"workflows": [version_json(v) for v in versions]})
 
-    async def workflow(self, request: Request) -> Response:
+    async def get_workflow(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         name = request.path_params["name"]
         versions = await run_in_threadpool(self.service.versions, tenant, name)
@@ -335,77 +324,64 @@ class Api:
 
     # -- instances ---------------------------------------------------------------
 
-    async def create(self, request: Request) -> Response:
+    async def create_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        body = await self.body(request, default={})
-        if not isinstance(body, dict):
-            raise InvalidInput("the body is a JSON object {id?, params?}")
-        created = await run_in_threadpool(self.service.create_instances, tenant, request.path_params["name"], [body])
+        body = validate(contract.CreateInstance, await self.body(request, default={}), "the body")
+        created = await run_in_threadpool(
+            self.service.create_instances, tenant, request.path_params["name"], [_given(body)]
+        )
         return JSONBody(instance_json(created[0]), status_code=201)
 
-    async def create_batch(self, request: Request) -> Response:
+    async def create_instances(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        body = await self.body(request)
-        created = await run_in_threadpool(self.service.create_instances, tenant, request.path_params["name"], body)
+        batch = validate(contract.CreateBatch, await self.body(request), "a batch")
+        items = [_given(item) for item in batch.root]
+        created = await run_in_threadpool(self.service.create_instances, tenant, request.path_params["name"], items)
         return JSONBody({"instances": [instance_json(i) for i in created]}, status_code=201)
 
-    async def instances(self, request: Request) -> Response:
+    async def list_instances(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        query = request.query_params
-        unknown = sorted(set(query) - {"status", "limit", "after"})
-        if unknown:
-            raise InvalidInput(f"unknown query parameters: {unknown}; use status, limit and after")
-        repeated = sorted(name for name in set(query) if len(query.getlist(name)) > 1)
-        if repeated:
-            raise InvalidInput(f"query parameters given more than once: {repeated}")
-        status = query.get("status")
-        after = query.get("after")
-        if after is not None:
-            check_id(after, "after")
-        limit_text = query.get("limit", "100")
-        if not limit_text.isdigit() or len(limit_text) > 6:
-            raise InvalidInput("limit is a whole number between 1 and 1000")
-        limit = int(limit_text)
+        asked = query(contract.InstanceQuery, request)
         page = await run_in_threadpool(
-            self.service.instances, tenant, request.path_params["name"], status, limit, after
+            self.service.instances, tenant, request.path_params["name"], asked.status, asked.limit, asked.after
         )
-        next_after = page[-1].instance_id if len(page) == limit else None
+        next_after = page[-1].instance_id if len(page) == asked.limit else None
         return JSONBody({"instances": [instance_json(i) for i in page], "next_after": next_after})
 
-    async def instance(self, request: Request) -> Response:
+    async def get_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         found = await run_in_threadpool(
             self.service.instance, tenant, request.path_params["name"], request.path_params["id"]
         )
         return JSONBody(instance_json(found))
 
-    async def journal(self, request: Request) -> Response:
+    async def get_journal(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        query = request.query_params
-        unknown = sorted(set(query) - {"after", "limit"})
-        if unknown:
-            raise InvalidInput(f"unknown query parameters: {unknown}; use after and limit")
-        after = _whole_query(query.get("after", "-1"), "after", minimum=-1)
-        limit = _whole_query(query.get("limit", "1000"), "limit", minimum=1)
+        asked = query(contract.JournalQuery, request)
         journal = await run_in_threadpool(
-            self.service.journal, tenant, request.path_params["name"], request.path_params["id"], after, limit
+            self.service.journal,
+            tenant,
+            request.path_params["name"],
+            request.path_params["id"],
+            asked.after,
+            asked.limit,
         )
         return JSONBody(journal)
 
     async def send_event(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        body = _object(await self.body(request), "the event", {"type", "payload"}, {"type"})
+        event = validate(contract.SendEvent, await self.body(request), "the event")
         seq = await run_in_threadpool(
             self.service.send_event,
             tenant,
             request.path_params["name"],
             request.path_params["id"],
-            body["type"],
-            body.get("payload"),
+            event.type,
+            event.payload,
         )
-        return JSONBody({"seq": seq, "type": body["type"]}, status_code=202)
+        return JSONBody({"seq": seq, "type": event.type}, status_code=202)
 
-    def control(self, action: str) -> Callable[[Request], Awaitable[Response]]:
+    def control(self, action: contract.Control) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             tenant = await self.tenant(request)
             done = await run_in_threadpool(
@@ -415,31 +391,19 @@ class Api:
 
         return endpoint
 
+    def endpoint(self, operation_id: str) -> Callable[[Request], Awaitable[Response]]:
+        """The method that serves the operation of this id (a control's is made for its action)."""
+        for action in contract.CONTROLS:
+            if operation_id == f"{action}Instance":
+                return self.control(action)
+        found: Callable[[Request], Awaitable[Response]] = getattr(self, _snake(operation_id))
+        return found
+
     # -- errors ------------------------------------------------------------------
 
     async def on_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TenantflowError)
-        extra: dict[str, Any] = {}
-        headers: dict[str, str] = {}
-        if isinstance(exc, WorkflowCodeError):
-            extra["line"] = exc.line
-        if isinstance(exc, QuotaExceeded | Unavailable):
-            retry_after = max(1, math.ceil(exc.retry_after_s))
-            headers["Retry-After"] = str(retry_after)
-            extra["retry_after_s"] = exc.retry_after_s
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = 'Bearer realm="tenantflow"'
-        if isinstance(exc, RequestTimeout):
-            headers["Connection"] = "close"  # the rest of the body may still come: do not read it
-        return problem(
-            exc.status,
-            exc.title,
-            str(exc),
-            _slug(type(exc).__name__),
-            instance=request.url.path,
-            headers=headers,
-            **extra,
-        )
+        return problem_for(exc, instance=request.url.path)
 
     async def on_http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -450,24 +414,12 @@ class Api:
                 404: f"there is no resource at {request.url.path}",
                 405: f"{request.method} is not allowed on {request.url.path}",
             }.get(exc.status_code, phrase)
-        return problem(
-            exc.status_code,
-            phrase,
-            detail,
-            _slug(phrase.replace(" ", "")),
-            instance=request.url.path,
-            headers=dict(exc.headers or {}),
-        )
+        return status_problem(exc.status_code, detail, request.url.path, dict(exc.headers or {}))
 
     async def on_crash(self, request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return problem(
-            500,
-            InternalError.title,
-            "an unexpected error happened; it has been logged and nothing was changed by this request",
-            "internal-error",
-            instance=request.url.path,
-        )
+        detail = "an unexpected error happened; it has been logged and nothing was changed by this request"
+        return problem_for(InternalError(detail), instance=request.url.path)
 
 
 def create_app(
@@ -481,22 +433,7 @@ def create_app(
 
     /metrics answers to an operator key, or to `metrics_token` (for a scraper) if one is given."""
     api = Api(service, max_body, metrics_token)
-    instance = "/v1/workflows/{name}/instances/{id}"
-    routes = [
-        Route("/healthz", api.healthz, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/openapi.json", api.openapi, methods=["GET"]),
-        Route("/v1/workflows", api.workflows, methods=["GET"]),
-        Route("/v1/workflows/{name}", api.deploy, methods=["PUT"]),
-        Route("/v1/workflows/{name}", api.workflow, methods=["GET"]),
-        Route("/v1/workflows/{name}/instances", api.create, methods=["POST"]),
-        Route("/v1/workflows/{name}/instances", api.instances, methods=["GET"]),
-        Route("/v1/workflows/{name}/instances/batch", api.create_batch, methods=["POST"]),
-        Route(instance, api.instance, methods=["GET"]),
-        Route(instance + "/journal", api.journal, methods=["GET"]),
-        Route(instance + "/events", api.send_event, methods=["POST"]),
-    ]
-    routes += [Route(f"{instance}/{action}", api.control(action), methods=["POST"]) for action in CONTROLS]
+    routes = [Route(op.path, api.endpoint(op.operation_id), methods=[op.method]) for op in OPERATIONS]
     return Starlette(
         routes=[*routes, *dashboard_routes(service)],  # the browser dashboard at /, same Service and keys
         middleware=[Middleware(BodyTimeout, timeout_s=body_timeout_s)],
