@@ -19,7 +19,8 @@ from tenantflow.runtime.errors import (
     Unavailable,
     WorkflowCodeError,
 )
-from tenantflow.runtime.http.api import create_app, validate
+from tenantflow.runtime.http.api import create_app
+from tenantflow.runtime.http.inputs import validate
 from tenantflow.runtime.http.openapi import openapi_document
 from tenantflow.runtime.http.operations import OPERATIONS
 from tenantflow.runtime.http.problems import Forbidden, MalformedRequest, RequestTimeout, problem_for, status_of
