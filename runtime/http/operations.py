@@ -6,7 +6,7 @@ the same table, so the document cannot list a route the server does not have, or
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 from tenantflow.runtime import contract as c
@@ -52,7 +52,7 @@ class Operation:
     body_required: bool = True
     query: type[BaseModel] | None = None
     secured: bool = True
-    path_params: tuple[str, ...] = field(default=())
+    path_params: tuple[str, ...] = ()
 
 
 _CONTROL_SUMMARIES: dict[c.Control, str] = {

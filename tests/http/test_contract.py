@@ -128,3 +128,19 @@ def test_each_error_has_one_status(error: TenantflowError, status: int) -> None:
     assert response.status_code == status and response.media_type == "application/problem+json"
     if status in (429, 503):
         assert int(response.headers["retry-after"]) >= 1
+
+
+def test_the_server_answers_with_the_models_fields_in_their_order() -> None:
+    from dataclasses import fields
+
+    from tenantflow.runtime.http.api import instance_json, version_json
+    from tenantflow.runtime.records import AttemptRecord, Entry, EventRecord, Instance, Version
+
+    instance = Instance("t", "wf", "i", 1, "h", "queued", None)
+    assert list(instance_json(instance)) == list(contract.Instance.model_fields)
+    version = version_json(Version("wf", 1, "h", 0.0))
+    assert [*version, "created"] == list(contract.Deployed.model_fields)
+    # The journal is the records' dataclasses as dicts (service.journal): the models name the same fields.
+    assert [f.name for f in fields(Entry)] + ["attempt_log"] == list(contract.Step.model_fields)
+    assert [f.name for f in fields(AttemptRecord)] == list(contract.Attempt.model_fields)
+    assert [f.name for f in fields(EventRecord)] == list(contract.EventRecord.model_fields)
