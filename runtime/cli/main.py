@@ -20,11 +20,13 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import httpx
+from pydantic import BaseModel
 from rich.console import Console
 from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
 from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client, allow_deep_json
+from tenantflow.runtime.contract import CONTROLS, Control
 from tenantflow.runtime.errors import TenantflowError
 from tenantflow.runtime.records import FINISHED, STATUSES, Quotas
 from tenantflow.runtime.store import DEFAULT_DB
@@ -83,6 +85,11 @@ def _err() -> Console:
 
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _plain(answer: BaseModel) -> dict[str, Any]:
+    """An answer of the API as the JSON it came as (the fields the server sent, in its order)."""
+    return answer.model_dump(exclude_unset=True)
 
 
 def _parse_json(text: str | None, what: str) -> Any:
@@ -469,10 +476,10 @@ def deploy(client: Client, file: Path, name: str | None, as_json: bool) -> None:
         _fail(f"cannot read {file}: {error}")
     result = client.deploy(name or file.stem, source)
     if as_json:
-        _print_json(result)
+        _print_json(_plain(result))
         return
-    what = "deployed" if result["created"] else "unchanged, still"
-    _out().print(f"{result['name']}: {what} version {result['version']} ({result['source_hash'][:12]})")
+    what = "deployed" if result.created else "unchanged, still"
+    _out().print(f"{result.name}: {what} version {result.version} ({result.source_hash[:12]})")
 
 
 @main.command()
@@ -481,13 +488,13 @@ def workflows(client: Client, as_json: bool) -> None:
     """List the tenant's workflows with their latest version."""
     found = client.workflows()
     if as_json:
-        _print_json(found)
+        _print_json([_plain(item) for item in found])
         return
     table = Table(title=f"{len(found)} workflow(s)", title_justify="left")
     for column in ("workflow", "version", "source", "deployed"):
         table.add_column(column)
     for item in found:
-        table.add_row(item["name"], str(item["version"]), item["source_hash"][:12], _when(item["created_at"]))
+        table.add_row(item.name, str(item.version), item.source_hash[:12], _when(item.created_at))
     _out().print(table)
 
 
@@ -504,13 +511,13 @@ def start(
     created = client.start(workflow, instance_id, _parse_json(params, "--params"))
     if wait_s is not None:
         try:
-            created = client.wait(workflow, created["id"], timeout=wait_s)
+            created = client.wait(workflow, created.id, timeout=wait_s)
         except TimeoutError as error:
             _fail(str(error))
     if as_json:
-        _print_json(created)
+        _print_json(_plain(created))
         return
-    _show_instance(created)
+    _show_instance(_plain(created))
 
 
 @main.command()
@@ -525,20 +532,19 @@ def instances(
     """List WORKFLOW's instances (a page, ordered by id)."""
     page = client.instances(workflow, status_filter, limit, after)
     if as_json:
-        _print_json(page)
+        _print_json(_plain(page))
         return
     table = Table(title=f"instances of {workflow}", title_justify="left")
     for column in ("id", "version", "status", "updated"):
         table.add_column(column)
-    for item in page["instances"]:
-        status = item["status"]
+    for item in page.instances:
         table.add_row(
-            item["id"], str(item["version"]), Text(status, STATUS_STYLE.get(status, "")), _when(item["updated_at"])
+            item.id, str(item.version), Text(item.status, STATUS_STYLE.get(item.status, "")), _when(item.updated_at)
         )
     console = _out()
     console.print(table)
-    if page["next_after"]:
-        console.print(f"more: --after {page['next_after']}")
+    if page.next_after:
+        console.print(f"more: --after {page.next_after}")
 
 
 @main.command()
@@ -549,9 +555,9 @@ def status(client: Client, workflow: str, instance_id: str, as_json: bool) -> No
     """Show an instance's status, output and error."""
     found = client.status(workflow, instance_id)
     if as_json:
-        _print_json(found)
+        _print_json(_plain(found))
         return
-    _show_instance(found)
+    _show_instance(_plain(found))
 
 
 @main.group()
@@ -571,9 +577,9 @@ def events_send(
     """Deliver an event of TYPE to an instance (buffered until it waits for that type)."""
     result = client.send_event(workflow, instance_id, event_type, _parse_json(payload, "--payload"))
     if as_json:
-        _print_json(result)
+        _print_json(_plain(result))
         return
-    _out().print(_t(f"event {result['type']!r} delivered to {workflow}/{instance_id} (#{result['seq']})"))
+    _out().print(_t(f"event {result.type!r} delivered to {workflow}/{instance_id} (#{result.seq})"))
 
 
 @main.command()
@@ -586,15 +592,15 @@ def journal(client: Client, workflow: str, instance_id: str, after: int, limit: 
     """Show a page of an instance's journal: steps, attempts, waits and events, in order."""
     found = client.journal(workflow, instance_id, after=after, limit=limit)
     if as_json:
-        _print_json(found)
+        _print_json(_plain(found))
         return
     current = client.status(workflow, instance_id)
-    _show_journal(found, finished=current["status"] in FINISHED and found.get("next_after") is None)
-    if found.get("next_after") is not None:
-        _out().print(_t(f"more: tenantflow journal {workflow} {instance_id} --after {found['next_after']}"))
+    _show_journal(_plain(found), finished=current.status in FINISHED and found.next_after is None)
+    if found.next_after is not None:
+        _out().print(_t(f"more: tenantflow journal {workflow} {instance_id} --after {found.next_after}"))
 
 
-def _control_command(action: str, help_text: str) -> None:
+def _control_command(action: Control, help_text: str) -> None:
     @main.command(name=action, help=help_text)
     @click.argument("workflow")
     @click.argument("instance_id", metavar="ID")
@@ -602,15 +608,19 @@ def _control_command(action: str, help_text: str) -> None:
     def command(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
         result = client.control(workflow, instance_id, action)
         if as_json:
-            _print_json(result)
+            _print_json(_plain(result))
             return
-        _show_instance(result)
+        _show_instance(_plain(result))
 
 
-_control_command("pause", "Pause an instance (it stops at its next step).")
-_control_command("resume", "Resume a paused instance.")
-_control_command("terminate", "Terminate an instance that has not finished.")
-_control_command("restart", "Restart an instance from scratch with the same params.")
+CONTROL_HELP: dict[Control, str] = {
+    "pause": "Pause an instance (it stops at its next step).",
+    "resume": "Resume a paused instance.",
+    "terminate": "Terminate an instance that has not finished.",
+    "restart": "Restart an instance from scratch with the same params.",
+}
+for _action in CONTROLS:
+    _control_command(_action, CONTROL_HELP[_action])
 
 
 # -- local run --------------------------------------------------------------------

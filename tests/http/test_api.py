@@ -13,6 +13,7 @@ import httpx
 import pytest
 from helpers_server import EXAMPLES, ServerProcess, Servers, servers
 from tenantflow.runtime.client import ApiError, Client
+from tenantflow.runtime.contract import Health
 from tenantflow.runtime.http.api import MAX_BODY, create_app
 from tenantflow.runtime.http.openapi import openapi_document
 from tenantflow.runtime.store import open_store
@@ -110,7 +111,7 @@ def test_health_metrics_and_openapi(server: ServerProcess, api: Client) -> None:
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     api.deploy("echo", ECHO)
     created = api.start("echo", "m1", {"x": 1})
-    api.wait("echo", created["id"])
+    api.wait("echo", created.id)
 
     assert httpx.get(server.url + "/metrics").status_code == 401
     operator = server.create_tenant("ops", "--operator")["api_key"]
@@ -135,11 +136,15 @@ def test_openapi_lists_exactly_the_routes_the_server_has(server: ServerProcess) 
     routes = {
         (method, route.path)
         for route in app.routes
-        if isinstance(route, Route)
+        if isinstance(route, Route) and route.include_in_schema
         for method in (route.methods or ())
         if method != "HEAD"
     }
     assert routes == set(operations())
+    # What the document leaves out is the dashboard's HTML: nothing under the API's own paths.
+    documented = {path for _, path in operations()}
+    left_out = [route.path for route in app.routes if isinstance(route, Route) and not route.include_in_schema]
+    assert left_out and not any(path in documented or path.startswith("/v1/") for path in left_out)
 
 
 def test_unknown_route_and_wrong_method_are_problems(server: ServerProcess, http: httpx.Client) -> None:
@@ -199,10 +204,10 @@ def test_deploy_versions_and_listing(api: Client, http: httpx.Client) -> None:
     assert second.status_code == 201 and second.json()["version"] == 2
 
     detail = api.workflow("versioned")
-    assert detail["latest"] == 2
-    assert [v["version"] for v in detail["versions"]] == [1, 2]
-    listed = {w["name"]: w for w in api.workflows()}
-    assert listed["versioned"]["version"] == 2
+    assert detail.latest == 2
+    assert [v.version for v in detail.versions] == [1, 2]
+    listed = {w.name: w for w in api.workflows()}
+    assert listed["versioned"].version == 2
 
     assert_problem(http.get("/v1/workflows/never-deployed"), 404, "never-deployed")
 
@@ -215,10 +220,10 @@ def test_instances_are_pinned_to_the_version_they_started_with(api: Client) -> N
     for instance_id in ("old", "new"):
         api.wait("pinned", instance_id, {"waiting"})
         api.send_event("pinned", instance_id, "go", 7)
-    assert api.wait("pinned", "old")["output"] == 7
-    assert api.wait("pinned", "new")["output"] == {"new": 7}
-    assert api.status("pinned", "old")["version"] == 1
-    assert api.status("pinned", "new")["version"] == 2
+    assert api.wait("pinned", "old").output == 7
+    assert api.wait("pinned", "new").output == {"new": 7}
+    assert api.status("pinned", "old").version == 1
+    assert api.status("pinned", "new").version == 2
 
 
 @pytest.mark.parametrize(
@@ -271,7 +276,7 @@ def test_the_approval_example_end_to_end(api: Client, http: httpx.Client) -> Non
     assert {"id": "exp-1", "status": "queued", "version": 1}.items() <= created.json().items()
 
     waiting = api.wait("approval", "exp-1", {"waiting"})
-    assert waiting["output"] is None and waiting["error"] is None
+    assert waiting.output is None and waiting.error is None
 
     sent = http.post(
         "/v1/workflows/approval/instances/exp-1/events", json={"type": "approved", "payload": {"by": "ana"}}
@@ -279,19 +284,19 @@ def test_the_approval_example_end_to_end(api: Client, http: httpx.Client) -> Non
     assert sent.status_code == 202 and sent.json() == {"seq": 1, "type": "approved"}
 
     done = api.wait("approval", "exp-1")
-    assert done["status"] == "complete"
-    assert done["output"] == {"approved": True, "by": "ana", "paid": 120, "to": "someone"}
-    assert done["updated_at"] >= done["created_at"]
+    assert done.status == "complete"
+    assert done.output == {"approved": True, "by": "ana", "paid": 120, "to": "someone"}
+    assert done.updated_at >= done.created_at
 
     journal = api.journal("approval", "exp-1")
-    assert [(s["name"], s["kind"], s["state"]) for s in journal["steps"]] == [
+    assert [(s.name, s.kind, s.state) for s in journal.steps] == [
         ("file request", "do", "done"),
         ("notify approver", "do", "done"),
         ("approval", "wait", "done"),
         ("pay out", "do", "done"),
     ]
-    assert journal["steps"][2]["result"]["payload"] == {"by": "ana"}
-    assert journal["events"][0]["type"] == "approved" and journal["events"][0]["consumed_at"] == 2
+    assert journal.steps[2].result["payload"] == {"by": "ana"}
+    assert journal.events[0].type == "approved" and journal.events[0].consumed_at == 2
 
     assert_problem(
         http.post("/v1/workflows/approval/instances/exp-1/events", json={"type": "approved"}), 409, "complete"
@@ -303,7 +308,7 @@ def test_events_sent_before_the_wait_are_buffered(api: Client) -> None:
     api.start("approval", "early", {"amount": 5})
     api.send_event("approval", "early", "something-else", 1)
     api.send_event("approval", "early", "approved", {"by": "bo"})
-    assert api.wait("approval", "early")["output"]["by"] == "bo"
+    assert api.wait("approval", "early").output["by"] == "bo"
 
 
 FIVE_STEPS = """
@@ -315,16 +320,16 @@ def run(event, step):
 def test_the_journal_comes_a_page_at_a_time(api: Client, http: httpx.Client) -> None:
     api.deploy("five", FIVE_STEPS)
     api.start("five", "paged")
-    assert api.wait("five", "paged")["output"] == [0, 1, 2, 3, 4]
+    assert api.wait("five", "paged").output == [0, 1, 2, 3, 4]
     seen: list[int] = []
     after = -1
     while after is not None:
         page = api.journal("five", "paged", after=after, limit=2)
-        assert len(page["steps"]) <= 2
-        seen += [step["position"] for step in page["steps"]]
-        after = page["next_after"]
+        assert len(page.steps) <= 2
+        seen += [step.position for step in page.steps]
+        after = page.next_after
     assert seen == [0, 1, 2, 3, 4]
-    assert api.journal("five", "paged")["next_after"] is None
+    assert api.journal("five", "paged").next_after is None
     for bad in ("after=x", "after=-2", "limit=0", "limit=1001", "limit=1e3", "page=2"):
         assert_problem(http.get(f"/v1/workflows/five/instances/paged/journal?{bad}"), 422)
 
@@ -343,7 +348,7 @@ def test_instance_creation_errors(api: Client, http: httpx.Client) -> None:
     # No body at all: a random id and null params.
     created = http.post("/v1/workflows/echo/instances")
     assert created.status_code == 201
-    assert api.wait("echo", created.json()["id"])["output"] == {"echo": None, "id": created.json()["id"]}
+    assert api.wait("echo", created.json()["id"]).output == {"echo": None, "id": created.json()["id"]}
 
 
 def test_unknown_instances_are_404_everywhere(api: Client, http: httpx.Client) -> None:
@@ -363,7 +368,7 @@ def test_batch_create(api: Client, http: httpx.Client) -> None:
     assert response.status_code == 201
     assert [i["id"] for i in response.json()["instances"]] == ["b0", "b1", "b2"]
     for i in range(3):
-        assert api.wait("echo", f"b{i}")["output"]["echo"] == i
+        assert api.wait("echo", f"b{i}").output["echo"] == i
 
     # All or nothing: one taken id fails the batch and creates none of the others.
     assert_problem(http.post("/v1/workflows/echo/instances/batch", json=[{"id": "b9"}, {"id": "b1"}]), 409)
@@ -386,14 +391,14 @@ def test_listing_filters_and_pages(api: Client, http: httpx.Client) -> None:
     api.wait("lister", "l03")
 
     first = api.instances("lister", limit=2)
-    assert [i["id"] for i in first["instances"]] == ["l00", "l01"] and first["next_after"] == "l01"
-    second = api.instances("lister", limit=2, after=first["next_after"])
-    assert [i["id"] for i in second["instances"]] == ["l02", "l03"]
-    last = api.instances("lister", limit=2, after=second["next_after"])
-    assert [i["id"] for i in last["instances"]] == ["l04"] and last["next_after"] is None
+    assert [i.id for i in first.instances] == ["l00", "l01"] and first.next_after == "l01"
+    second = api.instances("lister", limit=2, after=first.next_after)
+    assert [i.id for i in second.instances] == ["l02", "l03"]
+    last = api.instances("lister", limit=2, after=second.next_after)
+    assert [i.id for i in last.instances] == ["l04"] and last.next_after is None
 
-    assert [i["id"] for i in api.instances("lister", status="complete")["instances"]] == ["l03"]
-    assert len(api.instances("lister", status="waiting")["instances"]) == 4
+    assert [i.id for i in api.instances("lister", status="complete").instances] == ["l03"]
+    assert len(api.instances("lister", status="waiting").instances) == 4
 
     for query, word in [
         ("status=bogus", "status"),
@@ -424,9 +429,9 @@ def test_controls_follow_the_status(api: Client, http: httpx.Client) -> None:
     # An event sent while paused is kept, and taken after resume.
     assert http.post(base + "/events", json={"type": "go", "payload": "while paused"}).status_code == 202
     time.sleep(0.3)
-    assert api.status("waiter", "c1")["status"] == "paused"
+    assert api.status("waiter", "c1").status == "paused"
     assert http.post(base + "/resume").status_code == 200
-    assert api.wait("waiter", "c1")["output"] == "while paused"
+    assert api.wait("waiter", "c1").output == "while paused"
 
     assert_problem(http.post(base + "/terminate"), 409, "complete")
     assert_problem(http.post(base + "/pause"), 409, "complete")
@@ -434,8 +439,8 @@ def test_controls_follow_the_status(api: Client, http: httpx.Client) -> None:
 
     restarted = http.post(base + "/restart")
     assert restarted.status_code == 200 and restarted.json()["status"] == "queued"
-    assert api.wait("waiter", "c1", {"waiting"})["output"] is None
-    assert api.journal("waiter", "c1")["events"] == []
+    assert api.wait("waiter", "c1", {"waiting"}).output is None
+    assert api.journal("waiter", "c1").events == []
 
     terminated = http.post(base + "/terminate")
     assert terminated.status_code == 200 and terminated.json()["status"] == "terminated"
@@ -443,7 +448,7 @@ def test_controls_follow_the_status(api: Client, http: httpx.Client) -> None:
     assert_problem(http.post(base + "/resume"), 409, "terminated")
     assert_problem(http.post(base + "/events", json={"type": "go"}), 409, "terminated")
     time.sleep(0.2)
-    assert api.status("waiter", "c1")["status"] == "terminated"
+    assert api.status("waiter", "c1").status == "terminated"
 
 
 def test_resume_of_a_running_instance_is_409(api: Client, http: httpx.Client) -> None:
@@ -451,7 +456,7 @@ def test_resume_of_a_running_instance_is_409(api: Client, http: httpx.Client) ->
     api.start("busy", "r1", {"ms": 1500})
     api.wait("busy", "r1", {"running"}, timeout=10, interval=0.01)
     assert_problem(http.post("/v1/workflows/busy/instances/r1/resume"), 409, "running")
-    assert api.wait("busy", "r1")["output"] == 1500
+    assert api.wait("busy", "r1").output == 1500
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -489,10 +494,10 @@ def test_bad_bodies_are_4xx_and_change_nothing(server: ServerProcess, api: Clien
 
     after = api.journal("approval", "keep")
     assert after == before
-    assert api.status("approval", "keep")["status"] == "waiting"
-    assert api.workflow("approval")["latest"] == 1
+    assert api.status("approval", "keep").status == "waiting"
+    assert api.workflow("approval").latest == 1
     api.send_event("approval", "keep", "approved", {"by": "cy"})
-    assert api.wait("approval", "keep")["output"]["by"] == "cy"
+    assert api.wait("approval", "keep").output["by"] == "cy"
 
 
 def test_size_limits(server: ServerProcess, api: Client, http: httpx.Client) -> None:
@@ -523,7 +528,7 @@ def test_size_limits(server: ServerProcess, api: Client, http: httpx.Client) -> 
     )
     assert_problem(http.get("/v1/workflows/huge"), 404)
     assert server.proc is not None and server.proc.poll() is None
-    assert api.health() == {"status": "ok"}
+    assert api.health() == Health(status="ok")
 
 
 # -- tenants ----------------------------------------------------------------------------------
@@ -535,9 +540,9 @@ def test_tenants_with_the_same_names_stay_separate(api: Client, server: ServerPr
         other.deploy("shared-name", ECHO.replace('"echo": event.payload', '"globex": event.payload'))
         api.start("shared-name", "same-id", "from acme")
         other.start("shared-name", "same-id", "from globex")
-        assert api.wait("shared-name", "same-id")["output"]["echo"] == "from acme"
-        assert other.wait("shared-name", "same-id")["output"]["globex"] == "from globex"
-        assert api.workflow("shared-name")["latest"] == 1 and other.workflow("shared-name")["latest"] == 1
+        assert api.wait("shared-name", "same-id").output["echo"] == "from acme"
+        assert other.wait("shared-name", "same-id").output["globex"] == "from globex"
+        assert api.workflow("shared-name").latest == 1 and other.workflow("shared-name").latest == 1
 
         # acme's private workflow and instance: globex gets 404 everywhere (never 403).
         api.deploy("acme-only", WAITER)
@@ -553,12 +558,12 @@ def test_tenants_with_the_same_names_stay_separate(api: Client, server: ServerPr
         assert_problem(other_http.post(base + "/events", json={"type": "go", "payload": "hijack"}), 404)
         for action in ("pause", "resume", "terminate", "restart"):
             assert_problem(other_http.post(f"{base}/{action}"), 404)
-        assert "acme-only" not in {w["name"] for w in other.workflows()}
-        assert [i["id"] for i in other.instances("shared-name")["instances"]] == ["same-id"]
+        assert "acme-only" not in {w.name for w in other.workflows()}
+        assert [i.id for i in other.instances("shared-name").instances] == ["same-id"]
 
         # Nothing globex did reached acme's instance.
-        assert api.status("acme-only", "private")["status"] == "waiting"
-        assert api.journal("acme-only", "private")["events"] == []
+        assert api.status("acme-only", "private").status == "waiting"
+        assert api.journal("acme-only", "private").events == []
 
 
 def test_creation_rate_quota_is_429_with_retry_after(server: ServerProcess) -> None:
@@ -574,7 +579,7 @@ def test_creation_rate_quota_is_429_with_retry_after(server: ServerProcess) -> N
         assert body["retry_after_s"] > 0
         assert_problem(http.post("/v1/workflows/echo/instances/batch", json=[{"id": "q4"}]), 429)
         assert_problem(http.get("/v1/workflows/echo/instances/q3"), 404)
-        assert len(client.instances("echo")["instances"]) == 3
+        assert len(client.instances("echo").instances) == 3
     # Other tenants are not limited by it.
     other = server.create_tenant("unlimited")["api_key"]
     with server.client(other) as client:
@@ -585,8 +590,8 @@ def test_creation_rate_quota_is_429_with_retry_after(server: ServerProcess) -> N
 def _busy_intervals(client: Client, workflow: str, ids: list[str]) -> list[tuple[float, float]]:
     intervals = []
     for instance_id in ids:
-        (attempt,) = client.journal(workflow, instance_id)["steps"][0]["attempt_log"]
-        intervals.append((attempt["finished_at"] - attempt["duration_ms"] / 1000, attempt["finished_at"]))
+        (attempt,) = client.journal(workflow, instance_id).steps[0].attempt_log
+        intervals.append((attempt.finished_at - attempt.duration_ms / 1000, attempt.finished_at))
     return sorted(intervals)
 
 
@@ -594,9 +599,9 @@ def _max_running(client: Client, workflow: str, ids: list[str]) -> int:
     most = 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        page = client.instances(workflow, limit=1000)["instances"]
-        most = max(most, sum(1 for i in page if i["status"] == "running"))
-        if all(i["status"] == "complete" for i in page) and len(page) == len(ids):
+        page = client.instances(workflow, limit=1000).instances
+        most = max(most, sum(1 for i in page if i.status == "running"))
+        if all(i.status == "complete" for i in page) and len(page) == len(ids):
             return most
         time.sleep(0.02)
     raise AssertionError("the instances did not complete")
@@ -632,41 +637,41 @@ def test_order_example_retries_its_flaky_step(api: Client) -> None:
     api.deploy("order", ORDER)
     api.start("order", "o1", {"order": "A-1", "declines": 2, "courier_after": "50 milliseconds"})
     done = api.wait("order", "o1")
-    assert done["status"] == "complete", done
-    assert done["output"]["status"] == "shipped" and done["output"]["label"] == "LBL-A-1"
+    assert done.status == "complete", done
+    assert done.output["status"] == "shipped" and done.output["label"] == "LBL-A-1"
     journal = api.journal("order", "o1")
-    charge = next(s for s in journal["steps"] if s["name"] == "charge card")
-    assert charge["state"] == "done" and charge["attempts"] == 3
-    assert [a["ok"] for a in charge["attempt_log"]] == [False, False, True]
-    assert charge["attempt_log"][0]["error_name"] == "ConnectionError"
-    assert charge["result"] == {"charged": 9.0, "gateway_calls": 3}
+    charge = next(s for s in journal.steps if s.name == "charge card")
+    assert charge.state == "done" and charge.attempts == 3
+    assert [a.ok for a in charge.attempt_log] == [False, False, True]
+    assert charge.attempt_log[0].error_name == "ConnectionError"
+    assert charge.result == {"charged": 9.0, "gateway_calls": 3}
 
     api.start("order", "o2", {"order": "A-2", "card": "stolen"})
     stolen = api.wait("order", "o2")
-    assert stolen["output"] == {"order": "A-2", "status": "cancelled", "reason": "card reported stolen"}
-    charge = next(s for s in api.journal("order", "o2")["steps"] if s["name"] == "charge card")
-    assert charge["state"] == "failed" and charge["attempts"] == 1
-    assert charge["error_name"] == "NonRetryableError"
+    assert stolen.output == {"order": "A-2", "status": "cancelled", "reason": "card reported stolen"}
+    charge = next(s for s in api.journal("order", "o2").steps if s.name == "charge card")
+    assert charge.state == "failed" and charge.attempts == 1
+    assert charge.error_name == "NonRetryableError"
 
 
 def test_agent_loop_example_runs_many_steps(api: Client) -> None:
     api.deploy("agent", AGENT)
     api.start("agent", "a1", {"secret": 42, "high": 1000})
     done = api.wait("agent", "a1", timeout=60)
-    assert done["status"] == "complete", done
-    assert done["output"]["answer"] == 42 and done["output"]["found"] is True
-    steps = api.journal("agent", "a1")["steps"]
-    assert len(steps) == 2 * done["output"]["turns"] + 1
-    assert {s["name"] for s in steps} == {"think", "act", "answer"}
+    assert done.status == "complete", done
+    assert done.output["answer"] == 42 and done.output["found"] is True
+    steps = api.journal("agent", "a1").steps
+    assert len(steps) == 2 * done.output["turns"] + 1
+    assert {s.name for s in steps} == {"think", "act", "answer"}
 
 
 def test_errors_of_the_workflow_show_in_the_status(api: Client) -> None:
     api.deploy("crash", "def run(event, step):\n    step.do('ok', lambda: 1)\n    raise ValueError('boom')\n")
     api.start("crash", "e1")
     done = api.wait("crash", "e1")
-    assert done["status"] == "errored"
-    assert done["error"]["name"] == "ValueError" and done["error"]["message"] == "boom"
-    assert done["error"]["line"] == 3
+    assert done.status == "errored"
+    assert done.error.name == "ValueError" and done.error.message == "boom"
+    assert done.error.line == 3
 
 
 def test_outputs_json_cannot_carry_are_still_valid_json(api: Client, http: httpx.Client) -> None:
@@ -683,7 +688,7 @@ def test_outputs_json_cannot_carry_are_still_valid_json(api: Client, http: httpx
         assert response.status_code == 200
         assert "NaN" not in response.text and "Infinity" not in response.text
         json.loads(response.text, parse_constant=lambda name: pytest.fail(f"{name} in the answer"))
-    output = api.status("odd", "o1")["output"]
+    output = api.status("odd", "o1").output
     assert output == {"nan": None, "inf": None, "lone": "\ud800"}
 
 
@@ -751,7 +756,7 @@ def test_sigterm_loses_nothing_and_a_restart_finishes_everything(tmp_path: Path)
             # Stop while activations run step bodies and other instances sleep.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                statuses = [i["status"] for i in client.instances("durable")["instances"]]
+                statuses = [i.status for i in client.instances("durable").instances]
                 if "running" in statuses and ("waiting" in statuses or "queued" in statuses):
                     break
                 time.sleep(0.01)
@@ -777,15 +782,15 @@ def test_sigterm_loses_nothing_and_a_restart_finishes_everything(tmp_path: Path)
         with second.client(key) as client:
             for n, instance_id in enumerate(ids):
                 done = client.wait("durable", instance_id, timeout=30)
-                assert done["status"] == "complete", done
-                assert done["output"] == {"before": n, "after": n * 10}
-                steps = client.journal("durable", instance_id)["steps"]
-                assert [(s["name"], s["state"]) for s in steps] == [
+                assert done.status == "complete", done
+                assert done.output == {"before": n, "after": n * 10}
+                steps = client.journal("durable", instance_id).steps
+                assert [(s.name, s.state) for s in steps] == [
                     ("before", "done"),
                     ("nap", "sleeping"),
                     ("after", "done"),
                 ]
                 # A graceful stop lets a running step body finish and commit: none ran twice.
                 for step in (steps[0], steps[2]):
-                    assert step["attempts"] == 1 and len(step["attempt_log"]) == 1, step
+                    assert step.attempts == 1 and len(step.attempt_log) == 1, step
         assert second.terminate() == 0

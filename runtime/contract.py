@@ -1,0 +1,264 @@
+"""The HTTP API's contract: every request and response body, and the query parameters, as models.
+
+Written once: the server validates requests with them (`tenantflow.runtime.http.api`), the
+OpenAPI document is generated from them (`tenantflow.runtime.http.openapi`) and the Python
+client returns them (`tenantflow.runtime.client`). This module needs pydantic and the
+records' rules only, so the client and the CLI import it without the server.
+
+Request models refuse unknown fields and values of the wrong JSON type (strict); response
+models ignore fields they do not know, so an older client reads a newer server.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
+from tenantflow.runtime.records import (
+    EVENT_TYPE_PATTERN,
+    ID_PATTERN,
+    MAX_EVENT_TYPE,
+    MAX_ID,
+    Status,
+)
+
+__all__ = [
+    "CONTROLS",
+    "MAX_BATCH",
+    "MAX_PAGE",
+    "Attempt",
+    "BatchCreated",
+    "Control",
+    "CreateBatch",
+    "CreateInstance",
+    "Deploy",
+    "Deployed",
+    "ErrorInfo",
+    "EventAccepted",
+    "EventRecord",
+    "Health",
+    "Id",
+    "Instance",
+    "InstancePage",
+    "InstanceQuery",
+    "Journal",
+    "JournalQuery",
+    "Problem",
+    "SendEvent",
+    "Step",
+    "Version",
+    "Workflow",
+    "WorkflowList",
+]
+
+Control = Literal["pause", "resume", "terminate", "restart"]
+CONTROLS: tuple[Control, ...] = ("pause", "resume", "terminate", "restart")
+"""The instance controls, each a `POST .../instances/{id}/<control>`."""
+
+MAX_BATCH = 100
+"""A batch creates at most this many instances (more is 413, not 422)."""
+MAX_PAGE = 1000
+"""A page holds at most this many instances or journal positions."""
+MAX_QUERY_INT = 999_999_999
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN.pattern)]
+"""A workflow name, instance id or tenant name (records.ID_PATTERN, at most records.MAX_ID)."""
+
+EventType = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_TYPE, pattern=EVENT_TYPE_PATTERN.pattern)]
+
+
+def _whole_number(value: Any) -> Any:
+    """A query string's whole number: an optional '-' and 1-9 digits ('1e3', '+1', '1_0' are not)."""
+    if isinstance(value, str):
+        digits = value[1:] if value.startswith("-") else value
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
+            raise ValueError("is a whole number")
+        return int(value)
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Query(BaseModel):
+    # Query strings carry only text: numbers are parsed (by _whole_number), not strictly typed.
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class Deploy(_Request):
+    """`PUT /v1/workflows/{name}`."""
+
+    source: str = Field(description="Python source defining run(event, step)")
+
+
+class CreateInstance(_Request):
+    """`POST /v1/workflows/{name}/instances` (the body may be left out), and each item of a batch."""
+
+    id: Id | None = Field(default=None, description="Absent or null: a random id")
+    params: Any = Field(default=None, description="The instance's event.payload (at most 1 MiB of JSON)")
+
+
+class CreateBatch(RootModel[list[CreateInstance]]):
+    """`POST /v1/workflows/{name}/instances/batch`: all or none."""
+
+    root: list[CreateInstance] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SendEvent(_Request):
+    """`POST .../instances/{id}/events` (as records.check_event_type)."""
+
+    type: EventType
+    payload: Any = Field(default=None, description="At most 1 MiB of JSON")
+
+
+class InstanceQuery(_Query):
+    """The query of `GET /v1/workflows/{name}/instances`."""
+
+    status: Status | None = None
+    limit: QueryInt = Field(default=100, ge=1, le=MAX_PAGE)
+    after: Id | None = Field(default=None, description="Only ids after this one (next_after of the previous page)")
+
+
+class JournalQuery(_Query):
+    """The query of `GET .../instances/{id}/journal`."""
+
+    after: QueryInt = Field(
+        default=-1,
+        ge=-1,
+        le=MAX_QUERY_INT,
+        description="Only positions after this one (next_after of the previous page)",
+    )
+    limit: QueryInt = Field(default=MAX_PAGE, ge=1, le=MAX_PAGE)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class Health(_Response):
+    status: Literal["ok"]
+
+
+class Version(_Response):
+    name: str
+    version: int = Field(ge=1)
+    source_hash: str
+    created_at: float
+
+
+class Deployed(Version):
+    created: bool = Field(description="False when the source was the same as the latest version's")
+
+
+class WorkflowList(_Response):
+    workflows: list[Version]
+
+
+class Workflow(_Response):
+    name: str
+    latest: int
+    versions: list[Version] = Field(description="Oldest first")
+
+
+class ErrorInfo(_Response):
+    """Why an instance errored."""
+
+    name: str
+    message: str
+    traceback: str | None = None
+    line: int | None = None
+
+
+class Instance(_Response):
+    id: str
+    workflow: str
+    version: int
+    status: Status
+    params: Any
+    output: Any
+    error: ErrorInfo | None
+    created_at: float
+    updated_at: float
+    wake_at: float | None
+
+
+class InstancePage(_Response):
+    instances: list[Instance]
+    next_after: str | None = Field(description="Pass as ?after= for the next page; null on the last page")
+
+
+class BatchCreated(_Response):
+    instances: list[Instance]
+
+
+class Attempt(_Response):
+    position: int
+    attempt: int
+    ok: bool
+    error_name: str | None
+    error_message: str | None
+    fuel: int
+    duration_ms: float
+    finished_at: float
+
+
+class Step(_Response):
+    position: int
+    name: str
+    kind: Literal["do", "sleep", "wait"]
+    state: str
+    attempts: int
+    result: Any
+    error_name: str | None = None
+    error_message: str | None = None
+    wake_at: float | None = None
+    event_type: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    fuel: int = 0
+    duration_ms: float = 0.0
+    attempt_log: list[Attempt]
+
+
+class EventRecord(_Response):
+    seq: int
+    type: str
+    payload: Any
+    created_at: float
+    consumed_at: int | None = Field(description="The journal position of the wait that took it")
+
+
+class Journal(_Response):
+    id: str
+    workflow: str
+    steps: list[Step]
+    events: list[EventRecord]
+    log: str = Field(description="What the workflow printed (bounded)")
+    next_after: int | None = Field(description="Pass as `after` for the next page; null on the last page")
+
+
+class EventAccepted(_Response):
+    seq: int
+    type: str
+
+
+class Problem(_Response):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    line: int | None = Field(default=None, description="For workflow code errors: the line")
+    retry_after_s: float | None = Field(default=None, description="For quota and busy errors: seconds to wait")

@@ -1,0 +1,390 @@
+"""The dashboard's view side: formatting for the templates, and the view models it renders.
+
+Nothing here reads a request or the service: `build_timeline` turns an instance and its journal
+(the API's journal shape) into what `_instance_timeline.html` shows. The routes are in
+`tenantflow.runtime.http.dashboard`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.responses import HTMLResponse
+from tenantflow.runtime.records import FINISHED, Instance
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+PAGE_SIZE = 25
+MAX_PAGE_SIZE = 200
+PREVIEW_CHARS = 64 * 1024
+"""JSON values and logs longer than this are cut in the page (the API has them whole)."""
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+NO_STORE = {"Cache-Control": "no-store"}
+
+STATUS_SYMBOLS = {
+    "queued": "○",
+    "running": "▶",
+    "waiting": "◷",
+    "paused": "❚❚",
+    "errored": "✕",
+    "terminated": "■",
+    "complete": "✓",
+}
+
+
+# -- formatting ----------------------------------------------------------------
+
+
+def _datetime(epoch: float) -> datetime | None:
+    """The UTC time of `epoch`, or None beyond what datetime holds (years 1-9999)."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def fmt_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "—"
+    moment = _datetime(epoch)
+    if moment is None:
+        return f"{'after 9999' if epoch > 0 else 'before year 1'} ({epoch:.6g} s since 1970)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso_time(epoch: float | None) -> str:
+    moment = None if epoch is None else _datetime(epoch)
+    if moment is None:
+        return ""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fmt_duration(ms: float | None) -> str:
+    if ms is None or not math.isfinite(ms):
+        return "—"
+    if ms < 0:
+        return "−" + fmt_duration(-ms)
+    if ms < 1:
+        return f"{ms * 1000:.0f} µs"
+    if ms < 99.95:
+        return f"{ms:.1f} ms"
+    if ms < 999.5:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def fmt_offset(seconds: float | None) -> str:
+    """A time relative to the instance's start, e.g. "+1.25 s"."""
+    if seconds is None:
+        return "—"
+    return "+" + fmt_duration(max(0.0, seconds) * 1000)
+
+
+def fmt_relative(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return ""
+    delta = epoch - now
+    if abs(delta) < 0.5:
+        return "now"
+    text = fmt_duration(abs(delta) * 1000)
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def fmt_count(value: int | float | None) -> str:
+    """1234567 → "1.23 M" (the exact number goes in a title attribute)."""
+    if value is None:
+        return "—"
+    n = float(value)
+    for limit, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= limit:
+            return f"{n / limit:.3g} {suffix}"
+    return f"{int(n)}"
+
+
+def fmt_bytes(size: int | None) -> str:
+    if size is None:
+        return "—"
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value:.1f} TiB"
+
+
+def pretty_json(value: Any) -> str:
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        # Indented JSON is encoded in Python, a frame per level: very deep values go compact.
+        text = _compact_json(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return _cut(text)
+
+
+def _compact_json(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (RecursionError, TypeError, ValueError):
+        return "(too deeply nested to show; the API returns it)"
+
+
+def _cut(text: str) -> str:
+    if len(text) <= PREVIEW_CHARS:
+        return text
+    return text[:PREVIEW_CHARS] + f"\n… ({len(text) - PREVIEW_CHARS} more characters; the API returns all of it)"
+
+
+def json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    except (RecursionError, TypeError, ValueError):
+        return 0
+
+
+CONTROLS_SHOWN = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if chr(code) not in "\t\n\r"}
+"""Control characters (none of which the templates use) as visible escapes, e.g. ESC as "\\x1b"."""
+
+
+class SafeHTMLResponse(HTMLResponse):
+    """HTML with tenant text made plain: control characters and lone surrogates (valid in stored
+    JSON, not in UTF-8) are shown as escapes ("\\x1b", "\\ud800")."""
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, str):
+            return content.translate(CONTROLS_SHOWN).encode(self.charset, "backslashreplace")
+        return bytes(super().render(content))
+
+
+def safe_next(target: str | None) -> str:
+    r"""Where to go after sign-in: `target` if it is a path on this origin, else "/".
+
+    Browsers read "\\" as "/" and drop tabs and newlines from URLs, so "/\\evil.example" or
+    "/\t/evil.example" would leave the origin: a path starts with one "/" and has no backslash or
+    control character, also after one more round of percent-decoding; the sign-in page itself is
+    no target.
+    """
+    if not target:
+        return "/"
+    for form in (target, unquote(target)):
+        if not form.startswith("/") or form.startswith("//") or "\\" in form:
+            return "/"
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in form):
+            return "/"
+    if target == "/login" or target.startswith(("/login?", "/login/")):
+        return "/"
+    return target
+
+
+# -- view models -----------------------------------------------------------------
+
+
+@dataclass
+class AttemptView:
+    number: int
+    ok: bool
+    error_name: str | None
+    error_message: str | None
+    fuel: int
+    duration_ms: float
+    start: float
+    end: float
+
+
+@dataclass
+class EventView:
+    seq: int
+    type: str
+    payload: str
+    size: int
+    arrived: float
+    consumed_by: int | None
+    consumer: str | None = None
+
+
+@dataclass
+class StepView:
+    position: int
+    name: str
+    kind: str
+    state: str
+    state_label: str
+    attempts: int
+    start: float | None
+    end: float | None
+    duration_ms: float | None
+    fuel: int
+    result: str | None
+    result_size: int | None
+    error_name: str | None
+    error_message: str | None
+    wake_at: float | None
+    event_type: str | None
+    attempt_log: list[AttemptView] = field(default_factory=list)
+    events: list[EventView] = field(default_factory=list)
+    bar_x: float = 0.0
+    bar_w: float = 0.0
+
+    @property
+    def look(self) -> str:
+        """The state the page colours by (a sleep whose time has come is shown as done)."""
+        return "slept" if self.state_label == "slept" else self.state
+
+
+@dataclass
+class Timeline:
+    start: float
+    end: float
+    steps: list[StepView]
+    events: list[EventView]
+    log_lines: list[str]
+    total_fuel: int
+    total_ms: float
+
+
+STATE_LABELS = {
+    "done": "done",
+    "failed": "failed",
+    "retrying": "retrying",
+    "sleeping": "sleeping",
+    "waiting": "waiting",
+    "timed_out": "timed out",
+}
+
+
+def build_timeline(instance: Instance, journal: dict[str, Any], now: float) -> Timeline:
+    """The journal as the page shows it: each position with its start, end and cost, in order."""
+    live = instance.status not in FINISHED
+    events = [
+        EventView(
+            seq=int(e["seq"]),
+            type=str(e["type"]),
+            payload=pretty_json(e["payload"]),
+            size=json_size(e["payload"]),
+            arrived=float(e["created_at"]),
+            consumed_by=e.get("consumed_at"),
+        )
+        for e in journal.get("events", [])
+    ]
+    steps: list[StepView] = []
+    for raw in journal.get("steps", []):
+        attempts = [
+            AttemptView(
+                number=int(a["attempt"]),
+                ok=bool(a["ok"]),
+                error_name=a.get("error_name"),
+                error_message=a.get("error_message"),
+                fuel=int(a.get("fuel") or 0),
+                duration_ms=float(a.get("duration_ms") or 0.0),
+                start=float(a["finished_at"]) - float(a.get("duration_ms") or 0.0) / 1000,
+                end=float(a["finished_at"]),
+            )
+            for a in raw.get("attempt_log", [])
+        ]
+        kind = str(raw["kind"])
+        state = str(raw["state"])
+        created = float(raw.get("created_at") or instance.created_at)
+        updated = float(raw.get("updated_at") or created)
+        wake_at = raw.get("wake_at")
+        start: float | None = created
+        end: float | None = None
+        duration: float | None = None
+        label = STATE_LABELS.get(state, state)
+        if kind == "do":
+            if attempts:
+                start = min(created, attempts[0].start)
+            if state in ("done", "failed"):
+                end = attempts[-1].end if attempts else updated
+            duration = float(raw.get("duration_ms") or 0.0) or (sum(a.duration_ms for a in attempts) or None)
+        elif kind == "sleep":
+            if wake_at is not None and float(wake_at) <= now:
+                end = float(wake_at)
+                label = "slept"
+            duration = None if wake_at is None else (float(wake_at) - created) * 1000
+        else:
+            if state in ("done", "timed_out"):
+                end = updated
+            duration = None if end is None else (end - created) * 1000
+        has_result = state == "done" and kind != "sleep"
+        result = raw.get("result")
+        view = StepView(
+            position=int(raw["position"]),
+            name=str(raw["name"]),
+            kind=kind,
+            state=state,
+            state_label=label,
+            attempts=int(raw.get("attempts") or len(attempts)),
+            start=start,
+            end=end,
+            duration_ms=duration,
+            fuel=int(raw.get("fuel") or 0) or sum(a.fuel for a in attempts),
+            result=pretty_json(result) if has_result else None,
+            result_size=json_size(result) if has_result else None,
+            error_name=raw.get("error_name"),
+            error_message=raw.get("error_message"),
+            wake_at=None if wake_at is None else float(wake_at),
+            event_type=raw.get("event_type"),
+            attempt_log=attempts,
+        )
+        steps.append(view)
+    by_position = {s.position: s for s in steps}
+    for event in events:
+        if event.consumed_by is not None and event.consumed_by in by_position:
+            consumer = by_position[event.consumed_by]
+            event.consumer = consumer.name
+            consumer.events.append(event)
+
+    t0 = instance.created_at
+    ends = [t0, instance.updated_at]
+    for s in steps:
+        ends += [x for x in (s.start, s.end) if x is not None]
+    t1 = max([*ends, now] if live else ends)
+    span = max(t1 - t0, 1e-3)
+    for s in steps:
+        begin = s.start if s.start is not None else t0
+        stop = s.end if s.end is not None else (now if live else t1)
+        if s.kind == "sleep" and s.wake_at is not None and s.end is None:
+            stop = min(s.wake_at, t1)
+        s.bar_x = round(max(0.0, min(1.0, (begin - t0) / span)) * 1000, 1)
+        s.bar_w = round(max(0.004, min(1.0, (stop - begin) / span)) * 1000, 1)
+        s.bar_w = min(s.bar_w, 1000 - s.bar_x) or 4.0
+    log = str(journal.get("log") or "")
+    return Timeline(
+        start=t0,
+        end=t1,
+        steps=steps,
+        events=events,
+        log_lines=_cut(log).splitlines(),
+        total_fuel=sum(s.fuel for s in steps),
+        total_ms=sum(s.duration_ms or 0.0 for s in steps if s.kind == "do"),
+    )

@@ -1,0 +1,191 @@
+"""The API's route table: each operation's method, path, models and answers, listed once.
+
+`api.create_app` builds its routes from this table and `openapi.openapi_document` describes
+the same table, so the document cannot list a route the server does not have, or miss one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from tenantflow.runtime import contract as c
+
+__all__ = ["INSTANCE", "OPERATIONS", "PROBLEMS", "Answer", "Operation"]
+
+INSTANCE = "/v1/workflows/{name}/instances/{id}"
+
+PROBLEMS: dict[int, str] = {
+    400: "Malformed request: the body is not JSON, not UTF-8, or empty",
+    401: "Missing or unknown API key",
+    403: "A known key that may not do this (a tenant key on /metrics)",
+    404: "No such workflow or instance (another tenant's resources are not found either)",
+    408: "The request body did not arrive within 10 s; the connection is closed",
+    409: "Conflict: the id is taken, or the control does not apply in the instance's status",
+    413: "Too large: the request body (over 2 MiB), the source, the params or the payload",
+    422: "Invalid input: wrong types, unknown fields, bad ids, or workflow code that does not compile "
+    "or whose module code hits a limit (DeadlineExceeded, FuelExhausted, MemoryLimitExceeded)",
+    429: "A quota is exceeded (instance creation rate, deploy checks in progress); see the Retry-After header",
+    503: "The store is busy or the server is saturated (e.g. deploy checks); see the Retry-After header",
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A success response: its body's model (None: not JSON, see `media_type`) and description."""
+
+    model: type[BaseModel] | None
+    description: str
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    """Also the name of the `Api` method that serves it."""
+    summary: str
+    answers: dict[int, Answer]
+    problems: tuple[int, ...] = ()
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    query: type[BaseModel] | None = None
+    secured: bool = True
+    path_params: tuple[str, ...] = ()
+
+
+_CONTROL_SUMMARIES: dict[c.Control, str] = {
+    "pause": "Pause a queued, running or waiting instance (it stops at its next step)",
+    "resume": "Resume a paused instance",
+    "terminate": "Terminate an instance that has not finished",
+    "restart": "Restart an instance from scratch with the same params and version",
+}
+_INPUT = (400, 401, 404, 409, 413, 422, 429)
+
+
+def _control(action: c.Control) -> Operation:
+    return Operation(
+        "POST",
+        f"{INSTANCE}/{action}",
+        f"{action}Instance",
+        _CONTROL_SUMMARIES[action],
+        {200: Answer(c.Instance, "The instance after the control")},
+        (401, 404, 422) if action == "restart" else (401, 404, 409, 422),
+        path_params=("name", "id"),
+    )
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "GET",
+        "/healthz",
+        "health",
+        "Liveness and database check",
+        {200: Answer(c.Health, "Healthy")},
+        (503,),
+        secured=False,
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics (every tenant's counts): the operator key or the server's metrics token",
+        {200: Answer(None, "Prometheus text exposition format", "text/plain")},
+        (401, 403),
+    ),
+    Operation(
+        "GET", "/openapi.json", "openapi", "This document", {200: Answer(None, "The OpenAPI document")}, secured=False
+    ),
+    Operation(
+        "GET",
+        "/v1/workflows",
+        "listWorkflows",
+        "The latest version of each of the tenant's workflows",
+        {200: Answer(c.WorkflowList, "The workflows")},
+        (401,),
+    ),
+    Operation(
+        "PUT",
+        "/v1/workflows/{name}",
+        "deployWorkflow",
+        "Deploy a version (the source is compiled and checked in the sandbox)",
+        {
+            201: Answer(c.Deployed, "A new version"),
+            200: Answer(c.Deployed, "The same source as the latest version: that version"),
+        },
+        (400, 401, 413, 422, 429),
+        body=c.Deploy,
+        path_params=("name",),
+    ),
+    Operation(
+        "GET",
+        "/v1/workflows/{name}",
+        "getWorkflow",
+        "A workflow's versions",
+        {200: Answer(c.Workflow, "The versions, oldest first")},
+        (401, 404, 422),
+        path_params=("name",),
+    ),
+    Operation(
+        "POST",
+        "/v1/workflows/{name}/instances",
+        "createInstance",
+        "Start an instance of the latest version",
+        {201: Answer(c.Instance, "Created and queued")},
+        _INPUT,
+        body=c.CreateInstance,
+        body_required=False,
+        path_params=("name",),
+    ),
+    Operation(
+        "GET",
+        "/v1/workflows/{name}/instances",
+        "listInstances",
+        "A page of instances, ordered by id",
+        {200: Answer(c.InstancePage, "A page")},
+        (401, 404, 422),
+        query=c.InstanceQuery,
+        path_params=("name",),
+    ),
+    Operation(
+        "POST",
+        "/v1/workflows/{name}/instances/batch",
+        "createInstances",
+        f"Start up to {c.MAX_BATCH} instances at once (all or none)",
+        {201: Answer(c.BatchCreated, "Created and queued")},
+        _INPUT,
+        body=c.CreateBatch,
+        path_params=("name",),
+    ),
+    Operation(
+        "GET",
+        INSTANCE,
+        "getInstance",
+        "An instance's status, output and error",
+        {200: Answer(c.Instance, "The instance")},
+        (401, 404, 422),
+        path_params=("name", "id"),
+    ),
+    Operation(
+        "GET",
+        INSTANCE + "/journal",
+        "getJournal",
+        "A page of the instance's steps, attempts, waits and events, in order",
+        {200: Answer(c.Journal, "The journal")},
+        (401, 404, 422),
+        query=c.JournalQuery,
+        path_params=("name", "id"),
+    ),
+    Operation(
+        "POST",
+        INSTANCE + "/events",
+        "sendEvent",
+        "Deliver an event (buffered until a wait_for_event of its type takes it; at most 100 and 4 MiB)",
+        {202: Answer(c.EventAccepted, "Stored")},
+        _INPUT,
+        body=c.SendEvent,
+        path_params=("name", "id"),
+    ),
+    *(_control(action) for action in c.CONTROLS),
+)
