@@ -31,8 +31,9 @@ from typing import Any
 
 import psycopg
 from tenantflow.host import Sandbox
+from tenantflow.runtime.contract import MAX_BATCH
 from tenantflow.runtime.records import Quotas
-from tenantflow.runtime.service import MAX_BATCH, Service
+from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import open_store
 
 from bench import pg_bench, runtime_bench, sandbox_bench

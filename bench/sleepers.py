@@ -15,8 +15,9 @@ import threading
 import time
 from typing import Any
 
+from tenantflow.runtime.contract import MAX_BATCH
 from tenantflow.runtime.records import Quotas
-from tenantflow.runtime.service import MAX_BATCH, Service
+from tenantflow.runtime.service import Service
 
 from bench.scenarios import Reader
 

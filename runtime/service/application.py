@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, FailureName, Sandbox
+from tenantflow.runtime.contract import MAX_BATCH, MAX_PAGE
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
@@ -39,10 +40,8 @@ from tenantflow.runtime.service.ratelimit import RateLimiter
 from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.store import SQLStore, open_store
 
-MAX_BATCH = 100
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
 MAX_WORKERS = ISOLATE_SLOTS - 8
-MAX_PAGE = 1000
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
 STORAGE_RETRY_AFTER_S = 60.0
 

@@ -25,11 +25,6 @@ from tenantflow.runtime.http.openapi import openapi_document
 from tenantflow.runtime.http.operations import OPERATIONS
 from tenantflow.runtime.http.problems import Forbidden, MalformedRequest, RequestTimeout, problem_for, status_of
 from tenantflow.runtime.records import ID_PATTERN, MAX_ID, STATUSES
-from tenantflow.runtime.service import MAX_BATCH, MAX_PAGE
-
-
-def test_the_limits_agree_with_the_service() -> None:
-    assert (contract.MAX_BATCH, contract.MAX_PAGE) == (MAX_BATCH, MAX_PAGE)
 
 
 def test_the_document_takes_its_rules_from_the_records() -> None:
@@ -38,7 +33,7 @@ def test_the_document_takes_its_rules_from_the_records() -> None:
     ident = schemas["CreateInstance"]["properties"]["id"]["anyOf"][0]
     assert ident["pattern"] == ID_PATTERN.pattern and ident["maxLength"] == MAX_ID
     assert schemas["Instance"]["properties"]["status"]["enum"] == list(STATUSES)
-    assert schemas["CreateBatch"]["maxItems"] == MAX_BATCH
+    assert schemas["CreateBatch"]["maxItems"] == contract.MAX_BATCH
     controls = {
         path.rsplit("/", 1)[1] for path in doc["paths"] if path.startswith("/v1/workflows/{name}/instances/{id}/")
     }
