@@ -18,6 +18,7 @@ from tenantflow.host import Abort, Sandbox, StepCall
 from tenantflow.runtime.engine.clock import ManualClock
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.errors import InvalidInput, QuotaExceeded, Unavailable
+from tenantflow.runtime.http.problems import status_of
 from tenantflow.runtime.records import (
     ERROR_SUMMARY_CHARS,
     MAX_BUFFERED_EVENTS,
@@ -149,7 +150,7 @@ def test_sqlite_locked_past_the_busy_timeout_is_unavailable(tmp_path: Path) -> N
         try:
             with pytest.raises(Unavailable) as raised:
                 busy.send_event(key, "go", None, T0 + 1)
-            assert raised.value.status == 503 and raised.value.retry_after_s > 0
+            assert status_of(raised.value) == 503 and raised.value.retry_after_s > 0
             with pytest.raises(Unavailable):
                 busy.record(claim, done_entry(0), None, T0 + 1)  # the group-commit path
             with pytest.raises(Unavailable):
@@ -230,7 +231,7 @@ def test_buffered_events_are_capped_in_number(store: SQLStore) -> None:
         store.send_event(key, "t", n, T0)
     with pytest.raises(QuotaExceeded, match=f"holds {MAX_BUFFERED_EVENTS} events it has not consumed") as raised:
         store.send_event(key, "t", "one more", T0)
-    assert raised.value.status == 429
+    assert status_of(raised.value) == 429
     claim = claim_one(store)  # the workflow consumes one: room for one more
     wait = Entry(0, "w", "wait", "done", result="1", event_type="t", created_at=T0, updated_at=T0)
     store.record(claim, wait, None, T0 + 1, consumed_event=1)
@@ -460,7 +461,7 @@ def test_the_service_refuses_creations_and_events_over_the_storage_quota(service
     service.store.stored_bytes("acme", max_age_s=0)
     with pytest.raises(QuotaExceeded, match="storage quota of 1 MB exhausted") as raised:
         service.create_instances(tenant, "wf", [{"id": "i2"}])
-    assert raised.value.status == 429
+    assert status_of(raised.value) == 429
     with pytest.raises(QuotaExceeded, match="storage quota of 1 MB exhausted"):
         service.send_event(tenant, "wf", "i1", "go", None)
     other, _ = service.create_tenant("zeta")  # another tenant is not affected

@@ -1,0 +1,185 @@
+"""Operator commands on the database: `serve`, `worker`, `tenants create|list`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+from tenantflow.runtime.cli.options import db_option, json_option
+from tenantflow.runtime.cli.output import (
+    fail,
+    out,
+    print_json,
+    when,
+)
+from tenantflow.runtime.errors import TenantflowError
+from tenantflow.runtime.records import Quotas
+
+
+@click.group()
+def commands() -> None:
+    """(registered into the main group)"""
+
+
+@commands.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@db_option
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--metrics-token",
+    envvar="TENANTFLOW_METRICS_TOKEN",
+    help="A token a scraper may send as 'Authorization: Bearer TOKEN' for /metrics "
+    "(env TENANTFLOW_METRICS_TOKEN); an operator key always may.",
+)
+def serve(host: str, port: int, db: str, workers: int, log_level: str, metrics_token: str | None) -> None:
+    """Run the HTTP API and the workers in one process (graceful stop on SIGTERM)."""
+    from tenantflow.runtime.http.server import configure_logging
+    from tenantflow.runtime.http.server import serve as run_server
+
+    configure_logging(log_level)
+    try:
+        run_server(db, host, port, workers, log_level, metrics_token=metrics_token)
+    except OSError as error:
+        fail(f"cannot listen on {host}:{port}: {error}")
+    except TenantflowError as error:
+        fail(str(error))
+
+
+@commands.command()
+@db_option
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
+@click.option("--lease", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Lease, seconds.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+@click.option("--ready-json", is_flag=True, help="Print a JSON line once the workers run (for a parent process).")
+@click.option("--host-alias", hidden=True, help="Tests: a lease owner that looks like another machine's.")
+def worker(db: str, workers: int, lease: float, log_level: str, ready_json: bool, host_alias: str | None) -> None:
+    """Run workers only, for scale-out on a shared database (graceful stop on SIGTERM)."""
+    from tenantflow.runtime.cli.worker import run_workers
+    from tenantflow.runtime.http.server import configure_logging
+
+    configure_logging(log_level)
+    try:
+        run_workers(db, workers, lease, host_alias=host_alias, ready_json=ready_json)
+    except TenantflowError as error:
+        fail(str(error))
+
+
+# -- tenants (operator, on the database) --------------------------------------------
+
+
+@commands.group()
+def tenants() -> None:
+    """Create and list tenants (operator commands, on --db)."""
+
+
+@tenants.command("create")
+@click.argument("name")
+@db_option
+@click.option("--max-concurrent", type=click.IntRange(1), help="Activations running at once.")
+@click.option("--max-instances", type=click.IntRange(1), help="Instances created per minute.")
+@click.option("--memory-mb", type=click.IntRange(1), help="Memory per activation, MiB.")
+@click.option("--fuel", type=click.IntRange(1), help="Fuel (wasm instructions, roughly) per activation.")
+@click.option("--max-stored-mb", type=click.IntRange(1), help="Storage for all the tenant's instances, MB.")
+@click.option("--egress", multiple=True, metavar="HOST", help="A host `fetch` may reach (repeat, or comma-separate).")
+@click.option("--operator", is_flag=True, help="An operator key: reads every tenant in the dashboard.")
+@json_option
+def tenants_create(
+    name: str,
+    db: str,
+    max_concurrent: int | None,
+    max_instances: int | None,
+    memory_mb: int | None,
+    fuel: int | None,
+    max_stored_mb: int | None,
+    egress: tuple[str, ...],
+    operator: bool,
+    as_json: bool,
+) -> None:
+    """Create tenant NAME and print JSON with its API key (shown once; only its hash is stored)."""
+    from tenantflow.runtime.engine.clock import SystemClock
+    from tenantflow.runtime.service import Tenants
+    from tenantflow.runtime.store import open_store
+
+    defaults = Quotas()
+    quotas = Quotas(
+        max_concurrent=max_concurrent or defaults.max_concurrent,
+        max_instances_per_minute=max_instances or defaults.max_instances_per_minute,
+        memory_mb=memory_mb or defaults.memory_mb,
+        fuel=fuel or defaults.fuel,
+        max_stored_mb=max_stored_mb or defaults.max_stored_mb,
+        egress=tuple(h.strip() for item in egress for h in item.split(",") if h.strip()),
+    )
+    try:
+        store = open_store(db)
+    except TenantflowError as error:
+        fail(str(error))
+    try:
+        tenant, api_key = Tenants(store, SystemClock()).create(name, quotas, operator=operator)
+    except TenantflowError as error:
+        fail(str(error))
+    finally:
+        store.close()
+    result = {
+        "tenant": tenant.name,
+        "api_key": api_key,
+        "operator": tenant.operator,
+        "quotas": _quotas_json(tenant.quotas),
+    }
+    click.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+def _quotas_json(quotas: Quotas) -> dict[str, Any]:
+    return {
+        "max_concurrent": quotas.max_concurrent,
+        "max_instances_per_minute": quotas.max_instances_per_minute,
+        "max_steps": quotas.max_steps,
+        "memory_mb": quotas.memory_mb,
+        "fuel": quotas.fuel,
+        "max_source_bytes": quotas.max_source_bytes,
+        "max_payload_bytes": quotas.max_payload_bytes,
+        "max_stored_mb": quotas.max_stored_mb,
+        "egress": list(quotas.egress),
+    }
+
+
+@tenants.command("list")
+@db_option
+@json_option
+def tenants_list(db: str, as_json: bool) -> None:
+    """List tenants and their quotas (never their keys)."""
+    from tenantflow.runtime.store import open_store
+
+    try:
+        store = open_store(db)
+    except TenantflowError as error:
+        fail(str(error))
+    try:
+        found = store.tenants()
+    finally:
+        store.close()
+    rows: list[dict[str, Any]] = [
+        {"tenant": t.name, "created_at": t.created_at, "operator": t.operator, "quotas": _quotas_json(t.quotas)}
+        for t in found
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} tenant(s)", title_justify="left")
+    for column in ("tenant", "created", "concurrent", "instances/min", "memory", "fuel", "egress"):
+        table.add_column(column)
+    for row in rows:
+        q = row["quotas"]
+        table.add_row(
+            row["tenant"],
+            when(row["created_at"]),
+            str(q["max_concurrent"]),
+            str(q["max_instances_per_minute"]),
+            f"{q['memory_mb']} MiB",
+            f"{q['fuel']:,}",
+            ", ".join(q["egress"]) or "-",
+        )
+    out().print(table)

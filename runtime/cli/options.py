@@ -1,0 +1,65 @@
+"""Options shared by the commands: the database, the server and key, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import httpx
+from tenantflow.runtime.cli.output import fail
+from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client
+from tenantflow.runtime.store import DEFAULT_DB
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        envvar="TENANTFLOW_DB",
+        default=DEFAULT_DB,
+        show_default=True,
+        help="Database URL: sqlite:///FILE or postgresql://... (env TENANTFLOW_DB).",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+def api_options(fn: F) -> F:
+    """--url, --key and --json; the command gets a `client` instead of url and key."""
+
+    @click.option(
+        "--url",
+        envvar="TENANTFLOW_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        help="Server URL (env TENANTFLOW_URL).",
+    )
+    @click.option("--key", envvar="TENANTFLOW_KEY", help="The tenant's API key (env TENANTFLOW_KEY).")
+    @json_option
+    @functools.wraps(fn)
+    def wrapper(url: str, key: str | None, **kwargs: Any) -> Any:
+        if not key:
+            fail("give the tenant's API key with --key or TENANTFLOW_KEY", 2)
+        with Client(url, key) as client:
+            try:
+                return fn(client=client, **kwargs)
+            except ApiError as error:
+                problem = error.problem
+                message = f"{error.status} {problem.get('title', '')}: {problem.get('detail', '')}"
+                if problem.get("line") is not None:
+                    message += f" (line {problem['line']})"
+                if error.headers.get("retry-after"):
+                    message += f"; retry after {error.headers['retry-after']} s"
+                if kwargs.get("as_json"):
+                    click.echo(json.dumps(problem), err=True)
+                fail(message)
+            except httpx.HTTPError as error:
+                fail(f"cannot reach {url}: {error}")
+
+    return wrapper  # type: ignore[return-value]

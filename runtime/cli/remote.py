@@ -1,0 +1,192 @@
+"""Tenant commands over HTTP: deploy, workflows, start, instances, status, events, journal, controls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.text import Text
+from tenantflow.runtime.cli.options import api_options
+from tenantflow.runtime.cli.output import (
+    STATUS_STYLE,
+    fail,
+    out,
+    parse_json,
+    plain,
+    print_json,
+    safe_text,
+    show_instance,
+    show_journal,
+    when,
+)
+from tenantflow.runtime.client import Client
+from tenantflow.runtime.contract import CONTROLS, Control
+from tenantflow.runtime.records import FINISHED, STATUSES
+
+
+@click.group()
+def commands() -> None:
+    """(registered into the main group)"""
+
+
+# -- tenant commands (over HTTP) --------------------------------------------------
+
+
+@commands.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Workflow name (default: the file's name without .py).")
+@api_options
+def deploy(client: Client, file: Path, name: str | None, as_json: bool) -> None:
+    """Deploy FILE as a new version of a workflow (the same source again: the same version)."""
+    try:
+        source = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        fail(f"cannot read {file}: {error}")
+    result = client.deploy(name or file.stem, source)
+    if as_json:
+        print_json(plain(result))
+        return
+    what = "deployed" if result.created else "unchanged, still"
+    out().print(f"{result.name}: {what} version {result.version} ({result.source_hash[:12]})")
+
+
+@commands.command()
+@api_options
+def workflows(client: Client, as_json: bool) -> None:
+    """List the tenant's workflows with their latest version."""
+    found = client.workflows()
+    if as_json:
+        print_json([plain(item) for item in found])
+        return
+    table = Table(title=f"{len(found)} workflow(s)", title_justify="left")
+    for column in ("workflow", "version", "source", "deployed"):
+        table.add_column(column)
+    for item in found:
+        table.add_row(item.name, str(item.version), item.source_hash[:12], when(item.created_at))
+    out().print(table)
+
+
+@commands.command()
+@click.argument("workflow")
+@click.option("--id", "instance_id", help="Instance id (default: a random one).")
+@click.option("--params", help="The instance's params as JSON (its event.payload).")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for it to finish.")
+@api_options
+def start(
+    client: Client, workflow: str, instance_id: str | None, params: str | None, wait_s: float | None, as_json: bool
+) -> None:
+    """Start an instance of WORKFLOW's latest version."""
+    created = client.start(workflow, instance_id, parse_json(params, "--params"))
+    if wait_s is not None:
+        try:
+            created = client.wait(workflow, created.id, timeout=wait_s)
+        except TimeoutError as error:
+            fail(str(error))
+    if as_json:
+        print_json(plain(created))
+        return
+    show_instance(plain(created))
+
+
+@commands.command()
+@click.argument("workflow")
+@click.option("--status", "status_filter", type=click.Choice(STATUSES), help="Only instances with this status.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--after", help="Only ids after this one (for the next page).")
+@api_options
+def instances(
+    client: Client, workflow: str, status_filter: str | None, limit: int, after: str | None, as_json: bool
+) -> None:
+    """List WORKFLOW's instances (a page, ordered by id)."""
+    page = client.instances(workflow, status_filter, limit, after)
+    if as_json:
+        print_json(plain(page))
+        return
+    table = Table(title=f"instances of {workflow}", title_justify="left")
+    for column in ("id", "version", "status", "updated"):
+        table.add_column(column)
+    for item in page.instances:
+        table.add_row(
+            item.id, str(item.version), Text(item.status, STATUS_STYLE.get(item.status, "")), when(item.updated_at)
+        )
+    console = out()
+    console.print(table)
+    if page.next_after:
+        console.print(f"more: --after {page.next_after}")
+
+
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@api_options
+def status(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
+    """Show an instance's status, output and error."""
+    found = client.status(workflow, instance_id)
+    if as_json:
+        print_json(plain(found))
+        return
+    show_instance(plain(found))
+
+
+@commands.group()
+def events() -> None:
+    """Send events to instances."""
+
+
+@events.command("send")
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.argument("event_type", metavar="TYPE")
+@click.option("--payload", help="The event's payload as JSON.")
+@api_options
+def events_send(
+    client: Client, workflow: str, instance_id: str, event_type: str, payload: str | None, as_json: bool
+) -> None:
+    """Deliver an event of TYPE to an instance (buffered until it waits for that type)."""
+    result = client.send_event(workflow, instance_id, event_type, parse_json(payload, "--payload"))
+    if as_json:
+        print_json(plain(result))
+        return
+    out().print(safe_text(f"event {result.type!r} delivered to {workflow}/{instance_id} (#{result.seq})"))
+
+
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.option("--after", type=click.IntRange(-1), default=-1, show_default=True, help="Only positions after this.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True, help="Positions per page.")
+@api_options
+def journal(client: Client, workflow: str, instance_id: str, after: int, limit: int, as_json: bool) -> None:
+    """Show a page of an instance's journal: steps, attempts, waits and events, in order."""
+    found = client.journal(workflow, instance_id, after=after, limit=limit)
+    if as_json:
+        print_json(plain(found))
+        return
+    current = client.status(workflow, instance_id)
+    show_journal(plain(found), finished=current.status in FINISHED and found.next_after is None)
+    if found.next_after is not None:
+        out().print(safe_text(f"more: tenantflow journal {workflow} {instance_id} --after {found.next_after}"))
+
+
+def _control_command(action: Control, help_text: str) -> None:
+    @commands.command(name=action, help=help_text)
+    @click.argument("workflow")
+    @click.argument("instance_id", metavar="ID")
+    @api_options
+    def command(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
+        result = client.control(workflow, instance_id, action)
+        if as_json:
+            print_json(plain(result))
+            return
+        show_instance(plain(result))
+
+
+CONTROL_HELP: dict[Control, str] = {
+    "pause": "Pause an instance (it stops at its next step).",
+    "resume": "Resume a paused instance.",
+    "terminate": "Terminate an instance that has not finished.",
+    "restart": "Restart an instance from scratch with the same params.",
+}
+for _action in CONTROLS:
+    _control_command(_action, CONTROL_HELP[_action])
