@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Callable
-from typing import Any, TypedDict, TypeVar, overload
+from typing import Any, NoReturn, TypedDict, TypeVar, overload
 
 from tenantflow import transport as _transport
 from tenantflow._durations import Duration, Retries, StepOptions, parse_duration, step_config
@@ -35,7 +35,7 @@ def _failure(error: BaseException) -> Failure:
     return Failure(type(error).__name__, host_text(str(error)[:4096]))
 
 
-def _raise_failure(failure: Failure) -> None:
+def _raise_failure(failure: Failure) -> NoReturn:
     if failure.name == "NonRetryableError":
         raise NonRetryableError(failure.message)
     raise StepError(failure.name, failure.message)
@@ -150,7 +150,7 @@ class Step:
         self._check_outside_body(name)
         if isinstance(when, datetime.datetime):
             if when.tzinfo is None:
-                when = when.replace(tzinfo=datetime.timezone.utc)
+                when = when.replace(tzinfo=datetime.UTC)
             epoch = when.timestamp()
         elif isinstance(when, (int, float)) and not isinstance(when, bool):
             epoch = float(when)

@@ -16,7 +16,7 @@ class Event:
 
     def __init__(self, payload: Any, timestamp: float, instance_id: str) -> None:
         self.payload = payload
-        self.timestamp = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+        self.timestamp = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
         self.instance_id = instance_id
 
     def __repr__(self) -> str:

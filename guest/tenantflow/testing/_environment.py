@@ -168,7 +168,7 @@ class WorkflowTestEnvironment:
         arrival). What the workflow raises is raised here; a platform failure is a `WorkflowError`.
         """
         self._reset()
-        for event_type, payload in (events.items() if isinstance(events, Mapping) else events or ()):
+        for event_type, payload in events.items() if isinstance(events, Mapping) else events or ():
             self.send_event(event_type, payload)
         for queued in self._queued:
             self._journal.events.append(PendingEvent(queued.type, queued.payload, self._started_ms + queued.at_ms))
@@ -301,7 +301,7 @@ def _roundtrip(value: Any) -> Any:
 
 
 def _datetime(ms: int) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
 
 
 def _record(entry: Entry) -> StepRecord:
