@@ -23,9 +23,16 @@ import typing  # noqa: F401
 import uuid  # noqa: F401
 
 import tenantflow
+import tenantflow.transport
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import host
+from tenantflow._wit import WitTransport
+from tenantflow._workflow import find_entrypoint
+from tenantflow.transport import host_text
+
+# The SDK's durable calls go to the host's functions; installed here, so it is in the snapshot.
+_transport = WitTransport()
+tenantflow.transport.install(_transport)
 
 FILENAME = "workflow.py"
 
@@ -38,7 +45,7 @@ class _HostStream:
 
     def write(self, text: str) -> int:
         if text:
-            host.log(self.fd, tenantflow.host_text(text))
+            _transport.log(self.fd, host_text(text))
         return len(text)
 
     def flush(self) -> None:
@@ -58,7 +65,7 @@ time.sleep = _no_sleep
 
 
 def _error(name: str, message: str, tb: str = "", line: int | None = None) -> Err:
-    return Err(wit_world.RunError(name, tenantflow.host_text(message), tenantflow.host_text(tb), line))
+    return Err(wit_world.RunError(name, host_text(message), host_text(tb), line))
 
 
 def _tenant_line(error: BaseException) -> int | None:
@@ -118,13 +125,9 @@ def _load(source: str) -> typing.Callable[..., typing.Any]:
             err.value.message = f"{err.value.name}: {err.value.message}"
             err.value.name = "WorkflowCodeError"
         raise err
-    for value in namespace.values():
-        if (isinstance(value, type) and issubclass(value, tenantflow.WorkflowEntrypoint)
-                and value is not tenantflow.WorkflowEntrypoint):
-            return value().run  # type: ignore[no-any-return]
-    run = namespace.get("run")
-    if callable(run):
-        return run  # type: ignore[no-any-return]
+    entry = find_entrypoint(namespace)
+    if entry is not None:
+        return entry
     raise _error("WorkflowCodeError",
                  "the workflow defines neither run(event, step) nor a WorkflowEntrypoint subclass")
 

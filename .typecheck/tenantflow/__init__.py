@@ -1,0 +1,1 @@
+../../guest/tenantflow/__init__.py

@@ -1,0 +1,180 @@
+"""`step`: the durable calls of a workflow, made through the installed transport.
+
+Every durable operation is a call into the host, which reads and writes the journal. When the
+host needs the workflow to wait (a sleep, an event, a retry back-off) it does not return: it
+traps, and the isolate is thrown away.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from typing import Any, NoReturn, TypedDict, TypeVar, overload
+
+from tenantflow import transport as _transport
+from tenantflow._durations import Duration, Retries, StepOptions, parse_duration, step_config
+from tenantflow._errors import NonRetryableError, StepError, WaitTimeoutError
+from tenantflow.transport import Done, Failed, Failure, Fatal, Ok, Outcome, Retryable, Transport, host_text
+
+T = TypeVar("T")
+
+MAX_RESULT_BYTES = 1 << 20
+"""The largest step result and workflow output, in bytes of JSON."""
+
+
+class ReceivedEvent(TypedDict):
+    """What `step.wait_for_event` returns."""
+
+    type: str
+    payload: Any
+    timestamp: float
+
+
+def _failure(error: BaseException) -> Failure:
+    return Failure(type(error).__name__, host_text(str(error)[:4096]))
+
+
+def _raise_failure(failure: Failure) -> NoReturn:
+    if failure.name == "NonRetryableError":
+        raise NonRetryableError(failure.message)
+    raise StepError(failure.name, failure.message)
+
+
+class Step:
+    """The `step` argument of `run(event, step)`."""
+
+    def __init__(self, transport: Transport | None = None) -> None:
+        self._transport = transport if transport is not None else _transport.current()
+        self._in_body = False
+
+    @overload
+    def do(
+        self,
+        name: str,
+        fn_or_config: Callable[[], T],
+        fn: None = None,
+        *,
+        retries: Retries | None = None,
+        timeout: Duration | None = None,
+    ) -> T: ...
+
+    @overload
+    def do(
+        self,
+        name: str,
+        fn_or_config: StepOptions,
+        fn: Callable[[], T],
+        *,
+        retries: Retries | None = None,
+        timeout: Duration | None = None,
+    ) -> T: ...
+
+    @overload
+    def do(
+        self,
+        name: str,
+        fn_or_config: StepOptions | None = None,
+        fn: None = None,
+        *,
+        retries: Retries | None = None,
+        timeout: Duration | None = None,
+    ) -> Callable[[Callable[[], T]], T]: ...
+
+    def do(
+        self,
+        name: str,
+        fn_or_config: Any = None,
+        fn: Callable[[], Any] | None = None,
+        *,
+        retries: Retries | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Run `fn` once, durably: `step.do(name, fn)`, `step.do(name, config, fn)` or `@step.do(name)`.
+
+        The decorator form runs the step at once and binds its result to the function's name.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError("a step name is a non-empty string")
+        if isinstance(fn_or_config, dict):
+            retries = fn_or_config.get("retries", retries)
+            timeout = fn_or_config.get("timeout", timeout)
+        elif callable(fn_or_config):
+            fn = fn_or_config
+        elif fn_or_config is not None:
+            raise TypeError("step.do(name, fn) or step.do(name, config, fn)")
+        config = step_config(retries, timeout)
+        if fn is None:
+            return lambda body: self._run_step(name, config, body)
+        return self._run_step(name, config, fn)
+
+    def _run_step(self, name: str, config: str, fn: Callable[[], Any]) -> Any:
+        if self._in_body:
+            raise RuntimeError(f"step {name!r} is called inside another step's body; steps cannot nest")
+        name = host_text(name)
+        transport = self._transport
+        plan = transport.step_begin(name, config)
+        while True:
+            if isinstance(plan, Done):
+                return json.loads(plan.result)
+            if isinstance(plan, Failed):
+                _raise_failure(plan.failure)
+            plan = transport.step_complete(name, self._attempt(plan.stand_in or fn))
+
+    def _attempt(self, fn: Callable[[], Any]) -> Outcome:
+        self._in_body = True
+        try:
+            value = fn()
+        except NonRetryableError as error:
+            return Fatal(_failure(error))
+        except Exception as error:
+            return Retryable(_failure(error))
+        finally:
+            self._in_body = False
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as error:
+            return Fatal(Failure("ResultNotSerializable", str(error)))
+        if len(text) > MAX_RESULT_BYTES:
+            message = f"a step result is at most {MAX_RESULT_BYTES} bytes of JSON, got {len(text)}"
+            return Fatal(Failure("OutputLimitExceeded", message))
+        return Ok(text)
+
+    def sleep(self, name: str, duration: Duration) -> None:
+        """Sleep durably for a duration ("1 day", or milliseconds)."""
+        self._check_outside_body(name)
+        self._transport.sleep(host_text(name), parse_duration(duration))
+
+    def sleep_until(self, name: str, when: datetime.datetime | float) -> None:
+        """Sleep durably until a datetime (naive means UTC) or epoch seconds."""
+        self._check_outside_body(name)
+        if isinstance(when, datetime.datetime):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            epoch = when.timestamp()
+        elif isinstance(when, (int, float)) and not isinstance(when, bool):
+            epoch = float(when)
+        else:
+            raise TypeError("sleep_until takes a datetime or epoch seconds")
+        self._transport.sleep_until(host_text(name), int(epoch * 1000))
+
+    def wait_for_event(self, name: str, event_type: str, timeout: Duration | None = "24 hours") -> ReceivedEvent:
+        """Wait durably for an event of `event_type`; returns {type, payload, timestamp}.
+
+        Raises `WaitTimeoutError` when `timeout` passes first; `timeout=None` waits for ever.
+        """
+        self._check_outside_body(name)
+        if not isinstance(event_type, str) or not event_type:
+            raise TypeError("event_type is a non-empty string")
+        timeout_ms = None if timeout is None else parse_duration(timeout)
+        answer = self._transport.wait_for_event(host_text(name), host_text(event_type), timeout_ms)
+        if isinstance(answer, Failure):
+            raise WaitTimeoutError(answer.message)
+        result: ReceivedEvent = json.loads(answer)
+        return result
+
+    def _check_outside_body(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError("a step name is a non-empty string")
+        if self._in_body:
+            raise RuntimeError(f"step {name!r} is called inside a step body; steps cannot nest")

@@ -1,0 +1,212 @@
+"""What the SDK asks of whoever runs the workflow: the host functions, as a small protocol.
+
+Inside the sandbox the transport is the WIT bindings (`tenantflow._wit`, installed by the
+harness at build time); on the host it is whatever a test or a local runner installs, e.g.
+`tenantflow.testing`. Everything crosses as JSON text and plain values, as it does over WIT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+__all__ = [
+    "Done",
+    "Failed",
+    "Failure",
+    "Fatal",
+    "Ok",
+    "Outcome",
+    "Plan",
+    "Retryable",
+    "Run",
+    "Transport",
+    "current",
+    "host_text",
+    "install",
+    "installed",
+]
+
+
+class Failure:
+    """An error with a name (an exception class name) and a message."""
+
+    __slots__ = ("name", "message")
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"Failure({self.name!r}, {self.message!r})"
+
+
+# -- what to do next for a `step.do` call -------------------------------------------------------
+
+
+class Run:
+    """Run the body now; `attempt` counts from 1. A test transport may hand a `stand_in` body."""
+
+    __slots__ = ("attempt", "stand_in")
+
+    def __init__(self, attempt: int, stand_in: Callable[[], Any] | None = None) -> None:
+        self.attempt = attempt
+        self.stand_in = stand_in
+
+    def __repr__(self) -> str:
+        return f"Run({self.attempt!r}, {self.stand_in!r})"
+
+
+class Done:
+    """The step's journaled JSON result: return it."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: str) -> None:
+        self.result = result
+
+    def __repr__(self) -> str:
+        return f"Done({self.result!r})"
+
+
+class Failed:
+    """The step failed for good: raise this into the workflow."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+
+    def __repr__(self) -> str:
+        return f"Failed({self.failure!r})"
+
+
+Plan = Run | Done | Failed
+
+
+# -- how one attempt of a step body ended --------------------------------------------------------
+
+
+class Ok:
+    """The body returned; `result` is its JSON."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: str) -> None:
+        self.result = result
+
+    def __repr__(self) -> str:
+        return f"Ok({self.result!r})"
+
+
+class Retryable:
+    """The body raised; the step's retry policy decides what comes next."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+
+    def __repr__(self) -> str:
+        return f"Retryable({self.failure!r})"
+
+
+class Fatal:
+    """The body failed in a way no retry can fix (NonRetryableError, a result that is not JSON)."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+
+    def __repr__(self) -> str:
+        return f"Fatal({self.failure!r})"
+
+
+Outcome = Ok | Retryable | Fatal
+
+
+class Transport(Protocol):
+    """The host functions of the WIT world `tenantflow:sandbox/host`.
+
+    A call that must wait (a sleep, an event, a retry back-off) may never return: the sandbox
+    ends the isolate instead, and the workflow is replayed later.
+    """
+
+    def step_begin(self, name: str, config: str) -> Plan:
+        """Start (or replay) `step.do(name)`; `config` is JSON with retries and timeout in ms."""
+        ...
+
+    def step_complete(self, name: str, outcome: Outcome) -> Plan:
+        """Report the attempt started by the last `Run` plan."""
+        ...
+
+    def sleep(self, name: str, duration_ms: int) -> None:
+        """`step.sleep`: returns once the journaled wake time has passed."""
+        ...
+
+    def sleep_until(self, name: str, wake_at_ms: int) -> None:
+        """`step.sleep_until`: wake time as milliseconds since the epoch."""
+        ...
+
+    def wait_for_event(self, name: str, event_type: str, timeout_ms: int | None) -> str | Failure:
+        """The event's JSON ({type, payload, timestamp}), or a failure when the wait timed out."""
+        ...
+
+    def call(self, capability: str, request: str) -> str | Failure:
+        """A capability granted by the platform (e.g. "fetch"); request and response are JSON."""
+        ...
+
+    def log(self, fd: int, text: str) -> None:
+        """One chunk of the workflow's stdout (1) or stderr (2)."""
+        ...
+
+
+class _Unbound:
+    """The transport outside any runner: every durable call explains what is missing."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            "no workflow runner: step calls and fetch work inside tenantflow's sandbox, "
+            "or under tenantflow.testing.WorkflowTestEnvironment"
+        )
+
+    step_begin = step_complete = sleep = sleep_until = wait_for_event = call = _refuse
+
+    def log(self, fd: int, text: str) -> None:
+        pass
+
+
+_current: Transport = _Unbound()
+
+
+def current() -> Transport:
+    """The installed transport."""
+    return _current
+
+
+def install(transport: Transport) -> Transport:
+    """Make `transport` the one `Step()` and `fetch` use; returns the one it replaces."""
+    global _current
+    previous, _current = _current, transport
+    return previous
+
+
+@contextmanager
+def installed(transport: Transport) -> Iterator[Transport]:
+    """`transport` installed for the duration of a `with` block."""
+    previous = install(transport)
+    try:
+        yield transport
+    finally:
+        install(previous)
+
+
+def host_text(value: str) -> str:
+    """`value` as valid UTF-8 for the host: lone surrogates become backslash escapes."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value

@@ -1,0 +1,196 @@
+"""tenantflow.testing's own behaviours: mocks, the virtual clock, retries, events, replay."""
+
+from __future__ import annotations
+
+import datetime
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from tenantflow import Event, NonRetryableError, Step, StepError, WaitTimeoutError, WorkflowEntrypoint, fetch
+from tenantflow.testing import WorkflowError, WorkflowTestEnvironment
+
+START = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+
+
+def charge(event: Event, step: Step) -> Any:
+    return step.do("charge", lambda: {"real": True})
+
+
+def test_a_step_body_runs_unless_mocked() -> None:
+    env = WorkflowTestEnvironment()
+    assert env.run(charge) == {"real": True}
+    env.mock_step("charge", result={"mocked": 1})
+    assert env.run(charge) == {"mocked": 1}
+    assert env.mocks[0].attempts == 1
+
+
+def test_a_mock_result_goes_through_json_like_a_real_one() -> None:
+    env = WorkflowTestEnvironment()
+    env.mock_step("charge", result=(1, 2))
+    assert env.run(charge) == [1, 2]
+    env.mock_step("charge", result={1, 2})
+    with pytest.raises(StepError, match="ResultNotSerializable"):
+        env.run(charge)
+
+
+def test_a_failing_mock_is_retried_with_the_default_backoff_in_no_time() -> None:
+    env = WorkflowTestEnvironment(start=START)
+    env.mock_step("charge", raise_=ConnectionError("down"))
+    with pytest.raises(StepError) as raised:
+        env.run(charge)
+    assert (raised.value.name, raised.value.message) == ("ConnectionError", "down")
+    assert env.step("charge").attempts == 6  # limit 5: the first try and five retries
+    # Defaults as Cloudflare's: 10 s, exponential: 10 + 20 + 40 + 80 + 160 s of virtual time.
+    assert env.elapsed == timedelta(seconds=310)
+    retries = [t for t in env.timeline if t.what == "retry"]
+    assert [t.elapsed for t in retries] == [timedelta(seconds=s) for s in (0, 10, 30, 70, 150)]
+    assert env.activations == 6  # a retry after a delay is a replay, as in the engine
+
+
+def test_retries_follow_the_steps_own_config() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        return step.do("s", lambda: 1, retries={"limit": 2, "delay": "1 minute", "backoff": "linear"})
+
+    env = WorkflowTestEnvironment()
+    env.mock_step("s", raise_=[ValueError("a"), ValueError("b")], result="third time")
+    assert env.run(flow) == "third time"
+    assert env.elapsed == timedelta(minutes=1 + 2)
+
+
+def test_non_retryable_error_fails_the_step_at_once() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        try:
+            return step.do("s", lambda: 1)
+        except NonRetryableError as error:
+            return f"caught {error}"
+
+    env = WorkflowTestEnvironment()
+    env.mock_step("s", raise_=NonRetryableError("no"))
+    assert env.run(flow) == "caught no"
+    assert env.step("s").attempts == 1 and env.elapsed == timedelta(0)
+
+
+def test_a_mock_can_target_one_call_of_a_name() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        return [step.do("n", lambda i=i: i) for i in range(3)]
+
+    env = WorkflowTestEnvironment()
+    env.mock_step("n", result="second", call=1)
+    assert env.run(flow) == [0, "second", 2]
+    assert [(s.name, s.call) for s in env.steps] == [("n", 0), ("n", 1), ("n", 2)]
+
+
+def test_sleeps_take_no_time_and_are_recorded() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        step.sleep("short", "90 seconds")
+        step.sleep_until("party", START + timedelta(days=3))
+        return "woke"
+
+    env = WorkflowTestEnvironment(start=START)
+    assert env.run(flow) == "woke"
+    assert env.now == START + timedelta(days=3)
+    assert [(s.name, s.kind, s.wake_at) for s in env.steps] == [
+        ("short", "sleep", START + timedelta(seconds=90)),
+        ("party", "sleep", START + timedelta(days=3)),
+    ]
+    assert [(t.what, t.name, t.elapsed) for t in env.timeline if t.what == "wake"] == [
+        ("wake", "short", timedelta(seconds=90)),
+        ("wake", "party", timedelta(days=3)),
+    ]
+
+
+def test_wait_for_event_times_out_without_an_event() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        try:
+            step.wait_for_event("answer", "replied", timeout="3 days")
+        except WaitTimeoutError as error:
+            return str(error)
+        return "replied"
+
+    env = WorkflowTestEnvironment()
+    assert env.run(flow) == "no 'replied' event arrived before the timeout"
+    assert env.elapsed == timedelta(days=3)
+    assert env.run(flow, events={"replied": None}) == "replied"
+
+
+def test_events_are_matched_in_order_of_arrival() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        return [step.wait_for_event(f"w{i}", "vote")["payload"] for i in range(2)]
+
+    env = WorkflowTestEnvironment()
+    assert env.run(flow, events=[("vote", "a"), ("other", "x"), ("vote", "b")]) == ["a", "b"]
+
+
+def test_the_event_and_params_are_what_the_engine_hands_over() -> None:
+    class Flow(WorkflowEntrypoint):
+        def run(self, event: Event, step: Step) -> Any:
+            return [event.payload, event.instance_id, event.timestamp.isoformat()]
+
+    env = WorkflowTestEnvironment(start=START)
+    assert env.run(Flow, {"n": (1,)}, instance_id="i-1") == [{"n": [1]}, "i-1", START.isoformat()]
+
+
+def test_a_workflow_whose_steps_change_on_replay_is_non_deterministic() -> None:
+    activations = []
+
+    def flow(event: Event, step: Step) -> Any:
+        activations.append(1)
+        step.do(f"step {len(activations)}", lambda: 1)
+        step.sleep("nap", "1 hour")
+        return "done"
+
+    with pytest.raises(WorkflowError) as raised:
+        WorkflowTestEnvironment().run(flow)
+    assert raised.value.name == "NonDeterminismError"
+    assert "holds do 'step 1', but the workflow now calls do 'step 2'" in raised.value.message
+
+
+def test_the_hosts_limits_apply() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        return step.do("s", lambda: 1, retries={"limit": 1000})
+
+    with pytest.raises(WorkflowError) as raised:
+        WorkflowTestEnvironment().run(flow)
+    assert raised.value.name == "InvalidHostCall"
+
+    def bad_type(event: Event, step: Step) -> Any:
+        return step.wait_for_event("w", "has spaces")
+
+    with pytest.raises(WorkflowError, match="InvalidHostCall"):
+        WorkflowTestEnvironment().run(bad_type)
+
+
+def test_the_output_must_be_json() -> None:
+    with pytest.raises(WorkflowError) as raised:
+        WorkflowTestEnvironment().run(lambda event, step: {1, 2})
+    assert raised.value.name == "OutputNotSerializable"
+
+
+def test_steps_cannot_nest() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        return step.do("outer", lambda: step.do("inner", lambda: 1))
+
+    with pytest.raises(StepError, match="RuntimeError: step 'inner' is called inside another step's body"):
+        WorkflowTestEnvironment().run(flow)
+
+
+def test_fetch_goes_to_the_environments_handler() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        return step.do("get", lambda: fetch("https://api.example/x").json())
+
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: dict[str, Any]) -> dict[str, Any]:
+        seen.append(request)
+        return {"status": 200, "headers": {}, "body": '{"ok": true}'}
+
+    assert WorkflowTestEnvironment(fetch=handler).run(flow) == {"ok": True}
+    assert seen[0]["url"] == "https://api.example/x"
+    with pytest.raises(StepError, match="CapabilityError: EgressDenied"):
+        WorkflowTestEnvironment().run(flow)
+
+
+def test_outside_a_runner_step_calls_say_what_is_missing() -> None:
+    with pytest.raises(RuntimeError, match="no workflow runner"):
+        Step().do("s", lambda: 1)
