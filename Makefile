@@ -23,9 +23,9 @@ serve: guest
 	$(BIN)/tenantflow serve --db $(DB)
 
 lint: install
-	$(BIN)/ruff check host runtime wasm-build tests bench
-	$(BIN)/ruff format --check host runtime wasm-build tests bench
-	$(BIN)/mypy -p tenantflow.host -p tenantflow.runtime
+	$(BIN)/ruff check guest host runtime wasm-build tests bench
+	$(BIN)/ruff format --check guest host runtime wasm-build tests bench
+	$(BIN)/mypy -p tenantflow
 	PYTHONPATH=.typecheck $(BIN)/lint-imports
 
 # PostgreSQL runs on this machine kind; start it if it is down.
