@@ -1,17 +1,24 @@
-"""Shared fixtures: one `Sandbox` (engine, compiled guest, linker) for the whole session."""
+"""Shared fixtures: one `Sandbox` (engine, compiled guest, linker) and one fresh PostgreSQL database
+for the whole session. Helpers that are not fixtures (tests/helpers_server.py, tests/memjournal.py,
+tests/pg.py) are plain modules on the path (`pythonpath` in pyproject.toml)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
+import pg
 import pytest
 from tenantflow.host import Sandbox
 
-# `from memjournal import MemJournal` works whether or not tests/ is a package.
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (dropped at the end): its URL."""
+    url = pg.create_database()
+    try:
+        yield url
+    finally:
+        pg.drop_database(url)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ existing database to connect to for CREATE DATABASE). If it does not answer,
 this tries to start the local cluster once; if it still does not answer, the
 tests that need it fail (they are never skipped).
 
-    from pg import pg_server          # the fixture: yields a base URL of a fresh database
-    url = fresh_schema(pg_server)     # a URL whose connections use a new, empty schema
+    def test_x(pg_server: str):       # the fixture (tests/conftest.py): a fresh database's URL
+        url = fresh_schema(pg_server) # a URL whose connections use a new, empty schema
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psycopg
-import pytest
 
 ADMIN_URL = os.environ.get("TENANTFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -81,13 +79,3 @@ def fresh_schema(url: str) -> str:
 def database_names() -> list[str]:
     with admin_connect() as connection:
         return [r[0] for r in connection.execute("SELECT datname FROM pg_database")]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    """A fresh database for this test session (dropped at the end): its URL."""
-    url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(url)

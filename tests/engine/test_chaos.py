@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from pg import fresh_schema, pg_server  # noqa: F401  (pg_server is a fixture)
+from pg import fresh_schema
 from tenantflow.host import Sandbox
 from tenantflow.runtime.records import InstanceKey, Quotas
 from tenantflow.runtime.service import Service
@@ -250,7 +250,7 @@ def chaos(
 
 
 def test_chaos_postgresql(
-    pg_server: str,  # noqa: F811
+    pg_server: str,
     sandbox: Sandbox,
     counter: tuple[str, Counter[str]],
     tmp_path: Path,
@@ -268,7 +268,7 @@ def test_chaos_postgresql(
 
 
 def test_activations_longer_than_the_lease_keep_it_by_heartbeats(
-    pg_server: str,  # noqa: F811
+    pg_server: str,
     sandbox: Sandbox,
     counter: tuple[str, Counter[str]],
     tmp_path: Path,
@@ -299,7 +299,7 @@ def run(event, step):
 """
 
 
-def test_notify_wakes_an_idle_worker_process_promptly(pg_server: str, sandbox: Sandbox, tmp_path: Path) -> None:  # noqa: F811
+def test_notify_wakes_an_idle_worker_process_promptly(pg_server: str, sandbox: Sandbox, tmp_path: Path) -> None:
     """New work and delivered events reach an idle worker in another process through NOTIFY, well before its
     one-second poll would find them."""
     url = fresh_schema(pg_server)

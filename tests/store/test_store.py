@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg import fresh_schema, pg_server  # noqa: F401  (pg_server is a fixture)
+from pg import fresh_schema
 from tenantflow.host import Sandbox
 from tenantflow.runtime.errors import Conflict, InvalidState, NotFound
 from tenantflow.runtime.records import AttemptRecord, Claim, Entry, InstanceKey, Quotas, Tenant, Version
@@ -520,7 +520,7 @@ def _race(store: PostgresStore, key: InstanceKey, then: Callable[[], None], bloc
 
 
 @pytest.fixture
-def pg_store(pg_server: str) -> Iterator[PostgresStore]:  # noqa: F811
+def pg_store(pg_server: str) -> Iterator[PostgresStore]:
     s = PostgresStore(fresh_schema(pg_server))
     yield s
     s.close()
@@ -589,7 +589,7 @@ def test_pg_controls_racing_on_one_instance_take_turns(pg_store: PostgresStore) 
     assert store.instance(key).status == "terminated"
 
 
-def test_pg_concurrent_migrations_on_an_empty_schema(pg_server: str) -> None:  # noqa: F811
+def test_pg_concurrent_migrations_on_an_empty_schema(pg_server: str) -> None:
     url = fresh_schema(pg_server)
     with ThreadPoolExecutor(4) as pool:
         stores = list(pool.map(lambda _: PostgresStore(url), range(4)))
@@ -601,7 +601,7 @@ def test_pg_concurrent_migrations_on_an_empty_schema(pg_server: str) -> None:  #
             s.close()
 
 
-def test_pg_notify_wakes_listeners_in_the_same_schema_only(pg_server: str) -> None:  # noqa: F811
+def test_pg_notify_wakes_listeners_in_the_same_schema_only(pg_server: str) -> None:
     url = fresh_schema(pg_server)
     listener, writer, elsewhere = PostgresStore(url), PostgresStore(url), PostgresStore(fresh_schema(pg_server))
     try:
@@ -638,7 +638,7 @@ def test_pg_url_options_and_unreachable_server() -> None:
     assert time.monotonic() - started < 10
 
 
-def test_open_store_routes_postgresql_urls(pg_server: str) -> None:  # noqa: F811
+def test_open_store_routes_postgresql_urls(pg_server: str) -> None:
     s = open_store(fresh_schema(pg_server))
     try:
         assert isinstance(s, PostgresStore)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from pg import fresh_schema, pg_server  # noqa: F401  (pg_server is a fixture)
+from pg import fresh_schema
 from tenantflow.host import Abort, Sandbox, StepCall
 from tenantflow.runtime.engine.clock import ManualClock
 from tenantflow.runtime.engine.journal import InstanceJournal
@@ -163,7 +163,7 @@ def test_sqlite_locked_past_the_busy_timeout_is_unavailable(tmp_path: Path) -> N
         busy.close()
 
 
-def test_postgres_pool_exhausted_past_its_timeout_is_unavailable(pg_server: str) -> None:  # noqa: F811
+def test_postgres_pool_exhausted_past_its_timeout_is_unavailable(pg_server: str) -> None:
     busy = PostgresStore(fresh_schema(pg_server), min_size=1, max_size=1, timeout_s=0.3)
     try:
         key = make_instance(busy)
