@@ -13,9 +13,9 @@ import logging
 import os
 import signal
 import threading
-import uuid
 
 from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.engine.worker import new_owner
 from tenantflow.runtime.service import Service
 
 log = logging.getLogger("tenantflow.worker")
@@ -29,10 +29,10 @@ def run_workers(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _sig, _frame: done.set())
     allow_deep_json()  # as `serve` does: params the API accepted (~1000 deep) must load here too
-    service = Service.open(db, workers=threads, lease_s=lease_s)
-    if host_alias:
-        # Looks like a worker on another machine: its instances come back by lease expiry only.
-        service.pool.owner = f"{host_alias}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    # With a host alias the worker looks like one on another machine: its instances come back by
+    # lease expiry only, never by the dead-local-process check.
+    owner = new_owner(host_alias) if host_alias else None
+    service = Service.open(db, workers=threads, lease_s=lease_s, owner=owner)
     try:
         service.start()
         log.info("tenantflow worker running on %s with %d workers", db, threads)

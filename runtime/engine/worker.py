@@ -39,8 +39,9 @@ CANCEL_CHECK_S = 0.5
 STOP_GRACE_S = 2.0
 
 
-def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def new_owner(host: str | None = None) -> str:
+    """A lease owner: host name (this host's by default), pid and a random part."""
+    return f"{host or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _dead_local_owners(owners: list[str]) -> list[str]:

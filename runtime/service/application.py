@@ -63,6 +63,7 @@ class Service:
         *,
         workers: int = 4,
         lease_s: float = DEFAULT_LEASE_S,
+        owner: str | None = None,
     ) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise InvalidInput(f"workers is between 1 and {MAX_WORKERS} (the sandbox's pool of isolate slots)")
@@ -72,7 +73,7 @@ class Service:
         self.metrics = Metrics(store.status_counts)
         self.stopping = threading.Event()
         self.executor = Executor(store, self.sandbox, self.clock, self.metrics, self.stopping)
-        self.pool = WorkerPool(store, self.executor, self.clock, threads=workers, lease_s=lease_s)
+        self.pool = WorkerPool(store, self.executor, self.clock, threads=workers, lease_s=lease_s, owner=owner)
         self.tenant_registry = Tenants(store, self.clock)
         self.limiter = RateLimiter()
         self.checks = DeployChecks(self.sandbox)
