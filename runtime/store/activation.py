@@ -22,8 +22,10 @@ HOST_FAULT = "HostFault"
 # processes; timers further out are found by the workers' polling anyway.
 NOTIFY_WITHIN_S = 1.0
 
-# The instance is held with the claim's fence and may take steps (KEY, then the fence).
-HELD = f"{KEY} AND fence = ? AND status IN ('running', 'paused')"
+# The instance row is held with the claim's fence and may take steps (a parameter: the fence).
+HOLDS = "fence = ? AND status IN ('running', 'paused')"
+# The instance is held (KEY, then the fence).
+HELD = f"{KEY} AND {HOLDS}"
 # The stored size of the journal row at a position (0 if none), as `_entry_size` counts it.
 ENTRY_SIZE_SQL = (
     "COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name) + COALESCE(LENGTH(j.error_name), 0) "
@@ -115,20 +117,30 @@ class Activation(StoreCore):
     ) -> str:
         """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost.
 
-        The instance's stored bytes change in the statement that checks the fence: by what this writes, less
-        what the position held before. The journal row, the attempt and the consumed event are each written
-        only if the instance is still held, so the statements need no answer before the commit."""
+        The first statement updates the instance row whatever its fence (so that, where writers interleave,
+        it is locked from then on and every later statement sees it as this one did), but changes it only if
+        it is held: its step count, and its stored bytes, by what this writes less what the position held
+        before. The journal row, the attempt and the consumed event are each written only if the instance is
+        held, so no statement needs an answer before the commit."""
         k = key_params(claim.key)
-        held = (*k, claim.fence)
+        fence = claim.fence
+        held = (*k, fence)
         result = None if entry.result is None else codec.encode_text(entry.result)
         added = _entry_size(entry, result) + _attempt_size(attempt)
 
         def write(tx: Tx) -> Later:
-            self._lock_instance(tx, claim)
             status = tx.send(
-                "UPDATE instances SET updated_at = ?, steps = steps + ?, "
-                f"stored_bytes = stored_bytes + ? - {ENTRY_SIZE_SQL} WHERE {HELD} RETURNING status",
-                (now, 1 if entry.state == "done" else 0, added, *k, entry.position, *held),
+                f"UPDATE instances SET updated_at = CASE WHEN {HOLDS} THEN ? ELSE updated_at END, "
+                f"steps = CASE WHEN {HOLDS} THEN steps + ? ELSE steps END, "
+                f"stored_bytes = CASE WHEN {HOLDS} THEN stored_bytes + ? - {ENTRY_SIZE_SQL} ELSE stored_bytes END "
+                f"WHERE {KEY} RETURNING CASE WHEN {HOLDS} THEN status END AS status",
+                (
+                    *(fence, now),
+                    *(fence, 1 if entry.state == "done" else 0),
+                    *(fence, added, *k, entry.position),
+                    *k,
+                    fence,
+                ),
             )
             tx.send(
                 UPSERT_ENTRY,
@@ -285,9 +297,3 @@ class Activation(StoreCore):
             return False
 
         return self.write(write)
-
-    def _lock_instance(self, tx: Tx, claim: Claim) -> None:
-        """Where writers interleave, lock the instance row before a step commit's statements, so that each of
-        them sees the instance as the first one did (no hook needed where every writer takes its turn)."""
-        if self.for_update:
-            tx.send(f"SELECT fence FROM instances WHERE {KEY}{self.for_update}", key_params(claim.key))

@@ -2,10 +2,10 @@
 
 What it supplies to the shared store (see `core.StoreCore`), and nothing else:
 
-- Connections from a `psycopg_pool.ConnectionPool` (autocommit connections). `transaction()` opens an
-  explicit transaction in pipeline mode, so BEGIN, the statements a write `send`s and COMMIT go in one round
-  trip (a nested `transaction()` on the same thread is a savepoint in the outer one); `read()` runs one
-  statement on its own, without BEGIN and COMMIT.
+- Connections from a `psycopg_pool.ConnectionPool` (autocommit connections). `transaction()` is a
+  transaction in pipeline mode: the statements a write `send`s and its commit take one round trip (see
+  `_PostgresTx`; a nested `transaction()` on the same thread is a savepoint in the outer one); `read()` runs
+  one statement on its own.
 - Statements written with `?` are translated to `%s` once.
 - `FOR UPDATE` on the reads that decide a write, and `FOR UPDATE SKIP LOCKED` on claims, so the
   read-then-write operations behave as under SQLite's single writer.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -63,26 +63,36 @@ def _result(cursor: psycopg.Cursor[Any]) -> Result:
 
 
 class _Sent(Later):
-    """A statement sent in pipeline mode; its result is there once the pipeline has synced (at the latest
-    when the transaction commits), or is waited for when asked before."""
+    """A statement sent in a transaction: its answer is there once the transaction has ended, or is waited for
+    (one round trip, for everything sent so far) when asked before."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any], pipeline: psycopg.Pipeline | None) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Any], tx: _PostgresTx) -> None:
         self._cursor = cursor
-        self._pipeline = pipeline
+        self._tx = tx
         self._result: Result | None = None
 
     def result(self) -> Result:
         if self._result is None:
-            if self._cursor.pgresult is None and self._pipeline is not None:
-                self._pipeline.sync()
+            if self._cursor.pgresult is None:
+                self._tx.sync()
             self._result = _result(self._cursor)
         return self._result
 
 
 class _PostgresTx(Tx):
-    def __init__(self, connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None) -> None:
+    """A transaction on one connection in pipeline mode.
+
+    Statements are sent without waiting, and what is sent up to the next Sync is one transaction (the
+    protocol's implicit transaction): a write that only sends is committed by the Sync that collects its
+    answers, one round trip with no BEGIN or COMMIT. Waiting for an answer inside the transaction first makes
+    it explicit (BEGIN), so that its Sync commits nothing; it then ends with COMMIT. Without a pipeline (a
+    `read()`), each statement runs at once on its own."""
+
+    def __init__(self, connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None = None) -> None:
         self.connection = connection
         self.pipeline = pipeline
+        self.explicit = False
+        self._savepoints = 0
 
     def run(self, sql: str, params: Params = ()) -> Result:
         return self.send(sql, params).result()
@@ -90,7 +100,39 @@ class _PostgresTx(Tx):
     def send(self, sql: str, params: Params = ()) -> Later:
         cursor = self.connection.cursor()
         cursor.execute(translate(sql), params)
-        return _Sent(cursor, self.pipeline)
+        return _Sent(cursor, self)
+
+    def begin(self) -> None:
+        """Make the transaction explicit: from here on only COMMIT commits it."""
+        if not self.explicit and self.pipeline is not None:
+            self.explicit = True
+            self.connection.cursor().execute("BEGIN")
+
+    def sync(self) -> None:
+        """The answers to everything sent, now, without ending the transaction."""
+        if self.pipeline is not None:
+            self.begin()
+            self.pipeline.sync()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: undone alone if its block raises."""
+        self.begin()
+        self._savepoints += 1
+        name = f"tenantflow_{self._savepoints}"
+        try:
+            self.send(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                # A failed statement aborts the ones sent after it until the next Sync: collect them first.
+                with suppress(psycopg.Error):
+                    self.sync()
+                self.run(f"ROLLBACK TO SAVEPOINT {name}")
+                raise
+            self.send(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._savepoints -= 1
 
 
 class PostgresStore(SQLStore):
@@ -148,24 +190,37 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """A transaction in pipeline mode; nested on one thread, a savepoint of the outer one."""
+        """A transaction in pipeline mode (see `_PostgresTx`): what it sends goes out at once, and the answers
+        come back, with the commit, in one round trip at its end. Nested on one thread, a savepoint of the
+        outer one."""
         current: _PostgresTx | None = getattr(self._local, "tx", None)
         if current is not None:
-            with current.connection.transaction():
+            with current.savepoint():
                 yield current
             return
         self._local.notify = False
-        try:
-            with self._connection() as connection, connection.pipeline() as pipeline, connection.transaction():
-                tx = _PostgresTx(connection, pipeline)
-                self._local.tx = tx
-                try:
-                    yield tx
-                finally:
-                    self._local.tx = None
-        except BaseException:
-            self._local.notify = False
-            raise
+        with self._connection() as connection:
+            tx = _PostgresTx(connection)
+            try:
+                with connection.pipeline() as pipeline:
+                    tx.pipeline = pipeline
+                    self._local.tx = tx
+                    try:
+                        yield tx
+                    except BaseException:
+                        tx.begin()  # the pipeline's closing Sync must not commit what was sent: rolled back below
+                        raise
+                    finally:
+                        self._local.tx = None
+                    if tx.explicit:
+                        tx.send("COMMIT")
+            except BaseException:
+                self._local.notify = False
+                if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    connection.execute("ROLLBACK")
+                raise
+            finally:
+                tx.pipeline = None
         if self._local.notify:
             self._local.notify = False
             self.notify()
@@ -178,7 +233,7 @@ class PostgresStore(SQLStore):
             yield current
             return
         with self._connection() as connection:
-            yield _PostgresTx(connection, None)
+            yield _PostgresTx(connection)
 
     def close(self) -> None:
         self._closed.set()
