@@ -5,11 +5,23 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from tenantflow.runtime.errors import InvalidInput
-from tenantflow.runtime.store.base import HOST_FAULT, JOURNAL_PAGE_BYTES, JournalPage, LeaseLost, SQLStore
+from tenantflow.runtime.store import codec
+from tenantflow.runtime.store.activation import HOST_FAULT, LeaseLost
+from tenantflow.runtime.store.journal import JOURNAL_PAGE_BYTES, JournalPage
+from tenantflow.runtime.store.sqlstore import SQLStore
 
 DEFAULT_DB = "sqlite:///./tenantflow.db"
 
-__all__ = ["DEFAULT_DB", "HOST_FAULT", "JOURNAL_PAGE_BYTES", "JournalPage", "LeaseLost", "SQLStore", "open_store"]
+__all__ = [
+    "DEFAULT_DB",
+    "HOST_FAULT",
+    "JOURNAL_PAGE_BYTES",
+    "JournalPage",
+    "LeaseLost",
+    "SQLStore",
+    "codec",
+    "open_store",
+]
 
 
 def open_store(url: str) -> SQLStore:

@@ -1,43 +1,38 @@
 """PostgreSQL: the same schema and SQL as SQLite, for many worker processes on many machines.
 
-- Connections come from a `psycopg_pool.ConnectionPool` (autocommit connections;
-  `transaction()` opens an explicit transaction, and a nested `transaction()` on
-  the same thread is a savepoint in the outer one).
-- Statements from `SQLStore` are written with `?`; they are translated to `%s` once.
-- Reads that decide a write lock the instance row first (`FOR UPDATE`), so the
-  read-then-write controls behave as under SQLite's single writer.
-- A step result is committed in one statement, so one round trip: the fenced
-  `UPDATE instances ... RETURNING` and the journal upsert, the attempt and the
-  consumed event are data-modifying CTEs that only write when the fence held.
-- Work that becomes runnable (created, event delivered, resumed, restarted, a
-  timer due within the polling interval, leases of dead workers expired) is
-  announced with NOTIFY; `listen(callback)` runs a LISTEN connection on a thread
-  that calls back, so idle workers in other processes claim it at once. Workers
-  still poll, so a lost notification only costs latency.
+What it supplies to the shared store (see `core.StoreCore`), and nothing else:
+
+- Connections from a `psycopg_pool.ConnectionPool` (autocommit connections). `transaction()` is a
+  transaction in pipeline mode: the statements a write `send`s and its commit take one round trip (see
+  `_PostgresTx`; a nested `transaction()` on the same thread is a savepoint in the outer one); `read()` runs
+  one statement on its own.
+- Statements written with `?` are translated to `%s` once.
+- `FOR UPDATE` on the reads that decide a write, and `FOR UPDATE SKIP LOCKED` on claims, so the
+  read-then-write operations behave as under SQLite's single writer.
+- `_notify()`: NOTIFY after a commit that made work runnable; `listen(callback)` runs a LISTEN connection on a
+  thread that calls back, so idle workers in other processes claim it at once. Workers still poll, so a lost
+  notification only costs latency.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
-from tenantflow.runtime.errors import Conflict, Unavailable
-from tenantflow.runtime.records import AttemptRecord, Claim, Entry, Instance, InstanceKey, Version
-from tenantflow.runtime.store import codec
-from tenantflow.runtime.store.base import LeaseLost, Row, SQLStore, Tx, _attempt_size, _entry_size
+from tenantflow.runtime.errors import Unavailable
+from tenantflow.runtime.store._sql import Later, Params, Result, Tx
+from tenantflow.runtime.store.sqlstore import SQLStore
 
 log = logging.getLogger("tenantflow.store.postgres")
 
 CHANNEL_PREFIX = "tenantflow_wake"
 MIGRATION_LOCK = 7_406_031_805  # pg_advisory_lock key: one migrating process at a time
-NOTIFY_WITHIN_S = 1.0  # timers further out are found by the workers' polling anyway
 BUSY_RETRY_AFTER_S = 1.0
 POOL_PARAMS = ("pool_min", "pool_max")
 
@@ -61,56 +56,83 @@ def split_url(url: str) -> tuple[str, dict[str, int]]:
     return urlunsplit(parts._replace(query=urlencode(rest))), own
 
 
+def _result(cursor: psycopg.Cursor[Any]) -> Result:
+    if cursor.description is None:
+        return Result((), [])
+    return Result([column.name for column in cursor.description], cursor.fetchall())
+
+
+class _Sent(Later):
+    """A statement sent in a transaction: its answer is there once the transaction has ended, or is waited for
+    (one round trip, for everything sent so far) when asked before."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any], tx: _PostgresTx) -> None:
+        self._cursor = cursor
+        self._tx = tx
+        self._result: Result | None = None
+
+    def result(self) -> Result:
+        if self._result is None:
+            if self._cursor.pgresult is None:
+                self._tx.sync()
+            self._result = _result(self._cursor)
+        return self._result
+
+
 class _PostgresTx(Tx):
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+    """A transaction on one connection in pipeline mode.
+
+    Statements are sent without waiting, and what is sent up to the next Sync is one transaction (the
+    protocol's implicit transaction): a write that only sends is committed by the Sync that collects its
+    answers, one round trip with no BEGIN or COMMIT. Waiting for an answer inside the transaction first makes
+    it explicit (BEGIN), so that its Sync commits nothing; it then ends with COMMIT. Without a pipeline (a
+    `read()`), each statement runs at once on its own."""
+
+    def __init__(self, connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None = None) -> None:
         self.connection = connection
+        self.pipeline = pipeline
+        self.explicit = False
+        self._savepoints = 0
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        cursor = self.connection.execute(translate(sql), params)
-        return cursor.fetchall() if cursor.description is not None else []
+    def run(self, sql: str, params: Params = ()) -> Result:
+        return self.send(sql, params).result()
 
+    def send(self, sql: str, params: Params = ()) -> Later:
+        cursor = self.connection.cursor()
+        cursor.execute(translate(sql), params)
+        return _Sent(cursor, self)
 
-# One statement, one round trip: the fence check and every write of a step result. Named parameters
-# (psycopg sends a repeated name once). Values are cast because a parameter in a SELECT list has no
-# column to take its type from.
-_KEY_NAMED = "tenant_id = %(t)s AND workflow = %(w)s AND instance_id = %(i)s"
-RECORD_SQL = f"""
-WITH inst AS (
-    UPDATE instances SET updated_at = %(now)s, steps = steps + %(done)s,
-        stored_bytes = stored_bytes + %(added)s - COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name)
-            + COALESCE(LENGTH(j.error_name), 0) + COALESCE(LENGTH(j.error_message), 0) FROM journal j
-            WHERE j.tenant_id = %(t)s AND j.workflow = %(w)s AND j.instance_id = %(i)s AND j.position = %(pos)s), 0)
-    WHERE {_KEY_NAMED} AND fence = %(fence)s AND status IN ('running', 'paused')
-    RETURNING status
-), entry AS (
-    INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result,
-        error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at)
-    SELECT %(t)s::text, %(w)s::text, %(i)s::text, %(pos)s::integer, %(name)s::text, %(kind)s::text,
-        %(state)s::text, %(attempts)s::integer, %(result)s::bytea, %(error_name)s::text, %(error_message)s::text,
-        %(wake_at)s::double precision, %(event_type)s::text, %(fuel)s::bigint, %(duration_ms)s::double precision,
-        %(created_at)s::double precision, %(updated_at)s::double precision
-    FROM inst
-    ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state,
-        attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name,
-        error_message = excluded.error_message, wake_at = excluded.wake_at, fuel = excluded.fuel,
-        duration_ms = excluded.duration_ms, updated_at = excluded.updated_at
-    RETURNING 1
-), attempt AS (
-    INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, error_message,
-        fuel, duration_ms, finished_at)
-    SELECT %(t)s::text, %(w)s::text, %(i)s::text, %(a_pos)s::integer, %(a_attempt)s::integer, %(a_ok)s::integer,
-        %(a_error_name)s::text, %(a_error_message)s::text, %(a_fuel)s::bigint, %(a_duration_ms)s::double precision,
-        %(a_finished_at)s::double precision
-    FROM inst WHERE %(has_attempt)s::boolean
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-), consumed AS (
-    UPDATE events SET consumed_at = %(pos)s
-    WHERE {_KEY_NAMED} AND seq = %(seq)s AND EXISTS (SELECT 1 FROM inst)
-    RETURNING 1
-)
-SELECT status FROM inst
-"""
+    def begin(self) -> None:
+        """Make the transaction explicit: from here on only COMMIT commits it."""
+        if not self.explicit and self.pipeline is not None:
+            self.explicit = True
+            self.connection.cursor().execute("BEGIN")
+
+    def sync(self) -> None:
+        """The answers to everything sent, now, without ending the transaction."""
+        if self.pipeline is not None:
+            self.begin()
+            self.pipeline.sync()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: undone alone if its block raises."""
+        self.begin()
+        self._savepoints += 1
+        name = f"tenantflow_{self._savepoints}"
+        try:
+            self.send(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                # A failed statement aborts the ones sent after it until the next Sync: collect them first.
+                with suppress(psycopg.Error):
+                    self.sync()
+                self.run(f"ROLLBACK TO SAVEPOINT {name}")
+                raise
+            self.send(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._savepoints -= 1
 
 
 class PostgresStore(SQLStore):
@@ -168,19 +190,50 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """A transaction; nested on one thread, a savepoint of the outer one."""
+        """A transaction in pipeline mode (see `_PostgresTx`): what it sends goes out at once, and the answers
+        come back, with the commit, in one round trip at its end. Nested on one thread, a savepoint of the
+        outer one."""
         current: _PostgresTx | None = getattr(self._local, "tx", None)
         if current is not None:
-            with current.connection.transaction():
+            with current.savepoint():
                 yield current
             return
-        with self._connection() as connection, connection.transaction():
+        self._local.notify = False
+        with self._connection() as connection:
             tx = _PostgresTx(connection)
-            self._local.tx = tx
             try:
-                yield tx
+                with connection.pipeline() as pipeline:
+                    tx.pipeline = pipeline
+                    self._local.tx = tx
+                    try:
+                        yield tx
+                    except BaseException:
+                        tx.begin()  # the pipeline's closing Sync must not commit what was sent: rolled back below
+                        raise
+                    finally:
+                        self._local.tx = None
+                    if tx.explicit:
+                        tx.send("COMMIT")
+            except BaseException:
+                self._local.notify = False
+                if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    connection.execute("ROLLBACK")
+                raise
             finally:
-                self._local.tx = None
+                tx.pipeline = None
+        if self._local.notify:
+            self._local.notify = False
+            self.notify()
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        """One statement on a pooled connection, which is its own transaction (or in this thread's one)."""
+        current: _PostgresTx | None = getattr(self._local, "tx", None)
+        if current is not None:
+            yield current
+            return
+        with self._connection() as connection:
+            yield _PostgresTx(connection)
 
     def close(self) -> None:
         self._closed.set()
@@ -189,14 +242,19 @@ class PostgresStore(SQLStore):
             thread.join(5.0)
         self._pool.close()
 
-    def migrate(self) -> None:
+    def _lock_migrations(self, tx: Tx) -> None:
         # Several worker processes may start at once: one of them migrates, the others wait for its
-        # transaction and find the work done (the migrations run in a savepoint of the locking one).
-        with self.transaction() as tx:
-            tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
-            super().migrate()
+        # transaction and find the work done.
+        tx.run("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
 
     # -- wakeups ---------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """After the commit: now, or when this thread's transaction commits."""
+        if getattr(self._local, "tx", None) is not None:
+            self._local.notify = True
+        else:
+            self.notify()
 
     def notify(self) -> None:
         """Tell listening workers (in every process) to look for runnable work now."""
@@ -235,140 +293,3 @@ class PostgresStore(SQLStore):
                 callback()
             except Exception:
                 log.exception("wakeup callback failed")
-
-    # -- read-then-write made safe under READ COMMITTED ---------------------
-
-    def deploy(self, tenant_id: str, workflow: str, source: str, source_hash: str, now: float) -> tuple[Version, bool]:
-        # Deploys of one tenant take turns (on its tenant row), so each gets the next version number.
-        with self.transaction() as tx:
-            tx.execute("SELECT 1 FROM tenants WHERE tenant_id = ? FOR UPDATE", (tenant_id,))
-            return super().deploy(tenant_id, workflow, source, source_hash, now)
-
-    def create_instances(
-        self, tenant_id: str, version: Version, items: Sequence[tuple[str, Any]], now: float
-    ) -> list[Instance]:
-        try:
-            created = super().create_instances(tenant_id, version, items, now)
-        except psycopg.errors.UniqueViolation:
-            raise Conflict("an instance with one of these ids already exists") from None
-        self.notify()
-        return created
-
-    def resume(self, key: InstanceKey, now: float) -> None:
-        super().resume(key, now)
-        self.notify()
-
-    def restart(self, key: InstanceKey, now: float) -> None:
-        super().restart(key, now)
-        self.notify()
-
-    def send_event(self, key: InstanceKey, event_type: str, payload: Any, now: float) -> int:
-        seq = super().send_event(key, event_type, payload, now)
-        self.notify()
-        return seq
-
-    def expire_leases(self, owners: Sequence[str]) -> int:
-        count = super().expire_leases(owners)
-        if count:
-            self.notify()
-        return count
-
-    # -- scheduling ------------------------------------------------------------
-
-    def _lock_tenants(self, tx: Tx, tenant_ids: list[str], now: float) -> dict[str, int]:
-        if not tenant_ids:
-            return {}
-        marks = ", ".join("?" for _ in tenant_ids)
-        tx.execute(f"SELECT 1 FROM tenants WHERE tenant_id IN ({marks}) ORDER BY tenant_id FOR UPDATE", tenant_ids)
-        rows = tx.execute(
-            f"SELECT tenant_id, COUNT(*) FROM instances WHERE tenant_id IN ({marks}) AND status = 'running' "
-            "AND lease_until >= ? GROUP BY tenant_id",
-            (*tenant_ids, now),
-        )
-        live = dict.fromkeys(tenant_ids, 0)
-        live.update((r[0], int(r[1])) for r in rows)
-        return live
-
-    def next_wake(self) -> float | None:
-        # As SQLStore.next_wake, as two index-ordered minimums: every idle worker asks this about once a
-        # second, and a MIN over a CASE reads every waiting instance (~5 ms per 20k here).
-        # One statement, so no transaction around it: one round trip.
-        with self._connection() as connection:
-            row = connection.execute(
-                "SELECT LEAST((SELECT MIN(wake_at) FROM instances WHERE status IN ('queued', 'waiting')), "
-                "(SELECT MIN(lease_until) FROM instances WHERE status = 'running'))"
-            ).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
-
-    # -- an activation ---------------------------------------------------------
-
-    def record(
-        self,
-        claim: Claim,
-        entry: Entry,
-        attempt: AttemptRecord | None,
-        now: float,
-        consumed_event: int | None = None,
-    ) -> str:
-        key = claim.key
-        result = None if entry.result is None else codec.encode_text(entry.result)
-        params: dict[str, Any] = {
-            "t": key.tenant_id,
-            "w": key.workflow,
-            "i": key.instance_id,
-            "now": now,
-            "done": 1 if entry.state == "done" else 0,
-            "fence": claim.fence,
-            "pos": entry.position,
-            "name": entry.name,
-            "kind": entry.kind,
-            "state": entry.state,
-            "attempts": entry.attempts,
-            "result": result,
-            "added": _entry_size(entry, result) + _attempt_size(attempt),
-            "error_name": entry.error_name,
-            "error_message": entry.error_message,
-            "wake_at": entry.wake_at,
-            "event_type": entry.event_type,
-            "fuel": entry.fuel,
-            "duration_ms": entry.duration_ms,
-            "created_at": entry.created_at,
-            "updated_at": entry.updated_at,
-            "has_attempt": attempt is not None,
-            "a_pos": None if attempt is None else attempt.position,
-            "a_attempt": None if attempt is None else attempt.attempt,
-            "a_ok": None if attempt is None else int(attempt.ok),
-            "a_error_name": None if attempt is None else attempt.error_name,
-            "a_error_message": None if attempt is None else attempt.error_message,
-            "a_fuel": None if attempt is None else attempt.fuel,
-            "a_duration_ms": None if attempt is None else attempt.duration_ms,
-            "a_finished_at": None if attempt is None else attempt.finished_at,
-            "seq": consumed_event,
-        }
-        if getattr(self._local, "tx", None) is not None:
-            row = self._local.tx.connection.execute(RECORD_SQL, params).fetchone()
-        else:
-            with self._connection() as connection:
-                row = connection.execute(RECORD_SQL, params).fetchone()
-        if row is None:
-            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
-        return str(row[0])
-
-    def finish(
-        self,
-        claim: Claim,
-        now: float,
-        *,
-        status: str,
-        output: str | None = None,
-        error: dict[str, Any] | None = None,
-        wake_at: float | None = None,
-        waiting_for: str | None = None,
-        log: str = "",
-    ) -> bool:
-        done = super().finish(
-            claim, now, status=status, output=output, error=error, wake_at=wake_at, waiting_for=waiting_for, log=log
-        )
-        if done and status == "waiting" and wake_at is not None and wake_at < now + NOTIFY_WITHIN_S:
-            self.notify()
-        return done

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tenantflow.runtime.errors import Unavailable
-from tenantflow.runtime.store.base import Row, SQLStore, Tx
+from tenantflow.runtime.store._sql import Params, Result, Tx
+from tenantflow.runtime.store.sqlstore import SQLStore
 
 SYNCHRONOUS = ("full", "normal", "off")
 DEFAULT_BUSY_TIMEOUT_S = 30.0
@@ -28,11 +29,15 @@ def _store_busy() -> Unavailable:
 
 
 class _SQLiteTx(Tx):
+    """Statements run at once (in the process: no round trips to save)."""
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return self._connection.execute(sql, params).fetchall()
+    def run(self, sql: str, params: Params = ()) -> Result:
+        cursor = self._connection.execute(sql, params)
+        rows = cursor.fetchall()
+        return Result([d[0] for d in cursor.description or ()], rows)
 
 
 @dataclass
@@ -45,7 +50,8 @@ class _Pending:
 
 class SQLiteStore(SQLStore):
     """All threads share one connection behind a lock: SQLite takes one writer at a time anyway,
-    and a Python lock hands it over without SQLite's busy-wait sleeps.
+    and a Python lock hands it over without SQLite's busy-wait sleeps. Every writer taking its turn,
+    it needs no row-lock clauses, and it has no notifications (the workers poll).
 
     Journal writes are group-committed: whoever takes the lock commits every write queued
     meanwhile in one transaction (one fsync), each in a savepoint of its own so that one

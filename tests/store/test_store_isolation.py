@@ -28,8 +28,7 @@ from tenantflow.runtime.records import (
     Quotas,
 )
 from tenantflow.runtime.service import Service
-from tenantflow.runtime.store import SQLStore, codec, open_store
-from tenantflow.runtime.store.base import JOURNAL_PAGE_BYTES
+from tenantflow.runtime.store import JOURNAL_PAGE_BYTES, SQLStore, codec, open_store
 from tenantflow.runtime.store.postgres import PostgresStore
 from tenantflow.runtime.store.sqlite import SQLiteStore
 from test_store import LEASE, T0, Opener, claim_one, deployed, done_entry, make_instance, make_tenant, ok_attempt

@@ -1,0 +1,299 @@
+"""An activation's reads and writes: load what it needs, commit each step, end it.
+
+Every write on behalf of an activation is fenced: it applies only while the instance's `fence` is the one the
+worker claimed it with, so a worker whose lease was taken over can no longer change anything. A step commit
+and an activation's end are each written as statements that all check the fence themselves, so a dialect can
+send them and their commit in one round trip and the outcome is read after the commit: a lost lease committed
+nothing, and raises LeaseLost (or returns False) then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tenantflow.runtime.records import ERROR_SUMMARY_CHARS, ActivationState, AttemptRecord, Claim, Entry, Quotas
+from tenantflow.runtime.store import codec
+from tenantflow.runtime.store._sql import KEY, Later, Tx, columns, key_params
+from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow, InstanceRow, TenantRow
+
+HOST_FAULT = "HostFault"
+# An activation that ends waiting for a timer due within this many seconds wakes the workers of other
+# processes; timers further out are found by the workers' polling anyway.
+NOTIFY_WITHIN_S = 1.0
+
+# The instance row is held with the claim's fence and may take steps (a parameter: the fence).
+HOLDS = "fence = ? AND status IN ('running', 'paused')"
+# The instance is held (KEY, then the fence).
+HELD = f"{KEY} AND {HOLDS}"
+# The stored size of the journal row at a position (0 if none), as `_entry_size` counts it.
+ENTRY_SIZE_SQL = (
+    "COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name) + COALESCE(LENGTH(j.error_name), 0) "
+    "+ COALESCE(LENGTH(j.error_message), 0) FROM journal j WHERE j.tenant_id = ? AND j.workflow = ? "
+    "AND j.instance_id = ? AND j.position = ?), 0)"
+)
+# What a finish replaces: the instance's current output, error and log.
+FINISHED_SIZE_SQL = "COALESCE(LENGTH(output), 0) + COALESCE(LENGTH(error), 0) + COALESCE(LENGTH(log), 0)"
+# A step commit's journal row: written only if the instance is still held (a parameter per column, then HELD).
+UPSERT_ENTRY = (
+    "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
+    "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at) "
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    f"WHERE EXISTS (SELECT 1 FROM instances WHERE {HELD}) "
+    "ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state, "
+    "attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name, "
+    "error_message = excluded.error_message, wake_at = excluded.wake_at, fuel = excluded.fuel, "
+    "duration_ms = excluded.duration_ms, updated_at = excluded.updated_at"
+)
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, "
+    "error_message, fuel, duration_ms, finished_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    f"WHERE EXISTS (SELECT 1 FROM instances WHERE {HELD}) ON CONFLICT DO NOTHING"
+)
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the instance (lease expired and taken over, or restarted)."""
+
+
+def _entry_size(entry: Entry, result: bytes | None) -> int:
+    """What a journal row stores; `ENTRY_SIZE_SQL` measures a stored row the same way."""
+    return (
+        (0 if result is None else len(result))
+        + len(entry.name)
+        + len(entry.error_name or "")
+        + len(entry.error_message or "")
+    )
+
+
+def _attempt_size(attempt: AttemptRecord | None) -> int:
+    return 0 if attempt is None else len(attempt.error_name or "") + len(attempt.error_message or "")
+
+
+def _error_columns(error: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The error's name and the start of its message, as lists show them."""
+    if error is None:
+        return None, None
+    return str(error.get("name"))[:ERROR_SUMMARY_CHARS], str(error.get("message"))[:ERROR_SUMMARY_CHARS]
+
+
+class Activation(StoreCore):
+    def load(self, claim: Claim) -> ActivationState:
+        """Everything an activation needs; read in one go, decoded after the transaction."""
+        k = key_params(claim.key)
+        with self.transaction() as tx:
+            instance = tx.send(
+                f"SELECT {columns(InstanceRow)} FROM instances WHERE {KEY} AND fence = ?", (*k, claim.fence)
+            )
+            source = tx.send(
+                "SELECT source FROM sources WHERE tenant_id = ? AND source_hash = "
+                f"(SELECT source_hash FROM instances WHERE {KEY})",
+                (claim.key.tenant_id, *k),
+            )
+            tenant = tx.send(f"SELECT {columns(TenantRow)} FROM tenants WHERE tenant_id = ?", (claim.key.tenant_id,))
+            entries = tx.send(f"SELECT {columns(EntryRow)} FROM journal WHERE {KEY} ORDER BY position", k)
+            events = tx.send(
+                f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq", k
+            )
+        row = instance.record(InstanceRow)
+        if row is None:
+            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
+        tenant_row = tenant.record(TenantRow)
+        return ActivationState(
+            instance=row.instance(),
+            source=codec.decode_text(source.scalar()) or "",
+            entries={e.position: e for e in (r.entry() for r in entries.records(EntryRow))},
+            events=[r.event() for r in events.records(EventRow)],
+            quotas=tenant_row.tenant().quotas if tenant_row else Quotas(),
+        )
+
+    def record(
+        self,
+        claim: Claim,
+        entry: Entry,
+        attempt: AttemptRecord | None,
+        now: float,
+        consumed_event: int | None = None,
+    ) -> str:
+        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost.
+
+        The first statement updates the instance row whatever its fence (so that, where writers interleave,
+        it is locked from then on and every later statement sees it as this one did), but changes it only if
+        it is held: its step count, and its stored bytes, by what this writes less what the position held
+        before. The journal row, the attempt and the consumed event are each written only if the instance is
+        held, so no statement needs an answer before the commit."""
+        k = key_params(claim.key)
+        fence = claim.fence
+        held = (*k, fence)
+        result = None if entry.result is None else codec.encode_text(entry.result)
+        added = _entry_size(entry, result) + _attempt_size(attempt)
+
+        def write(tx: Tx) -> Later:
+            status = tx.send(
+                f"UPDATE instances SET updated_at = CASE WHEN {HOLDS} THEN ? ELSE updated_at END, "
+                f"steps = CASE WHEN {HOLDS} THEN steps + ? ELSE steps END, "
+                f"stored_bytes = CASE WHEN {HOLDS} THEN stored_bytes + ? - {ENTRY_SIZE_SQL} ELSE stored_bytes END "
+                f"WHERE {KEY} RETURNING CASE WHEN {HOLDS} THEN status END AS status",
+                (
+                    *(fence, now),
+                    *(fence, 1 if entry.state == "done" else 0),
+                    *(fence, added, *k, entry.position),
+                    *k,
+                    fence,
+                ),
+            )
+            tx.send(
+                UPSERT_ENTRY,
+                (
+                    *k,
+                    entry.position,
+                    entry.name,
+                    entry.kind,
+                    entry.state,
+                    entry.attempts,
+                    result,
+                    entry.error_name,
+                    entry.error_message,
+                    entry.wake_at,
+                    entry.event_type,
+                    entry.fuel,
+                    entry.duration_ms,
+                    entry.created_at,
+                    entry.updated_at,
+                    *held,
+                ),
+            )
+            if attempt is not None:
+                tx.send(
+                    INSERT_ATTEMPT,
+                    (
+                        *k,
+                        attempt.position,
+                        attempt.attempt,
+                        int(attempt.ok),
+                        attempt.error_name,
+                        attempt.error_message,
+                        attempt.fuel,
+                        attempt.duration_ms,
+                        attempt.finished_at,
+                        *held,
+                    ),
+                )
+            if consumed_event is not None:
+                tx.send(
+                    f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ? "
+                    f"AND EXISTS (SELECT 1 FROM instances WHERE {HELD})",
+                    (entry.position, *k, consumed_event, *held),
+                )
+            return status
+
+        status = self.write(write).scalar()
+        if status is None:
+            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
+        return str(status)
+
+    def finish(
+        self,
+        claim: Claim,
+        now: float,
+        *,
+        status: str,
+        output: str | None = None,
+        error: dict[str, Any] | None = None,
+        wake_at: float | None = None,
+        waiting_for: str | None = None,
+        log: str = "",
+    ) -> bool:
+        """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
+        instance stays paused (when it would wait) and a terminated one keeps its status.
+
+        A normal end resets the count of host faults in a row; output, error and log replace the previous
+        ones, in the stored bytes too. An instance that waits for an event that has already come wakes now."""
+        k = key_params(claim.key)
+        output_blob = None if output is None else codec.encode_text(output)
+        error_blob = None if error is None else codec.encode(error)
+        log_blob = codec.encode_text(log) if log else None
+        stored = sum(len(b) for b in (output_blob, error_blob, log_blob) if b is not None)
+        if waiting_for is None:
+            wake = "CAST(? AS DOUBLE PRECISION)"
+            wake_params: tuple[Any, ...] = (wake_at,)
+        else:
+            wake = (
+                "CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = ? AND e.workflow = ? "
+                "AND e.instance_id = ? AND e.consumed_at IS NULL AND e.type = ?) "
+                "THEN CAST(? AS DOUBLE PRECISION) ELSE CAST(? AS DOUBLE PRECISION) END"
+            )
+            wake_params = (*k, waiting_for, now, wake_at)
+
+        def write(tx: Tx) -> tuple[Later, Later]:
+            # Read first (and, where writers interleave, lock): the update below then sees whatever committed
+            # while this waited, a terminate or an event.
+            held = tx.send(
+                f"SELECT status FROM instances WHERE {KEY} AND fence = ?{self.for_update}", (*k, claim.fence)
+            )
+            ended = tx.send(
+                "UPDATE instances SET status = CASE WHEN status = 'paused' THEN ? ELSE ? END, output = ?, error = ?, "
+                f"error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
+                "lease_until = NULL, log = ?, host_faults = 0, "
+                f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ? "
+                f"WHERE {KEY} AND fence = ? AND status <> 'terminated' RETURNING status, wake_at",
+                (
+                    "paused" if status == "waiting" else status,
+                    status,
+                    output_blob,
+                    error_blob,
+                    *_error_columns(error),
+                    *wake_params,
+                    waiting_for,
+                    log_blob,
+                    stored,
+                    now,
+                    *k,
+                    claim.fence,
+                ),
+            )
+            return held, ended
+
+        held, ended = self.write(write)
+        if not held.result().rows:
+            return False
+        end = ended.record(EndedRow)
+        if end is not None and end.runnable_before(now + NOTIFY_WITHIN_S):
+            self._notify()
+        return True
+
+    def host_fault(self, claim: Claim, now: float, retry_at: float, max_faults: int) -> bool:
+        """An activation failed in the host, not in the guest: count it and retry at `retry_at`, until
+        `max_faults` in a row; then the instance is errored with HostFault. True when it was errored.
+
+        A terminated instance, or one no longer held with this fence, is left alone (False)."""
+        k = key_params(claim.key)
+
+        def write(tx: Tx) -> bool:
+            row = tx.record(
+                FaultRow,
+                f"SELECT {columns(FaultRow)} FROM instances WHERE {KEY} AND fence = ?{self.for_update}",
+                (*k, claim.fence),
+            )
+            if row is None or row.status == "terminated":
+                return False
+            faults = row.host_faults + 1
+            if faults >= max_faults:
+                message = f"the activation failed in the host {faults} times in a row; the instance is errored"
+                error = codec.encode({"name": HOST_FAULT, "message": message})
+                tx.send(
+                    "UPDATE instances SET status = 'errored', error = ?, error_name = ?, error_summary = ?, "
+                    "host_faults = ?, wake_at = NULL, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
+                    "stored_bytes = stored_bytes + ? - COALESCE(LENGTH(error), 0), updated_at = ? "
+                    f"WHERE {KEY} AND fence = ?",
+                    (error, HOST_FAULT, message, faults, len(error), now, *k, claim.fence),
+                )
+                return True
+            tx.send(
+                "UPDATE instances SET status = ?, host_faults = ?, wake_at = ?, waiting_for = NULL, "
+                f"lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {KEY} AND fence = ?",
+                ("paused" if row.status == "paused" else "waiting", faults, retry_at, now, *k, claim.fence),
+            )
+            return False
+
+        return self.write(write)

@@ -1,0 +1,115 @@
+"""What is done to an instance from outside: pause, resume, terminate, restart, and events sent to it.
+
+Each reads the instance's status (locking its row where writers interleave) and then writes, so two
+controls of one instance take turns and a control never overwrites one it raced with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tenantflow.runtime.errors import InvalidState, NotFound, QuotaExceeded
+from tenantflow.runtime.records import FINISHED, MAX_BUFFERED_EVENT_BYTES, MAX_BUFFERED_EVENTS, InstanceKey
+from tenantflow.runtime.store import codec
+from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
+from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.rows import EventsRow
+
+
+class Controls(StoreCore):
+    def _status(self, tx: Tx, key: InstanceKey) -> str:
+        found = tx.run(f"SELECT status FROM instances WHERE {KEY}{self.for_update}", key_params(key))
+        if not found.rows:
+            raise NotFound(f"no instance {key.instance_id!r} of workflow {key.workflow!r}")
+        return str(found.scalar())
+
+    def pause(self, key: InstanceKey, now: float) -> None:
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status not in ("queued", "running", "waiting"):
+                raise InvalidState(f"cannot pause an instance that is {status}")
+            tx.send(f"UPDATE instances SET status = 'paused', updated_at = ? WHERE {KEY}", (now, *key_params(key)))
+
+    def resume(self, key: InstanceKey, now: float) -> None:
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status != "paused":
+                raise InvalidState(f"cannot resume an instance that is {status}")
+            # Still held by a worker (paused mid-activation): it goes on running. Otherwise it is replayed
+            # now, and the replay finds out what it waits for (a timer, an event that came while paused).
+            tx.send(
+                "UPDATE instances SET status = CASE WHEN lease_owner IS NOT NULL AND lease_until > ? THEN 'running' "
+                f"ELSE 'queued' END, wake_at = ?, updated_at = ? WHERE {KEY}",
+                (now, now, now, *key_params(key)),
+            )
+        self._notify()
+
+    def terminate(self, key: InstanceKey, now: float) -> None:
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status in FINISHED:
+                raise InvalidState(f"cannot terminate an instance that is {status}")
+            tx.send(
+                "UPDATE instances SET status = 'terminated', wake_at = NULL, waiting_for = NULL, lease_owner = NULL, "
+                f"lease_until = NULL, updated_at = ? WHERE {KEY}",
+                (now, *key_params(key)),
+            )
+
+    def restart(self, key: InstanceKey, now: float) -> None:
+        """From scratch with the same params and version: the journal and events go, the fence moves on."""
+        with self.transaction() as tx:
+            self._status(tx, key)
+            for table in ("journal", "attempts", "events"):
+                tx.send(f"DELETE FROM {table} WHERE {KEY}", key_params(key))
+            tx.send(
+                "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
+                "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
+                "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, "
+                f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
+                (now, now, *key_params(key)),
+            )
+        self._notify()
+
+    def send_event(self, key: InstanceKey, event_type: str, payload: Any, now: float) -> int:
+        """Buffer an event for the instance; QuotaExceeded (429) when it already holds MAX_BUFFERED_EVENTS
+        events it has not consumed, or their payloads would pass MAX_BUFFERED_EVENT_BYTES (as JSON)."""
+        text = json.dumps(payload)
+        size = len(text.encode())
+        blob = codec.encode_text(text)
+        with self.transaction() as tx:
+            status = self._status(tx, key)  # locks the instance row where needed: the check and insert are one
+            if status in FINISHED:
+                raise InvalidState(f"cannot send an event to an instance that is {status}")
+            events = tx.record(EventsRow, f"SELECT {columns(EventsRow)} FROM events WHERE {KEY}", key_params(key))
+            assert events is not None  # an aggregate always has its row
+            _check_buffered(key, int(events.buffered), int(events.buffered_bytes), size)
+            seq = int(events.next_seq)
+            tx.send(
+                "INSERT INTO events (tenant_id, workflow, instance_id, seq, type, payload, created_at, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key_params(key), seq, event_type, blob, now, size),
+            )
+            # The event is part of what the instance stores; an instance waiting for this type wakes now.
+            tx.send(
+                "UPDATE instances SET stored_bytes = stored_bytes + ?, "
+                "wake_at = CASE WHEN status = 'waiting' AND waiting_for = ? THEN ? ELSE wake_at END, "
+                "updated_at = CASE WHEN status = 'waiting' AND waiting_for = ? THEN ? ELSE updated_at END "
+                f"WHERE {KEY}",
+                (len(blob) + len(event_type), event_type, now, event_type, now, *key_params(key)),
+            )
+        self._notify()
+        return seq
+
+
+def _check_buffered(key: InstanceKey, count: int, buffered: int, size: int) -> None:
+    if count >= MAX_BUFFERED_EVENTS:
+        raise QuotaExceeded(
+            f"instance {key.instance_id!r} already holds {count} events it has not consumed "
+            f"(at most {MAX_BUFFERED_EVENTS}); send more once it has waited for some"
+        )
+    if buffered + size > MAX_BUFFERED_EVENT_BYTES:
+        raise QuotaExceeded(
+            f"instance {key.instance_id!r} already holds {buffered} bytes of events it has not consumed; "
+            f"with this one they would pass {MAX_BUFFERED_EVENT_BYTES} bytes"
+        )

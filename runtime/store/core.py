@@ -1,0 +1,76 @@
+"""The dialect's side of a store: what SQLite and PostgreSQL supply, and nothing else.
+
+Every business operation is written once, in the modules that mix into `SQLStore`, against these hooks:
+
+- `transaction()`: a transaction (`Tx`); `read()`: one statement that needs no transaction around it;
+  `write(fn)`: a write transaction, which a dialect may commit together with other callers' writes.
+- `Tx.run` / `Tx.send`: statements with `?` placeholders; `send` lets a dialect send every statement of a
+  write and its commit in one round trip.
+- `for_update` and `skip_locked`: the row-lock clauses of a database whose writers interleave (PostgreSQL),
+  empty where every writer takes its turn (SQLite).
+- `_notify()`: called after a commit that made work runnable, so that idle workers elsewhere look now.
+- `_lock_migrations(tx)`: one migrating process at a time.
+- `dialect`: the column types that `schema.MIGRATIONS` is written with.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TypeVar
+
+from tenantflow.runtime.store._sql import Tx
+from tenantflow.runtime.store.schema import MIGRATIONS
+
+T = TypeVar("T")
+
+
+class StoreCore(ABC):
+    dialect: dict[str, str]
+    # Appended to the reads that decide a write (a control's status check, a step commit, finish), and to
+    # the claim's lock on the tenants it fills: where transactions do not serialize all writers
+    # (PostgreSQL), they lock the rows so that nothing changes under them.
+    for_update = ""
+    # Appended to the read of the instance a claim leases: an instance another claim has locked is left to it.
+    skip_locked = ""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Tx]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def read(self) -> AbstractContextManager[Tx]:
+        """Where to run one read statement (it needs no transaction of its own around it)."""
+        return self.transaction()
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in a write transaction; a dialect may commit several callers' writes together."""
+        with self.transaction() as tx:
+            return fn(tx)
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when another process may have made work runnable; a dialect without
+        notifications (SQLite) does nothing and the workers' polling finds the work."""
+        return None
+
+    def _notify(self) -> None:
+        """Work became runnable (committed): wake the workers of other processes. Nothing by default."""
+        return None
+
+    def _lock_migrations(self, tx: Tx) -> None:
+        """Make concurrent migrations of one database take turns (SQLite's write lock already does)."""
+        return None
+
+    def migrate(self) -> None:
+        with self.transaction() as tx:
+            self._lock_migrations(tx)
+            tx.run("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            current = tx.scalar("SELECT MAX(version) AS version FROM schema_migrations") or 0
+            for number, statements in enumerate(MIGRATIONS, start=1):
+                if number <= current:
+                    continue
+                for statement in statements:
+                    tx.run(statement.format(**self.dialect))
+                tx.run("INSERT INTO schema_migrations (version) VALUES (?)", (number,))

@@ -1,0 +1,100 @@
+"""Instances: created in batches, read one with everything or many as summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tenantflow.runtime.errors import Conflict, NotFound
+from tenantflow.runtime.records import Instance, InstanceKey, Version
+from tenantflow.runtime.store import codec
+from tenantflow.runtime.store._sql import KEY, columns, key_params
+from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.rows import InstanceRow, StatusCountRow, SummaryRow
+
+
+class Instances(StoreCore):
+    def create_instances(
+        self, tenant_id: str, version: Version, items: Sequence[tuple[str, Any]], now: float
+    ) -> list[Instance]:
+        """All or nothing: Conflict (and none created) when an id is taken, also by a concurrent creation."""
+        created = []
+        with self.transaction() as tx:
+            inserts = []
+            for instance_id, params in items:
+                blob = codec.encode(params)
+                inserts.append(
+                    tx.send(
+                        "INSERT INTO instances (tenant_id, workflow, instance_id, version, source_hash, status, "
+                        "params, created_at, updated_at, wake_at, stored_bytes) "
+                        "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING instance_id",
+                        (
+                            tenant_id,
+                            version.workflow,
+                            instance_id,
+                            version.version,
+                            version.source_hash,
+                            blob,
+                            now,
+                            now,
+                            now,
+                            len(blob),
+                        ),
+                    )
+                )
+                created.append(
+                    Instance(
+                        tenant_id,
+                        version.workflow,
+                        instance_id,
+                        version.version,
+                        version.source_hash,
+                        "queued",
+                        params,
+                        created_at=now,
+                        updated_at=now,
+                        wake_at=now,
+                        stored_bytes=len(blob),
+                    )
+                )
+            for insert, instance in zip(inserts, created, strict=True):
+                if insert.scalar() is None:
+                    raise Conflict(f"instance {instance.instance_id!r} already exists")
+        self._notify()
+        return created
+
+    def instance(self, key: InstanceKey) -> Instance:
+        """One instance with everything (params, output, error, log), decoded after the read."""
+        with self.read() as tx:
+            row = tx.record(InstanceRow, f"SELECT {columns(InstanceRow)} FROM instances WHERE {KEY}", key_params(key))
+        if row is None:
+            raise NotFound(f"no instance {key.instance_id!r} of workflow {key.workflow!r}")
+        return row.instance()
+
+    def instances(
+        self, tenant_id: str, workflow: str, status: str | None, limit: int, after: str | None
+    ) -> list[Instance]:
+        """A page of summaries (`detail` False): no params, output or log, and of an error only its name and
+        the start of its message, so a list never reads or decodes what an instance stores."""
+        sql = f"SELECT {columns(SummaryRow)} FROM instances WHERE tenant_id = ? AND workflow = ?"
+        params: list[Any] = [tenant_id, workflow]
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        if after:
+            sql += " AND instance_id > ?"
+            params.append(after)
+        sql += " ORDER BY instance_id LIMIT ?"
+        params.append(limit)
+        with self.read() as tx:
+            rows = tx.records(SummaryRow, sql, params)
+        return [r.instance() for r in rows]
+
+    def status_counts(self) -> list[tuple[str, str, int]]:
+        """(tenant_id, status, count) over all instances, for metrics."""
+        with self.read() as tx:
+            rows = tx.records(
+                StatusCountRow,
+                f"SELECT {columns(StatusCountRow)} FROM instances GROUP BY tenant_id, status",
+            )
+        return [(r.tenant_id, r.status, r.count) for r in rows]

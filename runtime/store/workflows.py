@@ -1,0 +1,66 @@
+"""Workflows: numbered versions of a tenant's workflow, and the sources they run (stored once per hash)."""
+
+from __future__ import annotations
+
+from tenantflow.runtime.errors import NotFound
+from tenantflow.runtime.records import Version
+from tenantflow.runtime.store import codec
+from tenantflow.runtime.store._sql import columns
+from tenantflow.runtime.store.core import StoreCore
+
+
+class Workflows(StoreCore):
+    def deploy(self, tenant_id: str, workflow: str, source: str, source_hash: str, now: float) -> tuple[Version, bool]:
+        """Store a version; the latest one again (and False) when its source is the same."""
+        with self.transaction() as tx:
+            # Deploys of one tenant take turns (on its tenant row), so each gets the next version number.
+            tx.run(f"SELECT tenant_id FROM tenants WHERE tenant_id = ?{self.for_update}", (tenant_id,))
+            latest = tx.record(
+                Version,
+                f"SELECT {columns(Version)} FROM versions WHERE tenant_id = ? AND workflow = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (tenant_id, workflow),
+            )
+            if latest and latest.source_hash == source_hash:
+                return latest, False
+            tx.run(
+                "INSERT INTO sources (tenant_id, source_hash, source) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (tenant_id, source_hash, codec.encode_text(source)),
+            )
+            created = Version(workflow, (latest.version if latest else 0) + 1, source_hash, now)
+            tx.run(
+                "INSERT INTO versions (tenant_id, workflow, version, source_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                (tenant_id, created.workflow, created.version, created.source_hash, created.created_at),
+            )
+        return created, True
+
+    def versions(self, tenant_id: str, workflow: str) -> list[Version]:
+        with self.read() as tx:
+            rows = tx.records(
+                Version,
+                f"SELECT {columns(Version)} FROM versions WHERE tenant_id = ? AND workflow = ? ORDER BY version",
+                (tenant_id, workflow),
+            )
+        if not rows:
+            raise NotFound(f"no workflow {workflow!r}")
+        return rows
+
+    def workflows(self, tenant_id: str) -> list[Version]:
+        """The latest version of each workflow."""
+        with self.read() as tx:
+            return tx.records(
+                Version,
+                f"SELECT {columns(Version, 'v')} FROM versions v "
+                "JOIN (SELECT workflow, MAX(version) AS version FROM versions WHERE tenant_id = ? GROUP BY workflow) m "
+                "ON v.workflow = m.workflow AND v.version = m.version WHERE v.tenant_id = ? ORDER BY v.workflow",
+                (tenant_id, tenant_id),
+            )
+
+    def source(self, tenant_id: str, source_hash: str) -> str:
+        with self.read() as tx:
+            found = tx.run(
+                "SELECT source FROM sources WHERE tenant_id = ? AND source_hash = ?", (tenant_id, source_hash)
+            )
+        if not found.rows:
+            raise NotFound(f"no source {source_hash}")
+        return codec.decode_text(found.scalar()) or ""
