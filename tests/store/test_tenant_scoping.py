@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import fresh_schema, pg_server  # noqa: F401  (pg_server is a fixture)
+from pg import fresh_schema
 from scoping import (
     CROSS_TENANT,
     SCHEDULING_COLUMNS,
