@@ -74,9 +74,9 @@ MAX_POLL_LIST = 1024
 # `x = 0; while True: x += 1` under fuel 2e9 and 4e9 used 0.237 s and 0.436 s of thread CPU until
 # FuelExhausted, i.e. ~1.0e10 fuel per marginal CPU second (default fuel 2e10 = ~2 s of CPU).
 # Re-checked for the step budgets (2026-11-29, same machine kind, bench/step_cpu.py): the spin
-# 9.3-9.5e9 fuel/s, JSON + sha256 + sorting library code 7.4-8.0e9 fuel/s, a step body of
-# `sum(i * i for i in range(n))` 1.0e10 fuel/s (n = 106,000 is ~36 ms). So the default step budget,
-# 30 s x 1e10 = 3e11 fuel, is 30-40 s of guest CPU here, depending on the code.
+# 8.8-9.5e9 fuel/s, JSON + sha256 + sorting library code 7.5-8.0e9 fuel/s, a step body of
+# `sum(i * i for i in range(n))` ~1.0e10 fuel/s (n = 106,000: 3.3e8 fuel, ~33-36 ms). So the default
+# step budget, 30 s x 1e10 = 3e11 fuel, is 30-40 s of guest CPU here, depending on the code.
 FUEL_PER_SECOND = 10_000_000_000
 # CPU budget of one step attempt, as Cloudflare Workflows: 30 s by default, at most 5 minutes (the
 # step's `cpu` option; a tenant's `max_step_cpu_ms` may lower both). Fuel = ms * FUEL_PER_SECOND / 1000.
