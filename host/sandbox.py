@@ -10,6 +10,14 @@ The guest's WASI is host/wasi.py's (nothing waits past the deadline or the
 cancel); every host import checks the size and shape of its arguments before
 working (host/limits.py has the caps); the host CPU spent for the guest is
 charged to its fuel (`_Activation.meter`).
+
+CPU budgets (a Store has one fuel counter, swapped between them): each step
+attempt gets its own (the step's `cpu`, default 30 s; exhausted, it is a failed
+attempt, journaled and retried as the step says); the code outside step bodies
+gets `Limits.fuel` afresh at every durable call, so only code that never
+reaches one runs out. Once the new work of an activation (replay not counted)
+has used CHECKPOINT_SHARE of that fuel or of the wall clock, it ends at the
+next step boundary as Suspended("continue") and goes on in a fresh activation.
 """
 
 from __future__ import annotations
