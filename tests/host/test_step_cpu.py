@@ -192,3 +192,20 @@ def test_sleeps_over_a_year_and_epoch_milliseconds_are_refused(sandbox: Sandbox,
     outcome = run(sandbox, f"def run(event, step):\n    {call}\n", journal)
     assert isinstance(outcome, Failed) and outcome.error.name == "InvalidHostCall", outcome
     assert message in outcome.error.message
+
+
+def test_a_step_whose_cpu_asks_for_more_than_the_deadline_gets_that_time(sandbox: Sandbox) -> None:
+    # ~0.3 s of CPU in a body, under a 0.2 s activation deadline: `cpu` says how long it may take.
+    source = f"""
+    def run(event, step):
+        return step.do("long", lambda: {BURN.format(n=900_000)} > 0, cpu="2 seconds")
+    """
+    journal = MemJournal()
+    limits = Limits(fuel=10**12, memory_bytes=64 << 20, deadline_s=0.2)
+    output, outcomes = until_done(sandbox, source, journal, limits)
+    assert output is True
+    assert [a.ok for a in journal.attempts_of("long")] == [True]
+    assert journal.attempts_of("long")[0].duration_ms > 200
+    # Without `cpu`, the activation's deadline bounds the body as before.
+    outcome = run(sandbox, source.replace(', cpu="2 seconds"', ""), MemJournal(), limits)
+    assert isinstance(outcome, Failed) and outcome.error.name == "DeadlineExceeded", outcome
