@@ -765,8 +765,9 @@ class Sandbox:
         name = _check_name("sleep", "step name", name)
         if duration_ms > MAX_DURATION_MS:
             raise invalid_call("sleep", f"a sleep is at most 365 days ({MAX_DURATION_MS} ms), got {duration_ms} ms")
+        call = act.next_call(name, "sleep")
         act.end_segment()
-        act.journaled(act.journal.sleep_until, act.next_call(name, "sleep"), None, duration_ms)
+        act.journaled(act.journal.sleep_until, call, None, duration_ms)
 
     def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> None:
         name = _check_name("sleep-until", "step name", name)
@@ -777,8 +778,9 @@ class Sandbox:
             )
         if not 0 <= wake_at_ms <= MAX_WAKE_AT_MS:
             raise invalid_call("sleep-until", "the wake time is before 1970 or after the year 9999")
+        call = act.next_call(name, "sleep")
         act.end_segment()
-        act.journaled(act.journal.sleep_until, act.next_call(name, "sleep"), wake_at_ms, None)
+        act.journaled(act.journal.sleep_until, call, wake_at_ms, None)
 
     def _wait_for_event(self, act: _Activation, name: str, event_type: str, timeout_ms: int | None) -> Any:
         name = _check_name("wait-for-event", "step name", name)
