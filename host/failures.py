@@ -25,6 +25,8 @@ class FailureName(enum.StrEnum):
     STACK_OVERFLOW = "StackOverflow"
     # One attempt of a step overran the step's timeout (a failed attempt; the instance goes on).
     STEP_TIMEOUT = "StepTimeout"
+    # One attempt of a step used its CPU budget (the step's `cpu`; a failed attempt that is retried).
+    STEP_CPU_EXHAUSTED = "StepCPUExhausted"
 
     # -- the host ends the activation ---------------------------------------------------------------
     # `Sandbox.run(cancel=...)` was set (terminate, shutdown); the attempt in flight is not journaled.
@@ -74,6 +76,7 @@ LIMIT_ERRORS: frozenset[FailureName] = frozenset(
         FailureName.OUTPUT_LIMIT_EXCEEDED,
         FailureName.STACK_OVERFLOW,
         FailureName.STEP_TIMEOUT,
+        FailureName.STEP_CPU_EXHAUSTED,
     }
 )
 

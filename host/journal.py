@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from tenantflow.host.limits import MAX_DURATION_MS
+from tenantflow.host.limits import DEFAULT_STEP_CPU_MS, FUEL_PER_SECOND, MAX_DURATION_MS
 
 Kind = Literal["do", "sleep", "wait"]
 Backoff = Literal["constant", "linear", "exponential"]
@@ -29,12 +29,23 @@ class StepCall:
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Retries and timeout of `step.do`, with Cloudflare Workflows' defaults."""
+    """Retries, timeout and CPU budget of `step.do`, with Cloudflare Workflows' defaults.
+
+    `cpu_ms` None is the default budget (DEFAULT_STEP_CPU_MS); either way the tenant's cap applies.
+    """
 
     limit: int = 5
     delay_ms: int = 10_000
     backoff: Backoff = "exponential"
     timeout_ms: int = 600_000
+    cpu_ms: int | None = None
+
+    def cpu_budget_ms(self, cap_ms: int) -> int:
+        """The CPU one attempt may use, in ms: the step's `cpu` (or the default) within the tenant's cap."""
+        return min(DEFAULT_STEP_CPU_MS if self.cpu_ms is None else self.cpu_ms, cap_ms)
+
+    def fuel_budget(self, cap_ms: int) -> int:
+        return self.cpu_budget_ms(cap_ms) * FUEL_PER_SECOND // 1000
 
     def delay_before(self, attempt: int) -> int:
         """Milliseconds to wait before `attempt` (2 is the first retry)."""
@@ -57,10 +68,11 @@ class StepConfig:
             delay_ms=_whole(data.get("delay_ms"), default.delay_ms),
             backoff=backoff if backoff in ("constant", "linear", "exponential") else default.backoff,
             timeout_ms=_whole(data.get("timeout_ms"), default.timeout_ms),
+            cpu_ms=_whole(data.get("cpu_ms"), None),
         )
 
 
-def _whole(value: Any, default: int) -> int:
+def _whole(value: Any, default: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return default

@@ -10,8 +10,13 @@ class Limits:
     """What one activation may use before it is killed with a named error."""
 
     memory_bytes: int = 256 << 20
+    # Fuel for the code outside step bodies (replay and orchestration) between two durable calls:
+    # a segment that uses it all is FuelExhausted ("ran N s of CPU outside any step"). Past
+    # CHECKPOINT_SHARE of it (new work only) or of the deadline, the activation checkpoints.
     fuel: int = 20_000_000_000
     deadline_s: float = 60.0
+    # The tenant's cap on one step attempt's CPU budget (the step's `cpu` option, default 30 s).
+    max_step_cpu_ms: int = 300_000
     log_bytes: int = 1 << 20
     output_bytes: int = 1 << 20
 
@@ -43,8 +48,11 @@ MAX_LIFT_BYTES = 16 << 20
 MAX_JSON_DEPTH = 100
 # Retries of one step: enough for any real back-off schedule, not a loop of millions of attempts.
 MAX_RETRIES = 100
-# Longest retry delay and step timeout: a year is already more than any workflow means.
+# Longest retry delay, step timeout, wait and sleep (`sleep_until` too, from now): 365 days, as
+# Cloudflare Workflows; a year is already more than any workflow means.
 MAX_DURATION_MS = 365 * 86_400_000
+# `sleep_until` takes epoch seconds: a larger number (the year 5138) is milliseconds by mistake.
+MAX_EPOCH_SECONDS = 100_000_000_000
 # The latest wake time of a durable sleep: 9999-12-31T23:59:59.999Z, the last instant every reader
 # (Python's datetime, JavaScript's Date, the dashboard) can show.
 MAX_WAKE_AT_MS = 253_402_300_799_999
@@ -65,6 +73,17 @@ MAX_POLL_LIST = 1024
 # makes the host work or sleeps runs out of fuel after about as long as one that spins. Measured:
 # `x = 0; while True: x += 1` under fuel 2e9 and 4e9 used 0.237 s and 0.436 s of thread CPU until
 # FuelExhausted, i.e. ~1.0e10 fuel per marginal CPU second (default fuel 2e10 = ~2 s of CPU).
+# Re-checked for the step budgets (2026-11-29, same machine kind, bench/step_cpu.py): the spin
+# 8.8-9.5e9 fuel/s, JSON + sha256 + sorting library code 7.5-8.0e9 fuel/s, a step body of
+# `sum(i * i for i in range(n))` ~1.0e10 fuel/s (n = 106,000: 3.3e8 fuel, ~33-36 ms). So the default
+# step budget, 30 s x 1e10 = 3e11 fuel, is 30-40 s of guest CPU here, depending on the code.
 FUEL_PER_SECOND = 10_000_000_000
+# CPU budget of one step attempt, as Cloudflare Workflows: 30 s by default, at most 5 minutes (the
+# step's `cpu` option; a tenant's `max_step_cpu_ms` may lower both). Fuel = ms * FUEL_PER_SECOND / 1000.
+DEFAULT_STEP_CPU_MS = 30_000
+MAX_STEP_CPU_MS = 300_000
+# An activation that has used this share of its orchestration fuel (new work, not replay) or of its
+# wall-clock deadline checkpoints at the next step boundary and goes on in a fresh activation.
+CHECKPOINT_SHARE = 0.5
 # Host CPU is measured (a ~2 us system call) and billed to the fuel at most this often.
 CHARGE_QUANTUM_S = 0.001

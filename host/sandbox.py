@@ -10,6 +10,14 @@ The guest's WASI is host/wasi.py's (nothing waits past the deadline or the
 cancel); every host import checks the size and shape of its arguments before
 working (host/limits.py has the caps); the host CPU spent for the guest is
 charged to its fuel (`_Activation.meter`).
+
+CPU budgets (a Store has one fuel counter, swapped between them): each step
+attempt gets its own (the step's `cpu`, default 30 s; exhausted, it is a failed
+attempt, journaled and retried as the step says); the code outside step bodies
+gets `Limits.fuel` afresh at every durable call, so only code that never
+reaches one runs out. Once the new work of an activation (replay not counted)
+has used CHECKPOINT_SHARE of that fuel or of the wall clock, it ends at the
+next step boundary as Suspended("continue") and goes on in a fresh activation.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from tenantflow.host.journal import (
     EventTimeout,
     Journal,
     Plan,
+    Run,
     StepCall,
     StepConfig,
     StepFailed,
@@ -47,16 +56,19 @@ from tenantflow.host.journal import (
 )
 from tenantflow.host.limits import (
     CHARGE_QUANTUM_S,
+    CHECKPOINT_SHARE,
     EVENT_TYPE_PATTERN,
     FUEL_PER_SECOND,
     MAX_CALL_REQUEST_BYTES,
     MAX_CONFIG_BYTES,
     MAX_DURATION_MS,
+    MAX_EPOCH_SECONDS,
     MAX_ERROR_MESSAGE_BYTES,
     MAX_ERROR_NAME_BYTES,
     MAX_LIFT_BYTES,
     MAX_NAME_BYTES,
     MAX_RETRIES,
+    MAX_STEP_CPU_MS,
     MAX_STREAM_WRITE_BYTES,
     MAX_TRACEBACK_BYTES,
     MAX_WAKE_AT_MS,
@@ -67,6 +79,8 @@ from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Stats
 from wasmtime.component import Component, Linker, Record, ResourceType, Variant
 
 HOST_INTERFACE = "tenantflow:sandbox/host@0.1.0"
+# The reason of the Suspended an activation ends with when it checkpoints (the instance goes on at once).
+CHECKPOINT_REASON = "continue"
 
 _GUEST_ERRORS = {"MemoryError": FailureName.MEMORY_LIMIT_EXCEEDED, "RecursionError": FailureName.STACK_OVERFLOW}
 # CPython-on-wasm quirk: when `x += x` (or `x + x`) on a str cannot get memory under the cap, the
@@ -120,7 +134,10 @@ class _InFlight:
     config: StepConfig
     attempt: int
     started: float
+    # The attempt's own fuel budget (the Store's fuel counter holds it while the body runs).
     fuel_before: int
+    # When the attempt overruns the step's timeout (monotonic seconds).
+    timeout_at: float
 
 
 @dataclass
@@ -147,6 +164,14 @@ class _Activation:
     checked_at: float = 0.0
     journal_s: float = 0.0
     wasi: wasi.WasiState = field(default_factory=wasi.WasiState)
+    started: float = field(default_factory=time.monotonic)
+    # Fuel used outside step bodies in segments already closed, and by step attempts.
+    orchestration_fuel: int = 0
+    step_fuel: int = 0
+    # `orchestration_fuel` when the first step body ran here (before it: replay, not counted for checkpoints).
+    frontier_fuel: int | None = None
+    # A step attempt was journaled in this activation: a checkpoint now loses nothing.
+    progressed: bool = False
 
     def next_call(self, name: str, kind: Any) -> StepCall:
         if self.in_flight is not None:
@@ -167,7 +192,7 @@ class _Activation:
 
     def end(self) -> float:
         """When the activation (or the step body in flight) must be over, in monotonic seconds."""
-        return self.deadline if self.step_deadline is None else min(self.deadline, self.step_deadline)
+        return self.deadline if self.step_deadline is None else self.step_deadline
 
     def ticks_left(self) -> int:
         """Epoch ticks until the next deadline check (at most CHECK_S away), or 0 once a deadline passed."""
@@ -189,8 +214,72 @@ class _Activation:
         left = self.store.get_fuel()
         if cost >= left:
             self.store.set_fuel(0)
-            raise HostRefusal(FailureName.FUEL_EXHAUSTED, f"the activation used its fuel budget of {self.limits.fuel}")
+            raise self.exhausted()
         self.store.set_fuel(left - cost)
+
+    def exhausted(self) -> HostRefusal:
+        """The error for a fuel counter at 0: the step attempt's budget, or the orchestration's."""
+        if self.in_flight is not None:
+            budget = self.in_flight.fuel_before
+            return HostRefusal(
+                FailureName.STEP_CPU_EXHAUSTED,
+                f"step {self.in_flight.call.name!r} used its CPU budget of {budget * 1000 // FUEL_PER_SECOND} ms",
+            )
+        seconds = self.limits.fuel / FUEL_PER_SECOND
+        return HostRefusal(
+            FailureName.FUEL_EXHAUSTED,
+            f"the workflow ran {seconds:g} s of CPU outside any step without reaching one "
+            f"(fuel {self.limits.fuel}; an endless loop outside step bodies?)",
+        )
+
+    def refill(self, fuel: int) -> None:
+        """Put `fuel` in the Store's one counter (meter first: the host CPU so far is charged to what it held)."""
+        self.store.set_fuel(fuel)
+        self.fuel_mark = fuel
+
+    def end_segment(self) -> None:
+        """A durable call: the code since the last one is done; the next segment gets the full budget."""
+        self.meter(force=True)
+        self.orchestration_fuel += self.limits.fuel - self.store.get_fuel()
+        self.refill(self.limits.fuel)
+
+    def start_body(self, call: StepCall, config: StepConfig, attempt: int) -> None:
+        """Swap the orchestration's fuel for the attempt's own budget and set the attempt's deadlines."""
+        self.end_segment()
+        if self.frontier_fuel is None:
+            self.frontier_fuel = self.orchestration_fuel
+        budget = config.fuel_budget(self.limits.max_step_cpu_ms)
+        now = time.monotonic()
+        timeout_at = now + config.timeout_ms / 1000
+        # A body runs within the activation's wall clock, unless its `cpu` asks for more time than is left.
+        limit = self.deadline
+        if config.cpu_ms is not None:
+            limit = max(limit, now + config.cpu_budget_ms(self.limits.max_step_cpu_ms) / 1000)
+        self.step_deadline = min(timeout_at, limit)
+        self.refill(budget)
+        self.in_flight = _InFlight(call, config, attempt, time.perf_counter(), budget, timeout_at)
+
+    def end_body(self) -> int:
+        """The attempt's fuel; the orchestration gets a fresh segment. Raises if the attempt's budget ran out."""
+        flight = self.in_flight
+        assert flight is not None
+        self.meter(force=True)
+        used = flight.fuel_before - self.store.get_fuel()
+        self.step_fuel += used
+        self.in_flight = None
+        self.step_deadline = None
+        self.refill(self.limits.fuel)
+        return used
+
+    def should_checkpoint(self) -> bool:
+        """Whether to end here and go on in a fresh activation: progress is journaled and the
+        orchestration's new work or the wall clock is past CHECKPOINT_SHARE of its budget."""
+        if not self.progressed:
+            return False
+        segment = self.limits.fuel - self.store.get_fuel() if self.in_flight is None else 0
+        new_work = self.orchestration_fuel + segment - (self.frontier_fuel or 0)
+        elapsed = time.monotonic() - self.started
+        return new_work > self.limits.fuel * CHECKPOINT_SHARE or elapsed > self.limits.deadline_s * CHECKPOINT_SHARE
 
     def start_metering(self) -> None:
         self.cpu_mark = time.thread_time()
@@ -211,7 +300,7 @@ class _Activation:
         finally:
             self.journal_s += time.perf_counter() - started
 
-    def meter(self) -> None:
+    def meter(self, force: bool = False) -> None:
         """Charge the thread CPU time that the fuel did not count (the host's work) since the last check.
 
         Reading the thread's CPU clock is a system call (~2 us here), so it is read at most once per
@@ -219,7 +308,7 @@ class _Activation:
         minus the guest's own CPU (its fuel burnt / FUEL_PER_SECOND) is what the host spent.
         """
         now = time.perf_counter()
-        if now - self.checked_at < CHARGE_QUANTUM_S:
+        if now - self.checked_at < CHARGE_QUANTUM_S and not force:
             return
         self.checked_at = now
         cpu = time.thread_time()
@@ -262,7 +351,11 @@ class _Activation:
         self.log.append(text)
 
     def fuel_used(self) -> int:
-        return int(self.limits.fuel - self.store.get_fuel())
+        """All fuel used: closed orchestration segments, step attempts and the current budget's use."""
+        current = self.store.get_fuel()
+        if self.in_flight is not None:
+            return self.orchestration_fuel + self.step_fuel + self.in_flight.fuel_before - current
+        return int(self.orchestration_fuel + self.step_fuel + self.limits.fuel - current)
 
 
 def _bounded_int(data: dict[str, Any], key: str, default: int, maximum: int) -> int:
@@ -295,6 +388,7 @@ def _step_config(config_json: str) -> StepConfig:
             delay_ms=_bounded_int(data, "delay_ms", default.delay_ms, MAX_DURATION_MS),
             backoff=backoff,
             timeout_ms=_bounded_int(data, "timeout_ms", default.timeout_ms, MAX_DURATION_MS),
+            cpu_ms=_bounded_int(data, "cpu_ms", 0, MAX_STEP_CPU_MS) if "cpu_ms" in data else None,
         )
     except ValueError as error:
         raise invalid_call(call, f"bad step config: {error}") from None
@@ -499,6 +593,12 @@ class Sandbox:
         pending = act.pending
         if isinstance(pending, Suspend):
             return Suspended(pending.reason, pending.wake_at_ms, stats)
+        if (
+            isinstance(pending, HostRefusal)
+            and pending.name == FailureName.STEP_CPU_EXHAUSTED
+            and act.in_flight is not None
+        ):
+            return self._attempt_failed(act, stats, pending.name, pending.message)
         if isinstance(pending, Abort | HostRefusal):
             return Failed(ErrorInfo(pending.name, pending.message), stats)
         if act.cancelled:
@@ -511,10 +611,15 @@ class Sandbox:
             raise pending
         kind = trap_kind(trap)
         if kind is TrapKind.OUT_OF_FUEL:
-            error = ErrorInfo(FailureName.FUEL_EXHAUSTED, f"the activation used its fuel budget of {act.limits.fuel}")
+            refusal = act.exhausted()
+            if act.in_flight is not None:
+                return self._attempt_failed(act, stats, refusal.name, refusal.message)
+            error = ErrorInfo(refusal.name, refusal.message)
         elif act.timed_out or kind is TrapKind.INTERRUPT:
-            if act.in_flight is not None and act.step_deadline is not None and time.monotonic() >= act.step_deadline:
-                return self._step_timed_out(act, stats)
+            flight = act.in_flight
+            if flight is not None and time.monotonic() >= flight.timeout_at:
+                message = f"step {flight.call.name!r} ran longer than {flight.config.timeout_ms} ms"
+                return self._attempt_failed(act, stats, FailureName.STEP_TIMEOUT, message)
             message = f"the activation ran longer than {act.limits.deadline_s} s"
             error = ErrorInfo(FailureName.DEADLINE_EXCEEDED, message)
         elif kind is TrapKind.STACK_OVERFLOW:
@@ -527,15 +632,16 @@ class Sandbox:
             error = ErrorInfo(FailureName.GUEST_TRAP, f"the guest crashed: {_trap_cause(str(trap))}")
         return Failed(error, stats)
 
-    def _step_timed_out(self, act: _Activation, stats: Stats) -> Outcome:
-        """The attempt overran its timeout: journal it as a failed attempt and let the instance go on."""
+    def _attempt_failed(self, act: _Activation, stats: Stats, name: str, message: str) -> Outcome:
+        """The attempt overran its timeout or CPU budget: journal it as a failed attempt (the step's
+        retry policy decides what comes next) and let the instance go on in a fresh isolate."""
         flight = act.in_flight
         assert flight is not None
         attempt = Attempt(
             attempt=flight.attempt,
             ok=False,
-            error_name=FailureName.STEP_TIMEOUT,
-            error_message=f"step {flight.call.name!r} ran longer than {flight.config.timeout_ms} ms",
+            error_name=name,
+            error_message=message,
             fuel=flight.fuel_before - act.store.get_fuel(),
             duration_ms=(time.perf_counter() - flight.started) * 1000,
         )
@@ -545,7 +651,7 @@ class Sandbox:
             return Suspended(suspend.reason, suspend.wake_at_ms, stats)
         except Abort as abort:
             return Failed(ErrorInfo(abort.name, abort.message), stats)
-        return Suspended("step timed out; replay to go on", None, stats)
+        return Suspended(f"{name}; replay to go on", None, stats)
 
     # -- host functions ----------------------------------------------------
 
@@ -596,10 +702,9 @@ class Sandbox:
             return plan.result
         if isinstance(plan, StepFailed):
             return _failure(plan.name, plan.message)
-        now = time.monotonic()
-        timeout = config.timeout_ms / 1000
-        act.step_deadline = now + timeout if now + timeout < act.deadline else None
-        act.in_flight = _InFlight(call, config, plan.attempt, time.perf_counter(), act.store.get_fuel())
+        if act.should_checkpoint():
+            raise Suspend(CHECKPOINT_REASON)
+        act.start_body(call, config, plan.attempt)
         return plan.attempt
 
     def _step_begin(self, act: _Activation, name: str, config_json: str) -> Any:
@@ -608,11 +713,11 @@ class Sandbox:
             raise invalid_call("step-begin", f"the step config is longer than {MAX_CONFIG_BYTES} bytes")
         config = _step_config(config_json)
         call = act.next_call(name, "do")
+        act.end_segment()
         return self._plan(act, call, config, act.journaled(act.journal.step_begin, call, config))
 
-    def _attempt(self, act: _Activation, flight: _InFlight, outcome: Variant) -> Attempt:
+    def _attempt(self, act: _Activation, flight: _InFlight, outcome: Variant, fuel: int) -> Attempt:
         """The attempt the guest reports, checked: a result is bounded JSON, error strings are clipped."""
-        fuel = flight.fuel_before - act.store.get_fuel()
         duration_ms = (time.perf_counter() - flight.started) * 1000
         payload: Any = outcome.payload
         if outcome.tag == "ok":
@@ -648,23 +753,34 @@ class Sandbox:
         flight = act.in_flight
         if flight is None or flight.call.name != name:
             raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-complete for {name!r} without a step in flight")
-        attempt = self._attempt(act, flight, outcome)
-        act.in_flight = None
-        act.step_deadline = None
+        attempt = self._attempt(act, flight, outcome, act.end_body())
         plan = act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
+        act.progressed = True
+        if not isinstance(plan, Run) and act.should_checkpoint():
+            # The attempt is committed: the replay in a fresh activation returns it.
+            raise Suspend(CHECKPOINT_REASON)
         return self._plan(act, flight.call, flight.config, plan)
 
     def _sleep(self, act: _Activation, name: str, duration_ms: int) -> None:
         name = _check_name("sleep", "step name", name)
-        if time.time() * 1000 + duration_ms > MAX_WAKE_AT_MS:
-            raise invalid_call("sleep", "a sleep cannot end after the year 9999")
-        act.journaled(act.journal.sleep_until, act.next_call(name, "sleep"), None, duration_ms)
+        if duration_ms > MAX_DURATION_MS:
+            raise invalid_call("sleep", f"a sleep is at most 365 days ({MAX_DURATION_MS} ms), got {duration_ms} ms")
+        call = act.next_call(name, "sleep")
+        act.end_segment()
+        act.journaled(act.journal.sleep_until, call, None, duration_ms)
 
     def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> None:
         name = _check_name("sleep-until", "step name", name)
+        if wake_at_ms > MAX_EPOCH_SECONDS * 1000:
+            raise invalid_call(
+                "sleep-until",
+                f"sleep_until takes epoch seconds (or a datetime); {wake_at_ms // 1000} looks like milliseconds",
+            )
         if not 0 <= wake_at_ms <= MAX_WAKE_AT_MS:
             raise invalid_call("sleep-until", "the wake time is before 1970 or after the year 9999")
-        act.journaled(act.journal.sleep_until, act.next_call(name, "sleep"), wake_at_ms, None)
+        call = act.next_call(name, "sleep")
+        act.end_segment()
+        act.journaled(act.journal.sleep_until, call, wake_at_ms, None)
 
     def _wait_for_event(self, act: _Activation, name: str, event_type: str, timeout_ms: int | None) -> Any:
         name = _check_name("wait-for-event", "step name", name)
@@ -673,6 +789,7 @@ class Sandbox:
         if timeout_ms is not None and timeout_ms > MAX_DURATION_MS:
             raise invalid_call("wait-for-event", f"a wait is at most {MAX_DURATION_MS} ms (365 days)")
         call = act.next_call(name, "wait")
+        act.end_segment()
         try:
             return json.dumps(act.journaled(act.journal.wait_for_event, call, event_type, timeout_ms))
         except EventTimeout as timeout:

@@ -47,7 +47,11 @@ class Quotas:
     max_instances_per_minute: int = 6000
     max_steps: int = 10_000
     memory_mb: int = 256
+    # Fuel for the code outside step bodies between two durable calls (see tenantflow.host.Limits.fuel).
     fuel: int = 20_000_000_000
+    # The most CPU one step attempt may have (its `cpu` option, default 30 s), in ms: 5 minutes, the
+    # platform's maximum, by default; a lower cap also lowers the default budget.
+    max_step_cpu_ms: int = 300_000
     max_source_bytes: int = 1 << 20
     max_payload_bytes: int = 1 << 20
     egress: tuple[str, ...] = ()

@@ -37,6 +37,7 @@ class StepOptions(TypedDict, total=False):
 
     retries: Retries
     timeout: Duration
+    cpu: Duration
 
 
 def parse_duration(value: Any) -> int:
@@ -57,9 +58,13 @@ def parse_duration(value: Any) -> int:
     raise TypeError("a duration is a number of milliseconds or a string like '10 seconds'")
 
 
-def step_config(retries: Any, timeout: Any) -> str:
-    """The JSON the host reads for a step: limit, delay_ms, backoff, timeout_ms (absent: defaults)."""
-    if retries is None and timeout is None:
+MAX_STEP_CPU_MS = 300_000
+"""The largest CPU budget a step attempt may ask for (`cpu`): 5 minutes, as Cloudflare Workflows."""
+
+
+def step_config(retries: Any, timeout: Any, cpu: Any = None) -> str:
+    """The JSON the host reads for a step: limit, delay_ms, backoff, timeout_ms, cpu_ms (absent: defaults)."""
+    if retries is None and timeout is None and cpu is None:
         return "{}"
     config: dict[str, Any] = {}
     if retries is not None:
@@ -81,4 +86,9 @@ def step_config(retries: Any, timeout: Any) -> str:
             config["backoff"] = retries["backoff"]
     if timeout is not None:
         config["timeout_ms"] = parse_duration(timeout)
+    if cpu is not None:
+        cpu_ms = parse_duration(cpu)
+        if cpu_ms > MAX_STEP_CPU_MS:
+            raise ValueError(f"a step's cpu is at most 5 minutes ({MAX_STEP_CPU_MS} ms), got {cpu_ms} ms")
+        config["cpu_ms"] = cpu_ms
     return json.dumps(config)

@@ -57,6 +57,7 @@ class Step:
         *,
         retries: Retries | None = None,
         timeout: Duration | None = None,
+        cpu: Duration | None = None,
     ) -> T: ...
 
     @overload
@@ -68,6 +69,7 @@ class Step:
         *,
         retries: Retries | None = None,
         timeout: Duration | None = None,
+        cpu: Duration | None = None,
     ) -> T: ...
 
     @overload
@@ -79,6 +81,7 @@ class Step:
         *,
         retries: Retries | None = None,
         timeout: Duration | None = None,
+        cpu: Duration | None = None,
     ) -> Callable[[Callable[[], T]], T]: ...
 
     def do(
@@ -89,21 +92,25 @@ class Step:
         *,
         retries: Retries | None = None,
         timeout: Duration | None = None,
+        cpu: Duration | None = None,
     ) -> Any:
         """Run `fn` once, durably: `step.do(name, fn)`, `step.do(name, config, fn)` or `@step.do(name)`.
 
         The decorator form runs the step at once and binds its result to the function's name.
+        `cpu` is each attempt's CPU budget (default 30 seconds, at most 5 minutes); an attempt that
+        uses it up fails with StepCPUExhausted and is retried as `retries` says.
         """
         if not isinstance(name, str) or not name:
             raise TypeError("a step name is a non-empty string")
         if isinstance(fn_or_config, dict):
             retries = fn_or_config.get("retries", retries)
             timeout = fn_or_config.get("timeout", timeout)
+            cpu = fn_or_config.get("cpu", cpu)
         elif callable(fn_or_config):
             fn = fn_or_config
         elif fn_or_config is not None:
             raise TypeError("step.do(name, fn) or step.do(name, config, fn)")
-        config = step_config(retries, timeout)
+        config = step_config(retries, timeout, cpu)
         if fn is None:
             return lambda body: self._run_step(name, config, body)
         return self._run_step(name, config, fn)

@@ -46,7 +46,11 @@ class Activated:
 
 
 def limits_for(quotas: Quotas) -> Limits:
-    return Limits(memory_bytes=min(quotas.memory_mb << 20, MAX_MEMORY_BYTES), fuel=quotas.fuel)
+    return Limits(
+        memory_bytes=min(quotas.memory_mb << 20, MAX_MEMORY_BYTES),
+        fuel=quotas.fuel,
+        max_step_cpu_ms=quotas.max_step_cpu_ms,
+    )
 
 
 class Executor:

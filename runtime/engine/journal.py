@@ -25,6 +25,7 @@ from tenantflow.host import (
     StepFailed,
     Suspend,
 )
+from tenantflow.host.limits import MAX_DURATION_MS
 from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.errors import InvalidInput
 from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry, check_event_type
@@ -55,6 +56,8 @@ class InstanceJournal:
         self.entries = dict(state.entries)
         self.events = list(state.events)
         self.max_steps = state.quotas.max_steps
+        # The step quota counts `step.do` calls only (as Cloudflare's), not sleeps and event waits.
+        self.steps = sum(1 for entry in state.entries.values() if entry.kind == "do")
         self.quotas = state.quotas
         self.stopping = stopping
         # Set when a write found the instance no longer ours: its state is someone else's to record.
@@ -72,9 +75,14 @@ class InstanceJournal:
             )
         return entry
 
+    def _check_step_quota(self) -> None:
+        if self.steps >= self.max_steps:
+            raise Abort(FailureName.STEP_LIMIT_EXCEEDED, f"an instance may make at most {self.max_steps} step.do calls")
+
     def _new(self, call: StepCall, state: str, **fields: Any) -> Entry:
-        if call.position >= self.max_steps:
-            raise Abort(FailureName.STEP_LIMIT_EXCEEDED, f"an instance may take at most {self.max_steps} steps")
+        if call.kind == "do":
+            self._check_step_quota()
+            self.steps += 1
         now = self.clock.now()
         return Entry(call.position, call.name, call.kind, state, created_at=now, updated_at=now, **fields)
 
@@ -101,8 +109,7 @@ class InstanceJournal:
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
         entry = self._existing(call)
         if entry is None:
-            if call.position >= self.max_steps:
-                raise Abort(FailureName.STEP_LIMIT_EXCEEDED, f"an instance may take at most {self.max_steps} steps")
+            self._check_step_quota()
             return Run(1)
         if entry.state == "done":
             return Done(entry.result or "null")
@@ -153,6 +160,13 @@ class InstanceJournal:
         if entry is None:
             now = self.clock.now()
             wake = wake_at_ms / 1000 if wake_at_ms is not None else now + (duration_ms or 0) / 1000
+            if wake > now + MAX_DURATION_MS / 1000:
+                # Checked against the instance's clock when first journaled, never again on replay.
+                days = (wake - now) / 86_400
+                raise Abort(
+                    FailureName.INVALID_HOST_CALL,
+                    f"sleep-until: {call.name!r} would wake {days:.0f} days from now; a sleep is at most 365 days",
+                )
             entry = self._new(call, "sleeping", wake_at=wake)
             self._write(entry)
         if not self._due(entry.wake_at):

@@ -24,6 +24,7 @@ from tenantflow.host.journal import (
     StepFailed,
     Suspend,
 )
+from tenantflow.host.limits import MAX_DURATION_MS
 
 State = Literal["running", "retrying", "done", "failed", "sleeping", "waiting", "timed_out"]
 
@@ -144,6 +145,12 @@ class TestJournal:
         entry = self._existing(call)
         if entry is None:
             wake = wake_at_ms if wake_at_ms is not None else self.now_ms + (duration_ms or 0)
+            if wake > self.now_ms + MAX_DURATION_MS:
+                days = (wake - self.now_ms) / 86_400_000
+                raise Abort(
+                    "InvalidHostCall",
+                    f"sleep-until: {call.name!r} would wake {days:.0f} days from now; a sleep is at most 365 days",
+                )
             entry = self._new(call, "sleeping", wake_at_ms=wake)
             self._mark("sleep", call.name, f"until +{max(0, wake - self.now_ms)} ms")
         assert entry.wake_at_ms is not None

@@ -28,7 +28,14 @@ from tenantflow.host.journal import (
     StepFailed,
     Suspend,
 )
-from tenantflow.host.limits import EVENT_TYPE_PATTERN, MAX_DURATION_MS, MAX_NAME_BYTES, MAX_RETRIES
+from tenantflow.host.limits import (
+    EVENT_TYPE_PATTERN,
+    MAX_DURATION_MS,
+    MAX_EPOCH_SECONDS,
+    MAX_NAME_BYTES,
+    MAX_RETRIES,
+    MAX_STEP_CPU_MS,
+)
 from tenantflow.transport import Done as SdkDone
 from tenantflow.transport import Failed, Failure, Fatal, Ok, Outcome, Retryable
 from tenantflow.transport import Plan as SdkPlan
@@ -67,7 +74,13 @@ def step_config(config_json: str) -> StepConfig:
     """The config as the host reads it: out-of-range fields are refused, not defaulted."""
     data = json.loads(config_json)
     default = StepConfig()
-    for key, maximum in (("limit", MAX_RETRIES), ("delay_ms", MAX_DURATION_MS), ("timeout_ms", MAX_DURATION_MS)):
+    bounds = (
+        ("limit", MAX_RETRIES),
+        ("delay_ms", MAX_DURATION_MS),
+        ("timeout_ms", MAX_DURATION_MS),
+        ("cpu_ms", MAX_STEP_CPU_MS),
+    )
+    for key, maximum in bounds:
         value = data.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
             raise invalid("step-begin", f"bad step config: {key} is a whole number from 0 to {maximum}")
@@ -76,6 +89,7 @@ def step_config(config_json: str) -> StepConfig:
         delay_ms=data.get("delay_ms", default.delay_ms),
         backoff=data.get("backoff", default.backoff),
         timeout_ms=data.get("timeout_ms", default.timeout_ms),
+        cpu_ms=data.get("cpu_ms"),
     )
 
 
@@ -139,10 +153,17 @@ class TestTransport:
 
     def sleep(self, name: str, duration_ms: int) -> None:
         check_name("sleep", name)
+        if duration_ms > MAX_DURATION_MS:
+            raise invalid("sleep", f"a sleep is at most 365 days ({MAX_DURATION_MS} ms), got {duration_ms} ms")
         self._journaled(self.journal.sleep_until, self._next_call(name, "sleep"), None, duration_ms)
 
     def sleep_until(self, name: str, wake_at_ms: int) -> None:
         check_name("sleep-until", name)
+        if wake_at_ms > MAX_EPOCH_SECONDS * 1000:
+            raise invalid(
+                "sleep-until",
+                f"sleep_until takes epoch seconds (or a datetime); {wake_at_ms // 1000} looks like milliseconds",
+            )
         self._journaled(self.journal.sleep_until, self._next_call(name, "sleep"), wake_at_ms, None)
 
     def wait_for_event(self, name: str, event_type: str, timeout_ms: int | None) -> str | Failure:
