@@ -84,6 +84,9 @@ def tenants() -> None:
 @click.option("--memory-mb", type=click.IntRange(1), help="Memory per activation, MiB.")
 @click.option("--fuel", type=click.IntRange(1), help="Fuel (wasm instructions, roughly) per activation.")
 @click.option("--max-stored-mb", type=click.IntRange(1), help="Storage for all the tenant's instances, MB.")
+@click.option(
+    "--max-step-cpu-ms", type=click.IntRange(1, 300_000), help="CPU a step attempt may use at most, ms (5 min)."
+)
 @click.option("--egress", multiple=True, metavar="HOST", help="A host `fetch` may reach (repeat, or comma-separate).")
 @click.option("--operator", is_flag=True, help="An operator key: reads every tenant in the dashboard.")
 @json_option
@@ -95,6 +98,7 @@ def tenants_create(
     memory_mb: int | None,
     fuel: int | None,
     max_stored_mb: int | None,
+    max_step_cpu_ms: int | None,
     egress: tuple[str, ...],
     operator: bool,
     as_json: bool,
@@ -111,6 +115,7 @@ def tenants_create(
         memory_mb=memory_mb or defaults.memory_mb,
         fuel=fuel or defaults.fuel,
         max_stored_mb=max_stored_mb or defaults.max_stored_mb,
+        max_step_cpu_ms=max_step_cpu_ms or defaults.max_step_cpu_ms,
         egress=tuple(h.strip() for item in egress for h in item.split(",") if h.strip()),
     )
     try:
@@ -142,6 +147,7 @@ def _quotas_json(quotas: Quotas) -> dict[str, Any]:
         "max_source_bytes": quotas.max_source_bytes,
         "max_payload_bytes": quotas.max_payload_bytes,
         "max_stored_mb": quotas.max_stored_mb,
+        "max_step_cpu_ms": quotas.max_step_cpu_ms,
         "egress": list(quotas.egress),
     }
 

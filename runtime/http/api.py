@@ -102,12 +102,8 @@ class Api:
     # -- public endpoints -------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        def check() -> None:
-            with self.service.store.transaction() as tx:
-                tx.execute("SELECT 1")
-
         try:
-            await run_in_threadpool(check)
+            await run_in_threadpool(self.service.health)
         except Exception as error:
             log.warning("health check failed: %s", error)
             return problem(503, "Service unavailable", "the database does not answer", "service-unavailable")

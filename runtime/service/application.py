@@ -99,6 +99,10 @@ class Service:
         self.sandbox.close()
         self.store.close()
 
+    def health(self) -> None:
+        """Raise unless the store answers."""
+        self.store.ping()
+
     # -- tenants -------------------------------------------------------------
 
     def create_tenant(self, name: str, quotas: Quotas | None = None, operator: bool = False) -> tuple[Tenant, str]:

@@ -50,6 +50,11 @@ class StoreCore(ABC):
         with self.transaction() as tx:
             return fn(tx)
 
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        with self.read() as tx:
+            tx.execute("SELECT 1")
+
     def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` when another process may have made work runnable; a dialect without
         notifications (SQLite) does nothing and the workers' polling finds the work."""
