@@ -2,7 +2,7 @@
 
 One real `tenantflow serve` on 127.0.0.1. Each instance runs a real workflow; the data the host
 refuses on the way in (step names with control characters, a lone surrogate, nesting ~990 deep, wake
-times past year 9999) is then written into the store directly: the read paths must hold for data
+times more than 365 days away) is then written into the store directly: the read paths must hold for data
 that is already stored. Every instance is read through the API (instance, list, journal), the
 dashboard (summary and timeline fragments) and the CLI (status, journal, instances).
 """
@@ -36,7 +36,7 @@ def run(event, step):
         return step.do("deep", lambda: json.loads("[[1]]"))
     if mode == "surrogate":
         return step.do("named", lambda: {{"v": "text"}})
-    step.sleep_until("far", 253402300000)
+    step.sleep("far", "300 days")
 """
 FAR_S = 9e12
 

@@ -166,6 +166,7 @@ def exercise(s: Any) -> None:
     assert s.journal_page(k1, limit=1).next_after == 0
     assert s.stored_bytes("acme", max_age_s=0) > 0
     assert not s.storage_exhausted("acme", Quotas())
+    s.ping()
 
 
 def test_every_statement_of_every_operation_is_scoped_by_tenant(store: SQLStore) -> None:
