@@ -105,7 +105,7 @@ class WorkerPool:
         self._kick.set()
 
     def stop(self, timeout: float = 30.0, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop claiming; running activations suspend at their next step or are cancelled after `grace_s`."""
+        """Stop claiming; running activations reach their next step or are cancelled after `grace_s`."""
         self.stopping.set()
         self._kick.set()
         self._dispatcher.join(timeout)

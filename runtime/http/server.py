@@ -3,8 +3,9 @@
 serve: bind the port first (fail fast if taken), start the workers, serve the
 API with uvicorn. On SIGTERM or SIGINT uvicorn stops accepting connections and
 finishes the requests in flight; then the workers stop claiming, the running
-activations suspend at their next step (their journal is already durable) and
-the process exits 0. Nothing is lost: what was running resumes on the next start.
+activations reach their next step or, after a short grace period, are cancelled and
+handed back (their journal is already durable), and the process exits 0. Nothing is
+lost: what was running resumes on the next start.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def serve(
         if not stop.is_set():
             server.run(sockets=[sock])
     finally:
-        log.info("stopping workers; running activations suspend at their next step")
+        log.info("stopping workers; running activations reach their next step or are handed back")
         service.close()
         sock.close()
         log.info("stopped")
