@@ -12,7 +12,7 @@ import functools
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from tenantflow.runtime.records import InstanceKey
 
@@ -133,6 +133,15 @@ class Done(Later):
         return self._result
 
 
+class Statement(NamedTuple):
+    sql: str
+    params: Params = ()
+
+
+# Where a statement that follows a fenced write (`Tx.fenced`) says "if the fenced write applied".
+APPLIED = "{applied}"
+
+
 class Tx(ABC):
     """One transaction. `run` executes a statement now; `send` may hold it back so that a dialect sends
     every statement of a write, and its commit, in one round trip (its result is read after the commit)."""
@@ -142,6 +151,19 @@ class Tx(ABC):
 
     def send(self, sql: str, params: Params = ()) -> Later:
         return Done(self.run(sql, params))
+
+    def fenced(self, write: Statement, then: Sequence[Statement], applied: Statement) -> Later:
+        """A write that checks a fence (an UPDATE ... RETURNING: a row if it applied), and the writes that must
+        apply only with it. Each of `then` ends its conditions with APPLIED, after its last parameter.
+
+        Here each statement runs in turn, APPLIED being `applied` (a condition with its parameters, true when
+        the fenced write has applied): right where the row `write` checked stays as it found it until the
+        commit, as where every writer takes its turn (SQLite). A dialect may instead send them as one
+        statement, APPLIED then naming the fenced write's own result."""
+        result = self.send(*write)
+        for statement in then:
+            self.send(statement.sql.replace(APPLIED, applied.sql), (*statement.params, *applied.params))
+        return result
 
     def execute(self, sql: str, params: Params = ()) -> list[Sequence[Any]]:
         """The rows as tuples (for callers outside the store: health checks, tests, benchmarks)."""
