@@ -32,6 +32,12 @@ ENTRY_SIZE_SQL = (
 )
 # What a finish replaces: the instance's current output, error and log.
 FINISHED_SIZE_SQL = "COALESCE(LENGTH(output), 0) + COALESCE(LENGTH(error), 0) + COALESCE(LENGTH(log), 0)"
+# A step commit's fenced write: the instance's step count and stored bytes, if it is held.
+STEP = (
+    "UPDATE instances SET updated_at = ?, steps = steps + ?, "
+    f"stored_bytes = stored_bytes + ? - {ENTRY_SIZE_SQL} WHERE {HELD} RETURNING status"
+)
+STILL_HELD = f"EXISTS (SELECT 1 FROM instances WHERE {HELD})"
 # What a step commit writes with its fenced write, each only if that applied.
 UPSERT_ENTRY = (
     "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
@@ -163,12 +169,8 @@ class Activation(StoreCore):
             )
         if consumed_event is not None:
             then.append(Statement(CONSUME_EVENT, (entry.position, *k, consumed_event)))
-        step = Statement(
-            "UPDATE instances SET updated_at = ?, steps = steps + ?, "
-            f"stored_bytes = stored_bytes + ? - {ENTRY_SIZE_SQL} WHERE {HELD} RETURNING status",
-            (now, 1 if entry.state == "done" else 0, added, *k, entry.position, *held),
-        )
-        applied = Statement(f"EXISTS (SELECT 1 FROM instances WHERE {HELD})", held)
+        step = Statement(STEP, (now, 1 if entry.state == "done" else 0, added, *k, entry.position, *held))
+        applied = Statement(STILL_HELD, held)
         status = self.write(lambda tx: tx.fenced(step, then, applied)).scalar()
         if status is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")

@@ -17,6 +17,7 @@ What it supplies to the shared store (see `core.StoreCore`), and nothing else:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -58,10 +59,22 @@ def split_url(url: str) -> tuple[str, dict[str, int]]:
     return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote))), own
 
 
-def _result(cursor: psycopg.Cursor[Any]) -> Result:
-    if cursor.description is None:
-        return Result((), [])
-    return Result([column.name for column in cursor.description], cursor.fetchall())
+# The column names of each statement's result (they are the statement's to say: looked up once).
+_names: dict[str, tuple[str, ...]] = {}
+
+
+def _result(sql: str, cursor: psycopg.Cursor[Any]) -> Result:
+    names = _names.get(sql)
+    if names is None:
+        names = _names[sql] = tuple(column.name for column in cursor.description or ())
+    return Result(names, cursor.fetchall() if names else [])
+
+
+@functools.lru_cache(maxsize=256)
+def _fenced_sql(write: str, then: tuple[str, ...]) -> str:
+    parts = [f"fenced AS ({write})"]
+    parts += (f"then_{n} AS ({sql.replace(APPLIED, 'EXISTS (SELECT 1 FROM fenced)')})" for n, sql in enumerate(then))
+    return f"WITH {', '.join(parts)} SELECT * FROM fenced"
 
 
 class _Sent(Later):
@@ -83,7 +96,7 @@ class _Sent(Later):
             if self.cursor is None:
                 self._tx.flush()
             assert self.cursor is not None
-            self._result = _result(self.cursor)
+            self._result = _result(self.sql, self.cursor)
         return self._result
 
 
@@ -118,11 +131,8 @@ class _PostgresTx(Tx):
         """One statement: the fenced write and those that go with it as data-modifying CTEs, each applying only
         if the fenced write returned its row. They see one snapshot and the fenced write's own outcome (after
         it waited for a row lock, the row as the other writer left it), so nothing needs locking first."""
-        parts, params = [f"fenced AS ({write.sql})"], list(write.params)
-        for n, statement in enumerate(then):
-            parts.append(f"then_{n} AS ({statement.sql.replace(APPLIED, 'EXISTS (SELECT 1 FROM fenced)')})")
-            params += statement.params
-        return self.send(f"WITH {', '.join(parts)} SELECT * FROM fenced", params)
+        sql = _fenced_sql(write.sql, tuple(s.sql for s in then))
+        return self.send(sql, [*write.params, *(p for s in then for p in s.params)])
 
     def flush(self) -> None:
         """Send what is held back and wait for the answers, inside the transaction (opening it)."""
@@ -138,6 +148,9 @@ class _PostgresTx(Tx):
 
     def _send(self, *, open_: bool, commit: bool) -> None:
         batch, self._pending = self._pending, []
+        if len(batch) == 1 and not commit and (self.opened or not open_):
+            batch[0].execute()  # nothing to send with it
+            return
         with self.connection.pipeline():
             if open_ and not self.opened:
                 self.opened = True
