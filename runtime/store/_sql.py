@@ -152,17 +152,17 @@ class Tx(ABC):
     def send(self, sql: str, params: Params = ()) -> Later:
         return Done(self.run(sql, params))
 
-    def fenced(self, write: Statement, then: Sequence[Statement], applied: Statement) -> Later:
-        """A write that checks a fence (an UPDATE ... RETURNING: a row if it applied), and the writes that must
-        apply only with it. Each of `then` ends its conditions with APPLIED, after its last parameter.
+    def fenced(self, write: Statement, then: Sequence[Statement]) -> Later:
+        """A write that checks a fence (an UPDATE ... RETURNING: a row if it applied), and the writes that apply
+        only with it: each of `then` has APPLIED among its conditions, after its last parameter.
 
-        Here each statement runs in turn, APPLIED being `applied` (a condition with its parameters, true when
-        the fenced write has applied): right where the row `write` checked stays as it found it until the
-        commit, as where every writer takes its turn (SQLite). A dialect may instead send them as one
-        statement, APPLIED then naming the fenced write's own result."""
+        Here: the fenced write, then, if it applied, the others (APPLIED being TRUE), which is right where the
+        row cannot change in between, every writer taking its turn (SQLite). A dialect whose writers
+        interleave sends them as one statement, APPLIED then asking the fenced write's own outcome."""
         result = self.send(*write)
-        for statement in then:
-            self.send(statement.sql.replace(APPLIED, applied.sql), (*statement.params, *applied.params))
+        if result.result().rows:
+            for statement in then:
+                self.send(statement.sql.replace(APPLIED, "TRUE"), statement.params)
         return result
 
     def execute(self, sql: str, params: Params = ()) -> list[Sequence[Any]]:

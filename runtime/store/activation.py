@@ -37,7 +37,6 @@ STEP = (
     "UPDATE instances SET updated_at = ?, steps = steps + ?, "
     f"stored_bytes = stored_bytes + ? - {ENTRY_SIZE_SQL} WHERE {HELD} RETURNING status"
 )
-STILL_HELD = f"EXISTS (SELECT 1 FROM instances WHERE {HELD})"
 # What a step commit writes with its fenced write, each only if that applied.
 UPSERT_ENTRY = (
     "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
@@ -54,6 +53,16 @@ INSERT_ATTEMPT = (
     "ON CONFLICT DO NOTHING"
 )
 CONSUME_EVENT = f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ? AND {APPLIED}"
+
+
+# What an activation loads.
+LOAD_INSTANCE = f"SELECT {columns(InstanceRow)} FROM instances WHERE {KEY} AND fence = ?"
+LOAD_SOURCE = (
+    f"SELECT source FROM sources WHERE tenant_id = ? AND source_hash = (SELECT source_hash FROM instances WHERE {KEY})"
+)
+LOAD_TENANT = f"SELECT {columns(TenantRow)} FROM tenants WHERE tenant_id = ?"
+LOAD_ENTRIES = f"SELECT {columns(EntryRow)} FROM journal WHERE {KEY} ORDER BY position"
+LOAD_EVENTS = f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq"
 
 
 class LeaseLost(Exception):
@@ -86,19 +95,11 @@ class Activation(StoreCore):
         """Everything an activation needs; read in one go, decoded after the transaction."""
         k = key_params(claim.key)
         with self.transaction() as tx:
-            instance = tx.send(
-                f"SELECT {columns(InstanceRow)} FROM instances WHERE {KEY} AND fence = ?", (*k, claim.fence)
-            )
-            source = tx.send(
-                "SELECT source FROM sources WHERE tenant_id = ? AND source_hash = "
-                f"(SELECT source_hash FROM instances WHERE {KEY})",
-                (claim.key.tenant_id, *k),
-            )
-            tenant = tx.send(f"SELECT {columns(TenantRow)} FROM tenants WHERE tenant_id = ?", (claim.key.tenant_id,))
-            entries = tx.send(f"SELECT {columns(EntryRow)} FROM journal WHERE {KEY} ORDER BY position", k)
-            events = tx.send(
-                f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq", k
-            )
+            instance = tx.send(LOAD_INSTANCE, (*k, claim.fence))
+            source = tx.send(LOAD_SOURCE, (claim.key.tenant_id, *k))
+            tenant = tx.send(LOAD_TENANT, (claim.key.tenant_id,))
+            entries = tx.send(LOAD_ENTRIES, k)
+            events = tx.send(LOAD_EVENTS, k)
         row = instance.record(InstanceRow)
         if row is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
@@ -123,7 +124,7 @@ class Activation(StoreCore):
 
         The fenced write is the instance's: its step count, and its stored bytes, by what this writes less what
         the position held before. The journal row, the attempt and the consumed event apply only with it (see
-        `Tx.fenced`), so no statement needs an answer before the commit."""
+        `Tx.fenced`: on PostgreSQL, one statement)."""
         k = key_params(claim.key)
         held = (*k, claim.fence)
         result = None if entry.result is None else codec.encode_text(entry.result)
@@ -170,8 +171,7 @@ class Activation(StoreCore):
         if consumed_event is not None:
             then.append(Statement(CONSUME_EVENT, (entry.position, *k, consumed_event)))
         step = Statement(STEP, (now, 1 if entry.state == "done" else 0, added, *k, entry.position, *held))
-        applied = Statement(STILL_HELD, held)
-        status = self.write(lambda tx: tx.fenced(step, then, applied)).scalar()
+        status = self.write(lambda tx: tx.fenced(step, then)).scalar()
         if status is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
         return str(status)

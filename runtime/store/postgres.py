@@ -127,7 +127,7 @@ class _PostgresTx(Tx):
             sent.execute()
         return sent
 
-    def fenced(self, write: Statement, then: Sequence[Statement], applied: Statement) -> Later:
+    def fenced(self, write: Statement, then: Sequence[Statement]) -> Later:
         """One statement: the fenced write and those that go with it as data-modifying CTEs, each applying only
         if the fenced write returned its row. They see one snapshot and the fenced write's own outcome (after
         it waited for a row lock, the row as the other writer left it), so nothing needs locking first."""
