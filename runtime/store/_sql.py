@@ -12,7 +12,7 @@ import functools
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from tenantflow.runtime.records import InstanceKey
 
@@ -133,6 +133,15 @@ class Done(Later):
         return self._result
 
 
+class Statement(NamedTuple):
+    sql: str
+    params: Params = ()
+
+
+# Where a statement that follows a fenced write (`Tx.fenced`) says "if the fenced write applied".
+APPLIED = "{applied}"
+
+
 class Tx(ABC):
     """One transaction. `run` executes a statement now; `send` may hold it back so that a dialect sends
     every statement of a write, and its commit, in one round trip (its result is read after the commit)."""
@@ -142,6 +151,19 @@ class Tx(ABC):
 
     def send(self, sql: str, params: Params = ()) -> Later:
         return Done(self.run(sql, params))
+
+    def fenced(self, write: Statement, then: Sequence[Statement]) -> Later:
+        """A write that checks a fence (an UPDATE ... RETURNING: a row if it applied), and the writes that apply
+        only with it: each of `then` has APPLIED among its conditions, after its last parameter.
+
+        Here: the fenced write, then, if it applied, the others (APPLIED being TRUE), which is right where the
+        row cannot change in between, every writer taking its turn (SQLite). A dialect whose writers
+        interleave sends them as one statement, APPLIED then asking the fenced write's own outcome."""
+        result = self.send(*write)
+        if result.result().rows:
+            for statement in then:
+                self.send(statement.sql.replace(APPLIED, "TRUE"), statement.params)
+        return result
 
     def execute(self, sql: str, params: Params = ()) -> list[Sequence[Any]]:
         """The rows as tuples (for callers outside the store: health checks, tests, benchmarks)."""

@@ -3,8 +3,8 @@
 Every write on behalf of an activation is fenced: it applies only while the instance's `fence` is the one the
 worker claimed it with, so a worker whose lease was taken over can no longer change anything. A step commit
 and an activation's end are each written as statements that all check the fence themselves, so a dialect can
-send them and their commit in one round trip and the outcome is read after the commit: a lost lease committed
-nothing, and raises LeaseLost (or returns False) then.
+send them and their commit in one round trip (PostgreSQL: a step commit is one statement) and the outcome is
+read after the commit: a lost lease committed nothing, and raises LeaseLost (or returns False) then.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from tenantflow.runtime.records import ERROR_SUMMARY_CHARS, ActivationState, AttemptRecord, Claim, Entry, Quotas
 from tenantflow.runtime.store import codec
-from tenantflow.runtime.store._sql import KEY, Later, Tx, columns, key_params
+from tenantflow.runtime.store._sql import APPLIED, KEY, Later, Statement, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow, InstanceRow, TenantRow
 
@@ -22,10 +22,8 @@ HOST_FAULT = "HostFault"
 # processes; timers further out are found by the workers' polling anyway.
 NOTIFY_WITHIN_S = 1.0
 
-# The instance row is held with the claim's fence and may take steps (a parameter: the fence).
-HOLDS = "fence = ? AND status IN ('running', 'paused')"
-# The instance is held (KEY, then the fence).
-HELD = f"{KEY} AND {HOLDS}"
+# The instance is held with the claim's fence and may take steps (KEY, then the fence).
+HELD = f"{KEY} AND fence = ? AND status IN ('running', 'paused')"
 # The stored size of the journal row at a position (0 if none), as `_entry_size` counts it.
 ENTRY_SIZE_SQL = (
     "COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name) + COALESCE(LENGTH(j.error_name), 0) "
@@ -34,12 +32,16 @@ ENTRY_SIZE_SQL = (
 )
 # What a finish replaces: the instance's current output, error and log.
 FINISHED_SIZE_SQL = "COALESCE(LENGTH(output), 0) + COALESCE(LENGTH(error), 0) + COALESCE(LENGTH(log), 0)"
-# A step commit's journal row: written only if the instance is still held (a parameter per column, then HELD).
+# A step commit's fenced write: the instance's step count and stored bytes, if it is held.
+STEP = (
+    "UPDATE instances SET updated_at = ?, steps = steps + ?, "
+    f"stored_bytes = stored_bytes + ? - {ENTRY_SIZE_SQL} WHERE {HELD} RETURNING status"
+)
+# What a step commit writes with its fenced write, each only if that applied.
 UPSERT_ENTRY = (
     "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
     "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at) "
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
-    f"WHERE EXISTS (SELECT 1 FROM instances WHERE {HELD}) "
+    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
     "ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state, "
     "attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name, "
     "error_message = excluded.error_message, wake_at = excluded.wake_at, fuel = excluded.fuel, "
@@ -47,9 +49,20 @@ UPSERT_ENTRY = (
 )
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, "
-    "error_message, fuel, duration_ms, finished_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
-    f"WHERE EXISTS (SELECT 1 FROM instances WHERE {HELD}) ON CONFLICT DO NOTHING"
+    f"error_message, fuel, duration_ms, finished_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
+    "ON CONFLICT DO NOTHING"
 )
+CONSUME_EVENT = f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ? AND {APPLIED}"
+
+
+# What an activation loads.
+LOAD_INSTANCE = f"SELECT {columns(InstanceRow)} FROM instances WHERE {KEY} AND fence = ?"
+LOAD_SOURCE = (
+    f"SELECT source FROM sources WHERE tenant_id = ? AND source_hash = (SELECT source_hash FROM instances WHERE {KEY})"
+)
+LOAD_TENANT = f"SELECT {columns(TenantRow)} FROM tenants WHERE tenant_id = ?"
+LOAD_ENTRIES = f"SELECT {columns(EntryRow)} FROM journal WHERE {KEY} ORDER BY position"
+LOAD_EVENTS = f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq"
 
 
 class LeaseLost(Exception):
@@ -82,19 +95,11 @@ class Activation(StoreCore):
         """Everything an activation needs; read in one go, decoded after the transaction."""
         k = key_params(claim.key)
         with self.transaction() as tx:
-            instance = tx.send(
-                f"SELECT {columns(InstanceRow)} FROM instances WHERE {KEY} AND fence = ?", (*k, claim.fence)
-            )
-            source = tx.send(
-                "SELECT source FROM sources WHERE tenant_id = ? AND source_hash = "
-                f"(SELECT source_hash FROM instances WHERE {KEY})",
-                (claim.key.tenant_id, *k),
-            )
-            tenant = tx.send(f"SELECT {columns(TenantRow)} FROM tenants WHERE tenant_id = ?", (claim.key.tenant_id,))
-            entries = tx.send(f"SELECT {columns(EntryRow)} FROM journal WHERE {KEY} ORDER BY position", k)
-            events = tx.send(
-                f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq", k
-            )
+            instance = tx.send(LOAD_INSTANCE, (*k, claim.fence))
+            source = tx.send(LOAD_SOURCE, (claim.key.tenant_id, *k))
+            tenant = tx.send(LOAD_TENANT, (claim.key.tenant_id,))
+            entries = tx.send(LOAD_ENTRIES, k)
+            events = tx.send(LOAD_EVENTS, k)
         row = instance.record(InstanceRow)
         if row is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
@@ -117,32 +122,15 @@ class Activation(StoreCore):
     ) -> str:
         """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost.
 
-        The first statement updates the instance row whatever its fence (so that, where writers interleave,
-        it is locked from then on and every later statement sees it as this one did), but changes it only if
-        it is held: its step count, and its stored bytes, by what this writes less what the position held
-        before. The journal row, the attempt and the consumed event are each written only if the instance is
-        held, so no statement needs an answer before the commit."""
+        The fenced write is the instance's: its step count, and its stored bytes, by what this writes less what
+        the position held before. The journal row, the attempt and the consumed event apply only with it (see
+        `Tx.fenced`: on PostgreSQL, one statement)."""
         k = key_params(claim.key)
-        fence = claim.fence
-        held = (*k, fence)
+        held = (*k, claim.fence)
         result = None if entry.result is None else codec.encode_text(entry.result)
         added = _entry_size(entry, result) + _attempt_size(attempt)
-
-        def write(tx: Tx) -> Later:
-            status = tx.send(
-                f"UPDATE instances SET updated_at = CASE WHEN {HOLDS} THEN ? ELSE updated_at END, "
-                f"steps = CASE WHEN {HOLDS} THEN steps + ? ELSE steps END, "
-                f"stored_bytes = CASE WHEN {HOLDS} THEN stored_bytes + ? - {ENTRY_SIZE_SQL} ELSE stored_bytes END "
-                f"WHERE {KEY} RETURNING CASE WHEN {HOLDS} THEN status END AS status",
-                (
-                    *(fence, now),
-                    *(fence, 1 if entry.state == "done" else 0),
-                    *(fence, added, *k, entry.position),
-                    *k,
-                    fence,
-                ),
-            )
-            tx.send(
+        then = [
+            Statement(
                 UPSERT_ENTRY,
                 (
                     *k,
@@ -160,11 +148,12 @@ class Activation(StoreCore):
                     entry.duration_ms,
                     entry.created_at,
                     entry.updated_at,
-                    *held,
                 ),
             )
-            if attempt is not None:
-                tx.send(
+        ]
+        if attempt is not None:
+            then.append(
+                Statement(
                     INSERT_ATTEMPT,
                     (
                         *k,
@@ -176,18 +165,13 @@ class Activation(StoreCore):
                         attempt.fuel,
                         attempt.duration_ms,
                         attempt.finished_at,
-                        *held,
                     ),
                 )
-            if consumed_event is not None:
-                tx.send(
-                    f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ? "
-                    f"AND EXISTS (SELECT 1 FROM instances WHERE {HELD})",
-                    (entry.position, *k, consumed_event, *held),
-                )
-            return status
-
-        status = self.write(write).scalar()
+            )
+        if consumed_event is not None:
+            then.append(Statement(CONSUME_EVENT, (entry.position, *k, consumed_event)))
+        step = Statement(STEP, (now, 1 if entry.state == "done" else 0, added, *k, entry.position, *held))
+        status = self.write(lambda tx: tx.fenced(step, then)).scalar()
         if status is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
         return str(status)

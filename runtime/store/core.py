@@ -5,7 +5,10 @@ Every business operation is written once, in the modules that mix into `SQLStore
 - `transaction()`: a transaction (`Tx`); `read()`: one statement that needs no transaction around it;
   `write(fn)`: a write transaction, which a dialect may commit together with other callers' writes.
 - `Tx.run` / `Tx.send`: statements with `?` placeholders; `send` lets a dialect send every statement of a
-  write and its commit in one round trip.
+  write and its commit in one round trip. `Tx.fenced`: a fenced write and the writes that apply only with it
+  (statements in turn on SQLite; one statement, with data-modifying CTEs, on PostgreSQL).
+- No hook for `RETURNING`, `ON CONFLICT` (upserts; a conflict found as an insert that returned no row) or
+  `MATERIALIZED` CTEs: both dialects take the same SQL.
 - `for_update` and `skip_locked`: the row-lock clauses of a database whose writers interleave (PostgreSQL),
   empty where every writer takes its turn (SQLite).
 - `_notify()`: called after a commit that made work runnable, so that idle workers elsewhere look now.

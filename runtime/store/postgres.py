@@ -2,11 +2,12 @@
 
 What it supplies to the shared store (see `core.StoreCore`), and nothing else:
 
-- Connections from a `psycopg_pool.ConnectionPool` (autocommit connections). `transaction()` is a
-  transaction in pipeline mode: the statements a write `send`s and its commit take one round trip (see
-  `_PostgresTx`; a nested `transaction()` on the same thread is a savepoint in the outer one); `read()` runs
-  one statement on its own.
+- Connections from a `psycopg_pool.ConnectionPool` (autocommit connections). `transaction()` holds its
+  statements back and sends them together, in pipeline mode: a write that needs no answer before its end
+  takes one round trip (see `_PostgresTx`; a nested `transaction()` on the same thread is a savepoint in the
+  outer one); `read()` runs one statement on its own.
 - Statements written with `?` are translated to `%s` once.
+- A fenced write and the writes that go with it (a step commit) are one statement, with data-modifying CTEs.
 - `FOR UPDATE` on the reads that decide a write, and `FOR UPDATE SKIP LOCKED` on claims, so the
   read-then-write operations behave as under SQLite's single writer.
 - `_notify()`: NOTIFY after a commit that made work runnable; `listen(callback)` runs a LISTEN connection on a
@@ -16,17 +17,18 @@ What it supplies to the shared store (see `core.StoreCore`), and nothing else:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenantflow.runtime.errors import Unavailable
-from tenantflow.runtime.store._sql import Later, Params, Result, Tx
+from tenantflow.runtime.store._sql import APPLIED, Later, Params, Result, Statement, Tx
 from tenantflow.runtime.store.sqlstore import SQLStore
 
 log = logging.getLogger("tenantflow.store.postgres")
@@ -53,82 +55,128 @@ def split_url(url: str) -> tuple[str, dict[str, int]]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     own = {k: int(v) for k, v in query if k in POOL_PARAMS}
     rest = [(k, v) for k, v in query if k not in POOL_PARAMS]
-    return urlunsplit(parts._replace(query=urlencode(rest))), own
+    # Spaces as %20, not '+': libpq only percent-decodes (options=-c a=1 -c b=2).
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote))), own
 
 
-def _result(cursor: psycopg.Cursor[Any]) -> Result:
-    if cursor.description is None:
-        return Result((), [])
-    return Result([column.name for column in cursor.description], cursor.fetchall())
+# The column names of each statement's result (they are the statement's to say: looked up once).
+_names: dict[str, tuple[str, ...]] = {}
+
+
+def _result(sql: str, cursor: psycopg.Cursor[Any]) -> Result:
+    names = _names.get(sql)
+    if names is None:
+        names = _names[sql] = tuple(column.name for column in cursor.description or ())
+    return Result(names, cursor.fetchall() if names else [])
+
+
+@functools.lru_cache(maxsize=256)
+def _fenced_sql(write: str, then: tuple[str, ...]) -> str:
+    parts = [f"fenced AS ({write})"]
+    parts += (f"then_{n} AS ({sql.replace(APPLIED, 'EXISTS (SELECT 1 FROM fenced)')})" for n, sql in enumerate(then))
+    return f"WITH {', '.join(parts)} SELECT * FROM fenced"
 
 
 class _Sent(Later):
-    """A statement sent in a transaction: its answer is there once the transaction has ended, or is waited for
-    (one round trip, for everything sent so far) when asked before."""
+    """A statement of a transaction: held back until its answer is needed or the transaction ends."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any], tx: _PostgresTx) -> None:
-        self._cursor = cursor
+    def __init__(self, tx: _PostgresTx, sql: str, params: Params) -> None:
         self._tx = tx
+        self.sql = sql
+        self.params = params
+        self.cursor: psycopg.Cursor[Any] | None = None
         self._result: Result | None = None
+
+    def execute(self) -> None:
+        self.cursor = self._tx.connection.cursor()
+        self.cursor.execute(self.sql, self.params)
 
     def result(self) -> Result:
         if self._result is None:
-            if self._cursor.pgresult is None:
-                self._tx.sync()
-            self._result = _result(self._cursor)
+            if self.cursor is None:
+                self._tx.flush()
+            assert self.cursor is not None
+            self._result = _result(self.sql, self.cursor)
         return self._result
 
 
 class _PostgresTx(Tx):
-    """A transaction on one connection in pipeline mode.
+    """A transaction on one connection, whose statements are held back and sent together.
 
-    Statements are sent without waiting, and what is sent up to the next Sync is one transaction (the
-    protocol's implicit transaction): a write that only sends is committed by the Sync that collects its
-    answers, one round trip with no BEGIN or COMMIT. Waiting for an answer inside the transaction first makes
-    it explicit (BEGIN), so that its Sync commits nothing; it then ends with COMMIT. Without a pipeline (a
-    `read()`), each statement runs at once on its own."""
+    What a transaction sends goes to the server when an answer is needed inside it (first opening it with
+    BEGIN), or at its end: with COMMIT if it was opened; alone if it is one statement (its own transaction);
+    else pipelined and committed by the closing Sync (the protocol's implicit transaction: all or nothing).
+    Each time, one round trip. Held back statements of a transaction that raises are never sent. Without
+    holding back (a `read()`), each statement runs at once on its own."""
 
-    def __init__(self, connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None = None) -> None:
+    def __init__(self, connection: psycopg.Connection[Any], *, hold: bool) -> None:
         self.connection = connection
-        self.pipeline = pipeline
-        self.explicit = False
+        self.hold = hold
+        self.opened = False  # BEGIN was sent: the transaction ends with COMMIT or ROLLBACK
+        self._pending: list[_Sent] = []
         self._savepoints = 0
 
     def run(self, sql: str, params: Params = ()) -> Result:
         return self.send(sql, params).result()
 
     def send(self, sql: str, params: Params = ()) -> Later:
-        cursor = self.connection.cursor()
-        cursor.execute(translate(sql), params)
-        return _Sent(cursor, self)
+        sent = _Sent(self, translate(sql), params)
+        if self.hold:
+            self._pending.append(sent)
+        else:
+            sent.execute()
+        return sent
 
-    def begin(self) -> None:
-        """Make the transaction explicit: from here on only COMMIT commits it."""
-        if not self.explicit and self.pipeline is not None:
-            self.explicit = True
-            self.connection.cursor().execute("BEGIN")
+    def fenced(self, write: Statement, then: Sequence[Statement]) -> Later:
+        """One statement: the fenced write and those that go with it as data-modifying CTEs, each applying only
+        if the fenced write returned its row. They see one snapshot and the fenced write's own outcome (after
+        it waited for a row lock, the row as the other writer left it), so nothing needs locking first."""
+        sql = _fenced_sql(write.sql, tuple(s.sql for s in then))
+        return self.send(sql, [*write.params, *(p for s in then for p in s.params)])
 
-    def sync(self) -> None:
-        """The answers to everything sent, now, without ending the transaction."""
-        if self.pipeline is not None:
-            self.begin()
-            self.pipeline.sync()
+    def flush(self) -> None:
+        """Send what is held back and wait for the answers, inside the transaction (opening it)."""
+        self._send(open_=True, commit=False)
+
+    def commit(self) -> None:
+        if self.opened:
+            self._send(open_=False, commit=True)
+        elif len(self._pending) == 1:
+            self._pending.pop().execute()
+        elif self._pending:
+            self._send(open_=False, commit=False)
+
+    def _send(self, *, open_: bool, commit: bool) -> None:
+        batch, self._pending = self._pending, []
+        if len(batch) == 1 and not commit and (self.opened or not open_):
+            batch[0].execute()  # nothing to send with it
+            return
+        with self.connection.pipeline():
+            if open_ and not self.opened:
+                self.opened = True
+                self.connection.cursor().execute("BEGIN")
+            for sent in batch:
+                sent.execute()
+            if commit:
+                self.connection.cursor().execute("COMMIT")
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested transaction: undone alone if its block raises."""
-        self.begin()
+        if not self.opened:
+            self.flush()  # a savepoint is part of an opened transaction
         self._savepoints += 1
         name = f"tenantflow_{self._savepoints}"
         try:
-            self.send(f"SAVEPOINT {name}")
+            marker = self.send(f"SAVEPOINT {name}")
+            assert isinstance(marker, _Sent)
             try:
                 yield
             except BaseException:
-                # A failed statement aborts the ones sent after it until the next Sync: collect them first.
-                with suppress(psycopg.Error):
-                    self.sync()
-                self.run(f"ROLLBACK TO SAVEPOINT {name}")
+                if marker.cursor is None:  # nothing since the savepoint was sent: forget it
+                    del self._pending[self._pending.index(marker) :]
+                else:
+                    self.send(f"ROLLBACK TO SAVEPOINT {name}")
                 raise
             self.send(f"RELEASE SAVEPOINT {name}")
         finally:
@@ -190,9 +238,8 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """A transaction in pipeline mode (see `_PostgresTx`): what it sends goes out at once, and the answers
-        come back, with the commit, in one round trip at its end. Nested on one thread, a savepoint of the
-        outer one."""
+        """A transaction whose statements are sent together (see `_PostgresTx`): a write that needs no answer
+        before its end takes one round trip. Nested on one thread, a savepoint of the outer one."""
         current: _PostgresTx | None = getattr(self._local, "tx", None)
         if current is not None:
             with current.savepoint():
@@ -200,27 +247,20 @@ class PostgresStore(SQLStore):
             return
         self._local.notify = False
         with self._connection() as connection:
-            tx = _PostgresTx(connection)
+            tx = _PostgresTx(connection, hold=True)
+            self._local.tx = tx
             try:
-                with connection.pipeline() as pipeline:
-                    tx.pipeline = pipeline
-                    self._local.tx = tx
-                    try:
-                        yield tx
-                    except BaseException:
-                        tx.begin()  # the pipeline's closing Sync must not commit what was sent: rolled back below
-                        raise
-                    finally:
-                        self._local.tx = None
-                    if tx.explicit:
-                        tx.send("COMMIT")
+                try:
+                    yield tx
+                finally:
+                    self._local.tx = None
+                tx.commit()
             except BaseException:
                 self._local.notify = False
                 if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    connection.execute("ROLLBACK")
+                    with suppress(psycopg.Error):  # a broken connection: the pool replaces it
+                        connection.execute("ROLLBACK")
                 raise
-            finally:
-                tx.pipeline = None
         if self._local.notify:
             self._local.notify = False
             self.notify()
@@ -233,7 +273,7 @@ class PostgresStore(SQLStore):
             yield current
             return
         with self._connection() as connection:
-            yield _PostgresTx(connection)
+            yield _PostgresTx(connection, hold=False)
 
     def close(self) -> None:
         self._closed.set()

@@ -28,6 +28,10 @@ def _store_busy() -> Unavailable:
     return Unavailable("the database is busy; retry shortly", retry_after_s=BUSY_RETRY_AFTER_S)
 
 
+# The column names of each statement's result (they are the statement's to say: looked up once).
+_names: dict[str, tuple[str, ...]] = {}
+
+
 class _SQLiteTx(Tx):
     """Statements run at once (in the process: no round trips to save)."""
 
@@ -37,7 +41,10 @@ class _SQLiteTx(Tx):
     def run(self, sql: str, params: Params = ()) -> Result:
         cursor = self._connection.execute(sql, params)
         rows = cursor.fetchall()
-        return Result([d[0] for d in cursor.description or ()], rows)
+        names = _names.get(sql)
+        if names is None:
+            names = _names[sql] = tuple(d[0] for d in cursor.description or ())
+        return Result(names, rows)
 
 
 @dataclass

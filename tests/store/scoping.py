@@ -127,6 +127,10 @@ _WHERE_ENDS = frozenset(
 )
 
 
+# What a parenthesized block starts with when it is a query of its own (a subquery, a CTE's body).
+_QUERIES = frozenset({"select", "with", "insert", "update", "delete"})
+
+
 class Group(list[Any]):
     """A parenthesized part of a statement."""
 
@@ -169,11 +173,11 @@ def canonical(sql: str) -> str:
 
 
 def blocks(tokens: Group) -> Iterator[Group]:
-    """Every query block: the statement, and each parenthesized SELECT or WITH, split at UNION & co."""
+    """Every query block: the statement, and each parenthesized query in it, split at UNION & co."""
     yield from _split_compound(tokens)
     for token in tokens:
         if isinstance(token, Group):
-            if token and token[0] in ("select", "with"):
+            if token and isinstance(token[0], str) and token[0] in _QUERIES:
                 yield from blocks(token)
             else:
                 for inner in _groups(token):
@@ -183,7 +187,7 @@ def blocks(tokens: Group) -> Iterator[Group]:
 def _groups(tokens: Group) -> Iterator[Group]:
     for token in tokens:
         if isinstance(token, Group):
-            if token and token[0] in ("select", "with"):
+            if token and isinstance(token[0], str) and token[0] in _QUERIES:
                 yield token
             else:
                 yield from _groups(token)

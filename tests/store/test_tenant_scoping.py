@@ -58,6 +58,11 @@ NOT_OPERATIONS = frozenset({"close", "listen", "read", "transaction", "write"})
         ("INSERT INTO events (workflow, tenant_id, instance_id, seq) VALUES (?, ?, ?, ?)", "events"),
         ("SELECT MIN(wake_at) FROM instances WHERE status IN ('queued', 'waiting')", "instances"),  # not as listed
         ("SELECT COUNT(*) FROM instances WHERE tenant_id <> ?", "instances"),
+        (
+            "WITH fenced AS (UPDATE instances SET steps = 1 WHERE tenant_id = ? RETURNING status), then_0 AS "
+            "(UPDATE events SET consumed_at = 1 WHERE seq = ? AND EXISTS (SELECT 1 FROM fenced)) SELECT * FROM fenced",
+            "events",
+        ),
     ],
 )
 def test_the_rule_catches_a_statement_without_tenant_id(sql: str, table: str) -> None:
