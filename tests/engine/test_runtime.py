@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from tenantflow.host import Sandbox
 from tenantflow.runtime.engine.clock import ManualClock
 from tenantflow.runtime.errors import InvalidInput, InvalidState
 from tenantflow.runtime.records import Instance, Tenant
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.service.local import drive
-from tenantflow.runtime.store.sqlite import SQLiteStore
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(1_800_000_000.0)
-
-
-@pytest.fixture
-def service(tmp_path: Path, sandbox: Sandbox, clock: ManualClock) -> Iterator[Service]:
-    store = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
-    svc = Service(store, sandbox, clock)
-    yield svc
-    store.close()
-
-
-@pytest.fixture
-def tenant(service: Service) -> Tenant:
-    return service.create_tenant("acme")[0]
 
 
 def start(service: Service, tenant: Tenant, source: str, params: Any = None, name: str = "wf") -> Instance:

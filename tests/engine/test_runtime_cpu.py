@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from tenantflow.host import Sandbox
 from tenantflow.runtime.engine.clock import ManualClock
 from tenantflow.runtime.records import Instance, Quotas, Tenant
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.service.local import drive
-from tenantflow.runtime.store.sqlite import SQLiteStore
 
 # Orchestration fuel of ~0.2 s (a tenant quota): checkpoints show without long tests.
 SMALL_FUEL = 2 * 10**9
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(1_800_000_000.0)
-
-
-@pytest.fixture
-def service(tmp_path: Path, sandbox: Sandbox, clock: ManualClock) -> Iterator[Service]:
-    store = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
-    svc = Service(store, sandbox, clock)
-    yield svc
-    store.close()
-
-
-@pytest.fixture
-def tenant(service: Service) -> Tenant:
-    return service.create_tenant("acme")[0]
 
 
 def start(service: Service, tenant: Tenant, source: str, params: Any = None) -> Instance:
