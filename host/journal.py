@@ -9,7 +9,7 @@ No SQL here: the runtime implements this protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from tenantflow.host.limits import DEFAULT_STEP_CPU_MS, FUEL_PER_SECOND, MAX_DURATION_MS
 
@@ -118,12 +118,20 @@ class Attempt:
 
 
 class Suspend(Exception):
-    """Raised by a journal to end the activation; the instance goes on later."""
+    """Raised by a journal to end the activation; the instance goes on later.
 
-    def __init__(self, reason: str, wake_at_ms: int | None = None) -> None:
+    A `parkable` suspension is a wait (a timer, a retry's back-off, an event of type `waiting_for`):
+    a journal that implements `Parking` may keep the isolate and go on in it when the wait is over.
+    """
+
+    def __init__(
+        self, reason: str, wake_at_ms: int | None = None, *, parkable: bool = False, waiting_for: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.wake_at_ms = wake_at_ms
+        self.parkable = parkable
+        self.waiting_for = waiting_for
 
 
 class Abort(Exception):
@@ -149,3 +157,13 @@ class Journal(Protocol):
     def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None: ...
 
     def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any: ...
+
+
+@runtime_checkable
+class Parking(Protocol):
+    """A journal that can hold an isolate through a wait (hot resume) instead of ending the activation."""
+
+    def park(self, wait: Suspend, log: str) -> bool:
+        """Block until the wait is over (True: the host asks the journal again and goes on in this isolate)
+        or the isolate must go (False: the activation ends with `wait`, and the instance is replayed later)."""
+        ...

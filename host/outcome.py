@@ -24,6 +24,8 @@ class Stats:
     instantiate_ms: float = 0.0
     log: str = ""
     log_truncated: bool = False
+    # Waits the isolate was parked through and went on from, without replay.
+    resumes: int = 0
 
 
 @dataclass(frozen=True)

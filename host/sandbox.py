@@ -18,6 +18,12 @@ gets `Limits.fuel` afresh at every durable call, so only code that never
 reaches one runs out. Once the new work of an activation (replay not counted)
 has used CHECKPOINT_SHARE of that fuel or of the wall clock, it ends at the
 next step boundary as Suspended("continue") and goes on in a fresh activation.
+
+Hot resume: when the journal raises a parkable Suspend (a wait) and implements `Parking`, the host
+function blocks in `Parking.park` (the GIL released, the guest stopped inside the host call) instead of
+trapping; when the wait is over it asks the journal again and returns into the same isolate, with the
+activation's clocks and budgets started afresh. If the park ends otherwise (evicted, paused, stopping),
+the Suspend goes on as before and the instance is replayed from its journal later.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from tenantflow.host.journal import (
     Done,
     EventTimeout,
     Journal,
+    Parking,
     Plan,
     Run,
     StepCall,
@@ -172,6 +179,10 @@ class _Activation:
     frontier_fuel: int | None = None
     # A step attempt was journaled in this activation: a checkpoint now loses nothing.
     progressed: bool = False
+    # Waits this isolate was parked through and went on from (hot resumes).
+    resumes: int = 0
+    # The log's size when it was last handed to `Parking.park` (unchanged: not handed again).
+    parked_log_size: int = -1
 
     def next_call(self, name: str, kind: Any) -> StepCall:
         if self.in_flight is not None:
@@ -280,6 +291,40 @@ class _Activation:
         new_work = self.orchestration_fuel + segment - (self.frontier_fuel or 0)
         elapsed = time.monotonic() - self.started
         return new_work > self.limits.fuel * CHECKPOINT_SHARE or elapsed > self.limits.deadline_s * CHECKPOINT_SHARE
+
+    def durable(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A journal call that may have to wait: parked through the wait if the journal can, then asked again."""
+        while True:
+            try:
+                return self.journaled(fn, *args)
+            except Suspend as wait:
+                if not self.park(wait):
+                    raise
+
+    def park(self, wait: Suspend) -> bool:
+        """Hold this isolate through `wait` (True: it is over, go on here) or not (False: end with it)."""
+        journal = self.journal
+        if not wait.parkable or not isinstance(journal, Parking):
+            return False
+        self.meter(force=True)
+        log = "" if self.log_size == self.parked_log_size else "".join(self.log)
+        self.parked_log_size = self.log_size
+        resumed = journal.park(wait, log)
+        if self.cancel is not None and self.cancel.is_set():
+            self.cancelled = True
+            raise _Interrupted()
+        if not resumed:
+            return False
+        # A fresh start for everything measured per activation: wall clock, new work, host CPU.
+        now = time.monotonic()
+        self.started = now
+        self.deadline = now + self.limits.deadline_s
+        self.frontier_fuel = self.orchestration_fuel
+        self.progressed = False
+        self.resumes += 1
+        self.start_metering()
+        self.journal_s = 0.0
+        return True
 
     def start_metering(self) -> None:
         self.cpu_mark = time.thread_time()
@@ -554,6 +599,7 @@ class Sandbox:
             instantiate_ms=(instantiated - started) * 1000,
             log="".join(act.log),
             log_truncated=act.log_truncated,
+            resumes=act.resumes,
         )
 
     def _returned(self, act: _Activation, value: Any, started: float, instantiated: float) -> Outcome:
@@ -714,7 +760,7 @@ class Sandbox:
         config = _step_config(config_json)
         call = act.next_call(name, "do")
         act.end_segment()
-        return self._plan(act, call, config, act.journaled(act.journal.step_begin, call, config))
+        return self._plan(act, call, config, act.durable(act.journal.step_begin, call, config))
 
     def _attempt(self, act: _Activation, flight: _InFlight, outcome: Variant, fuel: int) -> Attempt:
         """The attempt the guest reports, checked: a result is bounded JSON, error strings are clipped."""
@@ -754,11 +800,18 @@ class Sandbox:
         if flight is None or flight.call.name != name:
             raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-complete for {name!r} without a step in flight")
         attempt = self._attempt(act, flight, outcome, act.end_body())
-        plan = act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
-        act.progressed = True
-        if not isinstance(plan, Run) and act.should_checkpoint():
-            # The attempt is committed: the replay in a fresh activation returns it.
-            raise Suspend(CHECKPOINT_REASON)
+        try:
+            plan = act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
+        except Suspend as wait:
+            # A retry's back-off: parked through it, the next attempt is the journal's to plan.
+            if not act.park(wait):
+                raise
+            plan = act.durable(act.journal.step_begin, flight.call, flight.config)
+        else:
+            act.progressed = True
+            if not isinstance(plan, Run) and act.should_checkpoint():
+                # The attempt is committed: the replay in a fresh activation returns it.
+                raise Suspend(CHECKPOINT_REASON)
         return self._plan(act, flight.call, flight.config, plan)
 
     def _sleep(self, act: _Activation, name: str, duration_ms: int) -> None:
@@ -767,7 +820,7 @@ class Sandbox:
             raise invalid_call("sleep", f"a sleep is at most 365 days ({MAX_DURATION_MS} ms), got {duration_ms} ms")
         call = act.next_call(name, "sleep")
         act.end_segment()
-        act.journaled(act.journal.sleep_until, call, None, duration_ms)
+        act.durable(act.journal.sleep_until, call, None, duration_ms)
 
     def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> None:
         name = _check_name("sleep-until", "step name", name)
@@ -780,7 +833,7 @@ class Sandbox:
             raise invalid_call("sleep-until", "the wake time is before 1970 or after the year 9999")
         call = act.next_call(name, "sleep")
         act.end_segment()
-        act.journaled(act.journal.sleep_until, call, wake_at_ms, None)
+        act.durable(act.journal.sleep_until, call, wake_at_ms, None)
 
     def _wait_for_event(self, act: _Activation, name: str, event_type: str, timeout_ms: int | None) -> Any:
         name = _check_name("wait-for-event", "step name", name)
@@ -791,7 +844,7 @@ class Sandbox:
         call = act.next_call(name, "wait")
         act.end_segment()
         try:
-            return json.dumps(act.journaled(act.journal.wait_for_event, call, event_type, timeout_ms))
+            return json.dumps(act.durable(act.journal.wait_for_event, call, event_type, timeout_ms))
         except EventTimeout as timeout:
             return _failure(FailureName.WAIT_TIMEOUT_ERROR, str(timeout) or f"no {event_type!r} event arrived in time")
 

@@ -104,6 +104,12 @@ class Instance:
     # of its message.
     detail: bool = True
     stored_bytes: int = 0
+    # Activations so far, journal positions they replayed, waits gone on from in a parked isolate.
+    activations: int = 0
+    replayed_steps: int = 0
+    hot_resumes: int = 0
+    # Waiting in a parked isolate (hot resume) of the worker named here, not evicted.
+    parked_in: str | None = None
 
     @property
     def key(self) -> InstanceKey:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 from rich.table import Table
-from tenantflow.runtime.cli.options import db_option, json_option
+from tenantflow.runtime.cli.options import db_option, json_option, park_options
 from tenantflow.runtime.cli.output import (
     fail,
     out,
@@ -35,14 +35,33 @@ def commands() -> None:
     help="A token a scraper may send as 'Authorization: Bearer TOKEN' for /metrics "
     "(env TENANTFLOW_METRICS_TOKEN); an operator key always may.",
 )
-def serve(host: str, port: int, db: str, workers: int, log_level: str, metrics_token: str | None) -> None:
+@park_options
+def serve(
+    host: str,
+    port: int,
+    db: str,
+    workers: int,
+    log_level: str,
+    metrics_token: str | None,
+    park_memory_mb: int,
+    max_park_s: float,
+) -> None:
     """Run the HTTP API and the workers in one process (graceful stop on SIGTERM)."""
     from tenantflow.runtime.http.server import configure_logging
     from tenantflow.runtime.http.server import serve as run_server
 
     configure_logging(log_level)
     try:
-        run_server(db, host, port, workers, log_level, metrics_token=metrics_token)
+        run_server(
+            db,
+            host,
+            port,
+            workers,
+            log_level,
+            metrics_token=metrics_token,
+            park_memory_mb=park_memory_mb,
+            max_park_s=max_park_s,
+        )
     except OSError as error:
         fail(f"cannot listen on {host}:{port}: {error}")
     except TenantflowError as error:
@@ -56,14 +75,32 @@ def serve(host: str, port: int, db: str, workers: int, log_level: str, metrics_t
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 @click.option("--ready-json", is_flag=True, help="Print a JSON line once the workers run (for a parent process).")
 @click.option("--host-alias", hidden=True, help="Tests: a lease owner that looks like another machine's.")
-def worker(db: str, workers: int, lease: float, log_level: str, ready_json: bool, host_alias: str | None) -> None:
+@park_options
+def worker(
+    db: str,
+    workers: int,
+    lease: float,
+    log_level: str,
+    ready_json: bool,
+    host_alias: str | None,
+    park_memory_mb: int,
+    max_park_s: float,
+) -> None:
     """Run workers only, for scale-out on a shared database (graceful stop on SIGTERM)."""
     from tenantflow.runtime.cli.worker import run_workers
     from tenantflow.runtime.http.server import configure_logging
 
     configure_logging(log_level)
     try:
-        run_workers(db, workers, lease, host_alias=host_alias, ready_json=ready_json)
+        run_workers(
+            db,
+            workers,
+            lease,
+            host_alias=host_alias,
+            ready_json=ready_json,
+            park_memory_mb=park_memory_mb,
+            max_park_s=max_park_s,
+        )
     except TenantflowError as error:
         fail(str(error))
 

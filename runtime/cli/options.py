@@ -11,6 +11,7 @@ import click
 import httpx
 from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client
+from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.store import DEFAULT_DB
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,6 +24,24 @@ def db_option(fn: F) -> F:
         default=DEFAULT_DB,
         show_default=True,
         help="Database URL: sqlite:///FILE or postgresql://... (env TENANTFLOW_DB).",
+    )(fn)
+
+
+def park_options(fn: F) -> F:
+    """--park-memory-mb and --max-park-s (hot resume), passed on as `park_memory_mb` and `max_park_s`."""
+    fn = click.option(
+        "--max-park-s",
+        default=DEFAULT_MAX_PARK_S,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="Hot resume: the longest a waiting instance's isolate stays parked, seconds.",
+    )(fn)
+    return click.option(
+        "--park-memory-mb",
+        default=DEFAULT_PARK_MEMORY_MB,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Hot resume: memory for parked isolates (each counts as its memory cap), MiB; 0 turns it off.",
     )(fn)
 
 

@@ -15,6 +15,7 @@ import signal
 import threading
 
 from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.engine.worker import new_owner
 from tenantflow.runtime.service import Service
 
@@ -22,7 +23,14 @@ log = logging.getLogger("tenantflow.worker")
 
 
 def run_workers(
-    db: str, threads: int, lease_s: float, *, host_alias: str | None = None, ready_json: bool = False
+    db: str,
+    threads: int,
+    lease_s: float,
+    *,
+    host_alias: str | None = None,
+    ready_json: bool = False,
+    park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
+    max_park_s: float = DEFAULT_MAX_PARK_S,
 ) -> None:
     """Run a worker pool on `db` until SIGTERM or SIGINT."""
     done = threading.Event()
@@ -32,7 +40,9 @@ def run_workers(
     # With a host alias the worker looks like one on another machine: its instances come back by
     # lease expiry only, never by the dead-local-process check.
     owner = new_owner(host_alias) if host_alias else None
-    service = Service.open(db, workers=threads, lease_s=lease_s, owner=owner)
+    service = Service.open(
+        db, workers=threads, lease_s=lease_s, owner=owner, park_memory_mb=park_memory_mb, max_park_s=max_park_s
+    )
     try:
         service.start()
         log.info("tenantflow worker running on %s with %d workers", db, threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +22,7 @@ from tenantflow.host import (
 from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
+from tenantflow.runtime.engine.parking import Parker
 from tenantflow.runtime.records import ActivationState, Claim, Quotas
 from tenantflow.runtime.store import LeaseLost, SQLStore
 
@@ -43,6 +45,8 @@ class Activated:
     claim: Claim
     status: Ending
     outcome: Outcome | None
+    # Journal positions the activation replayed (answered from what was recorded before it started).
+    replayed: int = 0
 
 
 def limits_for(quotas: Quotas) -> Limits:
@@ -68,12 +72,26 @@ class Executor:
         self.metrics = metrics
         self.stopping = stopping
 
-    def activate(self, claim: Claim, cancel: threading.Event | None = None) -> Activated:
+    def activate(
+        self,
+        claim: Claim,
+        cancel: threading.Event | None = None,
+        parker: Callable[[Claim, Quotas], Parker] | None = None,
+    ) -> Activated:
+        """Run one activation of `claim`; with `parker` (made for the claim and its tenant's quotas), its
+        waits may park the isolate and go on in it (hot resume)."""
         try:
             state = self.store.load(claim)
         except LeaseLost:
             return Activated(claim, "lost", None)
-        journal = InstanceJournal(self.store, claim, state, self.clock, self.stopping)
+        journal = InstanceJournal(
+            self.store,
+            claim,
+            state,
+            self.clock,
+            self.stopping,
+            None if parker is None else parker(claim, state.quotas),
+        )
         try:
             outcome = self._run(state, journal, cancel)
         except Exception:
@@ -88,8 +106,8 @@ class Executor:
             return Activated(claim, "waiting", None)
         status = self._record(claim, journal, outcome)
         if self.metrics is not None:
-            self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts)
-        return Activated(claim, status, outcome)
+            self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts, journal.replayed)
+        return Activated(claim, status, outcome, journal.replayed)
 
     def _run(self, state: ActivationState, journal: InstanceJournal, cancel: threading.Event | None) -> Outcome:
         instance = state.instance
@@ -100,14 +118,27 @@ class Executor:
     def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
+        # What a park has not told the store yet.
+        replayed = journal.replayed - journal.reported_replayed
+        activations = 0 if journal.reported_activation else 1
         if isinstance(outcome, Completed):
-            self.store.finish(claim, now, status="complete", output=outcome.output, log=log_text)
+            self.store.finish(
+                claim,
+                now,
+                status="complete",
+                output=outcome.output,
+                log=log_text,
+                replayed=replayed,
+                activations=activations,
+            )
             return "complete"
         if isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED:
             # Cancelled because the pool stops: hand the instance back, runnable now. Otherwise it was
             # terminated, restarted or taken over, and whoever did that owns its state now.
             if self.stopping is not None and self.stopping.is_set():
-                self.store.finish(claim, now, status="waiting", wake_at=now, log=log_text)
+                self.store.finish(
+                    claim, now, status="waiting", wake_at=now, log=log_text, replayed=replayed, activations=activations
+                )
                 return "waiting"
             return "cancelled"
         if isinstance(outcome, Failed):
@@ -117,7 +148,9 @@ class Executor:
                 "traceback": outcome.error.traceback,
                 "line": outcome.error.line,
             }
-            self.store.finish(claim, now, status="errored", error=error, log=log_text)
+            self.store.finish(
+                claim, now, status="errored", error=error, log=log_text, replayed=replayed, activations=activations
+            )
             return "errored"
         assert isinstance(outcome, Suspended)
         if journal.lease_lost:
@@ -125,5 +158,14 @@ class Executor:
         wake_at = None if outcome.wake_at_ms is None else outcome.wake_at_ms / 1000
         if wake_at is None and journal.waiting_for is None:
             wake_at = now
-        self.store.finish(claim, now, status="waiting", wake_at=wake_at, waiting_for=journal.waiting_for, log=log_text)
+        self.store.finish(
+            claim,
+            now,
+            status="waiting",
+            wake_at=wake_at,
+            waiting_for=journal.waiting_for,
+            log=log_text,
+            replayed=replayed,
+            activations=activations,
+        )
         return "waiting"

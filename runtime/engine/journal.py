@@ -2,7 +2,8 @@
 
 Replay returns what is recorded; a new result is written durably before the
 host function returns into the guest. When the instance has to wait, this
-raises `Suspend` and the isolate is thrown away.
+raises `Suspend`; a wait is parkable, and with a `Parker` the isolate may wait
+parked and go on (`park`), or else it is thrown away.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tenantflow.host import (
 )
 from tenantflow.host.limits import MAX_DURATION_MS
 from tenantflow.runtime.engine.clock import Clock
+from tenantflow.runtime.engine.parking import Parker
 from tenantflow.runtime.errors import InvalidInput
 from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry, check_event_type
 from tenantflow.runtime.store import LeaseLost, SQLStore
@@ -49,6 +51,7 @@ class InstanceJournal:
         state: ActivationState,
         clock: Clock,
         stopping: threading.Event | None = None,
+        parker: Parker | None = None,
     ) -> None:
         self.store = store
         self.claim = claim
@@ -64,8 +67,31 @@ class InstanceJournal:
         self.lease_lost = False
         self.waiting_for: str | None = None
         self.attempts: list[tuple[float, int]] = []
+        self.parker = parker
+        # Journal positions this activation answered from what was recorded before it started (replay).
+        self.replayed = 0
+        self._to_replay = set(state.entries)
+        # What the store has been told of this activation already (by a park).
+        self.reported_replayed = 0
+        self.reported_activation = False
+
+    def park(self, wait: Suspend, log: str) -> bool:
+        """The host's `Parking.park`: wait in this isolate if the parker takes it (events refreshed)."""
+        if self.parker is None:
+            return False
+        replayed = self.replayed - self.reported_replayed
+        events = self.parker.park(wait, log or None, replayed, 0 if self.reported_activation else 1)
+        self.reported_replayed, self.reported_activation = self.replayed, True
+        if events is None:
+            return False
+        self.events = list(events)
+        self.waiting_for = None
+        return True
 
     def _existing(self, call: StepCall) -> Entry | None:
+        if call.position in self._to_replay:
+            self._to_replay.discard(call.position)
+            self.replayed += 1
         entry = self.entries.get(call.position)
         if entry is not None and (entry.name != call.name or entry.kind != call.kind):
             raise Abort(
@@ -116,7 +142,7 @@ class InstanceJournal:
         if entry.state == "failed":
             return StepFailed(entry.error_name or "Error", entry.error_message or "")
         if not self._due(entry.wake_at):
-            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at or 0))
+            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at or 0), parkable=True)
         return Run(entry.attempts + 1)
 
     def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
@@ -148,7 +174,7 @@ class InstanceJournal:
             self._write(entry, record)
             if delay <= 0:
                 return Run(attempt.attempt + 1)
-            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at))
+            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at), parkable=True)
         entry.state, entry.wake_at = "failed", None
         self._write(entry, record)
         return StepFailed(attempt.error_name or "Error", attempt.error_message or "")
@@ -170,7 +196,7 @@ class InstanceJournal:
             entry = self._new(call, "sleeping", wake_at=wake)
             self._write(entry)
         if not self._due(entry.wake_at):
-            raise Suspend(f"sleep {call.name!r}", _ms(entry.wake_at or 0))
+            raise Suspend(f"sleep {call.name!r}", _ms(entry.wake_at or 0), parkable=True)
 
     # -- step.wait_for_event -------------------------------------------------
 
@@ -209,4 +235,5 @@ class InstanceJournal:
         if fresh:
             self._write(entry)
         self.waiting_for = event_type
-        raise Suspend(f"waiting for {event_type!r}", None if entry.wake_at is None else _ms(entry.wake_at))
+        wake_at_ms = None if entry.wake_at is None else _ms(entry.wake_at)
+        raise Suspend(f"waiting for {event_type!r}", wake_at_ms, parkable=True, waiting_for=event_type)

@@ -25,6 +25,18 @@ class _StatusCollector(Collector):
         yield family
 
 
+class _ParkingCollector(Collector):
+    def __init__(self, usage: Callable[[], tuple[int, int]]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        count, used = self._usage()
+        yield GaugeMetricFamily("tenantflow_parked_isolates", "Isolates parked at a wait (hot resume)", value=count)
+        yield GaugeMetricFamily(
+            "tenantflow_parked_budget_bytes", "Memory budget held by parked isolates (their memory caps)", value=used
+        )
+
+
 class Metrics:
     def __init__(self, status_counts: Callable[[], list[tuple[str, str, int]]] | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -49,10 +61,47 @@ class Metrics:
             registry=self.registry,
         )
         self.step_fuel = Counter("tenantflow_step_fuel", "Fuel used by step bodies", ["tenant"], registry=self.registry)
+        self.step_attempt_fuel = Histogram(
+            "tenantflow_step_attempt_fuel",
+            "Fuel (1e10 = about 1 s of CPU) of one step attempt",
+            ["tenant"],
+            buckets=(1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 3e12),
+            registry=self.registry,
+        )
+        self.replayed_steps = Counter(
+            "tenantflow_replayed_steps",
+            "Journal positions replayed by activations (re-run from the journal)",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.hot_resumes = Counter(
+            "tenantflow_hot_resumes",
+            "Waits gone on from in a parked isolate, without replay",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "tenantflow_evictions",
+            "Waits that ended their isolate (replayed when they end), by reason",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
         if status_counts is not None:
             self.registry.register(_StatusCollector(status_counts))
 
-    def activation(self, tenant: str, outcome: Outcome, steps: Sequence[tuple[float, int]] = ()) -> None:
+    def watch_parking(self, usage: Callable[[], tuple[int, int]]) -> None:
+        self.registry.register(_ParkingCollector(usage))
+
+    def park(self, tenant: str, evicted: str | None) -> None:
+        """A wait ended: resumed in its isolate (None) or the isolate goes, and why."""
+        if evicted is None:
+            self.hot_resumes.labels(tenant).inc()
+        else:
+            self.evictions.labels(tenant, evicted).inc()
+
+    def activation(
+        self, tenant: str, outcome: Outcome, steps: Sequence[tuple[float, int]] = (), replayed: int = 0
+    ) -> None:
         kind = type(outcome).__name__.lower()
         self.activations.labels(tenant, kind).inc()
         self.isolate_start.labels(tenant).observe(outcome.stats.instantiate_ms / 1000)
@@ -61,6 +110,9 @@ class Metrics:
         for duration_ms, fuel in steps:
             self.step_latency.labels(tenant).observe(duration_ms / 1000)
             self.step_fuel.labels(tenant).inc(fuel)
+            self.step_attempt_fuel.labels(tenant).observe(fuel)
+        if replayed:
+            self.replayed_steps.labels(tenant).inc(replayed)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,12 @@ longer ours to run (terminated, restarted, its lease taken over: seen at once
 for controls made through this process, within CANCEL_CHECK_S for others) and
 when the pool stops and the grace period is over; the sandbox then ends the
 activation within a few milliseconds, wherever the guest is.
+
+Hot resume (runtime/engine/parking.py): an activation that waits may park its isolate. A parked isolate
+gives its activation slot back (the dispatcher claims other work in it) but stays held: heartbeats keep
+its lease, and the cancel watcher looks at it too. It is nudged when this process sends it an event or a
+control, and when the store says it is due or no longer ours (checked every CANCEL_CHECK_S, and at once
+on a NOTIFY from another process).
 """
 
 from __future__ import annotations
@@ -24,9 +30,19 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from tenantflow.runtime.engine.clock import Clock
+from tenantflow.host import ISOLATE_SLOTS, MAX_MEMORY_BYTES
+from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Activated, Executor
-from tenantflow.runtime.records import Claim, InstanceKey
+from tenantflow.runtime.engine.parking import (
+    DEFAULT_MAX_PARK_S,
+    DEFAULT_PARK_MEMORY_MB,
+    STOPPING,
+    Evicted,
+    Parker,
+    ParkingLot,
+    Slots,
+)
+from tenantflow.runtime.records import Claim, InstanceKey, Quotas
 from tenantflow.runtime.store import SQLStore
 
 log = logging.getLogger("tenantflow.worker")
@@ -37,6 +53,8 @@ POLL_S = 1.0
 CANCEL_CHECK_S = 0.5
 # How long `stop` lets running activations reach their next step before cancelling them.
 STOP_GRACE_S = 2.0
+# Isolate slots kept free of parked isolates beside the activations (deploy checks take some).
+RESERVED_SLOTS = 8
 
 
 def new_owner(host: str | None = None) -> str:
@@ -73,7 +91,11 @@ class WorkerPool:
         lease_s: float = DEFAULT_LEASE_S,
         owner: str | None = None,
         on_done: Callable[[Activated], None] | None = None,
+        park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
+        max_park_s: float = DEFAULT_MAX_PARK_S,
     ) -> None:
+        """`park_memory_mb` 0 turns hot resume off; it is off with a clock other than the system's too (a
+        parked isolate waits in real time)."""
         self.store = store
         self.executor = executor
         self.clock = clock
@@ -83,10 +105,16 @@ class WorkerPool:
         self.on_done = on_done
         self.stopping = executor.stopping or threading.Event()
         self._kick = threading.Event()
+        self._look = threading.Event()
         self._lock = threading.Lock()
         self._held: dict[Claim, threading.Event] = {}
         self._running: Counter[str] = Counter()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tenantflow-activation")
+        self.slots = Slots(threads, on_free=self._kick.set)
+        budget = park_memory_mb << 20 if isinstance(clock, SystemClock) else 0
+        self.lot = ParkingLot(budget, max(0, ISOLATE_SLOTS - threads - RESERVED_SLOTS), max_park_s)
+        # Parked isolates hold a thread each, blocked with the GIL released.
+        workers = threads + (self.lot.max_count if self.lot.enabled else 0)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenantflow-activation")
         self._dispatcher = threading.Thread(target=self._dispatch, name="tenantflow-dispatcher", daemon=True)
         self._heartbeat = threading.Thread(target=self._beat, name="tenantflow-heartbeat", daemon=True)
         self._watcher = threading.Thread(target=self._watch, name="tenantflow-cancel-watch", daemon=True)
@@ -95,7 +123,7 @@ class WorkerPool:
         recovered = self.store.expire_leases(_dead_local_owners(self.store.lease_owners()))
         if recovered:
             log.info("recovered %d instances of dead workers", recovered)
-        self.store.listen(self._kick.set)
+        self.store.listen(self._notified)
         self._dispatcher.start()
         self._heartbeat.start()
         self._watcher.start()
@@ -104,10 +132,20 @@ class WorkerPool:
         """Something became runnable (created, event, resumed): look now."""
         self._kick.set()
 
+    def nudge(self, key: InstanceKey) -> None:
+        """An event or a control reached `key`: if it is parked here, it looks now."""
+        self.lot.nudge(key)
+
+    def _notified(self) -> None:
+        self._kick.set()
+        self._look.set()
+
     def stop(self, timeout: float = 30.0, grace_s: float = STOP_GRACE_S) -> None:
         """Stop claiming; running activations reach their next step or are cancelled after `grace_s`."""
         self.stopping.set()
         self._kick.set()
+        self._look.set()
+        self.lot.evict_all(STOPPING)
         self._dispatcher.join(timeout)
         deadline = time.monotonic() + grace_s
         while self.busy and time.monotonic() < deadline:
@@ -134,6 +172,9 @@ class WorkerPool:
             lost = [cancel for claim, cancel in self._held.items() if claim in claims and claim not in still]
         for cancel in lost:
             cancel.set()
+        for claim in claims:
+            if claim not in still:
+                self.lot.nudge(claim.key)
         return len(lost)
 
     def run_one(self) -> bool:
@@ -151,8 +192,8 @@ class WorkerPool:
 
     @property
     def busy(self) -> int:
-        with self._lock:
-            return len(self._held)
+        """Activations running (parked isolates not counted)."""
+        return self.slots.active
 
     def _dispatch(self) -> None:
         while not self.stopping.is_set():
@@ -166,7 +207,7 @@ class WorkerPool:
 
     def _dispatch_once(self) -> float:
         """Claim what fits; the time to wait before looking again."""
-        free = self.threads - self.busy
+        free = self.slots.free()
         if free > 0:
             with self._lock:
                 running = dict(self._running)
@@ -178,12 +219,13 @@ class WorkerPool:
                 with self._lock:
                     self._held[claim] = cancel
                     self._running[claim.key.tenant_id] += 1
+                self.slots.take()
                 self._pool.submit(self._activate, claim, cancel)
             if len(claims) == free:
                 return POLL_S
             if claims:
                 return 0.0
-        if self.busy >= self.threads:
+        if self.slots.free() <= 0:
             return POLL_S
         wake = self.store.next_wake()
         if wake is None:
@@ -194,7 +236,7 @@ class WorkerPool:
 
     def _activate(self, claim: Claim, cancel: threading.Event) -> None:
         try:
-            done = self.executor.activate(claim, cancel)
+            done = self.executor.activate(claim, cancel, self._parker if self.lot.enabled else None)
         except Exception:
             log.exception("activation of %s failed", claim.key)
             done = Activated(claim, "failed", None)
@@ -202,18 +244,52 @@ class WorkerPool:
             with self._lock:
                 self._held.pop(claim, None)
                 self._running[claim.key.tenant_id] -= 1
-            self._kick.set()
+            self.slots.give()
         if self.on_done is not None:
             self.on_done(done)
 
+    def _parker(self, claim: Claim, quotas: Quotas) -> Parker:
+        with self._lock:
+            cancel = self._held.get(claim)
+        return Parker(
+            self.lot,
+            self.slots,
+            self.store,
+            self.clock,
+            claim,
+            lease_s=self.lease_s,
+            memory_bytes=min(quotas.memory_mb << 20, MAX_MEMORY_BYTES),
+            max_running=min(quotas.max_concurrent, self.threads),
+            cancel=cancel,
+            stopping=self.stopping,
+            on_end=self._park_ended,
+        )
+
+    def _park_ended(self, claim: Claim, evicted: Evicted | None) -> None:
+        metrics = self.executor.metrics
+        if metrics is not None:
+            metrics.park(claim.key.tenant_id, evicted)
+
     def _watch(self) -> None:
-        while not self.stopping.wait(CANCEL_CHECK_S):
-            with self._lock:
-                held = list(self._held)
-            if not held:
-                continue
+        checked = time.monotonic()
+        while True:
+            notified = self._look.wait(CANCEL_CHECK_S)
+            self._look.clear()
+            if self.stopping.is_set():
+                return
             try:
-                self._cancel_lost(held)
+                # Every CANCEL_CHECK_S: is what runs here still ours? At once on a NOTIFY too: is what is
+                # parked here due (an event sent through another process)?
+                if not notified or time.monotonic() - checked >= CANCEL_CHECK_S:
+                    checked = time.monotonic()
+                    with self._lock:
+                        held = list(self._held)
+                    if held:
+                        self._cancel_lost(held)
+                parked = self.lot.claims()
+                if parked:
+                    for claim in self.store.wakeable(self.owner, parked, self.clock.now()):
+                        self.lot.nudge(claim.key)
             except Exception:
                 log.exception("checking held instances failed")
 

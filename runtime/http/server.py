@@ -21,6 +21,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp
 from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.service import Service
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -137,6 +138,8 @@ def serve(
     log_level: str = "info",
     on_ready: Callable[[str], None] | None = None,
     metrics_token: str | None = None,
+    park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
+    max_park_s: float = DEFAULT_MAX_PARK_S,
 ) -> None:
     # uvicorn re-raises the signal it shut down for once it is done, with the handler that was
     # installed before it started: make that one only take note, so the workers get their orderly
@@ -146,7 +149,7 @@ def serve(
     allow_deep_json()  # stored results nested ~1000 deep must read back
     sock = bind(host, port)
     try:
-        service = Service.open(db, workers=workers)
+        service = Service.open(db, workers=workers, park_memory_mb=park_memory_mb, max_park_s=max_park_s)
     except BaseException:
         sock.close()
         raise

@@ -17,6 +17,7 @@ from tenantflow.runtime.contract import MAX_BATCH, MAX_PAGE
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
+from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool
 from tenantflow.runtime.errors import (
     InvalidInput,
@@ -64,6 +65,8 @@ class Service:
         workers: int = 4,
         lease_s: float = DEFAULT_LEASE_S,
         owner: str | None = None,
+        park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
+        max_park_s: float = DEFAULT_MAX_PARK_S,
     ) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise InvalidInput(f"workers is between 1 and {MAX_WORKERS} (the sandbox's pool of isolate slots)")
@@ -73,7 +76,17 @@ class Service:
         self.metrics = Metrics(store.status_counts)
         self.stopping = threading.Event()
         self.executor = Executor(store, self.sandbox, self.clock, self.metrics, self.stopping)
-        self.pool = WorkerPool(store, self.executor, self.clock, threads=workers, lease_s=lease_s, owner=owner)
+        self.pool = WorkerPool(
+            store,
+            self.executor,
+            self.clock,
+            threads=workers,
+            lease_s=lease_s,
+            owner=owner,
+            park_memory_mb=park_memory_mb,
+            max_park_s=max_park_s,
+        )
+        self.metrics.watch_parking(self.pool.lot.usage)
         self.tenant_registry = Tenants(store, self.clock)
         self.limiter = RateLimiter()
         self.checks = DeployChecks(self.sandbox)
@@ -220,6 +233,7 @@ class Service:
             self.pool.cancel(key)
         else:
             raise NotFound(f"no control {action!r}; use pause, resume, terminate or restart")
+        self.pool.nudge(key)
         self.pool.wake()
         return self.store.instance(key)
 
@@ -230,6 +244,7 @@ class Service:
             raise TooLarge(f"the payload is larger than {tenant.quotas.max_payload_bytes} bytes")
         self._check_storage(tenant)
         seq = self.store.send_event(key, event_type, payload, self.clock.now())
+        self.pool.nudge(key)
         self.pool.wake()
         return seq
 

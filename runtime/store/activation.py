@@ -11,13 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenantflow.runtime.records import ERROR_SUMMARY_CHARS, ActivationState, AttemptRecord, Claim, Entry, Quotas
+from tenantflow.runtime.records import (
+    ERROR_SUMMARY_CHARS,
+    ActivationState,
+    AttemptRecord,
+    Claim,
+    Entry,
+    EventRecord,
+    Quotas,
+)
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import APPLIED, KEY, Later, Statement, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow, InstanceRow, TenantRow
 
 HOST_FAULT = "HostFault"
+# Wake times travel as whole milliseconds; a time within this much of now counts as due.
+DUE_SLACK_S = 0.002
 # An activation that ends waiting for a timer due within this many seconds wakes the workers of other
 # processes; timers further out are found by the workers' polling anyway.
 NOTIFY_WITHIN_S = 1.0
@@ -187,12 +197,15 @@ class Activation(StoreCore):
         wake_at: float | None = None,
         waiting_for: str | None = None,
         log: str = "",
+        replayed: int = 0,
+        activations: int = 1,
     ) -> bool:
         """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
         instance stays paused (when it would wait) and a terminated one keeps its status.
 
         A normal end resets the count of host faults in a row; output, error and log replace the previous
-        ones, in the stored bytes too. An instance that waits for an event that has already come wakes now."""
+        ones, in the stored bytes too. An instance that waits for an event that has already come wakes now.
+        `replayed` journal positions and `activations` are added to the instance's counts."""
         k = key_params(claim.key)
         output_blob = None if output is None else codec.encode_text(output)
         error_blob = None if error is None else codec.encode(error)
@@ -219,7 +232,8 @@ class Activation(StoreCore):
                 "UPDATE instances SET status = CASE WHEN status = 'paused' THEN ? ELSE ? END, output = ?, error = ?, "
                 f"error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
                 "lease_until = NULL, log = ?, host_faults = 0, "
-                f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ? "
+                f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ?, "
+                "replayed_steps = replayed_steps + ?, activations = activations + ? "
                 f"WHERE {KEY} AND fence = ? AND status <> 'terminated' RETURNING status, wake_at",
                 (
                     "paused" if status == "waiting" else status,
@@ -232,6 +246,8 @@ class Activation(StoreCore):
                     log_blob,
                     stored,
                     now,
+                    replayed,
+                    activations,
                     *k,
                     claim.fence,
                 ),
@@ -245,6 +261,107 @@ class Activation(StoreCore):
         if end is not None and end.runnable_before(now + NOTIFY_WITHIN_S):
             self._notify()
         return True
+
+    def park(
+        self,
+        claim: Claim,
+        now: float,
+        *,
+        wake_at: float | None,
+        waiting_for: str | None,
+        lease_until: float,
+        log: str | None,
+        replayed: int,
+        activations: int,
+    ) -> EndedRow | None:
+        """The activation's isolate waits parked (hot resume): the instance is `waiting` (or stays `paused`)
+        with its wake time, still leased by the claim's owner until `lease_until`. None if the claim is no
+        longer held. As `finish`: an event already there for `waiting_for` makes it due now; `log` (None:
+        unchanged) replaces the stored one; the counts are added."""
+        k = key_params(claim.key)
+        if waiting_for is None:
+            wake = "CAST(? AS DOUBLE PRECISION)"
+            wake_params: tuple[Any, ...] = (wake_at,)
+        else:
+            wake = (
+                "CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = ? AND e.workflow = ? "
+                "AND e.instance_id = ? AND e.consumed_at IS NULL AND e.type = ?) "
+                "THEN CAST(? AS DOUBLE PRECISION) ELSE CAST(? AS DOUBLE PRECISION) END"
+            )
+            wake_params = (*k, waiting_for, now, wake_at)
+        log_sql, log_params = "", ()  # type: tuple[str, tuple[Any, ...]]
+        if log is not None:
+            blob = codec.encode_text(log) if log else None
+            log_sql = "log = ?, stored_bytes = stored_bytes + ? - COALESCE(LENGTH(log), 0), "
+            log_params = (blob, 0 if blob is None else len(blob))
+        parked = self.write(
+            lambda tx: tx.send(
+                "UPDATE instances SET status = CASE WHEN status = 'paused' THEN 'paused' ELSE 'waiting' END, "
+                f"wake_at = {wake}, waiting_for = ?, lease_until = ?, {log_sql}host_faults = 0, updated_at = ?, "
+                "replayed_steps = replayed_steps + ?, activations = activations + ? "
+                f"WHERE {KEY} AND fence = ? AND status IN ('running', 'paused') RETURNING status, wake_at",
+                (*wake_params, waiting_for, lease_until, *log_params, now, replayed, activations, *k, claim.fence),
+            )
+        )
+        return parked.record(EndedRow)
+
+    def unpark(
+        self, claim: Claim, now: float, lease_until: float, max_running: int
+    ) -> tuple[EndedRow | None, list[EventRecord] | None]:
+        """Take a parked instance back to `running` if it is due (or resumed meanwhile) and its tenant has room
+        under `max_running` live activations: its row as found and, if taken, the events it has not consumed.
+        The row is None when the claim is no longer held (terminated, restarted, taken over)."""
+        k = key_params(claim.key)
+
+        def write(tx: Tx) -> tuple[EndedRow | None, list[EventRecord] | None]:
+            row = tx.record(
+                EndedRow,
+                f"SELECT status, wake_at FROM instances WHERE {KEY} AND fence = ?{self.for_update}",
+                (*k, claim.fence),
+            )
+            if row is None:
+                return None, None
+            due = row.status == "waiting" and row.wake_at is not None and row.wake_at <= now + DUE_SLACK_S
+            if not due and row.status != "running":
+                return row, None
+            live = tx.scalar(
+                "SELECT COUNT(*) FROM instances WHERE tenant_id = ? AND status = 'running' AND lease_until >= ? "
+                f"AND NOT ({KEY})",
+                (claim.key.tenant_id, now, *k),
+            )
+            if int(live or 0) >= max_running:
+                return row, None
+            tx.send(
+                "UPDATE instances SET status = 'running', wake_at = NULL, waiting_for = NULL, lease_until = ?, "
+                f"hot_resumes = hot_resumes + 1, updated_at = ? WHERE {KEY} AND fence = ?",
+                (lease_until, now, *k, claim.fence),
+            )
+            events = tx.records(
+                EventRow, f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq", k
+            )
+            return row, [event.event() for event in events]
+
+        return self.write(write)
+
+    def wakeable(self, owner: str, claims: list[Claim], now: float) -> list[Claim]:
+        """Of parked `claims`, those to look at now: due, paused, resumed, or no longer held by `owner`."""
+        with self.transaction() as tx:
+            found = [
+                (
+                    claim,
+                    tx.send(
+                        f"SELECT status, wake_at FROM instances WHERE {KEY} AND fence = ? AND lease_owner = ?",
+                        (*key_params(claim.key), claim.fence, owner),
+                    ),
+                )
+                for claim in claims
+            ]
+        wake = []
+        for claim, later in found:
+            row = later.record(EndedRow)
+            if row is None or row.status != "waiting" or (row.wake_at is not None and row.wake_at <= now + DUE_SLACK_S):
+                wake.append(claim)
+        return wake
 
     def host_fault(self, claim: Claim, now: float, retry_at: float, max_faults: int) -> bool:
         """An activation failed in the host, not in the guest: count it and retry at `retry_at`, until

@@ -72,6 +72,10 @@ class InstanceRow:
     steps: int
     log: bytes | None
     stored_bytes: int
+    activations: int
+    replayed_steps: int
+    hot_resumes: int
+    lease_owner: str | None
 
     def instance(self) -> Instance:
         return Instance(
@@ -91,6 +95,10 @@ class InstanceRow:
             steps=self.steps,
             log=codec.decode_text(self.log) or "",
             stored_bytes=self.stored_bytes,
+            activations=self.activations,
+            replayed_steps=self.replayed_steps,
+            hot_resumes=self.hot_resumes,
+            parked_in=self.lease_owner if self.status in ("waiting", "paused") else None,
         )
 
 

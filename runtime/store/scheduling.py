@@ -18,6 +18,12 @@ from tenantflow.runtime.store.rows import LiveRow, ReadyTenantRow, max_concurren
 # Reads across tenants name the scheduling column they go by, so that they are range reads of the
 # scheduling index led by it (every running instance has a lease_until).
 LEASES = "SELECT tenant_id, lease_until FROM instances WHERE status = 'running' AND lease_until IS NOT NULL"
+# A queued or waiting instance is due at its wake time, unless a worker holds it parked (hot resume) on a live
+# lease; a parked instance whose worker died is due once that lease has run out.
+UNLEASED = "(lease_until IS NULL OR lease_until < ?)"
+# Leased instances: running ones (the lease index) and parked ones (the parked index).
+RUNNING_LEASED = "status = 'running' AND lease_until IS NOT NULL"
+PARKED_LEASED = "status IN ('waiting', 'paused') AND lease_until IS NOT NULL"
 
 
 class Scheduling(StoreCore):
@@ -77,12 +83,12 @@ class Scheduling(StoreCore):
             "GROUP BY tenant_id), "
             "ready AS (SELECT t.tenant_id, t.quotas, COALESCE(l.n, 0) AS running, e.at AS expired_at, "
             "(SELECT MIN(d.wake_at) FROM instances d WHERE d.tenant_id = t.tenant_id "
-            "AND d.status IN ('queued', 'waiting')) AS due_at "
+            "AND d.status IN ('queued', 'waiting') AND (d.lease_until IS NULL OR d.lease_until < ?)) AS due_at "
             "FROM tenants t LEFT JOIN live l ON l.tenant_id = t.tenant_id "
             "LEFT JOIN expired e ON e.tenant_id = t.tenant_id) "
             f"SELECT {columns(ReadyTenantRow)} FROM ready WHERE due_at <= ? OR expired_at IS NOT NULL "
             "ORDER BY running, COALESCE(expired_at, due_at), tenant_id",
-            (now, now, now),
+            (now, now, now, now),
         )
         chosen: list[tuple[str, int, int]] = []
         for tenant in ready:
@@ -138,10 +144,10 @@ class Scheduling(StoreCore):
             )
             due_parts.append(
                 "SELECT * FROM (SELECT tenant_id, workflow, instance_id, wake_at AS due_at FROM instances "
-                "WHERE tenant_id = ? AND status IN ('queued', 'waiting') AND wake_at <= ? ORDER BY wake_at LIMIT ?) "
-                f"AS d{n}"
+                f"WHERE tenant_id = ? AND status IN ('queued', 'waiting') AND wake_at <= ? AND {UNLEASED} "
+                f"ORDER BY wake_at LIMIT ?) AS d{n}"
             )
-            params += [tenant_id, now, room, tenant_id, now, room]
+            params += [tenant_id, now, room, tenant_id, now, now, room]
         params.append(limit)
         return tx.records(
             InstanceKey,
@@ -158,12 +164,15 @@ class Scheduling(StoreCore):
     def _lease(self, tx: Tx, key: InstanceKey, owner: str, now: float, lease_s: float) -> Later:
         """Take the lease on one instance if it is still runnable (and not locked by another claim: that one
         gets it); its new fence, or no row."""
-        runnable = "((status IN ('queued', 'waiting') AND wake_at <= ?) OR (status = 'running' AND lease_until < ?))"
+        runnable = (
+            f"((status IN ('queued', 'waiting') AND wake_at <= ? AND {UNLEASED}) "
+            "OR (status = 'running' AND lease_until < ?))"
+        )
         return tx.send(
             "UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
             "WHERE (tenant_id, workflow, instance_id) IN (SELECT tenant_id, workflow, instance_id FROM instances "
             f"WHERE {KEY} AND {runnable} {self.skip_locked}) RETURNING fence",
-            (owner, now + lease_s, *key_params(key), now, now),
+            (owner, now + lease_s, *key_params(key), now, now, now),
         )
 
     def heartbeat(self, owner: str, claims: Sequence[Claim], lease_until: float) -> None:
@@ -183,11 +192,11 @@ class Scheduling(StoreCore):
         with self.transaction() as tx:
             expired = [
                 tx.send(
-                    "UPDATE instances SET lease_until = 0 WHERE status = 'running' AND lease_until IS NOT NULL "
-                    "AND lease_owner = ? RETURNING instance_id",
+                    f"UPDATE instances SET lease_until = 0 WHERE {leased} AND lease_owner = ? RETURNING instance_id",
                     (owner,),
                 )
                 for owner in owners
+                for leased in (RUNNING_LEASED, PARKED_LEASED)
             ]
         count = sum(len(e.values()) for e in expired)
         if count:
@@ -211,7 +220,9 @@ class Scheduling(StoreCore):
 
     def lease_owners(self) -> list[str]:
         with self.read() as tx:
-            owners = tx.run(
-                "SELECT DISTINCT lease_owner FROM instances WHERE status = 'running' AND lease_until IS NOT NULL"
-            ).values()
-        return [o for o in owners if o]
+            owners = {
+                owner
+                for leased in (RUNNING_LEASED, PARKED_LEASED)
+                for owner in tx.run(f"SELECT DISTINCT lease_owner FROM instances WHERE {leased}").values()
+            }
+        return sorted(o for o in owners if o)

@@ -123,4 +123,14 @@ MIGRATIONS: list[list[str]] = [
         # An event's payload size as JSON, for the cap on what an instance buffers.
         "ALTER TABLE events ADD COLUMN size {bigint}",
     ],
+    [
+        # How an instance has run: activations, journal positions replayed by them, waits gone on from
+        # without replay (hot resume); the dashboard and metrics show them.
+        "ALTER TABLE instances ADD COLUMN activations INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE instances ADD COLUMN replayed_steps {bigint} NOT NULL DEFAULT 0",
+        "ALTER TABLE instances ADD COLUMN hot_resumes INTEGER NOT NULL DEFAULT 0",
+        # Parked instances (waiting on a live lease): few rows, found at start-up when a worker died.
+        "CREATE INDEX instances_parked ON instances (lease_until) "
+        "WHERE status IN ('waiting', 'paused') AND lease_until IS NOT NULL",
+    ],
 ]

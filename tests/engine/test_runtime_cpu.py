@@ -30,7 +30,7 @@ def test_eighty_steps_of_36_ms_cpu_complete(service: Service, tenant: Tenant, cl
     # step, the instance errored with FuelExhausted after step ~59.
     source = """
 def run(event, step):
-    return sum(step.do("work", lambda: sum(i * i for i in range(106_000)) % 7) for _ in range(80))
+    return sum(step.do("work", lambda: sum(i * i for i in range(150_000)) % 7) for _ in range(80))
 """
     done, activations = finish(service, clock, start(service, tenant, source))
     assert done.status == "complete", done.error

@@ -78,6 +78,19 @@ CROSS_TENANT: tuple[CrossTenant, ...] = (
         "lease_owners: which workers hold leases (to find dead local ones), through the lease index",
     ),
     CrossTenant(
+        "the parked leases of dead workers",
+        "UPDATE instances SET lease_until = 0 WHERE status IN ('waiting', 'paused') AND lease_until IS NOT NULL "
+        "AND lease_owner = ? RETURNING instance_id",
+        "instances_parked",
+        "expire_leases: a dead worker's parked isolates (hot resume), of any tenant, through the parked index",
+    ),
+    CrossTenant(
+        "the owners of parked leases",
+        "SELECT DISTINCT lease_owner FROM instances WHERE status IN ('waiting', 'paused') AND lease_until IS NOT NULL",
+        "instances_parked",
+        "lease_owners: which workers hold parked isolates, through the parked index",
+    ),
+    CrossTenant(
         "instances by tenant and status",
         "SELECT tenant_id, status, COUNT(*) AS count FROM instances GROUP BY tenant_id, status",
         None,

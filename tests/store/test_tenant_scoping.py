@@ -160,6 +160,22 @@ def exercise(s: Any) -> None:
 
     again = {c.key.instance_id: c for c in s.claim("w2", 4, T0 + 4, LEASE)}
     assert {"i1", "z1"} <= set(again)
+    # Hot resume: i1's isolate parks at a timer (still leased by w2), is due, and goes on.
+    parked = s.park(
+        again["i1"],
+        T0 + 4,
+        wake_at=T0 + 4.5,
+        waiting_for="later2",
+        lease_until=T0 + 4 + LEASE,
+        log="p",
+        replayed=2,
+        activations=1,
+    )
+    assert parked is not None and parked.status == "waiting"
+    assert s.wakeable("w2", [again["i1"]], T0 + 4) == []
+    assert s.wakeable("w2", [again["i1"]], T0 + 4.6) == [again["i1"]]
+    row, events = s.unpark(again["i1"], T0 + 4.6, T0 + 4.6 + LEASE, 4)
+    assert row is not None and events is not None
     assert s.host_fault(again["i1"], T0 + 5, T0 + 6, 3) is False  # retried later
     assert s.host_fault(again["z1"], T0 + 5, T0 + 6, 1) is True  # errored
 
