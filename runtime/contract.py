@@ -190,6 +190,16 @@ class Instance(_Response):
     created_at: float
     updated_at: float
     wake_at: float | None
+    activations: int | None = Field(default=None, description="Activations so far (not in lists)")
+    replayed_steps: int | None = Field(
+        default=None, description="Journal positions the activations replayed (not in lists)"
+    )
+    hot_resumes: int | None = Field(
+        default=None, description="Waits gone on from in a parked isolate, without replay (not in lists)"
+    )
+    parked: bool | None = Field(
+        default=None, description="Waiting in a parked isolate (hot resume); false: replays at its wake"
+    )
 
 
 class InstancePage(_Response):

@@ -116,7 +116,7 @@ class Instance:
         return InstanceKey(self.tenant_id, self.workflow, self.instance_id)
 
     def public(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.instance_id,
             "workflow": self.workflow,
             "version": self.version,
@@ -128,6 +128,14 @@ class Instance:
             "updated_at": self.updated_at,
             "wake_at": self.wake_at,
         }
+        if self.detail:
+            body.update(
+                activations=self.activations,
+                replayed_steps=self.replayed_steps,
+                hot_resumes=self.hot_resumes,
+                parked=self.parked_in is not None,
+            )
+        return body
 
 
 @dataclass(frozen=True)
