@@ -309,7 +309,11 @@ class _Activation:
         self.meter(force=True)
         log = "" if self.log_size == self.parked_log_size else "".join(self.log)
         self.parked_log_size = self.log_size
-        resumed = journal.park(wait, log)
+        self.ticker.release()
+        try:
+            resumed = journal.park(wait, log)
+        finally:
+            self.ticker.hold()
         if self.cancel is not None and self.cancel.is_set():
             self.cancelled = True
             raise _Interrupted()
@@ -569,6 +573,7 @@ class Sandbox:
         store.set_epoch_deadline(act.ticks_left())
         self._local.activation = act
         set_meter(self._meter)
+        self._ticker.hold()
         try:
             instance = self.linker.instantiate(store, self.component)
             func = instance.get_func(store, index)
@@ -590,6 +595,7 @@ class Sandbox:
             act.pending = None
             self._local.activation = None
             set_meter(None)
+            self._ticker.release()
             del act, store
 
     def _stats(self, act: _Activation, started: float, instantiated: float) -> Stats:

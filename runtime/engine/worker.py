@@ -208,31 +208,32 @@ class WorkerPool:
     def _dispatch_once(self) -> float:
         """Claim what fits; the time to wait before looking again."""
         free = self.slots.free()
-        if free > 0:
-            with self._lock:
-                running = dict(self._running)
-            claims = self.store.claim(
-                self.owner, free, self.clock.now(), self.lease_s, running, max_per_tenant=self.threads
-            )
-            for claim in claims:
-                cancel = threading.Event()
-                with self._lock:
-                    self._held[claim] = cancel
-                    self._running[claim.key.tenant_id] += 1
-                self.slots.take()
-                self._pool.submit(self._activate, claim, cancel)
-            if len(claims) == free:
-                return POLL_S
-            if claims:
-                return 0.0
-        if self.slots.free() <= 0:
+        if free <= 0:
             return POLL_S
+        # One index seek says whether anything is due; the claim's fair-share reads only run if so.
         wake = self.store.next_wake()
         if wake is None:
             return POLL_S
         delay = wake - self.clock.now()
-        # Due but not claimable (its tenant is at its concurrency limit): a finishing activation kicks us.
-        return POLL_S if delay <= 0 else min(POLL_S, delay)
+        if delay > 0:
+            return min(POLL_S, delay)
+        with self._lock:
+            running = dict(self._running)
+        claims = self.store.claim(
+            self.owner, free, self.clock.now(), self.lease_s, running, max_per_tenant=self.threads
+        )
+        for claim in claims:
+            cancel = threading.Event()
+            with self._lock:
+                self._held[claim] = cancel
+                self._running[claim.key.tenant_id] += 1
+            self.slots.take()
+            self._pool.submit(self._activate, claim, cancel)
+        if claims and len(claims) < free:
+            return 0.0
+        # All slots taken, or due but not claimable (its tenant is at its concurrency limit): a finishing
+        # activation kicks us.
+        return POLL_S
 
     def _activate(self, claim: Claim, cancel: threading.Event) -> None:
         try:

@@ -28,13 +28,15 @@ PARKED_LEASED = "status IN ('waiting', 'paused') AND lease_until IS NOT NULL"
 
 class Scheduling(StoreCore):
     def next_wake(self) -> float | None:
-        """The earliest time any instance becomes runnable (its wake time or its lease expiry): two
-        index-ordered minimums, since every idle worker asks about once a second."""
+        """The earliest time any instance becomes runnable (its wake time, or the expiry of its lease if it
+        runs or waits parked): three index-ordered minimums, since every idle worker asks about once a second.
+        A parked instance's own wake is its worker's business, not the dispatchers'."""
         with self.read() as tx:
             at = tx.scalar(
                 "SELECT MIN(t) AS next_wake FROM (SELECT MIN(wake_at) AS t FROM instances "
-                "WHERE status IN ('queued', 'waiting') "
-                "UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE status = 'running') AS due"
+                "WHERE status IN ('queued', 'waiting') AND lease_until IS NULL "
+                "UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE status = 'running' "
+                f"UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE {PARKED_LEASED}) AS due"
             )
         return None if at is None else float(at)
 

@@ -339,7 +339,7 @@ def test_a_worker_killed_with_parked_isolates_loses_nothing(tmp_path: Path, sand
             worker.send_signal(signal.SIGKILL)
             worker.wait()
     finally:
-        service.close()
+        service.store.close()  # not service.close(): the sandbox is the session's
 
 
 def test_an_event_through_another_process_wakes_the_parked_isolate(pg_server: str, sandbox: Sandbox) -> None:
@@ -359,4 +359,4 @@ def test_an_event_through_another_process_wakes_the_parked_isolate(pg_server: st
     finally:
         workers.stop()
         store.close()
-        api.close()
+        api.store.close()

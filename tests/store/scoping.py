@@ -47,7 +47,7 @@ class CrossTenant:
 CROSS_TENANT: tuple[CrossTenant, ...] = (
     CrossTenant(
         "the earliest wake time",
-        "SELECT MIN(wake_at) AS t FROM instances WHERE status IN ('queued', 'waiting')",
+        "SELECT MIN(wake_at) AS t FROM instances WHERE status IN ('queued', 'waiting') AND lease_until IS NULL",
         "instances_wake",
         "next_wake: how long an idle worker may sleep; one seek to the first entry of the wake index",
     ),
@@ -76,6 +76,12 @@ CROSS_TENANT: tuple[CrossTenant, ...] = (
         "SELECT DISTINCT lease_owner FROM instances WHERE status = 'running' AND lease_until IS NOT NULL",
         "instances_leases",
         "lease_owners: which workers hold leases (to find dead local ones), through the lease index",
+    ),
+    CrossTenant(
+        "the earliest expiry of a parked lease",
+        "SELECT MIN(lease_until) AS t FROM instances WHERE status IN ('waiting', 'paused') AND lease_until IS NOT NULL",
+        "instances_parked",
+        "next_wake: a parked instance whose worker died becomes runnable when its lease runs out",
     ),
     CrossTenant(
         "the parked leases of dead workers",
