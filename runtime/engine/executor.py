@@ -121,6 +121,7 @@ class Executor:
         # What a park has not told the store yet.
         replayed = journal.replayed - journal.reported_replayed
         activations = 0 if journal.reported_activation else 1
+        resumes = journal.resumes - journal.reported_resumes
         if isinstance(outcome, Completed):
             self.store.finish(
                 claim,
@@ -130,6 +131,7 @@ class Executor:
                 log=log_text,
                 replayed=replayed,
                 activations=activations,
+                resumes=resumes,
             )
             return "complete"
         if isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED:
@@ -137,7 +139,14 @@ class Executor:
             # terminated, restarted or taken over, and whoever did that owns its state now.
             if self.stopping is not None and self.stopping.is_set():
                 self.store.finish(
-                    claim, now, status="waiting", wake_at=now, log=log_text, replayed=replayed, activations=activations
+                    claim,
+                    now,
+                    status="waiting",
+                    wake_at=now,
+                    log=log_text,
+                    replayed=replayed,
+                    activations=activations,
+                    resumes=resumes,
                 )
                 return "waiting"
             return "cancelled"
@@ -149,7 +158,14 @@ class Executor:
                 "line": outcome.error.line,
             }
             self.store.finish(
-                claim, now, status="errored", error=error, log=log_text, replayed=replayed, activations=activations
+                claim,
+                now,
+                status="errored",
+                error=error,
+                log=log_text,
+                replayed=replayed,
+                activations=activations,
+                resumes=resumes,
             )
             return "errored"
         assert isinstance(outcome, Suspended)
@@ -167,5 +183,6 @@ class Executor:
             log=log_text,
             replayed=replayed,
             activations=activations,
+            resumes=resumes,
         )
         return "waiting"

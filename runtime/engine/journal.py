@@ -74,17 +74,29 @@ class InstanceJournal:
         # What the store has been told of this activation already (by a park).
         self.reported_replayed = 0
         self.reported_activation = False
+        # Waits gone on from in the parked isolate, and how many of them the store has been told of.
+        self.resumes = 0
+        self.reported_resumes = 0
 
     def park(self, wait: Suspend, log: str) -> bool:
         """The host's `Parking.park`: wait in this isolate if the parker takes it (events refreshed)."""
         if self.parker is None:
             return False
         replayed = self.replayed - self.reported_replayed
-        events = self.parker.park(wait, log or None, replayed, 0 if self.reported_activation else 1)
-        self.reported_replayed, self.reported_activation = self.replayed, True
-        if events is None:
+        resumes = self.resumes - self.reported_resumes
+        activation = 0 if self.reported_activation else 1
+        resumed, events, reported = self.parker.park(wait, log or None, replayed, activation, resumes)
+        if reported:
+            self.reported_replayed, self.reported_activation, self.reported_resumes = (
+                self.replayed,
+                True,
+                self.resumes,
+            )
+        if not resumed:
             return False
-        self.events = list(events)
+        self.resumes += 1
+        if events is not None:
+            self.events = list(events)
         self.waiting_for = None
         return True
 

@@ -6,7 +6,10 @@ and still leased by this process: no other worker claims it, and the pool's hear
 alive. When the wait is over (its timer is due, or `ParkingLot.nudge` says an event, a control or a resume
 came), the parker takes an activation slot back and `store.unpark` makes the instance `running` again
 (fenced, within its tenant's concurrency limit) with the events it has not consumed: the host call returns
-into the same isolate and the workflow goes on without replay.
+into the same isolate and the workflow goes on without replay. A timer shorter than SHORT_TIMER_S (a
+pause between two steps, a quick back-off) parks without either write: the instance stays `running` in
+the store, as if the activation were between two steps, and a pause or terminate that comes meanwhile is
+seen at its next fenced write or by the pool's cancel watcher, as for any running activation.
 
 Parking is bounded per process: a memory budget (each parked isolate counts as its memory cap, the most
 it can hold, so the budget is a bound and not an estimate), a number of isolates (the pooling allocator's
@@ -46,6 +49,10 @@ DEFAULT_PARK_MEMORY_MB = 4096
 DEFAULT_MAX_PARK_S = 300.0
 # Wake times travel as whole milliseconds; a time within this much of now counts as due.
 DUE_SLACK_S = 0.002
+# A timer that ends within this parks without telling the store (two commits fewer per wait): its instance
+# stays `running`, and counts against its tenant's concurrency, for at most this long, as a step would.
+# Longer, and the nap would hold back the tenant's other instances (one worker thread: all of them).
+SHORT_TIMER_S = 0.1
 # Why a wait did not go on in its isolate (the reasons evictions are counted by).
 Evicted = str
 OFF = "hot resume off"
@@ -210,32 +217,39 @@ class Parker:
         self.stopping = stopping
         # Told how each wait ended: None (resumed in the isolate) or why not.
         self.on_end = on_end
+        self._reported = False
 
-    def park(self, wait: Suspend, log: str | None, replayed: int, activations: int) -> list[EventRecord] | None:
-        """Hold the isolate until `wait` is over: the instance's unconsumed events (it is `running` again), or
-        None (the activation ends with `wait`). `log` (None: unchanged) and the counts go to the store."""
+    def park(
+        self, wait: Suspend, log: str | None, replayed: int, activations: int, resumes: int
+    ) -> tuple[bool, list[EventRecord] | None, bool]:
+        """Hold the isolate until `wait` is over: whether to go on in it (else the activation ends with `wait`),
+        the instance's unconsumed events (None: as they were, after a short timer), and whether the store was
+        told `log` (None: unchanged) and the counts."""
         ended: Evicted | None = None
+        self._reported = False
         try:
-            events, ended = self._park(wait, log, replayed, activations)
-            return events
+            resumed, events, ended = self._park(wait, log, replayed, activations, resumes)
+            return resumed, events, self._reported
         finally:
             if self.on_end is not None:
                 self.on_end(self.claim, ended)
 
     def _park(
-        self, wait: Suspend, log: str | None, replayed: int, activations: int
-    ) -> tuple[list[EventRecord] | None, Evicted | None]:
+        self, wait: Suspend, log: str | None, replayed: int, activations: int, resumes: int
+    ) -> tuple[bool, list[EventRecord] | None, Evicted | None]:
         if not self.lot.enabled:
-            return None, OFF
+            return False, None, OFF
         now = self.clock.now()
         wake_at = None if wait.wake_at_ms is None else wait.wake_at_ms / 1000
         # A timer further off than the longest park is not worth the memory; an event may come any moment.
         if wait.waiting_for is None and (wake_at is None or wake_at - now > self.lot.max_park_s):
-            return None, LONG_WAIT
+            return False, None, LONG_WAIT
         spot = _Spot(self.claim, self.memory_bytes)
         if not self.lot.admit(spot):
-            return None, BUDGET
+            return False, None, BUDGET
         try:
+            if wait.waiting_for is None and wake_at is not None and wake_at - now <= SHORT_TIMER_S:
+                return self._nap(spot, wake_at)
             row = self.store.park(
                 self.claim,
                 now,
@@ -245,16 +259,18 @@ class Parker:
                 log=log,
                 replayed=replayed,
                 activations=activations,
+                resumes=resumes,
             )
+            self._reported = row is not None
             if row is None:
-                return None, LOST
+                return False, None, LOST
             if row.status != "waiting":
-                return None, PAUSED
+                return False, None, PAUSED
             self.slots.give()
-            events, ended = self._wait(spot, row.wake_at)
-            if events is None:
+            resumed, events, ended = self._wait(spot, row.wake_at)
+            if not resumed:
                 self.slots.restore()
-            return events, ended
+            return resumed, events, ended
         finally:
             self.lot.leave(spot)
 
@@ -265,34 +281,50 @@ class Parker:
             return STOPPING
         return None
 
-    def _wait(self, spot: _Spot, wake_at: float | None) -> tuple[list[EventRecord] | None, Evicted | None]:
+    def _nap(self, spot: _Spot, wake_at: float) -> tuple[bool, list[EventRecord] | None, Evicted | None]:
+        """A short timer: wait it out with the slot given back, the store left as it is."""
+        self.slots.give()
+        while True:
+            timeout = wake_at - self.clock.now()
+            if timeout > 0:
+                spot.nudged.wait(timeout)
+                spot.nudged.clear()
+            ended = spot.evicted or self._gone()
+            if ended is None and timeout > 0 and wake_at > self.clock.now() + DUE_SLACK_S:
+                continue  # nudged early (an event for a later wait, a resume): nothing to do yet
+            if ended is not None or not self.slots.retake(lambda: spot.evicted is not None or self._gone() is not None):
+                self.slots.restore()
+                return False, None, ended or spot.evicted or self._gone()
+            return True, None, None
+
+    def _wait(self, spot: _Spot, wake_at: float | None) -> tuple[bool, list[EventRecord] | None, Evicted | None]:
         give_up = time.monotonic() + self.lot.max_park_s
         while True:
             ended = spot.evicted or self._gone()
             if ended is not None:
-                return None, ended
+                return False, None, ended
             left = give_up - time.monotonic()
             if left <= 0:
-                return None, PARK_TIME
+                return False, None, PARK_TIME
             timeout = left if wake_at is None else min(left, wake_at - self.clock.now())
             if timeout > 0:
                 spot.nudged.wait(timeout)
             spot.nudged.clear()
             ended = spot.evicted or self._gone()
             if ended is not None:
-                return None, ended
+                return False, None, ended
             if not self.slots.retake(lambda: spot.evicted is not None or self._gone() is not None):
                 continue
             now = self.clock.now()
             row, events = self.store.unpark(self.claim, now, now + self.lease_s, self.max_running)
             if events is not None:
-                return events, None
+                return True, events, None
             self.slots.give()
             if row is None:
-                return None, LOST
+                return False, None, LOST
             if row.status != "waiting":
-                return None, PAUSED
+                return False, None, PAUSED
             if row.wake_at is not None and row.wake_at <= now + DUE_SLACK_S:
                 # Due, but the tenant runs all it may: the instance waits its turn among the claims.
-                return None, CONCURRENCY
+                return False, None, CONCURRENCY
             wake_at = row.wake_at

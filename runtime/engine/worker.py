@@ -188,7 +188,7 @@ class WorkerPool:
 
     def next_wake(self) -> float | None:
         """When the earliest waiting instance becomes runnable (None: nothing is waiting on a time)."""
-        return self.store.next_wake()
+        return self.store.next_wake(self.clock.now())
 
     @property
     def busy(self) -> int:
@@ -211,7 +211,7 @@ class WorkerPool:
         if free <= 0:
             return POLL_S
         # One index seek says whether anything is due; the claim's fair-share reads only run if so.
-        wake = self.store.next_wake()
+        wake = self.store.next_wake(self.clock.now())
         if wake is None:
             return POLL_S
         delay = wake - self.clock.now()

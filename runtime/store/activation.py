@@ -199,13 +199,14 @@ class Activation(StoreCore):
         log: str = "",
         replayed: int = 0,
         activations: int = 1,
+        resumes: int = 0,
     ) -> bool:
         """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
         instance stays paused (when it would wait) and a terminated one keeps its status.
 
         A normal end resets the count of host faults in a row; output, error and log replace the previous
         ones, in the stored bytes too. An instance that waits for an event that has already come wakes now.
-        `replayed` journal positions and `activations` are added to the instance's counts."""
+        `replayed` journal positions, `activations` and hot `resumes` are added to the instance's counts."""
         k = key_params(claim.key)
         output_blob = None if output is None else codec.encode_text(output)
         error_blob = None if error is None else codec.encode(error)
@@ -233,7 +234,7 @@ class Activation(StoreCore):
                 f"error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
                 "lease_until = NULL, log = ?, host_faults = 0, "
                 f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ?, "
-                "replayed_steps = replayed_steps + ?, activations = activations + ? "
+                "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
                 f"WHERE {KEY} AND fence = ? AND status <> 'terminated' RETURNING status, wake_at",
                 (
                     "paused" if status == "waiting" else status,
@@ -248,6 +249,7 @@ class Activation(StoreCore):
                     now,
                     replayed,
                     activations,
+                    resumes,
                     *k,
                     claim.fence,
                 ),
@@ -273,6 +275,7 @@ class Activation(StoreCore):
         log: str | None,
         replayed: int,
         activations: int,
+        resumes: int = 0,
     ) -> EndedRow | None:
         """The activation's isolate waits parked (hot resume): the instance is `waiting` (or stays `paused`)
         with its wake time, still leased by the claim's owner until `lease_until`. None if the claim is no
@@ -298,9 +301,20 @@ class Activation(StoreCore):
             lambda tx: tx.send(
                 "UPDATE instances SET status = CASE WHEN status = 'paused' THEN 'paused' ELSE 'waiting' END, "
                 f"wake_at = {wake}, waiting_for = ?, lease_until = ?, {log_sql}host_faults = 0, updated_at = ?, "
-                "replayed_steps = replayed_steps + ?, activations = activations + ? "
+                "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
                 f"WHERE {KEY} AND fence = ? AND status IN ('running', 'paused') RETURNING status, wake_at",
-                (*wake_params, waiting_for, lease_until, *log_params, now, replayed, activations, *k, claim.fence),
+                (
+                    *wake_params,
+                    waiting_for,
+                    lease_until,
+                    *log_params,
+                    now,
+                    replayed,
+                    activations,
+                    resumes,
+                    *k,
+                    claim.fence,
+                ),
             )
         )
         return parked.record(EndedRow)
@@ -333,7 +347,7 @@ class Activation(StoreCore):
                 return row, None
             tx.send(
                 "UPDATE instances SET status = 'running', wake_at = NULL, waiting_for = NULL, lease_until = ?, "
-                f"hot_resumes = hot_resumes + 1, updated_at = ? WHERE {KEY} AND fence = ?",
+                f"updated_at = ? WHERE {KEY} AND fence = ?",
                 (lease_until, now, *k, claim.fence),
             )
             events = tx.records(

@@ -7,6 +7,7 @@ read or write of one tenant is keyed by tenant_id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,16 +28,17 @@ PARKED_LEASED = "status IN ('waiting', 'paused') AND lease_until IS NOT NULL"
 
 
 class Scheduling(StoreCore):
-    def next_wake(self) -> float | None:
+    def next_wake(self, now: float = math.inf) -> float | None:
         """The earliest time any instance becomes runnable (its wake time, or the expiry of its lease if it
         runs or waits parked): three index-ordered minimums, since every idle worker asks about once a second.
-        A parked instance's own wake is its worker's business, not the dispatchers'."""
+        A parked instance's own wake (its lease is live at `now`; by default none is) is its worker's business."""
         with self.read() as tx:
             at = tx.scalar(
                 "SELECT MIN(t) AS next_wake FROM (SELECT MIN(wake_at) AS t FROM instances "
-                "WHERE status IN ('queued', 'waiting') AND lease_until IS NULL "
+                f"WHERE status IN ('queued', 'waiting') AND {UNLEASED} "
                 "UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE status = 'running' "
-                f"UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE {PARKED_LEASED}) AS due"
+                f"UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE {PARKED_LEASED}) AS due",
+                (now,),
             )
         return None if at is None else float(at)
 
@@ -188,17 +190,25 @@ class Scheduling(StoreCore):
                 )
 
     def expire_leases(self, owners: Sequence[str]) -> int:
-        """Make the instances of dead workers runnable at once."""
+        """Make the instances of dead workers runnable at once: running ones by an expired lease, parked ones
+        by no lease at all (they wait as if their isolate had been evicted)."""
         if not owners:
             return 0
         with self.transaction() as tx:
             expired = [
                 tx.send(
-                    f"UPDATE instances SET lease_until = 0 WHERE {leased} AND lease_owner = ? RETURNING instance_id",
+                    f"UPDATE instances SET lease_until = 0 WHERE {RUNNING_LEASED} AND lease_owner = ? "
+                    "RETURNING instance_id",
                     (owner,),
                 )
                 for owner in owners
-                for leased in (RUNNING_LEASED, PARKED_LEASED)
+            ] + [
+                tx.send(
+                    "UPDATE instances SET lease_owner = NULL, lease_until = NULL "
+                    f"WHERE {PARKED_LEASED} AND lease_owner = ? RETURNING instance_id",
+                    (owner,),
+                )
+                for owner in owners
             ]
         count = sum(len(e.values()) for e in expired)
         if count:

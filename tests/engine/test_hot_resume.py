@@ -288,6 +288,28 @@ def test_a_park_longer_than_max_park_s_is_evicted(tmp_path: Path, sandbox: Sandb
         service.store.close()
 
 
+def test_a_timer_over_100_ms_parks_waiting_and_one_under_stays_running(live: Service) -> None:
+    tenant = live.create_tenant("acme")[0]
+    source = """
+def run(event, step):
+    step.sleep("long nap", "600 milliseconds")
+    step.do("between", lambda: 1)
+    step.sleep("short nap", "90 milliseconds")
+    return "done"
+"""
+    live.deploy(tenant, "wf", source)
+    live.create_instances(tenant, "wf", [{"id": "a"}])
+    # Over SHORT_TIMER_S the store says waiting (parked); under it the instance stays running.
+    wait_until(lambda: parked(live, tenant, "a"), 20, "a to park at the long nap")
+    wait_until(
+        lambda: live.pool.lot.usage()[0] == 1 and live.instance(tenant, "wf", "a").status == "running",
+        5,
+        "the short nap",
+    )
+    done = finished(live, tenant, "a")
+    assert (done.output, done.activations, done.replayed_steps, done.hot_resumes) == ("done", 1, 0, 2)
+
+
 def test_a_long_sleep_is_not_parked(live: Service) -> None:
     tenant = live.create_tenant("acme")[0]
     live.deploy(tenant, "wf", 'def run(event, step):\n    step.sleep("long", "1 hour")\n')

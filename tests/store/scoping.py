@@ -47,7 +47,8 @@ class CrossTenant:
 CROSS_TENANT: tuple[CrossTenant, ...] = (
     CrossTenant(
         "the earliest wake time",
-        "SELECT MIN(wake_at) AS t FROM instances WHERE status IN ('queued', 'waiting') AND lease_until IS NULL",
+        "SELECT MIN(wake_at) AS t FROM instances WHERE status IN ('queued', 'waiting') "
+        "AND (lease_until IS NULL OR lease_until < ?)",
         "instances_wake",
         "next_wake: how long an idle worker may sleep; one seek to the first entry of the wake index",
     ),
@@ -85,8 +86,8 @@ CROSS_TENANT: tuple[CrossTenant, ...] = (
     ),
     CrossTenant(
         "the parked leases of dead workers",
-        "UPDATE instances SET lease_until = 0 WHERE status IN ('waiting', 'paused') AND lease_until IS NOT NULL "
-        "AND lease_owner = ? RETURNING instance_id",
+        "UPDATE instances SET lease_owner = NULL, lease_until = NULL WHERE status IN ('waiting', 'paused') "
+        "AND lease_until IS NOT NULL AND lease_owner = ? RETURNING instance_id",
         "instances_parked",
         "expire_leases: a dead worker's parked isolates (hot resume), of any tenant, through the parked index",
     ),
