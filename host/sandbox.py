@@ -184,6 +184,11 @@ class _Activation:
     # The log's size when it was last handed to `Parking.park` (unchanged: not handed again).
     parked_log_size: int = -1
 
+    @functools.cached_property
+    def parking(self) -> bool:
+        """Whether the journal can park (a runtime-checkable Protocol's isinstance is slow: asked once)."""
+        return isinstance(self.journal, Parking)
+
     def next_call(self, name: str, kind: Any) -> StepCall:
         if self.in_flight is not None:
             raise Abort(
@@ -304,8 +309,9 @@ class _Activation:
     def park(self, wait: Suspend) -> bool:
         """Hold this isolate through `wait` (True: it is over, go on here) or not (False: end with it)."""
         journal = self.journal
-        if not wait.parkable or not isinstance(journal, Parking):
+        if not wait.parkable or not self.parking:
             return False
+        assert isinstance(journal, Parking)
         self.meter(force=True)
         log = "" if self.log_size == self.parked_log_size else "".join(self.log)
         self.parked_log_size = self.log_size

@@ -109,7 +109,11 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._held: dict[Claim, threading.Event] = {}
         self._running: Counter[str] = Counter()
-        self.slots = Slots(threads, on_free=self._kick.set)
+        # Set when the dispatcher found due work it did not claim (no free slot, or its tenant is at its
+        # limit): a slot an isolate gives back by parking kicks it then, and only then (an ending activation
+        # always does: what it leaves may be due soon).
+        self._starved = False
+        self.slots = Slots(threads, on_free=self._slot_freed)
         budget = park_memory_mb << 20 if isinstance(clock, SystemClock) else 0
         self.lot = ParkingLot(budget, max(0, ISOLATE_SLOTS - threads - RESERVED_SLOTS), max_park_s)
         # Parked isolates hold a thread each, blocked with the GIL released.
@@ -205,10 +209,16 @@ class WorkerPool:
             self._kick.wait(waited)
             self._kick.clear()
 
+    def _slot_freed(self) -> None:
+        if self._starved:
+            self._kick.set()
+
     def _dispatch_once(self) -> float:
         """Claim what fits; the time to wait before looking again."""
+        self._starved = False
         free = self.slots.free()
         if free <= 0:
+            self._starved = True
             return POLL_S
         # One index seek says whether anything is due; the claim's fair-share reads only run if so.
         wake = self.store.next_wake(self.clock.now())
@@ -231,6 +241,7 @@ class WorkerPool:
             self._pool.submit(self._activate, claim, cancel)
         if claims and len(claims) < free:
             return 0.0
+        self._starved = True
         # All slots taken, or due but not claimable (its tenant is at its concurrency limit): a finishing
         # activation kicks us.
         return POLL_S
@@ -246,6 +257,7 @@ class WorkerPool:
                 self._held.pop(claim, None)
                 self._running[claim.key.tenant_id] -= 1
             self.slots.give()
+            self._kick.set()
         if self.on_done is not None:
             self.on_done(done)
 

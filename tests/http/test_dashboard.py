@@ -313,6 +313,29 @@ def test_tenant_text_is_escaped(site: Site) -> None:
     site.service.control(tenant, "approval", "hostile", "terminate")
 
 
+def test_summary_says_whether_the_isolate_is_parked(site: Site) -> None:
+    tenant = site.service.authenticate(site.acme)
+    site.service.create_instances(tenant, "approval", [{"id": "parked-1", "params": {"name": "pat"}}])
+    deadline = time.monotonic() + 20
+    while len(site.service.journal(tenant, "approval", "parked-1")["steps"]) < 4:  # at the event wait
+        assert time.monotonic() < deadline, "parked-1 never reached its event wait"
+        time.sleep(0.05)
+    path = "/ui/fragments/workflows/approval/instances/parked-1/summary"
+    deadline = time.monotonic() + 10
+    while "parked in worker" not in (page := site.get(path, site.acme).text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.05)
+    assert "1 (0 steps replayed, 2 hot resumes)" in page  # the retry's back-off and the sleep
+    assert site.get("/v1/workflows/approval/instances/parked-1", site.acme).json()["parked"] is True
+    site.service.control(tenant, "approval", "parked-1", "pause")
+    site.wait_status("approval", "parked-1", "paused")
+    deadline = time.monotonic() + 10
+    while "evicted: replays its journal when it wakes" not in (page := site.get(path, site.acme).text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.05)
+    site.service.control(tenant, "approval", "parked-1", "terminate")
+
+
 def test_instances_fragment_filters_and_pages(site: Site) -> None:
     tenant = site.service.authenticate(site.acme)
     site.service.create_instances(
