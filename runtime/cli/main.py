@@ -10,12 +10,26 @@ Every command prints for people by default and JSON with `--json`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from tenantflow.runtime.cli import local, operator, remote
+from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.errors import TenantflowError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """A named error (a database that cannot be reached, a bad URL) is one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TenantflowError as error:
+            fail(str(error))
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tenantflow")
 def main() -> None:
     """tenantflow: durable workflows from tenant-supplied Python, in a WASI sandbox."""

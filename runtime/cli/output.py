@@ -83,7 +83,7 @@ def parse_json(text: str | None, what: str) -> Any:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err().print(Text("error: ", style="bold red") + safe_text(message))
+    err().print(Text("error: ", style="bold red") + safe_text(message), soft_wrap=True)
     sys.exit(code)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenantflow.runtime.errors import Unavailable
 from tenantflow.runtime.store._sql import APPLIED, Later, Params, Result, Statement, Tx
@@ -183,6 +184,24 @@ class _PostgresTx(Tx):
             self._savepoints -= 1
 
 
+# How long a first connection may take before the database counts as unreachable.
+CONNECT_TIMEOUT_S = 5
+
+
+def _check_reachable(conninfo: str) -> None:
+    """Connect once, briefly: a wrong or unreachable database is one clear `Unavailable` within seconds, not
+    the pool's 30 s of retries and warnings ending in a traceback."""
+    try:
+        psycopg.connect(conninfo, connect_timeout=CONNECT_TIMEOUT_S).close()
+    except psycopg.Error as error:
+        info = psycopg.conninfo.conninfo_to_dict(conninfo)
+        where = f"{info.get('user') or ''}@{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+        reason = " ".join(str(error).split())
+        raise Unavailable(
+            f"cannot reach the PostgreSQL database {info.get('dbname') or ''!r} at {where}: {reason}"
+        ) from None
+
+
 class PostgresStore(SQLStore):
     """postgresql://user@host:port/db[?pool_min=N&pool_max=N&<libpq options>]"""
 
@@ -193,6 +212,7 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 16, timeout_s: float = 30.0) -> None:
         conninfo, own = split_url(url)
         self.conninfo = conninfo
+        _check_reachable(conninfo)
         self._local = threading.local()
         self._pool = ConnectionPool(
             conninfo,

@@ -74,8 +74,13 @@ class SQLiteStore(SQLStore):
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
-        self._connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._connection = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+            )
+            self._connection.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as error:
+            raise Unavailable(f"cannot open the SQLite database {path!r}: {error}") from None
         self._connection.execute(f"PRAGMA synchronous={synchronous}")
         self._connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self.migrate()

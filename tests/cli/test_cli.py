@@ -158,6 +158,26 @@ def test_serve_refuses_a_taken_port_and_a_bad_db(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "unsupported database URL" in bad.stderr
 
 
+@pytest.mark.parametrize("command", [("tenants", "list"), ("serve", "--port", "0"), ("worker",)])
+def test_an_unreachable_database_is_one_line_and_exit_1_within_seconds(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for url, reason in (
+        (f"postgresql://postgres@127.0.0.1:{port}/x", "cannot reach the PostgreSQL database 'x'"),
+        (f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}", "cannot open the SQLite database"),
+    ):
+        started = time.monotonic()
+        done = cli(*command, "--db", url, check=False, timeout=30)
+        assert time.monotonic() - started < 10
+        assert done.returncode == 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_worker_runs_instances_and_stops_on_sigterm(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'workers.db'}"
     service = Service.open(db)  # not started: this process only writes the work
