@@ -5,18 +5,27 @@ BIN := $(VENV)/bin
 DB ?= sqlite:///./tenantflow.db
 PG_VERSION := $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: install guest serve test lint pytest postgres chromium bench bench-quick clean
+.PHONY: install install-serve guest serve test lint pytest postgres chromium bench bench-quick clean
+
+# What serving needs (the embedded default and PostgreSQL), and everything for tests on top of it.
+$(BIN)/.installed-serve: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[postgres]"
+	touch $@
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
-	touch $@
+	touch $@ $(BIN)/.installed-serve
+
+install-serve: $(BIN)/.installed-serve
 
 install: $(BIN)/.installed
 
 # Build (or verify) the guest component and its precompiled artifact; cached by content hash.
-guest: install
+guest: install-serve
 	$(BIN)/python -m tenantflow.wasm_build
 
 serve: guest
@@ -37,7 +46,7 @@ postgres:
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-pytest: guest postgres chromium
+pytest: install guest postgres chromium
 	$(BIN)/pytest -q
 
 test: lint pytest

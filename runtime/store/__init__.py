@@ -41,7 +41,12 @@ def open_store(url: str) -> SQLStore:
         busy_timeout_s = int(busy_ms) / 1000 if busy_ms else DEFAULT_BUSY_TIMEOUT_S
         return SQLiteStore(path, synchronous=synchronous, busy_timeout_s=busy_timeout_s)
     if url.startswith(("postgresql://", "postgres://")):
-        from tenantflow.runtime.store.postgres import PostgresStore
+        try:
+            from tenantflow.runtime.store.postgres import PostgresStore
+        except ImportError as error:
+            raise InvalidInput(
+                f"PostgreSQL needs the postgres extra: pip install 'tenantflow[postgres]' ({error})"
+            ) from None
 
         return PostgresStore(url)
     raise InvalidInput(f"unsupported database URL {url!r}; use sqlite:///FILE or postgresql://...")
