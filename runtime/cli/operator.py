@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 from rich.table import Table
-from tenantflow.runtime.cli.options import db_option, json_option, park_options
+from tenantflow.runtime.cli.options import db_option, json_option, log_options, park_options, workers_option
 from tenantflow.runtime.cli.output import (
     fail,
     out,
@@ -15,6 +15,7 @@ from tenantflow.runtime.cli.output import (
     when,
 )
 from tenantflow.runtime.errors import TenantflowError
+from tenantflow.runtime.logs import LogFormat
 from tenantflow.runtime.records import Quotas
 
 
@@ -24,11 +25,18 @@ def commands() -> None:
 
 
 @commands.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@click.option("--host", envvar="TENANTFLOW_HOST", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    envvar="TENANTFLOW_PORT",
+    default=8787,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: any free).",
+)
 @db_option
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+@workers_option
+@log_options
 @click.option(
     "--metrics-token",
     envvar="TENANTFLOW_METRICS_TOKEN",
@@ -42,15 +50,20 @@ def serve(
     db: str,
     workers: int,
     log_level: str,
+    log_format: LogFormat,
     metrics_token: str | None,
     park_memory_mb: int,
     max_park_s: float,
 ) -> None:
-    """Run the HTTP API and the workers in one process (graceful stop on SIGTERM)."""
+    """Run the HTTP API and the workers in one process (graceful stop on SIGTERM).
+
+    Every option can come from the environment too: TENANTFLOW_HOST, TENANTFLOW_PORT, TENANTFLOW_DB,
+    TENANTFLOW_WORKERS, TENANTFLOW_LOG_LEVEL, TENANTFLOW_LOG_FORMAT, TENANTFLOW_METRICS_TOKEN,
+    TENANTFLOW_PARK_MEMORY_MB, TENANTFLOW_MAX_PARK_S."""
     from tenantflow.runtime.http.server import configure_logging
     from tenantflow.runtime.http.server import serve as run_server
 
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         run_server(
             db,
@@ -70,9 +83,9 @@ def serve(
 
 @commands.command()
 @db_option
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Activation threads.")
+@workers_option
 @click.option("--lease", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Lease, seconds.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+@log_options
 @click.option("--ready-json", is_flag=True, help="Print a JSON line once the workers run (for a parent process).")
 @click.option("--host-alias", hidden=True, help="Tests: a lease owner that looks like another machine's.")
 @park_options
@@ -81,6 +94,7 @@ def worker(
     workers: int,
     lease: float,
     log_level: str,
+    log_format: LogFormat,
     ready_json: bool,
     host_alias: str | None,
     park_memory_mb: int,
@@ -90,7 +104,7 @@ def worker(
     from tenantflow.runtime.cli.worker import run_workers
     from tenantflow.runtime.http.server import configure_logging
 
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         run_workers(
             db,

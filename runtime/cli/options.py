@@ -12,6 +12,7 @@ import httpx
 from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
+from tenantflow.runtime.logs import FORMATS
 from tenantflow.runtime.store import DEFAULT_DB
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,10 +28,41 @@ def db_option(fn: F) -> F:
     )(fn)
 
 
+def workers_option(fn: F) -> F:
+    return click.option(
+        "--workers",
+        envvar="TENANTFLOW_WORKERS",
+        default=4,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Activation threads.",
+    )(fn)
+
+
+def log_options(fn: F) -> F:
+    """--log-level and --log-format (one line per deploy, instance start, completion, failure, limit hit)."""
+    fn = click.option(
+        "--log-format",
+        envvar="TENANTFLOW_LOG_FORMAT",
+        default="text",
+        show_default=True,
+        type=click.Choice(FORMATS),
+        help="text, or json: one JSON object per line.",
+    )(fn)
+    return click.option(
+        "--log-level",
+        envvar="TENANTFLOW_LOG_LEVEL",
+        default="info",
+        show_default=True,
+        type=click.Choice(["debug", "info", "warning"]),
+    )(fn)
+
+
 def park_options(fn: F) -> F:
     """--park-memory-mb and --max-park-s (hot resume), passed on as `park_memory_mb` and `max_park_s`."""
     fn = click.option(
         "--max-park-s",
+        envvar="TENANTFLOW_MAX_PARK_S",
         default=DEFAULT_MAX_PARK_S,
         show_default=True,
         type=click.FloatRange(min=0),
@@ -38,6 +70,7 @@ def park_options(fn: F) -> F:
     )(fn)
     return click.option(
         "--park-memory-mb",
+        envvar="TENANTFLOW_PARK_MEMORY_MB",
         default=DEFAULT_PARK_MEMORY_MB,
         show_default=True,
         type=click.IntRange(min=0),

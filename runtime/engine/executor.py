@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tenantflow.host import (
+    LIMIT_ERRORS,
     MAX_MEMORY_BYTES,
     Completed,
     Failed,
@@ -19,6 +20,7 @@ from tenantflow.host import (
     Sandbox,
     Suspended,
 )
+from tenantflow.runtime import logs
 from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
@@ -105,9 +107,22 @@ class Executor:
             log.exception("activation of %s failed in the host; retrying in %s s", claim.key, RETRY_AFTER_HOST_ERROR_S)
             return Activated(claim, "waiting", None)
         status = self._record(claim, journal, outcome)
+        self._log(claim, state.instance.version, status, outcome)
         if self.metrics is not None:
             self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts, journal.replayed)
         return Activated(claim, status, outcome, journal.replayed)
+
+    @staticmethod
+    def _log(claim: Claim, version: int, status: Ending, outcome: Outcome) -> None:
+        """The lifecycle events of an activation's end: complete, errored, a limit hit."""
+        key = claim.key
+        where = {"tenant": key.tenant_id, "workflow": key.workflow, "instance": key.instance_id, "version": version}
+        if status == "complete":
+            logs.event("instance complete", **where)
+        elif status == "errored" and isinstance(outcome, Failed):
+            if outcome.error.name in LIMIT_ERRORS:
+                logs.event("limit hit", **where, error=outcome.error.name)
+            logs.event("instance errored", **where, error=outcome.error.name)
 
     def _run(self, state: ActivationState, journal: InstanceJournal, cancel: threading.Event | None) -> Outcome:
         instance = state.instance

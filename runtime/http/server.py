@@ -20,6 +20,7 @@ from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
+from tenantflow.runtime import logs
 from tenantflow.runtime.client import allow_deep_json
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.http.api import create_app
@@ -93,6 +94,8 @@ def uvicorn_config(app: ASGIApp, log_level: str = "info", header_timeout_s: floa
     return uvicorn.Config(
         app,
         log_level=log_level,
+        # uvicorn's loggers propagate to the one handler `logs.configure` installs: one format for all.
+        log_config=None,
         lifespan="off",
         timeout_graceful_shutdown=10,
         server_header=False,
@@ -103,11 +106,8 @@ def uvicorn_config(app: ASGIApp, log_level: str = "info", header_timeout_s: floa
     )
 
 
-def configure_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str = "info", fmt: logs.LogFormat = "text") -> None:
+    logs.configure(level, fmt)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, FailureName, Sandbox
+from tenantflow.runtime import logs
 from tenantflow.runtime.contract import MAX_BATCH, MAX_PAGE
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Executor
@@ -154,7 +155,10 @@ class Service:
                 error.message if error.name == FailureName.WORKFLOW_CODE_ERROR else f"{error.name}: {error.message}"
             )
             raise WorkflowCodeError(message, error.line)
-        return self.store.deploy(tenant.tenant_id, workflow, source, source_hash(source), self.clock.now())
+        version, created = self.store.deploy(tenant.tenant_id, workflow, source, source_hash(source), self.clock.now())
+        if created:
+            logs.event("workflow deployed", tenant=tenant.tenant_id, workflow=workflow, version=version.version)
+        return version, created
 
     def workflows(self, tenant: Tenant) -> list[Version]:
         return self.store.workflows(tenant.tenant_id)
@@ -197,6 +201,14 @@ class Service:
         self.limiter.take(tenant.tenant_id, tenant.quotas.max_instances_per_minute, len(parsed))
         created = self.store.create_instances(tenant.tenant_id, version, parsed, self.clock.now())
         self.pool.wake()
+        for instance in created:
+            logs.event(
+                "instance created",
+                tenant=tenant.tenant_id,
+                workflow=workflow,
+                instance=instance.instance_id,
+                version=instance.version,
+            )
         return created
 
     def instance(self, tenant: Tenant, workflow: str, instance_id: str) -> Instance:
