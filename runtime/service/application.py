@@ -38,7 +38,6 @@ from tenantflow.runtime.records import (
     check_id,
 )
 from tenantflow.runtime.service.checks import DeployChecks
-from tenantflow.runtime.service.ratelimit import RateLimiter
 from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.store import SQLStore, open_store
 
@@ -89,7 +88,6 @@ class Service:
         )
         self.metrics.watch_parking(self.pool.lot.usage)
         self.tenant_registry = Tenants(store, self.clock)
-        self.limiter = RateLimiter()
         self.checks = DeployChecks(self.sandbox)
         self._started = False
 
@@ -198,8 +196,9 @@ class Service:
             raise InvalidInput("instance ids in a batch must differ")
         version = self.versions(tenant, workflow)[-1]
         self._check_storage(tenant)
-        self.limiter.take(tenant.tenant_id, tenant.quotas.max_instances_per_minute, len(parsed))
-        created = self.store.create_instances(tenant.tenant_id, version, parsed, self.clock.now())
+        created = self.store.create_instances(
+            tenant.tenant_id, version, parsed, self.clock.now(), per_minute=tenant.quotas.max_instances_per_minute
+        )
         self.pool.wake()
         for instance in created:
             logs.event(

@@ -5,21 +5,52 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tenantflow.runtime.errors import Conflict, NotFound
+from tenantflow.runtime.errors import Conflict, NotFound, QuotaExceeded
 from tenantflow.runtime.records import Instance, InstanceKey, Version
 from tenantflow.runtime.store import codec
-from tenantflow.runtime.store._sql import KEY, columns, key_params
+from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
-from tenantflow.runtime.store.rows import InstanceRow, StatusCountRow, SummaryRow
+from tenantflow.runtime.store.rows import BucketRow, InstanceRow, StatusCountRow, SummaryRow
+
+
+def _take_tokens(tx: Tx, for_update: str, tenant_id: str, per_minute: int, count: int, now: float) -> None:
+    bucket = tx.record(
+        BucketRow, f"SELECT tokens, updated_at FROM creation_buckets WHERE tenant_id = ?{for_update}", (tenant_id,)
+    )
+    rate = per_minute / 60
+    tokens = (
+        float(per_minute)
+        if bucket is None
+        else min(float(per_minute), bucket.tokens + (now - bucket.updated_at) * rate)
+    )
+    if tokens < count:
+        wait = (count - tokens) / rate if rate > 0 else 60.0
+        raise QuotaExceeded(f"instance creation is limited to {per_minute} per minute", retry_after_s=wait)
+    tx.send(
+        "INSERT INTO creation_buckets (tenant_id, tokens, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (tenant_id) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+        (tenant_id, tokens - count, now),
+    )
 
 
 class Instances(StoreCore):
     def create_instances(
-        self, tenant_id: str, version: Version, items: Sequence[tuple[str, Any]], now: float
+        self,
+        tenant_id: str,
+        version: Version,
+        items: Sequence[tuple[str, Any]],
+        now: float,
+        per_minute: int | None = None,
     ) -> list[Instance]:
-        """All or nothing: Conflict (and none created) when an id is taken, also by a concurrent creation."""
+        """All or nothing: Conflict (and none created) when an id is taken, also by a concurrent creation.
+
+        With `per_minute`, the tenant's creation rate is a token bucket of that size, refilled at that rate,
+        kept in the database (every process takes from the same one): QuotaExceeded, and none created, when
+        it holds fewer tokens than `items`."""
         created = []
         with self.transaction() as tx:
+            if per_minute is not None:
+                _take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
             inserts = []
             for instance_id, params in items:
                 blob = codec.encode(params)

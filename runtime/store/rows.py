@@ -216,6 +216,14 @@ class AttemptRow:
 
 
 @dataclass(frozen=True, slots=True)
+class BucketRow:
+    """A tenant's instance-creation token bucket."""
+
+    tokens: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class EventRow:
     seq: int
     type: str

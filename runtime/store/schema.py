@@ -133,4 +133,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX instances_parked ON instances (lease_until) "
         "WHERE status IN ('waiting', 'paused') AND lease_until IS NOT NULL",
     ],
+    [
+        # Each tenant's instance-creation token bucket, shared by every process on the database.
+        """CREATE TABLE creation_buckets (
+            tenant_id TEXT NOT NULL,
+            tokens {float} NOT NULL,
+            updated_at {float} NOT NULL,
+            PRIMARY KEY (tenant_id)
+        ){clustered}""",
+    ],
 ]

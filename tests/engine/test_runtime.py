@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pg import fresh_schema
+from tenantflow.host import Sandbox
 from tenantflow.runtime.engine.clock import ManualClock
-from tenantflow.runtime.errors import InvalidInput, InvalidState
-from tenantflow.runtime.records import Instance, Tenant
+from tenantflow.runtime.errors import InvalidInput, InvalidState, QuotaExceeded
+from tenantflow.runtime.records import Instance, Quotas, Tenant
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.service.local import drive
+from tenantflow.runtime.store import open_store
 
 
 def start(service: Service, tenant: Tenant, source: str, params: Any = None, name: str = "wf") -> Instance:
@@ -361,3 +365,30 @@ def test_event_sent_while_paused_is_not_lost(service: Service, tenant: Tenant, c
     assert not run_once(service, clock)
     service.control(tenant, "wf", instance.instance_id, "resume")
     assert finish(service, clock, instance).output == [1, 2]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_creation_rate_holds_across_processes(
+    backend: str, tmp_path: Path, sandbox: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    # Two services on one database, as two `serve` processes would be: they take from one bucket.
+    url = (
+        f"sqlite:///{tmp_path / 'rate.db'}"
+        if backend == "sqlite"
+        else fresh_schema(request.getfixturevalue("pg_server"))
+    )
+    first, second = (Service(open_store(url), sandbox) for _ in range(2))
+    try:
+        tenant = first.create_tenant("acme", Quotas(max_instances_per_minute=10))[0]
+        first.deploy(tenant, "wf", "def run(event, step):\n    return 1\n")
+        first.create_instances(tenant, "wf", [{} for _ in range(6)])
+        with pytest.raises(QuotaExceeded, match="10 per minute") as refused:
+            second.create_instances(tenant, "wf", [{} for _ in range(5)])
+        assert 0 < refused.value.retry_after_s <= 60
+        second.create_instances(tenant, "wf", [{} for _ in range(4)])  # 6 + 4 = the 10 a minute allows
+        with pytest.raises(QuotaExceeded):
+            first.create_instances(tenant, "wf", [{}])
+        assert len(second.instances(tenant, "wf", None, 100, None)) == 10  # nothing of a refused batch was created
+    finally:
+        for service in (first, second):
+            service.store.close()

@@ -24,7 +24,7 @@ import tenantflow.runtime.store.postgres  # noqa: F401  (its Tx class is capture
 import tenantflow.runtime.store.sqlite  # noqa: F401
 from tenantflow.runtime.store._sql import Tx
 
-TENANT_TABLES = frozenset({"instances", "journal", "attempts", "events", "versions", "sources"})
+TENANT_TABLES = frozenset({"instances", "journal", "attempts", "events", "versions", "sources", "creation_buckets"})
 # Tables outside the rule, and why.
 OTHER_TABLES = {
     "tenants": "the registry of tenants itself (one row per tenant; a Citus reference table): a tenant is found "
