@@ -37,6 +37,21 @@ class _ParkingCollector(Collector):
         )
 
 
+class _QueueCollector(Collector):
+    def __init__(self, next_due: Callable[[], float | None], now: Callable[[], float]) -> None:
+        self._next_due = next_due
+        self._now = now
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        due, now = self._next_due(), self._now()
+        lag = 0.0 if due is None or due > now else now - due
+        yield GaugeMetricFamily(
+            "tenantflow_queue_lag_seconds",
+            "How long the oldest runnable instance (a due wake or an expired lease) has waited for a worker",
+            value=lag,
+        )
+
+
 class Metrics:
     def __init__(self, status_counts: Callable[[], list[tuple[str, str, int]]] | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -68,6 +83,19 @@ class Metrics:
             buckets=(1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 3e12),
             registry=self.registry,
         )
+        self.http_requests = Counter(
+            "tenantflow_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_seconds = Histogram(
+            "tenantflow_http_request_seconds",
+            "HTTP request latency by method and route template",
+            ["method", "route"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=self.registry,
+        )
         self.replayed_steps = Counter(
             "tenantflow_replayed_steps",
             "Journal positions replayed by activations (re-run from the journal)",
@@ -91,6 +119,14 @@ class Metrics:
 
     def watch_parking(self, usage: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_ParkingCollector(usage))
+
+    def watch_queue(self, next_due: Callable[[], float | None], now: Callable[[], float]) -> None:
+        self.registry.register(_QueueCollector(next_due, now))
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request, by its route's template (never the raw path: ids are not labels)."""
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_seconds.labels(method, route).observe(seconds)
 
     def park(self, tenant: str, evicted: str | None) -> None:
         """A wait ended: resumed in its isolate (None) or the isolate goes, and why."""

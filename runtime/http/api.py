@@ -30,6 +30,7 @@ from tenantflow.runtime.errors import TenantflowError
 from tenantflow.runtime.http.auth import bearer_key
 from tenantflow.runtime.http.dashboard import dashboard_routes
 from tenantflow.runtime.http.inputs import BODY_TIMEOUT_S, MAX_BODY, BodyTimeout, query, read_body, validate
+from tenantflow.runtime.http.observe import RequestMetrics
 from tenantflow.runtime.http.openapi import openapi_document
 from tenantflow.runtime.http.operations import OPERATIONS
 from tenantflow.runtime.http.problems import (
@@ -260,7 +261,10 @@ def create_app(
     routes = [Route(op.path, api.endpoint(op.operation_id), methods=[op.method]) for op in OPERATIONS]
     return Starlette(
         routes=[*routes, *dashboard_routes(service)],  # the browser dashboard at /, same Service and keys
-        middleware=[Middleware(BodyTimeout, timeout_s=body_timeout_s)],
+        middleware=[
+            Middleware(RequestMetrics, metrics=service.metrics),
+            Middleware(BodyTimeout, timeout_s=body_timeout_s),
+        ],
         exception_handlers={
             TenantflowError: api.on_error,
             HTTPException: api.on_http_error,

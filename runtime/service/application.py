@@ -87,6 +87,7 @@ class Service:
             max_park_s=max_park_s,
         )
         self.metrics.watch_parking(self.pool.lot.usage)
+        self.metrics.watch_queue(lambda: self.store.next_wake(self.clock.now()), self.clock.now)
         self.tenant_registry = Tenants(store, self.clock)
         self.checks = DeployChecks(self.sandbox)
         self._started = False

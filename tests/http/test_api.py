@@ -120,6 +120,13 @@ def test_health_metrics_and_openapi(server: ServerProcess, api: Client) -> None:
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'tenantflow_instances{status="complete",tenant="acme"}' in metrics.text
     assert "tenantflow_activations_total" in metrics.text
+    # Requests by route template (ids are not labels), and how long runnable work waits for a worker.
+    route = 'route="/v1/workflows/{name}/instances/{id}"'
+    assert f'tenantflow_http_requests_total{{method="GET",{route},status="200"}}' in metrics.text
+    assert 'tenantflow_http_requests_total{method="GET",route="/metrics",status="401"} 1.0' in metrics.text
+    assert "m1" not in metrics.text.replace("tenantflow", "")
+    assert "tenantflow_http_request_seconds_bucket" in metrics.text
+    assert "tenantflow_queue_lag_seconds 0.0" in metrics.text
 
     doc = httpx.get(server.url + "/openapi.json").json()
     assert doc == json.loads(json.dumps(openapi_document()))
@@ -128,9 +135,10 @@ def test_health_metrics_and_openapi(server: ServerProcess, api: Client) -> None:
 
 def test_openapi_lists_exactly_the_routes_the_server_has(server: ServerProcess) -> None:
     from starlette.routing import Route
+    from tenantflow.runtime.engine.metrics import Metrics
 
     class NoService:
-        pass
+        metrics = Metrics()
 
     app = create_app(NoService())  # type: ignore[arg-type]
     routes = {
@@ -696,7 +704,11 @@ def test_outputs_json_cannot_carry_are_still_valid_json(api: Client, http: httpx
 
 
 def test_an_unexpected_exception_is_a_500_problem_without_details(tmp_path: Path) -> None:
+    from tenantflow.runtime.engine.metrics import Metrics
+
     class Broken:
+        metrics = Metrics()
+
         def authenticate(self, key: str) -> Any:
             raise RuntimeError("secret internal detail /etc/passwd")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from starlette.routing import Route
 from tenantflow.runtime import contract
+from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.errors import (
     Conflict,
     InvalidInput,
@@ -55,7 +57,7 @@ def test_the_document_takes_its_rules_from_the_records() -> None:
 
 
 def test_the_routes_come_from_the_route_table() -> None:
-    app = create_app(object())  # type: ignore[arg-type]
+    app = create_app(SimpleNamespace(metrics=Metrics()))  # type: ignore[arg-type]
     routes = [(route.path, sorted(route.methods or ())) for route in app.routes if isinstance(route, Route)]
     api_routes = [r for r in routes if r[0] in {op.path for op in OPERATIONS}]
     assert [(op.path, sorted({op.method, "HEAD"} if op.method == "GET" else {op.method})) for op in OPERATIONS] == (
