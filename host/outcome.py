@@ -24,8 +24,6 @@ class Stats:
     instantiate_ms: float = 0.0
     log: str = ""
     log_truncated: bool = False
-    # Waits the isolate was parked through and went on from, without replay.
-    resumes: int = 0
 
 
 @dataclass(frozen=True)

@@ -179,8 +179,6 @@ class _Activation:
     frontier_fuel: int | None = None
     # A step attempt was journaled in this activation: a checkpoint now loses nothing.
     progressed: bool = False
-    # Waits this isolate was parked through and went on from (hot resumes).
-    resumes: int = 0
     # The log's size when it was last handed to `Parking.park` (unchanged: not handed again).
     parked_log_size: int = -1
 
@@ -331,7 +329,6 @@ class _Activation:
         self.deadline = now + self.limits.deadline_s
         self.frontier_fuel = self.orchestration_fuel
         self.progressed = False
-        self.resumes += 1
         self.start_metering()
         self.journal_s = 0.0
         return True
@@ -611,7 +608,6 @@ class Sandbox:
             instantiate_ms=(instantiated - started) * 1000,
             log="".join(act.log),
             log_truncated=act.log_truncated,
-            resumes=act.resumes,
         )
 
     def _returned(self, act: _Activation, value: Any, started: float, instantiated: float) -> Outcome:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from tenantflow.runtime.errors import InvalidInput
 
@@ -22,6 +22,8 @@ MAX_BUFFERED_EVENTS = 100
 MAX_BUFFERED_EVENT_BYTES = 4 << 20
 # How much of an error's message an instance list shows (lists never decode the whole error).
 ERROR_SUMMARY_CHARS = 500
+# Wake times travel as whole milliseconds; a time within this much of now counts as due.
+DUE_SLACK_S = 0.002
 
 
 def check_id(value: Any, what: str = "id") -> str:
@@ -136,6 +138,14 @@ class Instance:
                 parked=self.parked_in is not None,
             )
         return body
+
+
+class ActivationCounts(TypedDict):
+    """What an activation adds to its instance's counts (`store.finish` and `store.park` take them)."""
+
+    replayed: int
+    activations: int
+    resumes: int
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 from rich.table import Table
+from tenantflow.runtime import logs
 from tenantflow.runtime.cli.options import db_option, json_option, log_options, park_options, workers_option
 from tenantflow.runtime.cli.output import (
     fail,
@@ -60,10 +61,9 @@ def serve(
     Every option can come from the environment too: TENANTFLOW_HOST, TENANTFLOW_PORT, TENANTFLOW_DB,
     TENANTFLOW_WORKERS, TENANTFLOW_LOG_LEVEL, TENANTFLOW_LOG_FORMAT, TENANTFLOW_METRICS_TOKEN,
     TENANTFLOW_PARK_MEMORY_MB, TENANTFLOW_MAX_PARK_S."""
-    from tenantflow.runtime.http.server import configure_logging
     from tenantflow.runtime.http.server import serve as run_server
 
-    configure_logging(log_level, log_format)
+    logs.configure(log_level, log_format)
     try:
         run_server(
             db,
@@ -102,9 +102,8 @@ def worker(
 ) -> None:
     """Run workers only, for scale-out on a shared database (graceful stop on SIGTERM)."""
     from tenantflow.runtime.cli.worker import run_workers
-    from tenantflow.runtime.http.server import configure_logging
 
-    configure_logging(log_level, log_format)
+    logs.configure(log_level, log_format)
     try:
         run_workers(
             db,

@@ -47,8 +47,6 @@ class Activated:
     claim: Claim
     status: Ending
     outcome: Outcome | None
-    # Journal positions the activation replayed (answered from what was recorded before it started).
-    replayed: int = 0
 
 
 def limits_for(quotas: Quotas) -> Limits:
@@ -110,7 +108,7 @@ class Executor:
         self._log(claim, state.instance.version, status, outcome)
         if self.metrics is not None:
             self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts, journal.replayed)
-        return Activated(claim, status, outcome, journal.replayed)
+        return Activated(claim, status, outcome)
 
     @staticmethod
     def _log(claim: Claim, version: int, status: Ending, outcome: Outcome) -> None:
@@ -133,10 +131,7 @@ class Executor:
     def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
-        # What a park has not told the store yet.
-        replayed = journal.replayed - journal.reported_replayed
-        activations = 0 if journal.reported_activation else 1
-        resumes = journal.resumes - journal.reported_resumes
+        counts = journal.unreported()
         if isinstance(outcome, Completed):
             self.store.finish(
                 claim,
@@ -144,9 +139,7 @@ class Executor:
                 status="complete",
                 output=outcome.output,
                 log=log_text,
-                replayed=replayed,
-                activations=activations,
-                resumes=resumes,
+                **counts,
             )
             return "complete"
         if isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED:
@@ -159,9 +152,7 @@ class Executor:
                     status="waiting",
                     wake_at=now,
                     log=log_text,
-                    replayed=replayed,
-                    activations=activations,
-                    resumes=resumes,
+                    **counts,
                 )
                 return "waiting"
             return "cancelled"
@@ -178,9 +169,7 @@ class Executor:
                 status="errored",
                 error=error,
                 log=log_text,
-                replayed=replayed,
-                activations=activations,
-                resumes=resumes,
+                **counts,
             )
             return "errored"
         assert isinstance(outcome, Suspended)
@@ -196,8 +185,6 @@ class Executor:
             wake_at=wake_at,
             waiting_for=journal.waiting_for,
             log=log_text,
-            replayed=replayed,
-            activations=activations,
-            resumes=resumes,
+            **counts,
         )
         return "waiting"

@@ -30,11 +30,16 @@ from tenantflow.host.limits import MAX_DURATION_MS
 from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.engine.parking import Parker
 from tenantflow.runtime.errors import InvalidInput
-from tenantflow.runtime.records import ActivationState, AttemptRecord, Claim, Entry, check_event_type
+from tenantflow.runtime.records import (
+    DUE_SLACK_S,
+    ActivationCounts,
+    ActivationState,
+    AttemptRecord,
+    Claim,
+    Entry,
+    check_event_type,
+)
 from tenantflow.runtime.store import LeaseLost, SQLStore
-
-# Wake times travel as whole milliseconds; a time within this much of now counts as due.
-DUE_SLACK_S = 0.002
 
 
 def _ms(seconds: float) -> int:
@@ -71,32 +76,35 @@ class InstanceJournal:
         # Journal positions this activation answered from what was recorded before it started (replay).
         self.replayed = 0
         self._to_replay = set(state.entries)
-        # What the store has been told of this activation already (by a park).
-        self.reported_replayed = 0
-        self.reported_activation = False
-        # Waits gone on from in the parked isolate, and how many of them the store has been told of.
+        # Waits gone on from in the parked isolate.
         self.resumes = 0
-        self.reported_resumes = 0
+        # What a park's write has told the store of this activation already.
+        self._reported = ActivationCounts(replayed=0, activations=0, resumes=0)
+
+    def _counts(self) -> ActivationCounts:
+        return ActivationCounts(replayed=self.replayed, activations=1, resumes=self.resumes)
+
+    def unreported(self) -> ActivationCounts:
+        """What this activation adds to its instance's counts that no park has written yet."""
+        counts, told = self._counts(), self._reported
+        return ActivationCounts(
+            replayed=counts["replayed"] - told["replayed"],
+            activations=counts["activations"] - told["activations"],
+            resumes=counts["resumes"] - told["resumes"],
+        )
 
     def park(self, wait: Suspend, log: str) -> bool:
         """The host's `Parking.park`: wait in this isolate if the parker takes it (events refreshed)."""
         if self.parker is None:
             return False
-        replayed = self.replayed - self.reported_replayed
-        resumes = self.resumes - self.reported_resumes
-        activation = 0 if self.reported_activation else 1
-        resumed, events, reported = self.parker.park(wait, log or None, replayed, activation, resumes)
-        if reported:
-            self.reported_replayed, self.reported_activation, self.reported_resumes = (
-                self.replayed,
-                True,
-                self.resumes,
-            )
-        if not resumed:
+        parked = self.parker.park(wait, log or None, self.unreported())
+        if parked.reported:
+            self._reported = self._counts()
+        if not parked.resumed:
             return False
         self.resumes += 1
-        if events is not None:
-            self.events = list(events)
+        if parked.events is not None:
+            self.events = list(parked.events)
         self.waiting_for = None
         return True
 

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 
 from tenantflow.host import Suspend
 from tenantflow.runtime.engine.clock import Clock
-from tenantflow.runtime.records import Claim, EventRecord, InstanceKey
+from tenantflow.runtime.records import DUE_SLACK_S, ActivationCounts, Claim, EventRecord, InstanceKey
 from tenantflow.runtime.store import SQLStore
 
 __all__ = [
     "DEFAULT_MAX_PARK_S",
     "DEFAULT_PARK_MEMORY_MB",
     "Evicted",
+    "Parked",
     "Parker",
     "ParkingLot",
     "Slots",
@@ -47,8 +48,6 @@ DEFAULT_PARK_MEMORY_MB = 4096
 # A wait that ends later than this is not parked, and a park this long is evicted: the isolate of an
 # instance that waits minutes for an event costs more memory than its replay costs CPU.
 DEFAULT_MAX_PARK_S = 300.0
-# Wake times travel as whole milliseconds; a time within this much of now counts as due.
-DUE_SLACK_S = 0.002
 # A timer that ends within this parks without telling the store (two commits fewer per wait): its instance
 # stays `running`, and counts against its tenant's concurrency, for at most this long, as a step would.
 # Longer, and the nap would hold back the tenant's other instances (one worker thread: all of them).
@@ -63,6 +62,17 @@ PAUSED = "paused"
 STOPPING = "stopping"
 LOST = "not held"
 CONCURRENCY = "concurrency limit"
+
+
+@dataclass(frozen=True)
+class Parked:
+    """How a park ended, for the journal: go on in the isolate (`resumed`) with the instance's unconsumed
+    `events` (None: as they were, after a short timer); `reported`: the park's write told the store the log
+    and counts."""
+
+    resumed: bool
+    events: list[EventRecord] | None = None
+    reported: bool = False
 
 
 class Slots:
@@ -217,39 +227,33 @@ class Parker:
         self.stopping = stopping
         # Told how each wait ended: None (resumed in the isolate) or why not.
         self.on_end = on_end
-        self._reported = False
 
-    def park(
-        self, wait: Suspend, log: str | None, replayed: int, activations: int, resumes: int
-    ) -> tuple[bool, list[EventRecord] | None, bool]:
-        """Hold the isolate until `wait` is over: whether to go on in it (else the activation ends with `wait`),
-        the instance's unconsumed events (None: as they were, after a short timer), and whether the store was
-        told `log` (None: unchanged) and the counts."""
+    def park(self, wait: Suspend, log: str | None, counts: ActivationCounts) -> Parked:
+        """Hold the isolate until `wait` is over (or not: the activation ends with `wait`). `log` (None:
+        unchanged) and the `counts` go to the store with the park's write, if it makes one."""
         ended: Evicted | None = None
-        self._reported = False
         try:
-            resumed, events, ended = self._park(wait, log, replayed, activations, resumes)
-            return resumed, events, self._reported
+            parked, ended = self._park(wait, log, counts)
+            return parked
         finally:
             if self.on_end is not None:
                 self.on_end(self.claim, ended)
 
-    def _park(
-        self, wait: Suspend, log: str | None, replayed: int, activations: int, resumes: int
-    ) -> tuple[bool, list[EventRecord] | None, Evicted | None]:
+    def _park(self, wait: Suspend, log: str | None, counts: ActivationCounts) -> tuple[Parked, Evicted | None]:
         if not self.lot.enabled:
-            return False, None, OFF
+            return Parked(False), OFF
         now = self.clock.now()
         wake_at = None if wait.wake_at_ms is None else wait.wake_at_ms / 1000
         # A timer further off than the longest park is not worth the memory; an event may come any moment.
         if wait.waiting_for is None and (wake_at is None or wake_at - now > self.lot.max_park_s):
-            return False, None, LONG_WAIT
+            return Parked(False), LONG_WAIT
         spot = _Spot(self.claim, self.memory_bytes)
         if not self.lot.admit(spot):
-            return False, None, BUDGET
+            return Parked(False), BUDGET
         try:
             if wait.waiting_for is None and wake_at is not None and wake_at - now <= SHORT_TIMER_S:
-                return self._nap(spot, wake_at)
+                resumed, ended = self._nap(spot, wake_at)
+                return Parked(resumed), ended
             row = self.store.park(
                 self.claim,
                 now,
@@ -257,20 +261,17 @@ class Parker:
                 waiting_for=wait.waiting_for,
                 lease_until=now + self.lease_s,
                 log=log,
-                replayed=replayed,
-                activations=activations,
-                resumes=resumes,
+                **counts,
             )
-            self._reported = row is not None
             if row is None:
-                return False, None, LOST
+                return Parked(False), LOST
             if row.status != "waiting":
-                return False, None, PAUSED
+                return Parked(False, reported=True), PAUSED
             self.slots.give()
             resumed, events, ended = self._wait(spot, row.wake_at)
             if not resumed:
                 self.slots.restore()
-            return resumed, events, ended
+            return Parked(resumed, events, reported=True), ended
         finally:
             self.lot.leave(spot)
 
@@ -281,7 +282,7 @@ class Parker:
             return STOPPING
         return None
 
-    def _nap(self, spot: _Spot, wake_at: float) -> tuple[bool, list[EventRecord] | None, Evicted | None]:
+    def _nap(self, spot: _Spot, wake_at: float) -> tuple[bool, Evicted | None]:
         """A short timer: wait it out with the slot given back, the store left as it is."""
         self.slots.give()
         while True:
@@ -294,8 +295,8 @@ class Parker:
                 continue  # nudged early (an event for a later wait, a resume): nothing to do yet
             if ended is not None or not self.slots.retake(lambda: spot.evicted is not None or self._gone() is not None):
                 self.slots.restore()
-                return False, None, ended or spot.evicted or self._gone()
-            return True, None, None
+                return False, ended or spot.evicted or self._gone()
+            return True, None
 
     def _wait(self, spot: _Spot, wake_at: float | None) -> tuple[bool, list[EventRecord] | None, Evicted | None]:
         give_up = time.monotonic() + self.lot.max_park_s
@@ -324,7 +325,7 @@ class Parker:
                 return False, None, LOST
             if row.status != "waiting":
                 return False, None, PAUSED
-            if row.wake_at is not None and row.wake_at <= now + DUE_SLACK_S:
+            if row.due(now):
                 # Due, but the tenant runs all it may: the instance waits its turn among the claims.
                 return False, None, CONCURRENCY
             wake_at = row.wake_at

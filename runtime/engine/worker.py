@@ -44,6 +44,7 @@ from tenantflow.runtime.engine.parking import (
 )
 from tenantflow.runtime.records import Claim, InstanceKey, Quotas
 from tenantflow.runtime.store import SQLStore
+from tenantflow.runtime.store.rows import EndedRow
 
 log = logging.getLogger("tenantflow.worker")
 
@@ -168,9 +169,10 @@ class WorkerPool:
             claims = [claim for claim in self._held if claim.key == key]
         if not claims:
             return False
-        return self._cancel_lost(claims) > 0
+        return len(self._cancel_lost(claims)) < len(claims)
 
-    def _cancel_lost(self, claims: list[Claim]) -> int:
+    def _cancel_lost(self, claims: list[Claim]) -> dict[Claim, EndedRow]:
+        """Cancel (and nudge, if parked) what of `claims` is no longer ours; what still is, with its row."""
         still = self.store.held(self.owner, claims)
         with self._lock:
             lost = [cancel for claim, cancel in self._held.items() if claim in claims and claim not in still]
@@ -179,7 +181,7 @@ class WorkerPool:
         for claim in claims:
             if claim not in still:
                 self.lot.nudge(claim.key)
-        return len(lost)
+        return still
 
     def run_one(self) -> bool:
         """Claim one runnable instance and run its activation in this thread; whether there was one.
@@ -293,15 +295,21 @@ class WorkerPool:
             try:
                 # Every CANCEL_CHECK_S: is what runs here still ours? At once on a NOTIFY too: is what is
                 # parked here due (an event sent through another process)?
+                # One read answers both (parked isolates are held too).
+                parked = self.lot.claims()
+                claims = parked
                 if not notified or time.monotonic() - checked >= CANCEL_CHECK_S:
                     checked = time.monotonic()
                     with self._lock:
-                        held = list(self._held)
-                    if held:
-                        self._cancel_lost(held)
-                parked = self.lot.claims()
-                if parked:
-                    for claim in self.store.wakeable(self.owner, parked, self.clock.now()):
+                        claims = list(self._held)
+                if not claims:
+                    continue
+                still = self._cancel_lost(claims)
+                now = self.clock.now()
+                for claim in parked:
+                    row = still.get(claim)
+                    # Paused, resumed or due (gone ones were nudged above): its parker looks now.
+                    if row is not None and (row.status != "waiting" or row.due(now)):
                         self.lot.nudge(claim.key)
             except Exception:
                 log.exception("checking held instances failed")

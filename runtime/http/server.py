@@ -20,7 +20,6 @@ from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
-from tenantflow.runtime import logs
 from tenantflow.runtime.client import allow_deep_json
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.http.api import create_app
@@ -104,10 +103,6 @@ def uvicorn_config(app: ASGIApp, log_level: str = "info", header_timeout_s: floa
         limit_concurrency=MAX_CONNECTIONS,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
-
-
-def configure_logging(level: str = "info", fmt: logs.LogFormat = "text") -> None:
-    logs.configure(level, fmt)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -26,8 +26,6 @@ from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow, InstanceRow, TenantRow
 
 HOST_FAULT = "HostFault"
-# Wake times travel as whole milliseconds; a time within this much of now counts as due.
-DUE_SLACK_S = 0.002
 # An activation that ends waiting for a timer due within this many seconds wakes the workers of other
 # processes; timers further out are found by the workers' polling anyway.
 NOTIFY_WITHIN_S = 1.0
@@ -91,6 +89,21 @@ def _entry_size(entry: Entry, result: bytes | None) -> int:
 
 def _attempt_size(attempt: AttemptRecord | None) -> int:
     return 0 if attempt is None else len(attempt.error_name or "") + len(attempt.error_message or "")
+
+
+def _wake(
+    key: tuple[str, str, str], waiting_for: str | None, now: float, wake_at: float | None
+) -> tuple[str, tuple[Any, ...]]:
+    """The wake time an activation leaves its instance with, as SQL and its parameters: `wake_at`, or now if
+    it waits for an event of type `waiting_for` that has already come."""
+    if waiting_for is None:
+        return "CAST(? AS DOUBLE PRECISION)", (wake_at,)
+    sql = (
+        "CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = ? AND e.workflow = ? "
+        "AND e.instance_id = ? AND e.consumed_at IS NULL AND e.type = ?) "
+        "THEN CAST(? AS DOUBLE PRECISION) ELSE CAST(? AS DOUBLE PRECISION) END"
+    )
+    return sql, (*key, waiting_for, now, wake_at)
 
 
 def _error_columns(error: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -212,16 +225,7 @@ class Activation(StoreCore):
         error_blob = None if error is None else codec.encode(error)
         log_blob = codec.encode_text(log) if log else None
         stored = sum(len(b) for b in (output_blob, error_blob, log_blob) if b is not None)
-        if waiting_for is None:
-            wake = "CAST(? AS DOUBLE PRECISION)"
-            wake_params: tuple[Any, ...] = (wake_at,)
-        else:
-            wake = (
-                "CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = ? AND e.workflow = ? "
-                "AND e.instance_id = ? AND e.consumed_at IS NULL AND e.type = ?) "
-                "THEN CAST(? AS DOUBLE PRECISION) ELSE CAST(? AS DOUBLE PRECISION) END"
-            )
-            wake_params = (*k, waiting_for, now, wake_at)
+        wake, wake_params = _wake(k, waiting_for, now, wake_at)
 
         def write(tx: Tx) -> tuple[Later, Later]:
             # Read first (and, where writers interleave, lock): the update below then sees whatever committed
@@ -282,16 +286,7 @@ class Activation(StoreCore):
         longer held. As `finish`: an event already there for `waiting_for` makes it due now; `log` (None:
         unchanged) replaces the stored one; the counts are added."""
         k = key_params(claim.key)
-        if waiting_for is None:
-            wake = "CAST(? AS DOUBLE PRECISION)"
-            wake_params: tuple[Any, ...] = (wake_at,)
-        else:
-            wake = (
-                "CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = ? AND e.workflow = ? "
-                "AND e.instance_id = ? AND e.consumed_at IS NULL AND e.type = ?) "
-                "THEN CAST(? AS DOUBLE PRECISION) ELSE CAST(? AS DOUBLE PRECISION) END"
-            )
-            wake_params = (*k, waiting_for, now, wake_at)
+        wake, wake_params = _wake(k, waiting_for, now, wake_at)
         log_sql, log_params = "", ()  # type: tuple[str, tuple[Any, ...]]
         if log is not None:
             blob = codec.encode_text(log) if log else None
@@ -335,8 +330,7 @@ class Activation(StoreCore):
             )
             if row is None:
                 return None, None
-            due = row.status == "waiting" and row.wake_at is not None and row.wake_at <= now + DUE_SLACK_S
-            if not due and row.status != "running":
+            if not (row.status == "waiting" and row.due(now)) and row.status != "running":
                 return row, None
             live = tx.scalar(
                 "SELECT COUNT(*) FROM instances WHERE tenant_id = ? AND status = 'running' AND lease_until >= ? "
@@ -350,32 +344,10 @@ class Activation(StoreCore):
                 f"updated_at = ? WHERE {KEY} AND fence = ?",
                 (lease_until, now, *k, claim.fence),
             )
-            events = tx.records(
-                EventRow, f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq", k
-            )
+            events = tx.records(EventRow, LOAD_EVENTS, k)
             return row, [event.event() for event in events]
 
         return self.write(write)
-
-    def wakeable(self, owner: str, claims: list[Claim], now: float) -> list[Claim]:
-        """Of parked `claims`, those to look at now: due, paused, resumed, or no longer held by `owner`."""
-        with self.transaction() as tx:
-            found = [
-                (
-                    claim,
-                    tx.send(
-                        f"SELECT status, wake_at FROM instances WHERE {KEY} AND fence = ? AND lease_owner = ?",
-                        (*key_params(claim.key), claim.fence, owner),
-                    ),
-                )
-                for claim in claims
-            ]
-        wake = []
-        for claim, later in found:
-            row = later.record(EndedRow)
-            if row is None or row.status != "waiting" or (row.wake_at is not None and row.wake_at <= now + DUE_SLACK_S):
-                wake.append(claim)
-        return wake
 
     def host_fault(self, claim: Claim, now: float, retry_at: float, max_faults: int) -> bool:
         """An activation failed in the host, not in the guest: count it and retry at `retry_at`, until

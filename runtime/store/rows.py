@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from tenantflow.runtime.records import (
+    DUE_SLACK_S,
     ERROR_SUMMARY_CHARS,
     AttemptRecord,
     Entry,
@@ -267,6 +268,10 @@ class EndedRow:
 
     status: str
     wake_at: float | None
+
+    def due(self, now: float) -> bool:
+        """Its wake time has come (within the slack of whole milliseconds)."""
+        return self.wake_at is not None and self.wake_at <= now + DUE_SLACK_S
 
     def runnable_before(self, deadline: float) -> bool:
         return self.status in ("queued", "waiting") and self.wake_at is not None and self.wake_at < deadline

@@ -14,7 +14,7 @@ from typing import Any
 from tenantflow.runtime.records import Claim, InstanceKey
 from tenantflow.runtime.store._sql import KEY, Later, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
-from tenantflow.runtime.store.rows import LiveRow, ReadyTenantRow, max_concurrent
+from tenantflow.runtime.store.rows import EndedRow, LiveRow, ReadyTenantRow, max_concurrent
 
 # Reads across tenants name the scheduling column they go by, so that they are range reads of the
 # scheduling index led by it (every running instance has a lease_until).
@@ -215,20 +215,22 @@ class Scheduling(StoreCore):
             self._notify()
         return count
 
-    def held(self, owner: str, claims: Sequence[Claim]) -> set[Claim]:
-        """The claims `owner` still holds: not terminated, restarted or taken over since they were claimed."""
+    def held(self, owner: str, claims: Sequence[Claim]) -> dict[Claim, EndedRow]:
+        """The claims `owner` still holds (not terminated, restarted or taken over since they were claimed), each
+        with its instance's status and wake time (whether a parked one is due)."""
         with self.transaction() as tx:
             found = [
                 (
                     claim,
                     tx.send(
-                        f"SELECT fence FROM instances WHERE {KEY} AND fence = ? AND lease_owner = ?",
+                        f"SELECT status, wake_at FROM instances WHERE {KEY} AND fence = ? AND lease_owner = ?",
                         (*key_params(claim.key), claim.fence, owner),
                     ),
                 )
                 for claim in claims
             ]
-        return {claim for claim, row in found if row.values()}
+        rows = {claim: later.record(EndedRow) for claim, later in found}
+        return {claim: row for claim, row in rows.items() if row is not None}
 
     def lease_owners(self) -> list[str]:
         with self.read() as tx:
