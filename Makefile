@@ -32,8 +32,8 @@ serve: guest
 	$(BIN)/tenantflow serve --db $(DB)
 
 lint: install
-	$(BIN)/ruff check guest host runtime wasm-build tests bench
-	$(BIN)/ruff format --check guest host runtime wasm-build tests bench
+	$(BIN)/ruff check client guest host runtime wasm-build tests bench
+	$(BIN)/ruff format --check client guest host runtime wasm-build tests bench
 	$(BIN)/mypy -p tenantflow
 	PYTHONPATH=.typecheck $(BIN)/lint-imports
 

@@ -2,7 +2,7 @@
 
 Written once: the server validates requests with them (`tenantflow.runtime.http.api`), the
 OpenAPI document is generated from them (`tenantflow.runtime.http.openapi`) and the Python
-client returns them (`tenantflow.runtime.client`). This module needs pydantic and the
+client returns them (`tenantflow.client`). This module needs pydantic and the
 records' rules only, so the client and the CLI import it without the server.
 
 Request models refuse unknown fields and values of the wrong JSON type (strict); response
@@ -11,19 +11,24 @@ models ignore fields they do not know, so an older client reads a newer server.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 from tenantflow.runtime.records import (
+    EGRESS_PATTERN,
     EVENT_TYPE_PATTERN,
     ID_PATTERN,
+    MAX_EGRESS_ENTRIES,
     MAX_EVENT_TYPE,
     MAX_ID,
+    QUOTA_BOUNDS,
     Status,
 )
 
 __all__ = [
     "CONTROLS",
+    "DEEP_JSON_RECURSION_LIMIT",
     "MAX_BATCH",
     "MAX_PAGE",
     "Attempt",
@@ -31,6 +36,7 @@ __all__ = [
     "Control",
     "CreateBatch",
     "CreateInstance",
+    "CreateTenant",
     "Deploy",
     "Deployed",
     "ErrorInfo",
@@ -41,14 +47,24 @@ __all__ = [
     "Instance",
     "InstancePage",
     "InstanceQuery",
+    "InstanceWait",
     "Journal",
     "JournalQuery",
+    "MAX_WAIT_S",
     "Problem",
+    "QuotaChanges",
+    "Quotas",
     "SendEvent",
     "Step",
+    "TenantDeleted",
+    "TenantInfo",
+    "TenantKey",
+    "TenantList",
+    "UpdateTenant",
     "Version",
     "Workflow",
     "WorkflowList",
+    "allow_deep_json",
 ]
 
 Control = Literal["pause", "resume", "terminate", "restart"]
@@ -60,6 +76,21 @@ MAX_BATCH = 100
 MAX_PAGE = 1000
 """A page holds at most this many instances or journal positions."""
 MAX_QUERY_INT = 999_999_999
+
+DEEP_JSON_RECURSION_LIMIT = 4000
+"""Stored JSON may nest ~1000 deep (as deep as the guest's own json goes); the json module counts
+each level against the recursion limit, on top of the frames of the server's request thread or
+the CLI (~30), so the default limit of 1000 cannot read such a value back. 4000 levels of json's C
+code fit easily in a thread's stack."""
+
+
+def allow_deep_json() -> None:
+    """Raise this process's recursion limit to DEEP_JSON_RECURSION_LIMIT (never lower it)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEP_JSON_RECURSION_LIMIT))
+
+
+MAX_WAIT_S = 60.0
+"""The longest a `GET .../instances/{id}?wait=` holds the request."""
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN.pattern)]
 """A workflow name, instance id or tenant name (records.ID_PATTERN, at most records.MAX_ID)."""
@@ -120,6 +151,71 @@ class SendEvent(_Request):
 
     type: EventType
     payload: Any = Field(default=None, description="At most 1 MiB of JSON")
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer includes 1.0: take a float with no fraction as the whole number it is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _quota(name: str, description: str) -> Any:
+    low, high = QUOTA_BOUNDS[name]
+    return Field(default=None, ge=low, le=high, description=description)
+
+
+QuotaInt = Annotated[int | None, BeforeValidator(_integral)]
+EgressEntry = Annotated[str, Field(pattern=EGRESS_PATTERN.pattern, max_length=262)]
+
+
+class QuotaChanges(_Request):
+    """Quotas to set (records.QUOTA_BOUNDS); a quota left out keeps its value (the default, for a new tenant)."""
+
+    max_concurrent: QuotaInt = _quota("max_concurrent", "Activations running at once, across processes")
+    max_instances_per_minute: QuotaInt = _quota("max_instances_per_minute", "Instances created per minute")
+    max_steps: QuotaInt = _quota("max_steps", "step.do calls per instance")
+    memory_mb: QuotaInt = _quota("memory_mb", "Memory per isolate, MiB")
+    fuel: QuotaInt = _quota("fuel", "Fuel for the code outside step bodies between two durable calls")
+    max_step_cpu_ms: QuotaInt = _quota("max_step_cpu_ms", "The most CPU one step attempt may have, ms")
+    max_source_bytes: QuotaInt = _quota("max_source_bytes", "A workflow's source, bytes")
+    max_payload_bytes: QuotaInt = _quota("max_payload_bytes", "Params and event payloads, bytes of JSON")
+    max_stored_mb: QuotaInt = _quota("max_stored_mb", "Everything the tenant's instances store, MB")
+    egress: list[EgressEntry] | None = Field(
+        default=None,
+        max_length=MAX_EGRESS_ENTRIES,
+        description="Hosts `fetch` may reach: host, *.domain, IPv4 or [IPv6], each with an optional :port",
+    )
+
+
+class CreateTenant(_Request):
+    """`POST /v1/admin/tenants`."""
+
+    name: Id
+    quotas: QuotaChanges | None = None
+    operator: bool = Field(default=False, description="An operator key: the admin API and every tenant's view")
+
+
+class UpdateTenant(_Request):
+    """`PATCH /v1/admin/tenants/{tenant}`."""
+
+    quotas: QuotaChanges
+
+
+class InstanceWait(_Query):
+    """The query of `GET /v1/workflows/{name}/instances/{id}`: a long poll."""
+
+    wait: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_WAIT_S,
+        allow_inf_nan=False,
+        description="Hold the request up to this many seconds, until the instance has settled (it is not "
+        "queued or running) in a status other than `status`; a finished instance is answered at once",
+    )
+    status: Status | None = Field(
+        default=None, description="The status last seen (default: the status when the request arrives)"
+    )
 
 
 class InstanceQuery(_Query):
@@ -272,3 +368,39 @@ class Problem(_Response):
     instance: str | None = None
     line: int | None = Field(default=None, description="For workflow code errors: the line")
     retry_after_s: float | None = Field(default=None, description="For quota and busy errors: seconds to wait")
+
+
+class Quotas(_Response):
+    max_concurrent: int
+    max_instances_per_minute: int
+    max_steps: int
+    memory_mb: int
+    fuel: int
+    max_step_cpu_ms: int
+    max_source_bytes: int
+    max_payload_bytes: int
+    max_stored_mb: int
+    egress: list[str]
+
+
+class TenantInfo(_Response):
+    name: str
+    operator: bool
+    created_at: float
+    quotas: Quotas
+
+
+class TenantKey(TenantInfo):
+    """A new tenant, or one with a new key: the key is shown this once (only its hash is stored)."""
+
+    api_key: str
+
+
+class TenantList(_Response):
+    tenants: list[TenantInfo]
+
+
+class TenantDeleted(_Response):
+    name: str
+    workflows: int = Field(description="Workflows deleted")
+    instances: int = Field(description="Instances deleted, with their journals and events")

@@ -8,6 +8,7 @@ maps each to a status code and an RFC 9457 problem document, in one place.
     ├── InvalidInput          input of the wrong shape or out of range
     ├── WorkflowCodeError     deployed source that does not compile or defines no workflow (.line)
     ├── Unauthorized          no key, or an unknown one
+    ├── Forbidden             a known key that may not do this (a tenant key on the admin API)
     ├── NotFound              no such tenant, workflow or instance (another tenant's included)
     ├── Conflict              the id is taken
     ├── InvalidState          a control or event that does not apply in the instance's status
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "Conflict",
+    "Forbidden",
     "InvalidInput",
     "InvalidState",
     "NotFound",
@@ -53,6 +55,10 @@ class WorkflowCodeError(TenantflowError):
 
 class Unauthorized(TenantflowError):
     """No credentials, or unknown ones."""
+
+
+class Forbidden(TenantflowError):
+    """A known key that may not do this: a tenant key on the admin API or /metrics."""
 
 
 class NotFound(TenantflowError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypedDict
 
 from tenantflow.runtime.errors import InvalidInput
@@ -68,6 +68,57 @@ class Quotas:
         return f"storage quota of {self.max_stored_mb} MB exhausted"
 
 
+# The range an operator may set each numeric quota to (the admin API and the CLI check them).
+QUOTA_BOUNDS: dict[str, tuple[int, int]] = {
+    "max_concurrent": (1, 10_000),
+    "max_instances_per_minute": (1, 10_000_000),
+    "max_steps": (1, 100_000),
+    "memory_mb": (16, 1024),
+    "fuel": (1_000_000, 10**13),
+    "max_step_cpu_ms": (1, 300_000),
+    "max_source_bytes": (1, 2 << 20),
+    "max_payload_bytes": (1, 2 << 20),
+    "max_stored_mb": (1, 10**7),
+}
+MAX_EGRESS_ENTRIES = 100
+# An egress allowlist entry: a host name (or `*.` and a domain), an IPv4 address or a bracketed IPv6
+# address, each with an optional port (tenantflow.host.fetch reads them).
+EGRESS_PATTERN = re.compile(
+    r"^(?:(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$"
+)
+
+
+def check_quotas(changes: dict[str, Any], base: Quotas | None = None) -> Quotas:
+    """`base` (the defaults if None) with `changes` applied, each checked against QUOTA_BOUNDS and
+    EGRESS_PATTERN (InvalidInput naming the field otherwise)."""
+    values = asdict(base or Quotas())
+    for name, value in changes.items():
+        if name == "egress":
+            values["egress"] = _check_egress(value)
+            continue
+        if name not in QUOTA_BOUNDS:
+            raise InvalidInput(f"no quota {name!r}; quotas are {', '.join([*QUOTA_BOUNDS, 'egress'])}")
+        low, high = QUOTA_BOUNDS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidInput(f"{name} is a whole number from {low:,} to {high:,}")
+        values[name] = value
+    return Quotas(**values)
+
+
+def _check_egress(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or len(value) > MAX_EGRESS_ENTRIES:
+        raise InvalidInput(f"egress is a list of at most {MAX_EGRESS_ENTRIES} hosts")
+    hosts: list[str] = []
+    for entry in value:
+        if not isinstance(entry, str) or not EGRESS_PATTERN.fullmatch(entry):
+            raise InvalidInput(
+                f"egress entry {str(entry)[:80]!r} is not a host, *.domain, IPv4 or [IPv6] address "
+                "(with an optional :port)"
+            )
+        hosts.append(entry.lower())
+    return tuple(dict.fromkeys(hosts))
+
+
 @dataclass(frozen=True)
 class Tenant:
     tenant_id: str
@@ -75,6 +126,12 @@ class Tenant:
     quotas: Quotas
     created_at: float
     operator: bool = False
+
+    def public(self) -> dict[str, Any]:
+        """As the admin API shows it (never the key)."""
+        quotas = asdict(self.quotas)
+        quotas["egress"] = list(self.quotas.egress)
+        return {"name": self.name, "operator": self.operator, "created_at": self.created_at, "quotas": quotas}
 
 
 @dataclass(frozen=True)

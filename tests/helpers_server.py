@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tenantflow.runtime.client import Client
+from tenantflow.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

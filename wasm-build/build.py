@@ -8,18 +8,21 @@ wasmtime refuses to load, is rebuilt and never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
+from rich.console import Console
 from wasmtime.component import Component
 
 GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
@@ -103,6 +106,17 @@ def _componentize(out: Path) -> None:
         raise BuildError(f"componentize-py failed:\n{done.stdout}\n{done.stderr[-4000:]}")
 
 
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    """A long step of the one-time build, said on stderr (with a spinner on a terminal) and timed."""
+    console = Console(stderr=True, highlight=False)
+    started = time.monotonic()
+    console.print(f"tenantflow: {what} (once per guest version; cached in {cache_dir()})")
+    with console.status(what) if console.is_terminal else contextlib.nullcontext():
+        yield
+    console.print(f"tenantflow: done in {time.monotonic() - started:.1f} s")
+
+
 def _atomic_write(path: Path, data: bytes | bytearray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
@@ -123,11 +137,13 @@ def build_component(engine: wasmtime.Engine, settings: Mapping[str, object]) -> 
             return artifact
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             wasm = Path(tmp) / "guest.wasm"
-            _componentize(wasm)
-            try:
-                compiled = Component(engine, wasm.read_bytes()).serialize()
-            except wasmtime.WasmtimeError as error:
-                raise BuildError(f"wasmtime could not compile the guest: {error}") from error
+            with _step("building the guest component: CPython for WASI and the author SDK (componentize-py)"):
+                _componentize(wasm)
+            with _step("compiling the guest component to machine code (wasmtime, Cranelift)"):
+                try:
+                    compiled = Component(engine, wasm.read_bytes()).serialize()
+                except wasmtime.WasmtimeError as error:
+                    raise BuildError(f"wasmtime could not compile the guest: {error}") from error
         _atomic_write(artifact, compiled)
         _atomic_write(sidecar, hashlib.sha256(compiled).hexdigest().encode())
     return artifact

@@ -1,7 +1,9 @@
 """The `tenantflow` command line.
 
-Operator commands work on the database directly (`--db URL`, or TENANTFLOW_DB):
-`serve`, `worker`, `tenants create|list`. Tenant commands talk to a server over
+`serve` and `worker` run on the database (`--db URL`, or TENANTFLOW_DB). Operator commands
+(`tenants create|list|show|update|rotate-key|delete`) go over HTTP with an operator key (`--key`,
+TENANTFLOW_OPERATOR_KEY) or on the database; `admin create-key` makes the first operator key.
+Tenant commands talk to a server over
 HTTP (`--url`, TENANTFLOW_URL; `--key`, TENANTFLOW_KEY): `deploy`, `workflows`,
 `start`, `instances`, `status`, `events send`, `journal`, `pause`, `resume`,
 `terminate`, `restart`. `run` runs one workflow locally, with no server.
@@ -13,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from tenantflow.runtime.cli import local, operator, remote
+from tenantflow.runtime.cli import local, operator, remote, tenants
 from tenantflow.runtime.cli.output import fail
-from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.contract import allow_deep_json
 from tenantflow.runtime.errors import TenantflowError
 
 
@@ -36,6 +38,6 @@ def main() -> None:
     allow_deep_json()  # results nested ~1000 deep must print
 
 
-for _module in (operator, remote, local):
+for _module in (operator, tenants, remote, local):
     for _command in _module.commands.commands.values():
         main.add_command(_command)

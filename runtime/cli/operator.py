@@ -1,23 +1,15 @@
-"""Operator commands on the database: `serve`, `worker`, `tenants create|list`."""
+"""Running the service: `serve` (API and workers) and `worker` (workers only)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import click
-from rich.table import Table
 from tenantflow.runtime import logs
-from tenantflow.runtime.cli.options import db_option, json_option, log_options, park_options, workers_option
+from tenantflow.runtime.cli.options import db_option, log_options, park_options, workers_option
 from tenantflow.runtime.cli.output import (
     fail,
-    out,
-    print_json,
-    when,
 )
 from tenantflow.runtime.errors import TenantflowError
 from tenantflow.runtime.logs import LogFormat
-from tenantflow.runtime.records import Quotas
 
 
 @click.group()
@@ -116,126 +108,3 @@ def worker(
         )
     except TenantflowError as error:
         fail(str(error))
-
-
-# -- tenants (operator, on the database) --------------------------------------------
-
-
-@commands.group()
-def tenants() -> None:
-    """Create and list tenants (operator commands, on --db)."""
-
-
-@tenants.command("create")
-@click.argument("name")
-@db_option
-@click.option("--max-concurrent", type=click.IntRange(1), help="Activations running at once.")
-@click.option("--max-instances", type=click.IntRange(1), help="Instances created per minute.")
-@click.option("--memory-mb", type=click.IntRange(1), help="Memory per activation, MiB.")
-@click.option("--fuel", type=click.IntRange(1), help="Fuel (wasm instructions, roughly) per activation.")
-@click.option("--max-stored-mb", type=click.IntRange(1), help="Storage for all the tenant's instances, MB.")
-@click.option(
-    "--max-step-cpu-ms", type=click.IntRange(1, 300_000), help="CPU a step attempt may use at most, ms (5 min)."
-)
-@click.option("--egress", multiple=True, metavar="HOST", help="A host `fetch` may reach (repeat, or comma-separate).")
-@click.option("--operator", is_flag=True, help="An operator key: reads every tenant in the dashboard.")
-@json_option
-def tenants_create(
-    name: str,
-    db: str,
-    max_concurrent: int | None,
-    max_instances: int | None,
-    memory_mb: int | None,
-    fuel: int | None,
-    max_stored_mb: int | None,
-    max_step_cpu_ms: int | None,
-    egress: tuple[str, ...],
-    operator: bool,
-    as_json: bool,
-) -> None:
-    """Create tenant NAME and print JSON with its API key (shown once; only its hash is stored)."""
-    from tenantflow.runtime.engine.clock import SystemClock
-    from tenantflow.runtime.service import Tenants
-    from tenantflow.runtime.store import open_store
-
-    defaults = Quotas()
-    quotas = Quotas(
-        max_concurrent=max_concurrent or defaults.max_concurrent,
-        max_instances_per_minute=max_instances or defaults.max_instances_per_minute,
-        memory_mb=memory_mb or defaults.memory_mb,
-        fuel=fuel or defaults.fuel,
-        max_stored_mb=max_stored_mb or defaults.max_stored_mb,
-        max_step_cpu_ms=max_step_cpu_ms or defaults.max_step_cpu_ms,
-        egress=tuple(h.strip() for item in egress for h in item.split(",") if h.strip()),
-    )
-    try:
-        store = open_store(db)
-    except TenantflowError as error:
-        fail(str(error))
-    try:
-        tenant, api_key = Tenants(store, SystemClock()).create(name, quotas, operator=operator)
-    except TenantflowError as error:
-        fail(str(error))
-    finally:
-        store.close()
-    result = {
-        "tenant": tenant.name,
-        "api_key": api_key,
-        "operator": tenant.operator,
-        "quotas": _quotas_json(tenant.quotas),
-    }
-    click.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
-
-
-def _quotas_json(quotas: Quotas) -> dict[str, Any]:
-    return {
-        "max_concurrent": quotas.max_concurrent,
-        "max_instances_per_minute": quotas.max_instances_per_minute,
-        "max_steps": quotas.max_steps,
-        "memory_mb": quotas.memory_mb,
-        "fuel": quotas.fuel,
-        "max_source_bytes": quotas.max_source_bytes,
-        "max_payload_bytes": quotas.max_payload_bytes,
-        "max_stored_mb": quotas.max_stored_mb,
-        "max_step_cpu_ms": quotas.max_step_cpu_ms,
-        "egress": list(quotas.egress),
-    }
-
-
-@tenants.command("list")
-@db_option
-@json_option
-def tenants_list(db: str, as_json: bool) -> None:
-    """List tenants and their quotas (never their keys)."""
-    from tenantflow.runtime.store import open_store
-
-    try:
-        store = open_store(db)
-    except TenantflowError as error:
-        fail(str(error))
-    try:
-        found = store.tenants()
-    finally:
-        store.close()
-    rows: list[dict[str, Any]] = [
-        {"tenant": t.name, "created_at": t.created_at, "operator": t.operator, "quotas": _quotas_json(t.quotas)}
-        for t in found
-    ]
-    if as_json:
-        print_json(rows)
-        return
-    table = Table(title=f"{len(rows)} tenant(s)", title_justify="left")
-    for column in ("tenant", "created", "concurrent", "instances/min", "memory", "fuel", "egress"):
-        table.add_column(column)
-    for row in rows:
-        q = row["quotas"]
-        table.add_row(
-            row["tenant"],
-            when(row["created_at"]),
-            str(q["max_concurrent"]),
-            str(q["max_instances_per_minute"]),
-            f"{q['memory_mb']} MiB",
-            f"{q['fuel']:,}",
-            ", ".join(q["egress"]) or "-",
-        )
-    out().print(table)

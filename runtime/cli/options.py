@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 import httpx
+from tenantflow.client import DEFAULT_URL, ApiError, Client
 from tenantflow.runtime.cli.output import fail
-from tenantflow.runtime.client import DEFAULT_URL, ApiError, Client
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.logs import FORMATS
 from tenantflow.runtime.store import DEFAULT_DB

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 from rich.text import Text
+from tenantflow.client import Client, WaitTimeout
 from tenantflow.runtime.cli.options import api_options
 from tenantflow.runtime.cli.output import (
     STATUS_STYLE,
@@ -20,8 +21,7 @@ from tenantflow.runtime.cli.output import (
     show_journal,
     when,
 )
-from tenantflow.runtime.client import Client
-from tenantflow.runtime.contract import CONTROLS, Control
+from tenantflow.runtime.contract import CONTROLS, MAX_WAIT_S, Control
 from tenantflow.runtime.records import FINISHED, STATUSES
 
 
@@ -77,12 +77,14 @@ def start(
     client: Client, workflow: str, instance_id: str | None, params: str | None, wait_s: float | None, as_json: bool
 ) -> None:
     """Start an instance of WORKFLOW's latest version."""
-    created = client.start(workflow, instance_id, parse_json(params, "--params"))
+    handle = client.start(workflow, instance_id, parse_json(params, "--params"))
+    created = handle.instance
     if wait_s is not None:
         try:
-            created = client.wait(workflow, created.id, timeout=wait_s)
-        except TimeoutError as error:
+            created = handle.wait(timeout=wait_s)  # long polls: a few requests, not one per 50 ms
+        except WaitTimeout as error:
             fail(str(error))
+    assert created is not None
     if as_json:
         print_json(plain(created))
         return
@@ -119,10 +121,18 @@ def instances(
 @commands.command()
 @click.argument("workflow")
 @click.argument("instance_id", metavar="ID")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0, MAX_WAIT_S),
+    default=0.0,
+    help="A long poll: answer once the instance has settled (not queued or running) in another status, "
+    "waiting up to this many seconds.",
+)
 @api_options
-def status(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
+def status(client: Client, workflow: str, instance_id: str, wait_s: float, as_json: bool) -> None:
     """Show an instance's status, output and error."""
-    found = client.status(workflow, instance_id)
+    found = client.status(workflow, instance_id, wait_s=wait_s)
     if as_json:
         print_json(plain(found))
         return

@@ -171,6 +171,13 @@ class WorkerPool:
             return False
         return len(self._cancel_lost(claims)) < len(claims)
 
+    def cancel_tenant(self, tenant_id: str) -> None:
+        """End what runs or is parked here of a tenant whose instances are gone (a deleted tenant)."""
+        with self._lock:
+            claims = [claim for claim in self._held if claim.key.tenant_id == tenant_id]
+        if claims:
+            self._cancel_lost(claims)
+
     def _cancel_lost(self, claims: list[Claim]) -> dict[Claim, EndedRow]:
         """Cancel (and nudge, if parked) what of `claims` is no longer ours; what still is, with its row."""
         still = self.store.held(self.owner, claims)

@@ -9,10 +9,12 @@ are capped before they are parsed; tenant calls under /v1 need
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from http import HTTPStatus
 from typing import Any
 
@@ -26,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from tenantflow.runtime import contract
 from tenantflow.runtime.engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from tenantflow.runtime.errors import TenantflowError
+from tenantflow.runtime.errors import Forbidden, TenantflowError
 from tenantflow.runtime.http.auth import bearer_key
 from tenantflow.runtime.http.dashboard import dashboard_routes
 from tenantflow.runtime.http.inputs import BODY_TIMEOUT_S, MAX_BODY, BodyTimeout, query, read_body, validate
@@ -34,19 +36,22 @@ from tenantflow.runtime.http.observe import RequestMetrics
 from tenantflow.runtime.http.openapi import openapi_document
 from tenantflow.runtime.http.operations import OPERATIONS
 from tenantflow.runtime.http.problems import (
-    Forbidden,
     InternalError,
     dumps,
     problem,
     problem_for,
     status_problem,
 )
-from tenantflow.runtime.records import Instance, Tenant, Version
+from tenantflow.runtime.records import FINISHED, Instance, Tenant, Version
 from tenantflow.runtime.service import Service
+from tenantflow.runtime.service.changes import RECHECK_S
 
 __all__ = ["BODY_TIMEOUT_S", "MAX_BODY", "Api", "create_app"]
 
 log = logging.getLogger("tenantflow.api")
+
+# An instance in one of these is on its way somewhere: a long poll holds on.
+ACTIVE = frozenset({"queued", "running"})
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -78,6 +83,10 @@ def version_json(version: Version) -> dict[str, Any]:
 
 def instance_json(instance: Instance) -> dict[str, Any]:
     return instance.public()
+
+
+def tenant_json(tenant: Tenant) -> dict[str, Any]:
+    return tenant.public()
 
 
 class Api:
@@ -175,10 +184,27 @@ class Api:
 
     async def get_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        found = await run_in_threadpool(
-            self.service.instance, tenant, request.path_params["name"], request.path_params["id"]
-        )
+        asked = query(contract.InstanceWait, request)
+        read = functools.partial(self.service.instance, tenant, request.path_params["name"], request.path_params["id"])
+        found = await run_in_threadpool(read)
+        if asked.wait > 0:
+            found = await self.long_poll(found, read, asked.status or found.status, asked.wait)
         return JSONBody(instance_json(found))
+
+    async def long_poll(self, found: Instance, read: Callable[[], Instance], seen: str, wait_s: float) -> Instance:
+        """The instance once it has settled (it is not queued or running) in a status other than `seen`, or
+        after `wait_s`: a waiter sees `waiting` or `complete`, never the `running` in between."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while found.status in ACTIVE or found.status == seen:
+            if found.status in FINISHED:
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await self.service.changes.wait(found.key, min(left, RECHECK_S))
+            found = await run_in_threadpool(read)
+        return found
 
     async def get_journal(self, request: Request) -> Response:
         tenant = await self.tenant(request)
@@ -205,6 +231,45 @@ class Api:
             event.payload,
         )
         return JSONBody({"seq": seq, "type": event.type}, status_code=202)
+
+    # -- admin (operator keys) -------------------------------------------------------
+
+    async def list_tenants(self, request: Request) -> Response:
+        actor = await self.tenant(request)
+        found = await run_in_threadpool(self.service.admin.tenants, actor)
+        return JSONBody({"tenants": [tenant_json(t) for t in found]})
+
+    async def create_tenant(self, request: Request) -> Response:
+        actor = await self.tenant(request)
+        self.service.admin.check(actor)
+        body = validate(contract.CreateTenant, await read_body(request, self.max_body), "the body")
+        quotas = _given(body.quotas) if body.quotas is not None else {}
+        tenant, key = await run_in_threadpool(self.service.admin.create_tenant, actor, body.name, quotas, body.operator)
+        return JSONBody({**tenant_json(tenant), "api_key": key}, status_code=201)
+
+    async def get_tenant(self, request: Request) -> Response:
+        actor = await self.tenant(request)
+        found = await run_in_threadpool(self.service.admin.tenant, actor, request.path_params["tenant"])
+        return JSONBody(tenant_json(found))
+
+    async def update_tenant(self, request: Request) -> Response:
+        actor = await self.tenant(request)
+        self.service.admin.check(actor)
+        body = validate(contract.UpdateTenant, await read_body(request, self.max_body), "the body")
+        updated = await run_in_threadpool(
+            self.service.admin.update_quotas, actor, request.path_params["tenant"], _given(body.quotas)
+        )
+        return JSONBody(tenant_json(updated))
+
+    async def rotate_tenant_key(self, request: Request) -> Response:
+        actor = await self.tenant(request)
+        tenant, key = await run_in_threadpool(self.service.admin.rotate_key, actor, request.path_params["tenant"])
+        return JSONBody({**tenant_json(tenant), "api_key": key})
+
+    async def delete_tenant(self, request: Request) -> Response:
+        actor = await self.tenant(request)
+        deleted = await run_in_threadpool(self.service.admin.delete_tenant, actor, request.path_params["tenant"])
+        return JSONBody(asdict(deleted))
 
     def control(self, action: contract.Control) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:

@@ -19,7 +19,7 @@ from tenantflow.runtime.http.operations import OPERATIONS, PROBLEMS, Operation
 __all__ = ["openapi_document"]
 
 REF = "#/components/schemas/{model}"
-PATH_PARAMS = {"name": "The workflow's name", "id": "The instance's id"}
+PATH_PARAMS = {"name": "The workflow's name", "id": "The instance's id", "tenant": "The tenant's name"}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         out["requestBody"] = {"required": op.body_required, "content": {"application/json": {"schema": _ref(op.body)}}}
     out["security"] = [{"bearerAuth": []}] if op.secured else []
     if op.secured:
-        out["tags"] = ["tenant"]
+        out["tags"] = [op.tag]
     return out
 
 
@@ -123,7 +123,8 @@ def _build() -> dict[str, Any]:
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The tenant's key (for /metrics: the operator key or the metrics token)",
+                    "description": "The tenant's key; an operator key for /v1/admin and /metrics "
+                    "(which also takes the server's metrics token)",
                 }
             },
         },

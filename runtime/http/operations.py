@@ -11,21 +11,23 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from tenantflow.runtime import contract as c
 
-__all__ = ["INSTANCE", "OPERATIONS", "PROBLEMS", "Answer", "Operation"]
+__all__ = ["INSTANCE", "OPERATIONS", "PROBLEMS", "TENANT", "Answer", "Operation"]
 
 INSTANCE = "/v1/workflows/{name}/instances/{id}"
+TENANT = "/v1/admin/tenants/{tenant}"
 
 PROBLEMS: dict[int, str] = {
     400: "Malformed request: the body is not JSON, not UTF-8, or empty",
     401: "Missing or unknown API key",
-    403: "A known key that may not do this (a tenant key on /metrics)",
-    404: "No such workflow or instance (another tenant's resources are not found either)",
+    403: "A known key that may not do this (a tenant key on the admin API or /metrics)",
+    404: "No such workflow, instance or tenant (another tenant's resources are not found either)",
     408: "The request body did not arrive within 10 s; the connection is closed",
-    409: "Conflict: the id is taken, or the control does not apply in the instance's status",
+    409: "Conflict: the id or name is taken, or the control does not apply in the instance's status",
     413: "Too large: the request body (over 2 MiB), the source, the params or the payload",
     422: "Invalid input: wrong types, unknown fields, bad ids, or workflow code that does not compile "
     "or whose module code hits a limit (DeadlineExceeded, FuelExhausted, MemoryLimitExceeded)",
-    429: "A quota is exceeded (instance creation rate, deploy checks in progress); see the Retry-After header",
+    429: "A quota is exceeded (instance creation rate, deploy checks or long polls in progress); "
+    "see the Retry-After header",
     503: "The store is busy or the server is saturated (e.g. deploy checks); see the Retry-After header",
 }
 
@@ -53,6 +55,7 @@ class Operation:
     query: type[BaseModel] | None = None
     secured: bool = True
     path_params: tuple[str, ...] = ()
+    tag: str = "tenant"
 
 
 _CONTROL_SUMMARIES: dict[c.Control, str] = {
@@ -162,9 +165,10 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         INSTANCE,
         "getInstance",
-        "An instance's status, output and error",
+        "An instance's status, output and error; with `wait`, a long poll that answers when the status changes",
         {200: Answer(c.Instance, "The instance")},
-        (401, 404, 422),
+        (401, 404, 422, 429),
+        query=c.InstanceWait,
         path_params=("name", "id"),
     ),
     Operation(
@@ -188,4 +192,64 @@ OPERATIONS: tuple[Operation, ...] = (
         path_params=("name", "id"),
     ),
     *(_control(action) for action in c.CONTROLS),
+    Operation(
+        "GET",
+        "/v1/admin/tenants",
+        "listTenants",
+        "Every tenant with its quotas (never a key)",
+        {200: Answer(c.TenantList, "The tenants, oldest first")},
+        (401, 403),
+        tag="admin",
+    ),
+    Operation(
+        "POST",
+        "/v1/admin/tenants",
+        "createTenant",
+        "Create a tenant; its API key is in the answer, this once",
+        {201: Answer(c.TenantKey, "Created")},
+        (400, 401, 403, 409, 413, 422),
+        body=c.CreateTenant,
+        tag="admin",
+    ),
+    Operation(
+        "GET",
+        TENANT,
+        "getTenant",
+        "A tenant and its quotas",
+        {200: Answer(c.TenantInfo, "The tenant")},
+        (401, 403, 404, 422),
+        path_params=("tenant",),
+        tag="admin",
+    ),
+    Operation(
+        "PATCH",
+        TENANT,
+        "updateTenant",
+        "Change some of a tenant's quotas (running activations keep theirs until they end)",
+        {200: Answer(c.TenantInfo, "The tenant after the change")},
+        (400, 401, 403, 404, 413, 422),
+        body=c.UpdateTenant,
+        path_params=("tenant",),
+        tag="admin",
+    ),
+    Operation(
+        "POST",
+        TENANT + "/rotate-key",
+        "rotateTenantKey",
+        "Give a tenant a new key; the old one stops working at once",
+        {200: Answer(c.TenantKey, "The tenant with its new key, shown this once")},
+        (401, 403, 404, 422),
+        path_params=("tenant",),
+        tag="admin",
+    ),
+    Operation(
+        "DELETE",
+        TENANT,
+        "deleteTenant",
+        "Delete a tenant with all its workflows, instances, journals and events",
+        {200: Answer(c.TenantDeleted, "Deleted")},
+        (401, 403, 404, 409, 422),
+        path_params=("tenant",),
+        tag="admin",
+    ),
 )

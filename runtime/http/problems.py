@@ -17,6 +17,7 @@ from typing import Any
 from starlette.responses import Response
 from tenantflow.runtime.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     InvalidState,
     NotFound,
@@ -48,10 +49,6 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 class MalformedRequest(TenantflowError):
     """A body that is not JSON (or not UTF-8, or empty where JSON is needed)."""
-
-
-class Forbidden(TenantflowError):
-    """A known key that may not do this (a tenant key on /metrics)."""
 
 
 class RequestTimeout(TenantflowError):

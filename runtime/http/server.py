@@ -20,7 +20,7 @@ from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
-from tenantflow.runtime.client import allow_deep_json
+from tenantflow.runtime.contract import allow_deep_json
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.service import Service

@@ -37,6 +37,8 @@ from tenantflow.runtime.records import (
     check_event_type,
     check_id,
 )
+from tenantflow.runtime.service.admin import Admin
+from tenantflow.runtime.service.changes import Changes
 from tenantflow.runtime.service.checks import DeployChecks
 from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.store import SQLStore, open_store
@@ -75,6 +77,7 @@ class Service:
         self.clock = clock or SystemClock()
         self.metrics = Metrics(store.status_counts)
         self.stopping = threading.Event()
+        self.changes = Changes()
         self.executor = Executor(store, self.sandbox, self.clock, self.metrics, self.stopping)
         self.pool = WorkerPool(
             store,
@@ -85,10 +88,12 @@ class Service:
             owner=owner,
             park_memory_mb=park_memory_mb,
             max_park_s=max_park_s,
+            on_done=lambda done: self.changes.changed(done.claim.key),
         )
         self.metrics.watch_parking(self.pool.lot.usage)
         self.metrics.watch_queue(lambda: self.store.next_wake(self.clock.now()), self.clock.now)
         self.tenant_registry = Tenants(store, self.clock)
+        self.admin = Admin(store, self.tenant_registry, self.clock, on_purged=self.pool.cancel_tenant)
         self.checks = DeployChecks(self.sandbox)
         self._started = False
 
@@ -97,6 +102,7 @@ class Service:
         return cls(open_store(url), **kwargs)
 
     def start(self) -> Service:
+        self.admin.resume_purges()
         self.pool.start()
         self._started = True
         return self
@@ -247,6 +253,7 @@ class Service:
             raise NotFound(f"no control {action!r}; use pause, resume, terminate or restart")
         self.pool.nudge(key)
         self.pool.wake()
+        self.changes.changed(key)
         return self.store.instance(key)
 
     def send_event(self, tenant: Tenant, workflow: str, instance_id: str, event_type: Any, payload: Any) -> int:

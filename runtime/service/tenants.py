@@ -6,13 +6,17 @@ import hashlib
 import secrets
 
 from tenantflow.runtime.engine.clock import Clock
-from tenantflow.runtime.errors import Conflict, NotFound, Unauthorized
+from tenantflow.runtime.errors import NotFound, Unauthorized
 from tenantflow.runtime.records import Quotas, Tenant, check_id
 from tenantflow.runtime.store import SQLStore
 
 
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "tf_" + secrets.token_urlsafe(32)
 
 
 class Tenants:
@@ -23,15 +27,15 @@ class Tenants:
         self.clock = clock
 
     def create(self, name: str, quotas: Quotas | None = None, operator: bool = False) -> tuple[Tenant, str]:
+        """A new tenant and its key; Conflict if the name is taken."""
         check_id(name, "tenant name")
-        api_key = "tf_" + secrets.token_urlsafe(32)
+        api_key = new_key()
         tenant = Tenant(name, name, quotas or Quotas(), self.clock.now(), operator)
-        try:
-            self.store.tenant(name)
-        except NotFound:
-            self.store.create_tenant(tenant, hash_key(api_key))
-            return tenant, api_key
-        raise Conflict(f"tenant {name!r} already exists")
+        self.store.create_tenant(tenant, hash_key(api_key))
+        return tenant, api_key
+
+    def set_key(self, tenant_id: str, api_key: str) -> None:
+        self.store.set_key(tenant_id, hash_key(api_key))
 
     def authenticate(self, api_key: str | None) -> Tenant:
         if not api_key:

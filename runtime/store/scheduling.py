@@ -89,7 +89,7 @@ class Scheduling(StoreCore):
             "(SELECT MIN(d.wake_at) FROM instances d WHERE d.tenant_id = t.tenant_id "
             "AND d.status IN ('queued', 'waiting') AND (d.lease_until IS NULL OR d.lease_until < ?)) AS due_at "
             "FROM tenants t LEFT JOIN live l ON l.tenant_id = t.tenant_id "
-            "LEFT JOIN expired e ON e.tenant_id = t.tenant_id) "
+            "LEFT JOIN expired e ON e.tenant_id = t.tenant_id WHERE t.deleted_at IS NULL) "
             f"SELECT {columns(ReadyTenantRow)} FROM ready WHERE due_at <= ? OR expired_at IS NOT NULL "
             "ORDER BY running, COALESCE(expired_at, due_at), tenant_id",
             (now, now, now, now),

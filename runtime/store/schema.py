@@ -142,4 +142,24 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (tenant_id)
         ){clustered}""",
     ],
+    [
+        # A deleted tenant is marked first (its key stops working, its instances are no longer claimed), then
+        # its rows are purged in bounded transactions, then the mark goes; a purge cut short resumes.
+        "ALTER TABLE tenants ADD COLUMN deleted_at {float}",
+    ],
 ]
+
+# Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test
+# checks that the schema has no other table with a tenant_id.
+TENANT_TABLES: tuple[str, ...] = (
+    "journal",
+    "attempts",
+    "events",
+    "instances",
+    "versions",
+    "sources",
+    "creation_buckets",
+    "tenants",
+)
+# The tables of one instance's rows (keyed by tenant_id, workflow, instance_id), purged instance by instance.
+INSTANCE_TABLES: tuple[str, ...] = ("journal", "attempts", "events", "instances")

@@ -77,7 +77,7 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
         "a.example.org,b.example.org",
     )
     created = json.loads(done.stdout)
-    assert created["tenant"] == "acme" and created["operator"] is False
+    assert created["name"] == "acme" and created["operator"] is False
     api_key = created["api_key"]
     assert api_key.startswith("tf_") and len(api_key) > 30
     assert created["quotas"] == {
@@ -104,7 +104,7 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
         assert api_key.encode() not in path.read_bytes()
 
     listed = json.loads(cli("tenants", "list", "--db", db, "--json").stdout)
-    assert [t["tenant"] for t in listed] == ["acme"]
+    assert [t["name"] for t in listed] == ["acme"]
     assert api_key not in json.dumps(listed) and hash_key(api_key) not in json.dumps(listed)
     table = cli("tenants", "list", "--db", db).stdout
     assert "acme" in table and "128 MiB" in table
@@ -123,11 +123,11 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
 def test_db_comes_from_tenantflow_db_or_the_default_file(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'env.db'}"
     cli("tenants", "create", "from-env", db=db)
-    assert json.loads(cli("tenants", "list", "--json", db=db).stdout)[0]["tenant"] == "from-env"
+    assert json.loads(cli("tenants", "list", "--json", db=db).stdout)[0]["name"] == "from-env"
     # --db wins over the environment.
     other = f"sqlite:///{tmp_path / 'other.db'}"
     cli("tenants", "create", "explicit", "--db", other, db=db)
-    assert [t["tenant"] for t in json.loads(cli("tenants", "list", "--json", db=other).stdout)] == ["explicit"]
+    assert [t["name"] for t in json.loads(cli("tenants", "list", "--json", db=other).stdout)] == ["explicit"]
 
     # No --db and no TENANTFLOW_DB: ./tenantflow.db in the working directory.
     work = tmp_path / "work"
@@ -301,6 +301,36 @@ def test_start_can_wait_for_the_end(server: ServerProcess, key: str) -> None:
     # Not finished in time: exit 1 and say so (the approval waits an hour for its event).
     slow = remote(server, key, "start", "approval", "--wait", "0.2")
     assert slow.exit_code == 1 and "still" in slow.stderr
+
+
+def test_waits_are_long_polls_not_polling_loops(server: ServerProcess, key: str) -> None:
+    """`start --wait 3` on an instance that waits an hour: a few held requests, not one every 50 ms;
+    `status --wait` answers once the instance has settled."""
+    remote(server, key, "deploy", str(EXAMPLES / "approval.py"))
+    route = 'route="/v1/workflows/{name}/instances/{id}"'
+    operator = server.create_tenant("metrics-reader", "--operator")["api_key"]
+
+    def reads() -> float:
+        with server.http(operator) as http:
+            text = http.get("/metrics").text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("tenantflow_http_requests_total") and route in line and 'method="GET"' in line
+        )
+
+    before = reads()
+    started = time.monotonic()
+    slow = remote(server, key, "start", "approval", "--id", "long-poll", "--wait", "3")
+    assert slow.exit_code == 1 and "still waiting after 3 s" in slow.stderr
+    assert time.monotonic() - started >= 2.9
+    assert reads() - before <= 3  # polling every 50 ms would be ~60
+
+    settled = remote(server, key, "status", "approval", "long-poll", "--wait", "10", "--json")
+    assert json.loads(settled.stdout)["status"] == "waiting"
+    remote(server, key, "events", "send", "approval", "long-poll", "approved", "--payload", '{"by": "ana"}')
+    done = remote(server, key, "status", "approval", "long-poll", "--wait", "10", "--json")
+    assert json.loads(done.stdout)["status"] == "complete"
 
 
 def test_tenant_command_errors(server: ServerProcess, key: str, tmp_path: Path) -> None:

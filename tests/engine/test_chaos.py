@@ -113,6 +113,7 @@ class Fleet:
         self.started = 0
         self.kills = 0
         self.workers: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self.ready_at: dict[int, float] = {}
         for _ in range(size):
             self.spawn()
 
@@ -127,14 +128,29 @@ class Fleet:
             command += ["--host-alias", f"remote-{self.started}"]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append((process, log))
+        self.ready_at.pop(process.pid, None)
 
-    def kill_one(self) -> None:
-        process, log = self.workers.pop(random.randrange(len(self.workers)))
+    def _ready_for(self, process: subprocess.Popen[bytes], log: IO[bytes]) -> float:
+        """How long the worker has been running activations (0 while it starts)."""
+        if process.pid not in self.ready_at:
+            if b'"ready": true' not in Path(log.name).read_bytes():
+                return 0.0
+            self.ready_at[process.pid] = time.monotonic()
+        return time.monotonic() - self.ready_at[process.pid]
+
+    def kill_one(self, min_ready_s: float = 0.0) -> bool:
+        """SIGKILL a random worker that has been ready for `min_ready_s` (so that each does some work however
+        slowly this machine starts a process) and start another; whether one was."""
+        ready = [i for i, (p, log) in enumerate(self.workers) if self._ready_for(p, log) >= min_ready_s]
+        if not ready:
+            return False
+        process, log = self.workers.pop(random.choice(ready))
         process.send_signal(signal.SIGKILL)
         process.wait()  # reaped: the replacement sees the pid gone
         log.close()
         self.kills += 1
         self.spawn()
+        return True
 
     def stop(self) -> list[int | None]:
         """SIGTERM all; their exit codes (a worker stopped before Python installed its handler counts as 0)."""
@@ -179,7 +195,7 @@ def chaos(
     """`many_hosts`: half the workers look remote. Every `slow_every`-th instance has slow steps after
     its event, so that activation outlasts the lease and only heartbeats keep it."""
     base, hits = counter
-    budget_s = 600.0 if LONG else 75.0
+    budget_s = 600.0 if LONG else 120.0
     setup = Service(open_store(url), sandbox)
     try:
         tenant, _ = setup.create_tenant("chaos", Quotas(max_concurrent=64, egress=("127.0.0.1",)))
@@ -211,9 +227,8 @@ def chaos(
                 for instance_id in pending_events[: max(1, n // 20)]:
                     setup.send_event(tenant, "flow", instance_id, "approved", {"by": instance_id})
                 del pending_events[: max(1, n // 20)]
-                if kill and time.monotonic() >= next_kill:
-                    fleet.kill_one()
-                    next_kill += KILL_EVERY_S
+                if kill and time.monotonic() >= next_kill and fleet.kill_one(min_ready_s=KILL_EVERY_S / 2):
+                    next_kill = time.monotonic() + KILL_EVERY_S
                 time.sleep(0.1)
             elapsed = time.monotonic() - started
         finally:

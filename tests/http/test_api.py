@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers_server import EXAMPLES, ServerProcess, Servers, servers
-from tenantflow.runtime.client import ApiError, Client
+from tenantflow.client import ApiError, Client
 from tenantflow.runtime.contract import Health
 from tenantflow.runtime.http.api import MAX_BODY, create_app
 from tenantflow.runtime.http.openapi import openapi_document
@@ -211,7 +211,7 @@ def test_deploy_versions_and_listing(api: Client, http: httpx.Client) -> None:
     second = http.put("/v1/workflows/versioned", json={"source": ECHO + "\n# v2\n"})
     assert second.status_code == 201 and second.json()["version"] == 2
 
-    detail = api.workflow("versioned")
+    detail = api.versions("versioned")
     assert detail.latest == 2
     assert [v.version for v in detail.versions] == [1, 2]
     listed = {w.name: w for w in api.workflows()}
@@ -462,7 +462,7 @@ def test_controls_follow_the_status(api: Client, http: httpx.Client) -> None:
 def test_resume_of_a_running_instance_is_409(api: Client, http: httpx.Client) -> None:
     api.deploy("busy", BUSY)
     api.start("busy", "r1", {"ms": 1500})
-    api.wait("busy", "r1", {"running"}, timeout=10, interval=0.01)
+    api.wait("busy", "r1", {"running"}, timeout=10)
     assert_problem(http.post("/v1/workflows/busy/instances/r1/resume"), 409, "running")
     assert api.wait("busy", "r1").output == 1500
 
@@ -503,7 +503,7 @@ def test_bad_bodies_are_4xx_and_change_nothing(server: ServerProcess, api: Clien
     after = api.journal("approval", "keep")
     assert after == before
     assert api.status("approval", "keep").status == "waiting"
-    assert api.workflow("approval").latest == 1
+    assert api.versions("approval").latest == 1
     api.send_event("approval", "keep", "approved", {"by": "cy"})
     assert api.wait("approval", "keep").output["by"] == "cy"
 
@@ -550,7 +550,7 @@ def test_tenants_with_the_same_names_stay_separate(api: Client, server: ServerPr
         other.start("shared-name", "same-id", "from globex")
         assert api.wait("shared-name", "same-id").output["echo"] == "from acme"
         assert other.wait("shared-name", "same-id").output["globex"] == "from globex"
-        assert api.workflow("shared-name").latest == 1 and other.workflow("shared-name").latest == 1
+        assert api.versions("shared-name").latest == 1 and other.versions("shared-name").latest == 1
 
         # acme's private workflow and instance: globex gets 404 everywhere (never 403).
         api.deploy("acme-only", WAITER)

@@ -33,7 +33,7 @@ def test_json_logs_say_each_deploy_start_completion_failure_and_limit(tmp_path: 
                 client.start(name, instance_id=f"{name}-1")
                 client.wait(name, f"{name}-1")
             for _ in range(3):
-                client.request("GET", "/healthz")
+                client.health()
         # Every line parses as JSON (a stray text line would fail json.loads above).
         lines = _lines(server, wanted=8)
     events = [(line["event"], line.get("workflow"), line.get("error")) for line in lines if "event" in line]

@@ -143,7 +143,7 @@ def test_tenants(store: SQLStore) -> None:
     assert [t.tenant_id for t in store.tenants()] == ["acme", "zeta"]
     with pytest.raises(NotFound):
         store.tenant("ghost")
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+    with pytest.raises(Conflict, match="already exists"):
         make_tenant(store, "acme")
 
 

@@ -189,6 +189,17 @@ def exercise(s: Any) -> None:
     assert not s.storage_exhausted("acme", Quotas())
     s.ping()
 
+    # The admin API's writes: quotas, keys, and deleting a tenant (marked, purged a batch at a time).
+    assert s.set_quotas("zeta", Quotas(max_concurrent=2)).quotas.max_concurrent == 2
+    s.set_key("zeta", "hash-zeta-2")
+    assert s.mark_deleted("zeta", T0 + 11) == (1, 2)
+    assert s.deleting_tenants() == ["zeta"]
+    assert len(s.purge_instances("zeta", 1)) == 1
+    assert len(s.purge_instances("zeta", 10)) == 1
+    assert s.purge_instances("zeta", 10) == []
+    s.finish_purge("zeta")
+    assert s.deleting_tenants() == []
+
 
 def test_every_statement_of_every_operation_is_scoped_by_tenant(store: SQLStore) -> None:
     calls = Calls(store)

@@ -1,0 +1,262 @@
+"""`AsyncClient`: the API over httpx for asyncio; `AsyncAsyncWorkflowHandle` and `AsyncAsyncInstanceHandle` on it.
+
+The same calls as `Client` (`_calls`), awaited; keep the two in step."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import httpx
+from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Call, Poll, Retry, calls, merge_journal
+from tenantflow.client._errors import InstanceFailed, WaitTimeout
+from tenantflow.runtime import contract as c
+from tenantflow.runtime.records import FINISHED
+
+__all__ = ["AsyncClient", "AsyncInstanceHandle", "AsyncWorkflowHandle"]
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A tenant's (or an operator's) view of a tenantflow server.
+
+    Answers are the contract's models; a 4xx or 5xx raises the matching `ApiError`; a 429 or 503 is
+    retried as `retry` says, honouring Retry-After."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: Retry | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.url = url.rstrip("/")
+        self.retry = retry if retry is not None else Retry()
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def send(self, call: Call[T]) -> T:
+        """Send one call, retrying 429 and 503 as `retry` says."""
+        attempt, waited = 0, 0.0
+        while True:
+            attempt += 1
+            response = await self._http.send(call.request(self._http))
+            delay = self.retry.delay(response, attempt, waited)
+            if delay is None:
+                return call.answer(response)
+            await asyncio.sleep(delay)
+            waited += delay
+
+    # -- server ---------------------------------------------------------------------
+
+    async def health(self) -> c.Health:
+        return await self.send(calls.health())
+
+    async def metrics(self) -> str:
+        return await self.send(calls.metrics())
+
+    async def openapi(self) -> dict[str, Any]:
+        return await self.send(calls.openapi())
+
+    # -- workflows ------------------------------------------------------------------
+
+    def workflow(self, name: str) -> AsyncWorkflowHandle:
+        """A handle on the workflow `name` (no request is made)."""
+        return AsyncWorkflowHandle(self, name)
+
+    async def deploy(self, name: str, source: str) -> c.Deployed:
+        return await self.send(calls.deploy(name, source))
+
+    async def workflows(self) -> list[c.Version]:
+        return await self.send(calls.workflows())
+
+    async def versions(self, name: str) -> c.Workflow:
+        return await self.send(calls.versions(name))
+
+    # -- instances ------------------------------------------------------------------
+
+    def instance(self, workflow: str, instance_id: str) -> AsyncInstanceHandle:
+        """A handle on an instance (no request is made)."""
+        return AsyncInstanceHandle(self, workflow, instance_id)
+
+    async def start(self, workflow: str, instance_id: str | None = None, params: Any = None) -> AsyncInstanceHandle:
+        created = await self.send(calls.start(workflow, instance_id, params))
+        return AsyncInstanceHandle(self, workflow, created.id, created)
+
+    async def start_batch(self, workflow: str, items: Iterable[Mapping[str, Any]]) -> list[AsyncInstanceHandle]:
+        return [
+            AsyncInstanceHandle(self, workflow, i.id, i) for i in await self.send(calls.start_batch(workflow, items))
+        ]
+
+    async def instances(
+        self, workflow: str, status: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> c.InstancePage:
+        return await self.send(calls.instances(workflow, status, limit, after))
+
+    async def status(
+        self, workflow: str, instance_id: str, *, wait_s: float = 0.0, seen: str | None = None
+    ) -> c.Instance:
+        """The instance; with `wait_s`, a long poll answered when its status differs from `seen` (default: the
+        status it has when the request arrives) or it has finished, or after `wait_s`."""
+        return await self.send(calls.status(workflow, instance_id, wait_s, seen))
+
+    async def wait(
+        self, workflow: str, instance_id: str, statuses: Iterable[str] = FINISHED, timeout: float = 60.0
+    ) -> c.Instance:
+        """Long-poll until the instance's status is one of `statuses`; WaitTimeout after `timeout` seconds. (For a
+        passing status, queued or running, it polls: every 50 ms at first, then less often, up to 1 s.)"""
+        wanted = frozenset(statuses)
+        deadline = time.monotonic() + timeout
+        # A long poll answers once the instance has settled, so a passing status (queued, running) is
+        # looked for by polling instead.
+        poll = Poll() if wanted & PASSING else None
+        current = await self.status(workflow, instance_id)
+        while current.status not in wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(current, timeout)
+            if poll is not None:
+                pause = poll.next(left)
+                await asyncio.sleep(pause)
+                current = await self.status(workflow, instance_id)
+            else:
+                current = await self.status(workflow, instance_id, wait_s=min(left, LONG_POLL_S), seen=current.status)
+        return current
+
+    async def journal(self, workflow: str, instance_id: str, after: int = -1, limit: int = c.MAX_PAGE) -> c.Journal:
+        """One page of the journal; pass `next_after` back as `after` for the next (None: the last page)."""
+        return await self.send(calls.journal(workflow, instance_id, after, limit))
+
+    async def send_event(
+        self, workflow: str, instance_id: str, event_type: str, payload: Any = None
+    ) -> c.EventAccepted:
+        return await self.send(calls.send_event(workflow, instance_id, event_type, payload))
+
+    async def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
+        return await self.send(calls.control(workflow, instance_id, action))
+
+    # -- admin (operator keys) ------------------------------------------------------
+
+    async def create_tenant(
+        self, name: str, quotas: Mapping[str, Any] | None = None, *, operator: bool = False
+    ) -> c.TenantKey:
+        """A new tenant; its `api_key` is in the answer, this once."""
+        return await self.send(calls.create_tenant(name, quotas, operator))
+
+    async def tenants(self) -> list[c.TenantInfo]:
+        return await self.send(calls.tenants())
+
+    async def tenant(self, name: str) -> c.TenantInfo:
+        return await self.send(calls.tenant(name))
+
+    async def update_tenant(self, name: str, quotas: Mapping[str, Any]) -> c.TenantInfo:
+        """Change some quotas (the rest stay)."""
+        return await self.send(calls.update_tenant(name, quotas))
+
+    async def rotate_key(self, name: str) -> c.TenantKey:
+        """A new key for the tenant (the old one stops working at once)."""
+        return await self.send(calls.rotate_key(name))
+
+    async def delete_tenant(self, name: str) -> c.TenantDeleted:
+        """Delete the tenant with all its workflows, instances and journals."""
+        return await self.send(calls.delete_tenant(name))
+
+
+class AsyncWorkflowHandle:
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"AsyncWorkflowHandle({self.name!r})"
+
+    async def deploy(self, source: str) -> c.Deployed:
+        return await self.client.deploy(self.name, source)
+
+    async def versions(self) -> c.Workflow:
+        return await self.client.versions(self.name)
+
+    async def start(self, params: Any = None, *, id: str | None = None) -> AsyncInstanceHandle:  # noqa: A002 - the API's name
+        return await self.client.start(self.name, id, params)
+
+    async def start_batch(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncInstanceHandle]:
+        return await self.client.start_batch(self.name, items)
+
+    def instance(self, instance_id: str) -> AsyncInstanceHandle:
+        return AsyncInstanceHandle(self.client, self.name, instance_id)
+
+    async def instances(
+        self, status: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> c.InstancePage:
+        return await self.client.instances(self.name, status, limit, after)
+
+
+class AsyncInstanceHandle:
+    """One instance; `instance` is its state as last read (None until a call reads it)."""
+
+    def __init__(self, client: AsyncClient, workflow: str, id: str, instance: c.Instance | None = None) -> None:  # noqa: A002
+        self.client = client
+        self.workflow = workflow
+        self.id = id
+        self.instance = instance
+
+    def __repr__(self) -> str:
+        seen = f", {self.instance.status}" if self.instance is not None else ""
+        return f"AsyncInstanceHandle({self.workflow!r}, {self.id!r}{seen})"
+
+    def _seen(self, instance: c.Instance) -> c.Instance:
+        self.instance = instance
+        return instance
+
+    async def status(self) -> c.Instance:
+        return self._seen(await self.client.status(self.workflow, self.id))
+
+    async def wait(self, statuses: Iterable[str] = FINISHED, timeout: float = 60.0) -> c.Instance:
+        """Long-poll until the status is one of `statuses` (default: finished); WaitTimeout otherwise."""
+        return self._seen(await self.client.wait(self.workflow, self.id, statuses, timeout))
+
+    async def result(self, timeout: float = 60.0) -> Any:
+        """The output once complete; InstanceFailed if it errored or was terminated, WaitTimeout if it is
+        still going after `timeout` seconds."""
+        done = await self.wait(FINISHED, timeout)
+        if done.status != "complete":
+            raise InstanceFailed(done)
+        return done.output
+
+    async def send_event(self, event_type: str, payload: Any = None) -> c.EventAccepted:
+        return await self.client.send_event(self.workflow, self.id, event_type, payload)
+
+    async def pause(self) -> c.Instance:
+        return self._seen(await self.client.control(self.workflow, self.id, "pause"))
+
+    async def resume(self) -> c.Instance:
+        return self._seen(await self.client.control(self.workflow, self.id, "resume"))
+
+    async def terminate(self) -> c.Instance:
+        return self._seen(await self.client.control(self.workflow, self.id, "terminate"))
+
+    async def restart(self) -> c.Instance:
+        return self._seen(await self.client.control(self.workflow, self.id, "restart"))
+
+    async def journal(self) -> c.Journal:
+        """The whole journal (every page)."""
+        pages = [await self.client.journal(self.workflow, self.id)]
+        while pages[-1].next_after is not None:
+            pages.append(await self.client.journal(self.workflow, self.id, after=pages[-1].next_after))
+        return merge_journal(pages)

@@ -1,0 +1,253 @@
+"""`Client`: the API over httpx, blocking; `WorkflowHandle` and `InstanceHandle` on it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import httpx
+from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Call, Poll, Retry, calls, merge_journal
+from tenantflow.client._errors import InstanceFailed, WaitTimeout
+from tenantflow.runtime import contract as c
+from tenantflow.runtime.records import FINISHED
+
+__all__ = ["Client", "InstanceHandle", "WorkflowHandle"]
+
+T = TypeVar("T")
+
+
+class Client:
+    """A tenant's (or an operator's) view of a tenantflow server.
+
+    Answers are the contract's models; a 4xx or 5xx raises the matching `ApiError`; a 429 or 503 is
+    retried as `retry` says, honouring Retry-After."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retry: Retry | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.url = url.rstrip("/")
+        self.retry = retry if retry is not None else Retry()
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, call: Call[T]) -> T:
+        """Send one call, retrying 429 and 503 as `retry` says."""
+        attempt, waited = 0, 0.0
+        while True:
+            attempt += 1
+            response = self._http.send(call.request(self._http))
+            delay = self.retry.delay(response, attempt, waited)
+            if delay is None:
+                return call.answer(response)
+            time.sleep(delay)
+            waited += delay
+
+    # -- server ---------------------------------------------------------------------
+
+    def health(self) -> c.Health:
+        return self.send(calls.health())
+
+    def metrics(self) -> str:
+        return self.send(calls.metrics())
+
+    def openapi(self) -> dict[str, Any]:
+        return self.send(calls.openapi())
+
+    # -- workflows ------------------------------------------------------------------
+
+    def workflow(self, name: str) -> WorkflowHandle:
+        """A handle on the workflow `name` (no request is made)."""
+        return WorkflowHandle(self, name)
+
+    def deploy(self, name: str, source: str) -> c.Deployed:
+        return self.send(calls.deploy(name, source))
+
+    def workflows(self) -> list[c.Version]:
+        return self.send(calls.workflows())
+
+    def versions(self, name: str) -> c.Workflow:
+        return self.send(calls.versions(name))
+
+    # -- instances ------------------------------------------------------------------
+
+    def instance(self, workflow: str, instance_id: str) -> InstanceHandle:
+        """A handle on an instance (no request is made)."""
+        return InstanceHandle(self, workflow, instance_id)
+
+    def start(self, workflow: str, instance_id: str | None = None, params: Any = None) -> InstanceHandle:
+        created = self.send(calls.start(workflow, instance_id, params))
+        return InstanceHandle(self, workflow, created.id, created)
+
+    def start_batch(self, workflow: str, items: Iterable[Mapping[str, Any]]) -> list[InstanceHandle]:
+        return [InstanceHandle(self, workflow, i.id, i) for i in self.send(calls.start_batch(workflow, items))]
+
+    def instances(
+        self, workflow: str, status: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> c.InstancePage:
+        return self.send(calls.instances(workflow, status, limit, after))
+
+    def status(self, workflow: str, instance_id: str, *, wait_s: float = 0.0, seen: str | None = None) -> c.Instance:
+        """The instance; with `wait_s`, a long poll answered when its status differs from `seen` (default: the
+        status it has when the request arrives) or it has finished, or after `wait_s`."""
+        return self.send(calls.status(workflow, instance_id, wait_s, seen))
+
+    def wait(
+        self, workflow: str, instance_id: str, statuses: Iterable[str] = FINISHED, timeout: float = 60.0
+    ) -> c.Instance:
+        """Long-poll until the instance's status is one of `statuses`; WaitTimeout after `timeout` seconds. (For a
+        passing status, queued or running, it polls: every 50 ms at first, then less often, up to 1 s.)"""
+        wanted = frozenset(statuses)
+        deadline = time.monotonic() + timeout
+        # A long poll answers once the instance has settled, so a passing status (queued, running) is
+        # looked for by polling instead.
+        poll = Poll() if wanted & PASSING else None
+        current = self.status(workflow, instance_id)
+        while current.status not in wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(current, timeout)
+            if poll is not None:
+                pause = poll.next(left)
+                time.sleep(pause)
+                current = self.status(workflow, instance_id)
+            else:
+                current = self.status(workflow, instance_id, wait_s=min(left, LONG_POLL_S), seen=current.status)
+        return current
+
+    def journal(self, workflow: str, instance_id: str, after: int = -1, limit: int = c.MAX_PAGE) -> c.Journal:
+        """One page of the journal; pass `next_after` back as `after` for the next (None: the last page)."""
+        return self.send(calls.journal(workflow, instance_id, after, limit))
+
+    def send_event(self, workflow: str, instance_id: str, event_type: str, payload: Any = None) -> c.EventAccepted:
+        return self.send(calls.send_event(workflow, instance_id, event_type, payload))
+
+    def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
+        return self.send(calls.control(workflow, instance_id, action))
+
+    # -- admin (operator keys) ------------------------------------------------------
+
+    def create_tenant(
+        self, name: str, quotas: Mapping[str, Any] | None = None, *, operator: bool = False
+    ) -> c.TenantKey:
+        """A new tenant; its `api_key` is in the answer, this once."""
+        return self.send(calls.create_tenant(name, quotas, operator))
+
+    def tenants(self) -> list[c.TenantInfo]:
+        return self.send(calls.tenants())
+
+    def tenant(self, name: str) -> c.TenantInfo:
+        return self.send(calls.tenant(name))
+
+    def update_tenant(self, name: str, quotas: Mapping[str, Any]) -> c.TenantInfo:
+        """Change some quotas (the rest stay)."""
+        return self.send(calls.update_tenant(name, quotas))
+
+    def rotate_key(self, name: str) -> c.TenantKey:
+        """A new key for the tenant (the old one stops working at once)."""
+        return self.send(calls.rotate_key(name))
+
+    def delete_tenant(self, name: str) -> c.TenantDeleted:
+        """Delete the tenant with all its workflows, instances and journals."""
+        return self.send(calls.delete_tenant(name))
+
+
+class WorkflowHandle:
+    def __init__(self, client: Client, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.name!r})"
+
+    def deploy(self, source: str) -> c.Deployed:
+        return self.client.deploy(self.name, source)
+
+    def versions(self) -> c.Workflow:
+        return self.client.versions(self.name)
+
+    def start(self, params: Any = None, *, id: str | None = None) -> InstanceHandle:  # noqa: A002 - the API's name
+        return self.client.start(self.name, id, params)
+
+    def start_batch(self, items: Iterable[Mapping[str, Any]]) -> list[InstanceHandle]:
+        return self.client.start_batch(self.name, items)
+
+    def instance(self, instance_id: str) -> InstanceHandle:
+        return InstanceHandle(self.client, self.name, instance_id)
+
+    def instances(
+        self, status: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> c.InstancePage:
+        return self.client.instances(self.name, status, limit, after)
+
+
+class InstanceHandle:
+    """One instance; `instance` is its state as last read (None until a call reads it)."""
+
+    def __init__(self, client: Client, workflow: str, id: str, instance: c.Instance | None = None) -> None:  # noqa: A002
+        self.client = client
+        self.workflow = workflow
+        self.id = id
+        self.instance = instance
+
+    def __repr__(self) -> str:
+        seen = f", {self.instance.status}" if self.instance is not None else ""
+        return f"InstanceHandle({self.workflow!r}, {self.id!r}{seen})"
+
+    def _seen(self, instance: c.Instance) -> c.Instance:
+        self.instance = instance
+        return instance
+
+    def status(self) -> c.Instance:
+        return self._seen(self.client.status(self.workflow, self.id))
+
+    def wait(self, statuses: Iterable[str] = FINISHED, timeout: float = 60.0) -> c.Instance:
+        """Long-poll until the status is one of `statuses` (default: finished); WaitTimeout otherwise."""
+        return self._seen(self.client.wait(self.workflow, self.id, statuses, timeout))
+
+    def result(self, timeout: float = 60.0) -> Any:
+        """The output once complete; InstanceFailed if it errored or was terminated, WaitTimeout if it is
+        still going after `timeout` seconds."""
+        done = self.wait(FINISHED, timeout)
+        if done.status != "complete":
+            raise InstanceFailed(done)
+        return done.output
+
+    def send_event(self, event_type: str, payload: Any = None) -> c.EventAccepted:
+        return self.client.send_event(self.workflow, self.id, event_type, payload)
+
+    def pause(self) -> c.Instance:
+        return self._seen(self.client.control(self.workflow, self.id, "pause"))
+
+    def resume(self) -> c.Instance:
+        return self._seen(self.client.control(self.workflow, self.id, "resume"))
+
+    def terminate(self) -> c.Instance:
+        return self._seen(self.client.control(self.workflow, self.id, "terminate"))
+
+    def restart(self) -> c.Instance:
+        return self._seen(self.client.control(self.workflow, self.id, "restart"))
+
+    def journal(self) -> c.Journal:
+        """The whole journal (every page)."""
+        pages = [self.client.journal(self.workflow, self.id)]
+        while pages[-1].next_after is not None:
+            pages.append(self.client.journal(self.workflow, self.id, after=pages[-1].next_after))
+        return merge_journal(pages)
