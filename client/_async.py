@@ -119,15 +119,16 @@ class AsyncClient:
     async def wait(
         self, workflow: str, instance_id: str, statuses: Iterable[str] = FINISHED, timeout: float = 60.0
     ) -> c.Instance:
-        """Long-poll until the instance's status is one of `statuses`; WaitTimeout after `timeout` seconds. (For a
-        passing status, queued or running, it polls: every 50 ms at first, then less often, up to 1 s.)"""
+        """Long-poll until the instance's status is one of `statuses`, or it has finished (it would not change
+        again), and return it; WaitTimeout after `timeout` seconds. (For a passing status, queued or running,
+        it polls: every 50 ms at first, then less often, up to 1 s.)"""
         wanted = frozenset(statuses)
         deadline = time.monotonic() + timeout
         # A long poll answers once the instance has settled, so a passing status (queued, running) is
         # looked for by polling instead.
         poll = Poll() if wanted & PASSING else None
         current = await self.status(workflow, instance_id)
-        while current.status not in wanted:
+        while current.status not in wanted and current.status not in FINISHED:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(current, timeout)
@@ -228,7 +229,8 @@ class AsyncInstanceHandle:
         return self._seen(await self.client.status(self.workflow, self.id))
 
     async def wait(self, statuses: Iterable[str] = FINISHED, timeout: float = 60.0) -> c.Instance:
-        """Long-poll until the status is one of `statuses` (default: finished); WaitTimeout otherwise."""
+        """Long-poll until the status is one of `statuses` (default: finished) or it has finished; WaitTimeout
+        after `timeout` seconds."""
         return self._seen(await self.client.wait(self.workflow, self.id, statuses, timeout))
 
     async def result(self, timeout: float = 60.0) -> Any:

@@ -54,9 +54,9 @@ class Call(Generic[T]):
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         kwargs: dict[str, Any] = {"params": dict(self.params)}
-        if self.hold_s:
-            t = http.timeout
-            kwargs["timeout"] = httpx.Timeout(t.connect, read=(t.read or 0) + self.hold_s, write=t.write, pool=t.pool)
+        t = http.timeout
+        if self.hold_s and t.read is not None:
+            kwargs["timeout"] = httpx.Timeout(t.connect, read=t.read + self.hold_s, write=t.write, pool=t.pool)
         if self.body is not _NO_BODY:
             kwargs["json"] = self.body
         return http.build_request(self.method, self.path, **kwargs)

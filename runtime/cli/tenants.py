@@ -127,7 +127,7 @@ def admin_options(fn: F) -> F:
         show_default=True,
         help="Database URL, used when no --key is given (env TENANTFLOW_DB).",
     )
-    @click.option("--url", envvar="TENANTFLOW_URL", default=DEFAULT_URL, show_default=True, help="Server URL.")
+    @click.option("--url", envvar="TENANTFLOW_URL", help=f"Server URL, with --key (default {DEFAULT_URL}).")
     @click.option(
         "--key",
         envvar="TENANTFLOW_OPERATOR_KEY",
@@ -135,8 +135,14 @@ def admin_options(fn: F) -> F:
     )
     @json_option
     @functools.wraps(fn)
-    def wrapper(db: str, url: str, key: str | None, **kwargs: Any) -> Any:
-        with _backend(db, url, key) as backend:
+    def wrapper(db: str, url: str | None, key: str | None, **kwargs: Any) -> Any:
+        if (
+            url is not None
+            and not key
+            and click.get_current_context().get_parameter_source("url") is not (click.core.ParameterSource.ENVIRONMENT)
+        ):
+            fail("--url needs an operator key (--key or TENANTFLOW_OPERATOR_KEY); without one, use --db", 2)
+        with _backend(db, url or DEFAULT_URL, key) as backend:
             return fn(backend=backend, **kwargs)
 
     return wrapper  # type: ignore[return-value]

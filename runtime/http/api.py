@@ -187,23 +187,30 @@ class Api:
         asked = query(contract.InstanceWait, request)
         read = functools.partial(self.service.instance, tenant, request.path_params["name"], request.path_params["id"])
         found = await run_in_threadpool(read)
-        if asked.wait > 0:
-            found = await self.long_poll(found, read, asked.status or found.status, asked.wait)
+        if asked.wait > 0 and not self.settled(found, asked.status or found.status):
+            found = await self.long_poll(request, found, read, asked.status or found.status, asked.wait)
         return JSONBody(instance_json(found))
 
-    async def long_poll(self, found: Instance, read: Callable[[], Instance], seen: str, wait_s: float) -> Instance:
-        """The instance once it has settled (it is not queued or running) in a status other than `seen`, or
-        after `wait_s`: a waiter sees `waiting` or `complete`, never the `running` in between."""
+    @staticmethod
+    def settled(found: Instance, seen: str) -> bool:
+        """Whether a long poll answers: the instance has finished, or is not queued or running and not `seen`."""
+        return found.status in FINISHED or (found.status not in ACTIVE and found.status != seen)
+
+    async def long_poll(
+        self, request: Request, found: Instance, read: Callable[[], Instance], seen: str, wait_s: float
+    ) -> Instance:
+        """The instance once it has settled in a status other than `seen`, or after `wait_s`, or as it is when
+        the client has gone or the server stops: a waiter sees `waiting` or `complete`, never the `running`
+        in between."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while found.status in ACTIVE or found.status == seen:
-            if found.status in FINISHED:
-                break
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            await self.service.changes.wait(found.key, min(left, RECHECK_S))
-            found = await run_in_threadpool(read)
+        async with self.service.changes.watch(found.key) as watch:
+            while not self.settled(found, seen) and not watch.closed:
+                left = deadline - loop.time()
+                if left <= 0 or await request.is_disconnected():
+                    break
+                await watch.wait(min(left, RECHECK_S))
+                found = await run_in_threadpool(read)
         return found
 
     async def get_journal(self, request: Request) -> Response:

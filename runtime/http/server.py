@@ -105,6 +105,21 @@ def uvicorn_config(app: ASGIApp, log_level: str = "info", header_timeout_s: floa
     )
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, which wakes the long polls when it is told to stop: they answer at once with what
+    they have, instead of holding the graceful shutdown (and being cut at its end).
+
+    Note: overrides `uvicorn.Server.handle_exit`, the signal handler uvicorn installs (uvicorn 0.30+)."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service.changes.close()
+        super().handle_exit(sig, frame)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (IPv4 or IPv6); OSError if it is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -149,7 +164,7 @@ def serve(
         sock.close()
         raise
     try:
-        server = uvicorn.Server(uvicorn_config(create_app(service, metrics_token=metrics_token), log_level))
+        server = Server(uvicorn_config(create_app(service, metrics_token=metrics_token), log_level), service)
         service.start()
         actual = sock.getsockname()[1]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{actual}"

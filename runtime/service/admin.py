@@ -71,10 +71,10 @@ class Admin:
         """Change some of a tenant's quotas (the rest, and any given as None, stay); running activations keep
         theirs until they end."""
         self.check(actor)
-        current = self.store.tenant(check_id(name, "tenant name"))
-        changes = {name: value for name, value in changes.items() if value is not None}
-        updated = self.store.set_quotas(current.tenant_id, check_quotas(changes, current.quotas))
-        logs.event("tenant quotas changed", tenant=updated.tenant_id, by=actor.tenant_id, changed=sorted(changes))
+        given = {key: value for key, value in changes.items() if value is not None}
+        check_quotas(given)  # bad input is refused before the store is touched
+        updated = self.store.change_quotas(check_id(name, "tenant name"), lambda current: check_quotas(given, current))
+        logs.event("tenant quotas changed", tenant=updated.tenant_id, by=actor.tenant_id, changed=sorted(given))
         return updated
 
     def rotate_key(self, actor: Tenant, name: str) -> tuple[Tenant, str]:
@@ -87,7 +87,8 @@ class Admin:
         return tenant, key
 
     def delete_tenant(self, actor: Tenant, name: str) -> DeletedTenant:
-        """Delete a tenant with all its workflows, instances and journals (it cannot delete itself)."""
+        """Delete a tenant with all its workflows, instances and journals (it cannot delete itself). Asked
+        again while a deletion is under way (or was cut short), it goes on with it."""
         self.check(actor)
         tenant_id = check_id(name, "tenant name")
         if tenant_id == actor.tenant_id:
@@ -98,12 +99,15 @@ class Admin:
         return DeletedTenant(tenant_id, workflows, instances)
 
     def purge(self, tenant_id: str) -> None:
-        """Remove a tenant marked deleted, a batch of instances per transaction."""
+        """Remove a tenant marked deleted: what runs or is parked first (it stops at its next write, or here
+        at once), then the other instances, a bounded batch per transaction, then the rest."""
+        while self.store.purge_instances(tenant_id, PURGE_BATCH, leased=True):
+            pass
+        if self.on_purged is not None:
+            self.on_purged(tenant_id)
         while self.store.purge_instances(tenant_id, PURGE_BATCH):
             pass
         self.store.finish_purge(tenant_id)
-        if self.on_purged is not None:
-            self.on_purged(tenant_id)
 
     def resume_purges(self) -> threading.Thread | None:
         """Finish, on a background thread, the deletions a crash cut short (None: there are none)."""

@@ -11,6 +11,7 @@ from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import BucketRow, InstanceRow, StatusCountRow, SummaryRow
+from tenantflow.runtime.store.tenants import lock_live_tenant
 
 
 def _take_tokens(tx: Tx, for_update: str, tenant_id: str, per_minute: int, count: int, now: float) -> None:
@@ -49,6 +50,7 @@ class Instances(StoreCore):
         it holds fewer tokens than `items`."""
         created = []
         with self.transaction() as tx:
+            lock_live_tenant(tx, tenant_id, self.for_update)
             if per_minute is not None:
                 _take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
             inserts = []

@@ -27,6 +27,10 @@ RUNNING_LEASED = "status = 'running' AND lease_until IS NOT NULL"
 PARKED_LEASED = "status IN ('waiting', 'paused') AND lease_until IS NOT NULL"
 
 
+# The live count given to a tenant marked deleted during a claim: more than any quota allows.
+NO_ROOM = 1 << 62
+
+
 class Scheduling(StoreCore):
     def next_wake(self, now: float = math.inf) -> float | None:
         """The earliest time any instance becomes runnable (its wake time, or the expiry of its lease if it
@@ -118,10 +122,11 @@ class Scheduling(StoreCore):
         if not self.for_update or not tenant_ids:
             return {}
         marks = ", ".join("?" for _ in tenant_ids)
-        tx.run(
-            f"SELECT tenant_id FROM tenants WHERE tenant_id IN ({marks}) ORDER BY tenant_id{self.for_update}",
+        locked = tx.run(
+            f"SELECT tenant_id FROM tenants WHERE tenant_id IN ({marks}) AND deleted_at IS NULL "
+            f"ORDER BY tenant_id{self.for_update}",
             tenant_ids,
-        )
+        ).values()
         rows = tx.records(
             LiveRow,
             f"SELECT {columns(LiveRow)} FROM instances WHERE tenant_id IN ({marks}) AND status = 'running' "
@@ -130,6 +135,9 @@ class Scheduling(StoreCore):
         )
         live = dict.fromkeys(tenant_ids, 0)
         live.update((r.tenant_id, int(r.running)) for r in rows)
+        # A tenant marked deleted since it was read: no room (its instances are being purged).
+        for gone in set(tenant_ids) - set(locked):
+            live[gone] = NO_ROOM
         return live
 
     def _ranked_candidates(

@@ -7,9 +7,11 @@ new tenant of the same name could see, and resumes (`deleting_tenants`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tenantflow.runtime.errors import Conflict, NotFound
 from tenantflow.runtime.records import InstanceKey, Quotas, Tenant
-from tenantflow.runtime.store._sql import columns
+from tenantflow.runtime.store._sql import Tx, columns
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import TenantRow, quotas_text
 from tenantflow.runtime.store.schema import INSTANCE_TABLES, TENANT_TABLES
@@ -17,6 +19,17 @@ from tenantflow.runtime.store.schema import INSTANCE_TABLES, TENANT_TABLES
 ALIVE = "deleted_at IS NULL"
 # A deleted tenant's key_hash: never the SHA-256 of a key (which is 64 hex digits), unique per tenant.
 DELETED_KEY = "deleted:{tenant_id}"
+# A purge transaction deletes instances until their journals reach this many rows (at least one instance:
+# its own rows are bounded by the tenant's max_steps).
+PURGE_ROWS = 5000
+
+
+def lock_live_tenant(tx: Tx, tenant_id: str, for_update: str) -> None:
+    """Lock the tenant's row for this transaction (where writers interleave), or NotFound if it is gone or
+    marked deleted: what a write of a tenant's data checks, so that a request authenticated just before the
+    tenant was deleted stores nothing after its purge."""
+    if tx.scalar(f"SELECT tenant_id FROM tenants WHERE tenant_id = ? AND {ALIVE}{for_update}", (tenant_id,)) is None:
+        raise NotFound(f"no tenant {tenant_id!r}")
 
 
 class Tenants(StoreCore):
@@ -65,16 +78,21 @@ class Tenants(StoreCore):
             )
         return [r.tenant() for r in rows]
 
-    def set_quotas(self, tenant_id: str, quotas: Quotas) -> Tenant:
+    def change_quotas(self, tenant_id: str, change: Callable[[Quotas], Quotas]) -> Tenant:
+        """Replace the tenant's quotas with `change(current)`, read and written in one transaction (with the
+        row locked where writers interleave), so that two changes at once both apply."""
         with self.transaction() as tx:
             row = tx.record(
                 TenantRow,
-                f"UPDATE tenants SET quotas = ? WHERE tenant_id = ? AND {ALIVE} RETURNING {columns(TenantRow)}",
-                (quotas_text(quotas), tenant_id),
+                f"SELECT {columns(TenantRow)} FROM tenants WHERE tenant_id = ? AND {ALIVE}{self.for_update}",
+                (tenant_id,),
             )
-        if row is None:
-            raise NotFound(f"no tenant {tenant_id!r}")
-        return row.tenant()
+            if row is None:
+                raise NotFound(f"no tenant {tenant_id!r}")
+            quotas = change(row.tenant().quotas)
+            tx.run("UPDATE tenants SET quotas = ? WHERE tenant_id = ?", (quotas_text(quotas), tenant_id))
+        tenant = row.tenant()
+        return Tenant(tenant.tenant_id, tenant.name, quotas, tenant.created_at, tenant.operator)
 
     def set_key(self, tenant_id: str, key_hash: str) -> None:
         """Replace the tenant's key (the old one stops working with this commit)."""
@@ -87,11 +105,13 @@ class Tenants(StoreCore):
             raise NotFound(f"no tenant {tenant_id!r}")
 
     def mark_deleted(self, tenant_id: str, now: float) -> tuple[int, int]:
-        """Mark the tenant deleted (its key stops working, nothing of it is claimed any more) and return how
-        many workflows and instances it has, which `purge_tenant` then removes."""
+        """Mark the tenant deleted (its key stops working, nothing of it is claimed or written any more) and
+        return how many workflows and instances it has, which `purge_instances` and `finish_purge` then
+        remove. A tenant already marked (a purge cut short) stays marked: its purge goes on."""
         with self.transaction() as tx:
             done = tx.scalar(
-                f"UPDATE tenants SET deleted_at = ?, key_hash = ? WHERE tenant_id = ? AND {ALIVE} RETURNING tenant_id",
+                "UPDATE tenants SET deleted_at = COALESCE(deleted_at, ?), key_hash = ? WHERE tenant_id = ? "
+                "RETURNING tenant_id",
                 (now, DELETED_KEY.format(tenant_id=tenant_id), tenant_id),
             )
             if done is None:
@@ -107,18 +127,26 @@ class Tenants(StoreCore):
         with self.read() as tx:
             return [str(v) for v in tx.run("SELECT tenant_id FROM tenants WHERE deleted_at IS NOT NULL").values()]
 
-    def purge_instances(self, tenant_id: str, limit: int) -> list[InstanceKey]:
-        """Delete up to `limit` of a deleted tenant's instances with everything they store, in one
-        transaction; the instances deleted (none: they are all gone)."""
+    def purge_instances(self, tenant_id: str, limit: int, *, leased: bool = False) -> list[InstanceKey]:
+        """Delete up to `limit` of a deleted tenant's instances, with everything they store, in one
+        transaction, stopping early once their journals reach PURGE_ROWS; the instances deleted (none: they
+        are all gone). `leased`: only those running or parked (purged first, so that they stop soon)."""
         with self.transaction() as tx:
             if tx.scalar(f"SELECT tenant_id FROM tenants WHERE tenant_id = ? AND {ALIVE}", (tenant_id,)):
                 raise Conflict(f"tenant {tenant_id!r} is not marked deleted")
+            which = " AND lease_until IS NOT NULL" if leased else ""
             rows = tx.execute(
-                "SELECT workflow, instance_id FROM instances WHERE tenant_id = ? ORDER BY workflow, instance_id "
-                "LIMIT ?",
+                f"SELECT workflow, instance_id, steps FROM instances WHERE tenant_id = ?{which} "
+                "ORDER BY workflow, instance_id LIMIT ?",
                 (tenant_id, limit),
             )
-            keys = [InstanceKey(tenant_id, str(workflow), str(instance_id)) for workflow, instance_id in rows]
+            keys: list[InstanceKey] = []
+            budget = PURGE_ROWS
+            for workflow, instance_id, steps in rows:
+                if keys and budget <= 0:
+                    break
+                keys.append(InstanceKey(tenant_id, str(workflow), str(instance_id)))
+                budget -= int(steps) + 1
             if not keys:
                 return []
             pairs = ", ".join("(?, ?)" for _ in keys)

@@ -7,14 +7,16 @@ from tenantflow.runtime.records import Version
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import columns
 from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.tenants import lock_live_tenant
 
 
 class Workflows(StoreCore):
     def deploy(self, tenant_id: str, workflow: str, source: str, source_hash: str, now: float) -> tuple[Version, bool]:
         """Store a version; the latest one again (and False) when its source is the same."""
         with self.transaction() as tx:
-            # Deploys of one tenant take turns (on its tenant row), so each gets the next version number.
-            tx.run(f"SELECT tenant_id FROM tenants WHERE tenant_id = ?{self.for_update}", (tenant_id,))
+            # Deploys of one tenant take turns (on its tenant row), so each gets the next version number; a
+            # tenant marked deleted since its key was checked gets nothing stored.
+            lock_live_tenant(tx, tenant_id, self.for_update)
             latest = tx.record(
                 Version,
                 f"SELECT {columns(Version)} FROM versions WHERE tenant_id = ? AND workflow = ? "

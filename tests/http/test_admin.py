@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,3 +249,37 @@ def test_http_error_shapes_for_admin(server: ServerProcess, operator_key: str) -
         assert unchanged.status_code == 200 and unchanged.json()["quotas"]["memory_mb"] == 256
         assert http.get("/v1/admin/tenants/no-such").status_code == 404
         assert http.post("/v1/admin/tenants", json={"name": "x" * 65}).status_code == 422
+
+
+def test_a_deletion_cut_short_goes_on_when_asked_again_and_at_the_next_start(tmp_path: Any) -> None:
+    with ServerProcess(tmp_path / "cut.db") as server:
+        operator_key = server.create_tenant("ops", "--operator")["api_key"]
+        with Client(server.url, operator_key) as admin:
+            for name in ("half", "later"):
+                key = admin.create_tenant(name).api_key
+                with Client(server.url, key) as tenant:
+                    tenant.deploy("waiter", WAITER)
+                    tenant.workflow("waiter").start(id="w1").wait({"waiting"}, timeout=30)
+            # A crash right after the mark: the tenant is marked, nothing purged yet.
+            store = open_store(server.db)
+            try:
+                store.mark_deleted("half", 0.0)
+                store.mark_deleted("later", 0.0)
+            finally:
+                store.close()
+            with pytest.raises(NotFound):
+                admin.tenant("half")
+            with pytest.raises(Conflict, match="being deleted"):
+                admin.create_tenant("half")
+            deleted = admin.delete_tenant("half")
+            assert (deleted.workflows, deleted.instances) == (1, 1)
+            assert _rows(server.db, "half") == dict.fromkeys(TENANT_TABLES, 0)
+            assert admin.create_tenant("half").name == "half"
+        db = server.db
+    assert _rows(db, "later")["instances"] == 1
+    with ServerProcess(tmp_path / "cut.db") as again:
+        deadline = time.monotonic() + 20
+        while _rows(db, "later") != dict.fromkeys(TENANT_TABLES, 0):
+            assert time.monotonic() < deadline, "the next start did not finish the deletion"
+            time.sleep(0.1)
+        assert "Traceback" not in again.log()

@@ -232,3 +232,16 @@ def test_waiting_for_a_passing_status_polls_with_backoff(clock: Clock) -> None:
     assert clock.sleeps[0] == 0.05 and max(clock.sleeps) == 1.0
     assert sum(clock.sleeps) == pytest.approx(10.0)
     assert len(seen) < 30 and all("wait" not in params for params in seen)
+
+
+def test_wait_returns_a_finished_instance_it_was_not_waiting_for(clock: Clock) -> None:
+    """A finished instance will not reach the status waited for: returned at once, not asked again and again."""
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={**INSTANCE, "status": "errored"})
+
+    with _client(handler) as api:
+        assert api.wait("wf", "i1", {"waiting"}, timeout=30).status == "errored"
+    assert len(calls) == 1 and clock.sleeps == []

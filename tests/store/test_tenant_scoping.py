@@ -190,10 +190,11 @@ def exercise(s: Any) -> None:
     s.ping()
 
     # The admin API's writes: quotas, keys, and deleting a tenant (marked, purged a batch at a time).
-    assert s.set_quotas("zeta", Quotas(max_concurrent=2)).quotas.max_concurrent == 2
+    assert s.change_quotas("zeta", lambda q: Quotas(max_concurrent=2)).quotas.max_concurrent == 2
     s.set_key("zeta", "hash-zeta-2")
     assert s.mark_deleted("zeta", T0 + 11) == (1, 2)
     assert s.deleting_tenants() == ["zeta"]
+    assert s.purge_instances("zeta", 10, leased=True) == []
     assert len(s.purge_instances("zeta", 1)) == 1
     assert len(s.purge_instances("zeta", 10)) == 1
     assert s.purge_instances("zeta", 10) == []
