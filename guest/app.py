@@ -94,9 +94,9 @@ def _from_exception(error: BaseException) -> Err:
     if isinstance(error, RecursionError):
         name = "StackOverflow"
     try:
-        if isinstance(error, tenantflow.StepError):
-            name = error.name
-            message = error.message
+        if isinstance(error, tenantflow.StepError | tenantflow.NonRetryableError):
+            name = error.name[:256]
+            message = error.message[:16384]
         else:
             message = str(error)[:16384]
     except BaseException:

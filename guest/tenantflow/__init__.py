@@ -14,7 +14,7 @@ the sandbox, `tenantflow.testing` in a unit test.
 from tenantflow._durations import Backoff, Duration, Retries, StepOptions, parse_duration
 from tenantflow._errors import CapabilityError, NonRetryableError, StepError, WaitTimeoutError
 from tenantflow._fetch import Response, fetch
-from tenantflow._step import MAX_RESULT_BYTES, ReceivedEvent, Step
+from tenantflow._step import MAX_RESULT_BYTES, ReceivedEvent, Step, StepContext, StepInfo
 from tenantflow._workflow import Event, WorkflowEntrypoint
 
 __all__ = [
@@ -28,7 +28,9 @@ __all__ = [
     "Response",
     "Retries",
     "Step",
+    "StepContext",
     "StepError",
+    "StepInfo",
     "StepOptions",
     "WaitTimeoutError",
     "WorkflowEntrypoint",

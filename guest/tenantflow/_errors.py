@@ -4,7 +4,16 @@ from __future__ import annotations
 
 
 class NonRetryableError(Exception):
-    """Raise from a step body to fail the step at once, without retries."""
+    """Raise from a step body to fail the step at once, without retries.
+
+    `NonRetryableError("card declined", "PaymentError")`: `name`, when given, is the error's name in the
+    journal and the instance's status (and the `name` of the StepError the workflow sees), as Cloudflare's
+    `new NonRetryableError(message, name)`."""
+
+    def __init__(self, message: str = "", name: str | None = None) -> None:
+        super().__init__(message)
+        self.message = str(message)
+        self.name = name if isinstance(name, str) and name else "NonRetryableError"
 
 
 class StepError(Exception):

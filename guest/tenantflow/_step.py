@@ -8,8 +8,10 @@ traps, and the isolate is thrown away.
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypedDict, TypeVar, overload
 
 from tenantflow import transport as _transport
@@ -31,7 +33,35 @@ class ReceivedEvent(TypedDict):
     timestamp: float
 
 
+MAX_NAME = 256
+"""The longest step, sleep or wait name (the host refuses longer ones too)."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    name: str
+    count: int
+    """Which call of this name it is in the run: 1 for the first."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step body (or a retry delay function) that takes one argument is given."""
+
+    attempt: int
+    """1 for the first attempt."""
+    step: StepInfo
+    config: dict[str, Any]
+    """The step's options as given: retries, timeout, cpu."""
+
+
+StepBody = Callable[[], T] | Callable[[StepContext], T]
+"""A step body: no arguments, or the step's context."""
+
+
 def _failure(error: BaseException) -> Failure:
+    if isinstance(error, NonRetryableError):
+        return Failure(host_text(error.name[:MAX_NAME]), host_text(error.message[:4096]))
     return Failure(type(error).__name__, host_text(str(error)[:4096]))
 
 
@@ -41,18 +71,42 @@ def _raise_failure(failure: Failure) -> NoReturn:
     raise StepError(failure.name, failure.message)
 
 
+def _check_name(name: Any) -> str:
+    """A step, sleep or wait name: 1-256 characters, no control characters (ValueError, at the call)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError("a step name is a non-empty string")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"a step name is at most {MAX_NAME} characters, got {len(name)}")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise ValueError(f"a step name has no control characters: {name[:60]!r}")
+    return name
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` has a positional parameter without a default (it is given the step's context). A
+    parameter with a default, as in `lambda i=i: ...`, keeps its default."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in parameters
+    ) or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
 class Step:
     """The `step` argument of `run(event, step)`."""
 
     def __init__(self, transport: Transport | None = None) -> None:
         self._transport = transport if transport is not None else _transport.current()
         self._in_body = False
+        self._counts: dict[str, int] = {}
 
     @overload
     def do(
         self,
         name: str,
-        fn_or_config: Callable[[], T],
+        fn_or_config: StepBody[T],
         fn: None = None,
         *,
         retries: Retries | None = None,
@@ -65,7 +119,7 @@ class Step:
         self,
         name: str,
         fn_or_config: StepOptions,
-        fn: Callable[[], T],
+        fn: StepBody[T],
         *,
         retries: Retries | None = None,
         timeout: Duration | None = None,
@@ -82,13 +136,13 @@ class Step:
         retries: Retries | None = None,
         timeout: Duration | None = None,
         cpu: Duration | None = None,
-    ) -> Callable[[Callable[[], T]], T]: ...
+    ) -> Callable[[StepBody[T]], T]: ...
 
     def do(
         self,
         name: str,
         fn_or_config: Any = None,
-        fn: Callable[[], Any] | None = None,
+        fn: Callable[..., Any] | None = None,
         *,
         retries: Retries | None = None,
         timeout: Duration | None = None,
@@ -100,8 +154,7 @@ class Step:
         `cpu` is each attempt's CPU budget (default 30 seconds, at most 5 minutes); an attempt that
         uses it up fails with StepCPUExhausted and is retried as `retries` says.
         """
-        if not isinstance(name, str) or not name:
-            raise TypeError("a step name is a non-empty string")
+        _check_name(name)
         if isinstance(fn_or_config, dict):
             retries = fn_or_config.get("retries", retries)
             timeout = fn_or_config.get("timeout", timeout)
@@ -111,13 +164,15 @@ class Step:
         elif fn_or_config is not None:
             raise TypeError("step.do(name, fn) or step.do(name, config, fn)")
         config = step_config(retries, timeout, cpu)
+        given = {k: v for k, v in (("retries", retries), ("timeout", timeout), ("cpu", cpu)) if v is not None}
         if fn is None:
-            return lambda body: self._run_step(name, config, body)
-        return self._run_step(name, config, fn)
+            return lambda body: self._run_step(name, config, given, body)
+        return self._run_step(name, config, given, fn)
 
-    def _run_step(self, name: str, config: str, fn: Callable[[], Any]) -> Any:
+    def _run_step(self, name: str, config: str, given: dict[str, Any], fn: Callable[..., Any]) -> Any:
         if self._in_body:
             raise RuntimeError(f"step {name!r} is called inside another step's body; steps cannot nest")
+        count = self._counts[name] = self._counts.get(name, 0) + 1
         name = host_text(name)
         transport = self._transport
         plan = transport.step_begin(name, config)
@@ -126,12 +181,13 @@ class Step:
                 return json.loads(plan.result)
             if isinstance(plan, Failed):
                 _raise_failure(plan.failure)
-            plan = transport.step_complete(name, self._attempt(plan.stand_in or fn))
+            context = StepContext(plan.attempt, StepInfo(name, count), given)
+            plan = transport.step_complete(name, self._attempt(plan.stand_in or fn, context))
 
-    def _attempt(self, fn: Callable[[], Any]) -> Outcome:
+    def _attempt(self, fn: Callable[..., Any], context: StepContext) -> Outcome:
         self._in_body = True
         try:
-            value = fn()
+            value = fn(context) if _takes_context(fn) else fn()
         except NonRetryableError as error:
             return Fatal(_failure(error))
         except Exception as error:
@@ -181,7 +237,6 @@ class Step:
         return result
 
     def _check_outside_body(self, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError("a step name is a non-empty string")
+        _check_name(name)
         if self._in_body:
             raise RuntimeError(f"step {name!r} is called inside a step body; steps cannot nest")

@@ -194,3 +194,30 @@ def test_fetch_goes_to_the_environments_handler() -> None:
 def test_outside_a_runner_step_calls_say_what_is_missing() -> None:
     with pytest.raises(RuntimeError, match="no workflow runner"):
         Step().do("s", lambda: 1)
+
+
+def test_the_step_context_in_a_unit_test() -> None:
+    """A body that takes one argument gets the context: attempts count from 1 across retries."""
+
+    def flow(event: Event, step: Step) -> Any:
+        def body(ctx: Any) -> Any:
+            if ctx.attempt < 2:
+                raise ConnectionError("once")
+            return [ctx.attempt, ctx.step.name, ctx.step.count, ctx.config]
+
+        return step.do("call", {"retries": {"limit": 2, "delay": "1 second"}}, body)
+
+    env = WorkflowTestEnvironment(start=START)
+    assert env.run(flow) == [2, "call", 1, {"retries": {"limit": 2, "delay": "1 second"}}]
+
+
+def test_a_named_non_retryable_error_is_seen_by_that_name() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        def decline() -> None:
+            raise NonRetryableError("card declined", "PaymentError")
+
+        return step.do("charge", decline)
+
+    with pytest.raises(StepError) as raised:
+        WorkflowTestEnvironment().run(flow)
+    assert (raised.value.name, raised.value.message) == ("PaymentError", "card declined")
