@@ -152,6 +152,12 @@ class AsyncClient:
     async def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
         return await self.send(calls.control(workflow, instance_id, action))
 
+    async def restart(
+        self, workflow: str, instance_id: str, from_step: str | None = None, count: int = 1
+    ) -> c.Instance:
+        """Restart from scratch, or from the `count`-th call of step `from_step` (the journal before it is kept)."""
+        return await self.send(calls.restart(workflow, instance_id, from_step, count))
+
     # -- admin (operator keys) ------------------------------------------------------
 
     async def create_tenant(
@@ -253,8 +259,9 @@ class AsyncInstanceHandle:
     async def terminate(self) -> c.Instance:
         return self._seen(await self.client.control(self.workflow, self.id, "terminate"))
 
-    async def restart(self) -> c.Instance:
-        return self._seen(await self.client.control(self.workflow, self.id, "restart"))
+    async def restart(self, from_step: str | None = None, count: int = 1) -> c.Instance:
+        """From scratch, or from the `count`-th call of step `from_step` (the steps before it are kept)."""
+        return self._seen(await self.client.restart(self.workflow, self.id, from_step, count))
 
     async def journal(self) -> c.Journal:
         """The whole journal (every page)."""

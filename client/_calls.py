@@ -185,6 +185,11 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
     def control(workflow: str, instance_id: str, action: str) -> Call[c.Instance]:
         return Call("POST", _instance(workflow, instance_id) + f"/{_seg(action)}", _model(c.Instance))
 
+    @staticmethod
+    def restart(workflow: str, instance_id: str, from_step: str | None, count: int) -> Call[c.Instance]:
+        body = {} if from_step is None else {"from": {"name": from_step, "count": count}}
+        return Call("POST", _instance(workflow, instance_id) + "/restart", _model(c.Instance), body)
+
     # -- admin (operator keys) --
 
     @staticmethod

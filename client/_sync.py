@@ -143,6 +143,10 @@ class Client:
     def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
         return self.send(calls.control(workflow, instance_id, action))
 
+    def restart(self, workflow: str, instance_id: str, from_step: str | None = None, count: int = 1) -> c.Instance:
+        """Restart from scratch, or from the `count`-th call of step `from_step` (the journal before it is kept)."""
+        return self.send(calls.restart(workflow, instance_id, from_step, count))
+
     # -- admin (operator keys) ------------------------------------------------------
 
     def create_tenant(
@@ -244,8 +248,9 @@ class InstanceHandle:
     def terminate(self) -> c.Instance:
         return self._seen(self.client.control(self.workflow, self.id, "terminate"))
 
-    def restart(self) -> c.Instance:
-        return self._seen(self.client.control(self.workflow, self.id, "restart"))
+    def restart(self, from_step: str | None = None, count: int = 1) -> c.Instance:
+        """From scratch, or from the `count`-th call of step `from_step` (the steps before it are kept)."""
+        return self._seen(self.client.restart(self.workflow, self.id, from_step, count))
 
     def journal(self) -> c.Journal:
         """The whole journal (every page)."""

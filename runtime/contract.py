@@ -54,8 +54,10 @@ __all__ = [
     "Problem",
     "QuotaChanges",
     "Quotas",
+    "Restart",
     "SendEvent",
     "Step",
+    "StepRef",
     "TenantDeleted",
     "TenantInfo",
     "TenantKey",
@@ -202,6 +204,23 @@ class UpdateTenant(_Request):
     quotas: QuotaChanges
 
 
+class StepRef(_Request):
+    """A call of a step in an instance's journal: the count-th call of that name (1 for the first)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    count: int = Field(default=1, ge=1, le=MAX_QUERY_INT)
+
+
+class Restart(_Request):
+    """`POST .../instances/{id}/restart` (the body may be left out: from scratch)."""
+
+    from_: StepRef | None = Field(
+        default=None,
+        alias="from",
+        description="Keep the journal before this step and re-run from it (its earlier steps are not run again)",
+    )
+
+
 class InstanceWait(_Query):
     """The query of `GET /v1/workflows/{name}/instances/{id}`: a long poll."""
 
@@ -210,11 +229,12 @@ class InstanceWait(_Query):
         ge=0.0,
         le=MAX_WAIT_S,
         allow_inf_nan=False,
-        description="Hold the request up to this many seconds, until the instance has settled (it is not "
-        "queued or running) in a status other than `status`; a finished instance is answered at once",
+        description="Hold the request up to this many seconds, until the instance has settled: it is not "
+        "queued or running (and, with `status`, not in that status either); a finished instance is answered "
+        "at once",
     )
     status: Status | None = Field(
-        default=None, description="The status last seen (default: the status when the request arrives)"
+        default=None, description="The status last seen: hold on while the instance is still in it"
     )
 
 

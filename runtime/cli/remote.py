@@ -126,13 +126,16 @@ def instances(
     "wait_s",
     type=click.FloatRange(0, MAX_WAIT_S),
     default=0.0,
-    help="A long poll: answer once the instance has settled (not queued or running) in another status, "
+    help="A long poll: answer once the instance has settled (it is not queued or running, nor in --seen), "
     "waiting up to this many seconds.",
 )
+@click.option(
+    "--seen", type=click.Choice(STATUSES), help="With --wait: the status last seen; hold on while it is still in it."
+)
 @api_options
-def status(client: Client, workflow: str, instance_id: str, wait_s: float, as_json: bool) -> None:
+def status(client: Client, workflow: str, instance_id: str, wait_s: float, seen: str | None, as_json: bool) -> None:
     """Show an instance's status, output and error."""
-    found = client.status(workflow, instance_id, wait_s=wait_s)
+    found = client.status(workflow, instance_id, wait_s=wait_s, seen=seen)
     if as_json:
         print_json(plain(found))
         return
@@ -192,11 +195,27 @@ def _control_command(action: Control, help_text: str) -> None:
         show_instance(plain(result))
 
 
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.option("--from", "from_step", metavar="STEP", help="Re-run from this step (the journal before it is kept).")
+@click.option("--count", type=click.IntRange(1), default=1, show_default=True, help="Which call of STEP.")
+@api_options
+def restart(client: Client, workflow: str, instance_id: str, from_step: str | None, count: int, as_json: bool) -> None:
+    """Restart an instance with the same params: from scratch, or from a step of its journal."""
+    result = client.restart(workflow, instance_id, from_step, count)
+    if as_json:
+        print_json(plain(result))
+        return
+    show_instance(plain(result))
+
+
 CONTROL_HELP: dict[Control, str] = {
     "pause": "Pause an instance (it stops at its next step).",
     "resume": "Resume a paused instance.",
     "terminate": "Terminate an instance that has not finished.",
-    "restart": "Restart an instance from scratch with the same params.",
+    "restart": "Restart an instance with the same params.",
 }
 for _action in CONTROLS:
-    _control_command(_action, CONTROL_HELP[_action])
+    if _action != "restart":
+        _control_command(_action, CONTROL_HELP[_action])

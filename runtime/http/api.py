@@ -187,24 +187,27 @@ class Api:
         asked = query(contract.InstanceWait, request)
         read = functools.partial(self.service.instance, tenant, request.path_params["name"], request.path_params["id"])
         found = await run_in_threadpool(read)
-        if asked.wait > 0 and not self.settled(found, asked.status or found.status):
-            found = await self.long_poll(request, found, read, asked.status or found.status, asked.wait)
+        if asked.wait > 0 and not self.settled(found, asked.status):
+            found = await self.long_poll(request, found, read, asked.status, asked.wait)
         return JSONBody(instance_json(found))
 
     @staticmethod
-    def settled(found: Instance, seen: str) -> bool:
-        """Whether a long poll answers: the instance has finished, or is not queued or running and not `seen`."""
+    def settled(found: Instance, seen: str | None) -> bool:
+        """Whether a long poll answers: the instance has finished, or is not queued or running (and not in
+        `seen`, the status the caller last saw, if it says)."""
         return found.status in FINISHED or (found.status not in ACTIVE and found.status != seen)
 
     async def long_poll(
-        self, request: Request, found: Instance, read: Callable[[], Instance], seen: str, wait_s: float
+        self, request: Request, found: Instance, read: Callable[[], Instance], seen: str | None, wait_s: float
     ) -> Instance:
-        """The instance once it has settled in a status other than `seen`, or after `wait_s`, or as it is when
-        the client has gone or the server stops: a waiter sees `waiting` or `complete`, never the `running`
-        in between."""
+        """The instance once it has settled (in a status other than `seen`), or after `wait_s`, or as it is
+        when the client has gone or the server stops: a waiter sees `waiting` or `complete`, never the
+        `running` in between."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         async with self.service.changes.watch(found.key) as watch:
+            # Read again now that changes are watched: one that came since the first read is not missed.
+            found = await run_in_threadpool(read)
             while not self.settled(found, seen) and not watch.closed:
                 left = deadline - loop.time()
                 if left <= 0 or await request.is_disconnected():
@@ -281,8 +284,18 @@ class Api:
     def control(self, action: contract.Control) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             tenant = await self.tenant(request)
+            restart_from = None
+            if action == "restart":
+                body = validate(contract.Restart, await read_body(request, self.max_body, default={}), "the body")
+                if body.from_ is not None:
+                    restart_from = (body.from_.name, body.from_.count)
             done = await run_in_threadpool(
-                self.service.control, tenant, request.path_params["name"], request.path_params["id"], action
+                self.service.control,
+                tenant,
+                request.path_params["name"],
+                request.path_params["id"],
+                action,
+                restart_from,
             )
             return JSONBody(instance_json(done))
 

@@ -62,19 +62,23 @@ _CONTROL_SUMMARIES: dict[c.Control, str] = {
     "pause": "Pause a queued, running or waiting instance (it stops at its next step)",
     "resume": "Resume a paused instance",
     "terminate": "Terminate an instance that has not finished",
-    "restart": "Restart an instance from scratch with the same params and version",
+    "restart": "Restart an instance with the same params and version: from scratch, or from a step of its "
+    "journal (the steps before it are kept)",
 }
 _INPUT = (400, 401, 404, 409, 413, 422, 429)
 
 
 def _control(action: c.Control) -> Operation:
+    restart = action == "restart"
     return Operation(
         "POST",
         f"{INSTANCE}/{action}",
         f"{action}Instance",
         _CONTROL_SUMMARIES[action],
         {200: Answer(c.Instance, "The instance after the control")},
-        (401, 404, 422) if action == "restart" else (401, 404, 409, 422),
+        (400, 401, 404, 413, 422) if restart else (401, 404, 409, 422),
+        body=c.Restart if restart else None,
+        body_required=False,
         path_params=("name", "id"),
     )
 

@@ -236,7 +236,16 @@ class Service:
 
     # -- controls ------------------------------------------------------------
 
-    def control(self, tenant: Tenant, workflow: str, instance_id: str, action: str) -> Instance:
+    def control(
+        self,
+        tenant: Tenant,
+        workflow: str,
+        instance_id: str,
+        action: str,
+        restart_from: tuple[str, int] | None = None,
+    ) -> Instance:
+        """Pause, resume, terminate or restart (from scratch, or from the `restart_from` (name, count) call of
+        a step, keeping the journal before it)."""
         key = self._key(tenant, workflow, instance_id)
         now = self.clock.now()
         if action == "pause":
@@ -247,7 +256,7 @@ class Service:
             self.store.terminate(key, now)
             self.pool.cancel(key)
         elif action == "restart":
-            self.store.restart(key, now)
+            self.store.restart(key, now, restart_from)
             self.pool.cancel(key)
         else:
             raise NotFound(f"no control {action!r}; use pause, resume, terminate or restart")

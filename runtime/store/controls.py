@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tenantflow.runtime.errors import InvalidState, NotFound, QuotaExceeded
+from tenantflow.runtime.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
 from tenantflow.runtime.records import FINISHED, MAX_BUFFERED_EVENT_BYTES, MAX_BUFFERED_EVENTS, InstanceKey
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
-from tenantflow.runtime.store.rows import EventsRow
+from tenantflow.runtime.store.rows import CutRow, EventsRow
 
 
 class Controls(StoreCore):
@@ -56,20 +56,60 @@ class Controls(StoreCore):
                 (now, *key_params(key)),
             )
 
-    def restart(self, key: InstanceKey, now: float) -> None:
-        """From scratch with the same params and version: the journal and events go, the fence moves on."""
+    def restart(self, key: InstanceKey, now: float, from_step: tuple[str, int] | None = None) -> None:
+        """From scratch with the same params and version: the journal and events go, the fence moves on.
+
+        `from_step` (name, count): the journal before the count-th call of that name is kept (what it
+        returned is replayed, not re-run) and everything from it on goes; the events its waits took are
+        buffered again. InvalidInput if the journal has no such call."""
         with self.transaction() as tx:
             self._status(tx, key)
-            for table in ("journal", "attempts", "events"):
-                tx.send(f"DELETE FROM {table} WHERE {KEY}", key_params(key))
-            tx.send(
-                "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
-                "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-                "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, "
-                f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
-                (now, now, *key_params(key)),
-            )
+            if from_step is None:
+                for table in ("journal", "attempts", "events"):
+                    tx.send(f"DELETE FROM {table} WHERE {KEY}", key_params(key))
+                tx.send(
+                    "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
+                    "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
+                    "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, "
+                    f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
+                    (now, now, *key_params(key)),
+                )
+            else:
+                self._cut_journal(tx, key, now, *from_step)
         self._notify()
+
+    def _cut_journal(self, tx: Tx, key: InstanceKey, now: float, name: str, count: int) -> None:
+        params = key_params(key)
+        positions = tx.run(
+            f"SELECT position FROM journal WHERE {KEY} AND name = ? ORDER BY position LIMIT ?", (*params, name, count)
+        ).values()
+        if len(positions) < count:
+            raise InvalidInput(f"the journal has no call {count} of step {name!r} to restart from")
+        at = int(positions[-1])
+        cut = tx.record(
+            CutRow,
+            "SELECT COUNT(CASE WHEN kind = 'do' THEN 1 END) AS steps, COALESCE(SUM(COALESCE(LENGTH(result), 0) "
+            "+ LENGTH(name) + COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)), 0) AS bytes "
+            f"FROM journal WHERE {KEY} AND position >= ?",
+            (*params, at),
+        )
+        attempt_bytes = tx.scalar(
+            "SELECT COALESCE(SUM(COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)), 0) AS bytes "
+            f"FROM attempts WHERE {KEY} AND position >= ?",
+            (*params, at),
+        )
+        assert cut is not None  # an aggregate always has its row
+        tx.send(f"DELETE FROM journal WHERE {KEY} AND position >= ?", (*params, at))
+        tx.send(f"DELETE FROM attempts WHERE {KEY} AND position >= ?", (*params, at))
+        tx.send(f"UPDATE events SET consumed_at = NULL WHERE {KEY} AND consumed_at >= ?", (*params, at))
+        tx.send(
+            "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
+            "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
+            "fence = fence + 1, steps = steps - ?, log = NULL, host_faults = 0, stored_bytes = stored_bytes - ? "
+            "- COALESCE(LENGTH(output), 0) - COALESCE(LENGTH(error), 0) - COALESCE(LENGTH(log), 0), "
+            f"updated_at = ? WHERE {KEY}",
+            (now, int(cut.steps), int(cut.bytes) + int(attempt_bytes or 0), now, *params),
+        )
 
     def send_event(self, key: InstanceKey, event_type: str, payload: Any, now: float) -> int:
         """Buffer an event for the instance; QuotaExceeded (429) when it already holds MAX_BUFFERED_EVENTS

@@ -303,3 +303,11 @@ class ReadyTenantRow:
 class LiveRow:
     tenant_id: str
     running: int = expr("COUNT(*)")
+
+
+@dataclass(frozen=True, slots=True)
+class CutRow:
+    """What a restart from a step removes from the journal: its step.do calls and stored bytes."""
+
+    steps: int
+    bytes: int

@@ -329,7 +329,7 @@ def test_waits_are_long_polls_not_polling_loops(server: ServerProcess, key: str)
     settled = remote(server, key, "status", "approval", "long-poll", "--wait", "10", "--json")
     assert json.loads(settled.stdout)["status"] == "waiting"
     remote(server, key, "events", "send", "approval", "long-poll", "approved", "--payload", '{"by": "ana"}')
-    done = remote(server, key, "status", "approval", "long-poll", "--wait", "10", "--json")
+    done = remote(server, key, "status", "approval", "long-poll", "--wait", "10", "--seen", "waiting", "--json")
     assert json.loads(done.stdout)["status"] == "complete"
 
 

@@ -205,8 +205,11 @@ def test_long_poll_answers_when_the_status_changes(server: ServerProcess, operat
         handle.wait({"waiting"}, timeout=30)
         path = "/v1/workflows/waiter/instances/p1"
 
-        # Nothing changes: held for the whole wait.
-        answer = http.get(path, params={"wait": 1})
+        # Settled already: at once (without `status`, only queued and running are held).
+        answer = http.get(path, params={"wait": 30})
+        assert answer.json()["status"] == "waiting" and answer.elapsed.total_seconds() < 5
+        # Still in the status last seen: held for the whole wait.
+        answer = http.get(path, params={"wait": 1, "status": "waiting"})
         assert answer.json()["status"] == "waiting" and answer.elapsed.total_seconds() >= 0.95
         # The status last seen differs: at once.
         answer = http.get(path, params={"wait": 30, "status": "queued"})
@@ -214,7 +217,7 @@ def test_long_poll_answers_when_the_status_changes(server: ServerProcess, operat
         # An event lets it finish: answered as soon as it has.
         timer = threading.Timer(0.5, lambda: client.send_event("waiter", "p1", "go", "went"))
         timer.start()
-        answer = http.get(path, params={"wait": 30})
+        answer = http.get(path, params={"wait": 30, "status": "waiting"})
         timer.join()
         assert answer.json()["status"] == "complete" and answer.json()["output"] == "went"
         assert answer.elapsed.total_seconds() < 10
