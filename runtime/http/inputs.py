@@ -167,7 +167,8 @@ class BodyTimeout:
 
 
 async def read_body(request: Request, max_body: int = MAX_BODY, default: Any = None) -> Any:
-    """The request's JSON body: TooLarge over `max_body` bytes; if empty, `default` or MalformedRequest."""
+    """The request's JSON body: TooLarge over `max_body` bytes; if absent, `default` (where the body may be
+    left out) or MalformedRequest; blank (whitespace only) is MalformedRequest."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > DRAIN_LIMIT:
         raise TooLarge(f"the request body is larger than {max_body} bytes")
@@ -182,8 +183,8 @@ async def read_body(request: Request, max_body: int = MAX_BODY, default: Any = N
     if size > max_body:
         raise TooLarge(f"the request body is larger than {max_body} bytes")
     raw = b"".join(chunks)
+    if not raw and default is not None:  # a body that may be left out, and was
+        return default
     if not raw.strip(b" \t\n\r"):  # JSON's whitespace only: b"\x0b" is not an empty body
-        if default is not None:
-            return default
         raise MalformedRequest("the body is empty; send a JSON document")
     return parse_json(raw)

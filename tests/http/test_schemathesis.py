@@ -24,7 +24,12 @@ MAX_EXAMPLES = 40
 # Schema-valid requests that the server rightly refuses for reasons a schema cannot say:
 # a deployed source must compile and define run(event, step) (422 with the line), and the
 # instance ids within one batch must differ.
-SEMANTIC_422 = {("PUT", "/v1/workflows/{name}"), ("POST", "/v1/workflows/{name}/instances/batch")}
+SEMANTIC_422 = {
+    ("PUT", "/v1/workflows/{name}"),
+    ("POST", "/v1/workflows/{name}/instances/batch"),
+    # A restart from a step names a call the journal must have.
+    ("POST", "/v1/workflows/{name}/instances/{id}/restart"),
+}
 
 # Invalid input may also be refused as too large (413: a batch of more than 100), not only 4xx-invalid.
 CONFIG = schemathesis.Config.from_dict(
