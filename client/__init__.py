@@ -19,7 +19,7 @@ errors are `ApiError` subclasses named for the problem (`NotFound`, `InvalidStat
 """
 
 from tenantflow.client._async import AsyncClient, AsyncInstanceHandle, AsyncWorkflowHandle
-from tenantflow.client._calls import DEFAULT_URL, Retry
+from tenantflow.client._calls import DEFAULT_URL, Batch, Retry
 from tenantflow.client._errors import (
     ApiError,
     BadRequest,
@@ -41,6 +41,7 @@ from tenantflow.client._errors import (
 from tenantflow.client._sync import Client, InstanceHandle, WorkflowHandle
 from tenantflow.runtime.contract import (
     Attempt,
+    BatchError,
     Deployed,
     ErrorInfo,
     EventAccepted,
@@ -69,6 +70,8 @@ __all__ = [
     "AsyncWorkflowHandle",
     "Attempt",
     "BadRequest",
+    "Batch",
+    "BatchError",
     "Client",
     "ClientError",
     "Conflict",

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import httpx
-from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Call, Poll, Retry, calls, merge_journal
+from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Batch, Call, Poll, Retry, calls, merge_journal
 from tenantflow.client._errors import InstanceFailed, WaitTimeout
 from tenantflow.runtime import contract as c
 from tenantflow.runtime.records import FINISHED
@@ -99,10 +99,13 @@ class AsyncClient:
         created = await self.send(calls.start(workflow, instance_id, params))
         return AsyncInstanceHandle(self, workflow, created.id, created)
 
-    async def start_batch(self, workflow: str, items: Iterable[Mapping[str, Any]]) -> list[AsyncInstanceHandle]:
-        return [
-            AsyncInstanceHandle(self, workflow, i.id, i) for i in await self.send(calls.start_batch(workflow, items))
-        ]
+    async def start_batch(
+        self, workflow: str, items: Iterable[Mapping[str, Any]] | int, params: Any = None
+    ) -> Batch[AsyncInstanceHandle]:
+        """Start the batch's entries ({id?, params?} each), or `items` instances with `params`: handles on
+        those created, and the entries that were not, with their problem."""
+        answer = await self.send(calls.start_batch(workflow, items, params))
+        return Batch([AsyncInstanceHandle(self, workflow, i.id, i) for i in answer.instances], answer.errors)
 
     async def instances(
         self, workflow: str, status: str | None = None, limit: int | None = None, after: str | None = None
@@ -202,8 +205,10 @@ class AsyncWorkflowHandle:
     async def start(self, params: Any = None, *, id: str | None = None) -> AsyncInstanceHandle:  # noqa: A002 - the API's name
         return await self.client.start(self.name, id, params)
 
-    async def start_batch(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncInstanceHandle]:
-        return await self.client.start_batch(self.name, items)
+    async def start_batch(
+        self, items: Iterable[Mapping[str, Any]] | int, params: Any = None
+    ) -> Batch[AsyncInstanceHandle]:
+        return await self.client.start_batch(self.name, items, params)
 
     def instance(self, instance_id: str) -> AsyncInstanceHandle:
         return AsyncInstanceHandle(self.client, self.name, instance_id)

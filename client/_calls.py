@@ -14,9 +14,10 @@ from pydantic import BaseModel
 from tenantflow.client._errors import error_for
 from tenantflow.runtime import contract as c
 
-__all__ = ["DEFAULT_URL", "LONG_POLL_S", "PASSING", "Call", "Poll", "Retry", "calls"]
+__all__ = ["DEFAULT_URL", "LONG_POLL_S", "PASSING", "Batch", "Call", "Poll", "Retry", "calls"]
 
 T = TypeVar("T")
+H = TypeVar("H")
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_URL = "http://127.0.0.1:8787"
@@ -149,13 +150,9 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("POST", f"/v1/workflows/{_seg(workflow)}/instances", _model(c.Instance), body)
 
     @staticmethod
-    def start_batch(workflow: str, items: Iterable[Mapping[str, Any]]) -> Call[list[c.Instance]]:
-        return Call(
-            "POST",
-            f"/v1/workflows/{_seg(workflow)}/instances/batch",
-            lambda body: c.BatchCreated.model_validate(body).instances,
-            [dict(item) for item in items],
-        )
+    def start_batch(workflow: str, items: Iterable[Mapping[str, Any]] | int, params: Any) -> Call[c.BatchCreated]:
+        body: Any = {"count": items, "params": params} if isinstance(items, int) else [dict(i) for i in items]
+        return Call("POST", f"/v1/workflows/{_seg(workflow)}/instances/batch", _model(c.BatchCreated), body)
 
     @staticmethod
     def instances(workflow: str, status: str | None, limit: int | None, after: str | None) -> Call[c.InstancePage]:
@@ -216,6 +213,15 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
     @staticmethod
     def delete_tenant(name: str) -> Call[c.TenantDeleted]:
         return Call("DELETE", _tenant(name), _model(c.TenantDeleted))
+
+
+@dataclass(frozen=True)
+class Batch(Generic[H]):
+    """What a batch started: handles on the instances created, and the entries that were not, with why (a
+    batch reports those, it does not raise for them)."""
+
+    instances: list[H]
+    errors: list[c.BatchError]
 
 
 def merge_journal(pages: list[c.Journal]) -> c.Journal:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import httpx
-from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Call, Poll, Retry, calls, merge_journal
+from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Batch, Call, Poll, Retry, calls, merge_journal
 from tenantflow.client._errors import InstanceFailed, WaitTimeout
 from tenantflow.runtime import contract as c
 from tenantflow.runtime.records import FINISHED
@@ -96,8 +96,13 @@ class Client:
         created = self.send(calls.start(workflow, instance_id, params))
         return InstanceHandle(self, workflow, created.id, created)
 
-    def start_batch(self, workflow: str, items: Iterable[Mapping[str, Any]]) -> list[InstanceHandle]:
-        return [InstanceHandle(self, workflow, i.id, i) for i in self.send(calls.start_batch(workflow, items))]
+    def start_batch(
+        self, workflow: str, items: Iterable[Mapping[str, Any]] | int, params: Any = None
+    ) -> Batch[InstanceHandle]:
+        """Start the batch's entries ({id?, params?} each), or `items` instances with `params`: handles on
+        those created, and the entries that were not, with their problem."""
+        answer = self.send(calls.start_batch(workflow, items, params))
+        return Batch([InstanceHandle(self, workflow, i.id, i) for i in answer.instances], answer.errors)
 
     def instances(
         self, workflow: str, status: str | None = None, limit: int | None = None, after: str | None = None
@@ -191,8 +196,8 @@ class WorkflowHandle:
     def start(self, params: Any = None, *, id: str | None = None) -> InstanceHandle:  # noqa: A002 - the API's name
         return self.client.start(self.name, id, params)
 
-    def start_batch(self, items: Iterable[Mapping[str, Any]]) -> list[InstanceHandle]:
-        return self.client.start_batch(self.name, items)
+    def start_batch(self, items: Iterable[Mapping[str, Any]] | int, params: Any = None) -> Batch[InstanceHandle]:
+        return self.client.start_batch(self.name, items, params)
 
     def instance(self, instance_id: str) -> InstanceHandle:
         return InstanceHandle(self.client, self.name, instance_id)

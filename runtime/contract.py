@@ -32,9 +32,12 @@ __all__ = [
     "MAX_BATCH",
     "MAX_PAGE",
     "Attempt",
+    "BatchBody",
     "BatchCreated",
+    "BatchError",
     "Control",
     "CreateBatch",
+    "CreateCount",
     "CreateInstance",
     "CreateTenant",
     "Deploy",
@@ -143,9 +146,20 @@ class CreateInstance(_Request):
 
 
 class CreateBatch(RootModel[list[CreateInstance]]):
-    """`POST /v1/workflows/{name}/instances/batch`: all or none."""
+    """`POST /v1/workflows/{name}/instances/batch` as a list: each entry that can be created is."""
 
     root: list[CreateInstance] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class CreateCount(_Request):
+    """`POST /v1/workflows/{name}/instances/batch` as `{count, params}`: that many instances with random ids."""
+
+    count: int = Field(ge=1, le=MAX_BATCH)
+    params: Any = Field(default=None, description="Every instance's event.payload (at most 1 MiB of JSON)")
+
+
+class BatchBody(RootModel[Annotated[list[CreateInstance], Field(min_length=1, max_length=MAX_BATCH)] | CreateCount]):
+    """The batch body's two forms, for the OpenAPI document (the server reads each by its own model)."""
 
 
 class SendEvent(_Request):
@@ -323,8 +337,17 @@ class InstancePage(_Response):
     next_after: str | None = Field(description="Pass as ?after= for the next page; null on the last page")
 
 
+class BatchError(_Response):
+    """An entry of a batch that was not created, and why."""
+
+    index: int = Field(description="Its place in the batch, from 0")
+    id: str | None
+    problem: Problem
+
+
 class BatchCreated(_Response):
-    instances: list[Instance]
+    instances: list[Instance] = Field(description="The entries created, in batch order")
+    errors: list[BatchError] = Field(default_factory=list, description="The entries not created")
 
 
 class Attempt(_Response):

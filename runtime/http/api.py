@@ -39,6 +39,7 @@ from tenantflow.runtime.http.problems import (
     InternalError,
     dumps,
     problem,
+    problem_document,
     problem_for,
     status_problem,
 )
@@ -168,10 +169,18 @@ class Api:
 
     async def create_instances(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        batch = validate(contract.CreateBatch, await read_body(request, self.max_body), "a batch")
-        items = [_given(item) for item in batch.root]
-        created = await run_in_threadpool(self.service.create_instances, tenant, request.path_params["name"], items)
-        return JSONBody({"instances": [instance_json(i) for i in created]}, status_code=201)
+        body = await read_body(request, self.max_body)
+        if isinstance(body, dict):
+            form = validate(contract.CreateCount, body, "a batch")
+            items = [{"params": form.params} for _ in range(form.count)]
+        else:
+            items = [_given(item) for item in validate(contract.CreateBatch, body, "a batch").root]
+        created, errors = await run_in_threadpool(self.service.create_batch, tenant, request.path_params["name"], items)
+        answer = {
+            "instances": [instance_json(i) for i in created],
+            "errors": [{"index": e.index, "id": e.instance_id, "problem": problem_document(e.error)} for e in errors],
+        }
+        return JSONBody(answer, status_code=201 if created else 200)
 
     async def list_instances(self, request: Request) -> Response:
         tenant = await self.tenant(request)

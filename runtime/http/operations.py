@@ -159,10 +159,14 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST",
         "/v1/workflows/{name}/instances/batch",
         "createInstances",
-        f"Start up to {c.MAX_BATCH} instances at once (all or none)",
-        {201: Answer(c.BatchCreated, "Created and queued")},
+        f"Start up to {c.MAX_BATCH} instances at once: a list of {{id?, params?}}, or {{count, params}}; "
+        "each entry that can be created is, the others are listed with their problem",
+        {
+            201: Answer(c.BatchCreated, "Some created and queued (and the errors of the others)"),
+            200: Answer(c.BatchCreated, "None created: the errors say why"),
+        },
         _INPUT,
-        body=c.CreateBatch,
+        body=c.BatchBody,
         path_params=("name",),
     ),
     Operation(

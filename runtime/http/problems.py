@@ -38,6 +38,7 @@ __all__ = [
     "RequestTimeout",
     "dumps",
     "problem",
+    "problem_document",
     "problem_for",
     "status_problem",
     "status_of",
@@ -129,6 +130,24 @@ def problem(
         body["instance"] = instance
     body.update(extra)
     return Response(dumps(body), status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def problem_document(error: TenantflowError, instance: str | None = None) -> dict[str, Any]:
+    """The problem document of `error` (as `problem_for` sends it), e.g. for an entry of a batch."""
+    kind = kind_of(error)
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + _slug(type(error).__name__),
+        "title": kind.title,
+        "status": kind.status,
+        "detail": str(error),
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if isinstance(error, WorkflowCodeError):
+        body["line"] = error.line
+    if isinstance(error, QuotaExceeded | Unavailable):
+        body["retry_after_s"] = error.retry_after_s
+    return body
 
 
 def problem_for(error: TenantflowError, instance: str | None = None) -> Response:

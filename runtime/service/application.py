@@ -9,7 +9,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, FailureName, Sandbox
@@ -21,9 +21,11 @@ from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool
 from tenantflow.runtime.errors import (
+    Conflict,
     InvalidInput,
     NotFound,
     QuotaExceeded,
+    TenantflowError,
     TooLarge,
     WorkflowCodeError,
 )
@@ -47,6 +49,15 @@ from tenantflow.runtime.store import SQLStore, open_store
 MAX_WORKERS = ISOLATE_SLOTS - 8
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
 STORAGE_RETRY_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class BatchEntryError:
+    """An entry of a batch that was not created: its place in the batch, its id if it gave one, and why."""
+
+    index: int
+    instance_id: str | None
+    error: TenantflowError
 
 
 def source_hash(source: str) -> str:
@@ -181,24 +192,9 @@ class Service:
     # -- instances -----------------------------------------------------------
 
     def create_instances(self, tenant: Tenant, workflow: str, items: Sequence[Any]) -> list[Instance]:
+        """All or none: the first entry that cannot be created fails the call and nothing is created."""
         check_id(workflow, "workflow name")
-        if not isinstance(items, list) or not items:
-            raise InvalidInput("a batch is a non-empty JSON array of {id?, params?}")
-        if len(items) > MAX_BATCH:
-            raise TooLarge(f"a batch creates at most {MAX_BATCH} instances")
-        parsed: list[tuple[str, Any]] = []
-        for item in items:
-            if not isinstance(item, dict):
-                raise InvalidInput("each instance is a JSON object {id?, params?}")
-            unknown = set(item) - {"id", "params"}
-            if unknown:
-                raise InvalidInput(f"unknown fields: {sorted(unknown)}")
-            instance_id = item.get("id")
-            instance_id = uuid.uuid4().hex if instance_id is None else check_id(instance_id, "instance id")
-            params = item.get("params")
-            if _json_size(params) > tenant.quotas.max_payload_bytes:
-                raise TooLarge(f"params are larger than {tenant.quotas.max_payload_bytes} bytes")
-            parsed.append((instance_id, params))
+        parsed = [self._parse_item(tenant, item) for item in self._check_batch(items)]
         if len({i for i, _ in parsed}) != len(parsed):
             raise InvalidInput("instance ids in a batch must differ")
         version = self.versions(tenant, workflow)[-1]
@@ -206,7 +202,71 @@ class Service:
         created = self.store.create_instances(
             tenant.tenant_id, version, parsed, self.clock.now(), per_minute=tenant.quotas.max_instances_per_minute
         )
-        self.pool.wake()
+        self._created(tenant, workflow, created)
+        return created
+
+    def create_batch(
+        self, tenant: Tenant, workflow: str, items: Sequence[Any]
+    ) -> tuple[list[Instance], list[BatchEntryError]]:
+        """Each entry that can be created is (as Cloudflare's createBatch); the others come back with their
+        error: a bad id or params, an id given twice in the batch, an id already taken. What concerns the
+        whole batch (no such workflow, the creation rate, storage) still fails the call."""
+        check_id(workflow, "workflow name")
+        errors: list[BatchEntryError] = []
+        parsed: list[tuple[str, Any]] = []
+        index_of: dict[str, int] = {}
+        for index, item in enumerate(self._check_batch(items)):
+            given = item.get("id") if isinstance(item, dict) else None
+            try:
+                instance_id, params = self._parse_item(tenant, item)
+                if instance_id in index_of:
+                    raise Conflict(f"instance id {instance_id!r} is given twice in the batch")
+            except TenantflowError as error:
+                errors.append(BatchEntryError(index, given if isinstance(given, str) else None, error))
+                continue
+            index_of[instance_id] = index
+            parsed.append((instance_id, params))
+        version = self.versions(tenant, workflow)[-1]
+        created: list[Instance] = []
+        if parsed:
+            self._check_storage(tenant)
+            created, taken = self.store.create_available(
+                tenant.tenant_id, version, parsed, self.clock.now(), per_minute=tenant.quotas.max_instances_per_minute
+            )
+            for instance_id in taken:
+                errors.append(
+                    BatchEntryError(
+                        index_of[instance_id], instance_id, Conflict(f"instance {instance_id!r} already exists")
+                    )
+                )
+        self._created(tenant, workflow, created)
+        return created, sorted(errors, key=lambda e: e.index)
+
+    @staticmethod
+    def _check_batch(items: Sequence[Any]) -> Sequence[Any]:
+        if not isinstance(items, list) or not items:
+            raise InvalidInput("a batch is a non-empty JSON array of {id?, params?}")
+        if len(items) > MAX_BATCH:
+            raise TooLarge(f"a batch creates at most {MAX_BATCH} instances")
+        return items
+
+    @staticmethod
+    def _parse_item(tenant: Tenant, item: Any) -> tuple[str, Any]:
+        if not isinstance(item, dict):
+            raise InvalidInput("each instance is a JSON object {id?, params?}")
+        unknown = set(item) - {"id", "params"}
+        if unknown:
+            raise InvalidInput(f"unknown fields: {sorted(unknown)}")
+        instance_id = item.get("id")
+        instance_id = uuid.uuid4().hex if instance_id is None else check_id(instance_id, "instance id")
+        params = item.get("params")
+        if _json_size(params) > tenant.quotas.max_payload_bytes:
+            raise TooLarge(f"params are larger than {tenant.quotas.max_payload_bytes} bytes")
+        return instance_id, params
+
+    def _created(self, tenant: Tenant, workflow: str, created: list[Instance]) -> None:
+        if created:
+            self.pool.wake()
         for instance in created:
             logs.event(
                 "instance created",
@@ -215,7 +275,6 @@ class Service:
                 instance=instance.instance_id,
                 version=instance.version,
             )
-        return created
 
     def instance(self, tenant: Tenant, workflow: str, instance_id: str) -> Instance:
         return self.store.instance(self._key(tenant, workflow, instance_id))

@@ -43,7 +43,22 @@ class Instances(StoreCore):
         now: float,
         per_minute: int | None = None,
     ) -> list[Instance]:
-        """All or nothing: Conflict (and none created) when an id is taken, also by a concurrent creation.
+        """All or nothing: Conflict (and none created) when an id is taken, also by a concurrent creation."""
+        created, _ = self.create_available(tenant_id, version, items, now, per_minute, all_or_none=True)
+        return created
+
+    def create_available(
+        self,
+        tenant_id: str,
+        version: Version,
+        items: Sequence[tuple[str, Any]],
+        now: float,
+        per_minute: int | None = None,
+        *,
+        all_or_none: bool = False,
+    ) -> tuple[list[Instance], list[str]]:
+        """Create the instances whose ids are free; (those created, the ids that were taken). With
+        `all_or_none`, Conflict (and none created) when an id is taken, also by a concurrent creation.
 
         With `per_minute`, the tenant's creation rate is a token bucket of that size, refilled at that rate,
         kept in the database (every process takes from the same one): QuotaExceeded, and none created, when
@@ -90,11 +105,12 @@ class Instances(StoreCore):
                         stored_bytes=len(blob),
                     )
                 )
-            for insert, instance in zip(inserts, created, strict=True):
-                if insert.scalar() is None:
-                    raise Conflict(f"instance {instance.instance_id!r} already exists")
-        self._notify()
-        return created
+            taken = [i.instance_id for insert, i in zip(inserts, created, strict=True) if insert.scalar() is None]
+            if taken and all_or_none:
+                raise Conflict(f"instance {taken[0]!r} already exists")
+        if len(taken) < len(created):
+            self._notify()
+        return [i for i in created if i.instance_id not in set(taken)], taken
 
     def instance(self, key: InstanceKey) -> Instance:
         """One instance with everything (params, output, error, log), decoded after the read."""

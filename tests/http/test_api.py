@@ -378,13 +378,31 @@ def test_batch_create(api: Client, http: httpx.Client) -> None:
     for i in range(3):
         assert api.wait("echo", f"b{i}").output["echo"] == i
 
-    # All or nothing: one taken id fails the batch and creates none of the others.
-    assert_problem(http.post("/v1/workflows/echo/instances/batch", json=[{"id": "b9"}, {"id": "b1"}]), 409)
-    assert_problem(http.get("/v1/workflows/echo/instances/b9"), 404)
-
-    assert_problem(http.post("/v1/workflows/echo/instances/batch", json=[{"id": "d"}, {"id": "d"}]), 422, "differ")
+    # Each entry that can be created is; the others are listed with their problem (as Cloudflare's createBatch).
+    mixed = http.post(
+        "/v1/workflows/echo/instances/batch",
+        json=[{"id": "b9"}, {"id": "b1"}, {"id": "b10", "params": "x" * ((1 << 20) + 10)}, {"id": "b9"}, {}],
+    )
+    assert mixed.status_code == 201, mixed.text
+    created = [i["id"] for i in mixed.json()["instances"]]
+    assert created[0] == "b9" and len(created) == 2  # b9 and the one with a random id
+    errors = {(e["index"], e["id"], e["problem"]["status"]) for e in mixed.json()["errors"]}
+    assert errors == {(1, "b1", 409), (2, "b10", 413), (3, "b9", 409)}
+    assert api.status("echo", "b1").params == 1  # the taken one is untouched
+    assert_problem(http.get("/v1/workflows/echo/instances/b10"), 404)
+    # Nothing created: 200, and the errors say why.
+    none = http.post("/v1/workflows/echo/instances/batch", json=[{"id": "b0"}, {"id": "b1"}])
+    assert none.status_code == 200 and none.json()["instances"] == []
+    assert [e["problem"]["type"] for e in none.json()["errors"]] == ["urn:tenantflow:problem:conflict"] * 2
+    # {count, params}: that many, with random ids.
+    counted = http.post("/v1/workflows/echo/instances/batch", json={"count": 3, "params": {"n": 1}})
+    assert counted.status_code == 201 and len({i["id"] for i in counted.json()["instances"]}) == 3
+    assert all(i["params"] == {"n": 1} for i in counted.json()["instances"])
+    assert_problem(http.post("/v1/workflows/echo/instances/batch", json={"count": 101}), 422)
+    assert_problem(http.post("/v1/workflows/echo/instances/batch", json={"count": 0}), 422)
+    assert_problem(http.post("/v1/workflows/echo/instances/batch", json={"count": 1, "x": 1}), 422)
     assert_problem(http.post("/v1/workflows/echo/instances/batch", json=[]), 422)
-    assert_problem(http.post("/v1/workflows/echo/instances/batch", json={"id": "x"}), 422)
+    assert_problem(http.post("/v1/workflows/echo/instances/batch", json={"id": "x"}), 422)  # not the count form
     assert_problem(http.post("/v1/workflows/echo/instances/batch", json=[1]), 422)
     assert_problem(http.post("/v1/workflows/echo/instances/batch", json=[{}] * 101), 413, "100")
     assert_problem(http.post("/v1/workflows/echo/instances/batch"), 400, "empty")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -245,3 +246,21 @@ def test_wait_returns_a_finished_instance_it_was_not_waiting_for(clock: Clock) -
     with _client(handler) as api:
         assert api.wait("wf", "i1", {"waiting"}, timeout=30).status == "errored"
     assert len(calls) == 1 and clock.sleeps == []
+
+
+def test_a_batch_reports_what_it_did_not_create() -> None:
+    sent: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        problem = {"type": "urn:tenantflow:problem:conflict", "title": "Conflict", "status": 409, "detail": "taken"}
+        return httpx.Response(
+            201, json={"instances": [INSTANCE], "errors": [{"index": 1, "id": "i0", "problem": problem}]}
+        )
+
+    with _client(handler) as api:
+        batch = api.workflow("wf").start_batch([{"id": "i1"}, {"id": "i0"}])
+        assert [h.id for h in batch.instances] == ["i1"]
+        assert [(e.index, e.id, e.problem.status) for e in batch.errors] == [(1, "i0", 409)]
+        api.workflow("wf").start_batch(3, {"n": 1})
+    assert sent == [[{"id": "i1"}, {"id": "i0"}], {"count": 3, "params": {"n": 1}}]

@@ -201,6 +201,10 @@ def exercise(s: Any) -> None:
     s.finish_purge("zeta")
     assert s.deleting_tenants() == []
 
+    # A batch that creates what it can: i1 is taken, i9 is new.
+    made, taken = s.create_available("acme", version, [("i1", None), ("i9", None)], T0 + 12)
+    assert [i.instance_id for i in made] == ["i9"] and taken == ["i1"]
+
 
 def test_every_statement_of_every_operation_is_scoped_by_tenant(store: SQLStore) -> None:
     calls = Calls(store)
