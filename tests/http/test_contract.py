@@ -35,7 +35,8 @@ def test_the_document_takes_its_rules_from_the_records() -> None:
     ident = schemas["CreateInstance"]["properties"]["id"]["anyOf"][0]
     assert ident["pattern"] == ID_PATTERN.pattern and ident["maxLength"] == MAX_ID
     assert schemas["Instance"]["properties"]["status"]["enum"] == list(STATUSES)
-    assert schemas["CreateBatch"]["maxItems"] == contract.MAX_BATCH
+    assert schemas["BatchBody"]["anyOf"][0]["maxItems"] == contract.MAX_BATCH
+    assert schemas["CreateCount"]["properties"]["count"]["maximum"] == contract.MAX_BATCH
     controls = {
         path.rsplit("/", 1)[1] for path in doc["paths"] if path.startswith("/v1/workflows/{name}/instances/{id}/")
     }
