@@ -89,6 +89,14 @@ class AsyncClient:
     async def versions(self, name: str) -> c.Workflow:
         return await self.send(calls.versions(name))
 
+    async def delete_workflow(self, name: str) -> c.WorkflowDeleted:
+        """Delete a workflow with its versions and instances (InvalidState while one of them is unfinished)."""
+        return await self.send(calls.delete_workflow(name))
+
+    async def delete_instance(self, workflow: str, instance_id: str) -> c.InstanceDeleted:
+        """Delete a finished instance with its journal (InvalidState while it has not finished)."""
+        return await self.send(calls.delete_instance(workflow, instance_id))
+
     # -- instances ------------------------------------------------------------------
 
     def instance(self, workflow: str, instance_id: str) -> AsyncInstanceHandle:
@@ -202,6 +210,9 @@ class AsyncWorkflowHandle:
     async def versions(self) -> c.Workflow:
         return await self.client.versions(self.name)
 
+    async def delete(self) -> c.WorkflowDeleted:
+        return await self.client.delete_workflow(self.name)
+
     async def start(self, params: Any = None, *, id: str | None = None) -> AsyncInstanceHandle:  # noqa: A002 - the API's name
         return await self.client.start(self.name, id, params)
 
@@ -267,6 +278,9 @@ class AsyncInstanceHandle:
     async def restart(self, from_step: str | None = None, count: int = 1) -> c.Instance:
         """From scratch, or from the `count`-th call of step `from_step` (the steps before it are kept)."""
         return self._seen(await self.client.restart(self.workflow, self.id, from_step, count))
+
+    async def delete(self) -> c.InstanceDeleted:
+        return await self.client.delete_instance(self.workflow, self.id)
 
     async def journal(self) -> c.Journal:
         """The whole journal (every page)."""

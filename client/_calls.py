@@ -187,6 +187,14 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         body = {} if from_step is None else {"from": {"name": from_step, "count": count}}
         return Call("POST", _instance(workflow, instance_id) + "/restart", _model(c.Instance), body)
 
+    @staticmethod
+    def delete_instance(workflow: str, instance_id: str) -> Call[c.InstanceDeleted]:
+        return Call("DELETE", _instance(workflow, instance_id), _model(c.InstanceDeleted))
+
+    @staticmethod
+    def delete_workflow(name: str) -> Call[c.WorkflowDeleted]:
+        return Call("DELETE", f"/v1/workflows/{_seg(name)}", _model(c.WorkflowDeleted))
+
     # -- admin (operator keys) --
 
     @staticmethod

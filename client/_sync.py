@@ -86,6 +86,14 @@ class Client:
     def versions(self, name: str) -> c.Workflow:
         return self.send(calls.versions(name))
 
+    def delete_workflow(self, name: str) -> c.WorkflowDeleted:
+        """Delete a workflow with its versions and instances (InvalidState while one of them is unfinished)."""
+        return self.send(calls.delete_workflow(name))
+
+    def delete_instance(self, workflow: str, instance_id: str) -> c.InstanceDeleted:
+        """Delete a finished instance with its journal (InvalidState while it has not finished)."""
+        return self.send(calls.delete_instance(workflow, instance_id))
+
     # -- instances ------------------------------------------------------------------
 
     def instance(self, workflow: str, instance_id: str) -> InstanceHandle:
@@ -193,6 +201,9 @@ class WorkflowHandle:
     def versions(self) -> c.Workflow:
         return self.client.versions(self.name)
 
+    def delete(self) -> c.WorkflowDeleted:
+        return self.client.delete_workflow(self.name)
+
     def start(self, params: Any = None, *, id: str | None = None) -> InstanceHandle:  # noqa: A002 - the API's name
         return self.client.start(self.name, id, params)
 
@@ -256,6 +267,9 @@ class InstanceHandle:
     def restart(self, from_step: str | None = None, count: int = 1) -> c.Instance:
         """From scratch, or from the `count`-th call of step `from_step` (the steps before it are kept)."""
         return self._seen(self.client.restart(self.workflow, self.id, from_step, count))
+
+    def delete(self) -> c.InstanceDeleted:
+        return self.client.delete_instance(self.workflow, self.id)
 
     def journal(self) -> c.Journal:
         """The whole journal (every page)."""

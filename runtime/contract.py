@@ -48,6 +48,7 @@ __all__ = [
     "Health",
     "Id",
     "Instance",
+    "InstanceDeleted",
     "InstancePage",
     "InstanceQuery",
     "InstanceWait",
@@ -68,6 +69,7 @@ __all__ = [
     "UpdateTenant",
     "Version",
     "Workflow",
+    "WorkflowDeleted",
     "WorkflowList",
     "allow_deep_json",
 ]
@@ -394,6 +396,16 @@ class Journal(_Response):
     events: list[EventRecord]
     log: str = Field(description="What the workflow printed (bounded)")
     next_after: int | None = Field(description="Pass as `after` for the next page; null on the last page")
+
+
+class InstanceDeleted(_Response):
+    id: str
+    workflow: str
+
+
+class WorkflowDeleted(_Response):
+    name: str
+    instances: int = Field(description="Instances deleted with it")
 
 
 class EventAccepted(_Response):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -193,6 +194,28 @@ def _control_command(action: Control, help_text: str) -> None:
             print_json(plain(result))
             return
         show_instance(plain(result))
+
+
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@api_options
+def delete(client: Client, workflow: str, instance_id: str | None, yes: bool, as_json: bool) -> None:
+    """Delete a finished instance (WORKFLOW ID), or a workflow with its versions and instances (WORKFLOW)."""
+    what = f"instance {instance_id} of {workflow}" if instance_id else f"workflow {workflow} and all its instances"
+    if not yes:
+        click.confirm(f"Delete {what}?", abort=True, err=True)
+    if instance_id is not None:
+        result: Any = client.delete_instance(workflow, instance_id)
+        message = f"deleted instance {instance_id} of {workflow}"
+    else:
+        result = client.delete_workflow(workflow)
+        message = f"deleted workflow {workflow} with {result.instances} instance(s)"
+    if as_json:
+        print_json(plain(result))
+        return
+    out().print(safe_text(message))
 
 
 @commands.command()

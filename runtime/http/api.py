@@ -225,6 +225,18 @@ class Api:
                 found = await run_in_threadpool(read)
         return found
 
+    async def delete_instance(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        name, instance_id = request.path_params["name"], request.path_params["id"]
+        await run_in_threadpool(self.service.delete_instance, tenant, name, instance_id)
+        return JSONBody({"id": instance_id, "workflow": name})
+
+    async def delete_workflow(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        name = request.path_params["name"]
+        deleted = await run_in_threadpool(self.service.delete_workflow, tenant, name)
+        return JSONBody({"name": name, "instances": deleted})
+
     async def get_journal(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         asked = query(contract.JournalQuery, request)

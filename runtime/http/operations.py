@@ -135,6 +135,15 @@ OPERATIONS: tuple[Operation, ...] = (
         path_params=("name",),
     ),
     Operation(
+        "DELETE",
+        "/v1/workflows/{name}",
+        "deleteWorkflow",
+        "Delete a workflow with its versions and instances (409 while one of them has not finished)",
+        {200: Answer(c.WorkflowDeleted, "Deleted")},
+        (401, 404, 409, 422),
+        path_params=("name",),
+    ),
+    Operation(
         "POST",
         "/v1/workflows/{name}/instances",
         "createInstance",
@@ -177,6 +186,15 @@ OPERATIONS: tuple[Operation, ...] = (
         {200: Answer(c.Instance, "The instance")},
         (401, 404, 422, 429),
         query=c.InstanceWait,
+        path_params=("name", "id"),
+    ),
+    Operation(
+        "DELETE",
+        INSTANCE,
+        "deleteInstance",
+        "Delete a finished instance with its journal and events (409 while it has not finished)",
+        {200: Answer(c.InstanceDeleted, "Deleted")},
+        (401, 404, 409, 422),
         path_params=("name", "id"),
     ),
     Operation(

@@ -47,6 +47,8 @@ from tenantflow.runtime.store import SQLStore, open_store
 
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
 MAX_WORKERS = ISOLATE_SLOTS - 8
+# Instances deleted per transaction when a workflow is deleted.
+DELETE_BATCH = 100
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
 STORAGE_RETRY_AFTER_S = 60.0
 
@@ -178,6 +180,23 @@ class Service:
 
     def workflows(self, tenant: Tenant) -> list[Version]:
         return self.store.workflows(tenant.tenant_id)
+
+    def delete_workflow(self, tenant: Tenant, workflow: str) -> int:
+        """Delete a workflow with its versions and its (finished) instances, a batch per transaction;
+        InvalidState while one of its instances is unfinished. How many instances went."""
+        check_id(workflow, "workflow name")
+        self.store.delete_versions(tenant.tenant_id, workflow)
+        deleted = 0
+        while batch := self.store.delete_instances(tenant.tenant_id, workflow, DELETE_BATCH):
+            deleted += batch
+        logs.event("workflow deleted", tenant=tenant.tenant_id, workflow=workflow, instances=deleted)
+        return deleted
+
+    def delete_instance(self, tenant: Tenant, workflow: str, instance_id: str) -> None:
+        """Delete a finished instance with its journal; InvalidState otherwise."""
+        key = self._key(tenant, workflow, instance_id)
+        self.store.delete_instance(key)
+        self.changes.changed(key)
 
     def versions(self, tenant: Tenant, workflow: str) -> list[Version]:
         return self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"))

@@ -15,6 +15,7 @@ from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import CutRow, EventsRow
+from tenantflow.runtime.store.schema import INSTANCE_TABLES
 
 
 class Controls(StoreCore):
@@ -110,6 +111,15 @@ class Controls(StoreCore):
             f"updated_at = ? WHERE {KEY}",
             (now, int(cut.steps), int(cut.bytes) + int(attempt_bytes or 0), now, *params),
         )
+
+    def delete_instance(self, key: InstanceKey) -> None:
+        """Delete a finished instance with its journal, attempts and events; InvalidState otherwise."""
+        with self.transaction() as tx:
+            status = self._status(tx, key)
+            if status not in FINISHED:
+                raise InvalidState(f"cannot delete an instance that is {status}; terminate it first")
+            for table in INSTANCE_TABLES:
+                tx.send(f"DELETE FROM {table} WHERE {KEY}", key_params(key))
 
     def send_event(self, key: InstanceKey, event_type: str, payload: Any, now: float) -> int:
         """Buffer an event for the instance; QuotaExceeded (429) when it already holds MAX_BUFFERED_EVENTS

@@ -66,6 +66,11 @@ class Instances(StoreCore):
         created = []
         with self.transaction() as tx:
             lock_live_tenant(tx, tenant_id, self.for_update)
+            if not tx.scalar(
+                "SELECT 1 AS n FROM versions WHERE tenant_id = ? AND workflow = ? AND version = ?",
+                (tenant_id, version.workflow, version.version),
+            ):
+                raise NotFound(f"no workflow {version.workflow!r}")  # deleted since its versions were read
             if per_minute is not None:
                 _take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
             inserts = []

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from tenantflow.runtime.errors import NotFound
+from tenantflow.runtime.errors import InvalidState, NotFound
 from tenantflow.runtime.records import Version
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import columns
 from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.schema import INSTANCE_TABLES
 from tenantflow.runtime.store.tenants import lock_live_tenant
 
 
@@ -35,6 +36,56 @@ class Workflows(StoreCore):
                 (tenant_id, created.workflow, created.version, created.source_hash, created.created_at),
             )
         return created, True
+
+    def delete_versions(self, tenant_id: str, workflow: str) -> int:
+        """Delete a workflow's versions (and the sources no other version runs), if none of its instances is
+        unfinished: from then on nothing of it can be created; its instances go after (`delete_instances`).
+        InvalidState while one is queued, running, waiting or paused; NotFound without versions."""
+        with self.transaction() as tx:
+            lock_live_tenant(tx, tenant_id, self.for_update)  # deploys and creations of the tenant wait
+            unfinished = tx.scalar(
+                "SELECT COUNT(*) AS n FROM instances WHERE tenant_id = ? AND workflow = ? "
+                "AND status IN ('queued', 'running', 'waiting', 'paused')",
+                (tenant_id, workflow),
+            )
+            if unfinished:
+                raise InvalidState(
+                    f"workflow {workflow!r} has {unfinished} unfinished instance(s); terminate them first"
+                )
+            hashes = tx.run(
+                "SELECT DISTINCT source_hash FROM versions WHERE tenant_id = ? AND workflow = ?", (tenant_id, workflow)
+            ).values()
+            if not hashes:
+                raise NotFound(f"no workflow {workflow!r}")
+            tx.run("DELETE FROM versions WHERE tenant_id = ? AND workflow = ?", (tenant_id, workflow))
+            for source_hash in hashes:
+                tx.run(
+                    "DELETE FROM sources WHERE tenant_id = ? AND source_hash = ? AND NOT EXISTS (SELECT 1 FROM "
+                    "versions v WHERE v.tenant_id = ? AND v.source_hash = ?)",
+                    (tenant_id, source_hash, tenant_id, source_hash),
+                )
+            return len(hashes)
+
+    def delete_instances(self, tenant_id: str, workflow: str, limit: int) -> int:
+        """Delete up to `limit` instances of a workflow whose versions are gone, with their journals, in one
+        transaction; how many (0: none left)."""
+        with self.transaction() as tx:
+            if tx.scalar(
+                "SELECT 1 AS n FROM versions WHERE tenant_id = ? AND workflow = ? LIMIT 1", (tenant_id, workflow)
+            ):
+                raise InvalidState(f"workflow {workflow!r} still has versions")
+            ids = tx.run(
+                "SELECT instance_id FROM instances WHERE tenant_id = ? AND workflow = ? ORDER BY instance_id LIMIT ?",
+                (tenant_id, workflow, limit),
+            ).values()
+            if ids:
+                marks = ", ".join("?" for _ in ids)
+                for table in INSTANCE_TABLES:
+                    tx.run(
+                        f"DELETE FROM {table} WHERE tenant_id = ? AND workflow = ? AND instance_id IN ({marks})",
+                        (tenant_id, workflow, *ids),
+                    )
+        return len(ids)
 
     def versions(self, tenant_id: str, workflow: str) -> list[Version]:
         with self.read() as tx:

@@ -29,7 +29,7 @@ from scoping import (
     table_refs,
     tokenize,
 )
-from tenantflow.runtime.errors import Conflict
+from tenantflow.runtime.errors import Conflict, InvalidState
 from tenantflow.runtime.records import Entry, InstanceKey, Quotas, Tenant
 from tenantflow.runtime.store import SQLStore, open_store
 from tenantflow.runtime.store.postgres import PostgresStore
@@ -200,6 +200,20 @@ def exercise(s: Any) -> None:
     assert s.purge_instances("zeta", 10) == []
     s.finish_purge("zeta")
     assert s.deleting_tenants() == []
+
+    # Deleting a finished instance, and a workflow (versions first, then its instances in batches).
+    gone, _ = s.deploy("acme", "gone", "src2", "h2", T0)
+    s.create_instances("acme", gone, [("g1", None), ("g2", None)], T0)
+    g1, g2 = InstanceKey("acme", "gone", "g1"), InstanceKey("acme", "gone", "g2")
+    with pytest.raises(InvalidState):
+        s.delete_versions("acme", "gone")
+    with pytest.raises(InvalidState):
+        s.delete_instance(g1)
+    s.terminate(g1, T0)
+    s.terminate(g2, T0)
+    s.delete_instance(g1)
+    assert s.delete_versions("acme", "gone") == 1
+    assert s.delete_instances("acme", "gone", 10) == 1 and s.delete_instances("acme", "gone", 10) == 0
 
     # A batch that creates what it can: i1 is taken, i9 is new.
     made, taken = s.create_available("acme", version, [("i1", None), ("i9", None)], T0 + 12)
