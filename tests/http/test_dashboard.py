@@ -256,7 +256,7 @@ def test_the_api_keeps_its_404_and_405(site: Site) -> None:
     for method, path, status in (
         ("GET", "/nope", 404),
         ("GET", "/ui/nope", 404),
-        ("DELETE", "/v1/workflows/approval", 405),
+        ("PATCH", "/v1/workflows/approval", 405),
         ("POST", "/", 405),
         ("POST", "/ui/fragments/workflows", 405),
     ):
