@@ -300,6 +300,7 @@ class Workflow(_Response):
     name: str
     latest: int
     versions: list[Version] = Field(description="Oldest first")
+    counts: dict[Status, int] = Field(default_factory=dict, description="How many of its instances are in each status")
 
 
 class ErrorInfo(_Response):

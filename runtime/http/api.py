@@ -149,11 +149,13 @@ class Api:
         tenant = await self.tenant(request)
         name = request.path_params["name"]
         versions = await run_in_threadpool(self.service.versions, tenant, name)
+        counts = await run_in_threadpool(self.service.counts, tenant, name)
         return JSONBody(
             {
                 "name": name,
                 "latest": versions[-1].version,
                 "versions": [version_json(v) for v in versions],
+                "counts": counts,
             }
         )
 

@@ -198,6 +198,11 @@ class Service:
         self.store.delete_instance(key)
         self.changes.changed(key)
 
+    def counts(self, tenant: Tenant, workflow: str) -> dict[str, int]:
+        """How many of the workflow's instances are in each status (every status named, 0 if none)."""
+        found = self.store.workflow_counts(tenant.tenant_id, check_id(workflow, "workflow name"))
+        return {status: found.get(status, 0) for status in STATUSES}
+
     def versions(self, tenant: Tenant, workflow: str) -> list[Version]:
         return self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"))
 

@@ -10,7 +10,7 @@ from tenantflow.runtime.records import Instance, InstanceKey, Version
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
-from tenantflow.runtime.store.rows import BucketRow, InstanceRow, StatusCountRow, SummaryRow
+from tenantflow.runtime.store.rows import BucketRow, InstanceRow, StatusCountRow, SummaryRow, WorkflowCountRow
 from tenantflow.runtime.store.tenants import lock_live_tenant
 
 
@@ -143,6 +143,17 @@ class Instances(StoreCore):
         with self.read() as tx:
             rows = tx.records(SummaryRow, sql, params)
         return [r.instance() for r in rows]
+
+    def workflow_counts(self, tenant_id: str, workflow: str) -> dict[str, int]:
+        """How many of a workflow's instances are in each status (from the index by status)."""
+        with self.read() as tx:
+            rows = tx.records(
+                WorkflowCountRow,
+                f"SELECT {columns(WorkflowCountRow)} FROM instances WHERE tenant_id = ? AND workflow = ? "
+                "GROUP BY status",
+                (tenant_id, workflow),
+            )
+        return {r.status: int(r.count) for r in rows}
 
     def status_counts(self) -> list[tuple[str, str, int]]:
         """(tenant_id, status, count) over all instances, for metrics."""

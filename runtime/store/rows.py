@@ -291,6 +291,12 @@ class StatusCountRow:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowCountRow:
+    status: str
+    count: int = expr("COUNT(*)")
+
+
+@dataclass(frozen=True, slots=True)
 class ReadyTenantRow:
     """A tenant with runnable work at claim time: its quotas and its live leases (activations running)."""
 

@@ -67,8 +67,11 @@ def test_a_workflow_goes_with_its_versions_and_instances(server: ServerProcess, 
         handle.wait({"waiting"}, timeout=30)
     with pytest.raises(InvalidState, match="3 unfinished"):
         client.delete_workflow("many")
+    counts = client.versions("many").counts
+    assert counts["waiting"] == 3 and counts["complete"] == 0 and set(counts) >= {"queued", "terminated"}
     for handle in started:
         handle.terminate()
+    assert client.versions("many").counts["terminated"] == 3
     deleted = client.workflow("many").delete()
     assert deleted.instances == 3
     assert _rows(server.db, "many") == dict.fromkeys(("journal", "attempts", "events", "instances", "versions"), 0)

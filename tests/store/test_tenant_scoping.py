@@ -215,6 +215,8 @@ def exercise(s: Any) -> None:
     assert s.delete_versions("acme", "gone") == 1
     assert s.delete_instances("acme", "gone", 10) == 1 and s.delete_instances("acme", "gone", 10) == 0
 
+    assert s.workflow_counts("acme", "wf")["queued"] >= 1
+
     # A batch that creates what it can: i1 is taken, i9 is new.
     made, taken = s.create_available("acme", version, [("i1", None), ("i9", None)], T0 + 12)
     assert [i.instance_id for i in made] == ["i9"] and taken == ["i1"]
