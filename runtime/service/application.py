@@ -47,7 +47,7 @@ from tenantflow.runtime.store import SQLStore, open_store
 
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
 MAX_WORKERS = ISOLATE_SLOTS - 8
-# Instances deleted per transaction when a workflow is deleted.
+# Instances deleted per transaction when a workflow is deleted (and at most store.purge.PURGE_ROWS journal rows).
 DELETE_BATCH = 100
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
 STORAGE_RETRY_AFTER_S = 60.0

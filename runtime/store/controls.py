@@ -14,8 +14,8 @@ from tenantflow.runtime.records import FINISHED, MAX_BUFFERED_EVENT_BYTES, MAX_B
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.purge import delete_instances
 from tenantflow.runtime.store.rows import CutRow, EventsRow
-from tenantflow.runtime.store.schema import INSTANCE_TABLES
 
 
 class Controls(StoreCore):
@@ -118,8 +118,7 @@ class Controls(StoreCore):
             status = self._status(tx, key)
             if status not in FINISHED:
                 raise InvalidState(f"cannot delete an instance that is {status}; terminate it first")
-            for table in INSTANCE_TABLES:
-                tx.send(f"DELETE FROM {table} WHERE {KEY}", key_params(key))
+            delete_instances(tx, [key])
 
     def send_event(self, key: InstanceKey, event_type: str, payload: Any, now: float) -> int:
         """Buffer an event for the instance; QuotaExceeded (429) when it already holds MAX_BUFFERED_EVENTS

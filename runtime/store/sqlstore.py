@@ -3,7 +3,7 @@
 - `tenants`: the tenant registry; `workflows`: versions and sources; `instances`: create, read, list;
   `controls`: pause, resume, terminate, restart, events; `activation`: load, the fenced step commit, finish,
   host faults; `journal`: the journal in pages; `scheduling`: claims, leases, wake times; `storage`: what a
-  tenant stores, for its quota.
+  tenant stores, for its quota; `purge`: deleting instances with all they store, in bounded batches.
 - `core.StoreCore`: the hooks a dialect supplies (`sqlite.SQLiteStore`, `postgres.PostgresStore`); no dialect
   overrides a business operation.
 - `_sql`: transactions and rows by column name; `rows`: the row shapes read.

@@ -13,15 +13,13 @@ from tenantflow.runtime.errors import Conflict, NotFound
 from tenantflow.runtime.records import InstanceKey, Quotas, Tenant
 from tenantflow.runtime.store._sql import Tx, columns
 from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.purge import delete_batch
 from tenantflow.runtime.store.rows import TenantRow, quotas_text
-from tenantflow.runtime.store.schema import INSTANCE_TABLES, TENANT_TABLES
+from tenantflow.runtime.store.schema import TENANT_TABLES
 
 ALIVE = "deleted_at IS NULL"
 # A deleted tenant's key_hash: never the SHA-256 of a key (which is 64 hex digits), unique per tenant.
 DELETED_KEY = "deleted:{tenant_id}"
-# A purge transaction deletes instances until their journals reach this many rows (at least one instance:
-# its own rows are bounded by the tenant's max_steps).
-PURGE_ROWS = 5000
 
 
 def lock_live_tenant(tx: Tx, tenant_id: str, for_update: str) -> None:
@@ -30,6 +28,12 @@ def lock_live_tenant(tx: Tx, tenant_id: str, for_update: str) -> None:
     tenant was deleted stores nothing after its purge."""
     if tx.scalar(f"SELECT tenant_id FROM tenants WHERE tenant_id = ? AND {ALIVE}{for_update}", (tenant_id,)) is None:
         raise NotFound(f"no tenant {tenant_id!r}")
+
+
+def _check_marked(tx: Tx, tenant_id: str) -> None:
+    """Conflict unless the tenant is marked deleted: only then are its rows purged."""
+    if tx.scalar(f"SELECT tenant_id FROM tenants WHERE tenant_id = ? AND {ALIVE}", (tenant_id,)):
+        raise Conflict(f"tenant {tenant_id!r} is not marked deleted")
 
 
 class Tenants(StoreCore):
@@ -129,39 +133,15 @@ class Tenants(StoreCore):
 
     def purge_instances(self, tenant_id: str, limit: int, *, leased: bool = False) -> list[InstanceKey]:
         """Delete up to `limit` of a deleted tenant's instances, with everything they store, in one
-        transaction, stopping early once their journals reach PURGE_ROWS; the instances deleted (none: they
-        are all gone). `leased`: only those running or parked (purged first, so that they stop soon)."""
+        transaction, stopping early once their journals reach purge.PURGE_ROWS; the instances deleted (none:
+        they are all gone). `leased`: only those running or parked (purged first, so that they stop soon)."""
         with self.transaction() as tx:
-            if tx.scalar(f"SELECT tenant_id FROM tenants WHERE tenant_id = ? AND {ALIVE}", (tenant_id,)):
-                raise Conflict(f"tenant {tenant_id!r} is not marked deleted")
-            which = " AND lease_until IS NOT NULL" if leased else ""
-            rows = tx.execute(
-                f"SELECT workflow, instance_id, steps FROM instances WHERE tenant_id = ?{which} "
-                "ORDER BY workflow, instance_id LIMIT ?",
-                (tenant_id, limit),
-            )
-            keys: list[InstanceKey] = []
-            budget = PURGE_ROWS
-            for workflow, instance_id, steps in rows:
-                if keys and budget <= 0:
-                    break
-                keys.append(InstanceKey(tenant_id, str(workflow), str(instance_id)))
-                budget -= int(steps) + 1
-            if not keys:
-                return []
-            pairs = ", ".join("(?, ?)" for _ in keys)
-            values = [v for key in keys for v in (key.workflow, key.instance_id)]
-            for table in INSTANCE_TABLES:
-                tx.run(
-                    f"DELETE FROM {table} WHERE tenant_id = ? AND (workflow, instance_id) IN (VALUES {pairs})",
-                    (tenant_id, *values),
-                )
-        return keys
+            _check_marked(tx, tenant_id)
+            return delete_batch(tx, tenant_id, " AND lease_until IS NOT NULL" if leased else "", (), limit)
 
     def finish_purge(self, tenant_id: str) -> None:
         """Delete what is left of a deleted tenant (workflows, sources, the tenant itself) in one transaction."""
         with self.transaction() as tx:
-            if tx.scalar(f"SELECT tenant_id FROM tenants WHERE tenant_id = ? AND {ALIVE}", (tenant_id,)):
-                raise Conflict(f"tenant {tenant_id!r} is not marked deleted")
+            _check_marked(tx, tenant_id)
             for table in TENANT_TABLES:
                 tx.run(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))

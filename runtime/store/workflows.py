@@ -7,7 +7,7 @@ from tenantflow.runtime.records import Version
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import columns
 from tenantflow.runtime.store.core import StoreCore
-from tenantflow.runtime.store.schema import INSTANCE_TABLES
+from tenantflow.runtime.store.purge import delete_batch
 from tenantflow.runtime.store.tenants import lock_live_tenant
 
 
@@ -68,24 +68,13 @@ class Workflows(StoreCore):
 
     def delete_instances(self, tenant_id: str, workflow: str, limit: int) -> int:
         """Delete up to `limit` instances of a workflow whose versions are gone, with their journals, in one
-        transaction; how many (0: none left)."""
+        transaction (bounded in rows as a tenant's purge is); how many (0: none left)."""
         with self.transaction() as tx:
             if tx.scalar(
                 "SELECT 1 AS n FROM versions WHERE tenant_id = ? AND workflow = ? LIMIT 1", (tenant_id, workflow)
             ):
                 raise InvalidState(f"workflow {workflow!r} still has versions")
-            ids = tx.run(
-                "SELECT instance_id FROM instances WHERE tenant_id = ? AND workflow = ? ORDER BY instance_id LIMIT ?",
-                (tenant_id, workflow, limit),
-            ).values()
-            if ids:
-                marks = ", ".join("?" for _ in ids)
-                for table in INSTANCE_TABLES:
-                    tx.run(
-                        f"DELETE FROM {table} WHERE tenant_id = ? AND workflow = ? AND instance_id IN ({marks})",
-                        (tenant_id, workflow, *ids),
-                    )
-        return len(ids)
+            return len(delete_batch(tx, tenant_id, " AND workflow = ?", (workflow,), limit))
 
     def versions(self, tenant_id: str, workflow: str) -> list[Version]:
         with self.read() as tx:

@@ -1,0 +1,48 @@
+"""Deleting instances with everything they store (journal, attempts, events), a bounded batch per
+transaction: what deleting a tenant, a workflow or one instance share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tenantflow.runtime.records import InstanceKey
+from tenantflow.runtime.store._sql import Tx
+from tenantflow.runtime.store.schema import INSTANCE_TABLES
+
+# A batch stops taking instances once their journals reach this many rows (at least one instance: its own
+# rows are bounded by the tenant's max_steps).
+PURGE_ROWS = 5000
+
+
+def delete_batch(tx: Tx, tenant_id: str, where: str, params: Sequence[Any], limit: int) -> list[InstanceKey]:
+    """Delete, in `tx`, up to `limit` of the tenant's instances that match `where` (SQL that follows
+    `tenant_id = ?`, e.g. " AND workflow = ?"), stopping early once their journals reach PURGE_ROWS; the
+    instances deleted (none: none is left)."""
+    rows = tx.execute(
+        f"SELECT workflow, instance_id, steps FROM instances WHERE tenant_id = ?{where} "
+        "ORDER BY workflow, instance_id LIMIT ?",
+        (tenant_id, *params, limit),
+    )
+    keys: list[InstanceKey] = []
+    budget = PURGE_ROWS
+    for workflow, instance_id, steps in rows:
+        if keys and budget <= 0:
+            break
+        keys.append(InstanceKey(tenant_id, str(workflow), str(instance_id)))
+        budget -= int(steps) + 1
+    delete_instances(tx, keys)
+    return keys
+
+
+def delete_instances(tx: Tx, keys: Sequence[InstanceKey]) -> None:
+    """Delete, in `tx`, these instances of one tenant with everything they store."""
+    if not keys:
+        return
+    pairs = ", ".join("(?, ?)" for _ in keys)
+    values = [v for key in keys for v in (key.workflow, key.instance_id)]
+    for table in INSTANCE_TABLES:
+        tx.run(
+            f"DELETE FROM {table} WHERE tenant_id = ? AND (workflow, instance_id) IN (VALUES {pairs})",
+            (keys[0].tenant_id, *values),
+        )
