@@ -24,7 +24,7 @@ DEFAULT_URL = "http://127.0.0.1:8787"
 LONG_POLL_S = 30.0
 """The longest one long poll of a wait asks the server to hold (a wait longer than this makes several)."""
 
-PASSING = frozenset({"queued", "running"})
+PASSING = frozenset({"queued", "running", "waiting_for_pause"})
 """Statuses an instance passes through: a long poll does not stop at them."""
 
 _NO_BODY = object()

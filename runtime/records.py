@@ -8,8 +8,17 @@ from typing import Any, Literal, TypedDict
 
 from tenantflow.runtime.errors import InvalidInput
 
-Status = Literal["queued", "running", "waiting", "paused", "errored", "terminated", "complete"]
-STATUSES: tuple[Status, ...] = ("queued", "running", "waiting", "paused", "errored", "terminated", "complete")
+Status = Literal["queued", "running", "waiting", "waiting_for_pause", "paused", "errored", "terminated", "complete"]
+STATUSES: tuple[Status, ...] = (
+    "queued",
+    "running",
+    "waiting",
+    "waiting_for_pause",
+    "paused",
+    "errored",
+    "terminated",
+    "complete",
+)
 FINISHED: frozenset[str] = frozenset({"errored", "terminated", "complete"})
 
 ID_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_-]*$")

@@ -19,6 +19,7 @@ STATUS_STYLE = {
     "errored": "red",
     "terminated": "red",
     "paused": "yellow",
+    "waiting_for_pause": "yellow",
     "waiting": "cyan",
     "running": "blue",
     "queued": "white",

@@ -142,7 +142,7 @@ class InstanceJournal:
             self.lease_lost = True
             raise Suspend("lease lost") from None
         self.entries[entry.position] = entry
-        if status == "paused":
+        if status in ("paused", "waiting_for_pause"):
             raise Suspend("paused")
         if self.stopping is not None and self.stopping.is_set():
             raise Suspend("worker stopping", _ms(self.clock.now()))

@@ -52,7 +52,7 @@ __all__ = ["BODY_TIMEOUT_S", "MAX_BODY", "Api", "create_app"]
 log = logging.getLogger("tenantflow.api")
 
 # An instance in one of these is on its way somewhere: a long poll holds on.
-ACTIVE = frozenset({"queued", "running"})
+ACTIVE = frozenset({"queued", "running", "waiting_for_pause"})
 
 JSON_CONTENT_TYPE = "application/json"
 

@@ -42,6 +42,7 @@ STATUS_SYMBOLS = {
     "queued": "○",
     "running": "▶",
     "waiting": "◷",
+    "waiting_for_pause": "◷❚",
     "paused": "❚❚",
     "errored": "✕",
     "terminated": "■",

@@ -59,7 +59,7 @@ class Operation:
 
 
 _CONTROL_SUMMARIES: dict[c.Control, str] = {
-    "pause": "Pause a queued, running or waiting instance (it stops at its next step)",
+    "pause": "Pause a queued, running or waiting instance (a running one is `waiting_for_pause` until its step ends)",
     "resume": "Resume a paused instance",
     "terminate": "Terminate an instance that has not finished",
     "restart": "Restart an instance with the same params and version: from scratch, or from a step of its "

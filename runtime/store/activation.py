@@ -31,7 +31,9 @@ HOST_FAULT = "HostFault"
 NOTIFY_WITHIN_S = 1.0
 
 # The instance is held with the claim's fence and may take steps (KEY, then the fence).
-HELD = f"{KEY} AND fence = ? AND status IN ('running', 'paused')"
+# Held by an activation: running, or paused (or about to be: `waiting_for_pause`) while it goes on.
+HELD = f"{KEY} AND fence = ? AND status IN ('running', 'waiting_for_pause', 'paused')"
+PAUSING = "('waiting_for_pause', 'paused')"
 # The stored size of the journal row at a position (0 if none), as `_entry_size` counts it.
 ENTRY_SIZE_SQL = (
     "COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name) + COALESCE(LENGTH(j.error_name), 0) "
@@ -234,7 +236,7 @@ class Activation(StoreCore):
                 f"SELECT status FROM instances WHERE {KEY} AND fence = ?{self.for_update}", (*k, claim.fence)
             )
             ended = tx.send(
-                "UPDATE instances SET status = CASE WHEN status = 'paused' THEN ? ELSE ? END, output = ?, error = ?, "
+                f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN ? ELSE ? END, output = ?, error = ?, "
                 f"error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
                 "lease_until = NULL, log = ?, host_faults = 0, "
                 f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ?, "
@@ -294,10 +296,10 @@ class Activation(StoreCore):
             log_params = (blob, 0 if blob is None else len(blob))
         parked = self.write(
             lambda tx: tx.send(
-                "UPDATE instances SET status = CASE WHEN status = 'paused' THEN 'paused' ELSE 'waiting' END, "
+                f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN 'paused' ELSE 'waiting' END, "
                 f"wake_at = {wake}, waiting_for = ?, lease_until = ?, {log_sql}host_faults = 0, updated_at = ?, "
                 "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
-                f"WHERE {KEY} AND fence = ? AND status IN ('running', 'paused') RETURNING status, wake_at",
+                f"WHERE {KEY} AND fence = ? AND status IN ('running', 'waiting_for_pause', 'paused') RETURNING status, wake_at",
                 (
                     *wake_params,
                     waiting_for,
@@ -379,7 +381,7 @@ class Activation(StoreCore):
             tx.send(
                 "UPDATE instances SET status = ?, host_faults = ?, wake_at = ?, waiting_for = NULL, "
                 f"lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {KEY} AND fence = ?",
-                ("paused" if row.status == "paused" else "waiting", faults, retry_at, now, *k, claim.fence),
+                ("paused" if row.status in ("paused", "waiting_for_pause") else "waiting", faults, retry_at, now, *k, claim.fence),
             )
             return False
 

@@ -26,16 +26,22 @@ class Controls(StoreCore):
         return str(found.scalar())
 
     def pause(self, key: InstanceKey, now: float) -> None:
+        """Paused at once, unless an activation runs it: then `waiting_for_pause` until its step in flight is
+        journaled (the activation ends there and the instance is `paused`)."""
         with self.transaction() as tx:
             status = self._status(tx, key)
             if status not in ("queued", "running", "waiting"):
                 raise InvalidState(f"cannot pause an instance that is {status}")
-            tx.send(f"UPDATE instances SET status = 'paused', updated_at = ? WHERE {KEY}", (now, *key_params(key)))
+            tx.send(
+                "UPDATE instances SET status = CASE WHEN status = 'running' AND lease_until >= ? "
+                f"THEN 'waiting_for_pause' ELSE 'paused' END, updated_at = ? WHERE {KEY}",
+                (now, now, *key_params(key)),
+            )
 
     def resume(self, key: InstanceKey, now: float) -> None:
         with self.transaction() as tx:
             status = self._status(tx, key)
-            if status != "paused":
+            if status not in ("paused", "waiting_for_pause"):
                 raise InvalidState(f"cannot resume an instance that is {status}")
             # Still held by a worker (paused mid-activation): it goes on running. Otherwise it is replayed
             # now, and the replay finds out what it waits for (a timer, an event that came while paused).

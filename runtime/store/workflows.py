@@ -45,7 +45,7 @@ class Workflows(StoreCore):
             lock_live_tenant(tx, tenant_id, self.for_update)  # deploys and creations of the tenant wait
             unfinished = tx.scalar(
                 "SELECT COUNT(*) AS n FROM instances WHERE tenant_id = ? AND workflow = ? "
-                "AND status IN ('queued', 'running', 'waiting', 'paused')",
+                "AND status IN ('queued', 'running', 'waiting', 'waiting_for_pause', 'paused')",
                 (tenant_id, workflow),
             )
             if unfinished:

@@ -267,6 +267,7 @@ def run(event, step):
     instance = start(service, tenant, source)
     claim = service.store.claim("test", 1, clock.now(), 60.0, {})[0]
     service.control(tenant, "wf", instance.instance_id, "pause")
+    assert service.store.instance(instance.key).status == "waiting_for_pause"
     service.executor.activate(claim)
     paused = service.store.instance(instance.key)
     assert paused.status == "paused"

@@ -379,7 +379,8 @@ def test_record_and_finish_while_paused_or_terminated(store: SQLStore) -> None:
     key = make_instance(store)
     claim = claim_one(store)
     store.pause(key, T0 + 1)
-    assert store.record(claim, done_entry(0), None, T0 + 2) == "paused"  # the worker suspends
+    assert store.instance(key).status == "waiting_for_pause"  # a step may be running
+    assert store.record(claim, done_entry(0), None, T0 + 2) == "waiting_for_pause"  # the worker suspends
     assert store.finish(claim, T0 + 3, status="waiting", wake_at=T0 + 3)
     assert store.instance(key).status == "paused"
     store.resume(key, T0 + 4)
@@ -389,6 +390,21 @@ def test_record_and_finish_while_paused_or_terminated(store: SQLStore) -> None:
         store.record(claim, done_entry(1), None, T0 + 6)
     store.finish(claim, T0 + 6, status="complete", output='"x"')
     assert store.instance(key).status == "terminated"
+
+
+def test_a_pause_cancelled_or_left_by_a_dead_worker(store: SQLStore) -> None:
+    key = make_instance(store)
+    claim = claim_one(store)
+    store.pause(key, T0 + 1)
+    store.resume(key, T0 + 2)  # before the step ended: it just goes on
+    assert store.instance(key).status == "running"
+    assert store.record(claim, done_entry(0), None, T0 + 3) == "running"
+    store.pause(key, T0 + 4)
+    # Its worker died in the step: nothing runs it (as if paused) until it is resumed, then the step replays.
+    assert store.claim("w", 1, T0 + 1000, LEASE, {}) == []
+    assert store.instance(key).status == "waiting_for_pause"
+    store.resume(key, T0 + 1001)
+    assert store.instance(key).status == "queued"
 
 
 def test_heartbeat_extends_only_the_holders_lease(store: SQLStore) -> None:

@@ -7,9 +7,9 @@
   const FINISHED = ["errored", "terminated", "complete"];
   const CONTROL_ALLOWED = {
     pause: ["queued", "running", "waiting"],
-    resume: ["paused"],
-    terminate: ["queued", "running", "waiting", "paused"],
-    restart: ["queued", "running", "waiting", "paused", "errored", "terminated", "complete"],
+    resume: ["paused", "waiting_for_pause"],
+    terminate: ["queued", "running", "waiting", "waiting_for_pause", "paused"],
+    restart: ["queued", "running", "waiting", "waiting_for_pause", "paused", "errored", "terminated", "complete"],
   };
   const page = document.body.dataset.page;
 
