@@ -163,6 +163,10 @@ class AsyncClient:
     async def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
         return await self.send(calls.control(workflow, instance_id, action))
 
+    async def terminate(self, workflow: str, instance_id: str, *, rollback: bool = False) -> c.Instance:
+        """Terminate; with `rollback`, after the rollbacks of its completed steps have run."""
+        return await self.send(calls.terminate(workflow, instance_id, rollback))
+
     async def restart(
         self, workflow: str, instance_id: str, from_step: str | None = None, count: int = 1
     ) -> c.Instance:
@@ -272,8 +276,10 @@ class AsyncInstanceHandle:
     async def resume(self) -> c.Instance:
         return self._seen(await self.client.control(self.workflow, self.id, "resume"))
 
-    async def terminate(self) -> c.Instance:
-        return self._seen(await self.client.control(self.workflow, self.id, "terminate"))
+    async def terminate(self, *, rollback: bool = False) -> c.Instance:
+        """Terminate; with `rollback`, after the rollbacks of its completed steps have run (it stays unfinished
+        until then)."""
+        return self._seen(await self.client.terminate(self.workflow, self.id, rollback=rollback))
 
     async def restart(self, from_step: str | None = None, count: int = 1) -> c.Instance:
         """From scratch, or from the `count`-th call of step `from_step` (the steps before it are kept)."""

@@ -183,6 +183,11 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("POST", _instance(workflow, instance_id) + f"/{_seg(action)}", _model(c.Instance))
 
     @staticmethod
+    def terminate(workflow: str, instance_id: str, rollback: bool) -> Call[c.Instance]:
+        body = {"rollback": True} if rollback else None
+        return Call("POST", _instance(workflow, instance_id) + "/terminate", _model(c.Instance), body)
+
+    @staticmethod
     def restart(workflow: str, instance_id: str, from_step: str | None, count: int) -> Call[c.Instance]:
         body = {} if from_step is None else {"from": {"name": from_step, "count": count}}
         return Call("POST", _instance(workflow, instance_id) + "/restart", _model(c.Instance), body)

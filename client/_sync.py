@@ -156,6 +156,10 @@ class Client:
     def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
         return self.send(calls.control(workflow, instance_id, action))
 
+    def terminate(self, workflow: str, instance_id: str, *, rollback: bool = False) -> c.Instance:
+        """Terminate; with `rollback`, after the rollbacks of its completed steps have run."""
+        return self.send(calls.terminate(workflow, instance_id, rollback))
+
     def restart(self, workflow: str, instance_id: str, from_step: str | None = None, count: int = 1) -> c.Instance:
         """Restart from scratch, or from the `count`-th call of step `from_step` (the journal before it is kept)."""
         return self.send(calls.restart(workflow, instance_id, from_step, count))
@@ -261,8 +265,10 @@ class InstanceHandle:
     def resume(self) -> c.Instance:
         return self._seen(self.client.control(self.workflow, self.id, "resume"))
 
-    def terminate(self) -> c.Instance:
-        return self._seen(self.client.control(self.workflow, self.id, "terminate"))
+    def terminate(self, *, rollback: bool = False) -> c.Instance:
+        """Terminate; with `rollback`, after the rollbacks of its completed steps have run (it stays unfinished
+        until then)."""
+        return self._seen(self.client.terminate(self.workflow, self.id, rollback=rollback))
 
     def restart(self, from_step: str | None = None, count: int = 1) -> c.Instance:
         """From scratch, or from the `count`-th call of step `from_step` (the steps before it are kept)."""

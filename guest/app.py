@@ -26,6 +26,7 @@ import tenantflow
 import tenantflow.transport
 import wit_world
 from componentize_py_types import Err
+from tenantflow._errors import RollbackError, Unwind
 from tenantflow._wit import WitTransport
 from tenantflow._workflow import find_entrypoint
 from tenantflow.transport import host_text
@@ -93,6 +94,8 @@ def _from_exception(error: BaseException) -> Err:
     name = type(error).__name__
     if isinstance(error, RecursionError):
         name = "StackOverflow"
+    elif isinstance(error, Unwind):
+        name = "Terminated"
     try:
         if isinstance(error, tenantflow.StepError | tenantflow.NonRetryableError):
             name = error.name[:256]
@@ -132,6 +135,18 @@ def _load(source: str) -> typing.Callable[..., typing.Any]:
                  "the workflow defines neither run(event, step) nor a WorkflowEntrypoint subclass")
 
 
+def _roll_back(step: tenantflow.Step, cause: BaseException) -> None:
+    """The rollbacks of the run's completed steps; a rollback that fails for good is the run's error."""
+    # Let go of the tenant's data held by the failed frames first: the rollbacks need the memory.
+    traceback.clear_frames(cause.__traceback__)
+    try:
+        step._roll_back(cause)
+    except RollbackError as failed:
+        raise _error("RollbackError", str(failed), _tenant_traceback(cause)[-16384:], _tenant_line(cause))
+    except BaseException as error:  # the workflow's code raised in a rollback outside the durable calls
+        raise _from_exception(error)
+
+
 class WitWorld(wit_world.WitWorld):
     def check(self, source: str) -> None:
         try:
@@ -153,9 +168,14 @@ class WitWorld(wit_world.WitWorld):
         entry = _load(source)
         data = json.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
+        step = tenantflow.Step()
         try:
-            result = entry(started, tenantflow.Step())
+            result = entry(started, step)
+            if step.stopped:  # the workflow caught the unwinding and returned
+                raise Unwind("the instance is terminated with a rollback")
         except BaseException as error:
+            if isinstance(error, Exception | Unwind):
+                _roll_back(step, error)
             raise _from_exception(error)
         try:
             text = json.dumps(result)

@@ -3,6 +3,7 @@
 from tenantflow.host.engine import ISOLATE_SLOTS, MAX_MEMORY_BYTES
 from tenantflow.host.failures import HOST_ERRORS, LIMIT_ERRORS, FailureName
 from tenantflow.host.journal import (
+    STOP,
     Abort,
     Attempt,
     Done,
@@ -14,6 +15,7 @@ from tenantflow.host.journal import (
     StepCall,
     StepConfig,
     StepFailed,
+    Stop,
     Suspend,
 )
 from tenantflow.host.limits import Grants, Limits
@@ -44,6 +46,8 @@ __all__ = [
     "StepCall",
     "StepConfig",
     "StepFailed",
+    "STOP",
+    "Stop",
     "Suspend",
     "Suspended",
 ]

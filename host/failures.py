@@ -47,6 +47,12 @@ class FailureName(enum.StrEnum):
     RESULT_NOT_SERIALIZABLE = "ResultNotSerializable"
     # The exception a step body raises to fail at once (the guest re-raises it by this name).
     NON_RETRYABLE_ERROR = "NonRetryableError"
+    # A `retries.delay` function raised or returned no duration: the step fails at once.
+    RETRY_DELAY_ERROR = "RetryDelayError"
+    # A rollback failed for good (its error and the one that caused the rollback are in the message).
+    ROLLBACK_ERROR = "RollbackError"
+    # The run unwound because the instance was terminated with a rollback.
+    TERMINATED = "Terminated"
 
     # -- the durable runtime (the journal and the worker) ---------------------------------------
     # The workflow took different steps on replay than the journal recorded.

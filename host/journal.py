@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from tenantflow.host.limits import DEFAULT_STEP_CPU_MS, FUEL_PER_SECOND, MAX_DURATION_MS
 
-Kind = Literal["do", "sleep", "wait"]
+Kind = Literal["do", "sleep", "wait", "rollback"]
 Backoff = Literal["constant", "linear", "exponential"]
 
 
@@ -100,7 +100,15 @@ class StepFailed:
     message: str
 
 
-Plan = Run | Done | StepFailed
+@dataclass(frozen=True)
+class Stop:
+    """The instance is terminated with a rollback: the workflow unwinds (a durable call that is not
+    journaled as finished is not made) and runs the rollbacks of its completed steps."""
+
+
+STOP = Stop()
+
+Plan = Run | Done | StepFailed | Stop
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,8 @@ class Attempt:
     retryable: bool = True
     fuel: int = 0
     duration_ms: float = 0.0
+    # The delay before the next attempt that `retries.delay` as a function chose (None: the config's).
+    delay_ms: int | None = None
 
 
 class Suspend(Exception):
@@ -154,9 +164,11 @@ class Journal(Protocol):
 
     def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan: ...
 
-    def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None: ...
+    def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> Stop | None: ...
 
-    def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any: ...
+    def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
+        """The event ({type, payload, timestamp}), or STOP; raises EventTimeout or Suspend."""
+        ...
 
 
 @runtime_checkable

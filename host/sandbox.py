@@ -53,12 +53,14 @@ from tenantflow.host.journal import (
     Done,
     EventTimeout,
     Journal,
+    Kind,
     Parking,
     Plan,
     Run,
     StepCall,
     StepConfig,
     StepFailed,
+    Stop,
     Suspend,
 )
 from tenantflow.host.limits import (
@@ -743,6 +745,7 @@ class Sandbox:
     def _host_functions(self) -> dict[str, Callable[..., Any]]:
         return {
             "step-begin": self._step_begin,
+            "rollback-begin": self._rollback_begin,
             "step-complete": self._step_complete,
             "sleep": self._sleep,
             "sleep-until": self._sleep_until,
@@ -756,19 +759,25 @@ class Sandbox:
             return plan.result
         if isinstance(plan, StepFailed):
             return _failure(plan.name, plan.message)
+        if isinstance(plan, Stop):
+            return None  # the payload-less case of the WIT variant
         if act.should_checkpoint():
             raise Suspend(CHECKPOINT_REASON)
         act.start_body(call, config, plan.attempt)
         return plan.attempt
 
-    def _step_begin(self, act: _Activation, name: str, config_json: str) -> Any:
-        name = _check_name("step-begin", "step name", name)
+    def _step_begin(self, act: _Activation, name: str, config_json: str, kind: Kind = "do") -> Any:
+        what = "step-begin" if kind == "do" else "rollback-begin"
+        name = _check_name(what, "step name", name)
         if _utf8_size(config_json) > MAX_CONFIG_BYTES:
-            raise invalid_call("step-begin", f"the step config is longer than {MAX_CONFIG_BYTES} bytes")
+            raise invalid_call(what, f"the step config is longer than {MAX_CONFIG_BYTES} bytes")
         config = _step_config(config_json)
-        call = act.next_call(name, "do")
+        call = act.next_call(name, kind)
         act.end_segment()
         return self._plan(act, call, config, act.durable(act.journal.step_begin, call, config))
+
+    def _rollback_begin(self, act: _Activation, name: str, config_json: str) -> Any:
+        return self._step_begin(act, name, config_json, "rollback")
 
     def _attempt(self, act: _Activation, flight: _InFlight, outcome: Variant, fuel: int) -> Attempt:
         """The attempt the guest reports, checked: a result is bounded JSON, error strings are clipped."""
@@ -787,6 +796,12 @@ class Sandbox:
                 )
             jsoncheck.check(payload, f"step-complete of {flight.call.name!r}")
             return Attempt(flight.attempt, ok=True, result=payload, fuel=fuel, duration_ms=duration_ms)
+        delay_ms = None
+        if outcome.tag == "retry-after":
+            delay_ms = getattr(payload, "delay-ms")  # wasmtime-py names a record's fields as the WIT does
+            if delay_ms > MAX_DURATION_MS:
+                raise invalid_call("step-complete", f"a retry delay is at most {MAX_DURATION_MS} ms (365 days)")
+            payload = payload.failure
         name, message = payload.name, payload.message
         return Attempt(
             flight.attempt,
@@ -797,9 +812,10 @@ class Sandbox:
                 if isinstance(message, TooLarge)
                 else clip(message, MAX_ERROR_MESSAGE_BYTES)
             ),
-            retryable=outcome.tag == "retryable",
+            retryable=outcome.tag in ("retryable", "retry-after"),
             fuel=fuel,
             duration_ms=duration_ms,
+            delay_ms=delay_ms,
         )
 
     def _step_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
@@ -822,15 +838,15 @@ class Sandbox:
                 raise Suspend(CHECKPOINT_REASON)
         return self._plan(act, flight.call, flight.config, plan)
 
-    def _sleep(self, act: _Activation, name: str, duration_ms: int) -> None:
+    def _sleep(self, act: _Activation, name: str, duration_ms: int) -> bool:
         name = _check_name("sleep", "step name", name)
         if duration_ms > MAX_DURATION_MS:
             raise invalid_call("sleep", f"a sleep is at most 365 days ({MAX_DURATION_MS} ms), got {duration_ms} ms")
         call = act.next_call(name, "sleep")
         act.end_segment()
-        act.durable(act.journal.sleep_until, call, None, duration_ms)
+        return not isinstance(act.durable(act.journal.sleep_until, call, None, duration_ms), Stop)
 
-    def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> None:
+    def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> bool:
         name = _check_name("sleep-until", "step name", name)
         if wake_at_ms > MAX_EPOCH_SECONDS * 1000:
             raise invalid_call(
@@ -841,7 +857,7 @@ class Sandbox:
             raise invalid_call("sleep-until", "the wake time is before 1970 or after the year 9999")
         call = act.next_call(name, "sleep")
         act.end_segment()
-        act.durable(act.journal.sleep_until, call, wake_at_ms, None)
+        return not isinstance(act.durable(act.journal.sleep_until, call, wake_at_ms, None), Stop)
 
     def _wait_for_event(self, act: _Activation, name: str, event_type: str, timeout_ms: int | None) -> Any:
         name = _check_name("wait-for-event", "step name", name)
@@ -852,7 +868,8 @@ class Sandbox:
         call = act.next_call(name, "wait")
         act.end_segment()
         try:
-            return json.dumps(act.durable(act.journal.wait_for_event, call, event_type, timeout_ms))
+            event = act.durable(act.journal.wait_for_event, call, event_type, timeout_ms)
+            return None if isinstance(event, Stop) else json.dumps(event)
         except EventTimeout as timeout:
             return _failure(FailureName.WAIT_TIMEOUT_ERROR, str(timeout) or f"no {event_type!r} event arrived in time")
 

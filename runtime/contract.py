@@ -23,6 +23,7 @@ from tenantflow.runtime.records import (
     MAX_EVENT_TYPE,
     MAX_ID,
     QUOTA_BOUNDS,
+    Rollback,
     Status,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "QuotaChanges",
     "Quotas",
     "Restart",
+    "Terminate",
     "SendEvent",
     "Step",
     "StepRef",
@@ -237,6 +239,16 @@ class Restart(_Request):
     )
 
 
+class Terminate(_Request):
+    """`POST .../instances/{id}/terminate` (the body may be left out: no rollback)."""
+
+    rollback: bool = Field(
+        default=False,
+        description="Run the rollbacks of the completed steps (last started first) before the instance is "
+        "terminated; it stays unfinished, rolling back, until they have run",
+    )
+
+
 class InstanceWait(_Query):
     """The query of `GET /v1/workflows/{name}/instances/{id}`: a long poll."""
 
@@ -333,6 +345,11 @@ class Instance(_Response):
     parked: bool | None = Field(
         default=None, description="Waiting in a parked isolate (hot resume); false: replays at its wake"
     )
+    rollback: Rollback | None = Field(
+        default=None,
+        description="Its rollback phase (not in lists): `terminate` once terminated with a rollback, `error` once "
+        "its rollbacks run after an error; the journal has an entry of kind `rollback` for each",
+    )
 
 
 class InstancePage(_Response):
@@ -367,7 +384,7 @@ class Attempt(_Response):
 class Step(_Response):
     position: int
     name: str
-    kind: Literal["do", "sleep", "wait"]
+    kind: Literal["do", "sleep", "wait", "rollback"]
     state: str
     attempts: int
     result: Any

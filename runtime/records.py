@@ -19,6 +19,7 @@ STATUSES: tuple[Status, ...] = (
     "terminated",
     "complete",
 )
+Rollback = Literal["terminate", "error"]
 FINISHED: frozenset[str] = frozenset({"errored", "terminated", "complete"})
 
 ID_PATTERN = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_-]*$")
@@ -178,6 +179,8 @@ class Instance:
     hot_resumes: int = 0
     # Waiting in a parked isolate (hot resume) of the worker named here, not evicted.
     parked_in: str | None = None
+    # Rolling back (or rolled back): after a `terminate` with rollback, or after an error.
+    rollback: Rollback | None = None
 
     @property
     def key(self) -> InstanceKey:
@@ -202,6 +205,7 @@ class Instance:
                 replayed_steps=self.replayed_steps,
                 hot_resumes=self.hot_resumes,
                 parked=self.parked_in is not None,
+                rollback=self.rollback,
             )
         return body
 

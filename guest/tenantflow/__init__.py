@@ -12,7 +12,7 @@ the sandbox, `tenantflow.testing` in a unit test.
 """
 
 from tenantflow._durations import Backoff, Duration, Retries, StepOptions, parse_duration
-from tenantflow._errors import CapabilityError, NonRetryableError, StepError, WaitTimeoutError
+from tenantflow._errors import CapabilityError, NonRetryableError, RollbackError, StepError, WaitTimeoutError
 from tenantflow._fetch import Response, fetch
 from tenantflow._step import MAX_RESULT_BYTES, ReceivedEvent, Step, StepContext, StepInfo
 from tenantflow._workflow import Event, WorkflowEntrypoint
@@ -27,6 +27,7 @@ __all__ = [
     "ReceivedEvent",
     "Response",
     "Retries",
+    "RollbackError",
     "Step",
     "StepContext",
     "StepError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Literal, TypedDict
 
 Backoff = Literal["constant", "linear", "exponential"]
@@ -28,8 +29,17 @@ class Retries(TypedDict, total=False):
     """How `step.do` retries a failed body (defaults as Cloudflare Workflows: 5, "10 seconds", exponential)."""
 
     limit: int
-    delay: Duration
+    delay: Duration | Callable[[Any, BaseException], Duration]
+    """A duration, or `delay(ctx, error)` returning the delay before the next attempt."""
     backoff: Backoff
+
+
+class RollbackOptions(TypedDict, total=False):
+    """How a step's rollback is retried and timed (`rollback_config`)."""
+
+    retries: Retries
+    timeout: Duration
+    cpu: Duration
 
 
 class StepOptions(TypedDict, total=False):
@@ -38,6 +48,8 @@ class StepOptions(TypedDict, total=False):
     retries: Retries
     timeout: Duration
     cpu: Duration
+    rollback: Callable[..., Any]
+    rollback_config: RollbackOptions
 
 
 def parse_duration(value: Any) -> int:
@@ -78,7 +90,7 @@ def step_config(retries: Any, timeout: Any, cpu: Any = None) -> str:
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
                 raise ValueError("retries.limit is a whole number >= 0")
             config["limit"] = limit
-        if "delay" in retries:
+        if "delay" in retries and not callable(retries["delay"]):  # a function is the SDK's to call
             config["delay_ms"] = parse_duration(retries["delay"])
         if "backoff" in retries:
             if retries["backoff"] not in ("constant", "linear", "exponential"):

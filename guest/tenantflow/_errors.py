@@ -25,6 +25,28 @@ class StepError(Exception):
         self.message = message
 
 
+class RollbackError(Exception):
+    """A rollback failed for good: the instance is errored with this, naming both errors: the rollback's
+    (`error_name`, `error_message`) and the one that caused the rollback (`cause_name`, `cause_message`)."""
+
+    def __init__(self, step: str, error_name: str, error_message: str, cause_name: str, cause_message: str) -> None:
+        super().__init__(
+            f"the rollback of step {step!r} failed with {error_name}: {error_message} "
+            f"(rolling back after {cause_name}: {cause_message})"
+        )
+        self.step = step
+        self.error_name = error_name
+        self.error_message = error_message
+        self.cause_name = cause_name
+        self.cause_message = cause_message
+
+
+class Unwind(BaseException):
+    """The instance is terminated with a rollback: raised out of the durable call the host stopped, so that
+    the workflow unwinds (a BaseException: `except Exception` in workflow code lets it through) and the
+    harness runs the rollbacks. Not exported: workflow code has no business catching it."""
+
+
 class WaitTimeoutError(Exception):
     """`step.wait_for_event` timed out before a matching event arrived."""
 

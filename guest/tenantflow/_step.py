@@ -13,9 +13,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, TypeVar, overload
 
 from tenantflow import transport as _transport
-from tenantflow._durations import Duration, Retries, StepOptions, parse_duration, step_config
-from tenantflow._errors import NonRetryableError, StepError, WaitTimeoutError
-from tenantflow.transport import Done, Failed, Failure, Fatal, Ok, Outcome, Retryable, Transport, host_text
+from tenantflow._durations import Duration, Retries, RollbackOptions, StepOptions, parse_duration, step_config
+from tenantflow._errors import NonRetryableError, RollbackError, StepError, Unwind, WaitTimeoutError
+from tenantflow.transport import (
+    Done,
+    Failed,
+    Failure,
+    Fatal,
+    Ok,
+    Outcome,
+    Plan,
+    Retryable,
+    Stopped,
+    Transport,
+    host_text,
+)
 
 T = TypeVar("T")
 
@@ -49,18 +61,57 @@ class StepInfo:
 
 
 class StepContext:
-    """What a step body (or a retry delay function) that takes one argument is given: `attempt` (1 for the
-    first), `step` (its name and count) and `config` (the step's options as given: retries, timeout, cpu)."""
+    """What a step body that takes one argument (a rollback that takes two, a `retries.delay` function) is
+    given: `attempt` (1 for the first), `step` (its name and count), `config` (the options as given:
+    retries, timeout, cpu) and, for a rollback, `error`: the exception that caused the rollback."""
 
-    __slots__ = ("attempt", "step", "config")
+    __slots__ = ("attempt", "step", "config", "error")
 
-    def __init__(self, attempt: int, step: StepInfo, config: dict[str, Any]) -> None:
+    def __init__(
+        self, attempt: int, step: StepInfo, config: dict[str, Any], error: BaseException | None = None
+    ) -> None:
         self.attempt = attempt
         self.step = step
         self.config = config
+        self.error = error
 
     def __repr__(self) -> str:
         return f"StepContext(attempt={self.attempt!r}, step={self.step!r}, config={self.config!r})"
+
+
+class _Call:
+    """One durable body to run: a step's or a rollback's, with its options."""
+
+    __slots__ = ("name", "count", "config", "given", "delay", "limit", "fn", "with_context", "output", "error")
+
+    def __init__(self, name: str, count: int, given: dict[str, Any], fn: Callable[..., Any]) -> None:
+        self.name = name
+        self.count = count
+        self.given = given
+        retries = given.get("retries")
+        self.config = step_config(retries, given.get("timeout"), given.get("cpu"))
+        delay = retries.get("delay") if isinstance(retries, dict) else None
+        self.delay: Callable[[StepContext, BaseException], Any] | None = delay if callable(delay) else None
+        limit = retries.get("limit", 5) if isinstance(retries, dict) else 5
+        self.limit: int = limit
+        self.fn = fn
+        self.with_context = False
+        self.output: Any = None
+        self.error: BaseException | None = None
+
+
+class _Undo:
+    """A completed step's rollback, to run if the instance fails or is terminated with a rollback."""
+
+    __slots__ = ("started", "name", "count", "fn", "given", "output")
+
+    def __init__(self, started: int, name: str, count: int, fn: Callable[..., Any], given: dict[str, Any]) -> None:
+        self.started = started
+        self.name = name
+        self.count = count
+        self.fn = fn
+        self.given = given
+        self.output: Any = None
 
 
 if TYPE_CHECKING:
@@ -72,6 +123,16 @@ def _failure(error: BaseException) -> Failure:
     if isinstance(error, NonRetryableError):
         return Failure(host_text(error.name[:MAX_NAME]), host_text(error.message[:4096]))
     return Failure(type(error).__name__, host_text(str(error)[:4096]))
+
+
+def _reason(cause: BaseException) -> Failure:
+    """What caused a rollback, by name and message (a step that failed for good: its error, not the wrapper)."""
+    if isinstance(cause, StepError):
+        return Failure(cause.name, cause.message)
+    try:
+        return _failure(cause) if isinstance(cause, Exception) else Failure(type(cause).__name__, str(cause))
+    except Exception:  # an exception whose str() raises
+        return Failure(type(cause).__name__, "(the error's message could not be rendered)")
 
 
 def _raise_failure(failure: Failure) -> NoReturn:
@@ -91,9 +152,22 @@ def _check_name(name: Any) -> str:
     return name
 
 
-def _takes_context(fn: Callable[..., Any]) -> bool:
-    """Whether `fn` has a positional parameter without a default (it is given the step's context). A
-    parameter with a default, as in `lambda i=i: ...`, keeps its default. Read from the code object: the
+def _rollback_options(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError("rollback_config is a dict with retries, timeout and cpu")
+    unknown = set(value) - {"retries", "timeout", "cpu"}
+    if unknown:
+        raise ValueError(f"unknown rollback_config keys: {sorted(unknown)}")
+    step_config(value.get("retries"), value.get("timeout"), value.get("cpu"))  # checked now, not when failing
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def _takes_context(fn: Callable[..., Any], given: int = 0) -> bool:
+    """Whether `fn` has a positional parameter without a default beyond the `given` ones (it is given the
+    step's context). A parameter with a default, as in `lambda i=i: ...`, keeps its default. Read from the
+    code object: the
     SDK loads nothing it can do without (no `inspect`, no dataclasses or typing at run time), since every
     object in the snapshot's heap makes each isolate's garbage collection work more (measured: +14% fuel
     for an allocating loop)."""
@@ -110,7 +184,7 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
     if code.co_flags & 0x04:  # *args
         return True
     required: int = code.co_argcount - len(getattr(target, "__defaults__", None) or ()) - bound
-    return required >= 1
+    return required >= given + 1
 
 
 class Step:
@@ -120,6 +194,10 @@ class Step:
         self._transport = transport if transport is not None else _transport.current()
         self._in_body = False
         self._counts: dict[str, int] = {}
+        self._started = 0
+        self._undo: list[_Undo] = []
+        # The host stopped a durable call (terminate with rollback): the run unwinds into the rollbacks.
+        self.stopped = False
 
     @overload
     def do(
@@ -131,6 +209,8 @@ class Step:
         retries: Retries | None = None,
         timeout: Duration | None = None,
         cpu: Duration | None = None,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: RollbackOptions | None = None,
     ) -> T: ...
 
     @overload
@@ -143,6 +223,8 @@ class Step:
         retries: Retries | None = None,
         timeout: Duration | None = None,
         cpu: Duration | None = None,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: RollbackOptions | None = None,
     ) -> T: ...
 
     @overload
@@ -155,6 +237,8 @@ class Step:
         retries: Retries | None = None,
         timeout: Duration | None = None,
         cpu: Duration | None = None,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: RollbackOptions | None = None,
     ) -> Callable[[StepBody[T]], T]: ...
 
     def do(
@@ -166,53 +250,95 @@ class Step:
         retries: Retries | None = None,
         timeout: Duration | None = None,
         cpu: Duration | None = None,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: RollbackOptions | None = None,
     ) -> Any:
         """Run `fn` once, durably: `step.do(name, fn)`, `step.do(name, config, fn)` or `@step.do(name)`.
 
         The decorator form runs the step at once and binds its result to the function's name.
         `cpu` is each attempt's CPU budget (default 30 seconds, at most 5 minutes); an attempt that
-        uses it up fails with StepCPUExhausted and is retried as `retries` says.
+        uses it up fails with StepCPUExhausted and is retried as `retries` says. `retries["delay"]` may be
+        a function `delay(ctx, error)` returning the delay before the next attempt.
+
+        `rollback(output)` (or `rollback(output, ctx)`, `ctx.error` being the cause) undoes the step once it
+        has completed, if the instance then fails or is terminated with a rollback: the rollbacks of the
+        completed steps run in reverse order of step start, each durably (journaled, retried per
+        `rollback_config`, never run again once done).
         """
         _check_name(name)
         if isinstance(fn_or_config, dict):
             retries = fn_or_config.get("retries", retries)
             timeout = fn_or_config.get("timeout", timeout)
             cpu = fn_or_config.get("cpu", cpu)
+            rollback = fn_or_config.get("rollback", rollback)
+            rollback_config = fn_or_config.get("rollback_config", rollback_config)
         elif callable(fn_or_config):
             fn = fn_or_config
         elif fn_or_config is not None:
             raise TypeError("step.do(name, fn) or step.do(name, config, fn)")
-        config = step_config(retries, timeout, cpu)
+        if rollback is not None and not callable(rollback):
+            raise TypeError("rollback is a function of the step's output (and a context)")
         given = {k: v for k, v in (("retries", retries), ("timeout", timeout), ("cpu", cpu)) if v is not None}
+        undo_options = _rollback_options(rollback_config)
         if fn is None:
-            return lambda body: self._run_step(name, config, given, body)
-        return self._run_step(name, config, given, fn)
+            return lambda body: self._step(name, given, body, rollback, undo_options)
+        return self._step(name, given, fn, rollback, undo_options)
 
-    def _run_step(self, name: str, config: str, given: dict[str, Any], fn: Callable[..., Any]) -> Any:
+    def _step(
+        self,
+        name: str,
+        given: dict[str, Any],
+        fn: Callable[..., Any],
+        rollback: Callable[..., Any] | None,
+        undo_options: dict[str, Any],
+    ) -> Any:
         if self._in_body:
             raise RuntimeError(f"step {name!r} is called inside another step's body; steps cannot nest")
         count = self._counts[name] = self._counts.get(name, 0) + 1
         name = host_text(name)
+        call = _Call(name, count, given, fn)
+        call.with_context = _takes_context(fn)
+        started = self._started
+        self._started += 1
+        output = self._run(call, self._transport.step_begin(name, call.config))
+        if rollback is not None:
+            undo = _Undo(started, name, count, rollback, undo_options)
+            undo.output = output
+            self._undo.append(undo)
+        return output
+
+    def _run(self, call: _Call, plan: Plan) -> Any:
+        """Drive one durable body from its first plan: run its attempts until it is done or failed for good."""
         transport = self._transport
-        plan = transport.step_begin(name, config)
         while True:
             if isinstance(plan, Done):
                 return json.loads(plan.result)
             if isinstance(plan, Failed):
                 _raise_failure(plan.failure)
-            context = StepContext(plan.attempt, StepInfo(name, count), given)
-            plan = transport.step_complete(name, self._attempt(plan.stand_in or fn, context))
+            if isinstance(plan, Stopped):
+                self._stop()
+            context = StepContext(plan.attempt, StepInfo(call.name, call.count), call.given, call.error)
+            plan = transport.step_complete(call.name, self._attempt(plan.stand_in or call.fn, call, context))
 
-    def _attempt(self, fn: Callable[..., Any], context: StepContext) -> Outcome:
+    def _stop(self) -> NoReturn:
+        self.stopped = True
+        raise Unwind("the instance is terminated with a rollback")
+
+    def _attempt(self, fn: Callable[..., Any], call: _Call, context: StepContext) -> Outcome:
         self._in_body = True
         try:
-            value = fn(context) if _takes_context(fn) else fn()
+            if call.error is not None:  # a rollback: given the step's output
+                value = fn(call.output, context) if call.with_context else fn(call.output)
+            else:
+                value = fn(context) if call.with_context else fn()
         except NonRetryableError as error:
             return Fatal(_failure(error))
         except Exception as error:
-            return Retryable(_failure(error))
+            return self._retryable(call, context, error)
         finally:
             self._in_body = False
+        if call.error is not None:
+            value = None  # what a rollback returns is not kept
         try:
             text = json.dumps(value)
         except (TypeError, ValueError) as error:
@@ -222,10 +348,44 @@ class Step:
             return Fatal(Failure("OutputLimitExceeded", message))
         return Ok(text)
 
+    def _retryable(self, call: _Call, context: StepContext, error: Exception) -> Outcome:
+        """A failed attempt; with `retries.delay` as a function, it chooses the delay before the next one."""
+        failure = _failure(error)
+        if call.delay is None or context.attempt > call.limit:
+            return Retryable(failure)
+        self._in_body = True
+        try:
+            delay_ms = parse_duration(call.delay(context, error))
+        except Exception as bad:
+            message = f"retries.delay raised {type(bad).__name__}: {bad}"[:4096]
+            return Fatal(Failure("RetryDelayError", host_text(message)))
+        finally:
+            self._in_body = False
+        return Retryable(failure, delay_ms)
+
+    def _roll_back(self, cause: BaseException) -> None:
+        """Run the rollbacks of the completed steps, last started first; RollbackError if one fails for good
+        (the ones after it are not run)."""
+        if not self._undo:
+            return
+        if isinstance(cause, Unwind):
+            cause = StepError("Terminated", "the instance was terminated with a rollback")
+        reason = _reason(cause)
+        for undo in sorted(self._undo, key=lambda u: u.started, reverse=True):
+            call = _Call(undo.name, undo.count, undo.given, undo.fn)
+            call.with_context = _takes_context(undo.fn, 1)
+            call.output = undo.output
+            call.error = cause
+            try:
+                self._run(call, self._transport.rollback_begin(undo.name, call.config))
+            except (StepError, NonRetryableError) as failed:
+                raise RollbackError(undo.name, failed.name, failed.message, reason.name, reason.message) from None
+
     def sleep(self, name: str, duration: Duration) -> None:
         """Sleep durably for a duration ("1 day", or milliseconds)."""
         self._check_outside_body(name)
-        self._transport.sleep(host_text(name), parse_duration(duration))
+        if not self._transport.sleep(host_text(name), parse_duration(duration)):
+            self._stop()
 
     def sleep_until(self, name: str, when: datetime.datetime | float) -> None:
         """Sleep durably until a datetime (naive means UTC) or epoch seconds."""
@@ -238,7 +398,8 @@ class Step:
             epoch = float(when)
         else:
             raise TypeError("sleep_until takes a datetime or epoch seconds")
-        self._transport.sleep_until(host_text(name), int(epoch * 1000))
+        if not self._transport.sleep_until(host_text(name), int(epoch * 1000)):
+            self._stop()
 
     def wait_for_event(self, name: str, event_type: str, timeout: Duration | None = "24 hours") -> ReceivedEvent:
         """Wait durably for an event of `event_type`; returns {type, payload, timestamp}.
@@ -252,6 +413,8 @@ class Step:
         answer = self._transport.wait_for_event(host_text(name), host_text(event_type), timeout_ms)
         if isinstance(answer, Failure):
             raise WaitTimeoutError(answer.message)
+        if isinstance(answer, Stopped):
+            self._stop()
         result: ReceivedEvent = json.loads(answer)
         return result
 

@@ -21,6 +21,7 @@ __all__ = [
     "Plan",
     "Retryable",
     "Run",
+    "Stopped",
     "Transport",
     "current",
     "host_text",
@@ -82,7 +83,19 @@ class Failed:
         return f"Failed({self.failure!r})"
 
 
-Plan = Run | Done | Failed
+class Stopped:
+    """The instance is terminated with a rollback: unwind the workflow (no new durable call will be
+    answered) and run the rollbacks of the steps that completed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Stopped()"
+
+
+STOPPED = Stopped()
+
+Plan = Run | Done | Failed | Stopped
 
 
 # -- how one attempt of a step body ended --------------------------------------------------------
@@ -101,15 +114,17 @@ class Ok:
 
 
 class Retryable:
-    """The body raised; the step's retry policy decides what comes next."""
+    """The body raised; the step's retry policy decides what comes next (`delay_ms`, when given, is the
+    delay before the next attempt that `retries.delay` as a function chose)."""
 
-    __slots__ = ("failure",)
+    __slots__ = ("failure", "delay_ms")
 
-    def __init__(self, failure: Failure) -> None:
+    def __init__(self, failure: Failure, delay_ms: int | None = None) -> None:
         self.failure = failure
+        self.delay_ms = delay_ms
 
     def __repr__(self) -> str:
-        return f"Retryable({self.failure!r})"
+        return f"Retryable({self.failure!r}, {self.delay_ms!r})"
 
 
 class Fatal:
@@ -138,20 +153,24 @@ class Transport(Protocol):
         """Start (or replay) `step.do(name)`; `config` is JSON with retries and timeout in ms."""
         ...
 
+    def rollback_begin(self, name: str, config: str) -> Plan:
+        """Start (or replay) the rollback of the completed step `name`, at the journal's next position."""
+        ...
+
     def step_complete(self, name: str, outcome: Outcome) -> Plan:
         """Report the attempt started by the last `Run` plan."""
         ...
 
-    def sleep(self, name: str, duration_ms: int) -> None:
-        """`step.sleep`: returns once the journaled wake time has passed."""
+    def sleep(self, name: str, duration_ms: int) -> bool:
+        """`step.sleep`: returns True once the journaled wake time has passed, False to stop (`Stopped`)."""
         ...
 
-    def sleep_until(self, name: str, wake_at_ms: int) -> None:
-        """`step.sleep_until`: wake time as milliseconds since the epoch."""
+    def sleep_until(self, name: str, wake_at_ms: int) -> bool:
+        """`step.sleep_until`: wake time as milliseconds since the epoch; as `sleep`."""
         ...
 
-    def wait_for_event(self, name: str, event_type: str, timeout_ms: int | None) -> str | Failure:
-        """The event's JSON ({type, payload, timestamp}), or a failure when the wait timed out."""
+    def wait_for_event(self, name: str, event_type: str, timeout_ms: int | None) -> str | Failure | Stopped:
+        """The event's JSON ({type, payload, timestamp}), a failure when the wait timed out, or `Stopped`."""
         ...
 
     def call(self, capability: str, request: str) -> str | Failure:
@@ -172,7 +191,7 @@ class _Unbound:
             "or under tenantflow.testing.WorkflowTestEnvironment"
         )
 
-    step_begin = step_complete = sleep = sleep_until = wait_for_event = call = _refuse
+    step_begin = rollback_begin = step_complete = sleep = sleep_until = wait_for_event = call = _refuse
 
     def log(self, fd: int, text: str) -> None:
         pass

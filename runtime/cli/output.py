@@ -147,7 +147,7 @@ def show_instance(instance: dict[str, Any]) -> None:
 
 
 def _step_duration(step: dict[str, Any]) -> str:
-    if step["kind"] == "do":
+    if step["kind"] in ("do", "rollback"):
         return age(step.get("duration_ms", 0.0) / 1000)
     start = step.get("created_at") or 0.0
     if step["kind"] == "sleep" and step.get("wake_at") is not None:

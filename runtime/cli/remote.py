@@ -22,7 +22,7 @@ from tenantflow.runtime.cli.output import (
     show_journal,
     when,
 )
-from tenantflow.runtime.contract import CONTROLS, MAX_WAIT_S, Control
+from tenantflow.runtime.contract import MAX_WAIT_S, Control
 from tenantflow.runtime.records import FINISHED, STATUSES
 
 
@@ -233,12 +233,23 @@ def restart(client: Client, workflow: str, instance_id: str, from_step: str | No
     show_instance(plain(result))
 
 
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.option("--rollback", is_flag=True, help="Run the rollbacks of its completed steps first (last started first).")
+@api_options
+def terminate(client: Client, workflow: str, instance_id: str, rollback: bool, as_json: bool) -> None:
+    """Terminate an instance that has not finished."""
+    result = client.terminate(workflow, instance_id, rollback=rollback)
+    if as_json:
+        print_json(plain(result))
+        return
+    show_instance(plain(result))
+
+
 CONTROL_HELP: dict[Control, str] = {
-    "pause": "Pause an instance (it stops at its next step).",
+    "pause": "Pause an instance (a running one stops once its step is journaled).",
     "resume": "Resume a paused instance.",
-    "terminate": "Terminate an instance that has not finished.",
-    "restart": "Restart an instance with the same params.",
 }
-for _action in CONTROLS:
-    if _action != "restart":
-        _control_command(_action, CONTROL_HELP[_action])
+for _action, _help in CONTROL_HELP.items():
+    _control_command(_action, _help)

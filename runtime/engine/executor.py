@@ -37,7 +37,7 @@ MAX_HOST_FAULTS = 5
 
 # How an activation ended for the engine: the instance's new status, or "lost" (the lease was gone,
 # nothing recorded), "cancelled" (terminated or restarted meanwhile), "failed" (an error in the engine).
-Ending = Literal["complete", "errored", "waiting", "lost", "cancelled", "failed"]
+Ending = Literal["complete", "errored", "terminated", "waiting", "lost", "cancelled", "failed"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,9 @@ class Executor:
         now = self.clock.now()
         log_text = outcome.stats.log
         counts = journal.unreported()
+        cancelled = isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED
+        if journal.unwinding and not cancelled and not isinstance(outcome, Suspended):
+            return self._unwound(claim, journal, outcome)
         if isinstance(outcome, Completed):
             self.store.finish(
                 claim,
@@ -173,6 +176,30 @@ class Executor:
             )
             return "errored"
         assert isinstance(outcome, Suspended)
+        return self._suspended(claim, journal, outcome)
+
+    def _unwound(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
+        """The end of a terminate with rollback: `terminated` once the rollbacks ran, `errored` with the
+        RollbackError if one failed for good."""
+        now = self.clock.now()
+        counts = journal.unreported()
+        if isinstance(outcome, Failed) and outcome.error.name != FailureName.TERMINATED:
+            error = {
+                "name": outcome.error.name,
+                "message": outcome.error.message,
+                "traceback": outcome.error.traceback,
+                "line": outcome.error.line,
+            }
+            status: Ending = "errored" if outcome.error.name == FailureName.ROLLBACK_ERROR else "terminated"
+            self.store.finish(claim, now, status=status, error=error, log=outcome.stats.log, **counts)
+            return status
+        self.store.finish(claim, now, status="terminated", log=outcome.stats.log, **counts)
+        return "terminated"
+
+    def _suspended(self, claim: Claim, journal: InstanceJournal, outcome: Suspended) -> Ending:
+        now = self.clock.now()
+        log_text = outcome.stats.log
+        counts = journal.unreported()
         if journal.lease_lost:
             return "lost"
         wake_at = None if outcome.wake_at_ms is None else outcome.wake_at_ms / 1000

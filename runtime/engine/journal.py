@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from tenantflow.host import (
+    STOP,
     Abort,
     Attempt,
     Done,
@@ -24,6 +25,7 @@ from tenantflow.host import (
     StepCall,
     StepConfig,
     StepFailed,
+    Stop,
     Suspend,
 )
 from tenantflow.host.limits import MAX_DURATION_MS
@@ -73,6 +75,9 @@ class InstanceJournal:
         self.waiting_for: str | None = None
         self.attempts: list[tuple[float, int]] = []
         self.parker = parker
+        # Terminated with a rollback: every durable call not journaled as finished answers STOP, and the
+        # workflow unwinds into its rollbacks.
+        self.unwinding = state.instance.rollback == "terminate"
         # Journal positions this activation answered from what was recorded before it started (replay).
         self.replayed = 0
         self._to_replay = set(state.entries)
@@ -154,13 +159,15 @@ class InstanceJournal:
 
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
         entry = self._existing(call)
+        if entry is not None and entry.state == "done":
+            return Done(entry.result or "null")
+        if entry is not None and entry.state == "failed":
+            return StepFailed(entry.error_name or "Error", entry.error_message or "")
+        if self.unwinding and call.kind == "do":
+            return STOP
         if entry is None:
             self._check_step_quota()
             return Run(1)
-        if entry.state == "done":
-            return Done(entry.result or "null")
-        if entry.state == "failed":
-            return StepFailed(entry.error_name or "Error", entry.error_message or "")
         if not self._due(entry.wake_at):
             raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at or 0), parkable=True)
         return Run(entry.attempts + 1)
@@ -189,7 +196,8 @@ class InstanceJournal:
             return Done(attempt.result or "null")
         entry.error_name, entry.error_message = attempt.error_name, attempt.error_message
         if attempt.retryable and attempt.attempt <= config.limit:
-            delay = config.delay_before(attempt.attempt + 1) / 1000
+            delay_ms = config.delay_before(attempt.attempt + 1) if attempt.delay_ms is None else attempt.delay_ms
+            delay = delay_ms / 1000
             entry.state, entry.wake_at = "retrying", now + delay
             self._write(entry, record)
             if delay <= 0:
@@ -201,8 +209,10 @@ class InstanceJournal:
 
     # -- step.sleep ----------------------------------------------------------
 
-    def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None:
+    def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> Stop | None:
         entry = self._existing(call)
+        if self.unwinding and (entry is None or not self._due(entry.wake_at)):
+            return STOP
         if entry is None:
             now = self.clock.now()
             wake = wake_at_ms / 1000 if wake_at_ms is not None else now + (duration_ms or 0) / 1000
@@ -217,6 +227,7 @@ class InstanceJournal:
             self._write(entry)
         if not self._due(entry.wake_at):
             raise Suspend(f"sleep {call.name!r}", _ms(entry.wake_at or 0), parkable=True)
+        return None
 
     # -- step.wait_for_event -------------------------------------------------
 
@@ -234,6 +245,8 @@ class InstanceJournal:
             return json.loads(entry.result or "null")
         if entry is not None and entry.state == "timed_out":
             raise EventTimeout(entry.error_message or f"no {event_type!r} event arrived in time")
+        if self.unwinding:
+            return STOP
         fresh = entry is None
         if entry is None:
             self._check_event_type(event_type)

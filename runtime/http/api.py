@@ -308,10 +308,14 @@ class Api:
         async def endpoint(request: Request) -> Response:
             tenant = await self.tenant(request)
             restart_from = None
+            rollback = False
             if action == "restart":
                 body = validate(contract.Restart, await read_body(request, self.max_body, default={}), "the body")
                 if body.from_ is not None:
                     restart_from = (body.from_.name, body.from_.count)
+            elif action == "terminate":
+                terminate = await read_body(request, self.max_body, default={})
+                rollback = validate(contract.Terminate, terminate, "the body").rollback
             done = await run_in_threadpool(
                 self.service.control,
                 tenant,
@@ -319,6 +323,7 @@ class Api:
                 request.path_params["id"],
                 action,
                 restart_from,
+                rollback,
             )
             return JSONBody(instance_json(done))
 

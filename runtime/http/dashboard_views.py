@@ -321,7 +321,7 @@ def build_timeline(instance: Instance, journal: dict[str, Any], now: float) -> T
         end: float | None = None
         duration: float | None = None
         label = STATE_LABELS.get(state, state)
-        if kind == "do":
+        if kind in ("do", "rollback"):  # a rollback runs attempts as a step does
             if attempts:
                 start = min(created, attempts[0].start)
             if state in ("done", "failed"):

@@ -61,23 +61,27 @@ class Operation:
 _CONTROL_SUMMARIES: dict[c.Control, str] = {
     "pause": "Pause a queued, running or waiting instance (a running one is `waiting_for_pause` until its step ends)",
     "resume": "Resume a paused instance",
-    "terminate": "Terminate an instance that has not finished",
+    "terminate": 'Terminate an instance that has not finished (with `{"rollback": true}`, after running the '
+    "rollbacks of its completed steps)",
     "restart": "Restart an instance with the same params and version: from scratch, or from a step of its "
     "journal (the steps before it are kept)",
 }
 _INPUT = (400, 401, 404, 409, 413, 422, 429)
 
 
+_CONTROL_BODIES: dict[c.Control, type[BaseModel]] = {"restart": c.Restart, "terminate": c.Terminate}
+
+
 def _control(action: c.Control) -> Operation:
-    restart = action == "restart"
+    body = _CONTROL_BODIES.get(action)
     return Operation(
         "POST",
         f"{INSTANCE}/{action}",
         f"{action}Instance",
         _CONTROL_SUMMARIES[action],
         {200: Answer(c.Instance, "The instance after the control")},
-        (400, 401, 404, 413, 422) if restart else (401, 404, 409, 422),
-        body=c.Restart if restart else None,
+        (400, 401, 404, 409, 413, 422) if body is not None else (401, 404, 409, 422),
+        body=body,
         body_required=False,
         path_params=("name", "id"),
     )

@@ -326,9 +326,10 @@ class Service:
         instance_id: str,
         action: str,
         restart_from: tuple[str, int] | None = None,
+        rollback: bool = False,
     ) -> Instance:
-        """Pause, resume, terminate or restart (from scratch, or from the `restart_from` (name, count) call of
-        a step, keeping the journal before it)."""
+        """Pause, resume, terminate (`rollback`: after running the rollbacks of its completed steps) or restart
+        (from scratch, or from the `restart_from` (name, count) call of a step, keeping the journal before it)."""
         key = self._key(tenant, workflow, instance_id)
         now = self.clock.now()
         if action == "pause":
@@ -336,7 +337,7 @@ class Service:
         elif action == "resume":
             self.store.resume(key, now)
         elif action == "terminate":
-            self.store.terminate(key, now)
+            self.store.terminate(key, now, rollback)
             self.pool.cancel(key)
         elif action == "restart":
             self.store.restart(key, now, restart_from)

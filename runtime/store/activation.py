@@ -42,9 +42,11 @@ ENTRY_SIZE_SQL = (
 )
 # What a finish replaces: the instance's current output, error and log.
 FINISHED_SIZE_SQL = "COALESCE(LENGTH(output), 0) + COALESCE(LENGTH(error), 0) + COALESCE(LENGTH(log), 0)"
-# A step commit's fenced write: the instance's step count and stored bytes, if it is held.
+# A step commit's fenced write: the instance's step count and stored bytes, if it is held; a rollback's
+# entry marks the instance as rolling back (after an error, unless a terminate asked for it).
 STEP = (
     "UPDATE instances SET updated_at = ?, steps = steps + ?, "
+    "rollback = CASE WHEN ? = 'rollback' THEN COALESCE(rollback, 'error') ELSE rollback END, "
     f"stored_bytes = stored_bytes + ? - {ENTRY_SIZE_SQL} WHERE {HELD} RETURNING status"
 )
 # What a step commit writes with its fenced write, each only if that applied.
@@ -195,7 +197,8 @@ class Activation(StoreCore):
             )
         if consumed_event is not None:
             then.append(Statement(CONSUME_EVENT, (entry.position, *k, consumed_event)))
-        step = Statement(STEP, (now, 1 if entry.state == "done" else 0, added, *k, entry.position, *held))
+        done = 1 if entry.state == "done" else 0
+        step = Statement(STEP, (now, done, entry.kind, added, *k, entry.position, *held))
         status = self.write(lambda tx: tx.fenced(step, then)).scalar()
         if status is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
@@ -236,8 +239,8 @@ class Activation(StoreCore):
                 f"SELECT status FROM instances WHERE {KEY} AND fence = ?{self.for_update}", (*k, claim.fence)
             )
             ended = tx.send(
-                f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN ? ELSE ? END, output = ?, error = ?, "
-                f"error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
+                f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN ? ELSE ? END, output = ?, "
+                f"error = ?, error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
                 "lease_until = NULL, log = ?, host_faults = 0, "
                 f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ?, "
                 "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
@@ -299,7 +302,7 @@ class Activation(StoreCore):
                 f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN 'paused' ELSE 'waiting' END, "
                 f"wake_at = {wake}, waiting_for = ?, lease_until = ?, {log_sql}host_faults = 0, updated_at = ?, "
                 "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
-                f"WHERE {KEY} AND fence = ? AND status IN ('running', 'waiting_for_pause', 'paused') RETURNING status, wake_at",
+                f"WHERE {KEY} AND fence = ? AND status IN ('running', {PAUSING[1:-1]}) RETURNING status, wake_at",
                 (
                     *wake_params,
                     waiting_for,
@@ -381,7 +384,14 @@ class Activation(StoreCore):
             tx.send(
                 "UPDATE instances SET status = ?, host_faults = ?, wake_at = ?, waiting_for = NULL, "
                 f"lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {KEY} AND fence = ?",
-                ("paused" if row.status in ("paused", "waiting_for_pause") else "waiting", faults, retry_at, now, *k, claim.fence),
+                (
+                    "paused" if row.status in ("paused", "waiting_for_pause") else "waiting",
+                    faults,
+                    retry_at,
+                    now,
+                    *k,
+                    claim.fence,
+                ),
             )
             return False
 

@@ -52,16 +52,32 @@ class Controls(StoreCore):
             )
         self._notify()
 
-    def terminate(self, key: InstanceKey, now: float) -> None:
+    def terminate(self, key: InstanceKey, now: float, rollback: bool = False) -> None:
+        """Terminated at once; with `rollback`, the instance is run once more to unwind (no step, sleep or wait
+        that has not finished goes on) and run the rollbacks of its completed steps, then it is terminated. A
+        running activation is cut short either way (the fence moves on). A terminate without rollback stops
+        a rollback in progress."""
         with self.transaction() as tx:
             status = self._status(tx, key)
             if status in FINISHED:
                 raise InvalidState(f"cannot terminate an instance that is {status}")
-            tx.send(
-                "UPDATE instances SET status = 'terminated', wake_at = NULL, waiting_for = NULL, lease_owner = NULL, "
-                f"lease_until = NULL, updated_at = ? WHERE {KEY}",
-                (now, *key_params(key)),
-            )
+            if rollback:
+                started = tx.scalar(f"SELECT rollback FROM instances WHERE {KEY}", key_params(key))
+                if started == "terminate":
+                    raise InvalidState("the instance is already being terminated with a rollback")
+                tx.send(
+                    "UPDATE instances SET status = 'queued', rollback = 'terminate', wake_at = ?, waiting_for = NULL, "
+                    f"lease_owner = NULL, lease_until = NULL, fence = fence + 1, updated_at = ? WHERE {KEY}",
+                    (now, now, *key_params(key)),
+                )
+            else:
+                tx.send(
+                    "UPDATE instances SET status = 'terminated', wake_at = NULL, waiting_for = NULL, "
+                    f"lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {KEY}",
+                    (now, *key_params(key)),
+                )
+        if rollback:
+            self._notify()
 
     def restart(self, key: InstanceKey, now: float, from_step: tuple[str, int] | None = None) -> None:
         """From scratch with the same params and version: the journal and events go, the fence moves on.
@@ -77,7 +93,7 @@ class Controls(StoreCore):
                 tx.send(
                     "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
                     "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-                    "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, "
+                    "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, rollback = NULL, "
                     f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
                     (now, now, *key_params(key)),
                 )
@@ -112,7 +128,8 @@ class Controls(StoreCore):
         tx.send(
             "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
             "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-            "fence = fence + 1, steps = steps - ?, log = NULL, host_faults = 0, stored_bytes = stored_bytes - ? "
+            "fence = fence + 1, steps = steps - ?, log = NULL, host_faults = 0, rollback = NULL, "
+            "stored_bytes = stored_bytes - ? "
             "- COALESCE(LENGTH(output), 0) - COALESCE(LENGTH(error), 0) - COALESCE(LENGTH(log), 0), "
             f"updated_at = ? WHERE {KEY}",
             (now, int(cut.steps), int(cut.bytes) + int(attempt_bytes or 0), now, *params),

@@ -77,6 +77,7 @@ class InstanceRow:
     replayed_steps: int
     hot_resumes: int
     lease_owner: str | None
+    rollback: str | None
 
     def instance(self) -> Instance:
         return Instance(
@@ -100,6 +101,7 @@ class InstanceRow:
             replayed_steps=self.replayed_steps,
             hot_resumes=self.hot_resumes,
             parked_in=self.lease_owner if self.status in ("waiting", "paused") else None,
+            rollback=self.rollback,  # type: ignore[arg-type]
         )
 
 

@@ -147,6 +147,11 @@ MIGRATIONS: list[list[str]] = [
         # its rows are purged in bounded transactions, then the mark goes; a purge cut short resumes.
         "ALTER TABLE tenants ADD COLUMN deleted_at {float}",
     ],
+    [
+        # The instance's rollback phase: 'terminate' (terminated with a rollback: the next activation unwinds
+        # and runs the rollbacks) or 'error' (it failed and runs them); NULL otherwise.
+        "ALTER TABLE instances ADD COLUMN rollback TEXT",
+    ],
 ]
 
 # Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test

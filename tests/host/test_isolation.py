@@ -97,7 +97,7 @@ HOSTILE = {
         {"StackOverflow"},
     ),
     "deeply nested data": (
-        "import json\n\ndef run(event, step):\n    x = []\n    for _ in range(10**6):\n        x = [x]\n"
+        "import json\n\ndef run(event, step):\n    x = []\n    for _ in range(10**5):\n        x = [x]\n"
         "    return json.dumps(x)\n",
         {"StackOverflow"},
     ),

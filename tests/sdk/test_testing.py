@@ -7,7 +7,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from tenantflow import Event, NonRetryableError, Step, StepError, WaitTimeoutError, WorkflowEntrypoint, fetch
+from tenantflow import (
+    Event,
+    NonRetryableError,
+    RollbackError,
+    Step,
+    StepError,
+    WaitTimeoutError,
+    WorkflowEntrypoint,
+    fetch,
+)
 from tenantflow.testing import WorkflowError, WorkflowTestEnvironment
 
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
@@ -221,3 +230,45 @@ def test_a_named_non_retryable_error_is_seen_by_that_name() -> None:
     with pytest.raises(StepError) as raised:
         WorkflowTestEnvironment().run(flow)
     assert (raised.value.name, raised.value.message) == ("PaymentError", "card declined")
+
+
+def test_rollbacks_run_last_started_first_in_a_unit_test() -> None:
+    undone: list[Any] = []
+
+    def flow(event: Event, step: Step) -> Any:
+        step.do("a", lambda: 1, rollback=lambda out: undone.append(["a", out]))
+        step.do("plain", lambda: 2)
+        step.do("b", lambda: 3, rollback=lambda out, ctx: undone.append(["b", out, ctx.attempt, str(ctx.error)]))
+        raise ValueError("boom")
+
+    env = WorkflowTestEnvironment()
+    with pytest.raises(ValueError, match="boom"):
+        env.run(flow)
+    assert undone == [["b", 3, 1, "boom"], ["a", 1]]
+    assert [(s.kind, s.name, s.state) for s in env.steps][-2:] == [("rollback", "b", "done"), ("rollback", "a", "done")]
+
+
+def test_a_rollback_that_fails_for_good_is_a_rollback_error() -> None:
+    def refuse(out: Any) -> None:
+        raise NonRetryableError("no refund", "RefundError")
+
+    def flow(event: Event, step: Step) -> Any:
+        step.do("charge", lambda: 5, rollback=refuse)
+        step.do("ship", lambda: 1 / 0)
+
+    env = WorkflowTestEnvironment()
+    with pytest.raises(RollbackError) as raised:
+        env.run(flow)
+    error = raised.value
+    assert (error.step, error.error_name, error.cause_name) == ("charge", "RefundError", "ZeroDivisionError")
+
+
+def test_a_retry_delay_function_chooses_each_wait() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        delay = {"delay": lambda ctx, error: timedelta(minutes=ctx.attempt), "limit": 3}
+        return step.do("s", lambda: 1, retries=delay)  # type: ignore[typeddict-item]
+
+    env = WorkflowTestEnvironment()
+    env.mock_step("s", raise_=[ValueError("a"), ValueError("b")], result="ok")
+    assert env.run(flow) == "ok"
+    assert env.elapsed == timedelta(minutes=1 + 2)

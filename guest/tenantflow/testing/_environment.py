@@ -177,11 +177,16 @@ class WorkflowTestEnvironment:
         while self.activations < MAX_ACTIVATIONS:
             self.activations += 1
             transport = TestTransport(self, self._journal)
+            step = Step(transport)
             try:
                 with installed(transport):
                     # A fresh `event` per activation too, as the engine hands the guest.
                     event = Event(_roundtrip(params), self._started_ms / 1000, instance_id)
-                    result = loader()(event, Step(transport))
+                    try:
+                        result = loader()(event, step)
+                    except Exception as error:
+                        step._roll_back(error)  # RollbackError if one fails for good
+                        raise
             except Stop as stop:
                 self._after(stop)
                 continue

@@ -130,7 +130,7 @@ class TestJournal:
         self._mark("attempt", call.name, f"{attempt.attempt}: {attempt.error_name}: {attempt.error_message}")
         entry.error_name, entry.error_message = attempt.error_name, attempt.error_message
         if attempt.retryable and attempt.attempt <= config.limit:
-            delay_ms = config.delay_before(attempt.attempt + 1)
+            delay_ms = config.delay_before(attempt.attempt + 1) if attempt.delay_ms is None else attempt.delay_ms
             entry.state, entry.wake_at_ms = "retrying", self.now_ms + delay_ms
             self._mark("retry", call.name, f"attempt {attempt.attempt + 1} after {delay_ms} ms")
             if delay_ms <= 0:

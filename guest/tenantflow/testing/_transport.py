@@ -126,11 +126,14 @@ class TestTransport:
         self.in_flight = (call, config, plan.attempt, time.perf_counter())
         return SdkRun(plan.attempt, self.env._stand_in(call, plan.attempt))
 
-    def step_begin(self, name: str, config: str) -> SdkPlan:
+    def step_begin(self, name: str, config: str, kind: Kind = "do") -> SdkPlan:
         check_name("step-begin", name)
         step = step_config(config)
-        call = self._next_call(name, "do")
+        call = self._next_call(name, kind)
         return self._plan(call, step, self._journaled(self.journal.step_begin, call, step))
+
+    def rollback_begin(self, name: str, config: str) -> SdkPlan:
+        return self.step_begin(name, config, "rollback")
 
     def step_complete(self, name: str, outcome: Outcome) -> SdkPlan:
         if self.in_flight is None or self.in_flight[0].name != name:
@@ -148,16 +151,29 @@ class TestTransport:
             failure = outcome.failure
             retryable = isinstance(outcome, Retryable)
             assert retryable or isinstance(outcome, Fatal)
-            attempt = Attempt(number, False, None, failure.name, failure.message, retryable, duration_ms=duration_ms)
+            delay_ms = outcome.delay_ms if isinstance(outcome, Retryable) else None
+            if delay_ms is not None and delay_ms > MAX_DURATION_MS:
+                raise invalid("step-complete", f"a retry delay is at most {MAX_DURATION_MS} ms (365 days)")
+            attempt = Attempt(
+                number,
+                False,
+                None,
+                failure.name,
+                failure.message,
+                retryable,
+                duration_ms=duration_ms,
+                delay_ms=delay_ms,
+            )
         return self._plan(call, config, self._journaled(self.journal.step_complete, call, config, attempt))
 
-    def sleep(self, name: str, duration_ms: int) -> None:
+    def sleep(self, name: str, duration_ms: int) -> bool:
         check_name("sleep", name)
         if duration_ms > MAX_DURATION_MS:
             raise invalid("sleep", f"a sleep is at most 365 days ({MAX_DURATION_MS} ms), got {duration_ms} ms")
         self._journaled(self.journal.sleep_until, self._next_call(name, "sleep"), None, duration_ms)
+        return True
 
-    def sleep_until(self, name: str, wake_at_ms: int) -> None:
+    def sleep_until(self, name: str, wake_at_ms: int) -> bool:
         check_name("sleep-until", name)
         if wake_at_ms > MAX_EPOCH_SECONDS * 1000:
             raise invalid(
@@ -165,6 +181,7 @@ class TestTransport:
                 f"sleep_until takes epoch seconds (or a datetime); {wake_at_ms // 1000} looks like milliseconds",
             )
         self._journaled(self.journal.sleep_until, self._next_call(name, "sleep"), wake_at_ms, None)
+        return True
 
     def wait_for_event(self, name: str, event_type: str, timeout_ms: int | None) -> str | Failure:
         check_name("wait-for-event", name)
