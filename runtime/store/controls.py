@@ -59,8 +59,8 @@ class Controls(StoreCore):
                 raise InvalidState(f"cannot terminate an instance that is {status}")
             tx.send(
                 "UPDATE instances SET status = 'terminated', wake_at = NULL, waiting_for = NULL, lease_owner = NULL, "
-                f"lease_until = NULL, updated_at = ? WHERE {KEY}",
-                (now, *key_params(key)),
+                f"lease_until = NULL, updated_at = ?, finished_at = ? WHERE {KEY}",
+                (now, now, *key_params(key)),
             )
 
     def restart(self, key: InstanceKey, now: float, from_step: tuple[str, int] | None = None) -> None:
@@ -77,7 +77,7 @@ class Controls(StoreCore):
                 tx.send(
                     "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
                     "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-                    "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, "
+                    "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, finished_at = NULL, "
                     f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
                     (now, now, *key_params(key)),
                 )
@@ -112,7 +112,8 @@ class Controls(StoreCore):
         tx.send(
             "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
             "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-            "fence = fence + 1, steps = steps - ?, log = NULL, host_faults = 0, stored_bytes = stored_bytes - ? "
+            "fence = fence + 1, steps = steps - ?, log = NULL, host_faults = 0, finished_at = NULL, "
+            "stored_bytes = stored_bytes - ? "
             "- COALESCE(LENGTH(output), 0) - COALESCE(LENGTH(error), 0) - COALESCE(LENGTH(log), 0), "
             f"updated_at = ? WHERE {KEY}",
             (now, int(cut.steps), int(cut.bytes) + int(attempt_bytes or 0), now, *params),

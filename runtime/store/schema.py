@@ -147,6 +147,26 @@ MIGRATIONS: list[list[str]] = [
         # its rows are purged in bounded transactions, then the mark goes; a purge cut short resumes.
         "ALTER TABLE tenants ADD COLUMN deleted_at {float}",
     ],
+    [
+        # When an instance finished (complete, errored, terminated; NULL while it has not): its retention counts
+        # from it. Instances that finished before are taken to have finished at their last update.
+        "ALTER TABLE instances ADD COLUMN finished_at {float}",
+        "UPDATE instances SET finished_at = updated_at WHERE status IN ('complete', 'errored', 'terminated')",
+        # A workflow's expired instances, oldest first, by index seeks per status.
+        "CREATE INDEX instances_finished ON instances (tenant_id, workflow, status, finished_at) "
+        "WHERE finished_at IS NOT NULL",
+        # How long a workflow's finished instances are kept, per status, in seconds (NULL: forever); a workflow
+        # keeping all of them forever has no row.
+        """CREATE TABLE retention (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            complete_s {float},
+            errored_s {float},
+            terminated_s {float},
+            updated_at {float} NOT NULL,
+            PRIMARY KEY (tenant_id, workflow)
+        ){clustered}""",
+    ],
 ]
 
 # Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test
@@ -157,6 +177,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "events",
     "instances",
     "versions",
+    "retention",
     "sources",
     "creation_buckets",
     "tenants",
