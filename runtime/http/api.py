@@ -150,7 +150,7 @@ class Api:
         name = request.path_params["name"]
         versions = await run_in_threadpool(self.service.versions, tenant, name)
         counts = await run_in_threadpool(self.service.counts, tenant, name)
-        retention = await run_in_threadpool(self.service.retention, tenant, name)
+        retention = await run_in_threadpool(self.service.retentions.get, tenant, name)
         return JSONBody(
             {
                 "name": name,
@@ -165,7 +165,7 @@ class Api:
         tenant = await self.tenant(request)
         body = validate(contract.SetRetention, await read_body(request, self.max_body), "the retention")
         retention = await run_in_threadpool(
-            self.service.set_retention, tenant, request.path_params["name"], body.model_dump()
+            self.service.retentions.set, tenant, request.path_params["name"], body.model_dump()
         )
         return JSONBody(retention.public())
 

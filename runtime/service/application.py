@@ -40,10 +40,10 @@ from tenantflow.runtime.records import (
     check_event_type,
     check_id,
 )
-from tenantflow.runtime.retention import Retention, check_retention
 from tenantflow.runtime.service.admin import Admin
 from tenantflow.runtime.service.changes import Changes
 from tenantflow.runtime.service.checks import DeployChecks
+from tenantflow.runtime.service.retention import Retentions
 from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.store import SQLStore, open_store
 
@@ -110,6 +110,7 @@ class Service:
         self.tenant_registry = Tenants(store, self.clock)
         self.admin = Admin(store, self.tenant_registry, self.clock, on_purged=self.pool.cancel_tenant)
         self.checks = DeployChecks(self.sandbox)
+        self.retentions = Retentions(store, self.clock)
         self.purger = RetentionPurger(store, self.clock, self.stopping)
         self._started = False
 
@@ -207,20 +208,6 @@ class Service:
         """How many of the workflow's instances are in each status (every status named, 0 if none)."""
         found = self.store.workflow_counts(tenant.tenant_id, check_id(workflow, "workflow name"))
         return {status: found.get(status, 0) for status in STATUSES}
-
-    def retention(self, tenant: Tenant, workflow: str) -> Retention:
-        """How long the workflow's finished instances are kept (NotFound for no such workflow)."""
-        self.versions(tenant, workflow)
-        return self.store.retention(tenant.tenant_id, workflow)
-
-    def set_retention(self, tenant: Tenant, workflow: str, given: dict[str, Any]) -> Retention:
-        """Replace the workflow's retention with `given` ({status: duration or None}; a status left out is
-        kept forever); the instances already past it go in the background (see engine.retention)."""
-        check_id(workflow, "workflow name")
-        retention = check_retention(given)
-        self.store.set_retention(tenant.tenant_id, workflow, retention, self.clock.now())
-        logs.event("workflow retention set", tenant=tenant.tenant_id, workflow=workflow, retention=retention.public())
-        return retention
 
     def versions(self, tenant: Tenant, workflow: str) -> list[Version]:
         return self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"))
