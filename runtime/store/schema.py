@@ -151,7 +151,8 @@ MIGRATIONS: list[list[str]] = [
         # When an instance finished (complete, errored, terminated; NULL while it has not): its retention counts
         # from it. Instances that finished before are taken to have finished at their last update.
         "ALTER TABLE instances ADD COLUMN finished_at {float}",
-        "UPDATE instances SET finished_at = updated_at WHERE status IN ('complete', 'errored', 'terminated')",
+        "UPDATE instances SET finished_at = updated_at WHERE tenant_id IN (SELECT tenant_id FROM tenants) "
+        "AND status IN ('complete', 'errored', 'terminated')",
         # A workflow's expired instances, oldest first, by index seeks per status.
         "CREATE INDEX instances_finished ON instances (tenant_id, workflow, status, finished_at) "
         "WHERE finished_at IS NOT NULL",
