@@ -31,7 +31,8 @@ START = ("", "")
 class Tick:
     purged: int
     more: bool
-    """Expired instances may be left (the tick ended while a workflow still had some, or more workflows do)."""
+    """Expired instances may be left: the tick purged some, ended while a workflow still had some, or did not
+    reach every workflow with some."""
 
 
 class RetentionPurger:
@@ -92,4 +93,5 @@ class RetentionPurger:
             left -= 1
             if deleted:  # it may have more (a batch also ends early at purge.PURGE_ROWS): its turn comes again
                 queue.append((tenant_id, workflow))
-        return Tick(purged, bool(queue) or len(workflows) == self.batches)
+        # Anything purged: workflows before the cursor may have more by now, so the next tick comes soon.
+        return Tick(purged, bool(purged) or bool(queue) or len(workflows) == self.batches)
