@@ -237,8 +237,8 @@ class Activation(StoreCore):
                 f"SELECT status FROM instances WHERE {KEY} AND fence = ?{self.for_update}", (*k, claim.fence)
             )
             ended = tx.send(
-                f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN ? ELSE ? END, output = ?, error = ?, "
-                f"error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
+                f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN ? ELSE ? END, output = ?, "
+                f"error = ?, error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
                 "lease_until = NULL, log = ?, host_faults = 0, finished_at = ?, "
                 f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ?, "
                 "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
@@ -301,7 +301,8 @@ class Activation(StoreCore):
                 f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN 'paused' ELSE 'waiting' END, "
                 f"wake_at = {wake}, waiting_for = ?, lease_until = ?, {log_sql}host_faults = 0, updated_at = ?, "
                 "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
-                f"WHERE {KEY} AND fence = ? AND status IN ('running', 'waiting_for_pause', 'paused') RETURNING status, wake_at",
+                f"WHERE {KEY} AND fence = ? AND status IN ('running', 'waiting_for_pause', 'paused') "
+                "RETURNING status, wake_at",
                 (
                     *wake_params,
                     waiting_for,
@@ -383,7 +384,14 @@ class Activation(StoreCore):
             tx.send(
                 "UPDATE instances SET status = ?, host_faults = ?, wake_at = ?, waiting_for = NULL, "
                 f"lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {KEY} AND fence = ?",
-                ("paused" if row.status in ("paused", "waiting_for_pause") else "waiting", faults, retry_at, now, *k, claim.fence),
+                (
+                    "paused" if row.status in ("paused", "waiting_for_pause") else "waiting",
+                    faults,
+                    retry_at,
+                    now,
+                    *k,
+                    claim.fence,
+                ),
             )
             return False
 
