@@ -89,6 +89,14 @@ class AsyncClient:
     async def versions(self, name: str) -> c.Workflow:
         return await self.send(calls.versions(name))
 
+    async def set_retention(
+        self, name: str, *, complete: str | None = None, errored: str | None = None, terminated: str | None = None
+    ) -> c.Retention:
+        """Keep the workflow's finished instances this long after they finished, per status ("7 days"; None:
+        forever), replacing its retention; older ones are deleted in the background."""
+        retention = {"complete": complete, "errored": errored, "terminated": terminated}
+        return await self.send(calls.set_retention(name, retention))
+
     async def delete_workflow(self, name: str) -> c.WorkflowDeleted:
         """Delete a workflow with its versions and instances (InvalidState while one of them is unfinished)."""
         return await self.send(calls.delete_workflow(name))
@@ -216,6 +224,15 @@ class AsyncWorkflowHandle:
 
     async def delete(self) -> c.WorkflowDeleted:
         return await self.client.delete_workflow(self.name)
+
+    async def set_retention(
+        self, *, complete: str | None = None, errored: str | None = None, terminated: str | None = None
+    ) -> c.Retention:
+        """Keep finished instances this long after they finished, per status ("7 days"; None: forever)."""
+        return await self.client.set_retention(self.name, complete=complete, errored=errored, terminated=terminated)
+
+    async def retention(self) -> c.Retention:
+        return (await self.client.versions(self.name)).retention
 
     async def start(self, params: Any = None, *, id: str | None = None) -> AsyncInstanceHandle:  # noqa: A002 - the API's name
         return await self.client.start(self.name, id, params)

@@ -143,6 +143,10 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("GET", f"/v1/workflows/{_seg(name)}", _model(c.Workflow))
 
     @staticmethod
+    def set_retention(name: str, retention: Mapping[str, str | None]) -> Call[c.Retention]:
+        return Call("PUT", f"/v1/workflows/{_seg(name)}/retention", _model(c.Retention), dict(retention))
+
+    @staticmethod
     def start(workflow: str, instance_id: str | None, params: Any) -> Call[c.Instance]:
         body: dict[str, Any] = {"params": params}
         if instance_id is not None:

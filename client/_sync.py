@@ -86,6 +86,14 @@ class Client:
     def versions(self, name: str) -> c.Workflow:
         return self.send(calls.versions(name))
 
+    def set_retention(
+        self, name: str, *, complete: str | None = None, errored: str | None = None, terminated: str | None = None
+    ) -> c.Retention:
+        """Keep the workflow's finished instances this long after they finished, per status ("7 days"; None:
+        forever), replacing its retention; older ones are deleted in the background."""
+        retention = {"complete": complete, "errored": errored, "terminated": terminated}
+        return self.send(calls.set_retention(name, retention))
+
     def delete_workflow(self, name: str) -> c.WorkflowDeleted:
         """Delete a workflow with its versions and instances (InvalidState while one of them is unfinished)."""
         return self.send(calls.delete_workflow(name))
@@ -207,6 +215,15 @@ class WorkflowHandle:
 
     def delete(self) -> c.WorkflowDeleted:
         return self.client.delete_workflow(self.name)
+
+    def set_retention(
+        self, *, complete: str | None = None, errored: str | None = None, terminated: str | None = None
+    ) -> c.Retention:
+        """Keep finished instances this long after they finished, per status ("7 days"; None: forever)."""
+        return self.client.set_retention(self.name, complete=complete, errored=errored, terminated=terminated)
+
+    def retention(self) -> c.Retention:
+        return self.client.versions(self.name).retention
 
     def start(self, params: Any = None, *, id: str | None = None) -> InstanceHandle:  # noqa: A002 - the API's name
         return self.client.start(self.name, id, params)

@@ -26,6 +26,7 @@ from tenantflow.runtime.records import (
     Rollback,
     Status,
 )
+from tenantflow.runtime.retention import DURATION_PATTERN, MAX_DURATION_CHARS, RETENTION_MAX, RETENTION_MIN
 
 __all__ = [
     "CONTROLS",
@@ -60,8 +61,10 @@ __all__ = [
     "QuotaChanges",
     "Quotas",
     "Restart",
+    "Retention",
     "Terminate",
     "SendEvent",
+    "SetRetention",
     "Step",
     "StepRef",
     "TenantDeleted",
@@ -140,6 +143,29 @@ class Deploy(_Request):
     """`PUT /v1/workflows/{name}`."""
 
     source: str = Field(description="Python source defining run(event, step)")
+
+
+DurationText = Annotated[
+    str,
+    Field(
+        max_length=MAX_DURATION_CHARS,
+        pattern=DURATION_PATTERN,
+        description=f"A duration as a step's, e.g. '7 days' or '12 hours', from {RETENTION_MIN} to {RETENTION_MAX}",
+    ),
+]
+
+
+def _kept(status: str) -> Any:
+    return Field(default=None, description=f"How long a {status} instance is kept after it finished; null: forever")
+
+
+class SetRetention(_Request):
+    """`PUT /v1/workflows/{name}/retention`: replaces the workflow's retention (a status left out or null is kept
+    forever)."""
+
+    complete: DurationText | None = _kept("complete")
+    errored: DurationText | None = _kept("errored")
+    terminated: DurationText | None = _kept("terminated")
 
 
 class CreateInstance(_Request):
@@ -308,11 +334,21 @@ class WorkflowList(_Response):
     workflows: list[Version]
 
 
+class Retention(_Response):
+    """How long each finished status's instances are kept after they finished (null: forever); older ones are
+    deleted, with their journals, in the background."""
+
+    complete: str | None = None
+    errored: str | None = None
+    terminated: str | None = None
+
+
 class Workflow(_Response):
     name: str
     latest: int
     versions: list[Version] = Field(description="Oldest first")
     counts: dict[Status, int] = Field(default_factory=dict, description="How many of its instances are in each status")
+    retention: Retention = Field(default_factory=Retention, description="How long its finished instances are kept")
 
 
 class ErrorInfo(_Response):

@@ -1,4 +1,4 @@
-"""Tenant commands over HTTP: deploy, workflows, start, instances, status, events, journal, controls."""
+"""Tenant commands over HTTP: deploy, workflows, workflow, start, instances, status, events, journal, controls."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tenantflow.runtime.cli.output import (
     show_journal,
     when,
 )
+from tenantflow.runtime.cli.retention import show_retention
 from tenantflow.runtime.contract import MAX_WAIT_S, Control
 from tenantflow.runtime.records import FINISHED, STATUSES
 
@@ -66,6 +67,28 @@ def workflows(client: Client, as_json: bool) -> None:
     for item in found:
         table.add_row(item.name, str(item.version), item.source_hash[:12], when(item.created_at))
     out().print(table)
+
+
+@commands.command()
+@click.argument("name")
+@api_options
+def workflow(client: Client, name: str, as_json: bool) -> None:
+    """Show a workflow: its versions, its instances by status, and how long its finished ones are kept."""
+    found = client.versions(name)
+    if as_json:
+        print_json(plain(found))
+        return
+    console = out()
+    versions = Table(title=safe_text(f"workflow {found.name}: {len(found.versions)} version(s)"), title_justify="left")
+    for column in ("version", "source", "deployed"):
+        versions.add_column(column)
+    for item in found.versions:
+        versions.add_row(str(item.version), item.source_hash[:12], when(item.created_at))
+    console.print(versions)
+    counts = "  ".join(f"{status} {found.counts.get(status, 0)}" for status in STATUSES)
+    console.print(Text("instances: ", style="bold") + Text(counts))
+    console.print(Text("retention:", style="bold"))
+    console.print(show_retention(found.retention.model_dump()))
 
 
 @commands.command()

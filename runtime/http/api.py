@@ -150,14 +150,24 @@ class Api:
         name = request.path_params["name"]
         versions = await run_in_threadpool(self.service.versions, tenant, name)
         counts = await run_in_threadpool(self.service.counts, tenant, name)
+        retention = await run_in_threadpool(self.service.retentions.get, tenant, name)
         return JSONBody(
             {
                 "name": name,
                 "latest": versions[-1].version,
                 "versions": [version_json(v) for v in versions],
                 "counts": counts,
+                "retention": retention.public(),
             }
         )
+
+    async def set_retention(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        body = validate(contract.SetRetention, await read_body(request, self.max_body), "the retention")
+        retention = await run_in_threadpool(
+            self.service.retentions.set, tenant, request.path_params["name"], body.model_dump()
+        )
+        return JSONBody(retention.public())
 
     # -- instances ---------------------------------------------------------------
 

@@ -148,6 +148,17 @@ OPERATIONS: tuple[Operation, ...] = (
         path_params=("name",),
     ),
     Operation(
+        "PUT",
+        "/v1/workflows/{name}/retention",
+        "setRetention",
+        "Set how long the workflow's finished instances are kept, per status (replaces the previous retention; "
+        "a status left out is kept forever); those older are deleted in the background",
+        {200: Answer(c.Retention, "The retention now in force")},
+        (400, 401, 404, 413, 422),
+        body=c.SetRetention,
+        path_params=("name",),
+    ),
+    Operation(
         "POST",
         "/v1/workflows/{name}/instances",
         "createInstance",

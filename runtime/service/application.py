@@ -19,6 +19,7 @@ from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
+from tenantflow.runtime.engine.retention import RetentionPurger
 from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool
 from tenantflow.runtime.errors import (
     Conflict,
@@ -42,6 +43,7 @@ from tenantflow.runtime.records import (
 from tenantflow.runtime.service.admin import Admin
 from tenantflow.runtime.service.changes import Changes
 from tenantflow.runtime.service.checks import DeployChecks
+from tenantflow.runtime.service.retention import Retentions
 from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.store import SQLStore, open_store
 
@@ -108,6 +110,8 @@ class Service:
         self.tenant_registry = Tenants(store, self.clock)
         self.admin = Admin(store, self.tenant_registry, self.clock, on_purged=self.pool.cancel_tenant)
         self.checks = DeployChecks(self.sandbox)
+        self.retentions = Retentions(store, self.clock)
+        self.purger = RetentionPurger(store, self.clock, self.stopping)
         self._started = False
 
     @classmethod
@@ -117,12 +121,14 @@ class Service:
     def start(self) -> Service:
         self.admin.resume_purges()
         self.pool.start()
+        self.purger.start()
         self._started = True
         return self
 
     def stop(self) -> None:
         if self._started:
-            self.pool.stop()
+            self.pool.stop()  # sets `stopping`: the purger ends its tick too
+            self.purger.join()
             self._started = False
 
     def close(self) -> None:

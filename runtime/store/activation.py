@@ -13,6 +13,7 @@ from typing import Any
 
 from tenantflow.runtime.records import (
     ERROR_SUMMARY_CHARS,
+    FINISHED,
     ActivationState,
     AttemptRecord,
     Claim,
@@ -241,7 +242,7 @@ class Activation(StoreCore):
             ended = tx.send(
                 f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN ? ELSE ? END, output = ?, "
                 f"error = ?, error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
-                "lease_until = NULL, log = ?, host_faults = 0, "
+                "lease_until = NULL, log = ?, host_faults = 0, finished_at = ?, "
                 f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ?, "
                 "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
                 f"WHERE {KEY} AND fence = ? AND status <> 'terminated' RETURNING status, wake_at",
@@ -254,6 +255,7 @@ class Activation(StoreCore):
                     *wake_params,
                     waiting_for,
                     log_blob,
+                    now if status in FINISHED else None,
                     stored,
                     now,
                     replayed,
@@ -376,9 +378,9 @@ class Activation(StoreCore):
                 tx.send(
                     "UPDATE instances SET status = 'errored', error = ?, error_name = ?, error_summary = ?, "
                     "host_faults = ?, wake_at = NULL, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-                    "stored_bytes = stored_bytes + ? - COALESCE(LENGTH(error), 0), updated_at = ? "
+                    "stored_bytes = stored_bytes + ? - COALESCE(LENGTH(error), 0), updated_at = ?, finished_at = ? "
                     f"WHERE {KEY} AND fence = ?",
-                    (error, HOST_FAULT, message, faults, len(error), now, *k, claim.fence),
+                    (error, HOST_FAULT, message, faults, len(error), now, now, *k, claim.fence),
                 )
                 return True
             tx.send(

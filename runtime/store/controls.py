@@ -73,8 +73,8 @@ class Controls(StoreCore):
             else:
                 tx.send(
                     "UPDATE instances SET status = 'terminated', wake_at = NULL, waiting_for = NULL, "
-                    f"lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {KEY}",
-                    (now, *key_params(key)),
+                    f"lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE {KEY}",
+                    (now, now, *key_params(key)),
                 )
         if rollback:
             self._notify()
@@ -93,7 +93,7 @@ class Controls(StoreCore):
                 tx.send(
                     "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
                     "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-                    "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, rollback = NULL, "
+                    "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, rollback = NULL, finished_at = NULL, "
                     f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
                     (now, now, *key_params(key)),
                 )
@@ -128,7 +128,7 @@ class Controls(StoreCore):
         tx.send(
             "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
             "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
-            "fence = fence + 1, steps = steps - ?, log = NULL, host_faults = 0, rollback = NULL, "
+            "fence = fence + 1, steps = steps - ?, log = NULL, host_faults = 0, rollback = NULL, finished_at = NULL, "
             "stored_bytes = stored_bytes - ? "
             "- COALESCE(LENGTH(output), 0) - COALESCE(LENGTH(error), 0) - COALESCE(LENGTH(log), 0), "
             f"updated_at = ? WHERE {KEY}",

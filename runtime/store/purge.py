@@ -1,17 +1,16 @@
 """Deleting instances with everything they store (journal, attempts, events), a bounded batch per
-transaction: what deleting a tenant, a workflow or one instance share."""
+transaction: what deleting a tenant, a workflow or one instance, and a retention's purge share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tenantflow.runtime.records import InstanceKey
 from tenantflow.runtime.store._sql import Tx
 from tenantflow.runtime.store.schema import INSTANCE_TABLES
 
-# A batch stops taking instances once their journals reach this many rows (at least one instance: its own
-# rows are bounded by the tenant's max_steps).
+# A batch stops taking instances once their journals reach this many rows (see `bounded`).
 PURGE_ROWS = 5000
 
 
@@ -24,14 +23,21 @@ def delete_batch(tx: Tx, tenant_id: str, where: str, params: Sequence[Any], limi
         "ORDER BY workflow, instance_id LIMIT ?",
         (tenant_id, *params, limit),
     )
+    keys = bounded(tenant_id, rows, limit)
+    delete_instances(tx, keys)
+    return keys
+
+
+def bounded(tenant_id: str, rows: Iterable[Sequence[Any]], limit: int) -> list[InstanceKey]:
+    """The instances of `rows` (workflow, instance_id, steps), in order, up to `limit`, stopping once their
+    journals reach PURGE_ROWS (at least one instance: its own rows are bounded by the tenant's max_steps)."""
     keys: list[InstanceKey] = []
     budget = PURGE_ROWS
     for workflow, instance_id, steps in rows:
-        if keys and budget <= 0:
+        if len(keys) >= limit or (keys and budget <= 0):
             break
         keys.append(InstanceKey(tenant_id, str(workflow), str(instance_id)))
         budget -= int(steps) + 1
-    delete_instances(tx, keys)
     return keys
 
 

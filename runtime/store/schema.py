@@ -152,6 +152,27 @@ MIGRATIONS: list[list[str]] = [
         # and runs the rollbacks) or 'error' (it failed and runs them); NULL otherwise.
         "ALTER TABLE instances ADD COLUMN rollback TEXT",
     ],
+    [
+        # When an instance finished (complete, errored, terminated; NULL while it has not): its retention counts
+        # from it. Instances that finished before are taken to have finished at their last update.
+        "ALTER TABLE instances ADD COLUMN finished_at {float}",
+        "UPDATE instances SET finished_at = updated_at WHERE tenant_id IN (SELECT tenant_id FROM tenants) "
+        "AND status IN ('complete', 'errored', 'terminated')",
+        # A workflow's expired instances, oldest first, by index seeks per status.
+        "CREATE INDEX instances_finished ON instances (tenant_id, workflow, status, finished_at) "
+        "WHERE finished_at IS NOT NULL",
+        # How long a workflow's finished instances are kept, per status, in seconds (NULL: forever); a workflow
+        # keeping all of them forever has no row.
+        """CREATE TABLE retention (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            complete_s {float},
+            errored_s {float},
+            terminated_s {float},
+            updated_at {float} NOT NULL,
+            PRIMARY KEY (tenant_id, workflow)
+        ){clustered}""",
+    ],
 ]
 
 # Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test
@@ -162,6 +183,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "events",
     "instances",
     "versions",
+    "retention",
     "sources",
     "creation_buckets",
     "tenants",

@@ -58,6 +58,7 @@ class Workflows(StoreCore):
             if not hashes:
                 raise NotFound(f"no workflow {workflow!r}")
             tx.run("DELETE FROM versions WHERE tenant_id = ? AND workflow = ?", (tenant_id, workflow))
+            tx.run("DELETE FROM retention WHERE tenant_id = ? AND workflow = ?", (tenant_id, workflow))
             for source_hash in hashes:
                 tx.run(
                     "DELETE FROM sources WHERE tenant_id = ? AND source_hash = ? AND NOT EXISTS (SELECT 1 FROM "

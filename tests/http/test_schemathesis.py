@@ -29,6 +29,9 @@ SEMANTIC_422 = {
     ("POST", "/v1/workflows/{name}/instances/batch"),
     # A restart from a step names a call the journal must have.
     ("POST", "/v1/workflows/{name}/instances/{id}/restart"),
+    # A retention's durations match the duration pattern; that each is 1 minute to 10 years the pattern cannot
+    # say ("1 second" matches it).
+    ("PUT", "/v1/workflows/{name}/retention"),
 }
 
 # Invalid input may also be refused as too large (413: a batch of more than 100), not only 4xx-invalid.

@@ -24,7 +24,9 @@ import tenantflow.runtime.store.postgres  # noqa: F401  (its Tx class is capture
 import tenantflow.runtime.store.sqlite  # noqa: F401
 from tenantflow.runtime.store._sql import Tx
 
-TENANT_TABLES = frozenset({"instances", "journal", "attempts", "events", "versions", "sources", "creation_buckets"})
+TENANT_TABLES = frozenset(
+    {"instances", "journal", "attempts", "events", "versions", "sources", "creation_buckets", "retention"}
+)
 # Tables outside the rule, and why.
 OTHER_TABLES = {
     "tenants": "the registry of tenants itself (one row per tenant; a Citus reference table): a tenant is found "
@@ -96,6 +98,21 @@ CROSS_TENANT: tuple[CrossTenant, ...] = (
         "SELECT DISTINCT lease_owner FROM instances WHERE status IN ('waiting', 'paused') AND lease_until IS NOT NULL",
         "instances_parked",
         "lease_owners: which workers hold parked isolates, through the parked index",
+    ),
+    CrossTenant(
+        "the workflows with instances past their retention",
+        "SELECT r.tenant_id, r.workflow FROM retention r WHERE (r.tenant_id, r.workflow) > (?, ?) AND ("
+        "EXISTS (SELECT 1 FROM instances i WHERE i.tenant_id = r.tenant_id AND i.workflow = r.workflow "
+        "AND i.status = 'complete' AND i.finished_at < ? - r.complete_s) OR "
+        "EXISTS (SELECT 1 FROM instances i WHERE i.tenant_id = r.tenant_id AND i.workflow = r.workflow "
+        "AND i.status = 'errored' AND i.finished_at < ? - r.errored_s) OR "
+        "EXISTS (SELECT 1 FROM instances i WHERE i.tenant_id = r.tenant_id AND i.workflow = r.workflow "
+        "AND i.status = 'terminated' AND i.finished_at < ? - r.terminated_s)) "
+        "ORDER BY r.tenant_id, r.workflow LIMIT ?",
+        None,
+        "expired_workflows, for the retention purger: reads the retention table across tenants (one row per "
+        "workflow that set a retention: settings, never history), in key order from a cursor; each workflow's "
+        "instances are read by tenant_id, through instances_finished",
     ),
     CrossTenant(
         "instances by tenant and status",

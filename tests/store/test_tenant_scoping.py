@@ -31,6 +31,7 @@ from scoping import (
 )
 from tenantflow.runtime.errors import Conflict, InvalidState
 from tenantflow.runtime.records import Entry, InstanceKey, Quotas, Tenant
+from tenantflow.runtime.retention import Retention
 from tenantflow.runtime.store import SQLStore, open_store
 from tenantflow.runtime.store.postgres import PostgresStore
 from tenantflow.runtime.store.sqlite import SQLiteStore
@@ -216,6 +217,12 @@ def exercise(s: Any) -> None:
     assert s.delete_instances("acme", "gone", 10) == 1 and s.delete_instances("acme", "gone", 10) == 0
 
     assert s.workflow_counts("acme", "wf")["queued"] >= 1
+
+    # Retention: set, read, and the purge of what is past it (i2 completed at T0 + 2).
+    s.set_retention("acme", "wf", Retention(complete_s=60.0), T0)
+    assert s.retention("acme", "wf").complete_s == 60.0
+    assert s.expired_workflows(T0 + 100, ("", ""), 10) == [("acme", "wf")]
+    assert [k.instance_id for k in s.purge_expired("acme", "wf", T0 + 100, 10)] == ["i2"]
 
     # A batch that creates what it can: i1 is taken, i9 is new.
     made, taken = s.create_available("acme", version, [("i1", None), ("i9", None)], T0 + 12)
