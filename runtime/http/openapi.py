@@ -50,6 +50,17 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
         {"name": name, "in": "path", "required": True, "description": PATH_PARAMS[name], "schema": dict(id_schema)}
         for name in op.path_params
     ]
+    for header in op.headers:
+        schema = {"type": "string", "pattern": header.pattern, "maxLength": header.max_length}
+        params.append(
+            {
+                "name": header.name,
+                "in": "header",
+                "required": False,
+                "description": header.description,
+                "schema": schema,
+            }
+        )
     if op.query is not None:
         for name, schema in op.query.model_json_schema()["properties"].items():
             schema = _without_null(schema)
