@@ -39,6 +39,8 @@ class Answer:
     model: type[BaseModel] | None
     description: str
     media_type: str = "application/json"
+    events: tuple[tuple[str, type[BaseModel] | None], ...] = ()
+    """For text/event-stream: each event's name and its data's model (None: an empty object)."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,14 @@ OPERATIONS: tuple[Operation, ...] = (
         "Follow an instance as server-sent events: its status, then its journal entries, then each change "
         "(`event: status` as getInstance, `event: entry` as a journal step, `event: reset` after a restart cut "
         "the journal); ends once it has finished. Resume with `Last-Event-ID` or `after`",
-        {200: Answer(None, "A text/event-stream of status, entry and reset events", "text/event-stream")},
+        {
+            200: Answer(
+                None,
+                "A text/event-stream of status, entry and reset events",
+                "text/event-stream",
+                events=(("status", c.Instance), ("entry", c.WatchEntry), ("reset", None)),
+            )
+        },
         (401, 404, 422, 429),
         query=c.WatchQuery,
         path_params=("name", "id"),
