@@ -15,7 +15,8 @@
 `AsyncClient` is the same for asyncio (`await`, `async with`). Answers are typed models (pydantic);
 errors are `ApiError` subclasses named for the problem (`NotFound`, `InvalidState`, `QuotaExceeded`, ...);
 429 and 503 answers are retried as `Retry` says, honouring Retry-After. Waiting for an instance
-(`wait`, `result`) is a server-side long poll, not a polling loop.
+(`wait`, `result`) is a server-side long poll, not a polling loop; `watch()` follows one live (server-sent
+events: `StatusEvent`, `EntryEvent`, `ResetEvent`) until it has finished.
 """
 
 from tenantflow.client._async import AsyncClient, AsyncInstanceHandle, AsyncWorkflowHandle
@@ -36,9 +37,11 @@ from tenantflow.client._errors import (
     Unauthorized,
     Unavailable,
     WaitTimeout,
+    WatchBroken,
     WorkflowCodeError,
 )
 from tenantflow.client._sync import Client, InstanceHandle, WorkflowHandle
+from tenantflow.client._watch import EntryEvent, ResetEvent, StatusEvent, WatchEvent
 from tenantflow.runtime.contract import (
     Attempt,
     BatchError,
@@ -57,6 +60,7 @@ from tenantflow.runtime.contract import (
     TenantInfo,
     TenantKey,
     Version,
+    WatchEntry,
     Workflow,
 )
 from tenantflow.runtime.records import FINISHED, STATUSES, Status
@@ -77,6 +81,7 @@ __all__ = [
     "ClientError",
     "Conflict",
     "Deployed",
+    "EntryEvent",
     "ErrorInfo",
     "EventAccepted",
     "EventRecord",
@@ -92,10 +97,12 @@ __all__ = [
     "NotFound",
     "QuotaExceeded",
     "Quotas",
+    "ResetEvent",
     "Retention",
     "Retry",
     "ServerError",
     "Status",
+    "StatusEvent",
     "Step",
     "TenantDeleted",
     "TenantInfo",
@@ -105,6 +112,9 @@ __all__ = [
     "Unavailable",
     "Version",
     "WaitTimeout",
+    "WatchBroken",
+    "WatchEntry",
+    "WatchEvent",
     "Workflow",
     "WorkflowCodeError",
     "WorkflowHandle",

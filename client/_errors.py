@@ -15,7 +15,8 @@ ClientError
 │   ├── Unavailable          503: after the client's retries (.retry_after_s)
 │   └── ServerError          any other 5xx
 ├── InstanceFailed           `result()` of an instance that errored or was terminated (.instance)
-└── WaitTimeout              a wait ran out of time (.instance: as last seen); also a TimeoutError
+├── WaitTimeout              a wait ran out of time (.instance: as last seen); also a TimeoutError
+└── WatchBroken              a watch lost its stream and could not get it back
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "WaitTimeout",
+    "WatchBroken",
     "WorkflowCodeError",
     "error_for",
 ]
@@ -141,6 +143,10 @@ class WaitTimeout(ClientError, TimeoutError):
     def __init__(self, instance: Instance, timeout: float) -> None:
         self.instance = instance
         super().__init__(f"instance {instance.id} is still {instance.status} after {timeout:g} s")
+
+
+class WatchBroken(ClientError):
+    """A watch's stream ended before the instance finished, and reconnecting failed as often as allowed."""
 
 
 _BY_KIND: dict[str, type[ApiError]] = {

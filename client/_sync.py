@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
 from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Batch, Call, Poll, Retry, calls, merge_journal
-from tenantflow.client._errors import InstanceFailed, WaitTimeout
+from tenantflow.client._errors import InstanceFailed, WaitTimeout, error_for
+from tenantflow.client._watch import Follow, StatusEvent, WatchEvent
 from tenantflow.runtime import contract as c
 from tenantflow.runtime.records import FINISHED
 
@@ -158,6 +159,41 @@ class Client:
         """One page of the journal; pass `next_after` back as `after` for the next (None: the last page)."""
         return self.send(calls.journal(workflow, instance_id, after, limit))
 
+    def watch(self, workflow: str, instance_id: str, after: str | None = None) -> Iterator[WatchEvent]:
+        """Follow the instance (server-sent events): its status, its journal entries, then each change, until it
+        has finished. A lost stream is resumed where it left off (after the last event's id, or `after`);
+        WatchBroken if that keeps failing."""
+        follow = Follow(workflow, instance_id, after)
+        while not follow.done:
+            try:
+                yield from self._watch_once(follow)
+                reason = "the stream ended"
+            except httpx.TransportError as error:
+                reason = f"{type(error).__name__}: {error}"
+            if not follow.done:
+                time.sleep(follow.broken(reason))
+
+    def _watch_once(self, follow: Follow) -> Iterator[WatchEvent]:
+        attempt, waited = 0, 0.0
+        while True:
+            attempt += 1
+            response = self._http.send(follow.request(self._http), stream=True)
+            try:
+                if response.status_code < 400:
+                    for line in response.iter_lines():
+                        event = follow.feed(line)
+                        if event is not None:
+                            yield event
+                    return
+                response.read()
+            finally:
+                response.close()
+            delay = self.retry.delay(response, attempt, waited)
+            if delay is None:
+                raise error_for(response)
+            time.sleep(delay)
+            waited += delay
+
     def send_event(self, workflow: str, instance_id: str, event_type: str, payload: Any = None) -> c.EventAccepted:
         return self.send(calls.send_event(workflow, instance_id, event_type, payload))
 
@@ -300,3 +336,11 @@ class InstanceHandle:
         while pages[-1].next_after is not None:
             pages.append(self.client.journal(self.workflow, self.id, after=pages[-1].next_after))
         return merge_journal(pages)
+
+    def watch(self, after: str | None = None) -> Iterator[WatchEvent]:
+        """Follow the instance until it has finished: StatusEvent, EntryEvent and ResetEvent as they come (the
+        latest status is kept in `instance`)."""
+        for event in self.client.watch(self.workflow, self.id, after):
+            if isinstance(event, StatusEvent):
+                self._seen(event.instance)
+            yield event

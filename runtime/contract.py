@@ -73,6 +73,9 @@ __all__ = [
     "TenantList",
     "UpdateTenant",
     "Version",
+    "WATCH_CURSOR",
+    "WatchEntry",
+    "WatchQuery",
     "Workflow",
     "WorkflowDeleted",
     "WorkflowList",
@@ -292,6 +295,22 @@ class InstanceWait(_Query):
     )
 
 
+WATCH_CURSOR = r"^(-1|\d{1,9})(:\d{1,20})?$"
+"""Where a watch resumes: a journal position, or the id of the last event a watcher got (POSITION:STAMP)."""
+
+
+class WatchQuery(_Query):
+    """The query of `GET .../instances/{id}/watch` (a `Last-Event-ID` header says the same, and wins)."""
+
+    after: str | None = Field(
+        default=None,
+        pattern=WATCH_CURSOR,
+        max_length=32,
+        description="Resume after this journal position, or after the event with this id: entries up to it "
+        "are not sent again",
+    )
+
+
 class InstanceQuery(_Query):
     """The query of `GET /v1/workflows/{name}/instances`."""
 
@@ -433,6 +452,14 @@ class Step(_Response):
     fuel: int = 0
     duration_ms: float = 0.0
     attempt_log: list[Attempt]
+
+
+class WatchEntry(Step):
+    """A journal entry as a watch sends it (`event: entry`): as the journal's, but a large result is left out."""
+
+    result_omitted: bool = Field(
+        default=False, description="The result is larger than a watch sends (64 KiB): read it from the journal"
+    )
 
 
 class EventRecord(_Response):

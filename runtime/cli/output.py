@@ -217,3 +217,40 @@ def show_journal(journal: dict[str, Any], finished: bool = False) -> None:
     if journal.get("log"):
         console.print(Text("output printed by the workflow:", style="bold"))
         console.print(safe_text(journal["log"].rstrip("\n")))
+
+
+def clock(epoch: float | None) -> str:
+    if epoch is None:
+        return "--:--:--"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return "--:--:--"
+
+
+def status_line(instance: dict[str, Any]) -> Text:
+    """One line for a status change: time, status, and the output or error once it has finished."""
+    status = instance["status"]
+    line = safe_text(f"{clock(instance.get('updated_at'))}  ") + safe_text(status, STATUS_STYLE.get(status, "bold"))
+    error = instance.get("error")
+    if error:
+        line += safe_text(f"  {error.get('name')}: {error.get('message')}", "red")
+    elif status == "complete":
+        line += Text("  output " + excerpt(instance.get("output"), 100))
+    return line
+
+
+def step_line(step: dict[str, Any]) -> Text:
+    """One line for a journal entry: time, position, name, kind, state, attempts, duration, result excerpt."""
+    state = step["state"]
+    style = {"done": "green", "failed": "red", "timed_out": "yellow", "retrying": "yellow"}.get(state, "")
+    attempts = f"  attempt {step['attempts']}" if step["kind"] == "do" and step["attempts"] else ""
+    result = "(result left out: see tenantflow journal)" if step.get("result_omitted") else _step_result(step, 80)
+    return (
+        safe_text(f"{clock(step.get('updated_at'))}  #{step['position']} ")
+        + safe_text(step["name"], "bold")
+        + safe_text(f"  {step['kind']}  ")
+        + safe_text(state, style)
+        + Text(f"{attempts}  {_step_duration(step)}  ")
+        + Text(result)
+    )

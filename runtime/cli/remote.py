@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 from rich.text import Text
-from tenantflow.client import Client, WaitTimeout
+from tenantflow.client import Client, EntryEvent, ResetEvent, StatusEvent, WaitTimeout, WatchBroken, WatchEvent
 from tenantflow.runtime.cli.options import api_options
 from tenantflow.runtime.cli.output import (
     STATUS_STYLE,
@@ -20,6 +22,8 @@ from tenantflow.runtime.cli.output import (
     safe_text,
     show_instance,
     show_journal,
+    status_line,
+    step_line,
     when,
 )
 from tenantflow.runtime.cli.retention import show_retention
@@ -191,11 +195,60 @@ def events_send(
 @commands.command()
 @click.argument("workflow")
 @click.argument("instance_id", metavar="ID")
+@api_options
+def watch(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
+    """Follow an instance live: each status change and each step as it happens, until it has finished
+    (exit 0 however it finished; with --json, one JSON object per line)."""
+    console = out()
+    shown = None
+    for event in _follow(client, workflow, instance_id, None):
+        if as_json:
+            click.echo(json.dumps(event_json(event)))
+        elif isinstance(event, StatusEvent):
+            if event.instance.status != shown:  # not each time its wake time or counts move
+                console.print(status_line(plain(event.instance)), soft_wrap=True)
+                shown = event.instance.status
+        elif isinstance(event, EntryEvent):
+            console.print(step_line(plain(event.entry)), soft_wrap=True)
+        else:
+            console.print(safe_text("the journal was cut by a restart; its steps follow again", "yellow"))
+
+
+def _follow(client: Client, workflow: str, instance_id: str, after: str | None) -> Iterator[WatchEvent]:
+    try:
+        yield from client.watch(workflow, instance_id, after)
+    except WatchBroken as error:
+        fail(str(error))
+
+
+def event_json(event: WatchEvent) -> dict[str, Any]:
+    """A watch event as `watch --json` prints it: its kind, its id and its data as the server sent it."""
+    if isinstance(event, StatusEvent):
+        return {"event": "status", "id": event.id, "data": plain(event.instance)}
+    if isinstance(event, EntryEvent):
+        return {"event": "entry", "id": event.id, "data": plain(event.entry)}
+    return {"event": "reset", "id": event.id, "data": {}}
+
+
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
 @click.option("--after", type=click.IntRange(-1), default=-1, show_default=True, help="Only positions after this.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True, help="Positions per page.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Print each entry as it comes (new, or changed), until the instance has finished (with --json, one "
+    "JSON object per line).",
+)
 @api_options
-def journal(client: Client, workflow: str, instance_id: str, after: int, limit: int, as_json: bool) -> None:
+def journal(
+    client: Client, workflow: str, instance_id: str, after: int, limit: int, follow: bool, as_json: bool
+) -> None:
     """Show a page of an instance's journal: steps, attempts, waits and events, in order."""
+    if follow:
+        _follow_journal(client, workflow, instance_id, after, as_json)
+        return
     found = client.journal(workflow, instance_id, after=after, limit=limit)
     if as_json:
         print_json(plain(found))
@@ -204,6 +257,20 @@ def journal(client: Client, workflow: str, instance_id: str, after: int, limit: 
     show_journal(plain(found), finished=current.status in FINISHED and found.next_after is None)
     if found.next_after is not None:
         out().print(safe_text(f"more: tenantflow journal {workflow} {instance_id} --after {found.next_after}"))
+
+
+def _follow_journal(client: Client, workflow: str, instance_id: str, after: int, as_json: bool) -> None:
+    console = out()
+    for event in _follow(client, workflow, instance_id, str(after) if after >= 0 else None):
+        if isinstance(event, EntryEvent):
+            if as_json:
+                click.echo(json.dumps(plain(event.entry)))
+            else:
+                console.print(step_line(plain(event.entry)), soft_wrap=True)
+        elif isinstance(event, ResetEvent) and not as_json:
+            console.print(safe_text("the journal was cut by a restart; its steps follow again", "yellow"))
+        elif isinstance(event, StatusEvent) and event.instance.status in FINISHED and not as_json:
+            console.print(status_line(plain(event.instance)), soft_wrap=True)
 
 
 def _control_command(action: Control, help_text: str) -> None:

@@ -25,7 +25,7 @@ from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import Parker
-from tenantflow.runtime.records import ActivationState, Claim, Quotas
+from tenantflow.runtime.records import ActivationState, Claim, InstanceKey, Quotas
 from tenantflow.runtime.store import LeaseLost, SQLStore
 
 log = logging.getLogger("tenantflow.executor")
@@ -65,12 +65,15 @@ class Executor:
         clock: Clock,
         metrics: Metrics | None = None,
         stopping: threading.Event | None = None,
+        on_write: Callable[[InstanceKey], None] | None = None,
     ) -> None:
         self.store = store
         self.sandbox = sandbox
         self.clock = clock
         self.metrics = metrics
         self.stopping = stopping
+        self.on_write = on_write
+        """Told of each journal write as it commits (watchers of the instance wake)."""
 
     def activate(
         self,
@@ -91,6 +94,7 @@ class Executor:
             self.clock,
             self.stopping,
             None if parker is None else parker(claim, state.quotas),
+            self.on_write,
         )
         try:
             outcome = self._run(state, journal, cancel)

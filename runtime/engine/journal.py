@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from tenantflow.host import (
@@ -39,6 +40,7 @@ from tenantflow.runtime.records import (
     AttemptRecord,
     Claim,
     Entry,
+    InstanceKey,
     check_event_type,
 )
 from tenantflow.runtime.store import LeaseLost, SQLStore
@@ -59,8 +61,10 @@ class InstanceJournal:
         clock: Clock,
         stopping: threading.Event | None = None,
         parker: Parker | None = None,
+        on_write: Callable[[InstanceKey], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_write = on_write
         self.claim = claim
         self.clock = clock
         self.entries = dict(state.entries)
@@ -147,6 +151,8 @@ class InstanceJournal:
             self.lease_lost = True
             raise Suspend("lease lost") from None
         self.entries[entry.position] = entry
+        if self.on_write is not None:
+            self.on_write(self.claim.key)
         if status in ("paused", "waiting_for_pause"):
             raise Suspend("paused")
         if self.stopping is not None and self.stopping.is_set():

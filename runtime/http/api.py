@@ -43,9 +43,11 @@ from tenantflow.runtime.http.problems import (
     problem_for,
     status_problem,
 )
+from tenantflow.runtime.http.stream import HEARTBEAT_S, open_stream
 from tenantflow.runtime.records import FINISHED, Instance, Tenant, Version
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.service.changes import RECHECK_S
+from tenantflow.runtime.service.watching import Cursor
 
 __all__ = ["BODY_TIMEOUT_S", "MAX_BODY", "Api", "create_app"]
 
@@ -91,10 +93,17 @@ def tenant_json(tenant: Tenant) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, service: Service, max_body: int = MAX_BODY, metrics_token: str | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        max_body: int = MAX_BODY,
+        metrics_token: str | None = None,
+        watch_heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
         self.service = service
         self.max_body = max_body
         self.metrics_token = metrics_token or None
+        self.watch_heartbeat_s = watch_heartbeat_s
 
     # -- plumbing -------------------------------------------------------------
 
@@ -237,6 +246,19 @@ class Api:
                 found = await run_in_threadpool(read)
         return found
 
+    async def watch_instance(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        asked = query(contract.WatchQuery, request)
+        header = request.headers.get("last-event-id")
+        resume = header if header is not None else asked.after  # a reconnect's header wins
+        follower = self.service.follow(
+            tenant,
+            request.path_params["name"],
+            request.path_params["id"],
+            None if resume is None else Cursor.parse(resume),
+        )
+        return await open_stream(self.service.changes, follower, self.watch_heartbeat_s)
+
     async def delete_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         name, instance_id = request.path_params["name"], request.path_params["id"]
@@ -376,11 +398,12 @@ def create_app(
     max_body: int = MAX_BODY,
     metrics_token: str | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    watch_heartbeat_s: float = HEARTBEAT_S,
 ) -> Starlette:
     """The API over `service`; the caller starts and stops the service's workers.
 
     /metrics answers to an operator key, or to `metrics_token` (for a scraper) if one is given."""
-    api = Api(service, max_body, metrics_token)
+    api = Api(service, max_body, metrics_token, watch_heartbeat_s)
     routes = [Route(op.path, api.endpoint(op.operation_id), methods=[op.method]) for op in OPERATIONS]
     return Starlette(
         routes=[*routes, *dashboard_routes(service)],  # the browser dashboard at /, same Service and keys

@@ -7,8 +7,11 @@ How it fits together:
 - The sign-in page keeps the tenant's API key in the tab's `sessionStorage` (gone when the tab
   closes; never a cookie, so no request is ever authenticated by the browser on its own).
 - `static/dashboard.js` fills each shell's regions from HTML fragments rendered here
-  (`/ui/fragments/...`), sending `Authorization: Bearer <key>` exactly as an HTTP client does;
-  live regions are polled again every second or two (EventSource cannot send that header).
+  (`/ui/fragments/...`), sending `Authorization: Bearer <key>` exactly as an HTTP client does.
+  The instance page follows the API's watch stream (`GET /v1/.../watch`, read with fetch: EventSource
+  cannot send that header) and fetches only what changed: the summary and activity on a status change,
+  the step cards an entry event names (`.../steps?from=&to=`). Other live regions, and the instance page
+  while its stream is down (or for an operator viewing another tenant), are polled every second or two.
 - Every action (start, pause, resume, terminate, restart, send an event) is a `fetch` to the /v1
   API with the same header: the dashboard has no write path of its own.
 - An operator key may read every tenant's workflows and instances (`?tenant=NAME`); controls
@@ -52,6 +55,9 @@ from tenantflow.runtime.http.dashboard_views import (
 )
 from tenantflow.runtime.records import FINISHED, STATUSES, Tenant, check_id
 from tenantflow.runtime.service import Service
+
+# The most steps one live update's fragment renders (the page asks again for the rest).
+MAX_LIVE_STEPS = 200
 
 __all__ = [
     "STATIC",
@@ -223,7 +229,12 @@ class Dashboard:
         actor, viewed = self.scope(request)
         name, instance_id = request.path_params["name"], request.path_params["id"]
         instance = self.service.instance(viewed, name, instance_id)
-        journal = self.service.journal(viewed, name, instance_id)
+        if part == "steps":  # the steps a live update names: positions from..to
+            first, last = _int(request, "from", 0), _int(request, "to", 0)
+            limit = max(1, min(last - first + 1, MAX_LIVE_STEPS))
+            journal = self.service.journal(viewed, name, instance_id, first - 1, limit)
+        else:
+            journal = self.service.journal(viewed, name, instance_id)
         now = time.time()
         return self.render(
             f"_instance_{part}.html",
@@ -237,6 +248,11 @@ class Dashboard:
             now=now,
             q=self.query,
         )
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name, "")
+    return int(text) if text.isdigit() and len(text) < 10 else default
 
 
 def _get(path: str, endpoint: Any, name: str | None = None) -> Route:
@@ -262,5 +278,7 @@ def dashboard_routes(service: Service) -> list[BaseRoute]:
         _get(fragments + "/{name}/instances", d.instances_fragment),
         _get(fragments + "/{name}/instances/{id}/summary", d.instance_fragment("summary")),
         _get(fragments + "/{name}/instances/{id}/timeline", d.instance_fragment("timeline")),
+        _get(fragments + "/{name}/instances/{id}/steps", d.instance_fragment("steps")),
+        _get(fragments + "/{name}/instances/{id}/activity", d.instance_fragment("activity")),
         Mount("/ui/static", StaticFiles(directory=str(STATIC)), name="dashboard-static"),
     ]

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 from starlette.responses import HTMLResponse
 from tenantflow.runtime.records import FINISHED, Instance
+from tenantflow.runtime.service.watching import FINAL_STATES
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -255,6 +256,11 @@ class StepView:
     events: list[EventView] = field(default_factory=list)
     bar_x: float = 0.0
     bar_w: float = 0.0
+    # What the bar spans (epoch seconds), for the page to rescale it as the timeline grows; an open end
+    # (a step still going) is None.
+    bar_begin: float = 0.0
+    bar_stop: float | None = None
+    updated_at: float = 0.0
 
     @property
     def look(self) -> str:
@@ -271,6 +277,8 @@ class Timeline:
     log_lines: list[str]
     total_fuel: int
     total_ms: float
+    cursor: int = -1
+    """The last position shown in its final state (with every one before it): where a watch resumes."""
 
 
 STATE_LABELS = {
@@ -356,6 +364,7 @@ def build_timeline(instance: Instance, journal: dict[str, Any], now: float) -> T
             wake_at=None if wake_at is None else float(wake_at),
             event_type=raw.get("event_type"),
             attempt_log=attempts,
+            updated_at=updated,
         )
         steps.append(view)
     by_position = {s.position: s for s in steps}
@@ -379,6 +388,8 @@ def build_timeline(instance: Instance, journal: dict[str, Any], now: float) -> T
         s.bar_x = round(max(0.0, min(1.0, (begin - t0) / span)) * 1000, 1)
         s.bar_w = round(max(0.004, min(1.0, (stop - begin) / span)) * 1000, 1)
         s.bar_w = min(s.bar_w, 1000 - s.bar_x) or 4.0
+        s.bar_begin = begin
+        s.bar_stop = None if live and s.end is None and not (s.kind == "sleep" and s.wake_at is not None) else stop
     log = str(journal.get("log") or "")
     return Timeline(
         start=t0,
@@ -388,4 +399,13 @@ def build_timeline(instance: Instance, journal: dict[str, Any], now: float) -> T
         log_lines=_cut(log).splitlines(),
         total_fuel=sum(s.fuel for s in steps),
         total_ms=sum(s.duration_ms or 0.0 for s in steps if s.kind == "do"),
+        cursor=_cursor(steps),
     )
+
+
+def _cursor(steps: list[StepView]) -> int:
+    """As service.watching's cursor: every step but the last is final, and the last once it has ended."""
+    if not steps:
+        return -1
+    last = steps[-1]
+    return last.position if last.state in FINAL_STATES else last.position - 1

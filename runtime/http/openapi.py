@@ -29,7 +29,8 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 def _models() -> list[type[BaseModel]]:
     found: list[type[BaseModel]] = [contract.Problem]
     for op in OPERATIONS:
-        found += [answer.model for answer in op.answers.values() if answer.model is not None]
+        for answer in op.answers.values():
+            found += [m for m in (answer.model, *(model for _, model in answer.events)) if m is not None]
         if op.body is not None:
             found.append(op.body)
     return list(dict.fromkeys(found))
@@ -50,6 +51,17 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
         {"name": name, "in": "path", "required": True, "description": PATH_PARAMS[name], "schema": dict(id_schema)}
         for name in op.path_params
     ]
+    for header in op.headers:
+        schema = {"type": "string", "pattern": header.pattern, "maxLength": header.max_length}
+        params.append(
+            {
+                "name": header.name,
+                "in": "header",
+                "required": False,
+                "description": header.description,
+                "schema": schema,
+            }
+        )
     if op.query is not None:
         for name, schema in op.query.model_json_schema()["properties"].items():
             schema = _without_null(schema)
@@ -58,6 +70,21 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
                 param["description"] = schema.pop("description")
             params.append({**param, "schema": schema})
     return params
+
+
+def _event(name: str, model: type[BaseModel] | None) -> dict[str, Any]:
+    """One kind of server-sent event, as a parsed event (event, data, id) whose data is JSON of `model`."""
+    content = _ref(model) if model is not None else {"type": "object", "maxProperties": 0}
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": content}
+    return {
+        "type": "object",
+        "required": ["event", "data", "id"],
+        "properties": {
+            "event": {"const": name},
+            "data": data,
+            "id": {"type": "string", "pattern": contract.WATCH_CURSOR},
+        },
+    }
 
 
 def _problem(status: int) -> dict[str, Any]:
@@ -78,7 +105,9 @@ def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, answer in op.answers.items():
         schema = _ref(answer.model) if answer.model is not None else {"type": "object"}
-        if answer.media_type != "application/json":
+        if answer.events:
+            schema = {"anyOf": [_event(name, model) for name, model in answer.events]}
+        elif answer.media_type != "application/json":
             schema = {"type": "string"}
         responses[str(status)] = {"description": answer.description, "content": {answer.media_type: {"schema": schema}}}
     problems = list(op.problems)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from tenantflow.runtime import contract as c
 
-__all__ = ["INSTANCE", "OPERATIONS", "PROBLEMS", "TENANT", "Answer", "Operation"]
+__all__ = ["INSTANCE", "OPERATIONS", "PROBLEMS", "TENANT", "Answer", "Header", "Operation"]
 
 INSTANCE = "/v1/workflows/{name}/instances/{id}"
 TENANT = "/v1/admin/tenants/{tenant}"
@@ -26,7 +26,7 @@ PROBLEMS: dict[int, str] = {
     413: "Too large: the request body (over 2 MiB), the source, the params or the payload",
     422: "Invalid input: wrong types, unknown fields, bad ids, or workflow code that does not compile "
     "or whose module code hits a limit (DeadlineExceeded, FuelExhausted, MemoryLimitExceeded)",
-    429: "A quota is exceeded (instance creation rate, deploy checks or long polls in progress); "
+    429: "A quota is exceeded (instance creation rate, deploy checks, long polls or watches in progress); "
     "see the Retry-After header",
     503: "The store is busy or the server is saturated (e.g. deploy checks); see the Retry-After header",
 }
@@ -39,6 +39,18 @@ class Answer:
     model: type[BaseModel] | None
     description: str
     media_type: str = "application/json"
+    events: tuple[tuple[str, type[BaseModel] | None], ...] = ()
+    """For text/event-stream: each event's name and its data's model (None: an empty object)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """An optional request header an operation reads."""
+
+    name: str
+    description: str
+    pattern: str
+    max_length: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class Operation:
     query: type[BaseModel] | None = None
     secured: bool = True
     path_params: tuple[str, ...] = ()
+    headers: tuple[Header, ...] = ()
     tag: str = "tenant"
 
 
@@ -221,6 +234,33 @@ OPERATIONS: tuple[Operation, ...] = (
         (401, 404, 422),
         query=c.JournalQuery,
         path_params=("name", "id"),
+    ),
+    Operation(
+        "GET",
+        INSTANCE + "/watch",
+        "watchInstance",
+        "Follow an instance as server-sent events: its status, then its journal entries, then each change "
+        "(`event: status` as getInstance, `event: entry` as a journal step, `event: reset` after a restart cut "
+        "the journal); ends once it has finished. Resume with `Last-Event-ID` or `after`",
+        {
+            200: Answer(
+                None,
+                "A text/event-stream of status, entry and reset events",
+                "text/event-stream",
+                events=(("status", c.Instance), ("entry", c.WatchEntry), ("reset", None)),
+            )
+        },
+        (401, 404, 422, 429),
+        query=c.WatchQuery,
+        path_params=("name", "id"),
+        headers=(
+            Header(
+                "Last-Event-ID",
+                "The id of the last event received: resume after it (wins over `after`)",
+                c.WATCH_CURSOR,
+                32,
+            ),
+        ),
     ),
     Operation(
         "POST",

@@ -32,6 +32,7 @@ from tenantflow.runtime.errors import (
 )
 from tenantflow.runtime.records import (
     STATUSES,
+    AttemptRecord,
     Instance,
     InstanceKey,
     Quotas,
@@ -45,6 +46,7 @@ from tenantflow.runtime.service.changes import Changes
 from tenantflow.runtime.service.checks import DeployChecks
 from tenantflow.runtime.service.retention import Retentions
 from tenantflow.runtime.service.tenants import Tenants
+from tenantflow.runtime.service.watching import Cursor, Follower, entry_json
 from tenantflow.runtime.store import SQLStore, open_store
 
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
@@ -93,7 +95,9 @@ class Service:
         self.metrics = Metrics(store.status_counts)
         self.stopping = threading.Event()
         self.changes = Changes()
-        self.executor = Executor(store, self.sandbox, self.clock, self.metrics, self.stopping)
+        self.executor = Executor(
+            store, self.sandbox, self.clock, self.metrics, self.stopping, on_write=self.changes.changed
+        )
         self.pool = WorkerPool(
             store,
             self.executor,
@@ -366,6 +370,11 @@ class Service:
         self.pool.wake()
         return seq
 
+    def follow(self, tenant: Tenant, workflow: str, instance_id: str, cursor: Cursor | None = None) -> Follower:
+        """A follower of the instance for a watcher that holds the journal up to `cursor` (see service.watching);
+        it reads nothing until its first look."""
+        return Follower(self.store, self._key(tenant, workflow, instance_id), cursor or Cursor())
+
     def _check_storage(self, tenant: Tenant) -> None:
         """QuotaExceeded (429) once the tenant's instances store its quota (summed every few seconds)."""
         if self.store.storage_exhausted(tenant.tenant_id, tenant.quotas):
@@ -379,15 +388,10 @@ class Service:
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
         page = self.store.journal_page(key, after, limit)
-        by_position: dict[int, list[dict[str, Any]]] = {}
+        by_position: dict[int, list[AttemptRecord]] = {}
         for attempt in page.attempts:
-            by_position.setdefault(attempt.position, []).append(asdict(attempt))
-        steps = []
-        for entry in page.entries:
-            item = asdict(entry)
-            item["result"] = None if entry.result is None else json.loads(entry.result)
-            item["attempt_log"] = by_position.get(entry.position, [])
-            steps.append(item)
+            by_position.setdefault(attempt.position, []).append(attempt)
+        steps = [entry_json(entry, by_position.get(entry.position, [])) for entry in page.entries]
         return {
             "id": instance_id,
             "workflow": workflow,

@@ -602,3 +602,56 @@ def test_browser_sign_in_never_leaves_the_origin(site: Site, browser: Any) -> No
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(site.url + "/workflows/approval")
     context.close()
+
+
+LIVE = """\
+def run(event, step):
+    step.do("before", lambda: 1)
+    step.wait_for_event("go", event_type="go", timeout="1 hour")
+    step.do("after", lambda: "appeared")
+    step.wait_for_event("end", event_type="end", timeout="1 hour")
+    return "done"
+"""
+
+
+def test_browser_a_step_appears_live_from_the_watch_stream(site: Site, browser: Any) -> None:
+    """The instance page follows the API's watch stream: a new step's card is put in place without a page
+    reload and without fetching whole fragments again (nothing is polled while the stream is up)."""
+    from playwright.sync_api import expect
+
+    tenant = site.service.authenticate(site.acme)
+    site.service.deploy(tenant, "live", LIVE)
+    site.service.create_instances(tenant, "live", [{"id": "live-1"}])
+    site.wait_status("live", "live-1", "waiting")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    _sign_in(page, site, site.acme)
+    page.goto(site.url + "/workflows/live/instances/live-1")
+    expect(page.locator('li[data-step="go"]')).to_contain_text("waiting")
+    page.wait_for_function("document.body.dataset.live === 'stream'")
+    page.evaluate("window.notReloaded = true")
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+
+    page.wait_for_timeout(2500)  # polling would ask for each region at least twice in this time
+    assert [url for url in requests if "/ui/fragments/" in url] == []
+
+    site.service.send_event(tenant, "live", "live-1", "go", None)  # not from the page: nothing reloads by itself
+    after = page.locator('li[data-step="after"]')
+    expect(after).to_contain_text("done")
+    expect(page.locator('li[data-step="go"]')).to_contain_text("done")
+    expect(page.locator("#timeline > li")).to_have_count(4)
+    assert page.evaluate("window.notReloaded") is True
+    fragments = [url.split("/instances/live-1/")[1] for url in requests if "/ui/fragments/" in url]
+    assert any(f.startswith("steps?") for f in fragments), fragments
+    assert not any(f.startswith("timeline") for f in fragments), f"the whole timeline was fetched: {fragments}"
+    assert not any("/watch" in url for url in requests), "the stream stayed open"
+    expect(page.locator("#instance-status")).to_contain_text("waiting")
+    assert errors == []
+    site.service.send_event(tenant, "live", "live-1", "end", None)
+    expect(page.locator("#instance-status")).to_contain_text("complete")
+    context.close()
