@@ -25,6 +25,8 @@ class StepCall:
     name: str
     occurrence: int
     kind: Kind
+    # The position of the step whose body makes this call (a nested step.do), or None.
+    parent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,20 @@ class Run:
 
 @dataclass(frozen=True)
 class Done:
-    """The step's journaled JSON result."""
+    """The step's journaled JSON result. `span`: how many positions after it its body's nested steps hold
+    (skipped: the body does not run again)."""
 
     result: str
+    span: int = 0
 
 
 @dataclass(frozen=True)
 class StepFailed:
-    """The step failed for good; the error is raised into the workflow."""
+    """The step failed for good; the error is raised into the workflow. `span` as Done's."""
 
     name: str
     message: str
+    span: int = 0
 
 
 @dataclass(frozen=True)

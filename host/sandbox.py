@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 import threading
 import time
@@ -164,6 +165,9 @@ class _Activation:
     log_size: int = 0
     log_truncated: bool = False
     in_flight: _InFlight | None = None
+    # Nested step.do calls in flight inside the body of `in_flight`, innermost last: they run within its CPU
+    # budget and deadlines, and are journaled as steps of their own.
+    nested: list[_InFlight] = field(default_factory=list)
     step_deadline: float | None = None
     timed_out: bool = False
     cancel: threading.Event | None = None
@@ -190,12 +194,16 @@ class _Activation:
         return isinstance(self.journal, Parking)
 
     def next_call(self, name: str, kind: Any) -> StepCall:
+        parent = None
         if self.in_flight is not None:
-            raise Abort(
-                FailureName.WORKFLOW_CODE_ERROR,
-                f"step {name!r} was called inside the body of {self.in_flight.call.name!r}",
-            )
-        call = StepCall(self.position, name, self.occurrences[name], kind)
+            enclosing = (self.nested[-1] if self.nested else self.in_flight).call
+            if kind != "do":
+                raise Abort(
+                    FailureName.WORKFLOW_CODE_ERROR,
+                    f"{kind} {name!r} was called inside the body of step {enclosing.name!r}",
+                )
+            parent = enclosing.position
+        call = StepCall(self.position, name, self.occurrences[name], kind, parent)
         self.position += 1
         self.occurrences[name] += 1
         return call
@@ -756,13 +764,16 @@ class Sandbox:
 
     def _plan(self, act: _Activation, call: StepCall, config: StepConfig, plan: Plan) -> Any:
         if isinstance(plan, Done):
+            act.position += plan.span
             return plan.result
         if isinstance(plan, StepFailed):
+            act.position += plan.span
             return _failure(plan.name, plan.message)
         if isinstance(plan, Stop):
             return None  # the payload-less case of the WIT variant
         if act.should_checkpoint():
             raise Suspend(CHECKPOINT_REASON)
+        act.position = call.position + 1  # each attempt's nested steps take the same positions
         act.start_body(call, config, plan.attempt)
         return plan.attempt
 
@@ -773,8 +784,34 @@ class Sandbox:
             raise invalid_call(what, f"the step config is longer than {MAX_CONFIG_BYTES} bytes")
         config = _step_config(config_json)
         call = act.next_call(name, kind)
+        if call.parent is not None:
+            # A wait (a retry's back-off) ends the activation: the enclosing attempt is replayed later.
+            return self._nested_plan(act, call, config, act.journaled(act.journal.step_begin, call, config))
         act.end_segment()
         return self._plan(act, call, config, act.durable(act.journal.step_begin, call, config))
+
+    def _nested_plan(self, act: _Activation, call: StepCall, config: StepConfig, plan: Plan) -> Any:
+        """A nested step's plan: it runs in the enclosing body's CPU budget and deadline; its own fuel is
+        measured for its journal entry (and counted in its parent's too)."""
+        if isinstance(plan, Done | StepFailed):
+            act.position += plan.span
+            return plan.result if isinstance(plan, Done) else _failure(plan.name, plan.message)
+        if isinstance(plan, Stop):
+            return None
+        act.position = call.position + 1  # each attempt's nested steps take the same positions
+        act.meter(force=True)
+        act.nested.append(_InFlight(call, config, plan.attempt, time.perf_counter(), act.store.get_fuel(), math.inf))
+        return plan.attempt
+
+    def _nested_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
+        flight = act.nested[-1]
+        if flight.call.name != name:
+            raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-complete for {name!r} without a step in flight")
+        act.meter(force=True)
+        attempt = self._attempt(act, flight, outcome, flight.fuel_before - act.store.get_fuel())
+        act.nested.pop()
+        plan = act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
+        return self._nested_plan(act, flight.call, flight.config, plan)
 
     def _rollback_begin(self, act: _Activation, name: str, config_json: str) -> Any:
         return self._step_begin(act, name, config_json, "rollback")
@@ -820,6 +857,8 @@ class Sandbox:
 
     def _step_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
         name = _check_name("step-complete", "step name", name)
+        if act.nested:
+            return self._nested_complete(act, name, outcome)
         flight = act.in_flight
         if flight is None or flight.call.name != name:
             raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-complete for {name!r} without a step in flight")

@@ -451,6 +451,9 @@ class Step(_Response):
     updated_at: float = 0.0
     fuel: int = 0
     duration_ms: float = 0.0
+    parent: int | None = Field(
+        default=None, description="The position of the step whose body called this one (a nested step.do)"
+    )
     attempt_log: list[Attempt]
 
 

@@ -243,6 +243,8 @@ class Entry:
     updated_at: float = 0.0
     fuel: int = 0
     duration_ms: float = 0.0
+    # The position of the step whose body made this call (a nested step.do); None at the top level.
+    parent: int | None = None
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,9 @@ class Step:
 
     def __init__(self, transport: Transport | None = None) -> None:
         self._transport = transport if transport is not None else _transport.current()
-        self._in_body = False
+        # Step bodies running (a step.do in a body nests), and whether a `retries.delay` function runs.
+        self._depth = 0
+        self._in_delay = False
         self._counts: dict[str, int] = {}
         self._started = 0
         self._undo: list[_Undo] = []
@@ -292,8 +294,8 @@ class Step:
         rollback: Callable[..., Any] | None,
         undo_options: dict[str, Any],
     ) -> Any:
-        if self._in_body:
-            raise RuntimeError(f"step {name!r} is called inside another step's body; steps cannot nest")
+        if self._in_delay:
+            raise RuntimeError(f"step {name!r} is called inside a retries.delay function")
         count = self._counts[name] = self._counts.get(name, 0) + 1
         name = host_text(name)
         call = _Call(name, count, given, fn)
@@ -325,7 +327,7 @@ class Step:
         raise Unwind("the instance is terminated with a rollback")
 
     def _attempt(self, fn: Callable[..., Any], call: _Call, context: StepContext) -> Outcome:
-        self._in_body = True
+        self._depth += 1
         try:
             if call.error is not None:  # a rollback: given the step's output
                 value = fn(call.output, context) if call.with_context else fn(call.output)
@@ -336,7 +338,7 @@ class Step:
         except Exception as error:
             return self._retryable(call, context, error)
         finally:
-            self._in_body = False
+            self._depth -= 1
         if call.error is not None:
             value = None  # what a rollback returns is not kept
         try:
@@ -353,14 +355,14 @@ class Step:
         failure = _failure(error)
         if call.delay is None or context.attempt > call.limit:
             return Retryable(failure)
-        self._in_body = True
+        self._in_delay = True
         try:
             delay_ms = parse_duration(call.delay(context, error))
         except Exception as bad:
             message = f"retries.delay raised {type(bad).__name__}: {bad}"[:4096]
             return Fatal(Failure("RetryDelayError", host_text(message)))
         finally:
-            self._in_body = False
+            self._in_delay = False
         return Retryable(failure, delay_ms)
 
     def _roll_back(self, cause: BaseException) -> None:
@@ -420,5 +422,9 @@ class Step:
 
     def _check_outside_body(self, name: str) -> None:
         _check_name(name)
-        if self._in_body:
-            raise RuntimeError(f"step {name!r} is called inside a step body; steps cannot nest")
+        if self._depth or self._in_delay:
+            # Not retryable: the body would make the same call on every attempt.
+            raise NonRetryableError(
+                f"{name!r}: step.sleep and step.wait_for_event are made outside step bodies (a body may call step.do)",
+                "WorkflowCodeError",
+            )

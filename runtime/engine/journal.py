@@ -139,7 +139,20 @@ class InstanceJournal:
             self._check_step_quota()
             self.steps += 1
         now = self.clock.now()
-        return Entry(call.position, call.name, call.kind, state, created_at=now, updated_at=now, **fields)
+        return Entry(
+            call.position, call.name, call.kind, state, created_at=now, updated_at=now, parent=call.parent, **fields
+        )
+
+    def _span(self, position: int) -> int:
+        """How many positions after `position` its body's nested steps hold (they follow it, each with a parent
+        at or after it); a replay answered that step skips them, as replayed."""
+        after = position + 1
+        while (entry := self.entries.get(after)) is not None and entry.parent is not None and entry.parent >= position:
+            if after in self._to_replay:
+                self._to_replay.discard(after)
+                self.replayed += 1
+            after += 1
+        return after - position - 1
 
     def _write(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
         if self.store.storage_exhausted(self.claim.key.tenant_id, self.quotas):
@@ -166,9 +179,9 @@ class InstanceJournal:
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
         entry = self._existing(call)
         if entry is not None and entry.state == "done":
-            return Done(entry.result or "null")
+            return Done(entry.result or "null", self._span(call.position))
         if entry is not None and entry.state == "failed":
-            return StepFailed(entry.error_name or "Error", entry.error_message or "")
+            return StepFailed(entry.error_name or "Error", entry.error_message or "", self._span(call.position))
         if self.unwinding and call.kind == "do":
             return STOP
         if entry is None:

@@ -174,6 +174,7 @@ class EntryRow:
     updated_at: float
     fuel: int
     duration_ms: float
+    parent: int | None
 
     def entry(self) -> Entry:
         return Entry(
@@ -191,6 +192,7 @@ class EntryRow:
             updated_at=self.updated_at,
             fuel=self.fuel,
             duration_ms=self.duration_ms,
+            parent=self.parent,
         )
 
 

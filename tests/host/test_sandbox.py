@@ -395,16 +395,27 @@ def test_step_body_exceeding_timeout_is_journaled_as_step_timeout(sandbox: Sandb
     assert completed(run(sandbox, "def run(e, s):\n    return 'next'\n")) == "next"
 
 
-def test_steps_cannot_nest(sandbox: Sandbox) -> None:
+def test_a_step_body_may_call_steps(sandbox: Sandbox) -> None:
     journal = MemJournal()
     source = """
         def run(event, step):
             def outer():
-                return step.do("inner", lambda: 1)
+                return step.do("inner", lambda: 1) + 1
             return step.do("outer", {"retries": {"limit": 0}}, outer)
         """
-    failed(run(sandbox, source, journal), "RuntimeError")
-    assert [c.name for c in journal.calls] == ["outer"]
+    assert completed(run(sandbox, source, journal)) == 2
+    assert [(c.name, c.parent) for c in journal.calls] == [("outer", None), ("inner", 0)]
+
+
+def test_the_host_refuses_a_sleep_inside_a_body(sandbox: Sandbox) -> None:
+    source = """
+        from wit_world.imports import host
+
+        def run(event, step):
+            return step.do("outer", lambda: host.sleep("nap", 10))
+        """
+    outcome = failed(run(sandbox, source), "WorkflowCodeError")
+    assert "inside the body of step 'outer'" in outcome.error.message
 
 
 def test_sleep_suspends_then_resumes_when_due(sandbox: Sandbox) -> None:

@@ -176,12 +176,32 @@ def test_the_output_must_be_json() -> None:
     assert raised.value.name == "OutputNotSerializable"
 
 
-def test_steps_cannot_nest() -> None:
-    def flow(event: Event, step: Step) -> Any:
-        return step.do("outer", lambda: step.do("inner", lambda: 1))
+def test_a_step_body_may_call_steps_journaled_as_its_own() -> None:
+    ran: list[str] = []
 
-    with pytest.raises(StepError, match="RuntimeError: step 'inner' is called inside another step's body"):
-        WorkflowTestEnvironment().run(flow)
+    def flow(event: Event, step: Step) -> Any:
+        def outer() -> int:
+            a = step.do("inner", lambda: ran.append("inner 1") or 1)
+            return a + step.do("inner", lambda: 2)
+
+        first = step.do("outer", outer)
+        step.sleep("nap", "1 hour")  # the replay after it answers "outer" and skips its nested steps
+        return [first, step.do("after", lambda: 3)]
+
+    env = WorkflowTestEnvironment()
+    assert env.run(flow) == [3, 3]
+    assert env.activations == 2 and ran == ["inner 1"]
+    assert [(s.name, s.call) for s in env.steps] == [("outer", 0), ("inner", 0), ("inner", 1), ("nap", 0), ("after", 0)]
+
+
+def test_a_sleep_in_a_step_body_fails_the_step_at_once() -> None:
+    def flow(event: Event, step: Step) -> Any:
+        return step.do("outer", lambda: step.sleep("nap", 10))
+
+    env = WorkflowTestEnvironment()
+    with pytest.raises(StepError, match="outside step bodies") as raised:
+        env.run(flow)
+    assert raised.value.name == "WorkflowCodeError" and env.step("outer").attempts == 1
 
 
 def test_fetch_goes_to_the_environments_handler() -> None:

@@ -55,6 +55,7 @@ class Entry:
     wake_at_ms: int | None = None
     event_type: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    parent: int | None = None
 
 
 @dataclass
@@ -99,7 +100,7 @@ class TestJournal:
         return entry
 
     def _new(self, call: StepCall, state: State, **fields: Any) -> Entry:
-        entry = Entry(call.position, call.name, call.occurrence, call.kind, state, **fields)
+        entry = Entry(call.position, call.name, call.occurrence, call.kind, state, parent=call.parent, **fields)
         self.entries[call.position] = entry
         return entry
 
@@ -110,12 +111,19 @@ class TestJournal:
         if entry is None:
             return Run(1)
         if entry.state == "done":
-            return Done(_json(entry.result))
+            return Done(_json(entry.result), self._span(call.position))
         if entry.state == "failed":
-            return StepFailed(entry.error_name or "Error", entry.error_message or "")
+            return StepFailed(entry.error_name or "Error", entry.error_message or "", self._span(call.position))
         if entry.wake_at_ms is not None and entry.wake_at_ms > self.now_ms:
             raise Suspend(f"retry of {call.name!r}", entry.wake_at_ms)
         return Run(len(entry.attempts) + 1)
+
+    def _span(self, position: int) -> int:
+        """The positions after `position` that its body's nested steps hold (as the runtime's journal)."""
+        after = position + 1
+        while (entry := self.entries.get(after)) is not None and entry.parent is not None and entry.parent >= position:
+            after += 1
+        return after - position - 1
 
     def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
         entry = self.entries.get(call.position) or self._new(call, "running")

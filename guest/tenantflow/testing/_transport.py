@@ -103,10 +103,12 @@ class TestTransport:
         self.journal = journal
         self.position = 0
         self.occurrences: Counter[str] = Counter()
-        self.in_flight: tuple[StepCall, StepConfig, int, float] | None = None
+        # The bodies running, innermost last (a step.do in a body nests).
+        self.flights: list[tuple[StepCall, StepConfig, int, float]] = []
 
     def _next_call(self, name: str, kind: Kind) -> StepCall:
-        call = StepCall(self.position, name, self.occurrences[name], kind)
+        parent = self.flights[-1][0].position if self.flights else None
+        call = StepCall(self.position, name, self.occurrences[name], kind, parent)
         self.position += 1
         self.occurrences[name] += 1
         return call
@@ -119,11 +121,14 @@ class TestTransport:
 
     def _plan(self, call: StepCall, config: StepConfig, plan: Plan) -> SdkPlan:
         if isinstance(plan, Done):
+            self.position += plan.span
             return SdkDone(plan.result)
         if isinstance(plan, StepFailed):
+            self.position += plan.span
             return Failed(Failure(plan.name, plan.message))
         assert isinstance(plan, Run)
-        self.in_flight = (call, config, plan.attempt, time.perf_counter())
+        self.position = call.position + 1  # each attempt's nested steps take the same positions
+        self.flights.append((call, config, plan.attempt, time.perf_counter()))
         return SdkRun(plan.attempt, self.env._stand_in(call, plan.attempt))
 
     def step_begin(self, name: str, config: str, kind: Kind = "do") -> SdkPlan:
@@ -136,10 +141,9 @@ class TestTransport:
         return self.step_begin(name, config, "rollback")
 
     def step_complete(self, name: str, outcome: Outcome) -> SdkPlan:
-        if self.in_flight is None or self.in_flight[0].name != name:
+        if not self.flights or self.flights[-1][0].name != name:
             raise Stop(Abort("WorkflowCodeError", f"step-complete for {name!r} without a step in flight"))
-        call, config, number, started = self.in_flight
-        self.in_flight = None
+        call, config, number, started = self.flights.pop()
         duration_ms = (time.perf_counter() - started) * 1000
         if duration_ms > config.timeout_ms:
             # The sandbox interrupts the body at its timeout; here it ran to the end, and counts as timed out.
