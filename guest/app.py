@@ -16,6 +16,7 @@ import linecache
 import math  # noqa: F401
 import random  # noqa: F401
 import re  # noqa: F401
+import secrets  # noqa: F401
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ import tenantflow.transport
 import wit_world
 from componentize_py_types import Err
 from tenantflow._errors import RollbackError, Unwind
+from tenantflow._streams import Streams, install
 from tenantflow._wit import WitTransport
 from tenantflow._workflow import find_entrypoint
 from tenantflow.transport import host_text
@@ -34,6 +36,9 @@ from tenantflow.transport import host_text
 # The SDK's durable calls go to the host's functions; installed here, so it is in the snapshot.
 _transport = WitTransport()
 tenantflow.transport.install(_transport)
+# `random` draws from the workflow's stream outside step bodies and a body's own inside them.
+_streams = Streams()
+install(_streams)
 
 FILENAME = "workflow.py"
 
@@ -168,7 +173,10 @@ class WitWorld(wit_world.WitWorld):
         entry = _load(source)
         data = json.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
-        step = tenantflow.Step()
+        # The snapshot holds one seeded state for every isolate: draw the instance's own (the host answers
+        # from the instance's seed outside step bodies, so every replay draws the same).
+        _streams.seed()
+        step = tenantflow.Step(streams=_streams)
         try:
             result = entry(started, step)
             if step.stopped:  # the workflow caught the unwinding and returned

@@ -175,6 +175,12 @@ class Journal(Protocol):
         """The event ({type, payload, timestamp}), or STOP; raises EventTimeout or Suspend."""
         ...
 
+    def moment(self, call: StepCall) -> float | None:
+        """When the call, which has just returned, finished as the journal records it (epoch seconds): a
+        step's or wait's last write, a sleep's wake time; None if unrecorded. The instance's logical time
+        moves on to it, the same on every replay."""
+        ...
+
 
 @runtime_checkable
 class Parking(Protocol):

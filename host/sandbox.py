@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -187,6 +189,11 @@ class _Activation:
     progressed: bool = False
     # The log's size when it was last handed to `Parking.park` (unchanged: not handed again).
     parked_log_size: int = -1
+    # Determinism outside step bodies: the instance's logical time (epoch seconds; None: the real clocks)
+    # and the seed of its random stream (None: the host's CSPRNG), with the draws made from it so far.
+    logical_s: float | None = None
+    seed: bytes | None = None
+    draws: int = 0
 
     @functools.cached_property
     def parking(self) -> bool:
@@ -207,6 +214,36 @@ class _Activation:
         self.position += 1
         self.occurrences[name] += 1
         return call
+
+    def advance(self, call: StepCall) -> None:
+        """A durable call returned: the logical time moves on to when the journal says it finished."""
+        if self.logical_s is not None:
+            moment = self.journal.moment(call)
+            if moment is not None and moment > self.logical_s:
+                self.logical_s = moment
+
+    def returned(self, call: StepCall, answer: Stop | None) -> bool:
+        """A sleep's answer: True (it is over: the logical time moves on) or False (stop)."""
+        if isinstance(answer, Stop):
+            return False
+        self.advance(call)
+        return True
+
+    def wall_ns(self) -> int:
+        if self.logical_s is None or self.in_flight is not None:
+            return time.time_ns()
+        return int(self.logical_s * 1e9)
+
+    def monotonic_ns(self) -> int:
+        if self.logical_s is None or self.in_flight is not None:
+            return time.monotonic_ns()
+        return int(self.logical_s * 1e9)
+
+    def random_bytes(self, length: int) -> bytes:
+        if self.seed is None or self.in_flight is not None:
+            return os.urandom(length)
+        self.draws += 1
+        return hashlib.shake_256(self.seed + self.draws.to_bytes(8, "big")).digest(length)
 
     @functools.cached_property
     def lift_cap(self) -> int:
@@ -549,13 +586,23 @@ class Sandbox:
         limits: Limits | None = None,
         grants: Grants | None = None,
         cancel: threading.Event | None = None,
+        *,
+        clock_start: float | None = None,
+        seed: bytes | None = None,
     ) -> Outcome:
         """Run `run(event, step)` from the top in a fresh isolate until it returns, fails or suspends.
 
         Once `cancel` is set the activation ends within about CHECK_S with Failed(Cancelled), whether
         the guest is running, waiting in WASI or fetching; the attempt in flight is not journaled.
+
+        Deterministic replay: with `clock_start` (the instance's creation, epoch seconds), the guest's clocks
+        read the instance's logical time outside step bodies (it starts there and moves on to when each
+        durable call finished, as the journal says: `Journal.moment`); with `seed`, its random bytes outside
+        step bodies come from a stream of that seed. Inside a body, the real clocks and the CSPRNG.
         """
-        return self._activate(self._run_index, (source, json.dumps(event)), journal, limits, grants, cancel)
+        return self._activate(
+            self._run_index, (source, json.dumps(event)), journal, limits, grants, cancel, clock_start, seed
+        )
 
     def check(
         self, source: str, limits: Limits | None = None, cancel: threading.Event | None = None
@@ -572,6 +619,8 @@ class Sandbox:
         limits: Limits | None,
         grants: Grants | None,
         cancel: threading.Event | None = None,
+        clock_start: float | None = None,
+        seed: bytes | None = None,
     ) -> Outcome:
         limits = limits or Limits()
         started = time.perf_counter()
@@ -582,6 +631,7 @@ class Sandbox:
             store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s
         )
         act.cancel = cancel
+        act.logical_s, act.seed = clock_start, seed
         self._epoch.install(store)
         store.set_epoch_deadline(act.ticks_left())
         self._local.activation = act
@@ -765,9 +815,11 @@ class Sandbox:
     def _plan(self, act: _Activation, call: StepCall, config: StepConfig, plan: Plan) -> Any:
         if isinstance(plan, Done):
             act.position += plan.span
+            act.advance(call)
             return plan.result
         if isinstance(plan, StepFailed):
             act.position += plan.span
+            act.advance(call)
             return _failure(plan.name, plan.message)
         if isinstance(plan, Stop):
             return None  # the payload-less case of the WIT variant
@@ -883,7 +935,7 @@ class Sandbox:
             raise invalid_call("sleep", f"a sleep is at most 365 days ({MAX_DURATION_MS} ms), got {duration_ms} ms")
         call = act.next_call(name, "sleep")
         act.end_segment()
-        return not isinstance(act.durable(act.journal.sleep_until, call, None, duration_ms), Stop)
+        return act.returned(call, act.durable(act.journal.sleep_until, call, None, duration_ms))
 
     def _sleep_until(self, act: _Activation, name: str, wake_at_ms: int) -> bool:
         name = _check_name("sleep-until", "step name", name)
@@ -896,7 +948,7 @@ class Sandbox:
             raise invalid_call("sleep-until", "the wake time is before 1970 or after the year 9999")
         call = act.next_call(name, "sleep")
         act.end_segment()
-        return not isinstance(act.durable(act.journal.sleep_until, call, wake_at_ms, None), Stop)
+        return act.returned(call, act.durable(act.journal.sleep_until, call, wake_at_ms, None))
 
     def _wait_for_event(self, act: _Activation, name: str, event_type: str, timeout_ms: int | None) -> Any:
         name = _check_name("wait-for-event", "step name", name)
@@ -908,8 +960,12 @@ class Sandbox:
         act.end_segment()
         try:
             event = act.durable(act.journal.wait_for_event, call, event_type, timeout_ms)
-            return None if isinstance(event, Stop) else json.dumps(event)
+            if isinstance(event, Stop):
+                return None
+            act.advance(call)
+            return json.dumps(event)
         except EventTimeout as timeout:
+            act.advance(call)
             return _failure(FailureName.WAIT_TIMEOUT_ERROR, str(timeout) or f"no {event_type!r} event arrived in time")
 
     def _log(self, act: _Activation, fd: int, text: str) -> None:
@@ -957,6 +1013,15 @@ class _Detached:
     def write_stream(self, fd: int, text: str) -> None:
         pass
 
+    def wall_ns(self) -> int:
+        return time.time_ns()
+
+    def monotonic_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def random_bytes(self, length: int) -> bytes:
+        return os.urandom(length)
+
 
 _DETACHED = _Detached()
 
@@ -968,3 +1033,6 @@ class _NoJournal:
         raise Abort(FailureName.WORKFLOW_CODE_ERROR, "the workflow source calls steps at import time")
 
     step_begin = step_complete = sleep_until = wait_for_event = _refuse
+
+    def moment(self, call: StepCall) -> float | None:
+        return None

@@ -4,10 +4,13 @@ Instead of wasmtime's full WASI (`Linker.add_wasip2`), whose poll blocks inside 
 interruption does not reach, the sandbox links this module's implementation of exactly the WASI
 imports the guest component has (`Component.type.imports`):
 
-- clocks: wall clock and monotonic clock read the host's clocks; a clock pollable is "ready at T".
+- clocks: wall clock and monotonic clock read the caller's clocks (an activation answers the instance's
+  logical time outside step bodies: deterministic replay); a clock pollable is "ready at T" on the
+  host's monotonic clock.
 - poll / block: wait through `WasiCaller.wait_until`, which never waits past the activation's (or
   the step's) deadline, observes cancellation every CHECK_S and charges the wait to the fuel.
-- random: the host's CSPRNG, at most MAX_RANDOM_BYTES per call (refused before allocating).
+- random: the caller's bytes (an activation: a stream from the instance's seed outside step bodies, the
+  host's CSPRNG inside them), at most MAX_RANDOM_BYTES per call (refused before allocating).
 - streams: stdout/stderr writes go to the activation's bounded log; stdin is closed; every stream
   pollable is always ready.
 - cli: no environment, no arguments, no terminal; `exit` ends the activation (GuestExit).
@@ -22,7 +25,6 @@ refer to that definition (wasmtime type-checks resource imports where they are d
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +79,15 @@ class WasiCaller(Protocol):
     def write_stream(self, fd: int, text: str) -> None:
         """Append C-level stdout (1) or stderr (2) output to the activation's bounded log."""
 
+    def wall_ns(self) -> int:
+        """The wall clock the guest reads (an activation: the instance's logical time outside step bodies)."""
+
+    def monotonic_ns(self) -> int:
+        """The monotonic clock the guest reads (as `wall_ns`)."""
+
+    def random_bytes(self, length: int) -> bytes:
+        """Random bytes for the guest (an activation: from the instance's seed outside step bodies)."""
+
 
 @dataclass
 class WasiState:
@@ -122,7 +133,7 @@ def _poll(caller: WasiCaller, store: Any, handles: list[ResourceAny]) -> list[in
 
 
 def _monotonic_now(caller: WasiCaller, store: Any) -> int:
-    return time.monotonic_ns()
+    return caller.monotonic_ns()
 
 
 def _resolution(caller: WasiCaller, store: Any) -> int:
@@ -142,7 +153,7 @@ def _datetime(seconds: int, nanoseconds: int) -> Record:
 
 
 def _wall_now(caller: WasiCaller, store: Any) -> Record:
-    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    seconds, nanoseconds = divmod(caller.wall_ns(), 1_000_000_000)
     return _datetime(seconds, nanoseconds)
 
 
@@ -156,7 +167,7 @@ def _wall_resolution(caller: WasiCaller, store: Any) -> Record:
 def _random_bytes(caller: WasiCaller, store: Any, length: int) -> bytes:
     if length > MAX_RANDOM_BYTES:
         raise invalid_call("wasi:random/random.get-random-bytes", f"{length} bytes asked, at most {MAX_RANDOM_BYTES}")
-    return os.urandom(length)
+    return caller.random_bytes(length)
 
 
 # -- wasi:io/streams and wasi:cli ------------------------------------------------------------------

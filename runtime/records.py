@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypedDict
@@ -181,10 +182,19 @@ class Instance:
     parked_in: str | None = None
     # Rolling back (or rolled back): after a `terminate` with rollback, or after an error.
     rollback: Rollback | None = None
+    # The seed of its randomness outside step bodies (hex); None: derived from its key (`seed_bytes`).
+    seed: str | None = None
 
     @property
     def key(self) -> InstanceKey:
         return InstanceKey(self.tenant_id, self.workflow, self.instance_id)
+
+    def seed_bytes(self) -> bytes:
+        """What its randomness outside step bodies is drawn from: the same on every replay of this run."""
+        if self.seed is not None:
+            return bytes.fromhex(self.seed)
+        key = f"{self.tenant_id}\0{self.workflow}\0{self.instance_id}\0{self.created_at!r}"
+        return hashlib.sha256(key.encode()).digest()
 
     def public(self) -> dict[str, Any]:
         body = {

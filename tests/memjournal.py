@@ -59,5 +59,8 @@ class MemJournal:
             return self.events[event_type]
         raise Suspend("event")
 
+    def moment(self, call: StepCall) -> float | None:
+        return None  # no logical time: the sandbox's clocks stay real
+
     def attempts_of(self, name: str) -> list[Attempt]:
         return [attempt for call, attempt in self.attempts if call.name == name]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import random
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, TypeVar, overload
 
 from tenantflow import transport as _transport
 from tenantflow._durations import Duration, Retries, RollbackOptions, StepOptions, parse_duration, step_config
 from tenantflow._errors import NonRetryableError, RollbackError, StepError, Unwind, WaitTimeoutError
+from tenantflow._streams import Streams
 from tenantflow.transport import (
     Done,
     Failed,
@@ -190,8 +193,10 @@ def _takes_context(fn: Callable[..., Any], given: int = 0) -> bool:
 class Step:
     """The `step` argument of `run(event, step)`."""
 
-    def __init__(self, transport: Transport | None = None) -> None:
+    def __init__(self, transport: Transport | None = None, streams: Streams | None = None) -> None:
         self._transport = transport if transport is not None else _transport.current()
+        # The sandbox's `random` streams: a body draws from its own (see tenantflow._streams).
+        self._streams = streams
         # Step bodies running (a step.do in a body nests), and whether a `retries.delay` function runs.
         self._depth = 0
         self._in_delay = False
@@ -328,6 +333,8 @@ class Step:
 
     def _attempt(self, fn: Callable[..., Any], call: _Call, context: StepContext) -> Outcome:
         self._depth += 1
+        if self._depth == 1 and self._streams is not None:
+            self._streams.enter_body()
         try:
             if call.error is not None:  # a rollback: given the step's output
                 value = fn(call.output, context) if call.with_context else fn(call.output)
@@ -339,6 +346,8 @@ class Step:
             return self._retryable(call, context, error)
         finally:
             self._depth -= 1
+            if self._depth == 0 and self._streams is not None:
+                self._streams.leave_body()
         if call.error is not None:
             value = None  # what a rollback returns is not kept
         try:
@@ -382,6 +391,22 @@ class Step:
                 self._run(call, self._transport.rollback_begin(undo.name, call.config))
             except (StepError, NonRetryableError) as failed:
                 raise RollbackError(undo.name, failed.name, failed.message, reason.name, reason.message) from None
+
+    @staticmethod
+    def now() -> datetime.datetime:
+        """The current time (UTC): outside step bodies, the instance's logical time, the same on every replay
+        (as `datetime.now()` there)."""
+        return datetime.datetime.now(datetime.UTC)
+
+    @staticmethod
+    def random() -> float:
+        """A random float in [0, 1): outside step bodies, from the instance's seed (as `random.random()`)."""
+        return random.random()
+
+    @staticmethod
+    def uuid4() -> uuid.UUID:
+        """A random UUID: outside step bodies, from the instance's seed (as `uuid.uuid4()`)."""
+        return uuid.uuid4()
 
     def sleep(self, name: str, duration: Duration) -> None:
         """Sleep durably for a duration ("1 day", or milliseconds)."""

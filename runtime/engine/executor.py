@@ -130,7 +130,16 @@ class Executor:
         instance = state.instance
         event = {"payload": instance.params, "timestamp": instance.created_at, "instance_id": instance.instance_id}
         grants = Grants(egress=state.quotas.egress)
-        return self.sandbox.run(state.source, event, journal, limits_for(state.quotas), grants, cancel=cancel)
+        return self.sandbox.run(
+            state.source,
+            event,
+            journal,
+            limits_for(state.quotas),
+            grants,
+            cancel=cancel,
+            clock_start=instance.created_at,
+            seed=instance.seed_bytes(),
+        )
 
     def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
         now = self.clock.now()

@@ -171,6 +171,14 @@ class InstanceJournal:
         if self.stopping is not None and self.stopping.is_set():
             raise Suspend("worker stopping", _ms(self.clock.now()))
 
+    def moment(self, call: StepCall) -> float | None:
+        entry = self.entries.get(call.position)
+        if entry is None:
+            return None
+        if entry.kind == "sleep":  # written when it began; over at its wake time
+            return entry.wake_at
+        return entry.updated_at
+
     def _due(self, wake_at: float | None) -> bool:
         return wake_at is None or wake_at <= self.clock.now() + DUE_SLACK_S
 

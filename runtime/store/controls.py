@@ -7,6 +7,7 @@ controls of one instance take turns and a control never overwrites one it raced 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from tenantflow.runtime.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
@@ -80,7 +81,8 @@ class Controls(StoreCore):
             self._notify()
 
     def restart(self, key: InstanceKey, now: float, from_step: tuple[str, int] | None = None) -> None:
-        """From scratch with the same params and version: the journal and events go, the fence moves on.
+        """From scratch with the same params and version: the journal and events go, the fence moves on, and
+        the run draws its randomness from a new seed.
 
         `from_step` (name, count): the journal before the count-th call of that name is kept (what it
         returned is replayed, not re-run) and everything from it on goes; the events its waits took are
@@ -94,8 +96,9 @@ class Controls(StoreCore):
                     "UPDATE instances SET status = 'queued', output = NULL, error = NULL, error_name = NULL, "
                     "error_summary = NULL, wake_at = ?, waiting_for = NULL, lease_owner = NULL, lease_until = NULL, "
                     "fence = fence + 1, steps = 0, log = NULL, host_faults = 0, rollback = NULL, finished_at = NULL, "
+                    "seed = ?, "
                     f"stored_bytes = COALESCE(LENGTH(params), 0), updated_at = ? WHERE {KEY}",
-                    (now, now, *key_params(key)),
+                    (now, secrets.token_hex(16), now, *key_params(key)),
                 )
             else:
                 self._cut_journal(tx, key, now, *from_step)

@@ -78,6 +78,7 @@ class InstanceRow:
     hot_resumes: int
     lease_owner: str | None
     rollback: str | None
+    seed: str | None
 
     def instance(self) -> Instance:
         return Instance(
@@ -102,6 +103,7 @@ class InstanceRow:
             hot_resumes=self.hot_resumes,
             parked_in=self.lease_owner if self.status in ("waiting", "paused") else None,
             rollback=self.rollback,  # type: ignore[arg-type]
+            seed=self.seed,
         )
 
 

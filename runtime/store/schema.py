@@ -151,9 +151,6 @@ MIGRATIONS: list[list[str]] = [
         # The instance's rollback phase: 'terminate' (terminated with a rollback: the next activation unwinds
         # and runs the rollbacks) or 'error' (it failed and runs them); NULL otherwise.
         "ALTER TABLE instances ADD COLUMN rollback TEXT",
-        # A nested step.do's enclosing step (its position); NULL at the top level. A replay that is answered
-        # the enclosing step from the journal skips its nested positions.
-        "ALTER TABLE journal ADD COLUMN parent INTEGER",
     ],
     [
         # When an instance finished (complete, errored, terminated; NULL while it has not): its retention counts
@@ -175,6 +172,14 @@ MIGRATIONS: list[list[str]] = [
             updated_at {float} NOT NULL,
             PRIMARY KEY (tenant_id, workflow)
         ){clustered}""",
+    ],
+    [
+        # The seed of an instance's randomness outside step bodies (hex), set by a restart (a new run draws
+        # anew) or a fork (the copy replays as the original); NULL: derived from the instance's key.
+        "ALTER TABLE instances ADD COLUMN seed TEXT",
+        # A nested step.do's enclosing step (its position); NULL at the top level. A replay that is answered
+        # the enclosing step from the journal skips its nested positions.
+        "ALTER TABLE journal ADD COLUMN parent INTEGER",
     ],
 ]
 
