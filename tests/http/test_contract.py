@@ -83,7 +83,9 @@ def test_the_routes_come_from_the_route_table() -> None:
         (contract.JournalQuery, {"limit": "1e3"}, InvalidInput, ["limit", "whole number"]),
         (contract.JournalQuery, {"after": "-2"}, InvalidInput, ["after"]),
         (contract.InstanceQuery, {"status": "bogus"}, InvalidInput, ["status"]),
-        (contract.InstanceQuery, {"after": "-bad"}, InvalidInput, ["after"]),
+        (contract.InstanceQuery, {"after": "a b"}, InvalidInput, ["after", "cursor"]),
+        (contract.InstanceQuery, {"created_after": "2026-11-01"}, InvalidInput, ["created_after", "timezone"]),
+        (contract.InstancesQuery, {"workflow": "-bad"}, InvalidInput, ["workflow name"]),
     ],
 )
 def test_invalid_input_names_the_field(model: Any, value: Any, error: type[Exception], words: list[str]) -> None:
