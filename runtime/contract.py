@@ -139,16 +139,16 @@ Cursor = Annotated[str, Field(min_length=1, max_length=MAX_CURSOR, pattern=r"^[A
 # A time in a query: epoch seconds (as the API's answers give times), or an ISO 8601 date and time with its
 # timezone (RFC 3339: `Z` or an offset; hours and minutes, seconds and their fraction optional). The pattern
 # is the whole rule, calendar included (a 29th of February only in a leap year), so every text it matches is
-# a time and the OpenAPI document says exactly what is taken.
-_YEAR = r"(?:000[1-9]|00[1-9]\d|0[1-9]\d\d|[1-9]\d{3})"
-_LEAP_YEAR = r"(?:\d\d(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+# a time and the OpenAPI document says exactly what is taken. [0-9], not \d: Python's \d takes any script's digits.
+_YEAR = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9][0-9]|[1-9][0-9]{3})"
+_LEAP_YEAR = r"(?:[0-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
 _DATE = (
-    rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
-    rf"|02-(?:0[1-9]|1\d|2[0-8]))|{_LEAP_YEAR}-02-29)"
+    rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    rf"|02-(?:0[1-9]|1[0-9]|2[0-8]))|{_LEAP_YEAR}-02-29)"
 )
-_CLOCK = r"(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,9})?)?"
-_ZONE = r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
-TIME_PATTERN = re.compile(rf"^(?:-?\d{{1,11}}(?:\.\d{{1,9}})?|{_DATE}T{_CLOCK}{_ZONE})$")
+_CLOCK = r"(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,9})?)?"
+_ZONE = r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+TIME_PATTERN = re.compile(rf"^(?:-?[0-9]{{1,11}}(?:\.[0-9]{{1,9}})?|{_DATE}T{_CLOCK}{_ZONE})$")
 _TIME_RULE = "a time is epoch seconds (1767225600.5) or ISO 8601 with a timezone (2026-01-01T00:00:00Z)"
 
 
