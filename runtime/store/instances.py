@@ -136,7 +136,9 @@ class Instances(StoreCore):
         sql = f"SELECT {columns(SummaryRow)} FROM instances WHERE tenant_id = ?"
         params: list[Any] = [tenant_id]
         # With one workflow, the order is (created_at, instance_id); across workflows the workflow comes between.
-        order = ["created_at", "instance_id"] if where.workflow else ["created_at", "workflow", "instance_id"]
+        order = (
+            ["created_at", "instance_id"] if where.workflow is not None else ["created_at", "workflow", "instance_id"]
+        )
         for column, value in (("workflow", where.workflow), ("status", where.status)):
             if value is not None:
                 sql += f" AND {column} = ?"
