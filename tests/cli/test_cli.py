@@ -415,6 +415,8 @@ def test_instances_across_workflows_with_times_and_latest(server: ServerProcess)
     assert sent.exit_code == 0 and "two/b1" in sent.stdout
     with server.client(lists_key) as client:
         assert client.wait("two", "b1", timeout=30).output == "went"
+    watched = run("watch", "two", "latest", "--json")
+    assert watched.exit_code == 0 and '"b1"' in watched.stdout
     assert json.loads(run("terminate", "one", "latest", "--json").stdout)["status"] == "terminated"
     deleted = run("delete", "one", "latest", "--yes")
     assert deleted.exit_code == 0 and "deleted instance a2 of one" in deleted.stdout
