@@ -10,7 +10,18 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, TypeVar
 
 import httpx
-from tenantflow.client._calls import DEFAULT_URL, LONG_POLL_S, PASSING, Batch, Call, Poll, Retry, calls, merge_journal
+from tenantflow.client._calls import (
+    DEFAULT_URL,
+    LONG_POLL_S,
+    PASSING,
+    Batch,
+    Call,
+    Poll,
+    Retry,
+    Time,
+    calls,
+    merge_journal,
+)
 from tenantflow.client._errors import InstanceFailed, WaitTimeout, error_for
 from tenantflow.client._watch import Follow, StatusEvent, WatchEvent
 from tenantflow.runtime import contract as c
@@ -125,9 +136,19 @@ class AsyncClient:
         return Batch([AsyncInstanceHandle(self, workflow, i.id, i) for i in answer.instances], answer.errors)
 
     async def instances(
-        self, workflow: str, status: str | None = None, limit: int | None = None, after: str | None = None
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+        *,
+        created_after: Time | None = None,
+        created_before: Time | None = None,
     ) -> c.InstancePage:
-        return await self.send(calls.instances(workflow, status, limit, after))
+        """A page of instances, newest first: the workflow's (NotFound if there is none), or, without one, all
+        the tenant's across its workflows. Created strictly after/before a time (epoch seconds or a datetime;
+        a naive one is local time); pass the answer's `next_after` as `after` for the next page."""
+        return await self.send(calls.instances(workflow, status, limit, after, created_after, created_before))
 
     async def status(
         self, workflow: str, instance_id: str, *, wait_s: float = 0.0, seen: str | None = None
@@ -283,9 +304,18 @@ class AsyncWorkflowHandle:
         return AsyncInstanceHandle(self.client, self.name, instance_id)
 
     async def instances(
-        self, status: str | None = None, limit: int | None = None, after: str | None = None
+        self,
+        status: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+        *,
+        created_after: Time | None = None,
+        created_before: Time | None = None,
     ) -> c.InstancePage:
-        return await self.client.instances(self.name, status, limit, after)
+        """A page of this workflow's instances, newest first (see `AsyncClient.instances`)."""
+        return await self.client.instances(
+            self.name, status, limit, after, created_after=created_after, created_before=created_before
+        )
 
 
 class AsyncInstanceHandle:

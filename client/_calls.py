@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -14,11 +15,14 @@ from pydantic import BaseModel
 from tenantflow.client._errors import error_for
 from tenantflow.runtime import contract as c
 
-__all__ = ["DEFAULT_URL", "LONG_POLL_S", "PASSING", "Batch", "Call", "Poll", "Retry", "calls"]
+__all__ = ["DEFAULT_URL", "LONG_POLL_S", "PASSING", "Batch", "Call", "Poll", "Retry", "Time", "calls"]
 
 T = TypeVar("T")
 H = TypeVar("H")
 M = TypeVar("M", bound=BaseModel)
+
+Time = float | datetime
+"""A time a list filters on: epoch seconds, or a datetime (naive: local time)."""
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 LONG_POLL_S = 30.0
@@ -159,9 +163,21 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("POST", f"/v1/workflows/{_seg(workflow)}/instances/batch", _model(c.BatchCreated), body)
 
     @staticmethod
-    def instances(workflow: str, status: str | None, limit: int | None, after: str | None) -> Call[c.InstancePage]:
-        params = {k: v for k, v in (("status", status), ("limit", limit), ("after", after)) if v is not None}
-        return Call("GET", f"/v1/workflows/{_seg(workflow)}/instances", _model(c.InstancePage), params=params)
+    def instances(
+        workflow: str | None,
+        status: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+        created_after: Time | None = None,
+        created_before: Time | None = None,
+    ) -> Call[c.InstancePage]:
+        """A page of one workflow's instances, or (`workflow` None) of all the tenant's; newest first."""
+        given: dict[str, Any] = {"status": status, "limit": limit, "after": after}
+        for name, at in (("created_after", created_after), ("created_before", created_before)):
+            given[name] = None if at is None else c.time_text(at)
+        params = {k: v for k, v in given.items() if v is not None}
+        path = "/v1/instances" if workflow is None else f"/v1/workflows/{_seg(workflow)}/instances"
+        return Call("GET", path, _model(c.InstancePage), params=params)
 
     @staticmethod
     def status(workflow: str, instance_id: str, wait_s: float = 0.0, seen: str | None = None) -> Call[c.Instance]:

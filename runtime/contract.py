@@ -11,10 +11,12 @@ models ignore fields they do not know, so an older client reads a newer server.
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, WithJsonSchema
 from tenantflow.runtime.records import (
     EGRESS_PATTERN,
     EVENT_TYPE_PATTERN,
@@ -32,7 +34,9 @@ __all__ = [
     "CONTROLS",
     "DEEP_JSON_RECURSION_LIMIT",
     "MAX_BATCH",
+    "MAX_CURSOR",
     "MAX_PAGE",
+    "TIME_PATTERN",
     "Attempt",
     "BatchBody",
     "BatchCreated",
@@ -54,6 +58,7 @@ __all__ = [
     "InstancePage",
     "InstanceQuery",
     "InstanceWait",
+    "InstancesQuery",
     "Journal",
     "JournalQuery",
     "MAX_WAIT_S",
@@ -80,6 +85,8 @@ __all__ = [
     "WorkflowDeleted",
     "WorkflowList",
     "allow_deep_json",
+    "parse_time",
+    "time_text",
 ]
 
 Control = Literal["pause", "resume", "terminate", "restart"]
@@ -124,6 +131,53 @@ def _whole_number(value: Any) -> Any:
 
 
 QueryInt = Annotated[int, BeforeValidator(_whole_number)]
+
+MAX_CURSOR = 256
+"""A list's cursor (`next_after`, passed back as `after`) is at most this long."""
+Cursor = Annotated[str, Field(min_length=1, max_length=MAX_CURSOR, pattern=r"^[A-Za-z0-9_-]+$")]
+
+# A time in a query: epoch seconds (as the API's answers give times), or an ISO 8601 date and time with its
+# timezone (RFC 3339: `Z` or an offset; hours and minutes, seconds and their fraction optional). The pattern
+# is the whole rule, calendar included (a 29th of February only in a leap year), so every text it matches is
+# a time and the OpenAPI document says exactly what is taken. [0-9], not \d: Python's \d takes any script's digits.
+_YEAR = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9][0-9]|[1-9][0-9]{3})"
+_LEAP_YEAR = r"(?:[0-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE = (
+    rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    rf"|02-(?:0[1-9]|1[0-9]|2[0-8]))|{_LEAP_YEAR}-02-29)"
+)
+_CLOCK = r"(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,9})?)?"
+_ZONE = r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+TIME_PATTERN = re.compile(rf"^(?:-?[0-9]{{1,11}}(?:\.[0-9]{{1,9}})?|{_DATE}T{_CLOCK}{_ZONE})$")
+_TIME_RULE = "a time is epoch seconds (1767225600.5) or ISO 8601 with a timezone (2026-01-01T00:00:00Z)"
+
+
+def parse_time(value: Any) -> float:
+    """A query's time (TIME_PATTERN) as epoch seconds; ValueError for anything else."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(_TIME_RULE)
+    text = value if isinstance(value, str) else time_text(value)
+    if not TIME_PATTERN.fullmatch(text):
+        raise ValueError(_TIME_RULE)
+    if "T" in text:
+        return datetime.fromisoformat(text).timestamp()
+    return float(text)
+
+
+def time_text(value: float | datetime) -> str:
+    """A time as a query sends it: epoch seconds (a naive datetime is local time, as `datetime.timestamp`)."""
+    seconds = value.timestamp() if isinstance(value, datetime) else float(value)
+    text = repr(seconds)
+    if "e" in text or "n" in text:  # exponents, inf and nan: the server refuses what has no plain decimals
+        text = f"{seconds:.9f}"
+    return text.removesuffix(".0")
+
+
+QueryTime = Annotated[
+    float,
+    BeforeValidator(parse_time),
+    WithJsonSchema({"type": "string", "pattern": TIME_PATTERN.pattern, "maxLength": 40}),
+]
 
 
 class _Request(BaseModel):
@@ -312,11 +366,27 @@ class WatchQuery(_Query):
 
 
 class InstanceQuery(_Query):
-    """The query of `GET /v1/workflows/{name}/instances`."""
+    """The query of `GET /v1/workflows/{name}/instances`: newest first (by created_at, then id)."""
 
     status: Status | None = None
     limit: QueryInt = Field(default=100, ge=1, le=MAX_PAGE)
-    after: Id | None = Field(default=None, description="Only ids after this one (next_after of the previous page)")
+    after: Cursor | None = Field(
+        default=None, description="The cursor of the previous page (its next_after), passed back as it came"
+    )
+    created_after: QueryTime | None = Field(
+        default=None,
+        description="Only instances created after this time: epoch seconds, or ISO 8601 with a timezone",
+    )
+    created_before: QueryTime | None = Field(
+        default=None,
+        description="Only instances created before this time: epoch seconds, or ISO 8601 with a timezone",
+    )
+
+
+class InstancesQuery(InstanceQuery):
+    """The query of `GET /v1/instances`: the tenant's instances across its workflows, newest first."""
+
+    workflow: Id | None = Field(default=None, description="Only this workflow's instances")
 
 
 class JournalQuery(_Query):
@@ -408,8 +478,10 @@ class Instance(_Response):
 
 
 class InstancePage(_Response):
-    instances: list[Instance]
-    next_after: str | None = Field(description="Pass as ?after= for the next page; null on the last page")
+    instances: list[Instance] = Field(description="Newest first; each names its workflow")
+    next_after: str | None = Field(
+        description="An opaque cursor: pass it as ?after= for the next page; null on the last page"
+    )
 
 
 class BatchError(_Response):

@@ -220,6 +220,27 @@ class Instance:
         return body
 
 
+@dataclass(frozen=True)
+class InstanceFilter:
+    """Which instances a list shows: one workflow's (None: all the tenant's), in one status, created strictly
+    after and before these times (epoch seconds)."""
+
+    workflow: str | None = None
+    status: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+
+
+@dataclass(frozen=True)
+class ListPosition:
+    """The last instance of a page. Lists go newest first: by created_at, then workflow, then instance_id,
+    each descending; the next page starts after this one."""
+
+    created_at: float
+    workflow: str
+    instance_id: str
+
+
 class ActivationCounts(TypedDict):
     """What an activation adds to its instance's counts (`store.finish` and `store.park` take them)."""
 

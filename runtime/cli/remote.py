@@ -27,8 +27,13 @@ from tenantflow.runtime.cli.output import (
     when,
 )
 from tenantflow.runtime.cli.retention import show_retention
+from tenantflow.runtime.cli.times import When
 from tenantflow.runtime.contract import MAX_WAIT_S, Control
 from tenantflow.runtime.records import FINISHED, STATUSES
+
+LATEST = "latest"
+"""As an instance ID: the workflow's newest instance."""
+ID_HELP = "ID is an instance id, or `latest`: the workflow's newest instance."
 
 
 @click.group()
@@ -120,30 +125,59 @@ def start(
 
 
 @commands.command()
-@click.argument("workflow")
+@click.argument("workflow", required=False)
 @click.option("--status", "status_filter", type=click.Choice(STATUSES), help="Only instances with this status.")
+@click.option("--since", type=When(), help="Only instances created since: 30m, 1h, 2d, 1w ago, or a time.")
+@click.option("--until", type=When(), help="Only instances created before this (as --since).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--after", help="Only ids after this one (for the next page).")
+@click.option("--after", help="The cursor a page ended with (its `more: --after`), for the next page.")
 @api_options
 def instances(
-    client: Client, workflow: str, status_filter: str | None, limit: int, after: str | None, as_json: bool
+    client: Client,
+    workflow: str | None,
+    status_filter: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    after: str | None,
+    as_json: bool,
 ) -> None:
-    """List WORKFLOW's instances (a page, ordered by id)."""
-    page = client.instances(workflow, status_filter, limit, after)
+    """List WORKFLOW's instances, or without it every workflow's: a page, newest first.
+
+    A time for --since and --until is ISO 8601 (2026-11-01, 2026-11-01T09:30Z; local time without a
+    timezone) or epoch seconds."""
+    page = client.instances(workflow, status_filter, limit, after, created_after=since, created_before=until)
     if as_json:
         print_json(plain(page))
         return
-    table = Table(title=f"instances of {workflow}", title_justify="left")
-    for column in ("id", "version", "status", "updated"):
+    title = f"instances of {workflow}" if workflow else "instances of every workflow"
+    table = Table(title=safe_text(title), title_justify="left")
+    columns = ("id", "version", "status", "created", "updated")
+    for column in columns if workflow else ("workflow", *columns):
         table.add_column(column)
     for item in page.instances:
-        table.add_row(
-            item.id, str(item.version), Text(item.status, STATUS_STYLE.get(item.status, "")), when(item.updated_at)
-        )
+        cells: list[str | Text] = [
+            safe_text(item.id),
+            str(item.version),
+            Text(item.status, STATUS_STYLE.get(item.status, "")),
+            when(item.created_at),
+            when(item.updated_at),
+        ]
+        table.add_row(*cells if workflow else [safe_text(item.workflow), *cells])
     console = out()
     console.print(table)
     if page.next_after:
         console.print(f"more: --after {page.next_after}")
+
+
+def instance_id_of(client: Client, workflow: str, given: str) -> str:
+    """The instance an ID argument names: `latest` is the workflow's newest instance."""
+    if given != LATEST:
+        return given
+    newest = client.instances(workflow, limit=1).instances
+    if not newest:
+        fail(f"workflow {workflow} has no instances, so none is the latest")
+    return newest[0].id
 
 
 @commands.command()
@@ -162,7 +196,8 @@ def instances(
 )
 @api_options
 def status(client: Client, workflow: str, instance_id: str, wait_s: float, seen: str | None, as_json: bool) -> None:
-    """Show an instance's status, output and error."""
+    """Show an instance's status, output and error. ID may be `latest`: the workflow's newest instance."""
+    instance_id = instance_id_of(client, workflow, instance_id)
     found = client.status(workflow, instance_id, wait_s=wait_s, seen=seen)
     if as_json:
         print_json(plain(found))
@@ -184,7 +219,8 @@ def events() -> None:
 def events_send(
     client: Client, workflow: str, instance_id: str, event_type: str, payload: str | None, as_json: bool
 ) -> None:
-    """Deliver an event of TYPE to an instance (buffered until it waits for that type)."""
+    """Deliver an event of TYPE to an instance (buffered until it waits for that type). ID may be `latest`."""
+    instance_id = instance_id_of(client, workflow, instance_id)
     result = client.send_event(workflow, instance_id, event_type, parse_json(payload, "--payload"))
     if as_json:
         print_json(plain(result))
@@ -198,7 +234,8 @@ def events_send(
 @api_options
 def watch(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
     """Follow an instance live: each status change and each step as it happens, until it has finished
-    (exit 0 however it finished; with --json, one JSON object per line)."""
+    (exit 0 however it finished; with --json, one JSON object per line). ID may be `latest`."""
+    instance_id = instance_id_of(client, workflow, instance_id)
     console = out()
     shown = None
     for event in _follow(client, workflow, instance_id, None):
@@ -245,7 +282,8 @@ def event_json(event: WatchEvent) -> dict[str, Any]:
 def journal(
     client: Client, workflow: str, instance_id: str, after: int, limit: int, follow: bool, as_json: bool
 ) -> None:
-    """Show a page of an instance's journal: steps, attempts, waits and events, in order."""
+    """Show a page of an instance's journal: steps, attempts, waits and events, in order. ID may be `latest`."""
+    instance_id = instance_id_of(client, workflow, instance_id)
     if follow:
         _follow_journal(client, workflow, instance_id, after, as_json)
         return
@@ -279,7 +317,7 @@ def _control_command(action: Control, help_text: str) -> None:
     @click.argument("instance_id", metavar="ID")
     @api_options
     def command(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
-        result = client.control(workflow, instance_id, action)
+        result = client.control(workflow, instance_id_of(client, workflow, instance_id), action)
         if as_json:
             print_json(plain(result))
             return
@@ -292,7 +330,10 @@ def _control_command(action: Control, help_text: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @api_options
 def delete(client: Client, workflow: str, instance_id: str | None, yes: bool, as_json: bool) -> None:
-    """Delete a finished instance (WORKFLOW ID), or a workflow with its versions and instances (WORKFLOW)."""
+    """Delete a finished instance (WORKFLOW ID, ID may be `latest`), or a workflow with its versions and
+    instances (WORKFLOW)."""
+    if instance_id is not None:
+        instance_id = instance_id_of(client, workflow, instance_id)
     what = f"instance {instance_id} of {workflow}" if instance_id else f"workflow {workflow} and all its instances"
     if not yes:
         click.confirm(f"Delete {what}?", abort=True, err=True)
@@ -315,7 +356,9 @@ def delete(client: Client, workflow: str, instance_id: str | None, yes: bool, as
 @click.option("--count", type=click.IntRange(1), default=1, show_default=True, help="Which call of STEP.")
 @api_options
 def restart(client: Client, workflow: str, instance_id: str, from_step: str | None, count: int, as_json: bool) -> None:
-    """Restart an instance with the same params: from scratch, or from a step of its journal."""
+    """Restart an instance with the same params: from scratch, or from a step of its journal. ID may be
+    `latest`."""
+    instance_id = instance_id_of(client, workflow, instance_id)
     result = client.restart(workflow, instance_id, from_step, count)
     if as_json:
         print_json(plain(result))
@@ -329,8 +372,8 @@ def restart(client: Client, workflow: str, instance_id: str, from_step: str | No
 @click.option("--rollback", is_flag=True, help="Run the rollbacks of its completed steps first (last started first).")
 @api_options
 def terminate(client: Client, workflow: str, instance_id: str, rollback: bool, as_json: bool) -> None:
-    """Terminate an instance that has not finished."""
-    result = client.terminate(workflow, instance_id, rollback=rollback)
+    """Terminate an instance that has not finished. ID may be `latest`: the workflow's newest instance."""
+    result = client.terminate(workflow, instance_id_of(client, workflow, instance_id), rollback=rollback)
     if as_json:
         print_json(plain(result))
         return
@@ -338,8 +381,8 @@ def terminate(client: Client, workflow: str, instance_id: str, rollback: bool, a
 
 
 CONTROL_HELP: dict[Control, str] = {
-    "pause": "Pause an instance (a running one stops once its step is journaled).",
-    "resume": "Resume a paused instance.",
+    "pause": f"Pause an instance (a running one stops once its step is journaled). {ID_HELP}",
+    "resume": f"Resume a paused instance. {ID_HELP}",
 }
 for _action, _help in CONTROL_HELP.items():
     _control_command(_action, _help)

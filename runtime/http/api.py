@@ -47,6 +47,7 @@ from tenantflow.runtime.http.stream import HEARTBEAT_S, open_stream
 from tenantflow.runtime.records import FINISHED, Instance, Tenant, Version
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.service.changes import RECHECK_S
+from tenantflow.runtime.service.pages import InstancePage
 from tenantflow.runtime.service.watching import Cursor
 
 __all__ = ["BODY_TIMEOUT_S", "MAX_BODY", "Api", "create_app"]
@@ -86,6 +87,10 @@ def version_json(version: Version) -> dict[str, Any]:
 
 def instance_json(instance: Instance) -> dict[str, Any]:
     return instance.public()
+
+
+def page_json(page: InstancePage) -> dict[str, Any]:
+    return {"instances": [instance_json(i) for i in page.instances], "next_after": page.next_after}
 
 
 def tenant_json(tenant: Tenant) -> dict[str, Any]:
@@ -207,10 +212,31 @@ class Api:
         tenant = await self.tenant(request)
         asked = query(contract.InstanceQuery, request)
         page = await run_in_threadpool(
-            self.service.instances, tenant, request.path_params["name"], asked.status, asked.limit, asked.after
+            self.service.instances,
+            tenant,
+            request.path_params["name"],
+            asked.status,
+            asked.limit,
+            asked.after,
+            asked.created_after,
+            asked.created_before,
         )
-        next_after = page[-1].instance_id if len(page) == asked.limit else None
-        return JSONBody({"instances": [instance_json(i) for i in page], "next_after": next_after})
+        return JSONBody(page_json(page))
+
+    async def list_tenant_instances(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        asked = query(contract.InstancesQuery, request)
+        page = await run_in_threadpool(
+            self.service.tenant_instances,
+            tenant,
+            asked.workflow,
+            asked.status,
+            asked.limit,
+            asked.after,
+            asked.created_after,
+            asked.created_before,
+        )
+        return JSONBody(page_json(page))
 
     async def get_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)

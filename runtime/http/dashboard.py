@@ -199,20 +199,18 @@ class Dashboard:
         limit_text = query.get("limit", str(PAGE_SIZE))
         limit = int(limit_text) if limit_text.isdigit() and len(limit_text) < 5 else PAGE_SIZE
         limit = max(1, min(limit, MAX_PAGE_SIZE))
-        page = self.service.instances(viewed, name, status, limit + 1, after)
-        more = len(page) > limit
-        page = page[:limit]
+        page = self.service.instances(viewed, name, status, limit, after)
         return self.render(
             "_instances.html",
             fragment=True,
             actor=actor,
             viewed=viewed,
             name=name,
-            instances=page,
+            instances=page.instances,
             status=status,
             after=after,
             limit=limit,
-            next_after=page[-1].instance_id if more and page else None,
+            next_after=page.next_after,
             now=time.time(),
             q=self.query,
         )

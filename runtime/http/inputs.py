@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tenantflow.runtime.errors import InvalidInput, TenantflowError, TooLarge
 from tenantflow.runtime.http.problems import MalformedRequest, RequestTimeout
 from tenantflow.runtime.records import check_event_type, check_id
+from tenantflow.runtime.service.pages import NOT_A_CURSOR
 
 __all__ = [
     "BODY_TIMEOUT_S",
@@ -71,9 +72,16 @@ def parse_json(raw: bytes) -> Any:
 
 # Fields whose rules the records state in words: a wrong value gets the records' own message.
 _STRING_ERRORS = {"string_type", "string_too_short", "string_too_long", "string_pattern_mismatch"}
+
+
+def _not_a_cursor(value: Any) -> Any:
+    raise InvalidInput(NOT_A_CURSOR)
+
+
 _FIELD_RULES: dict[str, Callable[[Any], Any]] = {
     "id": lambda value: check_id(value, "instance id"),
-    "after": lambda value: check_id(value, "after"),
+    "workflow": lambda value: check_id(value, "workflow name"),
+    "after": _not_a_cursor,
     "type": check_event_type,
 }
 

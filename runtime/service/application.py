@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import uuid
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from tenantflow.runtime.records import (
     STATUSES,
     AttemptRecord,
     Instance,
+    InstanceFilter,
     InstanceKey,
     Quotas,
     Tenant,
@@ -44,6 +46,7 @@ from tenantflow.runtime.records import (
 from tenantflow.runtime.service.admin import Admin
 from tenantflow.runtime.service.changes import Changes
 from tenantflow.runtime.service.checks import DeployChecks
+from tenantflow.runtime.service.pages import InstancePage, cursor, position
 from tenantflow.runtime.service.retention import Retentions
 from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.service.watching import Cursor, Follower, entry_json
@@ -314,15 +317,46 @@ class Service:
         return self.store.instance(self._key(tenant, workflow, instance_id))
 
     def instances(
-        self, tenant: Tenant, workflow: str, status: str | None = None, limit: int = 100, after: str | None = None
-    ) -> list[Instance]:
+        self,
+        tenant: Tenant,
+        workflow: str,
+        status: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> InstancePage:
+        """A page of one workflow's instances, newest first (NotFound if there is no such workflow)."""
         check_id(workflow, "workflow name")
+        self.versions(tenant, workflow)
+        return self.tenant_instances(tenant, workflow, status, limit, after, created_after, created_before)
+
+    def tenant_instances(
+        self,
+        tenant: Tenant,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> InstancePage:
+        """A page of the tenant's instances across its workflows (or of `workflow`'s: a filter, no NotFound),
+        newest first, `after` the cursor of the page before."""
+        if workflow is not None:
+            check_id(workflow, "workflow name")
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status is one of {', '.join(STATUSES)}")
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
-        self.versions(tenant, workflow)
-        return self.store.instances(tenant.tenant_id, workflow, status, limit, after)
+        for name, value in (("created_after", created_after), ("created_before", created_before)):
+            if value is not None and not math.isfinite(value):
+                raise InvalidInput(f"{name} is a time: epoch seconds or ISO 8601 with a timezone")
+        where = InstanceFilter(workflow, status, created_after, created_before)
+        # One more than the page: the next page's cursor only when there is a next page.
+        found = self.store.instances(tenant.tenant_id, where, limit + 1, None if after is None else position(after))
+        page = found[:limit]
+        return InstancePage(page, cursor(page[-1]) if len(found) > limit else None)
 
     def _key(self, tenant: Tenant, workflow: str, instance_id: str) -> InstanceKey:
         return InstanceKey(tenant.tenant_id, check_id(workflow, "workflow name"), check_id(instance_id, "instance id"))

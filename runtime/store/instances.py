@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tenantflow.runtime.errors import Conflict, NotFound, QuotaExceeded
-from tenantflow.runtime.records import Instance, InstanceKey, Version
+from tenantflow.runtime.records import Instance, InstanceFilter, InstanceKey, ListPosition, Version
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
@@ -126,19 +126,35 @@ class Instances(StoreCore):
         return row.instance()
 
     def instances(
-        self, tenant_id: str, workflow: str, status: str | None, limit: int, after: str | None
+        self, tenant_id: str, where: InstanceFilter, limit: int, after: ListPosition | None = None
     ) -> list[Instance]:
-        """A page of summaries (`detail` False): no params, output or log, and of an error only its name and
-        the start of its message, so a list never reads or decodes what an instance stores."""
-        sql = f"SELECT {columns(SummaryRow)} FROM instances WHERE tenant_id = ? AND workflow = ?"
-        params: list[Any] = [tenant_id, workflow]
-        if status:
-            sql += " AND status = ?"
-            params.append(status)
-        if after:
-            sql += " AND instance_id > ?"
-            params.append(after)
-        sql += " ORDER BY instance_id LIMIT ?"
+        """A page of summaries, newest first (`detail` False): no params, output or log, and of an error only its
+        name and the start of its message, so a list never reads or decodes what an instance stores.
+
+        Keyset paging: each list reads an index in its order (see the schema's list indexes), so a page costs
+        its own rows, however many instances there are and however deep the page."""
+        sql = f"SELECT {columns(SummaryRow)} FROM instances WHERE tenant_id = ?"
+        params: list[Any] = [tenant_id]
+        # With one workflow, the order is (created_at, instance_id); across workflows the workflow comes between.
+        order = (
+            ["created_at", "instance_id"] if where.workflow is not None else ["created_at", "workflow", "instance_id"]
+        )
+        for column, value in (("workflow", where.workflow), ("status", where.status)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if where.created_after is not None:
+            sql += " AND created_at > ?"
+            params.append(where.created_after)
+        if where.created_before is not None:
+            sql += " AND created_at < ?"
+            params.append(where.created_before)
+        if after is not None:
+            # The row comparison is the exact keyset; `created_at <= ?` states its range on the index's
+            # leading sort column in a form every planner seeks on.
+            sql += f" AND created_at <= ? AND ({', '.join(order)}) < ({', '.join('?' * len(order))})"
+            params += [after.created_at, *(getattr(after, column) for column in order)]
+        sql += f" ORDER BY {', '.join(f'{column} DESC' for column in order)} LIMIT ?"
         params.append(limit)
         with self.read() as tx:
             rows = tx.records(SummaryRow, sql, params)

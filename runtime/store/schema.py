@@ -174,6 +174,16 @@ MIGRATIONS: list[list[str]] = [
         ){clustered}""",
     ],
     [
+        # Lists go newest first with keyset paging: each list reads an index in its own order (created_at, then
+        # the workflow across workflows, then instance_id, each descending), so a page, the first as a deep
+        # one, reads its own rows and sorts nothing. One workflow's, in a status or not; all the tenant's, too.
+        "DROP INDEX instances_by_status",
+        "CREATE INDEX instances_by_status ON instances (tenant_id, workflow, status, created_at, instance_id)",
+        "CREATE INDEX instances_by_created ON instances (tenant_id, workflow, created_at, instance_id)",
+        "CREATE INDEX instances_by_tenant_created ON instances (tenant_id, created_at, workflow, instance_id)",
+        "CREATE INDEX instances_by_tenant_status ON instances (tenant_id, status, created_at, workflow, instance_id)",
+    ],
+    [
         # The seed of an instance's randomness outside step bodies (hex), set by a restart (a new run draws
         # anew) or a fork (the copy replays as the original); NULL: derived from the instance's key.
         "ALTER TABLE instances ADD COLUMN seed TEXT",

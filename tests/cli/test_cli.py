@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +352,80 @@ def test_tenant_command_errors(server: ServerProcess, key: str, tmp_path: Path) 
     assert deployed.exit_code == 1 and "422" in deployed.stderr and "line 2" in deployed.stderr
     problem = remote(server, key, "deploy", str(broken), "--json")
     assert problem.exit_code == 1 and json.loads(problem.stderr.splitlines()[0])["line"] == 2
+
+
+WAITS = """
+def run(event, step):
+    return step.wait_for_event("go", event_type="go", timeout="1 hour")["payload"]
+"""
+
+
+def test_instances_across_workflows_with_times_and_latest(server: ServerProcess) -> None:
+    lists_key = str(server.create_tenant("cli-lists")["api_key"])
+
+    def run(*args: str) -> Result:
+        return remote(server, lists_key, *args)
+
+    def listed(*args: str) -> list[tuple[str, str]]:
+        done = run("instances", *args, "--json")
+        assert done.exit_code == 0, done.output
+        return [(i["workflow"], i["id"]) for i in json.loads(done.stdout)["instances"]]
+
+    assert listed() == []
+    with server.client(lists_key) as client:
+        for workflow in ("one", "two", "empty"):
+            client.deploy(workflow, WAITS)
+        client.start("one", "a1")
+        client.start("one", "a2")
+        time.sleep(0.05)
+        between = time.time()
+        time.sleep(0.05)
+        client.start("two", "b1")
+        for workflow, instance_id in (("one", "a1"), ("one", "a2"), ("two", "b1")):
+            client.wait(workflow, instance_id, {"waiting"}, timeout=30)
+
+    # Across workflows, newest first; with a workflow, as before.
+    assert listed() == [("two", "b1"), ("one", "a2"), ("one", "a1")]
+    assert listed("one") == [("one", "a2"), ("one", "a1")]
+    table = run("instances")
+    assert table.exit_code == 0 and "every workflow" in table.stdout and "workflow" in table.stdout
+    assert table.stdout.index("b1") < table.stdout.index("a2") < table.stdout.index("a1")
+    assert listed("--status", "complete") == []
+
+    # --since and --until: a duration back from now, epoch seconds, or ISO 8601.
+    assert len(listed("--since", "1h")) == 3 and listed("--until", "1h") == []
+    assert listed("--since", str(between)) == [("two", "b1")]
+    iso = datetime.fromtimestamp(between, UTC).isoformat().replace("+00:00", "Z")
+    assert listed("--until", iso) == [("one", "a2"), ("one", "a1")]
+    assert listed("one", "--since", "2d", "--until", iso) == [("one", "a2"), ("one", "a1")]
+    bad = run("instances", "--since", "soon")
+    assert bad.exit_code == 2 and "--since" in bad.stderr and "duration" in bad.stderr
+
+    # Pages: the cursor to pass back.
+    first = run("instances", "--limit", "2")
+    cursor = first.stdout.split("more: --after ")[1].split()[0]
+    assert listed("--limit", "2", "--after", cursor) == [("one", "a1")]
+
+    # `latest`: the workflow's newest instance, wherever an instance id goes.
+    assert json.loads(run("status", "one", "latest", "--json").stdout)["id"] == "a2"
+    assert json.loads(run("journal", "two", "latest", "--json").stdout)["id"] == "b1"
+    assert json.loads(run("pause", "one", "latest", "--json").stdout)["status"] == "paused"
+    assert json.loads(run("resume", "one", "latest", "--json").stdout)["id"] == "a2"
+    sent = run("events", "send", "two", "latest", "go", "--payload", '"went"')
+    assert sent.exit_code == 0 and "two/b1" in sent.stdout
+    with server.client(lists_key) as client:
+        assert client.wait("two", "b1", timeout=30).output == "went"
+    watched = run("watch", "two", "latest", "--json")
+    assert watched.exit_code == 0 and '"b1"' in watched.stdout
+    assert json.loads(run("terminate", "one", "latest", "--json").stdout)["status"] == "terminated"
+    deleted = run("delete", "one", "latest", "--yes")
+    assert deleted.exit_code == 0 and "deleted instance a2 of one" in deleted.stdout
+    assert json.loads(run("status", "one", "latest", "--json").stdout)["id"] == "a1"
+    assert json.loads(run("restart", "two", "latest", "--json").stdout)["id"] == "b1"
+    none = run("status", "empty", "latest")
+    assert none.exit_code == 1 and "no instances" in none.stderr
+    unknown = run("terminate", "nope", "latest")
+    assert unknown.exit_code == 1 and "404" in unknown.stderr
 
 
 def test_the_console_script_and_python_m(server: ServerProcess, key: str) -> None:

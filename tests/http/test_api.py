@@ -416,12 +416,13 @@ def test_listing_filters_and_pages(api: Client, http: httpx.Client) -> None:
     api.send_event("lister", "l03", "go", "x")
     api.wait("lister", "l03")
 
+    # Newest first; one batch shares its created_at, so by id, descending.
     first = api.instances("lister", limit=2)
-    assert [i.id for i in first.instances] == ["l00", "l01"] and first.next_after == "l01"
+    assert [i.id for i in first.instances] == ["l04", "l03"] and first.next_after is not None
     second = api.instances("lister", limit=2, after=first.next_after)
-    assert [i.id for i in second.instances] == ["l02", "l03"]
+    assert [i.id for i in second.instances] == ["l02", "l01"]
     last = api.instances("lister", limit=2, after=second.next_after)
-    assert [i.id for i in last.instances] == ["l04"] and last.next_after is None
+    assert [i.id for i in last.instances] == ["l00"] and last.next_after is None
 
     assert [i.id for i in api.instances("lister", status="complete").instances] == ["l03"]
     assert len(api.instances("lister", status="waiting").instances) == 4
@@ -434,6 +435,8 @@ def test_listing_filters_and_pages(api: Client, http: httpx.Client) -> None:
         ("limit=abc", "limit"),
         ("limit=-1", "limit"),
         ("after=-bad", "after"),
+        ("after=l01", "cursor"),
+        ("created_after=soon", "created_after"),
     ]:
         assert_problem(http.get(f"/v1/workflows/lister/instances?{query}"), 422, word)
 

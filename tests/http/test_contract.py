@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.routing import Route
 from tenantflow.runtime import contract
 from tenantflow.runtime.engine.metrics import Metrics
@@ -83,7 +87,9 @@ def test_the_routes_come_from_the_route_table() -> None:
         (contract.JournalQuery, {"limit": "1e3"}, InvalidInput, ["limit", "whole number"]),
         (contract.JournalQuery, {"after": "-2"}, InvalidInput, ["after"]),
         (contract.InstanceQuery, {"status": "bogus"}, InvalidInput, ["status"]),
-        (contract.InstanceQuery, {"after": "-bad"}, InvalidInput, ["after"]),
+        (contract.InstanceQuery, {"after": "a b"}, InvalidInput, ["after", "cursor"]),
+        (contract.InstanceQuery, {"created_after": "2026-11-01"}, InvalidInput, ["created_after", "timezone"]),
+        (contract.InstancesQuery, {"workflow": "-bad"}, InvalidInput, ["workflow name"]),
     ],
 )
 def test_invalid_input_names_the_field(model: Any, value: Any, error: type[Exception], words: list[str]) -> None:
@@ -142,3 +148,29 @@ def test_the_server_answers_with_the_models_fields_in_their_order() -> None:
     assert [f.name for f in fields(Entry)] + ["attempt_log"] == list(contract.Step.model_fields)
     assert [f.name for f in fields(AttemptRecord)] == list(contract.Attempt.model_fields)
     assert [f.name for f in fields(EventRecord)] == list(contract.EventRecord.model_fields)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.from_regex(contract.TIME_PATTERN, fullmatch=True))
+def test_every_time_the_pattern_takes_is_a_time(text: str) -> None:
+    """The schema's pattern is the whole rule: what it matches, the server reads (no 422 for a valid query)."""
+    assert math.isfinite(contract.parse_time(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2025-02-29T00:00Z", "1900-02-29T00:00Z", "2026-04-31T00:00Z", "2026-11-01T24:00Z", "2026-11-01", "1e3", " 5"],
+)
+def test_what_is_not_a_time_is_refused(text: str) -> None:
+    assert not contract.TIME_PATTERN.fullmatch(text)
+    with pytest.raises(ValueError, match="epoch seconds"):
+        contract.parse_time(text)
+
+
+def test_times_leave_the_client_as_text_the_server_reads() -> None:
+    moment = datetime(2026, 11, 1, 9, 30, 0, 123456, tzinfo=UTC)
+    for value in (moment, moment.timestamp(), 1.5e-7, 0, -12.25, 1_767_225_600):
+        sent = contract.time_text(value)
+        expected = value.timestamp() if isinstance(value, datetime) else float(value)
+        assert contract.parse_time(sent) == pytest.approx(expected, abs=1e-9), sent
+    assert contract.parse_time("2026-11-01T10:30:00.123456+01:00") == moment.timestamp()

@@ -345,6 +345,8 @@ def test_instances_fragment_filters_and_pages(site: Site) -> None:
         site.service.control(tenant, "approval", f"page-{n:02d}", "terminate")
     first = site.get("/ui/fragments/workflows/approval/instances", site.acme, status="terminated", limit="3").text
     assert first.count('data-status="terminated"') == 3 and "Next page" in first
+    # Newest first (one batch shares its creation time: by id, descending).
+    assert re.findall(r'data-instance="([\w-]+)"', first) == ["page-04", "page-03", "page-02"]
     after = re.search(r'after=([\w-]+)" rel="next"', first)
     assert after is not None
     second = site.get(

@@ -85,6 +85,16 @@ def _typed_value_for_a_string(operation: Any, case: Any) -> bool:
     return any(name in strings and not isinstance(value, str) for name, value in (case.query or {}).items())
 
 
+# The instance lists, whose `after` is a cursor the server gave.
+LISTS = {("GET", "/v1/instances"), ("GET", "/v1/workflows/{name}/instances")}
+
+
+def _with_cursor(case: Any, cursor: str) -> Any:
+    if case.query and "after" in case.query and isinstance(case.query["after"], str):
+        case.query["after"] = cursor
+    return case
+
+
 @dataclass(frozen=True)
 class Live:
     server: ServerProcess
@@ -93,6 +103,9 @@ class Live:
     operator_key: str
     """For the admin API (whose `existing` tenant is another one: a generated delete or rotation must not
     lock the tenant operations out)."""
+    cursor: str
+    """A list's cursor, as the server gave it: a generated one matches the schema's pattern but names no place
+    in a list (422), as an opaque cursor the server did not give must; valid requests carry this one instead."""
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +118,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         with server.client(key) as client:
             # The document's path examples name these, so generated calls also reach real resources.
             client.deploy("approval", (EXAMPLES / "approval.py").read_text())
-            demo = client.start("approval", "demo", {"amount": 1})
-            demo.send_event("approved", {"by": "fuzz"})
-            assert demo.wait(timeout=30).status == "complete"
-        yield Live(server, key, operator_key)
+            for name in ("demo-2", "demo"):
+                demo = client.start("approval", name, {"amount": 1})
+                demo.send_event("approved", {"by": "fuzz"})
+                assert demo.wait(timeout=30).status == "complete"
+            cursor = client.instances("approval", limit=1).next_after
+            assert cursor is not None
+        yield Live(server, key, operator_key, cursor)
         assert " 500 " not in server.log()
 
 
@@ -131,6 +147,8 @@ def test_generated_requests(live: Live, operation: Any, mode: GenerationMode, ta
         fixed = {p.name: EXISTING[p.name] for p in operation.path_parameters}
 
     strategy = operation.as_strategy(generation_mode=mode, path_parameters=fixed)
+    if mode == GenerationMode.POSITIVE and (operation.method.upper(), operation.path) in LISTS:
+        strategy = strategy.map(lambda case: _with_cursor(case, live.cursor))
     if mode == GenerationMode.NEGATIVE:
         # A query string has no types: a "wrong-typed" 0 or true for a string parameter arrives
         # as the valid string "0" or "true"; an empty list is not sent. Such cases are not invalid

@@ -18,7 +18,17 @@ import pytest
 from pg import fresh_schema
 from tenantflow.host import Sandbox
 from tenantflow.runtime.errors import Conflict, InvalidState, NotFound, Unavailable
-from tenantflow.runtime.records import AttemptRecord, Claim, Entry, InstanceKey, Quotas, Tenant, Version
+from tenantflow.runtime.records import (
+    AttemptRecord,
+    Claim,
+    Entry,
+    InstanceFilter,
+    InstanceKey,
+    ListPosition,
+    Quotas,
+    Tenant,
+    Version,
+)
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import LeaseLost, SQLStore, open_store
 from tenantflow.runtime.store.postgres import PostgresStore, split_url
@@ -204,12 +214,12 @@ def test_create_list_and_conflict(store: SQLStore) -> None:
     with pytest.raises(NotFound):
         store.instance(InstanceKey("acme", "wf", "c"))  # the batch was all or nothing
     store.create_instances("acme", version, [(f"p{i:02d}", i) for i in range(10)], T0)
-    page = store.instances("acme", "wf", None, 5, None)
-    assert [i.instance_id for i in page] == ["a", "b", "p00", "p01", "p02"]
-    page = store.instances("acme", "wf", None, 5, page[-1].instance_id)
-    assert [i.instance_id for i in page] == ["p03", "p04", "p05", "p06", "p07"]
-    assert store.instances("acme", "wf", "paused", 100, None) == []
-    assert len(store.instances("acme", "wf", "queued", 100, None)) == 12
+    page = store.instances("acme", InstanceFilter("wf"), 5)  # newest first; one creation's by id, descending
+    assert [i.instance_id for i in page] == ["p09", "p08", "p07", "p06", "p05"]
+    page = store.instances("acme", InstanceFilter("wf"), 5, ListPosition(T0, "wf", page[-1].instance_id))
+    assert [i.instance_id for i in page] == ["p04", "p03", "p02", "p01", "p00"]
+    assert store.instances("acme", InstanceFilter("wf", "paused"), 100) == []
+    assert len(store.instances("acme", InstanceFilter("wf", "queued"), 100)) == 12
     assert store.status_counts() == [("acme", "queued", 12)]
     with pytest.raises(NotFound):
         store.instance(InstanceKey("other", "wf", "a"))  # scoped by tenant

@@ -24,6 +24,7 @@ from tenantflow.runtime.records import (
     MAX_BUFFERED_EVENTS,
     Claim,
     Entry,
+    InstanceFilter,
     InstanceKey,
     Quotas,
 )
@@ -333,8 +334,8 @@ def test_instance_lists_carry_summaries_not_large_fields(store: SQLStore) -> Non
         claim = claim_one(store)
         error = {"name": "Boom", "message": huge, "traceback": huge, "line": 3}
         store.finish(claim, T0 + 1, status="errored", error=error, log=huge)
-    listed = store.instances("acme", "wf", None, 10, None)
-    assert [i.instance_id for i in listed] == ["i0", "i1", "i2"]
+    listed = store.instances("acme", InstanceFilter("wf"), 10)
+    assert [i.instance_id for i in listed] == ["i2", "i1", "i0"]
     for item in listed:
         assert item.detail is False and item.status == "errored"
         assert item.params is None and item.output is None and item.log == ""
@@ -351,7 +352,7 @@ def test_lists_read_no_large_column(store: SQLStore, monkeypatch: pytest.MonkeyP
     decoded: list[int] = []
     real = codec.decode_text
     monkeypatch.setattr(codec, "decode_text", lambda blob: decoded.append(len(blob or b"")) or real(blob))
-    store.instances("acme", "wf", None, 10, None)
+    store.instances("acme", InstanceFilter("wf"), 10)
     assert decoded == []
 
 

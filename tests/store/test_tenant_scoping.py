@@ -30,7 +30,7 @@ from scoping import (
     tokenize,
 )
 from tenantflow.runtime.errors import Conflict, InvalidState
-from tenantflow.runtime.records import Entry, InstanceKey, Quotas, Tenant
+from tenantflow.runtime.records import Entry, InstanceFilter, InstanceKey, ListPosition, Quotas, Tenant
 from tenantflow.runtime.retention import Retention
 from tenantflow.runtime.store import SQLStore, open_store
 from tenantflow.runtime.store.postgres import PostgresStore
@@ -138,8 +138,10 @@ def exercise(s: Any) -> None:
     s.create_instances("zeta", zeta, [("z1", None), ("z2", None)], T0)
     k1, k2, k3 = (InstanceKey("acme", "wf", i) for i in ("i1", "i2", "i3"))
     assert s.instance(k1).params == {"p": 1}
-    assert [i.instance_id for i in s.instances("acme", "wf", "queued", 10, None)] == ["i1", "i2", "i3"]
-    assert [i.instance_id for i in s.instances("acme", "wf", None, 1, "i1")] == ["i2"]
+    assert [i.instance_id for i in s.instances("acme", InstanceFilter("wf", "queued"), 10)] == ["i3", "i2", "i1"]
+    assert [i.instance_id for i in s.instances("acme", InstanceFilter("wf"), 1, ListPosition(T0, "wf", "i2"))] == ["i1"]
+    everything = InstanceFilter(None, "queued", created_after=T0 - 1, created_before=T0 + 1)
+    assert [i.instance_id for i in s.instances("acme", everything, 1, ListPosition(T0, "wf", "i3"))] == ["i2"]
     assert s.status_counts()
     assert s.next_wake() == T0
 
