@@ -229,6 +229,11 @@ class AsyncClient:
     async def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
         return await self.send(calls.control(workflow, instance_id, action))
 
+    async def upgrade(self, workflow: str, instance_id: str, version: int) -> c.Instance:
+        """Move a waiting or paused instance to `version` if its journal replays cleanly under it (Conflict,
+        naming where it diverges, otherwise)."""
+        return await self.send(calls.upgrade(workflow, instance_id, version))
+
     async def terminate(self, workflow: str, instance_id: str, *, rollback: bool = False) -> c.Instance:
         """Terminate; with `rollback`, after the rollbacks of its completed steps have run."""
         return await self.send(calls.terminate(workflow, instance_id, rollback))
@@ -359,6 +364,10 @@ class AsyncInstanceHandle:
 
     async def resume(self) -> c.Instance:
         return self._seen(await self.client.control(self.workflow, self.id, "resume"))
+
+    async def upgrade(self, version: int) -> c.Instance:
+        """Move it to `version` if its journal replays cleanly under that code (it must be waiting or paused)."""
+        return self._seen(await self.client.upgrade(self.workflow, self.id, version))
 
     async def terminate(self, *, rollback: bool = False) -> c.Instance:
         """Terminate; with `rollback`, after the rollbacks of its completed steps have run (it stays unfinished

@@ -203,6 +203,11 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("POST", _instance(workflow, instance_id) + f"/{_seg(action)}", _model(c.Instance))
 
     @staticmethod
+    def upgrade(workflow: str, instance_id: str, version: int) -> Call[c.Instance]:
+        body = {"version": version}
+        return Call("POST", _instance(workflow, instance_id) + "/upgrade", _model(c.Instance), body)
+
+    @staticmethod
     def terminate(workflow: str, instance_id: str, rollback: bool) -> Call[c.Instance]:
         body = {"rollback": True} if rollback else None
         return Call("POST", _instance(workflow, instance_id) + "/terminate", _model(c.Instance), body)

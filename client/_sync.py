@@ -221,6 +221,11 @@ class Client:
     def control(self, workflow: str, instance_id: str, action: c.Control | str) -> c.Instance:
         return self.send(calls.control(workflow, instance_id, action))
 
+    def upgrade(self, workflow: str, instance_id: str, version: int) -> c.Instance:
+        """Move a waiting or paused instance to `version` if its journal replays cleanly under it (Conflict,
+        naming where it diverges, otherwise)."""
+        return self.send(calls.upgrade(workflow, instance_id, version))
+
     def terminate(self, workflow: str, instance_id: str, *, rollback: bool = False) -> c.Instance:
         """Terminate; with `rollback`, after the rollbacks of its completed steps have run."""
         return self.send(calls.terminate(workflow, instance_id, rollback))
@@ -347,6 +352,10 @@ class InstanceHandle:
 
     def resume(self) -> c.Instance:
         return self._seen(self.client.control(self.workflow, self.id, "resume"))
+
+    def upgrade(self, version: int) -> c.Instance:
+        """Move it to `version` if its journal replays cleanly under that code (it must be waiting or paused)."""
+        return self._seen(self.client.upgrade(self.workflow, self.id, version))
 
     def terminate(self, *, rollback: bool = False) -> c.Instance:
         """Terminate; with `rollback`, after the rollbacks of its completed steps have run (it stays unfinished

@@ -68,6 +68,7 @@ __all__ = [
     "Restart",
     "Retention",
     "Terminate",
+    "Upgrade",
     "SendEvent",
     "SetRetention",
     "Step",
@@ -269,6 +270,15 @@ def _quota(name: str, description: str) -> Any:
 
 
 QuotaInt = Annotated[int | None, BeforeValidator(_integral)]
+WholeInt = Annotated[int, BeforeValidator(_integral)]
+
+
+class Upgrade(_Request):
+    """`POST .../instances/{id}/upgrade`."""
+
+    version: WholeInt = Field(ge=1, le=MAX_QUERY_INT, description="The version of the workflow to move the instance to")
+
+
 EgressEntry = Annotated[str, Field(pattern=EGRESS_PATTERN.pattern, max_length=262)]
 
 

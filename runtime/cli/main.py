@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from tenantflow.runtime.cli import local, operator, remote, retention, tenants
+from tenantflow.runtime.cli import local, operator, remote, replaying, retention, tenants
 from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.contract import allow_deep_json
 from tenantflow.runtime.errors import TenantflowError
@@ -39,6 +39,6 @@ def main() -> None:
     allow_deep_json()  # results nested ~1000 deep must print
 
 
-for _module in (operator, tenants, remote, retention, local):
+for _module in (operator, tenants, remote, retention, local, replaying):
     for _command in _module.commands.commands.values():
         main.add_command(_command)

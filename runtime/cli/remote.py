@@ -380,6 +380,21 @@ def terminate(client: Client, workflow: str, instance_id: str, rollback: bool, a
     show_instance(plain(result))
 
 
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.option("--version", type=click.IntRange(1), required=True, help="The version to move the instance to.")
+@api_options
+def upgrade(client: Client, workflow: str, instance_id: str, version: int, as_json: bool) -> None:
+    """Move a waiting or paused instance to another version, if its journal replays cleanly under it (the
+    server replays it in the sandbox; exit 1 naming where it diverges otherwise). ID may be `latest`."""
+    result = client.upgrade(workflow, instance_id_of(client, workflow, instance_id), version)
+    if as_json:
+        print_json(plain(result))
+        return
+    show_instance(plain(result))
+
+
 CONTROL_HELP: dict[Control, str] = {
     "pause": f"Pause an instance (a running one stops once its step is journaled). {ID_HELP}",
     "resume": f"Resume a paused instance. {ID_HELP}",

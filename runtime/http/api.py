@@ -285,6 +285,13 @@ class Api:
         )
         return await open_stream(self.service.changes, follower, self.watch_heartbeat_s)
 
+    async def upgrade_instance(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        body = validate(contract.Upgrade, await read_body(request, self.max_body), "the body")
+        name, instance_id = request.path_params["name"], request.path_params["id"]
+        upgraded = await run_in_threadpool(self.service.upgrade, tenant, name, instance_id, body.version)
+        return JSONBody(instance_json(upgraded))
+
     async def delete_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         name, instance_id = request.path_params["name"], request.path_params["id"]

@@ -283,6 +283,17 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     *(_control(action) for action in c.CONTROLS),
     Operation(
+        "POST",
+        INSTANCE + "/upgrade",
+        "upgradeInstance",
+        "Move a waiting or paused instance to another version of its workflow, only if its journal replays "
+        "cleanly under that version's code (409 naming where it diverges otherwise)",
+        {200: Answer(c.Instance, "The instance, pinned to the version")},
+        (400, 401, 404, 409, 413, 422, 429, 503),
+        body=c.Upgrade,
+        path_params=("name", "id"),
+    ),
+    Operation(
         "GET",
         "/v1/admin/tenants",
         "listTenants",

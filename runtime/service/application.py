@@ -43,6 +43,7 @@ from tenantflow.runtime.records import (
     check_event_type,
     check_id,
 )
+from tenantflow.runtime.service import upgrades
 from tenantflow.runtime.service.admin import Admin
 from tenantflow.runtime.service.changes import Changes
 from tenantflow.runtime.service.checks import DeployChecks
@@ -391,6 +392,28 @@ class Service:
         self.pool.nudge(key)
         self.pool.wake()
         self.changes.changed(key)
+        return self.store.instance(key)
+
+    def upgrade(self, tenant: Tenant, workflow: str, instance_id: str, version: int) -> Instance:
+        """Move a waiting or paused instance to `version` if its journal replays cleanly under that code
+        (Conflict naming where it diverges otherwise); the replay runs on the deploy checks' bounded pool."""
+        key = self._key(tenant, workflow, instance_id)
+        instance = self.store.instance(key)
+        source_hash = upgrades.target_version(self.store, instance, version)
+        if instance.version == version:
+            return instance
+        entries = upgrades.journal_entries(self.store, instance)
+        source = self.store.source(tenant.tenant_id, source_hash)
+        self.checks.run(
+            tenant, upgrades.check_upgrade, self.sandbox, instance, version, source, entries, tenant.quotas
+        ).result()
+        self.store.upgrade(key, version, source_hash, instance.fence, self.clock.now())
+        self.pool.cancel(key)  # an isolate parked with the old code is let go
+        self.pool.nudge(key)
+        self.changes.changed(key)
+        logs.event(
+            "instance upgraded", tenant=tenant.tenant_id, workflow=workflow, instance=instance_id, version=version
+        )
         return self.store.instance(key)
 
     def send_event(self, tenant: Tenant, workflow: str, instance_id: str, event_type: Any, payload: Any) -> int:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from tenantflow.host import ErrorInfo, Sandbox
 from tenantflow.runtime.engine.executor import limits_for
 from tenantflow.runtime.errors import QuotaExceeded, Unavailable
 from tenantflow.runtime.records import Tenant
+
+T = TypeVar("T")
 
 # Deploy checks run the tenant's module-level code: on a pool of their own (never the request
 # threads), a few at a time, under the tenant's memory quota and a small fuel and time budget.
@@ -35,12 +39,16 @@ class DeployChecks:
 
     def submit(self, tenant: Tenant, source: str) -> Future[ErrorInfo | None]:
         """The check's future (its error or None); QuotaExceeded or Unavailable when it cannot wait."""
-        self._reserve(tenant.tenant_id)
         limits = dataclasses.replace(
             limits_for(tenant.quotas), fuel=min(tenant.quotas.fuel, CHECK_FUEL), deadline_s=CHECK_DEADLINE_S
         )
+        return self.run(tenant, self.sandbox.check, source, limits)
+
+    def run(self, tenant: Tenant, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Any other sandbox job of a tenant's (an upgrade's replay check) with the same bounds as a check."""
+        self._reserve(tenant.tenant_id)
         try:
-            future = self._pool.submit(self.sandbox.check, source, limits)
+            future = self._pool.submit(fn, *args, **kwargs)
         except BaseException:
             self._release(tenant.tenant_id)
             raise

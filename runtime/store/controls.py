@@ -138,6 +138,21 @@ class Controls(StoreCore):
             (now, int(cut.steps), int(cut.bytes) + int(attempt_bytes or 0), now, *params),
         )
 
+    def upgrade(self, key: InstanceKey, version: int, source_hash: str, fence: int, now: float) -> None:
+        """Pin a waiting or paused instance to another version; InvalidState if it has moved on since `fence`
+        (it ran meanwhile). The fence moves on, so an isolate parked with the old code is let go: the next
+        activation replays with the new one."""
+        with self.transaction() as tx:
+            self._status(tx, key)
+            moved = tx.run(
+                "UPDATE instances SET version = ?, source_hash = ?, fence = fence + 1, lease_owner = NULL, "
+                f"lease_until = NULL, updated_at = ? WHERE {KEY} AND fence = ? AND status IN ('waiting', 'paused') "
+                "RETURNING fence",
+                (version, source_hash, now, *key_params(key), fence),
+            )
+            if not moved.rows:
+                raise InvalidState("the instance ran while its journal was being checked; try the upgrade again")
+
     def delete_instance(self, key: InstanceKey) -> None:
         """Delete a finished instance with its journal, attempts and events; InvalidState otherwise."""
         with self.transaction() as tx:
