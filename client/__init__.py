@@ -45,6 +45,7 @@ from tenantflow.client._watch import EntryEvent, ResetEvent, StatusEvent, WatchE
 from tenantflow.runtime.contract import (
     Attempt,
     BatchError,
+    Bundle,
     Deployed,
     ErrorInfo,
     EventAccepted,
@@ -77,6 +78,7 @@ __all__ = [
     "BadRequest",
     "Batch",
     "BatchError",
+    "Bundle",
     "Client",
     "ClientError",
     "Conflict",

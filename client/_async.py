@@ -244,6 +244,26 @@ class AsyncClient:
         """Restart from scratch, or from the `count`-th call of step `from_step` (the journal before it is kept)."""
         return await self.send(calls.restart(workflow, instance_id, from_step, count))
 
+    async def export(self, workflow: str, instance_id: str) -> dict[str, Any]:
+        """The instance as one self-contained document (format tenantflow.bundle/1: the instance, its source,
+        params, seed, whole journal, events and log), as a dict; TooLarge past the server's limit."""
+        return await self.send(calls.export(workflow, instance_id))
+
+    async def fork(
+        self,
+        workflow: str,
+        instance_id: str,
+        from_step: str,
+        count: int = 1,
+        version: int | None = None,
+        id: str | None = None,  # noqa: A002 - the API's name
+    ) -> AsyncInstanceHandle:
+        """A new instance from this one's journal before the `count`-th call of step `from_step` (those steps are
+        replayed, not run again), running `version` (default: the latest), with id `id` (default: a random one).
+        The original is not changed."""
+        created = await self.send(calls.fork(workflow, instance_id, from_step, count, version, id))
+        return AsyncInstanceHandle(self, workflow, created.id, created)
+
     # -- admin (operator keys) ------------------------------------------------------
 
     async def create_tenant(
@@ -380,6 +400,21 @@ class AsyncInstanceHandle:
 
     async def delete(self) -> c.InstanceDeleted:
         return await self.client.delete_instance(self.workflow, self.id)
+
+    async def export(self) -> dict[str, Any]:
+        """The instance as one self-contained document (see `AsyncClient.export`)."""
+        return await self.client.export(self.workflow, self.id)
+
+    async def fork(
+        self,
+        from_step: str,
+        count: int = 1,
+        version: int | None = None,
+        id: str | None = None,  # noqa: A002 - the API's name
+    ) -> AsyncInstanceHandle:
+        """A new instance from the journal before the `count`-th call of step `from_step` (see
+        `AsyncClient.fork`)."""
+        return await self.client.fork(self.workflow, self.id, from_step, count, version, id)
 
     async def journal(self) -> c.Journal:
         """The whole journal (every page)."""

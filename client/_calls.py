@@ -218,6 +218,22 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("POST", _instance(workflow, instance_id) + "/restart", _model(c.Instance), body)
 
     @staticmethod
+    def export(workflow: str, instance_id: str) -> Call[dict[str, Any]]:
+        """The bundle as the server sent it (a dict: a replay reads it as is; c.Bundle describes it)."""
+        return Call("GET", _instance(workflow, instance_id) + "/export", dict)
+
+    @staticmethod
+    def fork(
+        workflow: str, instance_id: str, from_step: str, count: int, version: int | None, fork_id: str | None
+    ) -> Call[c.Instance]:
+        body: dict[str, Any] = {"from": {"name": from_step, "count": count}}
+        if version is not None:
+            body["version"] = version
+        if fork_id is not None:
+            body["id"] = fork_id
+        return Call("POST", _instance(workflow, instance_id) + "/fork", _model(c.Instance), body)
+
+    @staticmethod
     def delete_instance(workflow: str, instance_id: str) -> Call[c.InstanceDeleted]:
         return Call("DELETE", _instance(workflow, instance_id), _model(c.InstanceDeleted))
 

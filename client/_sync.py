@@ -234,6 +234,26 @@ class Client:
         """Restart from scratch, or from the `count`-th call of step `from_step` (the journal before it is kept)."""
         return self.send(calls.restart(workflow, instance_id, from_step, count))
 
+    def export(self, workflow: str, instance_id: str) -> dict[str, Any]:
+        """The instance as one self-contained document (format tenantflow.bundle/1: the instance, its source,
+        params, seed, whole journal, events and log), as a dict; TooLarge past the server's limit."""
+        return self.send(calls.export(workflow, instance_id))
+
+    def fork(
+        self,
+        workflow: str,
+        instance_id: str,
+        from_step: str,
+        count: int = 1,
+        version: int | None = None,
+        id: str | None = None,  # noqa: A002 - the API's name
+    ) -> InstanceHandle:
+        """A new instance from this one's journal before the `count`-th call of step `from_step` (those steps are
+        replayed, not run again), running `version` (default: the latest), with id `id` (default: a random one).
+        The original is not changed."""
+        created = self.send(calls.fork(workflow, instance_id, from_step, count, version, id))
+        return InstanceHandle(self, workflow, created.id, created)
+
     # -- admin (operator keys) ------------------------------------------------------
 
     def create_tenant(
@@ -368,6 +388,20 @@ class InstanceHandle:
 
     def delete(self) -> c.InstanceDeleted:
         return self.client.delete_instance(self.workflow, self.id)
+
+    def export(self) -> dict[str, Any]:
+        """The instance as one self-contained document (see `Client.export`)."""
+        return self.client.export(self.workflow, self.id)
+
+    def fork(
+        self,
+        from_step: str,
+        count: int = 1,
+        version: int | None = None,
+        id: str | None = None,  # noqa: A002 - the API's name
+    ) -> InstanceHandle:
+        """A new instance from the journal before the `count`-th call of step `from_step` (see `Client.fork`)."""
+        return self.client.fork(self.workflow, self.id, from_step, count, version, id)
 
     def journal(self) -> c.Journal:
         """The whole journal (every page)."""

@@ -31,6 +31,7 @@ from tenantflow.runtime.records import (
 from tenantflow.runtime.retention import DURATION_PATTERN, MAX_DURATION_CHARS, RETENTION_MAX, RETENTION_MIN
 
 __all__ = [
+    "BUNDLE_FORMAT",
     "CONTROLS",
     "DEEP_JSON_RECURSION_LIMIT",
     "MAX_BATCH",
@@ -41,6 +42,8 @@ __all__ = [
     "BatchBody",
     "BatchCreated",
     "BatchError",
+    "Bundle",
+    "BundleVersion",
     "Control",
     "CreateBatch",
     "CreateCount",
@@ -51,6 +54,7 @@ __all__ = [
     "ErrorInfo",
     "EventAccepted",
     "EventRecord",
+    "Fork",
     "Health",
     "Id",
     "Instance",
@@ -93,6 +97,9 @@ __all__ = [
 Control = Literal["pause", "resume", "terminate", "restart"]
 CONTROLS: tuple[Control, ...] = ("pause", "resume", "terminate", "restart")
 """The instance controls, each a `POST .../instances/{id}/<control>`."""
+
+BUNDLE_FORMAT = "tenantflow.bundle/1"
+"""The `format` of an exported instance (`GET .../instances/{id}/export`)."""
 
 MAX_BATCH = 100
 """A batch creates at most this many instances (more is 413, not 422)."""
@@ -332,6 +339,19 @@ class Restart(_Request):
     )
 
 
+class Fork(_Request):
+    """`POST .../instances/{id}/fork`: a new instance from the journal before a step of this one."""
+
+    from_: StepRef = Field(
+        alias="from",
+        description="Copy the journal before this call (its steps are replayed, not run again) and run from it",
+    )
+    version: int | None = Field(
+        default=None, ge=1, le=MAX_QUERY_INT, description="The version the fork runs; absent or null: the latest"
+    )
+    id: Id | None = Field(default=None, description="The fork's id; absent or null: a random id")
+
+
 class Terminate(_Request):
     """`POST .../instances/{id}/terminate` (the body may be left out: no rollback)."""
 
@@ -562,6 +582,32 @@ class Journal(_Response):
     events: list[EventRecord]
     log: str = Field(description="What the workflow printed (bounded)")
     next_after: int | None = Field(description="Pass as `after` for the next page; null on the last page")
+
+
+class BundleVersion(_Response):
+    """The version an exported instance is pinned to, with its whole source."""
+
+    version: int
+    source_hash: str
+    source: str
+
+
+class Bundle(_Response):
+    """An exported instance (`GET .../instances/{id}/export`): everything needed to replay it elsewhere."""
+
+    format: Literal["tenantflow.bundle/1"]
+    exported_at: float
+    workflow: str
+    instance: Instance
+    created_at: float = Field(
+        description="Where the instance's logical clock starts (its creation; a fork's: its original's)"
+    )
+    seed: str = Field(description="The seed of its randomness outside step bodies, as hex")
+    version: BundleVersion
+    params: Any
+    journal: list[Step] = Field(description="Every entry in position order, as the journal's steps")
+    events: list[EventRecord] = Field(description="Every event, consumed or buffered, by seq")
+    log: str = Field(description="What the workflow printed (bounded)")
 
 
 class InstanceDeleted(_Response):

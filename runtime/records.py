@@ -184,6 +184,8 @@ class Instance:
     rollback: Rollback | None = None
     # The seed of its randomness outside step bodies (hex); None: derived from its key (`seed_bytes`).
     seed: str | None = None
+    # Where its logical clock starts (a fork's: the original's); None: at its creation (`clock_origin`).
+    clock_start: float | None = None
 
     @property
     def key(self) -> InstanceKey:
@@ -195,6 +197,10 @@ class Instance:
             return bytes.fromhex(self.seed)
         key = f"{self.tenant_id}\0{self.workflow}\0{self.instance_id}\0{self.created_at!r}"
         return hashlib.sha256(key.encode()).digest()
+
+    def clock_origin(self) -> float:
+        """Where its clock outside step bodies starts (also its event's timestamp): the same on every replay."""
+        return self.created_at if self.clock_start is None else self.clock_start
 
     def public(self) -> dict[str, Any]:
         body = {

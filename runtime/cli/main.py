@@ -6,7 +6,7 @@ TENANTFLOW_OPERATOR_KEY) or on the database; `admin create-key` makes the first 
 Tenant commands talk to a server over
 HTTP (`--url`, TENANTFLOW_URL; `--key`, TENANTFLOW_KEY): `deploy`, `workflows`, `workflow`,
 `start`, `instances`, `status`, `events send`, `journal`, `pause`, `resume`,
-`terminate`, `restart`; `retention` also works on --db (with `--tenant`). `run` runs one workflow
+`terminate`, `restart`, `export`, `fork`; `retention` also works on --db (with `--tenant`). `run` runs one workflow
 locally, with no server.
 Every command prints for people by default and JSON with `--json`.
 """

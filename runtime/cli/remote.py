@@ -1,4 +1,5 @@
-"""Tenant commands over HTTP: deploy, workflows, workflow, start, instances, status, events, journal, controls."""
+"""Tenant commands over HTTP: deploy, workflows, workflow, start, instances, status, events, journal, controls,
+export and fork."""
 
 from __future__ import annotations
 
@@ -364,6 +365,50 @@ def restart(client: Client, workflow: str, instance_id: str, from_step: str | No
         print_json(plain(result))
         return
     show_instance(plain(result))
+
+
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@api_options
+def export(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
+    """Print an instance as one self-contained JSON document (tenantflow.bundle/1): the instance, its pinned
+    source, params, seed, whole journal with attempts, events and log. ID may be `latest`.
+
+        tenantflow export WORKFLOW ID > bundle.json"""
+    bundle = client.export(workflow, instance_id_of(client, workflow, instance_id))
+    click.echo(json.dumps(bundle))
+
+
+@commands.command()
+@click.argument("workflow")
+@click.argument("instance_id", metavar="ID")
+@click.option(
+    "--from", "from_step", metavar="STEP", required=True, help="Fork before this step (the journal before it is kept)."
+)
+@click.option("--count", type=click.IntRange(1), default=1, show_default=True, help="Which call of STEP.")
+@click.option("--version", type=click.IntRange(1), help="The version the fork runs (default: the latest).")
+@click.option("--id", "fork_id", help="The fork's id (default: a random one).")
+@api_options
+def fork(
+    client: Client,
+    workflow: str,
+    instance_id: str,
+    from_step: str,
+    count: int,
+    version: int | None,
+    fork_id: str | None,
+    as_json: bool,
+) -> None:
+    """Start a new instance from an instance's journal before a step: the steps before it are copied (replayed,
+    not run again) and it runs on from there with the given version; the original is not changed. ID may be
+    `latest`."""
+    handle = client.fork(workflow, instance_id_of(client, workflow, instance_id), from_step, count, version, fork_id)
+    assert handle.instance is not None
+    if as_json:
+        print_json(plain(handle.instance))
+        return
+    show_instance(plain(handle.instance))
 
 
 @commands.command()

@@ -18,11 +18,10 @@ import click
 from rich.text import Text
 from tenantflow.runtime.cli.options import json_option
 from tenantflow.runtime.cli.output import fail, out, print_json, safe_text, timeline
+from tenantflow.runtime.contract import BUNDLE_FORMAT
 from tenantflow.runtime.records import FINISHED, Entry
 
 __all__ = ["commands"]
-
-BUNDLE_FORMAT = "tenantflow.bundle/1"
 
 
 @click.group()

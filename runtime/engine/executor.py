@@ -128,7 +128,8 @@ class Executor:
 
     def _run(self, state: ActivationState, journal: InstanceJournal, cancel: threading.Event | None) -> Outcome:
         instance = state.instance
-        event = {"payload": instance.params, "timestamp": instance.created_at, "instance_id": instance.instance_id}
+        origin = instance.clock_origin()
+        event = {"payload": instance.params, "timestamp": origin, "instance_id": instance.instance_id}
         grants = Grants(egress=state.quotas.egress)
         return self.sandbox.run(
             state.source,
@@ -137,7 +138,7 @@ class Executor:
             limits_for(state.quotas),
             grants,
             cancel=cancel,
-            clock_start=instance.created_at,
+            clock_start=origin,
             seed=instance.seed_bytes(),
         )
 

@@ -317,6 +317,29 @@ class Api:
         )
         return JSONBody(journal)
 
+    async def export_instance(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        bundle = await run_in_threadpool(
+            self.service.export, tenant, request.path_params["name"], request.path_params["id"]
+        )
+        # Up to tens of MiB of JSON: encoded off the event loop.
+        response: Response = await run_in_threadpool(JSONBody, bundle)
+        return response
+
+    async def fork_instance(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        body = validate(contract.Fork, await read_body(request, self.max_body), "the body")
+        forked = await run_in_threadpool(
+            self.service.fork,
+            tenant,
+            request.path_params["name"],
+            request.path_params["id"],
+            (body.from_.name, body.from_.count),
+            body.version,
+            body.id,
+        )
+        return JSONBody(instance_json(forked), status_code=201)
+
     async def send_event(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         event = validate(contract.SendEvent, await read_body(request, self.max_body), "the event")

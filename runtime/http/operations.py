@@ -295,6 +295,29 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        INSTANCE + "/export",
+        "exportInstance",
+        "The instance as one self-contained document (format tenantflow.bundle/1): the instance, its pinned "
+        "source, params, seed, every journal entry with its attempts, every event and its log (413 if it stores "
+        "more than 64 MiB)",
+        {200: Answer(c.Bundle, "The bundle")},
+        (401, 404, 409, 413, 422),
+        path_params=("name", "id"),
+    ),
+    Operation(
+        "POST",
+        INSTANCE + "/fork",
+        "forkInstance",
+        "Create a new instance from this one's journal before a step: the steps before it are copied (replayed, "
+        "not run again), with the params and the seed, and it runs from that step on with the given version "
+        "(default: the latest); the original is not changed",
+        {201: Answer(c.Instance, "The fork, queued")},
+        _INPUT,
+        body=c.Fork,
+        path_params=("name", "id"),
+    ),
+    Operation(
+        "GET",
         "/v1/admin/tenants",
         "listTenants",
         "Every tenant with its quotas (never a key)",

@@ -45,6 +45,7 @@ from tenantflow.runtime.records import (
 )
 from tenantflow.runtime.service import upgrades
 from tenantflow.runtime.service.admin import Admin
+from tenantflow.runtime.service.bundles import Bundles
 from tenantflow.runtime.service.changes import Changes
 from tenantflow.runtime.service.checks import DeployChecks
 from tenantflow.runtime.service.pages import InstancePage, cursor, position
@@ -119,6 +120,7 @@ class Service:
         self.admin = Admin(store, self.tenant_registry, self.clock, on_purged=self.pool.cancel_tenant)
         self.checks = DeployChecks(self.sandbox)
         self.retentions = Retentions(store, self.clock)
+        self.bundles = Bundles(store)
         self.purger = RetentionPurger(store, self.clock, self.stopping)
         self._started = False
 
@@ -220,11 +222,16 @@ class Service:
     def versions(self, tenant: Tenant, workflow: str) -> list[Version]:
         return self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"))
 
-    def source(self, tenant: Tenant, workflow: str, version: int | None = None) -> tuple[Version, str]:
+    def version(self, tenant: Tenant, workflow: str, version: int | None = None) -> Version:
+        """A version of the workflow (None: its latest); NotFound if it has none such."""
         versions = self.versions(tenant, workflow)
         chosen = versions[-1] if version is None else next((v for v in versions if v.version == version), None)
         if chosen is None:
             raise NotFound(f"workflow {workflow!r} has no version {version}")
+        return chosen
+
+    def source(self, tenant: Tenant, workflow: str, version: int | None = None) -> tuple[Version, str]:
+        chosen = self.version(tenant, workflow, version)
         return chosen, self.store.source(tenant.tenant_id, chosen.source_hash)
 
     # -- instances -----------------------------------------------------------
@@ -313,6 +320,34 @@ class Service:
                 instance=instance.instance_id,
                 version=instance.version,
             )
+
+    def fork(
+        self,
+        tenant: Tenant,
+        workflow: str,
+        instance_id: str,
+        from_step: tuple[str, int],
+        version: int | None = None,
+        fork_id: str | None = None,
+    ) -> Instance:
+        """A new instance of the workflow (`fork_id`, or a random id) running `version` (default: the latest),
+        queued now, whose journal is a copy of the instance's before the `from_step` (name, count) call: the
+        steps before it are replayed, not run again. The original is not changed. As a create, it takes from
+        the tenant's creation rate and needs its storage quota."""
+        key = self._key(tenant, workflow, instance_id)
+        new_id = uuid.uuid4().hex if fork_id is None else check_id(fork_id, "instance id")
+        chosen = self.version(tenant, workflow, version)
+        self._check_storage(tenant)
+        forked = self.store.fork(
+            key, new_id, chosen, from_step, self.clock.now(), per_minute=tenant.quotas.max_instances_per_minute
+        )
+        self._created(tenant, workflow, [forked])
+        logs.event("instance forked", tenant=tenant.tenant_id, workflow=workflow, instance=new_id, original=instance_id)
+        return forked
+
+    def export(self, tenant: Tenant, workflow: str, instance_id: str) -> dict[str, Any]:
+        """The instance as one self-contained document (see service.bundles)."""
+        return self.bundles.export(self._key(tenant, workflow, instance_id))
 
     def instance(self, tenant: Tenant, workflow: str, instance_id: str) -> Instance:
         return self.store.instance(self._key(tenant, workflow, instance_id))

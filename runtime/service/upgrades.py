@@ -52,7 +52,7 @@ def check_upgrade(
         entries,
         params=instance.params,
         instance_id=instance.instance_id,
-        created_at=instance.created_at,
+        created_at=instance.clock_origin(),
         seed=instance.seed_bytes(),
         finished=False,
         limits=limits_for(quotas),

@@ -10,11 +10,12 @@ import json
 import secrets
 from typing import Any
 
-from tenantflow.runtime.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
+from tenantflow.runtime.errors import InvalidState, NotFound, QuotaExceeded
 from tenantflow.runtime.records import FINISHED, MAX_BUFFERED_EVENT_BYTES, MAX_BUFFERED_EVENTS, InstanceKey
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.journal import cut_position
 from tenantflow.runtime.store.purge import delete_instances
 from tenantflow.runtime.store.rows import CutRow, EventsRow
 
@@ -106,12 +107,7 @@ class Controls(StoreCore):
 
     def _cut_journal(self, tx: Tx, key: InstanceKey, now: float, name: str, count: int) -> None:
         params = key_params(key)
-        positions = tx.run(
-            f"SELECT position FROM journal WHERE {KEY} AND name = ? ORDER BY position LIMIT ?", (*params, name, count)
-        ).values()
-        if len(positions) < count:
-            raise InvalidInput(f"the journal has no call {count} of step {name!r} to restart from")
-        at = int(positions[-1])
+        at = cut_position(tx, key, name, count, verb="restart")
         cut = tx.record(
             CutRow,
             "SELECT COUNT(CASE WHEN kind = 'do' THEN 1 END) AS steps, COALESCE(SUM(COALESCE(LENGTH(result), 0) "

@@ -14,7 +14,8 @@ from tenantflow.runtime.store.rows import BucketRow, InstanceRow, StatusCountRow
 from tenantflow.runtime.store.tenants import lock_live_tenant
 
 
-def _take_tokens(tx: Tx, for_update: str, tenant_id: str, per_minute: int, count: int, now: float) -> None:
+def take_tokens(tx: Tx, for_update: str, tenant_id: str, per_minute: int, count: int, now: float) -> None:
+    """Take `count` instance creations from the tenant's bucket of `per_minute` (QuotaExceeded if it holds fewer)."""
     bucket = tx.record(
         BucketRow, f"SELECT tokens, updated_at FROM creation_buckets WHERE tenant_id = ?{for_update}", (tenant_id,)
     )
@@ -72,7 +73,7 @@ class Instances(StoreCore):
             ):
                 raise NotFound(f"no workflow {version.workflow!r}")  # deleted since its versions were read
             if per_minute is not None:
-                _take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
+                take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
             inserts = []
             for instance_id, params in items:
                 blob = codec.encode(params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tenantflow.runtime.errors import NotFound
+from tenantflow.runtime.errors import InvalidInput, NotFound
 from tenantflow.runtime.records import MAX_BUFFERED_EVENTS, AttemptRecord, Entry, EventRecord, InstanceKey
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
@@ -84,3 +84,14 @@ def _page_end(tx: Tx, key: InstanceKey, after: int, limit: int) -> tuple[int, bo
             return last, True
         last, total = row.position, total + size
     return last, False
+
+
+def cut_position(tx: Tx, key: InstanceKey, name: str, count: int, verb: str) -> int:
+    """The journal position of the count-th call of step `name` (InvalidInput if the journal has no such call)."""
+    positions = tx.run(
+        f"SELECT position FROM journal WHERE {KEY} AND name = ? ORDER BY position LIMIT ?",
+        (*key_params(key), name, count),
+    ).values()
+    if len(positions) < count:
+        raise InvalidInput(f"the journal has no call {count} of step {name!r} to {verb} from")
+    return int(positions[-1])

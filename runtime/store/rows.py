@@ -79,6 +79,7 @@ class InstanceRow:
     lease_owner: str | None
     rollback: str | None
     seed: str | None
+    clock_start: float | None
 
     def instance(self) -> Instance:
         return Instance(
@@ -104,6 +105,34 @@ class InstanceRow:
             parked_in=self.lease_owner if self.status in ("waiting", "paused") else None,
             rollback=self.rollback,  # type: ignore[arg-type]
             seed=self.seed,
+            clock_start=self.clock_start,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalRow:
+    """What a fork takes from the instance it copies."""
+
+    workflow: str
+    instance_id: str
+    params: bytes | None
+    created_at: float
+    seed: str | None
+    clock_start: float | None
+
+    def instance(self, tenant_id: str) -> Instance:
+        """As much of the instance as its seed and clock need."""
+        return Instance(
+            tenant_id,
+            self.workflow,
+            self.instance_id,
+            0,
+            "",
+            "queued",
+            None,
+            created_at=self.created_at,
+            seed=self.seed,
+            clock_start=self.clock_start,
         )
 
 
@@ -319,7 +348,8 @@ class LiveRow:
 
 @dataclass(frozen=True, slots=True)
 class CutRow:
-    """What a restart from a step removes from the journal: its step.do calls and stored bytes."""
+    """A stretch of the journal: its step.do calls and stored bytes (what a restart from a step removes, or what
+    a fork copies)."""
 
     steps: int
     bytes: int

@@ -191,6 +191,11 @@ MIGRATIONS: list[list[str]] = [
         # the enclosing step from the journal skips its nested positions.
         "ALTER TABLE journal ADD COLUMN parent INTEGER",
     ],
+    [
+        # Where an instance's logical clock starts: a fork's is its original's, so the journal it copied replays
+        # at the same times; NULL: at its creation (created_at).
+        "ALTER TABLE instances ADD COLUMN clock_start {float}",
+    ],
 ]
 
 # Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test

@@ -10,7 +10,8 @@ from typing import Any
 from click.testing import CliRunner
 from tenantflow.host import Completed, Sandbox, Suspended
 from tenantflow.runtime.cli import main
-from tenantflow.runtime.cli.replaying import BUNDLE_FORMAT, _entry
+from tenantflow.runtime.cli.replaying import _entry
+from tenantflow.runtime.contract import BUNDLE_FORMAT
 from tenantflow.runtime.engine.replay import replay
 from tenantflow.runtime.service.local import LocalRun, run_local
 

@@ -44,7 +44,8 @@ def test_the_document_takes_its_rules_from_the_records() -> None:
     controls = {
         path.rsplit("/", 1)[1] for path in doc["paths"] if path.startswith("/v1/workflows/{name}/instances/{id}/")
     }
-    assert controls - {"journal", "events", "watch", "upgrade"} == set(contract.CONTROLS)
+    assert controls - {"journal", "events", "watch", "export", "fork", "upgrade"} == set(contract.CONTROLS)
+    assert schemas["Bundle"]["properties"]["format"]["const"] == contract.BUNDLE_FORMAT
     # Every $ref points at a schema the document has.
     refs: list[str] = []
 

@@ -657,3 +657,50 @@ def test_browser_a_step_appears_live_from_the_watch_stream(site: Site, browser: 
     site.service.send_event(tenant, "live", "live-1", "end", None)
     expect(page.locator("#instance-status")).to_contain_text("complete")
     context.close()
+
+
+FORKED = """
+def run(event, step):
+    first = step.do("a", lambda: 1)
+    second = step.do("a", lambda: 2)
+    got = step.wait_for_event("go", event_type="go", timeout="1 hour")
+    return [first, second, got["payload"]]
+"""
+
+
+def test_browser_forks_from_a_step(site: Site, browser: Any) -> None:
+    """A step card's "Fork from here" forks from that call (its name and its count among calls of that name)
+    and lands on the fork, which has the steps before it as they were and runs the rest."""
+    from playwright.sync_api import expect
+
+    tenant = site.service.authenticate(site.acme)
+    site.service.deploy(tenant, "forked", FORKED)
+    site.service.create_instances(tenant, "forked", [{"id": "fork-me"}])
+    site.wait_status("forked", "fork-me", "waiting")
+    site.service.send_event(tenant, "forked", "fork-me", "go", 5)
+    site.wait_status("forked", "fork-me", "complete")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    _sign_in(page, site, site.acme)
+    page.goto(site.url + "/workflows/forked/instances/fork-me")
+    expect(page.locator("#timeline > li")).to_have_count(3)
+    second = page.locator("#step-1")
+    expect(second).to_have_attribute("data-step", "a")
+    second.get_by_role("button", name="Fork from here").click()
+
+    page.wait_for_url(re.compile(r"/workflows/forked/instances/(?!fork-me$)[A-Za-z0-9_-]+$"))
+    fork_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#instance-status")).to_contain_text("waiting", timeout=20_000)
+    expect(page.locator('li[data-step="go"]')).to_contain_text("waiting")
+    original = site.service.journal(tenant, "forked", "fork-me")["steps"]
+    fork = site.service.journal(tenant, "forked", fork_id)["steps"]
+    assert fork[0] == original[0]  # the first call of a, copied
+    assert fork[1]["name"] == "a" and fork[1]["updated_at"] > original[1]["updated_at"]  # the second, run again
+    assert site.service.instance(tenant, "forked", "fork-me").status == "complete"
+    page.screenshot(path=str(ARTIFACTS / "fork.png"), full_page=True)
+    assert errors == []
+    context.close()

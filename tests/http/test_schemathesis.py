@@ -29,6 +29,8 @@ SEMANTIC_422 = {
     ("POST", "/v1/workflows/{name}/instances/batch"),
     # A restart from a step names a call the journal must have.
     ("POST", "/v1/workflows/{name}/instances/{id}/restart"),
+    # So does a fork's `from`: a schema-valid step name the instance's journal does not have is 422.
+    ("POST", "/v1/workflows/{name}/instances/{id}/fork"),
     # A retention's durations match the duration pattern; that each is 1 minute to 10 years the pattern cannot
     # say ("1 second" matches it).
     ("PUT", "/v1/workflows/{name}/retention"),

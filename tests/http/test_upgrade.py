@@ -3,7 +3,9 @@ cleanly; otherwise 409 naming the divergence, and nothing changes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -85,3 +87,24 @@ def test_the_cli_upgrade(server: ServerProcess, key: str, client: Client) -> Non
     refused = CliRunner().invoke(main, ["upgrade", "cli", "latest", "--version", "2"], env=env)
     assert refused.exit_code == 1 and "409" in refused.output
     assert "the journal holds" in refused.output
+
+
+def test_export_then_replay_on_this_machine(server: ServerProcess, key: str, client: Client, tmp_path: Path) -> None:
+    client.deploy("trip", V1)
+    handle = client.workflow("trip").start(id="x1")
+    handle.wait({"waiting"}, timeout=30)
+    handle.send_event("approved", "grace")
+    assert handle.result(timeout=30)["by"] == "grace"
+    env = {"TENANTFLOW_URL": server.url, "TENANTFLOW_KEY": key, "COLUMNS": "200"}
+    exported = CliRunner().invoke(main, ["export", "trip", "x1"], env=env)
+    assert exported.exit_code == 0, exported.output
+    bundle = tmp_path / "x1.json"
+    bundle.write_text(exported.output)
+    clean = CliRunner().invoke(main, ["replay", str(bundle), "--json"])
+    assert clean.exit_code == 0, clean.output
+    verdict = json.loads(clean.output)
+    assert verdict["clean"] and verdict["output"] == {"v": 1, "order": {"seat": 4}, "by": "grace"}
+    other = tmp_path / "v3.py"
+    other.write_text(V3)
+    diverged = CliRunner().invoke(main, ["replay", str(bundle), "--source", str(other)], env={"COLUMNS": "200"})
+    assert diverged.exit_code == 1 and "diverges: at position 0" in diverged.output

@@ -186,6 +186,8 @@ def exercise(s: Any) -> None:
     s.resume(k1, T0 + 9)
     s.terminate(k3, T0 + 9)
     s.restart(k3, T0 + 10)
+    forked = s.fork(k1, "f1", version, ("approval", 1), T0 + 10, per_minute=100)
+    assert forked.steps == 1 and len(s.journal(forked.key)[0]) == 1
     assert [e.position for e in s.journal(k1)[0]] == [0, 1]
     assert s.journal_page(k1, limit=1).next_after == 0
     assert s.stored_bytes("acme", max_age_s=0) > 0

@@ -601,6 +601,30 @@
       });
     }
 
+    // Fork from a step card: its name, and its count among the calls of that name up to it (the timeline
+    // holds the journal from its start, in position order).
+    timeline.addEventListener("click", async (event) => {
+      const button = event.target instanceof Element ? event.target.closest("button[data-fork]") : null;
+      if (!button) return;
+      const item = button.closest("li.step");
+      const name = item.dataset.step;
+      const position = Number(item.dataset.position);
+      const count = Array.from(document.querySelectorAll("#timeline > li.step")).filter(
+        (li) => li.dataset.step === name && Number(li.dataset.position) <= position,
+      ).length;
+      button.disabled = true;
+      try {
+        const forked = await api("POST", base + "/fork", { from: { name: name, count: count } });
+        show(status, "Forked as " + forked.id + ".", "ok");
+        location.assign(
+          "/workflows/" + encodeURIComponent(controls.dataset.workflow) + "/instances/" + encodeURIComponent(forked.id),
+        );
+      } catch (e) {
+        show(status, "Could not fork: " + e.message, "error");
+        button.disabled = false;
+      }
+    });
+
     const form = document.getElementById("event-form");
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
