@@ -186,6 +186,10 @@ def exercise(s: Any) -> None:
     s.resume(k1, T0 + 9)
     s.terminate(k3, T0 + 9)
     s.restart(k3, T0 + 10)
+    s.pause(k3, T0 + 10)
+    s.upgrade(k3, version.version, version.source_hash, s.instance(k3).fence, T0 + 10)
+    with pytest.raises(InvalidState):  # the fence moved on: a check made before is stale
+        s.upgrade(k3, version.version, version.source_hash, s.instance(k3).fence - 1, T0 + 10)
     forked = s.fork(k1, "f1", version, ("approval", 1), T0 + 10, per_minute=100)
     assert forked.steps == 1 and len(s.journal(forked.key)[0]) == 1
     assert [e.position for e in s.journal(k1)[0]] == [0, 1]
