@@ -13,6 +13,7 @@ import hashlib  # noqa: F401
 import itertools  # noqa: F401
 import json
 import linecache
+import marshal
 import math  # noqa: F401
 import random  # noqa: F401
 import re  # noqa: F401
@@ -115,15 +116,18 @@ def _from_exception(error: BaseException) -> Err:
         return _error(name, message)
 
 
-def _load(source: str) -> typing.Callable[..., typing.Any]:
-    """The workflow's entry point: a module-level run(event, step) or a WorkflowEntrypoint class."""
-    linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
-    namespace: dict[str, typing.Any] = {"__name__": "workflow", "__file__": FILENAME}
+def _compile(source: str) -> typing.Any:
     try:
-        code = compile(source, FILENAME, "exec")
+        return compile(source, FILENAME, "exec")
     except SyntaxError as error:
         raise _error("WorkflowCodeError", f"SyntaxError: {error.msg} (line {error.lineno})",
                      "".join(traceback.format_exception_only(error)), error.lineno)
+
+
+def _load(source: str, code: typing.Any) -> typing.Callable[..., typing.Any]:
+    """The workflow's entry point: a module-level run(event, step) or a WorkflowEntrypoint class."""
+    linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
+    namespace: dict[str, typing.Any] = {"__name__": "workflow", "__file__": FILENAME}
     try:
         exec(code, namespace)
     except BaseException as error:
@@ -153,24 +157,32 @@ def _roll_back(step: tenantflow.Step, cause: BaseException) -> None:
 
 
 class WitWorld(wit_world.WitWorld):
-    def check(self, source: str) -> None:
+    def check(self, source: str) -> bytes:
         try:
-            _load(source)
+            code = _compile(source)
+            _load(source, code)
+            return marshal.dumps(code)
         except Err:
             raise
         except BaseException as error:  # e.g. MemoryError compiling a huge source
             raise _from_exception(error)
 
     def run(self, source: str, event: str) -> str:
+        return self._guarded_run(source, None, event)
+
+    def run_compiled(self, source: str, code: str, event: str) -> str:
+        return self._guarded_run(source, code.encode("latin-1"), event)
+
+    def _guarded_run(self, source: str, code: bytes | None, event: str) -> str:
         try:
-            return self._run(source, event)
+            return self._run(source, _compile(source) if code is None else marshal.loads(code), event)
         except Err:
             raise
         except BaseException as error:  # never let an exception escape the export: that aborts the guest
             raise _from_exception(error)
 
-    def _run(self, source: str, event: str) -> str:
-        entry = _load(source)
+    def _run(self, source: str, code: typing.Any, event: str) -> str:
+        entry = _load(source, code)
         data = json.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
         # The snapshot holds one seeded state for every isolate: draw the instance's own (the host answers

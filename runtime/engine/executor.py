@@ -22,6 +22,7 @@ from tenantflow.host import (
 )
 from tenantflow.runtime import logs
 from tenantflow.runtime.engine.clock import Clock
+from tenantflow.runtime.engine.codes import CodeCache
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import Parker
@@ -72,6 +73,7 @@ class Executor:
         self.clock = clock
         self.metrics = metrics
         self.stopping = stopping
+        self.codes = CodeCache(sandbox)
         self.on_write = on_write
         """Told of each journal write as it commits (watchers of the instance wake)."""
 
@@ -131,15 +133,17 @@ class Executor:
         origin = instance.clock_origin()
         event = {"payload": instance.params, "timestamp": origin, "instance_id": instance.instance_id}
         grants = Grants(egress=state.quotas.egress)
+        limits = limits_for(state.quotas)
         return self.sandbox.run(
             state.source,
             event,
             journal,
-            limits_for(state.quotas),
+            limits,
             grants,
             cancel=cancel,
             clock_start=origin,
             seed=instance.seed_bytes(),
+            code=self.codes.code(instance.source_hash, state.source, limits),
         )
 
     def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
