@@ -81,6 +81,8 @@ def long_instance(service: Service, key: str, steps: int, instance_id: str = "lo
 
 def measure(browser: Any, url: str, key: str, path: str) -> tuple[int, int, int, int, int]:
     """(all bytes, timeline fragment bytes, DOM elements, page height, responses) of the page at `path`."""
+    from playwright.sync_api import Error as PlaywrightError
+
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(60_000)
     page = context.new_page()
@@ -93,9 +95,12 @@ def measure(browser: Any, url: str, key: str, path: str) -> tuple[int, int, int,
     page.wait_for_selector("#activity-region[aria-busy=false]")
     page.wait_for_timeout(500)
     total = timeline = 0
-    kept = [r for r in responses if "/watch" not in r.url]
+    kept = [r for r in responses if "/watch" not in r.url and not 300 <= r.status < 400]
     for response in kept:
-        size = len(response.body())
+        try:
+            size = len(response.body())
+        except PlaywrightError:  # a late answer to the sign-in page (navigated away from)
+            continue
         total += size
         if "/timeline" in response.url:
             timeline = max(timeline, size)
