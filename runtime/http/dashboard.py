@@ -8,9 +8,11 @@ How it fits together:
   closes; never a cookie, so no request is ever authenticated by the browser on its own).
 - `static/dashboard.js` fills each shell's regions from HTML fragments rendered here
   (`/ui/fragments/...`), sending `Authorization: Bearer <key>` exactly as an HTTP client does.
-  The instance page follows the API's watch stream (`GET /v1/.../watch`, read with fetch: EventSource
-  cannot send that header) and fetches only what changed: the summary and activity on a status change,
-  the step cards an entry event names (`.../steps?from=&to=`). Other live regions, and the instance page
+  The instance page (`static/instance.js`) follows the API's watch stream (`GET /v1/.../watch`, read with
+  fetch: EventSource cannot send that header) and fetches only what changed: the now-line on any change,
+  the summary and activity on a status change, the timeline's rows from the first one an entry event
+  touches (`.../rows?from=`). A step's detail (`.../step?position=`) and a group's members
+  (`.../rows?from=&to=&flat=1`) are fetched when their row is opened. Other live regions, and the instance page
   while its stream is down (or for an operator viewing another tenant), are polled every second or two.
 - Every action (start, pause, resume, terminate, restart, send an event) is a `fetch` to the /v1
   API with the same header: the dashboard has no write path of its own.
