@@ -8,9 +8,11 @@ How it fits together:
   closes; never a cookie, so no request is ever authenticated by the browser on its own).
 - `static/dashboard.js` fills each shell's regions from HTML fragments rendered here
   (`/ui/fragments/...`), sending `Authorization: Bearer <key>` exactly as an HTTP client does.
-  The instance page follows the API's watch stream (`GET /v1/.../watch`, read with fetch: EventSource
-  cannot send that header) and fetches only what changed: the summary and activity on a status change,
-  the step cards an entry event names (`.../steps?from=&to=`). Other live regions, and the instance page
+  The instance page (`static/instance.js`) follows the API's watch stream (`GET /v1/.../watch`, read with
+  fetch: EventSource cannot send that header) and fetches only what changed: the now-line on any change,
+  the summary and activity on a status change, the timeline's rows from the first one an entry event
+  touches (`.../rows?from=`). A step's detail (`.../step?position=`) and a group's members
+  (`.../rows?from=&to=&flat=1`) are fetched when their row is opened. Other live regions, and the instance page
   while its stream is down (or for an operator viewing another tenant), are polled every second or two.
 - Every action (start, pause, resume, terminate, restart, send an event) is a `fetch` to the /v1
   API with the same header: the dashboard has no write path of its own.
@@ -32,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from tenantflow.runtime.contract import MAX_PAGE
 from tenantflow.runtime.http.auth import bearer_key
 from tenantflow.runtime.http.dashboard_views import (
     MAX_PAGE_SIZE,
@@ -42,7 +45,9 @@ from tenantflow.runtime.http.dashboard_views import (
     STATUS_SYMBOLS,
     TEMPLATES,
     SafeHTMLResponse,
+    build_rows,
     build_timeline,
+    cap_rows,
     fmt_bytes,
     fmt_count,
     fmt_duration,
@@ -50,14 +55,16 @@ from tenantflow.runtime.http.dashboard_views import (
     fmt_relative,
     fmt_time,
     iso_time,
+    now_line,
     pretty_json,
     safe_next,
 )
 from tenantflow.runtime.records import FINISHED, STATUSES, Tenant, check_id
 from tenantflow.runtime.service import Service
+from tenantflow.runtime.service.watching import FINAL_STATES
 
-# The most steps one live update's fragment renders (the page asks again for the rest).
-MAX_LIVE_STEPS = 200
+# The last journal position there can be (a tenant's `max_steps` is at most 100,000).
+MAX_POSITION = 10**9
 
 __all__ = [
     "STATIC",
@@ -216,7 +223,8 @@ class Dashboard:
         )
 
     def instance_fragment(self, part: str) -> Any:
-        """The instance's summary (status, params, output or error) or its timeline (journal, events, log)."""
+        """The instance's summary (status, params, output or error), what it is doing now, its timeline (compact
+        rows), some of its rows (`rows`), one step's detail (`step`), or its events and log (`activity`)."""
 
         def endpoint(request: Request) -> Response:
             return self._instance(request, part)
@@ -227,13 +235,31 @@ class Dashboard:
         actor, viewed = self.scope(request)
         name, instance_id = request.path_params["name"], request.path_params["id"]
         instance = self.service.instance(viewed, name, instance_id)
-        if part == "steps":  # the steps a live update names: positions from..to
-            first, last = _int(request, "from", 0), _int(request, "to", 0)
-            limit = max(1, min(last - first + 1, MAX_LIVE_STEPS))
-            journal = self.service.journal(viewed, name, instance_id, first - 1, limit)
-        else:
-            journal = self.service.journal(viewed, name, instance_id)
         now = time.time()
+        context: dict[str, Any] = {}
+        if part == "now":  # from the last entries only
+            context["line"] = now_line(instance, self._last_entries(viewed, name, instance_id, instance.steps), now)
+        elif part == "step":
+            # From the start: "Fork from here" names the call by its count among the calls of its name.
+            position = _int(request, "position", 0)
+            steps, events = self._journal(viewed, name, instance_id, 0, position)
+            mine = [s for s in steps if int(s["position"]) == position]
+            journal = {"steps": mine, "events": [e for e in events if e.get("consumed_at") == position]}
+            context["step"] = next(iter(build_timeline(instance, journal, now).steps), None)
+            context["position"] = position
+            context["start"] = instance.created_at
+            context["count"] = sum(1 for s in steps if mine and s["name"] == mine[0]["name"])
+        elif part in ("timeline", "rows"):
+            first = _int(request, "from", 0) if part == "rows" else 0
+            last = _int(request, "to", MAX_POSITION) if part == "rows" else MAX_POSITION
+            steps, _ = self._journal(viewed, name, instance_id, first, last)
+            flat = part == "rows" and request.query_params.get("flat") == "1"
+            rows = build_rows(instance, steps, now, group=not flat)
+            context.update(rows=cap_rows(rows), steps=len(steps), start=instance.created_at, cursor=_cursor(steps))
+        else:
+            steps, events = self._journal(viewed, name, instance_id, 0, MAX_POSITION)
+            everything: dict[str, Any] = {"steps": steps, "events": events, "log": instance.log}
+            context["timeline"] = build_timeline(instance, everything, now)
         return self.render(
             f"_instance_{part}.html",
             fragment=True,
@@ -242,10 +268,48 @@ class Dashboard:
             readonly=viewed.tenant_id != actor.tenant_id,
             name=name,
             instance=instance,
-            timeline=build_timeline(instance, journal, now),
             now=now,
             q=self.query,
+            **context,
         )
+
+    def _last_entries(self, viewed: Tenant, name: str, instance_id: str, counted: int) -> list[dict[str, Any]]:
+        """The journal's last entries. The instance's step count (step.do calls) is at most its positions, so
+        reading from just below it is reading the end (sleeps and waits are the rest)."""
+        for start in (max(-1, counted - 3), -1):
+            after: int | None = start
+            tail: list[dict[str, Any]] = []
+            while after is not None:
+                page = self.service.journal(viewed, name, instance_id, after, MAX_PAGE)
+                tail = (tail + page["steps"])[-3:]
+                after = page["next_after"]
+            if tail or start == -1:
+                return tail
+        return []
+
+    def _journal(
+        self, viewed: Tenant, name: str, instance_id: str, first: int, last: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The journal's steps at positions first..last, page by page, and the events they consumed (with those
+        not consumed yet, when the range reaches the end)."""
+        steps: list[dict[str, Any]] = []
+        events: dict[int, dict[str, Any]] = {}
+        after: int | None = first - 1
+        while after is not None and after < last:
+            page = self.service.journal(viewed, name, instance_id, after, min(MAX_PAGE, last - after))
+            steps += [s for s in page["steps"] if int(s["position"]) <= last]
+            events.update((int(e["seq"]), e) for e in page["events"])
+            after = page["next_after"]
+        return steps, [events[seq] for seq in sorted(events)]
+
+
+def _cursor(steps: list[dict[str, Any]]) -> int:
+    """Where a watch resumes (as service.watching's cursor): every step but the last is final, and the last
+    once it has ended."""
+    if not steps:
+        return -1
+    last = steps[-1]
+    return int(last["position"]) if last["state"] in FINAL_STATES else int(last["position"]) - 1
 
 
 def _int(request: Request, name: str, default: int) -> int:
@@ -276,7 +340,9 @@ def dashboard_routes(service: Service) -> list[BaseRoute]:
         _get(fragments + "/{name}/instances", d.instances_fragment),
         _get(fragments + "/{name}/instances/{id}/summary", d.instance_fragment("summary")),
         _get(fragments + "/{name}/instances/{id}/timeline", d.instance_fragment("timeline")),
-        _get(fragments + "/{name}/instances/{id}/steps", d.instance_fragment("steps")),
+        _get(fragments + "/{name}/instances/{id}/now", d.instance_fragment("now")),
+        _get(fragments + "/{name}/instances/{id}/rows", d.instance_fragment("rows")),
+        _get(fragments + "/{name}/instances/{id}/step", d.instance_fragment("step")),
         _get(fragments + "/{name}/instances/{id}/activity", d.instance_fragment("activity")),
         Mount("/ui/static", StaticFiles(directory=str(STATIC)), name="dashboard-static"),
     ]

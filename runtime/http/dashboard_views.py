@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from starlette.responses import HTMLResponse
-from tenantflow.runtime.records import FINISHED, Instance
+from tenantflow.runtime.records import DUE_SLACK_S, FINISHED, Instance
 from tenantflow.runtime.service.watching import FINAL_STATES
 
 HERE = Path(__file__).parent
@@ -79,27 +79,33 @@ def iso_time(epoch: float | None) -> str:
 
 
 def fmt_duration(ms: float | None) -> str:
+    """A length of time, rounded to what it shows: "250 µs", "12.3 ms", "1.50 s", "2 min 5 s", "2 h", "3 d 4 h".
+
+    It is rounded once, to the unit of its last part, before it is split: 7,199.9996 s is "2 h", not
+    "1 h 59 min"; a zero last part is left out ("2 min", not "2 min 0 s")."""
     if ms is None or not math.isfinite(ms):
         return "—"
     if ms < 0:
         return "−" + fmt_duration(-ms)
-    if ms < 1:
+    if ms < 0.9995:
         return f"{ms * 1000:.0f} µs"
     if ms < 99.95:
         return f"{ms:.1f} ms"
     if ms < 999.5:
         return f"{ms:.0f} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    minutes, seconds = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
+    if ms < 59_995:
+        return f"{ms / 1000:.2f} s"
+    seconds = round(ms / 1000)
+    if seconds < 3600:
+        return _two(*divmod(seconds, 60), "min", "s")
+    minutes = round(ms / 60_000)
+    if minutes < 48 * 60:
+        return _two(*divmod(minutes, 60), "h", "min")
+    return _two(*divmod(round(ms / 3_600_000), 24), "d", "h")
+
+
+def _two(big: int, small: int, big_unit: str, small_unit: str) -> str:
+    return f"{big} {big_unit}" if small == 0 else f"{big} {big_unit} {small} {small_unit}"
 
 
 def fmt_offset(seconds: float | None) -> str:
@@ -409,3 +415,258 @@ def _cursor(steps: list[StepView]) -> int:
         return -1
     last = steps[-1]
     return last.position if last.state in FINAL_STATES else last.position - 1
+
+
+# -- the instance page: what it is doing now, and the compact timeline's rows ----------------------------------
+
+
+@dataclass(frozen=True)
+class NowLine:
+    """One line on what an instance is doing now: `phrase`, then `until` (a time, if any), then `after`.
+
+    `kind` is one of: queued, running, retry_running, sleeping, event, retry, waiting, paused,
+    waiting_for_pause, rolling_back, complete, errored, terminated."""
+
+    kind: str
+    phrase: str
+    until: float | None = None
+    after: str = ""
+    step: str | None = None
+    event_type: str | None = None
+    attempt: int | None = None
+
+    def sentence(self) -> str:
+        """As plain text (times in UTC)."""
+        parts = [self.phrase]
+        if self.until is not None:
+            parts.append(fmt_time(self.until))
+        if self.after:
+            parts.append(self.after)
+        return " ".join(parts)
+
+
+def now_line(instance: Instance, last: list[dict[str, Any]], now: float) -> NowLine:
+    """What the instance is doing now, from its status and its last journal entries (the journal API's shape,
+    in position order; the last one or two are enough).
+
+    The retry policy (`limit`) is not journaled, so an attempt is given as "attempt n", not "n of m"."""
+    entry = last[-1] if last else None
+    name = None if entry is None else str(entry["name"])
+    state = None if entry is None else str(entry["state"])
+    kind = None if entry is None else str(entry["kind"])
+    wake = None if entry is None or entry.get("wake_at") is None else float(entry["wake_at"])
+    attempts = 0 if entry is None else int(entry.get("attempts") or len(entry.get("attempt_log") or []))
+    status = instance.status
+    rolled = {"terminate": "after terminate", "error": "after an error"}.get(instance.rollback or "", "")
+    if status == "complete":
+        return NowLine("complete", "Complete: finished", instance.updated_at)
+    if status == "errored":
+        error = instance.error or {}
+        what = f"{error.get('name') or 'Error'}: {str(error.get('message') or '')[:300]}".rstrip(": ")
+        return NowLine("errored", f"Errored{' (rolled back)' if rolled else ''}: {what}; at", instance.updated_at)
+    if status == "terminated":
+        return NowLine("terminated", f"Terminated{' (rolled back)' if rolled else ''} at", instance.updated_at)
+    if status == "paused":
+        return NowLine("paused", "Paused" + (f" after step '{name}'" if name else "") + "; resume to go on", step=name)
+    if status == "waiting_for_pause":
+        return NowLine(
+            "waiting_for_pause", "Waiting for pause: the running activation stops at its next durable call", step=name
+        )
+    if rolled and status in ("running", "waiting", "queued"):
+        doing = f": step '{name}'" if kind == "rollback" and name else ""
+        return NowLine("rolling_back", f"Rolling back ({rolled}){doing}", step=name if doing else None)
+    if status == "queued":
+        if instance.wake_at is not None and instance.wake_at > now + DUE_SLACK_S:
+            return NowLine("queued", "Queued until", instance.wake_at)
+        return NowLine("queued", "Queued: waiting for a worker")
+    if status == "running":
+        if state == "retrying" and kind in ("do", "rollback") and (wake is None or wake <= now + DUE_SLACK_S):
+            after = f"(attempt {attempts + 1})"
+            return NowLine("retry_running", f"Running step '{name}'", after=after, step=name, attempt=attempts + 1)
+        if name is None:
+            return NowLine("running", "Running: no step journaled yet")
+        return NowLine("running", f"Running: the code after step '{name}'", step=name)
+    # waiting (sleep, event, retry back-off)
+    if kind == "sleep" and state == "sleeping":
+        return NowLine("sleeping", f"Sleeping in '{name}' until", wake, step=name)
+    if kind == "wait" and state == "waiting":
+        event_type = str(entry.get("event_type") or "") if entry else ""
+        phrase = f"Waiting for event '{event_type}' (step '{name}')"
+        if wake is None:
+            return NowLine("event", phrase + ", with no timeout", step=name, event_type=event_type)
+        return NowLine("event", phrase + " until", wake, step=name, event_type=event_type)
+    if kind in ("do", "rollback") and state == "retrying":
+        return NowLine(
+            "retry", f"Retry of '{name}' at", wake, after=f"(attempt {attempts + 1})", step=name, attempt=attempts + 1
+        )
+    return NowLine("waiting", "Waiting until" if instance.wake_at is not None else "Waiting", instance.wake_at)
+
+
+LOOK_ORDER = ("failed", "timed_out", "retrying", "waiting", "sleeping", "slept", "done")
+"""A group's colour is its most pressing member's state."""
+
+
+@dataclass
+class RowView:
+    """One row of the compact timeline: a step, or a run of consecutive calls of one name (`count` > 1)."""
+
+    first: int
+    last: int
+    name: str
+    kind: str
+    count: int
+    looks: dict[str, int]
+    begin: float
+    stop: float | None
+    """The bar's end; None: still going (the page draws it to now)."""
+    duration_ms: float | None
+    busy: list[tuple[float, float]]
+    """When something ran (attempts of its steps), merged; sleeps and waits are idle time."""
+    updated: float = 0.0
+    """Its last step's `updated_at` (the only one of a group that may still change)."""
+
+    @property
+    def look(self) -> str:
+        return next((look for look in LOOK_ORDER if look in self.looks), next(iter(self.looks), "done"))
+
+    @property
+    def label(self) -> str:
+        if len(self.looks) == 1:
+            return STATE_LABELS.get(self.look, self.look)
+        return " · ".join(
+            f"{n:,} {STATE_LABELS.get(look, look)}"
+            for look, n in sorted(self.looks.items(), key=lambda item: LOOK_ORDER.index(item[0]))
+        )
+
+    @property
+    def busy_text(self) -> str:
+        return " ".join(f"{b:.3f} {e:.3f}" for b, e in self.busy)
+
+
+MAX_BUSY = 24
+"""A row's busy intervals beyond this many are given as its whole span."""
+BUSY_JOIN_S = 0.25
+"""Busy intervals closer than this are one (a tight loop of steps is one stretch of work)."""
+STATE_LABELS["slept"] = "slept"
+
+
+def _merge(intervals: list[tuple[float, float]], join: float = BUSY_JOIN_S) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for begin, end in sorted(intervals):
+        if merged and begin <= merged[-1][1] + join:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+Bar = tuple[float, float | None, str, float | None, list[tuple[float, float]]]
+
+
+def _step_bar(raw: dict[str, Any], default_start: float, now: float, live: bool) -> Bar:
+    """A raw journal step's (begin, stop or None if still going, look, duration ms, busy intervals)."""
+    kind, state = str(raw["kind"]), str(raw["state"])
+    created = float(raw.get("created_at") or default_start)
+    updated = float(raw.get("updated_at") or created)
+    wake = raw.get("wake_at")
+    look = state
+    busy: list[tuple[float, float]] = []
+    begin, stop = created, None
+    duration: float | None = None
+    if kind in ("do", "rollback"):
+        for attempt in raw.get("attempt_log") or []:
+            end = float(attempt["finished_at"])
+            busy.append((end - float(attempt.get("duration_ms") or 0.0) / 1000, end))
+        if busy:
+            begin = min(created, busy[0][0])
+        if state in ("done", "failed"):
+            stop = busy[-1][1] if busy else updated
+        elif state == "retrying" and wake is not None:
+            stop = float(wake)
+        duration = float(raw.get("duration_ms") or 0.0) or (sum(e - b for b, e in busy) * 1000 or None)
+        if not busy:
+            busy = [(begin, stop if stop is not None else begin)]
+    elif kind == "sleep":
+        stop = None if wake is None else float(wake)
+        if stop is not None and stop <= now:
+            look = "slept"
+        duration = None if wake is None else (float(wake) - created) * 1000
+    else:
+        if state in ("done", "timed_out"):
+            stop = updated
+        duration = None if stop is None else (stop - created) * 1000
+    if stop is None and not live:
+        stop = updated
+    return begin, stop, look, duration, busy
+
+
+def build_rows(instance: Instance, steps: list[dict[str, Any]], now: float, *, group: bool = True) -> list[RowView]:
+    """The compact timeline's rows: raw journal steps (the journal API's shape, in position order), with runs of
+    consecutive calls of one name and kind made one row each (unless `group` is false)."""
+    live = instance.status not in FINISHED
+    rows: list[RowView] = []
+    for raw in steps:
+        begin, stop, look, duration, busy = _step_bar(raw, instance.created_at, now, live)
+        position, name, kind = int(raw["position"]), str(raw["name"]), str(raw["kind"])
+        row = rows[-1] if rows else None
+        if group and row is not None and row.name == name and row.kind == kind and row.last == position - 1:
+            row.last, row.count, row.updated = position, row.count + 1, raw.get("updated_at") or 0.0
+            row.looks[look] = row.looks.get(look, 0) + 1
+            row.stop = None if stop is None or row.stop is None else max(row.stop, stop)
+            row.busy = _merge(row.busy + busy) if len(row.busy) <= MAX_BUSY else row.busy
+            if duration is not None and kind in ("do", "rollback"):
+                row.duration_ms = (row.duration_ms or 0.0) + duration
+            continue
+        updated = raw.get("updated_at") or 0.0
+        rows.append(RowView(position, position, name, kind, 1, {look: 1}, begin, stop, duration, _merge(busy), updated))
+    for row in rows:
+        if row.count > 1 and row.kind not in ("do", "rollback"):
+            row.duration_ms = None if row.stop is None else (row.stop - row.begin) * 1000
+        if len(row.busy) > MAX_BUSY:
+            row.busy = [(row.busy[0][0], row.busy[-1][1])]
+    return rows
+
+
+MAX_ROWS = 300
+"""The most rows one timeline fragment renders: beyond it, a row stands for the rest and loads it when asked."""
+
+
+@dataclass
+class GapView:
+    """Rows left out of a fragment (positions `first`..`last`), with the span and busy time they cover."""
+
+    first: int
+    last: int
+    rows: int
+    steps: int
+    begin: float
+    stop: float | None
+    busy: list[tuple[float, float]]
+
+    @property
+    def busy_text(self) -> str:
+        return " ".join(f"{b:.3f} {e:.3f}" for b, e in self.busy)
+
+
+def cap_rows(rows: list[RowView], limit: int = MAX_ROWS) -> list[RowView | GapView]:
+    """`rows`, or, when there are more than `limit`, the first third of them, a gap for the middle, and the rest
+    (the end of a timeline is where it changes)."""
+    if len(rows) <= limit:
+        return list(rows)
+    head = limit // 3
+    tail = limit - head - 1
+    middle = rows[head : len(rows) - tail]
+    stops = [r.stop for r in middle]
+    busy = _merge([span for r in middle for span in r.busy], join=BUSY_JOIN_S)
+    if len(busy) > MAX_BUSY:
+        busy = _merge(busy, join=max(1.0, (busy[-1][1] - busy[0][0]) / MAX_BUSY))[:MAX_BUSY]
+    gap = GapView(
+        first=middle[0].first,
+        last=middle[-1].last,
+        rows=len(middle),
+        steps=sum(r.count for r in middle),
+        begin=min(r.begin for r in middle),
+        stop=None if any(s is None for s in stops) else max(s for s in stops if s is not None),
+        busy=busy,
+    )
+    return [*rows[:head], gap, *rows[len(rows) - tail :]]

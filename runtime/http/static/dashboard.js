@@ -298,7 +298,7 @@
     }
   });
 
-  // -- instance page: controls and events ----------------------------------------------------
+  // -- confirmation ----------------------------------------------------------------------------
 
   function confirmAction(text, label) {
     const dialog = document.getElementById("confirm");
@@ -312,344 +312,25 @@
     });
   }
 
-  // -- instance page: live updates from the API's watch stream ---------------------------------
+  // -- what other scripts use (static/instance.js: the instance page) ----------------------------------
 
-  // Server-sent events from a fetch response's body (EventSource cannot send the Authorization header).
-  async function readEvents(response, onEvent) {
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    let event = { type: "message", data: [], id: null };
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, cut).replace(/\r$/, "");
-        buffer = buffer.slice(cut + 1);
-        if (line === "") {
-          if (event.data.length) onEvent(event);
-          event = { type: "message", data: [], id: null };
-          continue;
-        }
-        if (line.startsWith(":")) continue; // a heartbeat
-        const colon = line.indexOf(":");
-        const field = colon < 0 ? line : line.slice(0, colon);
-        let text = colon < 0 ? "" : line.slice(colon + 1);
-        if (text.startsWith(" ")) text = text.slice(1);
-        if (field === "event") event.type = text;
-        else if (field === "data") event.data.push(text);
-        else if (field === "id") event.id = text;
-      }
-    }
-  }
-
-  // Follow the instance: the summary and activity are fetched again when its status changes, and only the
-  // step cards an entry event names are fetched and put in place. While the stream is down, the regions are
-  // polled as before, and it is tried again with a growing pause.
-  function liveInstance(base, summary, timeline, activity) {
-    const regions = [summary, timeline, activity];
-    let lastId = null;
-    let finished = false;
-    let failures = 0;
-    let connecting = false;
-    let unwatchable = false;
-    let firstStatus = true;
-    let shownStatus = null;
-    const pending = new Set();
-    let flushTimer = null;
-
-    function streaming(on) {
-      document.body.dataset.live = on ? "stream" : "poll";
-      for (const region of regions) {
-        if (on) {
-          region.dataset.streaming = "true";
-          window.clearTimeout(region._timer);
-        } else if (region.dataset.streaming) {
-          delete region.dataset.streaming;
-          schedule(region, Number(region.dataset.live) || 1000);
-        }
-      }
-    }
-
-    async function connect() {
-      if (connecting || unwatchable) return;
-      connecting = true;
-      finished = false;
-      firstStatus = true;
-      const headers = { Authorization: "Bearer " + getKey(), Accept: "text/event-stream" };
-      let url = base + "/watch";
-      const list = document.getElementById("timeline");
-      if (lastId !== null) headers["Last-Event-ID"] = lastId;
-      else if (list && list.dataset.after) url += "?after=" + encodeURIComponent(list.dataset.after);
-      const state = summary.querySelector("[data-live-state]");
-      shownStatus = state ? state.dataset.status : null;
-      let response = null;
-      try {
-        response = await fetch(url, { headers: headers, cache: "no-store" });
-      } catch (e) {
-        response = null;
-      }
-      if (response && response.status === 401) {
-        connecting = false;
-        signOut("Your API key was not accepted; sign in again.");
-        return;
-      }
-      if (response && [403, 404, 422].includes(response.status)) {
-        connecting = false; // not this key's to watch (an operator viewing another tenant): polling it is
-        unwatchable = true;
-        return;
-      }
-      if (response && response.ok) {
-        streaming(true);
-        try {
-          await readEvents(response, onEvent);
-        } catch (e) {
-          /* the connection broke */
-        }
-      }
-      connecting = false;
-      streaming(false);
-      if (finished) {
-        lastId = null;
-        failures = 0;
-        return; // ended by the server after the final status; the last loads are on their way
-      }
-      failures += 1;
-      window.setTimeout(connect, Math.min(30000, 1000 * 2 ** Math.min(failures - 1, 5)));
-    }
-
-    function onEvent(event) {
-      failures = 0;
-      if (event.id !== null) lastId = event.id;
-      let data;
-      try {
-        data = JSON.parse(event.data.join("\n"));
-      } catch (e) {
-        return;
-      }
-      if (event.type === "status") {
-        finished = FINISHED.includes(data.status);
-        // A stream's first status is the one just rendered, unless it has moved on meanwhile.
-        if (firstStatus && data.status === shownStatus) {
-          firstStatus = false;
-        } else {
-          loadRegion(summary);
-          loadRegion(activity);
-        }
-        firstStatus = false;
-        shownStatus = data.status;
-        if (finished) window.setTimeout(() => loadRegion(timeline), 150);
-      } else if (event.type === "entry") {
-        const shown = document.getElementById("step-" + data.position);
-        if (shown && shown.dataset.updated === String(data.updated_at)) return; // the page has it as it is
-        pending.add(Number(data.position));
-        if (!flushTimer) flushTimer = window.setTimeout(flush, 100);
-      } else if (event.type === "reset") {
-        pending.clear();
-        loadRegion(timeline);
-      }
-    }
-
-    async function flush() {
-      flushTimer = null;
-      const positions = Array.from(pending);
-      pending.clear();
-      if (!positions.length) return;
-      // The step before the first named one too: its end (or a sleep's "slept") shows once the next begins.
-      const from = Math.max(0, Math.min(...positions) - 1);
-      const to = Math.max(...positions);
-      const url = fragmentUrl(timeline).replace(/\/timeline(\?|$)/, "/steps$1");
-      const sep = url.includes("?") ? "&" : "?";
-      let response;
-      try {
-        response = await fetch(url + sep + "from=" + from + "&to=" + to, {
-          headers: { Authorization: "Bearer " + getKey(), Accept: "text/html" },
-          cache: "no-store",
-        });
-      } catch (e) {
-        loadRegion(timeline);
-        return;
-      }
-      if (!response.ok) {
-        loadRegion(timeline);
-        return;
-      }
-      placeSteps(await response.text());
-    }
-
-    function placeSteps(html) {
-      const list = document.getElementById("timeline");
-      if (!list) {
-        loadRegion(timeline);
-        return;
-      }
-      const template = document.createElement("template");
-      template.innerHTML = html;
-      for (const item of Array.from(template.content.querySelectorAll("li.step"))) {
-        const old = document.getElementById(item.id);
-        if (old) {
-          for (const details of old.querySelectorAll("details[open][id]")) {
-            const again = item.querySelector("#" + CSS.escape(details.id));
-            if (again) again.open = true;
-          }
-          old.replaceWith(item);
-          continue;
-        }
-        const position = Number(item.dataset.position);
-        const next = Array.from(list.children).find((li) => Number(li.dataset.position) > position);
-        list.insertBefore(item, next || null);
-      }
-      const any = list.children.length > 0;
-      document.getElementById("timeline-empty").hidden = any;
-      document.getElementById("timeline-hint").hidden = !any;
-      rescale(list);
-    }
-
-    // Bars span the whole timeline: as it grows, every bar is drawn again to the new scale.
-    function rescale(list) {
-      const t0 = Number(list.dataset.t0);
-      const now = Date.now() / 1000;
-      let t1 = Number(list.dataset.t1);
-      const items = Array.from(list.children);
-      const spans = items.map((li) => {
-        const begin = Number(li.dataset.begin);
-        const stop = li.dataset.stop === "" ? now : Number(li.dataset.stop);
-        t1 = Math.max(t1, begin, stop);
-        return [begin, stop];
-      });
-      const span = Math.max(t1 - t0, 1e-3);
-      items.forEach((li, index) => {
-        const [begin, stop] = spans[index];
-        const x = Math.round(Math.max(0, Math.min(1, (begin - t0) / span)) * 10000) / 10;
-        let width = Math.round(Math.max(0.004, Math.min(1, (stop - begin) / span)) * 10000) / 10;
-        width = Math.min(width, 1000 - x) || 4;
-        const fill = li.querySelector("svg.bar rect.fill");
-        if (fill) {
-          fill.setAttribute("x", String(x));
-          fill.setAttribute("width", String(width));
-        }
-      });
-      list.dataset.t1 = String(t1);
-    }
-
-    // The timeline loaded with the instance going (at first, or again after a restart): follow it from there.
-    document.addEventListener("tf:loaded", (event) => {
-      if (event.detail.region !== timeline || !event.detail.state) return;
-      if (event.detail.state.dataset.liveState !== "false" && !connecting) connect();
-    });
-  }
-
-  function instancePage() {
-    const controls = document.getElementById("controls");
-    const region = document.getElementById("instance-region");
-    const timeline = document.getElementById("timeline-region");
-    const activity = document.getElementById("activity-region");
-    const reload = () => {
-      loadRegion(region);
-      loadRegion(timeline);
-      loadRegion(activity);
-    };
-    const base =
-      "/v1/workflows/" +
-      encodeURIComponent(controls.dataset.workflow) +
-      "/instances/" +
-      encodeURIComponent(controls.dataset.instance);
-    const status = document.getElementById("action-status");
-    let lastStatus = null;
-
-    document.addEventListener("tf:loaded", (event) => {
-      const state = event.detail.state;
-      if (event.detail.region !== region || !state) return;
-      const readonly = state.dataset.readonly === "true";
-      controls.hidden = readonly;
-      const current = state.dataset.status;
-      for (const button of controls.querySelectorAll("[data-action]")) {
-        const allowed = CONTROL_ALLOWED[button.dataset.action].includes(current);
-        button.disabled = !allowed;
-        button.title = allowed ? "" : "Not possible while the instance is " + current;
-      }
-      const eventButton = controls.querySelector("#event-form button[type=submit]");
-      eventButton.disabled = FINISHED.includes(current);
-      if (lastStatus !== null && lastStatus !== current) announce("Instance is now " + current);
-      lastStatus = current;
-    });
-    document.addEventListener("tf:error", (event) => {
-      if (event.detail.region !== region) return;
-      controls.hidden = true;
-      timeline.hidden = true;
-      activity.hidden = true;
-    });
-    liveInstance(base, region, timeline, activity);
-
-    for (const button of controls.querySelectorAll("[data-action]")) {
-      button.addEventListener("click", async () => {
-        const action = button.dataset.action;
-        const label = button.textContent.trim();
-        if (button.dataset.confirm && !(await confirmAction(button.dataset.confirm, label))) {
-          show(status, label + " cancelled.", null);
-          return;
-        }
-        try {
-          const instance = await api("POST", base + "/" + action);
-          show(status, label + ": the instance is now " + instance.status + ".", "ok");
-        } catch (e) {
-          show(status, label + " failed: " + e.message, "error");
-        }
-        reload();
-      });
-    }
-
-    // Fork from a step card: its name, and its count among the calls of that name up to it (the timeline
-    // holds the journal from its start, in position order).
-    timeline.addEventListener("click", async (event) => {
-      const button = event.target instanceof Element ? event.target.closest("button[data-fork]") : null;
-      if (!button) return;
-      const item = button.closest("li.step");
-      const name = item.dataset.step;
-      const position = Number(item.dataset.position);
-      const count = Array.from(document.querySelectorAll("#timeline > li.step")).filter(
-        (li) => li.dataset.step === name && Number(li.dataset.position) <= position,
-      ).length;
-      button.disabled = true;
-      try {
-        const forked = await api("POST", base + "/fork", { from: { name: name, count: count } });
-        show(status, "Forked as " + forked.id + ".", "ok");
-        location.assign(
-          "/workflows/" + encodeURIComponent(controls.dataset.workflow) + "/instances/" + encodeURIComponent(forked.id),
-        );
-      } catch (e) {
-        show(status, "Could not fork: " + e.message, "error");
-        button.disabled = false;
-      }
-    });
-
-    const form = document.getElementById("event-form");
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const typeField = form.elements.namedItem("type");
-      const typeError = document.getElementById("event-type-error");
-      const type = typeField.value.trim();
-      fieldError(typeField, typeError, type ? "" : "Give the event a type, e.g. approved.");
-      const payload = jsonField(form.elements.namedItem("payload"), document.getElementById("event-payload-error"));
-      if (!type) {
-        typeField.focus();
-        return;
-      }
-      if (!payload.ok) {
-        form.elements.namedItem("payload").focus();
-        return;
-      }
-      try {
-        const sent = await api("POST", base + "/events", { type: type, payload: payload.value });
-        show(status, "Event #" + sent.seq + " (" + type + ") delivered.", "ok");
-      } catch (e) {
-        show(status, "Could not send the event: " + e.message, "error");
-      }
-      reload();
-    });
-  }
+  window.tenantflow = {
+    FINISHED: FINISHED,
+    CONTROL_ALLOWED: CONTROL_ALLOWED,
+    getKey: getKey,
+    signOut: signOut,
+    announce: announce,
+    show: show,
+    problemText: problemText,
+    api: api,
+    jsonField: jsonField,
+    fieldError: fieldError,
+    fragmentUrl: fragmentUrl,
+    loadRegion: loadRegion,
+    schedule: schedule,
+    confirmAction: confirmAction,
+    pages: {}, // page name (body[data-page]) -> its start function, called once signed in
+  };
 
   // -- start ------------------------------------------------------------------------------
 
@@ -669,7 +350,8 @@
     const out = document.getElementById("sign-out");
     if (out) out.addEventListener("click", () => signOut("Signed out.", true));
     whoAmI();
-    if (page === "instance") instancePage();
+    const start = window.tenantflow.pages[page];
+    if (start) start();
     refreshAll();
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden) refreshAll();
