@@ -101,11 +101,14 @@ class UsageReport:
 def usage_days(first: date | None, last: date | None, today: date) -> tuple[str, str]:
     """The days a report covers: `first`..`last`, by default the DEFAULT_USAGE_DAYS days up to today (or up to
     `last`, or from `first`); InvalidInput when `last` is before `first` or they span more than MAX_USAGE_DAYS."""
-    if last is None:
-        last = today if first is None else min(today, first + timedelta(days=DEFAULT_USAGE_DAYS - 1))
-        last = max(last, first or last)
-    if first is None:
-        first = last - timedelta(days=DEFAULT_USAGE_DAYS - 1)
+    try:
+        if last is None:
+            last = today if first is None else min(today, first + timedelta(days=DEFAULT_USAGE_DAYS - 1))
+            last = max(last, first or last)
+        if first is None:
+            first = last - timedelta(days=DEFAULT_USAGE_DAYS - 1)
+    except OverflowError:
+        raise InvalidInput("the usage range runs past the calendar (years 1 to 9999)") from None
     if last < first:
         raise InvalidInput(f"the usage range ends ({last}) before it starts ({first})")
     if (last - first).days + 1 > MAX_USAGE_DAYS:

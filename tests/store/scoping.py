@@ -1,7 +1,7 @@
 """The tenant-scoping rule for the store's SQL, and a way to capture every statement the store issues.
 
 The rule (what keeps the schema distributable by tenant, e.g. with Citus): every read or write of a tenant's
-tables (instances, journal, attempts, events, versions, sources, usage, ...) reaches its rows through a key that starts with
+tables (instances, journal, attempts, events, versions, sources) reaches its rows through a key that starts with
 tenant_id, i.e. each query block that names such a table has a top-level condition `tenant_id = ...` (or
 `tenant_id IN (...)`, or a row `(tenant_id, ...) IN (...)`) on it, in its WHERE or in its JOIN's ON, and each
 INSERT into one sets tenant_id. The only blocks that read across tenants are listed in CROSS_TENANT, each with
