@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from tenantflow.runtime.http.auth import bearer_key
+from tenantflow.runtime.http.dashboard_usage import usage_routes
 from tenantflow.runtime.http.dashboard_views import (
     MAX_PAGE_SIZE,
     NO_STORE,
@@ -278,5 +279,6 @@ def dashboard_routes(service: Service) -> list[BaseRoute]:
         _get(fragments + "/{name}/instances/{id}/timeline", d.instance_fragment("timeline")),
         _get(fragments + "/{name}/instances/{id}/steps", d.instance_fragment("steps")),
         _get(fragments + "/{name}/instances/{id}/activity", d.instance_fragment("activity")),
+        *usage_routes(d),
         Mount("/ui/static", StaticFiles(directory=str(STATIC)), name="dashboard-static"),
     ]
