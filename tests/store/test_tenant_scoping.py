@@ -218,8 +218,6 @@ def exercise(s: Any) -> None:
         s.delete_versions("acme", "gone")
     with pytest.raises(InvalidState):
         s.delete_instance(g1)
-    s.pause(g1, T0)
-    s.upgrade(g1, gone.version, gone.source_hash, s.instance(g1).fence, T0)
     s.terminate(g1, T0)
     s.terminate(g2, T0)
     s.delete_instance(g1)
