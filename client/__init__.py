@@ -20,7 +20,7 @@ events: `StatusEvent`, `EntryEvent`, `ResetEvent`) until it has finished.
 """
 
 from tenantflow.client._async import AsyncClient, AsyncInstanceHandle, AsyncWorkflowHandle
-from tenantflow.client._calls import DEFAULT_URL, Batch, Retry
+from tenantflow.client._calls import DEFAULT_URL, Batch, Day, Retry
 from tenantflow.client._errors import (
     ApiError,
     BadRequest,
@@ -60,6 +60,9 @@ from tenantflow.runtime.contract import (
     TenantDeleted,
     TenantInfo,
     TenantKey,
+    UsageCounts,
+    UsageReport,
+    UsageRow,
     Version,
     WatchEntry,
     Workflow,
@@ -82,6 +85,7 @@ __all__ = [
     "Client",
     "ClientError",
     "Conflict",
+    "Day",
     "Deployed",
     "EntryEvent",
     "ErrorInfo",
@@ -112,6 +116,9 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "UsageCounts",
+    "UsageReport",
+    "UsageRow",
     "Version",
     "WaitTimeout",
     "WatchBroken",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from tenantflow.client._calls import (
@@ -16,6 +16,7 @@ from tenantflow.client._calls import (
     PASSING,
     Batch,
     Call,
+    Day,
     Poll,
     Retry,
     Time,
@@ -271,6 +272,23 @@ class AsyncClient:
     ) -> c.TenantKey:
         """A new tenant; its `api_key` is in the answer, this once."""
         return await self.send(calls.create_tenant(name, quotas, operator))
+
+    async def usage(
+        self, first: Day | None = None, last: Day | None = None, group_by: Literal["workflow", "day"] = "day"
+    ) -> c.UsageReport:
+        """The tenant's usage per UTC day (`group_by="day"`, every day of the range) or per workflow, over
+        `first`..`last` (both included, at most 366 days; by default the 30 days up to today) and its total."""
+        return await self.send(calls.usage(first, last, group_by))
+
+    async def admin_usage(
+        self,
+        first: Day | None = None,
+        last: Day | None = None,
+        group_by: Literal["tenant", "workflow", "day"] = "tenant",
+        tenant: str | None = None,
+    ) -> c.UsageReport:
+        """Usage across tenants (operator key) per tenant, workflow or day; `tenant`: only that tenant's."""
+        return await self.send(calls.admin_usage(first, last, group_by, tenant))
 
     async def tenants(self) -> list[c.TenantInfo]:
         return await self.send(calls.tenants())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from tenantflow.client._errors import error_for
 from tenantflow.runtime import contract as c
 
-__all__ = ["DEFAULT_URL", "LONG_POLL_S", "PASSING", "Batch", "Call", "Poll", "Retry", "Time", "calls"]
+__all__ = ["DEFAULT_URL", "LONG_POLL_S", "PASSING", "Batch", "Call", "Poll", "Retry", "Day", "Time", "calls"]
 
 T = TypeVar("T")
 H = TypeVar("H")
@@ -23,6 +23,10 @@ M = TypeVar("M", bound=BaseModel)
 
 Time = float | datetime
 """A time a list filters on: epoch seconds, or a datetime (naive: local time)."""
+
+Day = date | float | datetime | str
+"""A day a usage report starts or ends on: a date (UTC), a time whose UTC day is meant (epoch seconds, a datetime),
+or text as the API takes it (2026-01-31)."""
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 LONG_POLL_S = 30.0
@@ -115,6 +119,19 @@ def _instance(workflow: str, instance_id: str) -> str:
 
 def _tenant(name: str) -> str:
     return f"/v1/admin/tenants/{_seg(name)}"
+
+
+def _day(value: Day) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value.isoformat()
+    return c.time_text(value)
+
+
+def _usage_params(first: Day | None, last: Day | None, **given: str | None) -> dict[str, str]:
+    days = {"from": None if first is None else _day(first), "to": None if last is None else _day(last)}
+    return {k: v for k, v in {**days, **given}.items() if v is not None}
 
 
 def _quotas(quotas: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -242,6 +259,16 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("DELETE", f"/v1/workflows/{_seg(name)}", _model(c.WorkflowDeleted))
 
     # -- admin (operator keys) --
+
+    @staticmethod
+    def usage(first: Day | None, last: Day | None, group_by: str) -> Call[c.UsageReport]:
+        params = _usage_params(first, last, group_by=group_by)
+        return Call("GET", "/v1/usage", _model(c.UsageReport), params=params)
+
+    @staticmethod
+    def admin_usage(first: Day | None, last: Day | None, group_by: str, tenant: str | None) -> Call[c.UsageReport]:
+        params = _usage_params(first, last, group_by=group_by, tenant=tenant)
+        return Call("GET", "/v1/admin/usage", _model(c.UsageReport), params=params)
 
     @staticmethod
     def create_tenant(name: str, quotas: Mapping[str, Any] | None, operator: bool) -> Call[c.TenantKey]:

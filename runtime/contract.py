@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, WithJsonSchema
@@ -82,6 +82,13 @@ __all__ = [
     "TenantKey",
     "TenantList",
     "UpdateTenant",
+    "AdminUsageQuery",
+    "DAY_PATTERN",
+    "UsageCounts",
+    "UsageQuery",
+    "UsageReport",
+    "UsageRow",
+    "parse_day",
     "Version",
     "WATCH_CURSOR",
     "WatchEntry",
@@ -179,6 +186,23 @@ def time_text(value: float | datetime) -> str:
     if "e" in text or "n" in text:  # exponents, inf and nan: the server refuses what has no plain decimals
         text = f"{seconds:.9f}"
     return text.removesuffix(".0")
+
+
+# A day in a usage query: a date (UTC), or a time (TIME_PATTERN) whose UTC day is meant.
+DAY_PATTERN = re.compile(rf"^(?:{_DATE}|{TIME_PATTERN.pattern[1:-1]})$")
+_DAY_RULE = "a day is a date (2026-01-31), epoch seconds or ISO 8601 with a timezone; its UTC day is meant"
+
+
+def parse_day(value: Any) -> date:
+    """A usage query's day (DAY_PATTERN) as a UTC date; ValueError for anything else."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and DAY_PATTERN.fullmatch(value) and "-" in value[1:] and "T" not in value:
+        return date.fromisoformat(value)
+    try:
+        return datetime.fromtimestamp(parse_time(value), UTC).date()
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(_DAY_RULE) from None
 
 
 QueryTime = Annotated[
@@ -431,6 +455,37 @@ class JournalQuery(_Query):
     limit: QueryInt = Field(default=MAX_PAGE, ge=1, le=MAX_PAGE)
 
 
+QueryDay = Annotated[
+    date,
+    BeforeValidator(parse_day),
+    WithJsonSchema({"type": "string", "pattern": DAY_PATTERN.pattern, "maxLength": 40}),
+]
+
+
+class UsageQuery(_Query):
+    """The query of `GET /v1/usage`: the days (UTC, both included; at most 366) and how rows are grouped."""
+
+    from_: QueryDay | None = Field(
+        default=None,
+        alias="from",
+        description="The first day: a date (2026-01-31), or epoch seconds or ISO 8601 with a timezone (its UTC "
+        "day); by default 30 days before `to`",
+    )
+    to: QueryDay | None = Field(default=None, description="The last day, included (as `from`); by default today")
+    group_by: Literal["workflow", "day"] = Field(default="day", description="One row per workflow, or per day")
+
+
+class AdminUsageQuery(_Query):
+    """The query of `GET /v1/admin/usage`: as `GET /v1/usage`, across every tenant or for one."""
+
+    from_: QueryDay | None = Field(default=None, alias="from", description="The first day (as in GET /v1/usage)")
+    to: QueryDay | None = Field(default=None, description="The last day, included (as in GET /v1/usage)")
+    group_by: Literal["tenant", "workflow", "day"] = Field(
+        default="tenant", description="One row per tenant, per workflow (across tenants: by name) or per day"
+    )
+    tenant: Id | None = Field(default=None, description="Only this tenant's usage")
+
+
 # -- responses ---------------------------------------------------------------------------------
 
 
@@ -671,3 +726,32 @@ class TenantDeleted(_Response):
     name: str
     workflows: int = Field(description="Workflows deleted")
     instances: int = Field(description="Instances deleted, with their journals and events")
+
+
+class UsageCounts(_Response):
+    """What was used: counted in the transactions of the writes they count (see the README's Metering)."""
+
+    activations: int = Field(description="Activations: isolate starts plus waits gone on in a parked isolate")
+    isolate_starts: int = Field(description="Fresh isolates started (each replays the journal)")
+    replayed_steps: int = Field(description="Journal positions answered by a replay")
+    steps: int = Field(description="step.do calls completed")
+    attempts: int = Field(description="step.do attempts (successes, failures and retries)")
+    fuel: int = Field(description="Fuel burnt by step attempts")
+    cpu_s: float = Field(description="The CPU seconds that fuel stands for (fuel / fuel_per_second)")
+    duration_ms: float = Field(description="Wall time of step attempts, ms")
+    journal_bytes: int = Field(description="Net change of the bytes the journal stores (deletions count negative)")
+    instances: int = Field(description="Instances created (forks included)")
+
+
+class UsageRow(UsageCounts):
+    key: str = Field(description="The tenant, workflow or day (YYYY-MM-DD) the row is for")
+
+
+class UsageReport(_Response):
+    from_: str = Field(alias="from", description="The first day (UTC), YYYY-MM-DD")
+    to: str = Field(description="The last day (UTC, included), YYYY-MM-DD")
+    group_by: Literal["tenant", "workflow", "day"]
+    tenant: str | None = Field(description="The tenant the report is for; null: every tenant")
+    fuel_per_second: int = Field(description="Fuel per CPU second")
+    total: UsageCounts
+    rows: list[UsageRow] = Field(description="By key; grouped by day, every day of the range")

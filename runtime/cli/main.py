@@ -1,13 +1,13 @@
 """The `tenantflow` command line.
 
 `serve` and `worker` run on the database (`--db URL`, or TENANTFLOW_DB). Operator commands
-(`tenants create|list|show|update|rotate-key|delete`) go over HTTP with an operator key (`--key`,
+(`tenants create|list|show|update|rotate-key|delete|usage`) go over HTTP with an operator key (`--key`,
 TENANTFLOW_OPERATOR_KEY) or on the database; `admin create-key` makes the first operator key.
 Tenant commands talk to a server over
 HTTP (`--url`, TENANTFLOW_URL; `--key`, TENANTFLOW_KEY): `deploy`, `workflows`, `workflow`,
 `start`, `instances`, `status`, `events send`, `journal`, `pause`, `resume`,
-`terminate`, `restart`, `export`, `fork`; `retention` also works on --db (with `--tenant`). `run` runs one workflow
-locally, with no server.
+`terminate`, `restart`, `export`, `fork`, `usage`; `retention` also works on --db (with `--tenant`). `run` runs
+one workflow locally, with no server.
 Every command prints for people by default and JSON with `--json`.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from tenantflow.runtime.cli import local, operator, remote, replaying, retention, tenants
+from tenantflow.runtime.cli import local, operator, remote, replaying, retention, tenants, usage
 from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.contract import allow_deep_json
 from tenantflow.runtime.errors import TenantflowError
@@ -39,6 +39,6 @@ def main() -> None:
     allow_deep_json()  # results nested ~1000 deep must print
 
 
-for _module in (operator, tenants, remote, retention, local, replaying):
+for _module in (operator, tenants, remote, retention, local, replaying, usage):
     for _command in _module.commands.commands.values():
         main.add_command(_command)

@@ -1,4 +1,4 @@
-"""Operator commands: `tenants create|list|show|update|rotate-key|delete` and `admin create-key`.
+"""Operator commands: `tenants create|list|show|update|rotate-key|delete|usage` and `admin create-key`.
 
 The tenant commands work over HTTP with an operator key (`--key`, TENANTFLOW_OPERATOR_KEY; `--url`) or,
 without a key, on the database directly (`--db`). Both ways go through the same admin operations
@@ -12,6 +12,7 @@ import functools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import date
 from typing import Any, Protocol, TypeVar
 
 import click
@@ -20,9 +21,12 @@ from rich.table import Table
 from tenantflow.client import DEFAULT_URL, ApiError, Client
 from tenantflow.runtime.cli.options import json_option
 from tenantflow.runtime.cli.output import fail, out, print_json, when
-from tenantflow.runtime.errors import TenantflowError
+from tenantflow.runtime.cli.usage import FROM_HELP, TO_HELP, show_usage
+from tenantflow.runtime.contract import parse_day
+from tenantflow.runtime.errors import InvalidInput, TenantflowError
 from tenantflow.runtime.records import QUOTA_BOUNDS, Quotas, Tenant
 from tenantflow.runtime.store import DEFAULT_DB
+from tenantflow.runtime.usage import USAGE_GROUPS, check_group
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +43,7 @@ class Backend(Protocol):
     def update(self, name: str, quotas: Mapping[str, Any]) -> dict[str, Any]: ...
     def rotate_key(self, name: str) -> dict[str, Any]: ...
     def delete(self, name: str) -> dict[str, Any]: ...
+    def usage(self, first: str | None, last: str | None, group_by: str, tenant: str | None) -> dict[str, Any]: ...
 
 
 class HttpBackend:
@@ -63,16 +68,22 @@ class HttpBackend:
     def delete(self, name: str) -> dict[str, Any]:
         return self.client.delete_tenant(name).model_dump()
 
+    def usage(self, first: str | None, last: str | None, group_by: str, tenant: str | None) -> dict[str, Any]:
+        report = self.client.admin_usage(first, last, group_by, tenant)  # type: ignore[arg-type]  # a click.Choice
+        return report.model_dump(by_alias=True)
+
 
 class DatabaseBackend:
     def __init__(self, db: str) -> None:
         from tenantflow.runtime.engine.clock import SystemClock
         from tenantflow.runtime.service import Admin, Tenants
+        from tenantflow.runtime.service.usage import UsageReports
         from tenantflow.runtime.store import open_store
 
         self.store = open_store(db)
         clock = SystemClock()
         self.admin = Admin(self.store, Tenants(self.store, clock), clock)
+        self.usage_reports = UsageReports(self.store, clock)
 
     def create(self, name: str, quotas: Mapping[str, Any], operator: bool) -> dict[str, Any]:
         tenant, key = self.admin.create_tenant(DATABASE_ACTOR, name, dict(quotas), operator)
@@ -94,6 +105,20 @@ class DatabaseBackend:
     def delete(self, name: str) -> dict[str, Any]:
         deleted = self.admin.delete_tenant(DATABASE_ACTOR, name)
         return {"name": deleted.name, "workflows": deleted.workflows, "instances": deleted.instances}
+
+    def usage(self, first: str | None, last: str | None, group_by: str, tenant: str | None) -> dict[str, Any]:
+        group = check_group(group_by, USAGE_GROUPS)
+        start, end = _day(first, "--from"), _day(last, "--to")
+        return self.usage_reports.admin(DATABASE_ACTOR, start, end, group, tenant).public()
+
+
+def _day(text: str | None, option: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return parse_day(text)
+    except ValueError as error:
+        raise InvalidInput(f"{option}: {error}") from None
 
 
 @contextmanager
@@ -289,6 +314,23 @@ def tenants_delete(backend: Backend, name: str, yes: bool, as_json: bool) -> Non
         print_json(result)
         return
     out().print(f"deleted {result['name']}: {result['workflows']} workflow(s), {result['instances']} instance(s)")
+
+
+@tenants.command("usage")
+@click.option("--from", "first", metavar="DAY", help=FROM_HELP)
+@click.option("--to", "last", metavar="DAY", help=TO_HELP)
+@click.option("--by", "group_by", type=click.Choice(USAGE_GROUPS), default="tenant", show_default=True)
+@click.option("--tenant", help="Only this tenant's usage.")
+@admin_options
+def tenants_usage(
+    backend: Backend, first: str | None, last: str | None, group_by: str, tenant: str | None, as_json: bool
+) -> None:
+    """Usage across tenants (or one tenant's), per tenant, workflow or UTC day."""
+    report = backend.usage(first, last, group_by, tenant)
+    if as_json:
+        print_json(report)
+        return
+    show_usage(report)
 
 
 @commands.group()

@@ -353,7 +353,22 @@ class Api:
         )
         return JSONBody({"seq": seq, "type": event.type}, status_code=202)
 
+    async def get_usage(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        asked = query(contract.UsageQuery, request)
+        report = await run_in_threadpool(self.service.usage.tenant, tenant, asked.from_, asked.to, asked.group_by)
+        return JSONBody(report.public())
+
     # -- admin (operator keys) -------------------------------------------------------
+
+    async def get_admin_usage(self, request: Request) -> Response:
+        actor = await self.tenant(request)
+        self.service.admin.check(actor)
+        asked = query(contract.AdminUsageQuery, request)
+        report = await run_in_threadpool(
+            self.service.usage.admin, actor, asked.from_, asked.to, asked.group_by, asked.tenant
+        )
+        return JSONBody(report.public())
 
     async def list_tenants(self, request: Request) -> Response:
         actor = await self.tenant(request)

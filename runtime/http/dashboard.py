@@ -36,6 +36,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from tenantflow.runtime.contract import MAX_PAGE
 from tenantflow.runtime.http.auth import bearer_key
+from tenantflow.runtime.http.dashboard_usage import usage_routes
 from tenantflow.runtime.http.dashboard_views import (
     MAX_PAGE_SIZE,
     NO_STORE,
@@ -344,5 +345,6 @@ def dashboard_routes(service: Service) -> list[BaseRoute]:
         _get(fragments + "/{name}/instances/{id}/rows", d.instance_fragment("rows")),
         _get(fragments + "/{name}/instances/{id}/step", d.instance_fragment("step")),
         _get(fragments + "/{name}/instances/{id}/activity", d.instance_fragment("activity")),
+        *usage_routes(d),
         Mount("/ui/static", StaticFiles(directory=str(STATIC)), name="dashboard-static"),
     ]

@@ -132,9 +132,10 @@ def query(model: type[M], request: Request) -> M:
     repeated = sorted(name for name in set(params) if len(params.getlist(name)) > 1)
     if repeated:
         raise InvalidInput(f"query parameters given more than once: {repeated}")
-    unknown = sorted(set(params) - set(model.model_fields))
+    known = [field.alias or name for name, field in model.model_fields.items()]
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise InvalidInput(f"unknown query parameters: {unknown}; use {', '.join(model.model_fields)}")
+        raise InvalidInput(f"unknown query parameters: {unknown}; use {', '.join(known)}")
     return validate(model, dict(params), "the query")
 
 

@@ -318,6 +318,26 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/v1/usage",
+        "getUsage",
+        "The tenant's usage (activations, steps, attempts, fuel and CPU, wall time, journal bytes, instances) per "
+        "workflow or per UTC day, over at most 366 days",
+        {200: Answer(c.UsageReport, "The total over the days, and a row per workflow or per day")},
+        (401, 422),
+        query=c.UsageQuery,
+    ),
+    Operation(
+        "GET",
+        "/v1/admin/usage",
+        "getAdminUsage",
+        "Usage across tenants (or one tenant's) per tenant, workflow or UTC day, over at most 366 days",
+        {200: Answer(c.UsageReport, "The total over the days, and a row per tenant, workflow or day")},
+        (401, 403, 404, 422),
+        query=c.AdminUsageQuery,
+        tag="admin",
+    ),
+    Operation(
+        "GET",
         "/v1/admin/tenants",
         "listTenants",
         "Every tenant with its quotas (never a key)",

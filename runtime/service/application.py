@@ -51,6 +51,7 @@ from tenantflow.runtime.service.checks import DeployChecks
 from tenantflow.runtime.service.pages import InstancePage, cursor, position
 from tenantflow.runtime.service.retention import Retentions
 from tenantflow.runtime.service.tenants import Tenants
+from tenantflow.runtime.service.usage import UsageReports
 from tenantflow.runtime.service.watching import Cursor, Follower, entry_json
 from tenantflow.runtime.store import SQLStore, open_store
 
@@ -121,6 +122,7 @@ class Service:
         self.checks = DeployChecks(self.sandbox)
         self.retentions = Retentions(store, self.clock)
         self.bundles = Bundles(store)
+        self.usage = UsageReports(store, self.clock)
         self.purger = RetentionPurger(store, self.clock, self.stopping)
         self._started = False
 

@@ -25,6 +25,8 @@ from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import APPLIED, KEY, Later, Statement, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow, InstanceRow, TenantRow
+from tenantflow.runtime.store.usage import shard_of, upsert_sql
+from tenantflow.runtime.usage import day_of
 
 HOST_FAULT = "HostFault"
 # An activation that ends waiting for a timer due within this many seconds wakes the workers of other
@@ -66,6 +68,15 @@ INSERT_ATTEMPT = (
     "ON CONFLICT DO NOTHING"
 )
 CONSUME_EVENT = f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ? AND {APPLIED}"
+# The step commit's usage: its step, attempt and journal bytes (what it writes less what the position held: sent
+# before the journal row's upsert, so that SQLite, running them in turn, still reads the row as it was).
+STEP_USAGE = upsert_sql(
+    ("steps", "attempts", "fuel", "duration_ms", "journal_bytes"),
+    APPLIED,
+    ("?", "?", "?", "?", f"? - {ENTRY_SIZE_SQL}"),
+)
+# An activation's end: the activations, isolate starts and replayed positions it adds to its instance's.
+END_USAGE = upsert_sql(("activations", "isolate_starts", "replayed_steps"), APPLIED)
 
 
 # What an activation loads.
@@ -118,6 +129,21 @@ def _error_columns(error: dict[str, Any] | None) -> tuple[str | None, str | None
     return str(error.get("name"))[:ERROR_SUMMARY_CHARS], str(error.get("message"))[:ERROR_SUMMARY_CHARS]
 
 
+def fenced_with_usage(
+    tx: Tx, claim: Claim, now: float, counts: tuple[int, int, int], sql: str, params: tuple[Any, ...], shards: int
+) -> Later:
+    """An activation's end (`sql`, an UPDATE ... RETURNING of its instance) with its usage, which applies only
+    with it: `counts` (replayed positions, activations, hot resumes) as its instance counts them."""
+    replayed, activations, resumes = counts
+    if not (replayed or activations or resumes):
+        return tx.send(sql, params)
+    key = claim.key
+    usage = (key.tenant_id, key.workflow, day_of(now), shard_of(key.instance_id, shards))
+    return tx.fenced(
+        Statement(sql, params), [Statement(END_USAGE, (*usage, activations + resumes, activations, replayed))]
+    )
+
+
 class Activation(StoreCore):
     def load(self, claim: Claim) -> ActivationState:
         """Everything an activation needs; read in one go, decoded after the transaction."""
@@ -157,7 +183,24 @@ class Activation(StoreCore):
         held = (*k, claim.fence)
         result = None if entry.result is None else codec.encode_text(entry.result)
         added = _entry_size(entry, result) + _attempt_size(attempt)
+        done = 1 if entry.state == "done" else 0
+        usage = Statement(
+            STEP_USAGE,
+            (
+                *k[:2],
+                day_of(now),
+                shard_of(claim.key.instance_id, self.usage_shards),
+                done if entry.kind == "do" else 0,
+                0 if attempt is None else 1,
+                0 if attempt is None else attempt.fuel,
+                0.0 if attempt is None else attempt.duration_ms,
+                added,
+                *k,
+                entry.position,
+            ),
+        )
         then = [
+            usage,
             Statement(
                 UPSERT_ENTRY,
                 (
@@ -178,7 +221,7 @@ class Activation(StoreCore):
                     entry.updated_at,
                     entry.parent,
                 ),
-            )
+            ),
         ]
         if attempt is not None:
             then.append(
@@ -199,7 +242,6 @@ class Activation(StoreCore):
             )
         if consumed_event is not None:
             then.append(Statement(CONSUME_EVENT, (entry.position, *k, consumed_event)))
-        done = 1 if entry.state == "done" else 0
         step = Statement(STEP, (now, done, entry.kind, added, *k, entry.position, *held))
         status = self.write(lambda tx: tx.fenced(step, then)).scalar()
         if status is None:
@@ -233,6 +275,7 @@ class Activation(StoreCore):
         log_blob = codec.encode_text(log) if log else None
         stored = sum(len(b) for b in (output_blob, error_blob, log_blob) if b is not None)
         wake, wake_params = _wake(k, waiting_for, now, wake_at)
+        counts = (replayed, activations, resumes)
 
         def write(tx: Tx) -> tuple[Later, Later]:
             # Read first (and, where writers interleave, lock): the update below then sees whatever committed
@@ -240,7 +283,11 @@ class Activation(StoreCore):
             held = tx.send(
                 f"SELECT status FROM instances WHERE {KEY} AND fence = ?{self.for_update}", (*k, claim.fence)
             )
-            ended = tx.send(
+            ended = fenced_with_usage(
+                tx,
+                claim,
+                now,
+                counts,
                 f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN ? ELSE ? END, output = ?, "
                 f"error = ?, error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
                 "lease_until = NULL, log = ?, host_faults = 0, finished_at = ?, "
@@ -265,6 +312,7 @@ class Activation(StoreCore):
                     *k,
                     claim.fence,
                 ),
+                self.usage_shards,
             )
             return held, ended
 
@@ -301,7 +349,11 @@ class Activation(StoreCore):
             log_sql = "log = ?, stored_bytes = stored_bytes + ? - COALESCE(LENGTH(log), 0), "
             log_params = (blob, 0 if blob is None else len(blob))
         parked = self.write(
-            lambda tx: tx.send(
+            lambda tx: fenced_with_usage(
+                tx,
+                claim,
+                now,
+                (replayed, activations, resumes),
                 f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN 'paused' ELSE 'waiting' END, "
                 f"wake_at = {wake}, waiting_for = ?, lease_until = ?, {log_sql}host_faults = 0, updated_at = ?, "
                 "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
@@ -318,6 +370,7 @@ class Activation(StoreCore):
                     *k,
                     claim.fence,
                 ),
+                self.usage_shards,
             )
         )
         return parked.record(EndedRow)

@@ -18,6 +18,8 @@ from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.journal import cut_position
 from tenantflow.runtime.store.purge import delete_instances
 from tenantflow.runtime.store.rows import CutRow, EventsRow
+from tenantflow.runtime.store.usage import add_usage, journal_bytes
+from tenantflow.runtime.usage import day_of
 
 
 class Controls(StoreCore):
@@ -91,6 +93,7 @@ class Controls(StoreCore):
         with self.transaction() as tx:
             self._status(tx, key)
             if from_step is None:
+                add_usage(tx, key.tenant_id, key.workflow, day_of(now), journal_bytes=-journal_bytes(tx, key))
                 for table in ("journal", "attempts", "events"):
                     tx.send(f"DELETE FROM {table} WHERE {KEY}", key_params(key))
                 tx.send(
@@ -121,6 +124,8 @@ class Controls(StoreCore):
             (*params, at),
         )
         assert cut is not None  # an aggregate always has its row
+        removed = int(cut.bytes) + int(attempt_bytes or 0)
+        add_usage(tx, key.tenant_id, key.workflow, day_of(now), journal_bytes=-removed)
         tx.send(f"DELETE FROM journal WHERE {KEY} AND position >= ?", (*params, at))
         tx.send(f"DELETE FROM attempts WHERE {KEY} AND position >= ?", (*params, at))
         tx.send(f"UPDATE events SET consumed_at = NULL WHERE {KEY} AND consumed_at >= ?", (*params, at))
@@ -131,7 +136,7 @@ class Controls(StoreCore):
             "stored_bytes = stored_bytes - ? "
             "- COALESCE(LENGTH(output), 0) - COALESCE(LENGTH(error), 0) - COALESCE(LENGTH(log), 0), "
             f"updated_at = ? WHERE {KEY}",
-            (now, int(cut.steps), int(cut.bytes) + int(attempt_bytes or 0), now, *params),
+            (now, int(cut.steps), removed, now, *params),
         )
 
     def upgrade(self, key: InstanceKey, version: int, source_hash: str, fence: int, now: float) -> None:

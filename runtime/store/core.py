@@ -37,6 +37,9 @@ class StoreCore(ABC):
     for_update = ""
     # Appended to the read of the instance a claim leases: an instance another claim has locked is left to it.
     skip_locked = ""
+    # The rows each (tenant, workflow, day) of usage is spread over (store/usage.py): one where every writer takes
+    # its turn anyway (SQLite); more where concurrent step commits would wait for each other's row lock.
+    usage_shards = 1
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Tx]: ...

@@ -15,6 +15,8 @@ from tenantflow.runtime.store.instances import take_tokens
 from tenantflow.runtime.store.journal import cut_position
 from tenantflow.runtime.store.rows import CutRow, OriginalRow
 from tenantflow.runtime.store.tenants import lock_live_tenant
+from tenantflow.runtime.store.usage import add_usage, journal_bytes
+from tenantflow.runtime.usage import day_of
 
 # The columns a fork copies as they are, but for the instance id (the copy's).
 JOURNAL_COLUMNS = (
@@ -86,6 +88,16 @@ class Forks(StoreCore):
             )
             if inserted.scalar() is None:
                 raise Conflict(f"instance {instance_id!r} already exists")
+            # A copy is no new work (its steps, attempts and fuel are the original's), but it is an instance and
+            # its journal is stored.
+            add_usage(
+                tx,
+                tenant_id,
+                original.workflow,
+                day_of(now),
+                instances=1,
+                journal_bytes=journal_bytes(tx, original, 0, at),
+            )
             copy = (instance_id, *key_params(original), at)
             tx.send(
                 f"INSERT INTO journal (tenant_id, workflow, instance_id, {JOURNAL_COLUMNS}) "

@@ -12,6 +12,8 @@ from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import BucketRow, InstanceRow, StatusCountRow, SummaryRow, WorkflowCountRow
 from tenantflow.runtime.store.tenants import lock_live_tenant
+from tenantflow.runtime.store.usage import add_usage
+from tenantflow.runtime.usage import day_of
 
 
 def take_tokens(tx: Tx, for_update: str, tenant_id: str, per_minute: int, count: int, now: float) -> None:
@@ -114,6 +116,7 @@ class Instances(StoreCore):
             taken = [i.instance_id for insert, i in zip(inserts, created, strict=True) if insert.scalar() is None]
             if taken and all_or_none:
                 raise Conflict(f"instance {taken[0]!r} already exists")
+            add_usage(tx, tenant_id, version.workflow, day_of(now), instances=len(created) - len(taken))
         if len(taken) < len(created):
             self._notify()
         return [i for i in created if i.instance_id not in set(taken)], taken

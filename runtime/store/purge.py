@@ -3,12 +3,15 @@ transaction: what deleting a tenant, a workflow or one instance, and a retention
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tenantflow.runtime.records import InstanceKey
 from tenantflow.runtime.store._sql import Tx
 from tenantflow.runtime.store.schema import INSTANCE_TABLES
+from tenantflow.runtime.store.usage import take_journal_bytes
+from tenantflow.runtime.usage import day_of
 
 # A batch stops taking instances once their journals reach this many rows (see `bounded`).
 PURGE_ROWS = 5000
@@ -45,6 +48,8 @@ def delete_instances(tx: Tx, keys: Sequence[InstanceKey]) -> None:
     """Delete, in `tx`, these instances of one tenant with everything they store."""
     if not keys:
         return
+    # Deletions take no clock of the caller's: what they remove leaves the usage on the day it goes.
+    take_journal_bytes(tx, keys, day_of(time.time()))
     pairs = ", ".join("(?, ?)" for _ in keys)
     values = [v for key in keys for v in (key.workflow, key.instance_id)]
     for table in INSTANCE_TABLES:

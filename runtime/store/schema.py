@@ -196,6 +196,26 @@ MIGRATIONS: list[list[str]] = [
         # at the same times; NULL: at its creation (created_at).
         "ALTER TABLE instances ADD COLUMN clock_start {float}",
     ],
+    [
+        # Metering: what each workflow used per UTC day (YYYY-MM-DD), counted in the transactions of the writes
+        # it counts (store/usage.py); `shard` spreads one day's step commits of a workflow over a few rows.
+        """CREATE TABLE usage (
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            day TEXT NOT NULL,
+            shard INTEGER NOT NULL,
+            activations {bigint} NOT NULL DEFAULT 0,
+            isolate_starts {bigint} NOT NULL DEFAULT 0,
+            replayed_steps {bigint} NOT NULL DEFAULT 0,
+            steps {bigint} NOT NULL DEFAULT 0,
+            attempts {bigint} NOT NULL DEFAULT 0,
+            fuel {bigint} NOT NULL DEFAULT 0,
+            duration_ms {float} NOT NULL DEFAULT 0,
+            journal_bytes {bigint} NOT NULL DEFAULT 0,
+            instances {bigint} NOT NULL DEFAULT 0,
+            PRIMARY KEY (tenant_id, workflow, day, shard)
+        ){clustered}""",
+    ],
 ]
 
 # Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test
@@ -209,6 +229,7 @@ TENANT_TABLES: tuple[str, ...] = (
     "retention",
     "sources",
     "creation_buckets",
+    "usage",
     "tenants",
 )
 # The tables of one instance's rows (keyed by tenant_id, workflow, instance_id), purged instance by instance.

@@ -5,7 +5,7 @@
   `activation`: load, the fenced step commit, finish, host faults; `journal`: the journal in pages;
   `scheduling`: claims, leases, wake times; `storage`: what a tenant stores, for its quota; `purge`: deleting
   instances with all they store, in bounded batches; `retention`: how long a workflow's finished instances are
-  kept, and purging those past it.
+  kept, and purging those past it; `usage`: the metering counters, kept by the writes they count.
 - `core.StoreCore`: the hooks a dialect supplies (`sqlite.SQLiteStore`, `postgres.PostgresStore`); no dialect
   overrides a business operation.
 - `_sql`: transactions and rows by column name; `rows`: the row shapes read.
@@ -24,10 +24,11 @@ from tenantflow.runtime.store.retention import Retentions
 from tenantflow.runtime.store.scheduling import Scheduling
 from tenantflow.runtime.store.storage import Storage
 from tenantflow.runtime.store.tenants import Tenants
+from tenantflow.runtime.store.usage import Usage
 from tenantflow.runtime.store.workflows import Workflows
 
 
 class SQLStore(
-    Tenants, Workflows, Instances, Controls, Forks, Activation, Journal, Scheduling, Storage, Retentions, ABC
+    Tenants, Workflows, Instances, Controls, Forks, Activation, Journal, Scheduling, Storage, Retentions, Usage, ABC
 ):
     """Everything the runtime stores; a dialect subclass supplies connections, transactions and clauses."""

@@ -34,6 +34,10 @@ SEMANTIC_422 = {
     # A retention's durations match the duration pattern; that each is 1 minute to 10 years the pattern cannot
     # say ("1 second" matches it).
     ("PUT", "/v1/workflows/{name}/retention"),
+    # A usage range's days each match the day pattern; that `to` is not before `from` and that they span at most
+    # 366 days a pattern cannot say.
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/admin/usage"),
 }
 
 # Invalid input may also be refused as too large (413: a batch of more than 100), not only 4xx-invalid.

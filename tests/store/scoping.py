@@ -25,7 +25,7 @@ import tenantflow.runtime.store.sqlite  # noqa: F401
 from tenantflow.runtime.store._sql import Tx
 
 TENANT_TABLES = frozenset(
-    {"instances", "journal", "attempts", "events", "versions", "sources", "creation_buckets", "retention"}
+    {"instances", "journal", "attempts", "events", "versions", "sources", "creation_buckets", "retention", "usage"}
 )
 # Tables outside the rule, and why.
 OTHER_TABLES = {

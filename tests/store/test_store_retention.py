@@ -142,9 +142,15 @@ def test_instances_finished_before_the_migration_count_from_their_last_update(
         patched.setattr(store_core, "MIGRATIONS", MIGRATIONS[:6])  # the schema before finished_at
         old = open_more()
         old.create_tenant(Tenant("acme", "acme", Quotas(), T0), "hash-acme")
-        done, running = start(old, "done"), start(old, "running")
+        # The rows as that schema's code wrote them (today's writes tables it does not have yet, e.g. usage).
+        done, running = InstanceKey("acme", "wf", "done"), InstanceKey("acme", "wf", "running")
         with old.transaction() as tx:
-            tx.run("UPDATE instances SET status = 'complete', updated_at = ? WHERE instance_id = 'done'", (T0 + 9,))
+            for key, status, updated in ((done, "complete", T0 + 9), (running, "running", T0)):
+                tx.run(
+                    "INSERT INTO instances (tenant_id, workflow, instance_id, version, source_hash, status, "
+                    "created_at, updated_at) VALUES (?, ?, ?, 1, 'h', ?, ?, ?)",
+                    (key.tenant_id, key.workflow, key.instance_id, status, T0, updated),
+                )
     new = open_more()
     assert finished_at(new, done) == T0 + 9
     assert finished_at(new, running) is None

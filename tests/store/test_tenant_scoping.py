@@ -236,6 +236,11 @@ def exercise(s: Any) -> None:
     made, taken = s.create_available("acme", version, [("i1", None), ("i9", None)], T0 + 12)
     assert [i.instance_id for i in made] == ["i9"] and taken == ["i1"]
 
+    # Usage: one tenant's, and (for an operator) every tenant's, through the tenant registry.
+    day = s.usage("acme", "2000-01-01", "2100-01-01", "day")
+    assert sum(line.counts.instances for line in day) == 7  # i1-i3, f1, g1, g2, i9
+    assert {line.key for line in s.usage(None, "2000-01-01", "2100-01-01", "tenant")} == {"acme"}
+
 
 def test_every_statement_of_every_operation_is_scoped_by_tenant(store: SQLStore) -> None:
     calls = Calls(store)
