@@ -149,6 +149,7 @@ def test_admin_operations_are_in_the_openapi_document(server: ServerProcess) -> 
         "updateTenant",
         "rotateTenantKey",
         "deleteTenant",
+        "getAdminUsage",
     }
     assert all(op["tags"] == ["admin"] and "403" in op["responses"] for op in admin.values())
     quotas = document["components"]["schemas"]["QuotaChanges"]["properties"]
