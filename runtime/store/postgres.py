@@ -205,7 +205,13 @@ def _check_reachable(conninfo: str) -> None:
 class PostgresStore(SQLStore):
     """postgresql://user@host:port/db[?pool_min=N&pool_max=N&<libpq options>]"""
 
-    dialect = {"blob": "BYTEA", "float": "DOUBLE PRECISION", "bigint": "BIGINT", "clustered": ""}
+    dialect = {
+        "blob": "BYTEA",
+        "float": "DOUBLE PRECISION",
+        "bigint": "BIGINT",
+        "clustered": "",
+        "bytewise": ' COLLATE "C"',
+    }
     skip_locked = "FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
     # A row lock is held until the commit is flushed: one usage row per workflow and day would make the step
