@@ -172,11 +172,11 @@ class Instances(StoreCore):
         backwards = after is None and before is not None
         if place is not None:
             less = descending != backwards
-            if not searching:
-                # The row comparison is the exact keyset; `created_at <= ?` states its range on the index's
-                # leading sort column in a form every planner seeks on.
-                sql += f" AND created_at {'<=' if less else '>='} ?"
-                params.append(place.created_at)
+            if self.keyset_bound:
+                # The row comparison is the exact keyset; `created_at <= ?` (or the id's) states its range on the
+                # index's leading sort column in a form SQLite's planner seeks on.
+                sql += f" AND {order[0]} {'<=' if less else '>='} ?"
+                params.append(getattr(place, names[0]))
             sql += f" AND ({', '.join(order)}) {'<' if less else '>'} ({', '.join('?' * len(order))})"
             params += [getattr(place, name) for name in names]
         direction = "DESC" if descending != backwards else "ASC"
