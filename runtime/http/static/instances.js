@@ -262,7 +262,7 @@
       return label + " " + count(selected.size) + " selected instance" + (selected.size === 1 ? "" : "s") + "?";
     }
     const given = JSON.parse(current.dataset.filter);
-    const status = current.dataset.status;
+    const status = current.dataset.filterStatus;
     const one = current.dataset.totalText === "1";
     let text = label + " " + current.dataset.totalText + " " + (status ? status + " " : "") + "instance" + (one ? "" : "s");
     text += given.workflow ? " of '" + given.workflow + "'" : " across all workflows";
