@@ -43,13 +43,17 @@ __all__ = [
     "BatchBody",
     "BatchCreated",
     "BatchError",
+    "BulkByFilter",
     "BulkFilter",
+    "BulkIds",
+    "BulkInstances",
     "BulkItem",
     "BulkResult",
     "CountsQuery",
     "InstanceCounts",
     "InstanceRef",
     "TenantBulk",
+    "TenantBulkByFilter",
     "TenantBulkFilter",
     "WorkflowBulk",
     "Bundle",
@@ -411,28 +415,53 @@ class InstanceRef(_Request):
 
 class _Bulk(_Request):
     action: Control
-    after: Cursor | None = Field(
-        default=None, description="With a filter: the next_after of the previous answer, to go on from there"
-    )
-    limit: int = Field(
-        default=MAX_BULK, ge=1, le=MAX_BULK, description="With a filter: at most this many instances this time"
-    )
 
 
-class WorkflowBulk(_Bulk):
+def _whole_float(value: Any) -> Any:
+    """JSON's 5.0 is the integer 5 (as JSON Schema reads it)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JSONInt = Annotated[int, BeforeValidator(_whole_float)]
+
+
+class _BulkPage(_Bulk):
+    after: Cursor | None = Field(default=None, description="The next_after of the previous answer: go on from there")
+    limit: JSONInt = Field(default=MAX_BULK, ge=1, le=MAX_BULK, description="At most this many instances this time")
+
+
+class BulkIds(_Bulk):
+    """Named instances of the workflow."""
+
+    ids: list[Id] = Field(min_length=1, max_length=MAX_BULK)
+
+
+class BulkByFilter(_BulkPage):
+    """A page of the workflow's instances the filter matches, newest first."""
+
+    filter: BulkFilter
+
+
+class BulkInstances(_Bulk):
+    """Named instances of any of the tenant's workflows."""
+
+    instances: list[InstanceRef] = Field(min_length=1, max_length=MAX_BULK)
+
+
+class TenantBulkByFilter(_BulkPage):
+    """A page of the tenant's instances the filter matches, newest first."""
+
+    filter: TenantBulkFilter
+
+
+class WorkflowBulk(RootModel[BulkIds | BulkByFilter]):
     """`POST /v1/workflows/{name}/instances/bulk`: named instances of the workflow (`ids`), or those a filter
-    matches (`filter`), one of the two."""
-
-    ids: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_BULK)
-    filter: BulkFilter | None = None
+    matches (`filter`, a page per request)."""
 
 
-class TenantBulk(_Bulk):
+class TenantBulk(RootModel[BulkInstances | TenantBulkByFilter]):
     """`POST /v1/instances/bulk`: named instances of any of the tenant's workflows (`instances`), or those a
-    filter matches (`filter`), one of the two."""
-
-    instances: list[InstanceRef] | None = Field(default=None, min_length=1, max_length=MAX_BULK)
-    filter: TenantBulkFilter | None = None
+    filter matches (`filter`, a page per request)."""
 
 
 class Terminate(_Request):
@@ -488,7 +517,7 @@ class InstanceQuery(_Query):
     )
     before: Cursor | None = Field(
         default=None,
-        description="The cursor a page answered as prev_before: the page just before that one (not with after)",
+        description="The cursor a page answered as prev_before: the page just before that one (ignored with after)",
     )
     id_prefix: Id | None = Field(
         default=None,

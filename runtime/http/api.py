@@ -112,9 +112,7 @@ def bulk_json(outcome: BulkOutcome) -> dict[str, Any]:
     }
 
 
-def bulk_filter(given: contract.BulkFilter | None, workflow: str | None) -> InstanceFilter | None:
-    if given is None:
-        return None
+def bulk_filter(given: contract.BulkFilter, workflow: str | None) -> InstanceFilter:
     return InstanceFilter(workflow, given.status, given.created_after, given.created_before, given.id_prefix)
 
 
@@ -282,34 +280,33 @@ class Api:
 
     async def bulk_instances(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        body = validate(contract.TenantBulk, await read_body(request, self.max_body), "the body")
-        keys = None if body.instances is None else [(ref.workflow, ref.id) for ref in body.instances]
-        where = bulk_filter(body.filter, body.filter.workflow if body.filter is not None else None)
-        outcome = await run_in_threadpool(
-            functools.partial(
-                self.service.bulk, tenant, body.action, keys=keys, where=where, after=body.after, limit=body.limit
+        body = validate(contract.TenantBulk, await read_body(request, self.max_body), "the body").root
+        if isinstance(body, contract.BulkInstances):
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, keys=[(ref.workflow, ref.id) for ref in body.instances]
             )
-        )
-        return JSONBody(bulk_json(outcome))
+        else:
+            where = bulk_filter(body.filter, body.filter.workflow)
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, where=where, after=body.after, limit=body.limit
+            )
+        return JSONBody(bulk_json(await run_in_threadpool(run)))
 
     async def bulk_workflow_instances(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        body = validate(contract.WorkflowBulk, await read_body(request, self.max_body), "the body")
+        body = validate(contract.WorkflowBulk, await read_body(request, self.max_body), "the body").root
         name = request.path_params["name"]
         await run_in_threadpool(self.service.versions, tenant, name)  # NotFound for no such workflow
-        keys = None if body.ids is None else [(name, instance_id) for instance_id in body.ids]
-        outcome = await run_in_threadpool(
-            functools.partial(
-                self.service.bulk,
-                tenant,
-                body.action,
-                keys=keys,
-                where=bulk_filter(body.filter, name),
-                after=body.after,
-                limit=body.limit,
+        if isinstance(body, contract.BulkIds):
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, keys=[(name, instance_id) for instance_id in body.ids]
             )
-        )
-        return JSONBody(bulk_json(outcome))
+        else:
+            where = bulk_filter(body.filter, name)
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, where=where, after=body.after, limit=body.limit
+            )
+        return JSONBody(bulk_json(await run_in_threadpool(run)))
 
     async def get_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)

@@ -427,15 +427,14 @@ class Service:
         id_prefix: str | None = None,
     ) -> InstancePage:
         """A page of the tenant's instances across its workflows (or of `workflow`'s: a filter, no NotFound),
-        newest first, `after` the cursor of the page before (or `before` the cursor of the page after); with
+        newest first, `after` the cursor of the page before (or `before` the cursor of the page after; `after`
+        wins when both are given); with
         `id_prefix`, those whose id starts with it, by id."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
-        if after is not None and before is not None:
-            raise InvalidInput("give after or before, not both")
         where = self._filter(workflow, status, created_after, created_before, id_prefix)
         tenant_id = tenant.tenant_id
-        if before is not None:
+        if before is not None and after is None:
             # Read backwards from the place, one more than the page: a page before this one only if there is one.
             found = self.store.instances(tenant_id, where, limit + 1, before=position(before))
             page = found[-limit:]
