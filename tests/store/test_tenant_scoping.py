@@ -183,7 +183,6 @@ def exercise(s: Any) -> None:
     assert s.host_fault(again["z1"], T0 + 5, T0 + 6, 1) is True  # errored
 
     s.pause(k1, T0 + 8)
-    s.upgrade(k1, version.version, version.source_hash, s.instance(k1).fence, T0 + 8)
     s.resume(k1, T0 + 9)
     s.terminate(k3, T0 + 9)
     s.restart(k3, T0 + 10)
