@@ -187,14 +187,70 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         after: str | None = None,
         created_after: Time | None = None,
         created_before: Time | None = None,
+        before: str | None = None,
+        id_prefix: str | None = None,
     ) -> Call[c.InstancePage]:
         """A page of one workflow's instances, or (`workflow` None) of all the tenant's; newest first."""
-        given: dict[str, Any] = {"status": status, "limit": limit, "after": after}
+        given: dict[str, Any] = {
+            "status": status,
+            "limit": limit,
+            "after": after,
+            "before": before,
+            "id_prefix": id_prefix,
+        }
         for name, at in (("created_after", created_after), ("created_before", created_before)):
             given[name] = None if at is None else c.time_text(at)
         params = {k: v for k, v in given.items() if v is not None}
         path = "/v1/instances" if workflow is None else f"/v1/workflows/{_seg(workflow)}/instances"
         return Call("GET", path, _model(c.InstancePage), params=params)
+
+    @staticmethod
+    def counts(
+        workflow: str | None,
+        created_after: Time | None = None,
+        created_before: Time | None = None,
+        id_prefix: str | None = None,
+    ) -> Call[c.InstanceCounts]:
+        given: dict[str, Any] = {"workflow": workflow, "id_prefix": id_prefix}
+        for name, at in (("created_after", created_after), ("created_before", created_before)):
+            given[name] = None if at is None else c.time_text(at)
+        params = {k: v for k, v in given.items() if v is not None}
+        return Call("GET", "/v1/instances/counts", _model(c.InstanceCounts), params=params)
+
+    @staticmethod
+    def bulk(
+        action: str,
+        workflow: str | None,
+        ids: Iterable[str] | None = None,
+        instances: Iterable[tuple[str, str]] | None = None,
+        status: str | None = None,
+        created_after: Time | None = None,
+        created_before: Time | None = None,
+        id_prefix: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> Call[c.BulkResult]:
+        """One request of a bulk action: the named instances (`ids` of `workflow`, or (workflow, id) pairs), or
+        a page of those the filter matches (`after`: where the previous answer said to go on)."""
+        body: dict[str, Any] = {"action": action}
+        if ids is not None:
+            if workflow is None:
+                raise ValueError("ids are a workflow's: give the workflow, or (workflow, id) pairs as instances")
+            body["ids"] = list(ids)
+        elif instances is not None:
+            body["instances"] = [{"workflow": w, "id": i} for w, i in instances]
+        else:
+            given: dict[str, Any] = {"status": status, "id_prefix": id_prefix}
+            for name, at in (("created_after", created_after), ("created_before", created_before)):
+                given[name] = None if at is None else (at.timestamp() if isinstance(at, datetime) else float(at))
+            body["filter"] = {k: v for k, v in given.items() if v is not None}
+        if after is not None:
+            body["after"] = after
+        if limit is not None:
+            body["limit"] = limit
+        if workflow is not None and "instances" not in body:
+            return Call("POST", f"/v1/workflows/{_seg(workflow)}/instances/bulk", _model(c.BulkResult), body)
+        return Call("POST", "/v1/instances/bulk", _model(c.BulkResult), body)
 
     @staticmethod
     def status(workflow: str, instance_id: str, wait_s: float = 0.0, seen: str | None = None) -> Call[c.Instance]:

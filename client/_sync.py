@@ -142,11 +142,60 @@ class Client:
         *,
         created_after: Time | None = None,
         created_before: Time | None = None,
+        before: str | None = None,
+        id_prefix: str | None = None,
     ) -> c.InstancePage:
         """A page of instances, newest first: the workflow's (NotFound if there is none), or, without one, all
         the tenant's across its workflows. Created strictly after/before a time (epoch seconds or a datetime;
-        a naive one is local time); pass the answer's `next_after` as `after` for the next page."""
-        return self.send(calls.instances(workflow, status, limit, after, created_after, created_before))
+        a naive one is local time); pass the answer's `next_after` as `after` for the next page, or its
+        `prev_before` as `before` for the page before. With `id_prefix`: those whose id starts with it, by id."""
+        return self.send(
+            calls.instances(workflow, status, limit, after, created_after, created_before, before, id_prefix)
+        )
+
+    def count_instances(
+        self,
+        workflow: str | None = None,
+        *,
+        created_after: Time | None = None,
+        created_before: Time | None = None,
+        id_prefix: str | None = None,
+    ) -> c.InstanceCounts:
+        """How many instances (the workflow's, or all the tenant's) the filters match in each status, each
+        counted up to `cap` (a status in `capped` has more)."""
+        return self.send(calls.counts(workflow, created_after, created_before, id_prefix))
+
+    def bulk(
+        self,
+        action: c.Control | str,
+        workflow: str | None = None,
+        ids: Iterable[str] | None = None,
+        *,
+        instances: Iterable[tuple[str, str]] | None = None,
+        status: str | None = None,
+        created_after: Time | None = None,
+        created_before: Time | None = None,
+        id_prefix: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[c.BulkResult]:
+        """One control on many instances: `ids` of `workflow`, or `instances` as (workflow, id) pairs, or else
+        every instance the filter matches (of `workflow`, or across the tenant's workflows), newest first, at
+        most `limit` (default and most: 1000) per request. Returns each request's answer as it comes: for a
+        filter, one after another until none matches any more (`next_after` carries on from `after`); each
+        instance is done or skipped with the reason (e.g. already finished)."""
+        after = None
+        ids = None if ids is None else list(ids)
+        instances = None if instances is None else list(instances)
+        while True:
+            answer = self.send(
+                calls.bulk(
+                    action, workflow, ids, instances, status, created_after, created_before, id_prefix, after, limit
+                )
+            )
+            yield answer
+            if answer.next_after is None:
+                return
+            after = answer.next_after
 
     def status(self, workflow: str, instance_id: str, *, wait_s: float = 0.0, seen: str | None = None) -> c.Instance:
         """The instance; with `wait_s`, a long poll answered when its status differs from `seen` (default: the

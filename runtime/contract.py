@@ -36,12 +36,26 @@ __all__ = [
     "DEEP_JSON_RECURSION_LIMIT",
     "MAX_BATCH",
     "MAX_CURSOR",
+    "MAX_BULK",
     "MAX_PAGE",
     "TIME_PATTERN",
     "Attempt",
     "BatchBody",
     "BatchCreated",
     "BatchError",
+    "BulkByFilter",
+    "BulkFilter",
+    "BulkIds",
+    "BulkInstances",
+    "BulkItem",
+    "BulkResult",
+    "CountsQuery",
+    "InstanceCounts",
+    "InstanceRef",
+    "TenantBulk",
+    "TenantBulkByFilter",
+    "TenantBulkFilter",
+    "WorkflowBulk",
     "Bundle",
     "BundleVersion",
     "Control",
@@ -112,6 +126,8 @@ MAX_BATCH = 100
 """A batch creates at most this many instances (more is 413, not 422)."""
 MAX_PAGE = 1000
 """A page holds at most this many instances or journal positions."""
+MAX_BULK = 1000
+"""A bulk action does at most this many instances per request (a filter's answer says where to go on)."""
 MAX_QUERY_INT = 999_999_999
 
 DEEP_JSON_RECURSION_LIMIT = 4000
@@ -376,6 +392,78 @@ class Fork(_Request):
     id: Id | None = Field(default=None, description="The fork's id; absent or null: a random id")
 
 
+Epoch = Annotated[float, Field(allow_inf_nan=False, ge=-1e11, le=1e11)]
+
+
+class BulkFilter(_Request):
+    """Every instance a list with these filters shows (newest first), a page of them per request."""
+
+    status: Status | None = None
+    created_after: Epoch | None = Field(default=None, description="Only instances created after this (epoch seconds)")
+    created_before: Epoch | None = Field(default=None, description="Only instances created before this (epoch seconds)")
+    id_prefix: Id | None = Field(default=None, description="Only instances whose id starts with this")
+
+
+class TenantBulkFilter(BulkFilter):
+    workflow: Id | None = Field(default=None, description="Only this workflow's instances")
+
+
+class InstanceRef(_Request):
+    workflow: Id
+    id: Id
+
+
+class _Bulk(_Request):
+    action: Control
+
+
+def _whole_float(value: Any) -> Any:
+    """JSON's 5.0 is the integer 5 (as JSON Schema reads it)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JSONInt = Annotated[int, BeforeValidator(_whole_float)]
+
+
+class _BulkPage(_Bulk):
+    after: Cursor | None = Field(default=None, description="The next_after of the previous answer: go on from there")
+    limit: JSONInt = Field(default=MAX_BULK, ge=1, le=MAX_BULK, description="At most this many instances this time")
+
+
+class BulkIds(_Bulk):
+    """Named instances of the workflow."""
+
+    ids: list[Id] = Field(min_length=1, max_length=MAX_BULK)
+
+
+class BulkByFilter(_BulkPage):
+    """A page of the workflow's instances the filter matches, newest first."""
+
+    filter: BulkFilter
+
+
+class BulkInstances(_Bulk):
+    """Named instances of any of the tenant's workflows."""
+
+    instances: list[InstanceRef] = Field(min_length=1, max_length=MAX_BULK)
+
+
+class TenantBulkByFilter(_BulkPage):
+    """A page of the tenant's instances the filter matches, newest first."""
+
+    filter: TenantBulkFilter
+
+
+class WorkflowBulk(RootModel[BulkIds | BulkByFilter]):
+    """`POST /v1/workflows/{name}/instances/bulk`: named instances of the workflow (`ids`), or those a filter
+    matches (`filter`, a page per request)."""
+
+
+class TenantBulk(RootModel[BulkInstances | TenantBulkByFilter]):
+    """`POST /v1/instances/bulk`: named instances of any of the tenant's workflows (`instances`), or those a
+    filter matches (`filter`, a page per request)."""
+
+
 class Terminate(_Request):
     """`POST .../instances/{id}/terminate` (the body may be left out: no rollback)."""
 
@@ -427,6 +515,15 @@ class InstanceQuery(_Query):
     after: Cursor | None = Field(
         default=None, description="The cursor of the previous page (its next_after), passed back as it came"
     )
+    before: Cursor | None = Field(
+        default=None,
+        description="The cursor a page answered as prev_before: the page just before that one (ignored with after)",
+    )
+    id_prefix: Id | None = Field(
+        default=None,
+        description="Only instances whose id starts with this (an exact id is its own prefix); such a list goes "
+        "by id, then workflow, ascending",
+    )
     created_after: QueryTime | None = Field(
         default=None,
         description="Only instances created after this time: epoch seconds, or ISO 8601 with a timezone",
@@ -441,6 +538,15 @@ class InstancesQuery(InstanceQuery):
     """The query of `GET /v1/instances`: the tenant's instances across its workflows, newest first."""
 
     workflow: Id | None = Field(default=None, description="Only this workflow's instances")
+
+
+class CountsQuery(_Query):
+    """The query of `GET /v1/instances/counts`: the filters of a list, but its status."""
+
+    workflow: Id | None = Field(default=None, description="Only this workflow's instances")
+    created_after: QueryTime | None = Field(default=None, description="Only instances created after this time")
+    created_before: QueryTime | None = Field(default=None, description="Only instances created before this time")
+    id_prefix: Id | None = Field(default=None, description="Only instances whose id starts with this")
 
 
 class JournalQuery(_Query):
@@ -566,6 +672,34 @@ class InstancePage(_Response):
     instances: list[Instance] = Field(description="Newest first; each names its workflow")
     next_after: str | None = Field(
         description="An opaque cursor: pass it as ?after= for the next page; null on the last page"
+    )
+    prev_before: str | None = Field(
+        default=None,
+        description="An opaque cursor: pass it as ?before= for the page before; null on the first page (or when "
+        "the page came by after and is empty)",
+    )
+
+
+class InstanceCounts(_Response):
+    counts: dict[Status, int] = Field(description="How many instances the filter matches in each status")
+    cap: int = Field(description="Each status is counted up to this many")
+    capped: list[Status] = Field(description="The statuses with more than cap instances (their count is cap)")
+
+
+class BulkItem(_Response):
+    workflow: str
+    id: str
+    outcome: Literal["done", "skipped"]
+    reason: str | None = Field(default=None, description="Why it was skipped")
+
+
+class BulkResult(_Response):
+    action: Control
+    results: list[BulkItem] = Field(description="One per instance, in the order they were done")
+    done: int
+    skipped: int
+    next_after: str | None = Field(
+        description="With a filter: more instances match; send the same request with this as after to go on"
     )
 
 

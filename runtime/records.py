@@ -235,6 +235,9 @@ class InstanceFilter:
     status: str | None = None
     created_after: float | None = None
     created_before: float | None = None
+    id_prefix: str | None = None
+    """Only instances whose id starts with this (an exact id is its own prefix): such a list goes by id, then
+    workflow, ascending, not newest first."""
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ Every command prints for people by default and JSON with `--json`.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
-from tenantflow.runtime.cli import local, operator, remote, replaying, retention, tenants, usage
+from tenantflow.runtime.cli import local, operator, output, remote, replaying, retention, tenants, usage
 from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.contract import allow_deep_json
 from tenantflow.runtime.errors import TenantflowError
@@ -26,10 +27,24 @@ class _Main(click.Group):
     """A named error (a database that cannot be reached, a bad URL) is one line and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        given = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        output.JSON_ERRORS = "--json" in given
         try:
             return super().invoke(ctx)
         except TenantflowError as error:
             fail(str(error))
+        except click.ClickException as error:
+            if not output.JSON_ERRORS:
+                raise
+            # With --json, a usage error (a missing argument, a bad option value) is a JSON problem too.
+            usage = isinstance(error, click.UsageError)
+            output.problem_json(
+                "Usage error" if usage else "Command failed",
+                error.format_message(),
+                error.exit_code,
+                "usage" if usage else "error",
+            )
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -109,7 +110,8 @@ def api_options(fn: F) -> F:
                 if error.headers.get("retry-after"):
                     message += f"; retry after {error.headers['retry-after']} s"
                 if kwargs.get("as_json"):
-                    click.echo(json.dumps(problem), err=True)
+                    click.echo(json.dumps(problem), err=True)  # the API's problem, as it came
+                    sys.exit(1)
                 fail(message)
             except httpx.HTTPError as error:
                 fail(f"cannot reach {url}: {error}")

@@ -83,8 +83,32 @@ def parse_json(text: str | None, what: str) -> Any:
         raise click.BadParameter(f"{what} is not valid JSON: {error}") from None
 
 
+JSON_ERRORS = False
+"""Set for an invocation given --json (anywhere in its arguments): errors are printed as JSON problems."""
+
+
+def json_wanted() -> bool:
+    """Whether this invocation prints JSON: --json was given (an error then prints a JSON problem)."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("as_json"):
+            return True
+        ctx = ctx.parent
+    return JSON_ERRORS
+
+
+def problem_json(title: str, detail: str, code: int, kind: str = "error") -> None:
+    """An error as a JSON problem object (as the API's: type, title, detail; and the exit code) on one line of
+    standard error."""
+    problem = {"type": f"urn:tenantflow:cli:{kind}", "title": title, "detail": detail, "exit_code": code}
+    click.echo(json.dumps(problem), err=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err().print(Text("error: ", style="bold red") + safe_text(message), soft_wrap=True)
+    if json_wanted():
+        problem_json("Usage error" if code == 2 else "Command failed", message, code, "usage" if code == 2 else "error")
+    else:
+        err().print(Text("error: ", style="bold red") + safe_text(message), soft_wrap=True)
     sys.exit(code)
 
 

@@ -4,11 +4,12 @@ export and fork."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
+from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 from tenantflow.client import Client, EntryEvent, ResetEvent, StatusEvent, WaitTimeout, WatchBroken, WatchEvent
@@ -105,13 +106,33 @@ def workflow(client: Client, name: str, as_json: bool) -> None:
 @click.argument("workflow")
 @click.option("--id", "instance_id", help="Instance id (default: a random one).")
 @click.option("--params", help="The instance's params as JSON (its event.payload).")
+@click.option(
+    "--params-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the params as JSON from this file (`-`: standard input).",
+)
 @click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for it to finish.")
 @api_options
 def start(
-    client: Client, workflow: str, instance_id: str | None, params: str | None, wait_s: float | None, as_json: bool
+    client: Client,
+    workflow: str,
+    instance_id: str | None,
+    params: str | None,
+    params_file: TextIO | None,
+    wait_s: float | None,
+    as_json: bool,
 ) -> None:
-    """Start an instance of WORKFLOW's latest version."""
-    handle = client.start(workflow, instance_id, parse_json(params, "--params"))
+    """Start an instance of WORKFLOW's latest version (params from --params or --params-file)."""
+    if params is not None and params_file is not None:
+        raise click.UsageError("give --params or --params-file, not both")
+    if params_file is not None:
+        try:
+            params = params_file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            fail(f"cannot read --params-file: {error}")
+    handle = client.start(
+        workflow, instance_id, parse_json(params, "--params-file" if params_file is not None else "--params")
+    )
     created = handle.instance
     if wait_s is not None:
         try:
@@ -312,17 +333,120 @@ def _follow_journal(client: Client, workflow: str, instance_id: str, after: int,
             console.print(status_line(plain(event.instance)), soft_wrap=True)
 
 
-def _control_command(action: Control, help_text: str) -> None:
-    @commands.command(name=action, help=help_text)
-    @click.argument("workflow")
-    @click.argument("instance_id", metavar="ID")
-    @api_options
-    def command(client: Client, workflow: str, instance_id: str, as_json: bool) -> None:
-        result = client.control(workflow, instance_id_of(client, workflow, instance_id), action)
+def selection_options(fn: Any) -> Any:
+    """The options that pick many instances of a workflow for a control: one or more IDs, or a filter."""
+    for option in reversed(
+        [
+            click.option(
+                "--status", "status_filter", type=click.Choice(STATUSES), help="All instances in this status."
+            ),
+            click.option("--since", type=When(), help="All instances created since: 30m, 1h, 2d, 1w ago, or a time."),
+            click.option("--until", type=When(), help="All instances created before this (as --since)."),
+            click.option("--id-prefix", help="All instances whose id starts with this."),
+            click.option("--all", "everything", is_flag=True, help="All the workflow's instances (no other filter)."),
+            click.option("--yes", is_flag=True, help="Do not ask for confirmation of a filter's action."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _control(
+    client: Client,
+    action: Control,
+    workflow: str,
+    ids: tuple[str, ...],
+    selection: dict[str, Any],
+    as_json: bool,
+    single: Callable[[str], BaseModel],
+) -> None:
+    """One ID: the single control (`single`), as ever. Several IDs, or a filter: the bulk action."""
+    filters = {k: selection[k] for k in ("status_filter", "since", "until", "id_prefix") if selection[k] is not None}
+    everything = bool(selection["everything"])
+    if ids and (filters or everything):
+        raise click.UsageError("give IDs, or a filter (--status, --since, --until, --id-prefix, --all), not both")
+    if len(ids) == 1:
+        result = single(instance_id_of(client, workflow, ids[0]))
         if as_json:
             print_json(plain(result))
             return
         show_instance(plain(result))
+        return
+    if not ids and not filters and not everything:
+        raise click.UsageError(
+            f"give an ID (or several), or pick the instances to {action} with --status, --since, --until, "
+            "--id-prefix or --all"
+        )
+    bulk_control(client, action, workflow, list(ids) if ids else None, filters, bool(selection["yes"]), as_json)
+
+
+def bulk_control(
+    client: Client,
+    action: Control,
+    workflow: str,
+    ids: list[str] | None,
+    filters: dict[str, Any],
+    yes: bool,
+    as_json: bool,
+) -> None:
+    status = filters.get("status_filter")
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "created_after": filters.get("since"),
+        "created_before": filters.get("until"),
+        "id_prefix": filters.get("id_prefix"),
+    }
+    if ids is None and not yes:
+        counted = client.count_instances(
+            workflow,
+            created_after=kwargs["created_after"],
+            created_before=kwargs["created_before"],
+            id_prefix=kwargs["id_prefix"],
+        )
+        statuses = [status] if status else list(counted.counts)
+        total = sum(counted.counts[s] for s in statuses)
+        more = "+" if any(s in counted.capped for s in statuses) else ""
+        if total == 0:
+            fail(f"no {status + ' ' if status else ''}instances of {workflow} match", 1)
+        what = f"{total:,}{more} {status + ' ' if status else ''}instance{'' if total == 1 and not more else 's'}"
+        click.confirm(f"{action.capitalize()} {what} of '{workflow}'?", abort=True, err=True)
+    done = skipped = 0
+    results: list[dict[str, Any]] = []
+    console = out()
+    for answer in client.bulk(action, workflow, ids, **kwargs):
+        done += answer.done
+        skipped += answer.skipped
+        results += [plain(r) for r in answer.results]
+        if not as_json and answer.next_after is not None:
+            console.print(f"... {done:,} done, {skipped:,} skipped", soft_wrap=True)
+    if as_json:
+        print_json({"action": action, "workflow": workflow, "done": done, "skipped": skipped, "results": results})
+        return
+    console.print(safe_text(f"{action}: {done:,} done, {skipped:,} skipped ({workflow})"))
+    reasons: dict[str, int] = {}
+    for r in results:
+        if r["outcome"] == "skipped":
+            reasons[str(r.get("reason"))] = reasons.get(str(r.get("reason")), 0) + 1
+    for reason, times in sorted(reasons.items(), key=lambda item: -item[1]):
+        console.print(safe_text(f"  skipped {times:,}: {reason}", "yellow"))
+
+
+def _control_command(action: Control, help_text: str) -> None:
+    @commands.command(name=action, help=help_text)
+    @click.argument("workflow")
+    @click.argument("instance_ids", metavar="[ID]...", nargs=-1)
+    @selection_options
+    @api_options
+    def command(client: Client, workflow: str, instance_ids: tuple[str, ...], as_json: bool, **selection: Any) -> None:
+        _control(
+            client,
+            action,
+            workflow,
+            instance_ids,
+            selection,
+            as_json,
+            lambda instance_id: client.control(workflow, instance_id, action),
+        )
 
 
 @commands.command()
@@ -352,19 +476,34 @@ def delete(client: Client, workflow: str, instance_id: str | None, yes: bool, as
 
 @commands.command()
 @click.argument("workflow")
-@click.argument("instance_id", metavar="ID")
+@click.argument("instance_ids", metavar="[ID]...", nargs=-1)
 @click.option("--from", "from_step", metavar="STEP", help="Re-run from this step (the journal before it is kept).")
 @click.option("--count", type=click.IntRange(1), default=1, show_default=True, help="Which call of STEP.")
+@selection_options
 @api_options
-def restart(client: Client, workflow: str, instance_id: str, from_step: str | None, count: int, as_json: bool) -> None:
+def restart(
+    client: Client,
+    workflow: str,
+    instance_ids: tuple[str, ...],
+    from_step: str | None,
+    count: int,
+    as_json: bool,
+    **selection: Any,
+) -> None:
     """Restart an instance with the same params: from scratch, or from a step of its journal. ID may be
-    `latest`."""
-    instance_id = instance_id_of(client, workflow, instance_id)
-    result = client.restart(workflow, instance_id, from_step, count)
-    if as_json:
-        print_json(plain(result))
-        return
-    show_instance(plain(result))
+    `latest`. Several IDs, or a filter (--status, --since, --until, --id-prefix, --all), restart many from
+    scratch (a filter asks first, unless --yes)."""
+    if from_step is not None and len(instance_ids) != 1:
+        raise click.UsageError("--from restarts one instance: give its ID")
+    _control(
+        client,
+        "restart",
+        workflow,
+        instance_ids,
+        selection,
+        as_json,
+        lambda instance_id: client.restart(workflow, instance_id, from_step, count),
+    )
 
 
 @commands.command()
@@ -413,16 +552,27 @@ def fork(
 
 @commands.command()
 @click.argument("workflow")
-@click.argument("instance_id", metavar="ID")
+@click.argument("instance_ids", metavar="[ID]...", nargs=-1)
 @click.option("--rollback", is_flag=True, help="Run the rollbacks of its completed steps first (last started first).")
+@selection_options
 @api_options
-def terminate(client: Client, workflow: str, instance_id: str, rollback: bool, as_json: bool) -> None:
-    """Terminate an instance that has not finished. ID may be `latest`: the workflow's newest instance."""
-    result = client.terminate(workflow, instance_id_of(client, workflow, instance_id), rollback=rollback)
-    if as_json:
-        print_json(plain(result))
-        return
-    show_instance(plain(result))
+def terminate(
+    client: Client, workflow: str, instance_ids: tuple[str, ...], rollback: bool, as_json: bool, **selection: Any
+) -> None:
+    """Terminate an instance that has not finished. ID may be `latest`: the workflow's newest instance.
+    Several IDs, or a filter (--status, --since, --until, --id-prefix, --all), terminate many (a filter asks
+    first, naming the count, unless --yes): tenantflow terminate order --status waiting --since 1h --yes"""
+    if rollback and len(instance_ids) != 1:
+        raise click.UsageError("--rollback terminates one instance: give its ID")
+    _control(
+        client,
+        "terminate",
+        workflow,
+        instance_ids,
+        selection,
+        as_json,
+        lambda instance_id: client.terminate(workflow, instance_id, rollback=rollback),
+    )
 
 
 @commands.command()
@@ -440,9 +590,13 @@ def upgrade(client: Client, workflow: str, instance_id: str, version: int, as_js
     show_instance(plain(result))
 
 
+MANY_HELP = (
+    "Several IDs, or a filter (--status, --since, --until, --id-prefix, --all), act on many (a filter asks first, "
+    "naming the count, unless --yes)."
+)
 CONTROL_HELP: dict[Control, str] = {
-    "pause": f"Pause an instance (a running one stops once its step is journaled). {ID_HELP}",
-    "resume": f"Resume a paused instance. {ID_HELP}",
+    "pause": f"Pause an instance (a running one stops once its step is journaled). {ID_HELP} {MANY_HELP}",
+    "resume": f"Resume a paused instance. {ID_HELP} {MANY_HELP}",
 }
 for _action, _help in CONTROL_HELP.items():
     _control_command(_action, _help)

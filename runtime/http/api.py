@@ -44,8 +44,9 @@ from tenantflow.runtime.http.problems import (
     status_problem,
 )
 from tenantflow.runtime.http.stream import HEARTBEAT_S, open_stream
-from tenantflow.runtime.records import FINISHED, Instance, Tenant, Version
+from tenantflow.runtime.records import FINISHED, Instance, InstanceFilter, Tenant, Version
 from tenantflow.runtime.service import Service
+from tenantflow.runtime.service.application import COUNT_CAP, BulkOutcome
 from tenantflow.runtime.service.changes import RECHECK_S
 from tenantflow.runtime.service.pages import InstancePage
 from tenantflow.runtime.service.watching import Cursor
@@ -90,7 +91,29 @@ def instance_json(instance: Instance) -> dict[str, Any]:
 
 
 def page_json(page: InstancePage) -> dict[str, Any]:
-    return {"instances": [instance_json(i) for i in page.instances], "next_after": page.next_after}
+    return {
+        "instances": [instance_json(i) for i in page.instances],
+        "next_after": page.next_after,
+        "prev_before": page.prev_before,
+    }
+
+
+def bulk_json(outcome: BulkOutcome) -> dict[str, Any]:
+    results = [
+        {"workflow": r.workflow, "id": r.instance_id, "outcome": r.outcome, "reason": r.reason} for r in outcome.results
+    ]
+    done = sum(1 for r in outcome.results if r.outcome == "done")
+    return {
+        "action": outcome.action,
+        "results": results,
+        "done": done,
+        "skipped": len(results) - done,
+        "next_after": outcome.next_after,
+    }
+
+
+def bulk_filter(given: contract.BulkFilter, workflow: str | None) -> InstanceFilter:
+    return InstanceFilter(workflow, given.status, given.created_after, given.created_before, given.id_prefix)
 
 
 def tenant_json(tenant: Tenant) -> dict[str, Any]:
@@ -220,6 +243,8 @@ class Api:
             asked.after,
             asked.created_after,
             asked.created_before,
+            before=asked.before,
+            id_prefix=asked.id_prefix,
         )
         return JSONBody(page_json(page))
 
@@ -235,8 +260,53 @@ class Api:
             asked.after,
             asked.created_after,
             asked.created_before,
+            before=asked.before,
+            id_prefix=asked.id_prefix,
         )
         return JSONBody(page_json(page))
+
+    async def count_instances(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        asked = query(contract.CountsQuery, request)
+        found = await run_in_threadpool(
+            self.service.count_instances,
+            tenant,
+            asked.workflow,
+            asked.created_after,
+            asked.created_before,
+            asked.id_prefix,
+        )
+        return JSONBody({"counts": found.counts, "cap": COUNT_CAP, "capped": found.capped})
+
+    async def bulk_instances(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        body = validate(contract.TenantBulk, await read_body(request, self.max_body), "the body").root
+        if isinstance(body, contract.BulkInstances):
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, keys=[(ref.workflow, ref.id) for ref in body.instances]
+            )
+        else:
+            where = bulk_filter(body.filter, body.filter.workflow)
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, where=where, after=body.after, limit=body.limit
+            )
+        return JSONBody(bulk_json(await run_in_threadpool(run)))
+
+    async def bulk_workflow_instances(self, request: Request) -> Response:
+        tenant = await self.tenant(request)
+        body = validate(contract.WorkflowBulk, await read_body(request, self.max_body), "the body").root
+        name = request.path_params["name"]
+        await run_in_threadpool(self.service.versions, tenant, name)  # NotFound for no such workflow
+        if isinstance(body, contract.BulkIds):
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, keys=[(name, instance_id) for instance_id in body.ids]
+            )
+        else:
+            where = bulk_filter(body.filter, name)
+            run = functools.partial(
+                self.service.bulk, tenant, body.action, where=where, after=body.after, limit=body.limit
+            )
+        return JSONBody(bulk_json(await run_in_threadpool(run)))
 
     async def get_instance(self, request: Request) -> Response:
         tenant = await self.tenant(request)

@@ -36,11 +36,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from tenantflow.runtime.contract import MAX_PAGE
 from tenantflow.runtime.http.auth import bearer_key
+from tenantflow.runtime.http.dashboard_lists import instance_list
 from tenantflow.runtime.http.dashboard_usage import usage_routes
 from tenantflow.runtime.http.dashboard_views import (
-    MAX_PAGE_SIZE,
     NO_STORE,
-    PAGE_SIZE,
     SECURITY_HEADERS,
     STATIC,
     STATUS_SYMBOLS,
@@ -195,33 +194,17 @@ class Dashboard:
             versions=versions,
             version=version,
             source_lines=source.splitlines(),
+            open_source=chosen is not None,
             q=self.query,
         )
 
     def instances_fragment(self, request: Request) -> Response:
-        actor, viewed = self.scope(request)
-        name = request.path_params["name"]
-        query = request.query_params
-        status = query.get("status") or None
-        after = query.get("after") or None
-        limit_text = query.get("limit", str(PAGE_SIZE))
-        limit = int(limit_text) if limit_text.isdigit() and len(limit_text) < 5 else PAGE_SIZE
-        limit = max(1, min(limit, MAX_PAGE_SIZE))
-        page = self.service.instances(viewed, name, status, limit, after)
-        return self.render(
-            "_instances.html",
-            fragment=True,
-            actor=actor,
-            viewed=viewed,
-            name=name,
-            instances=page.instances,
-            status=status,
-            after=after,
-            limit=limit,
-            next_after=page.next_after,
-            now=time.time(),
-            q=self.query,
-        )
+        """One workflow's list (the workflow page)."""
+        return instance_list(self, request, request.path_params["name"])
+
+    def tenant_instances_fragment(self, request: Request) -> Response:
+        """The tenant's list across its workflows, or one workflow's (`?workflow=`) (the instances page)."""
+        return instance_list(self, request, None)
 
     def instance_fragment(self, part: str) -> Any:
         """The instance's summary (status, params, output or error), what it is doing now, its timeline (compact
@@ -332,6 +315,7 @@ def dashboard_routes(service: Service) -> list[BaseRoute]:
     return [
         _get("/", d.page("workflows.html"), name="dashboard"),
         _get("/login", d.login),
+        _get("/instances", d.page("instances.html")),
         _get("/workflows/{name}", d.page("workflow.html")),
         _get("/workflows/{name}/instances/{id}", d.page("instance.html")),
         _get("/favicon.ico", d.favicon),
@@ -339,6 +323,7 @@ def dashboard_routes(service: Service) -> list[BaseRoute]:
         _get(fragments, d.workflows_fragment),
         _get(fragments + "/{name}", d.workflow_fragment),
         _get(fragments + "/{name}/instances", d.instances_fragment),
+        _get("/ui/fragments/instances", d.tenant_instances_fragment),
         _get(fragments + "/{name}/instances/{id}/summary", d.instance_fragment("summary")),
         _get(fragments + "/{name}/instances/{id}/timeline", d.instance_fragment("timeline")),
         _get(fragments + "/{name}/instances/{id}/now", d.instance_fragment("now")),

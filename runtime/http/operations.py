@@ -202,6 +202,16 @@ OPERATIONS: tuple[Operation, ...] = (
         query=c.InstancesQuery,
     ),
     Operation(
+        "GET",
+        "/v1/instances/counts",
+        "countInstances",
+        "How many of the tenant's instances a list's filters match, in each status (each counted up to `cap`: "
+        "a status in `capped` has more)",
+        {200: Answer(c.InstanceCounts, "The counts")},
+        (401, 422),
+        query=c.CountsQuery,
+    ),
+    Operation(
         "POST",
         "/v1/workflows/{name}/instances/batch",
         "createInstances",
@@ -315,6 +325,29 @@ OPERATIONS: tuple[Operation, ...] = (
         _INPUT,
         body=c.Fork,
         path_params=("name", "id"),
+    ),
+    # Last of the tenant's operations: a fuzzed bulk restart leaves the instances the others use unfinished.
+    Operation(
+        "POST",
+        "/v1/instances/bulk",
+        "bulkInstances",
+        f"Pause, resume, terminate or restart many of the tenant's instances: those named (up to {c.MAX_BULK}), or "
+        f"a page of up to {c.MAX_BULK} of those a filter matches, newest first (`next_after` goes on); each is done "
+        "or skipped with the reason",
+        {200: Answer(c.BulkResult, "What was done to each")},
+        (400, 401, 413, 422),
+        body=c.TenantBulk,
+    ),
+    Operation(
+        "POST",
+        "/v1/workflows/{name}/instances/bulk",
+        "bulkWorkflowInstances",
+        f"As bulkInstances, within one workflow: its instances named by id (up to {c.MAX_BULK}), or a page of "
+        "those a filter matches",
+        {200: Answer(c.BulkResult, "What was done to each")},
+        (400, 401, 404, 413, 422),
+        body=c.WorkflowBulk,
+        path_params=("name",),
     ),
     Operation(
         "GET",

@@ -15,7 +15,7 @@ from typing import Any
 
 from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, FailureName, Sandbox
 from tenantflow.runtime import logs
-from tenantflow.runtime.contract import MAX_BATCH, MAX_PAGE
+from tenantflow.runtime.contract import CONTROLS, MAX_BATCH, MAX_BULK, MAX_PAGE
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
@@ -25,6 +25,7 @@ from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool
 from tenantflow.runtime.errors import (
     Conflict,
     InvalidInput,
+    InvalidState,
     NotFound,
     QuotaExceeded,
     TenantflowError,
@@ -32,6 +33,7 @@ from tenantflow.runtime.errors import (
     WorkflowCodeError,
 )
 from tenantflow.runtime.records import (
+    FINISHED,
     STATUSES,
     AttemptRecord,
     Instance,
@@ -61,6 +63,43 @@ MAX_WORKERS = ISOLATE_SLOTS - 8
 DELETE_BATCH = 100
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
 STORAGE_RETRY_AFTER_S = 60.0
+
+
+# Per-status counts of a list stop at this (a status with more is "COUNT_CAP or more"): each reads at most this
+# many index entries, however many instances there are.
+COUNT_CAP = 10_000
+
+# The statuses each control applies to (the store checks again, in the instance's own transaction).
+CONTROL_APPLIES: dict[str, frozenset[str]] = {
+    "pause": frozenset({"queued", "running", "waiting"}),
+    "resume": frozenset({"paused", "waiting_for_pause"}),
+    "terminate": frozenset(STATUSES) - FINISHED,
+    "restart": frozenset(STATUSES),
+}
+
+
+@dataclass(frozen=True)
+class InstanceCounts:
+    counts: dict[str, int]
+    capped: list[str]
+    """The statuses with more than COUNT_CAP instances (their count says COUNT_CAP)."""
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    workflow: str
+    instance_id: str
+    outcome: str
+    """done or skipped"""
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    action: str
+    results: list[BulkResult]
+    next_after: str | None
+    """The cursor to go on with a filter from (None: the filter's instances are all done)."""
 
 
 @dataclass(frozen=True)
@@ -363,11 +402,16 @@ class Service:
         after: str | None = None,
         created_after: float | None = None,
         created_before: float | None = None,
+        *,
+        before: str | None = None,
+        id_prefix: str | None = None,
     ) -> InstancePage:
         """A page of one workflow's instances, newest first (NotFound if there is no such workflow)."""
         check_id(workflow, "workflow name")
         self.versions(tenant, workflow)
-        return self.tenant_instances(tenant, workflow, status, limit, after, created_after, created_before)
+        return self.tenant_instances(
+            tenant, workflow, status, limit, after, created_after, created_before, before=before, id_prefix=id_prefix
+        )
 
     def tenant_instances(
         self,
@@ -378,23 +422,71 @@ class Service:
         after: str | None = None,
         created_after: float | None = None,
         created_before: float | None = None,
+        *,
+        before: str | None = None,
+        id_prefix: str | None = None,
     ) -> InstancePage:
         """A page of the tenant's instances across its workflows (or of `workflow`'s: a filter, no NotFound),
-        newest first, `after` the cursor of the page before."""
+        newest first, `after` the cursor of the page before (or `before` the cursor of the page after; `after`
+        wins when both are given); with
+        `id_prefix`, those whose id starts with it, by id."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
+        where = self._filter(workflow, status, created_after, created_before, id_prefix)
+        tenant_id = tenant.tenant_id
+        if before is not None and after is None:
+            # Read backwards from the place, one more than the page: a page before this one only if there is one.
+            found = self.store.instances(tenant_id, where, limit + 1, before=position(before))
+            page = found[-limit:]
+            return InstancePage(
+                page,
+                cursor(page[-1]) if page else None,
+                cursor(page[0]) if len(found) > limit else None,
+            )
+        # One more than the page: the next page's cursor only when there is a next page.
+        found = self.store.instances(tenant_id, where, limit + 1, None if after is None else position(after))
+        page = found[:limit]
+        return InstancePage(
+            page,
+            cursor(page[-1]) if len(found) > limit else None,
+            cursor(page[0]) if after is not None and page else None,
+        )
+
+    @staticmethod
+    def _filter(
+        workflow: str | None,
+        status: str | None,
+        created_after: float | None,
+        created_before: float | None,
+        id_prefix: str | None,
+    ) -> InstanceFilter:
         if workflow is not None:
             check_id(workflow, "workflow name")
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status is one of {', '.join(STATUSES)}")
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
         for name, value in (("created_after", created_after), ("created_before", created_before)):
             if value is not None and not math.isfinite(value):
                 raise InvalidInput(f"{name} is a time: epoch seconds or ISO 8601 with a timezone")
-        where = InstanceFilter(workflow, status, created_after, created_before)
-        # One more than the page: the next page's cursor only when there is a next page.
-        found = self.store.instances(tenant.tenant_id, where, limit + 1, None if after is None else position(after))
-        page = found[:limit]
-        return InstancePage(page, cursor(page[-1]) if len(found) > limit else None)
+        if id_prefix is not None:
+            check_id(id_prefix, "id_prefix (the start of an instance id)")
+        return InstanceFilter(workflow, status, created_after, created_before, id_prefix)
+
+    def count_instances(
+        self,
+        tenant: Tenant,
+        workflow: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        id_prefix: str | None = None,
+        status: str | None = None,
+    ) -> InstanceCounts:
+        """How many of the tenant's instances (or `workflow`'s) the filter matches in each status, each counted
+        up to COUNT_CAP: a status above it is named in `capped` (its count is then COUNT_CAP, "or more")."""
+        where = self._filter(workflow, status, created_after, created_before, id_prefix)
+        found = self.store.count_instances(tenant.tenant_id, where, COUNT_CAP)
+        statuses = [status] if status is not None else list(STATUSES)
+        counts = {s: min(found.get(s, 0), COUNT_CAP) for s in statuses}
+        return InstanceCounts(counts, [s for s in statuses if found.get(s, 0) > COUNT_CAP])
 
     def _key(self, tenant: Tenant, workflow: str, instance_id: str) -> InstanceKey:
         return InstanceKey(tenant.tenant_id, check_id(workflow, "workflow name"), check_id(instance_id, "instance id"))
@@ -413,7 +505,18 @@ class Service:
         """Pause, resume, terminate (`rollback`: after running the rollbacks of its completed steps) or restart
         (from scratch, or from the `restart_from` (name, count) call of a step, keeping the journal before it)."""
         key = self._key(tenant, workflow, instance_id)
-        now = self.clock.now()
+        self._control(key, action, self.clock.now(), restart_from, rollback)
+        self.pool.wake()
+        return self.store.instance(key)
+
+    def _control(
+        self,
+        key: InstanceKey,
+        action: str,
+        now: float,
+        restart_from: tuple[str, int] | None = None,
+        rollback: bool = False,
+    ) -> None:
         if action == "pause":
             self.store.pause(key, now)
         elif action == "resume":
@@ -427,9 +530,63 @@ class Service:
         else:
             raise NotFound(f"no control {action!r}; use pause, resume, terminate or restart")
         self.pool.nudge(key)
-        self.pool.wake()
         self.changes.changed(key)
-        return self.store.instance(key)
+
+    def bulk(
+        self,
+        tenant: Tenant,
+        action: str,
+        *,
+        keys: Sequence[tuple[str, str]] | None = None,
+        where: InstanceFilter | None = None,
+        after: str | None = None,
+        limit: int = MAX_BULK,
+    ) -> BulkOutcome:
+        """One control on many of the tenant's instances: those `keys` name ((workflow, id) each), or a page of
+        at most `limit` of those the filter matches, newest first from `after` (the outcome's `next_after` goes
+        on). Each is done on its own, as its single control would be, or skipped with the reason (not found, or
+        not in a status the action applies to); nothing is refused as a whole but a bad request."""
+        if action not in CONTROLS:
+            raise InvalidInput(f"action is one of {', '.join(CONTROLS)}")
+        if (keys is None) == (where is None):
+            raise InvalidInput("name the instances (ids) or give a filter, one of the two")
+        if not 1 <= limit <= MAX_BULK:
+            raise InvalidInput(f"limit is between 1 and {MAX_BULK}")
+        next_after = None
+        targets: list[tuple[str, str, str | None]] = []  # workflow, id, the status it was listed in
+        if keys is not None:
+            if len(keys) > MAX_BULK:
+                raise TooLarge(f"a bulk action names at most {MAX_BULK} instances")
+            checked = [(check_id(w, "workflow name"), check_id(i, "instance id")) for w, i in keys]
+            targets = [(w, i, None) for w, i in dict.fromkeys(checked)]
+        else:
+            assert where is not None
+            where = self._filter(
+                where.workflow, where.status, where.created_after, where.created_before, where.id_prefix
+            )
+            found = self.store.instances(tenant.tenant_id, where, limit + 1, None if after is None else position(after))
+            page = found[:limit]
+            next_after = cursor(page[-1]) if len(found) > limit else None
+            targets = [(i.workflow, i.instance_id, i.status) for i in page]
+        results: list[BulkResult] = []
+        now = self.clock.now()
+        for workflow, instance_id, listed in targets:
+            if listed is not None and listed not in CONTROL_APPLIES[action]:
+                results.append(
+                    BulkResult(workflow, instance_id, "skipped", f"cannot {action} an instance that is {listed}")
+                )
+                continue
+            try:
+                self._control(InstanceKey(tenant.tenant_id, workflow, instance_id), action, now)
+            except (InvalidState, NotFound) as error:
+                results.append(BulkResult(workflow, instance_id, "skipped", str(error)))
+                continue
+            results.append(BulkResult(workflow, instance_id, "done"))
+        done = sum(1 for r in results if r.outcome == "done")
+        if done:
+            self.pool.wake()
+        logs.event("bulk control", tenant=tenant.tenant_id, action=action, done=done, skipped=len(results) - done)
+        return BulkOutcome(action, results, next_after)
 
     def upgrade(self, tenant: Tenant, workflow: str, instance_id: str, version: int) -> Instance:
         """Move a waiting or paused instance to `version` if its journal replays cleanly under that code

@@ -1,6 +1,8 @@
 """Pages of instance lists: newest first, each ending with an opaque cursor (`next_after`) that a client passes
 back as `after`. The cursor is the last instance's place in the order (created_at, workflow, instance_id), as
-URL-safe base64 of JSON: a client keeps it as it is, the server reads it back exactly (floats round-trip)."""
+URL-safe base64 of JSON: a client keeps it as it is, the server reads it back exactly (floats round-trip). A page
+also names the cursor of the page before it (`prev_before`), passed back as `before`. A search by id goes by
+(instance_id, workflow) and takes the same cursors."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ class InstancePage:
     instances: list[Instance]
     next_after: str | None
     """The cursor of the next page; None on the last one."""
+    prev_before: str | None = None
+    """The cursor of the page before (passed back as `before`); None on the first one, or when not known."""
 
 
 def cursor(instance: Instance) -> str:

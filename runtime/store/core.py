@@ -35,6 +35,9 @@ class StoreCore(ABC):
     # the claim's lock on the tenants it fills: where transactions do not serialize all writers
     # (PostgreSQL), they lock the rows so that nothing changes under them.
     for_update = ""
+    keyset_bound = True
+    """Whether a keyset page also bounds the index's leading sort column on its own (SQLite seeks on that, not
+    on the row comparison; PostgreSQL seeks on the row comparison, and the bound only skews its estimates)."""
     # Appended to the read of the instance a claim leases: an instance another claim has locked is left to it.
     skip_locked = ""
     # The rows each (tenant, workflow, day) of usage is spread over (store/usage.py): one where every writer takes

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from tenantflow.runtime.errors import Conflict, NotFound, QuotaExceeded
-from tenantflow.runtime.records import Instance, InstanceFilter, InstanceKey, ListPosition, Version
+from tenantflow.runtime.records import STATUSES, Instance, InstanceFilter, InstanceKey, ListPosition, Version
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
-from tenantflow.runtime.store.rows import BucketRow, InstanceRow, StatusCountRow, SummaryRow, WorkflowCountRow
+from tenantflow.runtime.store.rows import BucketRow, CountRow, InstanceRow, StatusCountRow, SummaryRow, WorkflowCountRow
 from tenantflow.runtime.store.tenants import lock_live_tenant
 from tenantflow.runtime.store.usage import add_usage
 from tenantflow.runtime.usage import day_of
@@ -35,6 +35,11 @@ def take_tokens(tx: Tx, for_update: str, tenant_id: str, per_minute: int, count:
         "ON CONFLICT (tenant_id) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
         (tenant_id, tokens - count, now),
     )
+
+
+# The character after the greatest one an id may hold ('z'): every id that starts with a prefix sorts before the
+# prefix followed by it.
+ID_AFTER = "{"
 
 
 class Instances(StoreCore):
@@ -130,20 +135,63 @@ class Instances(StoreCore):
         return row.instance()
 
     def instances(
-        self, tenant_id: str, where: InstanceFilter, limit: int, after: ListPosition | None = None
+        self,
+        tenant_id: str,
+        where: InstanceFilter,
+        limit: int,
+        after: ListPosition | None = None,
+        before: ListPosition | None = None,
     ) -> list[Instance]:
-        """A page of summaries, newest first (`detail` False): no params, output or log, and of an error only its
-        name and the start of its message, so a list never reads or decodes what an instance stores.
+        """A page of summaries (`detail` False): no params, output or log, and of an error only its name and the
+        start of its message, so a list never reads or decodes what an instance stores. Newest first; with
+        `where.id_prefix`, by id then workflow, ascending. `after`: the page that follows that place in the
+        order; `before`: the page that comes just before it (still in the list's order).
 
         Keyset paging: each list reads an index in its order (see the schema's list indexes), so a page costs
         its own rows, however many instances there are and however deep the page."""
-        sql = f"SELECT {columns(SummaryRow)} FROM instances WHERE tenant_id = ?"
+        sql = f"SELECT {columns(SummaryRow)} FROM instances WHERE "
+        conditions, params = self._conditions(tenant_id, where)
+        sql += conditions
+        bytewise = self.dialect["bytewise"]
+        searching = where.id_prefix is not None
+        if searching:
+            # Ids across workflows by id, then workflow; one workflow's by id alone.
+            order = [f"instance_id{bytewise}"] if where.workflow is not None else [f"instance_id{bytewise}", "workflow"]
+            names = [column.split()[0] for column in order]
+        else:
+            # With one workflow, the order is (created_at, instance_id); across workflows the workflow comes between.
+            order = (
+                ["created_at", "instance_id"]
+                if where.workflow is not None
+                else ["created_at", "workflow", "instance_id"]
+            )
+            names = order
+        place = after if after is not None else before
+        # The list's order is descending, or ascending when searching; a page before a place reads backwards.
+        descending = not searching
+        backwards = after is None and before is not None
+        if place is not None:
+            less = descending != backwards
+            if self.keyset_bound:
+                # The row comparison is the exact keyset; `created_at <= ?` (or the id's) states its range on the
+                # index's leading sort column in a form SQLite's planner seeks on.
+                sql += f" AND {order[0]} {'<=' if less else '>='} ?"
+                params.append(getattr(place, names[0]))
+            sql += f" AND ({', '.join(order)}) {'<' if less else '>'} ({', '.join('?' * len(order))})"
+            params += [getattr(place, name) for name in names]
+        direction = "DESC" if descending != backwards else "ASC"
+        sql += f" ORDER BY {', '.join(f'{column} {direction}' for column in order)} LIMIT ?"
+        params.append(limit)
+        with self.read() as tx:
+            rows = tx.records(SummaryRow, sql, params)
+        found = [r.instance() for r in rows]
+        return found[::-1] if backwards else found
+
+    def _conditions(self, tenant_id: str, where: InstanceFilter, status: bool = True) -> tuple[str, list[Any]]:
+        """The WHERE of a list or a count (its filters; without `status`, not the status)."""
+        sql = "tenant_id = ?"
         params: list[Any] = [tenant_id]
-        # With one workflow, the order is (created_at, instance_id); across workflows the workflow comes between.
-        order = (
-            ["created_at", "instance_id"] if where.workflow is not None else ["created_at", "workflow", "instance_id"]
-        )
-        for column, value in (("workflow", where.workflow), ("status", where.status)):
+        for column, value in (("workflow", where.workflow), ("status", where.status if status else None)):
             if value is not None:
                 sql += f" AND {column} = ?"
                 params.append(value)
@@ -153,16 +201,31 @@ class Instances(StoreCore):
         if where.created_before is not None:
             sql += " AND created_at < ?"
             params.append(where.created_before)
-        if after is not None:
-            # The row comparison is the exact keyset; `created_at <= ?` states its range on the index's
-            # leading sort column in a form every planner seeks on.
-            sql += f" AND created_at <= ? AND ({', '.join(order)}) < ({', '.join('?' * len(order))})"
-            params += [after.created_at, *(getattr(after, column) for column in order)]
-        sql += f" ORDER BY {', '.join(f'{column} DESC' for column in order)} LIMIT ?"
-        params.append(limit)
+        if where.id_prefix is not None:
+            # Every id that starts with the prefix sorts (by its bytes) from it to just before the prefix followed
+            # by ID_AFTER: one range of the index by id.
+            bytewise = self.dialect["bytewise"]
+            sql += f" AND instance_id{bytewise} >= ? AND instance_id{bytewise} < ?"
+            params += [where.id_prefix, where.id_prefix + ID_AFTER]
+        return sql, params
+
+    def count_instances(self, tenant_id: str, where: InstanceFilter, cap: int) -> dict[str, int]:
+        """How many instances the filter matches in each status (only `where.status` if it names one), each
+        counted up to `cap` + 1 (a count above `cap` means more than `cap`): every status reads at most that many
+        entries of the index its list reads, however many instances there are."""
+        conditions, params = self._conditions(tenant_id, where, status=False)
+        parts: list[str] = []
+        values: list[Any] = []
+        for n, status in enumerate([where.status] if where.status is not None else STATUSES):
+            parts.append(
+                f"SELECT {n} AS place, COUNT(*) AS count FROM "
+                f"(SELECT 1 AS one FROM instances WHERE {conditions} AND status = ? LIMIT ?) AS matched{n}"
+            )
+            values += [*params, status, cap + 1]
         with self.read() as tx:
-            rows = tx.records(SummaryRow, sql, params)
-        return [r.instance() for r in rows]
+            rows = tx.records(CountRow, " UNION ALL ".join(parts), values)
+        statuses = [where.status] if where.status is not None else list(STATUSES)
+        return {statuses[r.place]: int(r.count) for r in rows}
 
     def workflow_counts(self, tenant_id: str, workflow: str) -> dict[str, int]:
         """How many of a workflow's instances are in each status (from the index by status)."""

@@ -205,12 +205,19 @@ def _check_reachable(conninfo: str) -> None:
 class PostgresStore(SQLStore):
     """postgresql://user@host:port/db[?pool_min=N&pool_max=N&<libpq options>]"""
 
-    dialect = {"blob": "BYTEA", "float": "DOUBLE PRECISION", "bigint": "BIGINT", "clustered": ""}
+    dialect = {
+        "blob": "BYTEA",
+        "float": "DOUBLE PRECISION",
+        "bigint": "BIGINT",
+        "clustered": "",
+        "bytewise": ' COLLATE "C"',
+    }
     skip_locked = "FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
     # A row lock is held until the commit is flushed: one usage row per workflow and day would make the step
     # commits of its instances wait for each other's flush (measured: about half the commit rate from 8 threads).
     usage_shards = 16
+    keyset_bound = False
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 16, timeout_s: float = 30.0) -> None:
         conninfo, own = split_url(url)

@@ -326,6 +326,14 @@ class StatusCountRow:
 
 
 @dataclass(frozen=True, slots=True)
+class CountRow:
+    """A capped count of a status, by its place in the statuses counted."""
+
+    place: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowCountRow:
     status: str
     count: int = expr("COUNT(*)")

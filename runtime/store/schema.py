@@ -2,8 +2,10 @@
 
 Every table carries tenant_id first in its primary key and every query is
 scoped by it, so the schema can be distributed by tenant (Citus) unchanged.
-`{blob}`, `{float}`, `{bigint}` and `{clustered}` are filled in per dialect (`{clustered}` makes
-SQLite store a table's rows in its primary key's b-tree: one b-tree to write per row, not two).
+`{blob}`, `{float}`, `{bigint}`, `{clustered}` and `{bytewise}` are filled in per dialect (`{clustered}` makes
+SQLite store a table's rows in its primary key's b-tree: one b-tree to write per row, not two; `{bytewise}`
+orders a text column by its bytes, as SQLite always does, so a prefix is one range of an index whatever the
+PostgreSQL database's collation).
 """
 
 from __future__ import annotations
@@ -215,6 +217,11 @@ MIGRATIONS: list[list[str]] = [
             instances {bigint} NOT NULL DEFAULT 0,
             PRIMARY KEY (tenant_id, workflow, day, shard)
         ){clustered}""",
+    ],
+    [
+        # Search by instance id across a tenant's workflows, exact or by prefix: one range of this index (in
+        # byte order), by id, then workflow.
+        "CREATE INDEX instances_by_id ON instances (tenant_id, instance_id{bytewise}, workflow)",
     ],
 ]
 

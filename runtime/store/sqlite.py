@@ -65,7 +65,7 @@ class SQLiteStore(SQLStore):
     caller's error (e.g. a lost lease) does not undo the others.
     """
 
-    dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER", "clustered": " WITHOUT ROWID"}
+    dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER", "clustered": " WITHOUT ROWID", "bytewise": ""}
 
     def __init__(self, path: str, synchronous: str = "full", busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         if synchronous not in SYNCHRONOUS:

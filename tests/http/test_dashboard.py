@@ -344,7 +344,7 @@ def test_instances_fragment_filters_and_pages(site: Site) -> None:
     for n in range(5):
         site.service.control(tenant, "approval", f"page-{n:02d}", "terminate")
     first = site.get("/ui/fragments/workflows/approval/instances", site.acme, status="terminated", limit="3").text
-    assert first.count('data-status="terminated"') == 3 and "Next page" in first
+    assert first.count('data-status="terminated"') == 3 and "Older →" in first
     # Newest first (one batch shares its creation time: by id, descending).
     assert re.findall(r'data-instance="([\w-]+)"', first) == ["page-04", "page-03", "page-02"]
     after = re.search(r'after=([\w-]+)" rel="next"', first)
@@ -352,7 +352,7 @@ def test_instances_fragment_filters_and_pages(site: Site) -> None:
     second = site.get(
         "/ui/fragments/workflows/approval/instances", site.acme, status="terminated", limit="3", after=after.group(1)
     ).text
-    assert second.count('data-status="terminated"') >= 2 and "First page" in second
+    assert second.count('data-status="terminated"') >= 2 and "Newest" in second and "← Newer" in second
     none = site.get("/ui/fragments/workflows/approval/instances", site.acme, status="paused").text
     assert "No paused instances" in none
     assert site.get("/ui/fragments/workflows/approval/instances", site.acme, status="bogus").status_code == 422

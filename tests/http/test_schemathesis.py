@@ -91,13 +91,22 @@ def _typed_value_for_a_string(operation: Any, case: Any) -> bool:
     return any(name in strings and not isinstance(value, str) for name, value in (case.query or {}).items())
 
 
-# The instance lists, whose `after` is a cursor the server gave.
-LISTS = {("GET", "/v1/instances"), ("GET", "/v1/workflows/{name}/instances")}
+# The instance lists, whose `after` and `before` are cursors the server gave, and the bulk actions (their
+# body's `after`).
+LISTS = {
+    ("GET", "/v1/instances"),
+    ("GET", "/v1/workflows/{name}/instances"),
+    ("POST", "/v1/instances/bulk"),
+    ("POST", "/v1/workflows/{name}/instances/bulk"),
+}
 
 
 def _with_cursor(case: Any, cursor: str) -> Any:
-    if case.query and "after" in case.query and isinstance(case.query["after"], str):
-        case.query["after"] = cursor
+    for part in (case.query, case.body):
+        if isinstance(part, dict):
+            for name in ("after", "before"):
+                if isinstance(part.get(name), str):
+                    part[name] = cursor
     return case
 
 

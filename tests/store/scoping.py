@@ -129,7 +129,7 @@ CROSS_TENANT: tuple[CrossTenant, ...] = (
 
 _TOKEN = re.compile(
     r"\s*(?:('(?:[^']|'')*')|(\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z_0-9]*(?:\.[A-Za-z_][A-Za-z_0-9]*)?)"
-    r"|(<>|<=|>=|!=|\|\||[(),=<>?*+\-/;%]))"
+    r"|(<>|<=|>=|!=|\|\||[(),=<>?*+\-/;%])|(\"[A-Za-z_0-9]+\"))"  # a quoted name: a collation's, "C"
 )
 _KEYWORDS = frozenset(
     [

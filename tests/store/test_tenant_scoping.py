@@ -225,6 +225,9 @@ def exercise(s: Any) -> None:
     assert s.delete_instances("acme", "gone", 10) == 1 and s.delete_instances("acme", "gone", 10) == 0
 
     assert s.workflow_counts("acme", "wf")["queued"] >= 1
+    assert s.count_instances("acme", InstanceFilter(created_after=T0 - 1, id_prefix="i"), 100)["queued"] >= 1
+    assert [i.instance_id for i in s.instances("acme", InstanceFilter(id_prefix="i"), 2)] == ["i1", "i2"]
+    assert s.instances("acme", InstanceFilter("wf"), 5, before=ListPosition(T0, "wf", "i1"))
 
     # Retention: set, read, and the purge of what is past it (i2 completed at T0 + 2).
     s.set_retention("acme", "wf", Retention(complete_s=60.0), T0)
