@@ -78,6 +78,11 @@ def _error(name: str, message: str, tb: str = "", line: int | None = None) -> Er
 def _tenant_line(error: BaseException) -> int | None:
     if isinstance(error, SyntaxError) and error.filename == FILENAME:
         return error.lineno
+    if isinstance(error, tenantflow.StepError | tenantflow.NonRetryableError) and error.__cause__ is not None:
+        # A step that failed for good, raised from what its body raised: the line in the body.
+        inside = _tenant_line(error.__cause__)
+        if inside is not None:
+            return inside
     line = None
     for frame in traceback.extract_tb(error.__traceback__):
         if frame.filename == FILENAME:
@@ -86,9 +91,13 @@ def _tenant_line(error: BaseException) -> int | None:
 
 
 def _tenant_traceback(error: BaseException) -> str:
-    """The traceback with the harness's own frames left out."""
+    """The traceback with the harness's and the SDK's frames left out (in the exceptions it chains too: a
+    step that failed for good is raised from what its body raised)."""
     summary = traceback.TracebackException.from_exception(error)
-    summary.stack = traceback.StackSummary.from_list([f for f in summary.stack if f.filename == FILENAME])
+    chained: traceback.TracebackException | None = summary
+    while chained is not None:
+        chained.stack = traceback.StackSummary.from_list([f for f in chained.stack if f.filename == FILENAME])
+        chained = chained.__cause__ or chained.__context__
     return "".join(summary.format())
 
 
@@ -97,6 +106,8 @@ def _from_exception(error: BaseException) -> Err:
     # The traceback keeps the tenant's frames alive and with them its data (e.g. the list that used
     # up the memory): clear their locals first so that formatting has memory to work with.
     traceback.clear_frames(error.__traceback__)
+    if error.__cause__ is not None:  # a failed step's body
+        traceback.clear_frames(error.__cause__.__traceback__)
     name = type(error).__name__
     if isinstance(error, RecursionError):
         name = "StackOverflow"

@@ -85,7 +85,19 @@ class StepContext:
 class _Call:
     """One durable body to run: a step's or a rollback's, with its options."""
 
-    __slots__ = ("name", "count", "config", "given", "delay", "limit", "fn", "with_context", "output", "error")
+    __slots__ = (
+        "name",
+        "count",
+        "config",
+        "given",
+        "delay",
+        "limit",
+        "fn",
+        "with_context",
+        "output",
+        "error",
+        "raised",
+    )
 
     def __init__(self, name: str, count: int, given: dict[str, Any], fn: Callable[..., Any]) -> None:
         self.name = name
@@ -101,6 +113,9 @@ class _Call:
         self.with_context = False
         self.output: Any = None
         self.error: BaseException | None = None
+        # What the last attempt in this activation raised: a step that fails for good raises from it, so that
+        # the error points at the line in the body, not at the step.do call.
+        self.raised: BaseException | None = None
 
 
 class _Undo:
@@ -138,10 +153,9 @@ def _reason(cause: BaseException) -> Failure:
         return Failure(type(cause).__name__, "(the error's message could not be rendered)")
 
 
-def _raise_failure(failure: Failure) -> NoReturn:
-    if failure.name == "NonRetryableError":
-        raise NonRetryableError(failure.message)
-    raise StepError(failure.name, failure.message)
+def _raise_failure(failure: Failure, cause: BaseException | None = None) -> NoReturn:
+    error = NonRetryableError(failure.message) if failure.name == "NonRetryableError" else None
+    raise (error or StepError(failure.name, failure.message)) from cause
 
 
 def _check_name(name: Any) -> str:
@@ -321,7 +335,7 @@ class Step:
             if isinstance(plan, Done):
                 return json.loads(plan.result)
             if isinstance(plan, Failed):
-                _raise_failure(plan.failure)
+                _raise_failure(plan.failure, call.raised)
             if isinstance(plan, Stopped):
                 self._stop()
             context = StepContext(plan.attempt, StepInfo(call.name, call.count), call.given, call.error)
@@ -341,8 +355,10 @@ class Step:
             else:
                 value = fn(context) if call.with_context else fn()
         except NonRetryableError as error:
+            call.raised = error
             return Fatal(_failure(error))
         except Exception as error:
+            call.raised = error
             return self._retryable(call, context, error)
         finally:
             self._depth -= 1

@@ -87,3 +87,25 @@ def test_step_names_are_checked_where_they_are_called(sandbox: Sandbox) -> None:
     assert done.instance.output == (
         "a step name is at most 256 characters, got 257 | a step name has no control characters: 'bad\\nname'"
     )
+
+
+FAILS_IN_BODY = """
+def charge(amount):
+    if amount > 100:
+        raise ValueError(f"over the limit: {amount}")
+    return amount
+
+def run(event, step):
+    return step.do("charge", lambda: charge(event.payload), retries={"limit": 1, "delay": 0})
+"""
+
+
+def test_a_step_that_fails_for_good_points_at_the_line_in_its_body(sandbox: Sandbox) -> None:
+    done = run_local(FAILS_IN_BODY, 250, sandbox=sandbox)
+    error = done.instance.error
+    assert done.instance.status == "errored" and error is not None
+    assert (error["name"], error["message"]) == ("ValueError", "over the limit: 250")
+    assert error["line"] == 4  # the raise in the body, not the step.do call (line 8)
+    tb = error["traceback"]
+    assert 'raise ValueError(f"over the limit: {amount}")' in tb and 'return step.do("charge"' in tb
+    assert "_step.py" not in tb and "app.py" not in tb  # the SDK's and the harness's frames are left out
