@@ -17,8 +17,8 @@ from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.journal import cut_position
 from tenantflow.runtime.store.purge import delete_instances
-from tenantflow.runtime.store.rows import CutRow, EventsRow
-from tenantflow.runtime.store.usage import add_usage, journal_bytes
+from tenantflow.runtime.store.rows import EventsRow
+from tenantflow.runtime.store.usage import add_usage, journal_part
 from tenantflow.runtime.usage import day_of
 
 
@@ -93,7 +93,7 @@ class Controls(StoreCore):
         with self.transaction() as tx:
             self._status(tx, key)
             if from_step is None:
-                add_usage(tx, key.tenant_id, key.workflow, day_of(now), journal_bytes=-journal_bytes(tx, key))
+                add_usage(tx, key.tenant_id, key.workflow, day_of(now), journal_bytes=-journal_part(tx, key).bytes)
                 for table in ("journal", "attempts", "events"):
                     tx.send(f"DELETE FROM {table} WHERE {KEY}", key_params(key))
                 tx.send(
@@ -111,20 +111,8 @@ class Controls(StoreCore):
     def _cut_journal(self, tx: Tx, key: InstanceKey, now: float, name: str, count: int) -> None:
         params = key_params(key)
         at = cut_position(tx, key, name, count, verb="restart")
-        cut = tx.record(
-            CutRow,
-            "SELECT COUNT(CASE WHEN kind = 'do' THEN 1 END) AS steps, COALESCE(SUM(COALESCE(LENGTH(result), 0) "
-            "+ LENGTH(name) + COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)), 0) AS bytes "
-            f"FROM journal WHERE {KEY} AND position >= ?",
-            (*params, at),
-        )
-        attempt_bytes = tx.scalar(
-            "SELECT COALESCE(SUM(COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)), 0) AS bytes "
-            f"FROM attempts WHERE {KEY} AND position >= ?",
-            (*params, at),
-        )
-        assert cut is not None  # an aggregate always has its row
-        removed = int(cut.bytes) + int(attempt_bytes or 0)
+        cut = journal_part(tx, key, at)
+        removed = cut.bytes
         add_usage(tx, key.tenant_id, key.workflow, day_of(now), journal_bytes=-removed)
         tx.send(f"DELETE FROM journal WHERE {KEY} AND position >= ?", (*params, at))
         tx.send(f"DELETE FROM attempts WHERE {KEY} AND position >= ?", (*params, at))

@@ -13,9 +13,9 @@ from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.instances import take_tokens
 from tenantflow.runtime.store.journal import cut_position
-from tenantflow.runtime.store.rows import CutRow, OriginalRow
+from tenantflow.runtime.store.rows import OriginalRow
 from tenantflow.runtime.store.tenants import lock_live_tenant
-from tenantflow.runtime.store.usage import add_usage, journal_bytes
+from tenantflow.runtime.store.usage import add_usage, journal_part
 from tenantflow.runtime.usage import day_of
 
 # The columns a fork copies as they are, but for the instance id (the copy's).
@@ -63,9 +63,9 @@ class Forks(StoreCore):
             at = cut_position(tx, original, *from_step, verb="fork")
             if per_minute is not None:
                 take_tokens(tx, self.for_update, tenant_id, per_minute, 1, now)
-            size = self._copied_size(tx, original, at)
+            journal = journal_part(tx, original, 0, at)
             params = None if row.params is None else bytes(row.params)
-            stored = size.bytes + (0 if params is None else len(params))
+            stored = journal.bytes + self._consumed_bytes(tx, original, at) + (0 if params is None else len(params))
             copied = row.instance(tenant_id)
             seed, clock = copied.seed_bytes().hex(), copied.clock_origin()
             inserted = tx.run(
@@ -80,7 +80,7 @@ class Forks(StoreCore):
                     now,
                     now,
                     now,
-                    size.steps,
+                    journal.steps,
                     stored,
                     seed,
                     clock,
@@ -96,7 +96,7 @@ class Forks(StoreCore):
                 original.workflow,
                 day_of(now),
                 instances=1,
-                journal_bytes=journal_bytes(tx, original, 0, at),
+                journal_bytes=journal.bytes,
             )
             copy = (instance_id, *key_params(original), at)
             tx.send(
@@ -126,33 +126,18 @@ class Forks(StoreCore):
             created_at=now,
             updated_at=now,
             wake_at=now,
-            steps=size.steps,
+            steps=journal.steps,
             stored_bytes=stored,
             seed=seed,
             clock_start=clock,
         )
 
     @staticmethod
-    def _copied_size(tx: Tx, original: InstanceKey, at: int) -> CutRow:
-        """What the copy stores: the journal's step.do calls before `at`, and the bytes of its rows, of their
-        attempts' errors and of the events they consumed, counted as the writes that made them counted."""
-        params = (*key_params(original), at)
-        entries = tx.record(
-            CutRow,
-            "SELECT COUNT(CASE WHEN kind = 'do' THEN 1 END) AS steps, COALESCE(SUM(COALESCE(LENGTH(result), 0) "
-            "+ LENGTH(name) + COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)), 0) AS bytes "
-            f"FROM journal WHERE {KEY} AND position < ?",
-            params,
-        )
-        attempts = tx.scalar(
-            "SELECT COALESCE(SUM(COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)), 0) AS bytes "
-            f"FROM attempts WHERE {KEY} AND position < ?",
-            params,
-        )
+    def _consumed_bytes(tx: Tx, original: InstanceKey, at: int) -> int:
+        """What the events taken by the waits before `at` store (copied with them, counted as a send counts)."""
         events = tx.scalar(
             "SELECT COALESCE(SUM(COALESCE(LENGTH(payload), 0) + LENGTH(type)), 0) AS bytes "
             f"FROM events WHERE {KEY} AND consumed_at < ?",
-            params,
+            (*key_params(original), at),
         )
-        assert entries is not None  # an aggregate always has its row
-        return CutRow(int(entries.steps), int(entries.bytes) + int(attempts or 0) + int(events or 0))
+        return int(events or 0)

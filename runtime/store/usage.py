@@ -21,6 +21,7 @@ from typing import Any
 from tenantflow.runtime.records import InstanceKey
 from tenantflow.runtime.store._sql import KEY, Tx, key_params
 from tenantflow.runtime.store.core import StoreCore
+from tenantflow.runtime.store.rows import CutRow
 from tenantflow.runtime.usage import USAGE_COUNTERS, UsageCounts, UsageGroup, UsageLine
 
 # The stored size of journal rows and of attempts, as the step commit counts them (see activation._entry_size).
@@ -77,13 +78,20 @@ _SUMS = ", ".join(f"SUM({name}) AS {name}" for name in USAGE_COUNTERS)
 _GROUP = {"tenant": "tenant_id", "workflow": "workflow", "day": "day"}
 
 
-def journal_bytes(tx: Tx, key: InstanceKey, first: int = 0, before: int | None = None) -> int:
-    """What the instance's journal stores at positions `first`.. (up to `before`): the rows and their attempts."""
+def journal_part(tx: Tx, key: InstanceKey, first: int = 0, before: int | None = None) -> CutRow:
+    """The instance's journal at positions `first`.. (up to `before`): its step.do calls, and what its rows and
+    their attempts store (what a restart from a step removes, or what a fork copies)."""
     where = f"{KEY} AND position >= ?" + ("" if before is None else " AND position < ?")
     params = (*key_params(key), first) + (() if before is None else (before,))
-    entries = tx.scalar(f"SELECT COALESCE(SUM({JOURNAL_ROW_BYTES}), 0) AS n FROM journal WHERE {where}", params)
+    entries = tx.record(
+        CutRow,
+        "SELECT COUNT(CASE WHEN kind = 'do' THEN 1 END) AS steps, "
+        f"COALESCE(SUM({JOURNAL_ROW_BYTES}), 0) AS bytes FROM journal WHERE {where}",
+        params,
+    )
     attempts = tx.scalar(f"SELECT COALESCE(SUM({ATTEMPT_ROW_BYTES}), 0) AS n FROM attempts WHERE {where}", params)
-    return int(entries or 0) + int(attempts or 0)
+    assert entries is not None  # an aggregate always has its row
+    return CutRow(int(entries.steps), int(entries.bytes) + int(attempts or 0))
 
 
 def take_journal_bytes(tx: Tx, keys: Sequence[InstanceKey], day: str) -> None:
