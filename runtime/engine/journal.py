@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tenantflow.host import (
@@ -48,6 +48,24 @@ from tenantflow.runtime.store import LeaseLost, SQLStore
 
 def _ms(seconds: float) -> int:
     return math.ceil(seconds * 1000)
+
+
+def nested_span(entries: Mapping[int, Entry], position: int) -> int:
+    """How many positions after `position` its body's nested steps hold: they follow it, each with a parent at
+    or after it. A replay answered that step from the journal skips them."""
+    after = position + 1
+    while (entry := entries.get(after)) is not None and entry.parent is not None and entry.parent >= position:
+        after += 1
+    return after - position - 1
+
+
+def entry_moment(entries: Mapping[int, Entry], position: int) -> float | None:
+    """When the call at `position` finished, as the journal records it (the instance's logical time after it):
+    a sleep at its wake time (its row is written when it begins), anything else at its last write."""
+    entry = entries.get(position)
+    if entry is None:
+        return None
+    return entry.wake_at if entry.kind == "sleep" else entry.updated_at
 
 
 class InstanceJournal:
@@ -144,15 +162,13 @@ class InstanceJournal:
         )
 
     def _span(self, position: int) -> int:
-        """How many positions after `position` its body's nested steps hold (they follow it, each with a parent
-        at or after it); a replay answered that step skips them, as replayed."""
-        after = position + 1
-        while (entry := self.entries.get(after)) is not None and entry.parent is not None and entry.parent >= position:
-            if after in self._to_replay:
-                self._to_replay.discard(after)
+        """`nested_span`, the positions skipped counted as replayed."""
+        span = nested_span(self.entries, position)
+        for skipped in range(position + 1, position + 1 + span):
+            if skipped in self._to_replay:
+                self._to_replay.discard(skipped)
                 self.replayed += 1
-            after += 1
-        return after - position - 1
+        return span
 
     def _write(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
         if self.store.storage_exhausted(self.claim.key.tenant_id, self.quotas):
@@ -172,12 +188,7 @@ class InstanceJournal:
             raise Suspend("worker stopping", _ms(self.clock.now()))
 
     def moment(self, call: StepCall) -> float | None:
-        entry = self.entries.get(call.position)
-        if entry is None:
-            return None
-        if entry.kind == "sleep":  # written when it began; over at its wake time
-            return entry.wake_at
-        return entry.updated_at
+        return entry_moment(self.entries, call.position)
 
     def _due(self, wake_at: float | None) -> bool:
         return wake_at is None or wake_at <= self.clock.now() + DUE_SLACK_S

@@ -33,6 +33,7 @@ from tenantflow.host import (
     StepFailed,
     Suspend,
 )
+from tenantflow.runtime.engine.journal import entry_moment, nested_span
 from tenantflow.runtime.records import Entry
 
 __all__ = ["Divergence", "Replay", "ReplayJournal", "replay"]
@@ -98,15 +99,9 @@ class ReplayJournal:
         self.answered.append(entry.position)
         self.reached = max(self.reached, entry.position + span)
 
-    def _span(self, position: int) -> int:
-        after = position + 1
-        while (entry := self.entries.get(after)) is not None and entry.parent is not None and entry.parent >= position:
-            after += 1
-        return after - position - 1
-
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
         entry = self._entry(call)
-        span = self._span(call.position)
+        span = nested_span(self.entries, call.position)
         if entry.state == "done":
             self._answered(entry, span)
             return Done(entry.result or "null", span)
@@ -136,10 +131,7 @@ class ReplayJournal:
         raise self._stopped(f"{_call(call.kind, call.name)} was waiting for {event_type!r}")
 
     def moment(self, call: StepCall) -> float | None:
-        entry = self.entries.get(call.position)
-        if entry is None:
-            return None
-        return entry.wake_at if entry.kind == "sleep" else entry.updated_at
+        return entry_moment(self.entries, call.position)
 
 
 @dataclass(frozen=True)
