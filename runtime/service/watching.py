@@ -117,7 +117,11 @@ class Follower:
         changes: list[Change] = []
         document = instance.public()
         # Every journal write moves updated_at: it alone is no status change.
-        if _without_time(document) != self.status:
+        status_changed = _without_time(document) != self.status
+        # On connect the status comes first. After that, a finished status is told last, after the entries read
+        # with it: the stream ends with it (as documented), so a watcher that stops there has them all.
+        last_word = status_changed and self.status is not None and instance.status in FINISHED
+        if status_changed and not last_word:
             self.status = _without_time(document)
             changes.append(Change("status", document, self.cursor))
         # From the cursor's own entry: whether it is still the one the watcher has shows a restart.
@@ -144,6 +148,9 @@ class Follower:
             elif final and self.cursor.position == entry.position - 1:
                 self._advance(entry)
         more = page.next_after is not None
+        if last_word:
+            self.status = _without_time(document)
+            changes.append(Change("status", document, self.cursor))
         self.finished = instance.status in FINISHED and not more
         return changes, more
 
