@@ -4,6 +4,7 @@ Everything imported here is loaded at build time and lands in componentize-py's
 pre-initialized snapshot, so a fresh isolate starts with it already imported.
 """
 
+import asyncio  # noqa: F401  (async workflows: tenantflow._loop)
 import base64  # noqa: F401  (preloaded for tenant code)
 import collections  # noqa: F401
 import dataclasses  # noqa: F401
@@ -25,13 +26,14 @@ import typing  # noqa: F401
 import uuid  # noqa: F401
 
 import tenantflow
+import tenantflow._loop  # noqa: F401
 import tenantflow.transport
 import wit_world
 from componentize_py_types import Err
 from tenantflow._errors import RollbackError, Unwind
 from tenantflow._streams import Streams, install
 from tenantflow._wit import WitTransport
-from tenantflow._workflow import find_entrypoint
+from tenantflow._workflow import find_entrypoint, is_async
 from tenantflow.transport import host_text
 
 # The SDK's durable calls go to the host's functions; installed here, so it is in the snapshot.
@@ -155,12 +157,19 @@ def _load(source: str, code: typing.Any) -> typing.Callable[..., typing.Any]:
                  "the workflow defines neither run(event, step) nor a WorkflowEntrypoint subclass")
 
 
-def _roll_back(step: tenantflow.Step, cause: BaseException) -> None:
-    """The rollbacks of the run's completed steps; a rollback that fails for good is the run's error."""
+def _roll_back(step: tenantflow.Step, cause: BaseException, loop: typing.Any = None) -> None:
+    """The rollbacks of the run's completed steps; a rollback that fails for good is the run's error.
+    An async workflow's (`loop` given) run on its loop, once the tasks it left running are cancelled."""
     # Let go of the tenant's data held by the failed frames first: the rollbacks need the memory.
     traceback.clear_frames(cause.__traceback__)
     try:
-        step._roll_back(cause)
+        if loop is None:
+            step._roll_back(cause)
+        else:
+            from tenantflow import _loop
+
+            _loop.cancel_all(loop)
+            _loop.run(loop, step._roll_back_async(cause))
     except RollbackError as failed:
         raise _error("RollbackError", str(failed), _tenant_traceback(cause)[-16384:], _tenant_line(cause))
     except BaseException as error:  # the workflow's code raised in a rollback outside the durable calls
@@ -184,6 +193,23 @@ class WitWorld(wit_world.WitWorld):
     def run_compiled(self, source: str, code: str, event: str) -> str:
         return self._guarded_run(source, code.encode("latin-1"), event)
 
+    def _run_async(self, entry: typing.Callable[..., typing.Any], started: tenantflow.Event) -> typing.Any:
+        """An `async def run`: on an asyncio loop whose I/O is the host's; its steps may run side by side."""
+        from tenantflow import _loop  # loaded by async workflows only: the snapshot stays small
+
+        _transport.concurrent()
+        step = tenantflow.Step(streams=_streams, concurrent=True)
+        loop = _loop.HostLoop(_transport)
+        try:
+            result = _loop.run(loop, entry(started, step))
+            if step.stopped:
+                raise Unwind("the instance is terminated with a rollback")
+            return result
+        except BaseException as error:
+            if isinstance(error, Exception | Unwind):
+                _roll_back(step, error, loop)
+            raise _from_exception(error)
+
     def _guarded_run(self, source: str, code: bytes | None, event: str) -> str:
         try:
             return self._run(source, _compile(source) if code is None else marshal.loads(code), event)
@@ -199,15 +225,18 @@ class WitWorld(wit_world.WitWorld):
         # The snapshot holds one seeded state for every isolate: draw the instance's own (the host answers
         # from the instance's seed outside step bodies, so every replay draws the same).
         _streams.seed()
-        step = tenantflow.Step(streams=_streams)
-        try:
-            result = entry(started, step)
-            if step.stopped:  # the workflow caught the unwinding and returned
-                raise Unwind("the instance is terminated with a rollback")
-        except BaseException as error:
-            if isinstance(error, Exception | Unwind):
-                _roll_back(step, error)
-            raise _from_exception(error)
+        if is_async(entry):
+            result = self._run_async(entry, started)
+        else:
+            step = tenantflow.Step(streams=_streams)
+            try:
+                result = entry(started, step)
+                if step.stopped:  # the workflow caught the unwinding and returned
+                    raise Unwind("the instance is terminated with a rollback")
+            except BaseException as error:
+                if isinstance(error, Exception | Unwind):
+                    _roll_back(step, error)
+                raise _from_exception(error)
         try:
             text = json.dumps(result)
         except (TypeError, ValueError) as error:

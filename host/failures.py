@@ -71,6 +71,8 @@ class FailureName(enum.StrEnum):
     EGRESS_DENIED = "EgressDenied"
     FETCH_TIMEOUT = "FetchTimeout"
     RESPONSE_TOO_LARGE = "ResponseTooLarge"
+    # An async workflow started more calls at once than it may have in flight (`fetch_async`).
+    TOO_MANY_CALLS = "TooManyCalls"
 
 
 # An activation that ended on one of these hit a limit (counted per tenant and name in the metrics).

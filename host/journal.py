@@ -19,7 +19,11 @@ Backoff = Literal["constant", "linear", "exponential"]
 
 @dataclass(frozen=True)
 class StepCall:
-    """One durable call: its position in the run, its name and which call of that name it is."""
+    """One durable call: its position in the run, its name and which call of that name it is.
+
+    `keyed`: the call is an async workflow's, whose calls may run side by side and begin in another order on
+    replay: the journal matches it by name and occurrence, not by position (`position` is only the order in
+    which this activation made its calls)."""
 
     position: int
     name: str
@@ -27,6 +31,7 @@ class StepCall:
     kind: Kind
     # The position of the step whose body makes this call (a nested step.do), or None.
     parent: int | None = None
+    keyed: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,16 +142,25 @@ class Suspend(Exception):
 
     A `parkable` suspension is a wait (a timer, a retry's back-off, an event of type `waiting_for`):
     a journal that implements `Parking` may keep the isolate and go on in it when the wait is over.
+    `in_isolate_s`: a retry's back-off that may be waited out in the isolate, this many seconds of real time
+    (an async workflow's, while its other steps go on); None when the journal's clock is not real time.
     """
 
     def __init__(
-        self, reason: str, wake_at_ms: int | None = None, *, parkable: bool = False, waiting_for: str | None = None
+        self,
+        reason: str,
+        wake_at_ms: int | None = None,
+        *,
+        parkable: bool = False,
+        waiting_for: str | None = None,
+        in_isolate_s: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.wake_at_ms = wake_at_ms
         self.parkable = parkable
         self.waiting_for = waiting_for
+        self.in_isolate_s = in_isolate_s
 
 
 class Abort(Exception):

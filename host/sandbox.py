@@ -45,6 +45,7 @@ from typing import Any
 import wasmtime
 from tenantflow.host import jsoncheck, wasi
 from tenantflow.host._wasmtime import EpochCallback, TrapKind, record, trap_kind
+from tenantflow.host.calls import MAX_CALLS_IN_FLIGHT, Answer, StartedCalls
 from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochTicker, load_guest, make_engine
 from tenantflow.host.errors import HostRefusal, invalid_call
 from tenantflow.host.failures import FailureName
@@ -150,6 +151,13 @@ class _InFlight:
     fuel_before: int
     # When the attempt overruns the step's timeout (monotonic seconds).
     timeout_at: float
+    # When the body must stop running: its timeout, or the activation's end (monotonic seconds).
+    deadline: float = math.inf
+    # An async workflow's body runs in turns (`enter` ... `leave`): what is left of its budget between turns,
+    # the counter's value when its turn began, and the fuel of its turns so far.
+    fuel_left: int = 0
+    entered_fuel: int = 0
+    used: int = 0
 
 
 @dataclass
@@ -194,6 +202,12 @@ class _Activation:
     logical_s: float | None = None
     seed: bytes | None = None
     draws: int = 0
+    # An async workflow (`concurrent`): its calls are keyed; the attempts begun and not completed, by (name,
+    # count), and those waiting out a retry back-off (`backoff` plan) until `step-again`.
+    concurrent: bool = False
+    flights: dict[tuple[str, int], _InFlight] = field(default_factory=dict)
+    backing_off: dict[tuple[str, int], tuple[StepCall, StepConfig, float]] = field(default_factory=dict)
+    calls: StartedCalls = field(default_factory=StartedCalls)
 
     @functools.cached_property
     def parking(self) -> bool:
@@ -210,7 +224,7 @@ class _Activation:
                     f"{kind} {name!r} was called inside the body of step {enclosing.name!r}",
                 )
             parent = enclosing.position
-        call = StepCall(self.position, name, self.occurrences[name], kind, parent)
+        call = StepCall(self.position, name, self.occurrences[name], kind, parent, self.concurrent)
         self.position += 1
         self.occurrences[name] += 1
         return call
@@ -304,9 +318,8 @@ class _Activation:
         self.orchestration_fuel += self.limits.fuel - self.store.get_fuel()
         self.refill(self.limits.fuel)
 
-    def start_body(self, call: StepCall, config: StepConfig, attempt: int) -> None:
-        """Swap the orchestration's fuel for the attempt's own budget and set the attempt's deadlines."""
-        self.end_segment()
+    def new_flight(self, call: StepCall, config: StepConfig, attempt: int) -> _InFlight:
+        """An attempt about to run: its budget and deadlines."""
         if self.frontier_fuel is None:
             self.frontier_fuel = self.orchestration_fuel
         budget = config.fuel_budget(self.limits.max_step_cpu_ms)
@@ -316,16 +329,58 @@ class _Activation:
         limit = self.deadline
         if config.cpu_ms is not None:
             limit = max(limit, now + config.cpu_budget_ms(self.limits.max_step_cpu_ms) / 1000)
-        self.step_deadline = min(timeout_at, limit)
-        self.refill(budget)
-        self.in_flight = _InFlight(call, config, attempt, time.perf_counter(), budget, timeout_at)
+        flight = _InFlight(call, config, attempt, time.perf_counter(), budget, timeout_at, min(timeout_at, limit))
+        flight.fuel_left = budget
+        return flight
+
+    def start_body(self, call: StepCall, config: StepConfig, attempt: int) -> None:
+        """Swap the orchestration's fuel for the attempt's own budget and set the attempt's deadlines."""
+        self.end_segment()
+        flight = self.new_flight(call, config, attempt)
+        self.step_deadline = flight.deadline
+        self.refill(flight.fuel_before)
+        flight.entered_fuel = flight.fuel_before
+        self.in_flight = flight
+
+    def switch(self, target: _InFlight | None) -> None:
+        """An async workflow's turn: from now the Store's fuel counter, the deadlines, the clocks and the
+        random bytes are `target`'s (a step body) or the orchestration's (None)."""
+        self.meter(force=True)
+        left = self.store.get_fuel()
+        current = self.in_flight
+        if current is target:
+            return
+        if current is None:
+            self.orchestration_fuel += self.limits.fuel - left
+        else:
+            current.used += current.entered_fuel - left
+            self.step_fuel += current.entered_fuel - left
+            current.fuel_left = left
+        self.in_flight = target
+        if target is None:
+            self.step_deadline = None
+            self.refill(self.limits.fuel)
+            return
+        self.step_deadline = target.deadline
+        self.refill(target.fuel_left)
+        target.entered_fuel = target.fuel_left
+
+    def attempt_fuel(self, flight: _InFlight) -> int:
+        """The fuel `flight`'s attempt has used so far."""
+        if flight is self.in_flight:
+            return flight.used + flight.entered_fuel - self.store.get_fuel()
+        return flight.used
+
+    def next_timeout(self) -> float:
+        """When the first of the async workflow's attempts in flight overruns its timeout (monotonic)."""
+        return min((flight.timeout_at for flight in self.flights.values()), default=math.inf)
 
     def end_body(self) -> int:
         """The attempt's fuel; the orchestration gets a fresh segment. Raises if the attempt's budget ran out."""
         flight = self.in_flight
         assert flight is not None
         self.meter(force=True)
-        used = flight.fuel_before - self.store.get_fuel()
+        used = flight.entered_fuel - self.store.get_fuel()
         self.step_fuel += used
         self.in_flight = None
         self.step_deadline = None
@@ -335,7 +390,7 @@ class _Activation:
     def should_checkpoint(self) -> bool:
         """Whether to end here and go on in a fresh activation: progress is journaled and the
         orchestration's new work or the wall clock is past CHECKPOINT_SHARE of its budget."""
-        if not self.progressed:
+        if not self.progressed or self.flights or len(self.calls):
             return False
         segment = self.limits.fuel - self.store.get_fuel() if self.in_flight is None else 0
         new_work = self.orchestration_fuel + segment - (self.frontier_fuel or 0)
@@ -453,7 +508,7 @@ class _Activation:
         """All fuel used: closed orchestration segments, step attempts and the current budget's use."""
         current = self.store.get_fuel()
         if self.in_flight is not None:
-            return self.orchestration_fuel + self.step_fuel + self.in_flight.fuel_before - current
+            return self.orchestration_fuel + self.step_fuel + self.in_flight.entered_fuel - current
         return int(self.orchestration_fuel + self.step_fuel + self.limits.fuel - current)
 
 
@@ -682,6 +737,7 @@ class Sandbox:
             # The recorded exception's traceback holds the host function's frame, which holds the
             # activation: drop it, or the Store (and its pool slot) lives until the cycle collector runs.
             act.pending = None
+            act.calls.close()
             self._local.activation = None
             set_meter(None)
             self._ticker.release()
@@ -782,7 +838,7 @@ class Sandbox:
             ok=False,
             error_name=name,
             error_message=message,
-            fuel=flight.fuel_before - act.store.get_fuel(),
+            fuel=act.attempt_fuel(flight),
             duration_ms=(time.perf_counter() - flight.started) * 1000,
         )
         try:
@@ -831,6 +887,12 @@ class Sandbox:
             "step-begin": self._step_begin,
             "rollback-begin": self._rollback_begin,
             "step-complete": self._step_complete,
+            "step-again": self._step_again,
+            "concurrent": self._concurrent,
+            "enter": self._enter,
+            "leave": self._leave,
+            "call-start": self._call_start,
+            "poll": self._poll,
             "sleep": self._sleep,
             "sleep-until": self._sleep_until,
             "wait-for-event": self._wait_for_event,
@@ -862,6 +924,11 @@ class Sandbox:
             raise invalid_call(what, f"the step config is longer than {MAX_CONFIG_BYTES} bytes")
         config = _step_config(config_json)
         call = act.next_call(name, kind)
+        if act.concurrent:
+            if act.in_flight is None:
+                act.end_segment()
+            again = functools.partial(act.journal.step_begin, call, config)
+            return self._concurrent_plan(act, call, config, self._concurrent_ask(act, again, again))
         if call.parent is not None:
             # A wait (a retry's back-off) ends the activation: the enclosing attempt is replayed later.
             return self._nested_plan(act, call, config, act.journaled(act.journal.step_begin, call, config))
@@ -933,8 +1000,10 @@ class Sandbox:
             delay_ms=delay_ms,
         )
 
-    def _step_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
+    def _step_complete(self, act: _Activation, name: str, count: int, outcome: Variant) -> Any:
         name = _check_name("step-complete", "step name", name)
+        if act.concurrent:
+            return self._concurrent_complete(act, name, count, outcome)
         if act.nested:
             return self._nested_complete(act, name, outcome)
         flight = act.in_flight
@@ -954,6 +1023,143 @@ class Sandbox:
                 # The attempt is committed: the replay in a fresh activation returns it.
                 raise Suspend(CHECKPOINT_REASON)
         return self._plan(act, flight.call, flight.config, plan)
+
+    # -- async workflows: steps side by side -------------------------------------------------------------
+
+    def _concurrent(self, act: _Activation) -> None:
+        if act.position:
+            raise invalid_call("concurrent", "an async workflow says so before its first durable call")
+        act.concurrent = True
+
+    def _concurrent_ask(self, act: _Activation, first: Callable[[], Plan], again: Callable[[], Plan]) -> Plan | float:
+        """Ask the journal for a step's plan. A retry back-off that ends within the activation is waited out in
+        the guest (the seconds to wait: its other steps go on meanwhile; `_poll` parks or ends the activation
+        if nothing else is left to wait for); a longer one as a synchronous workflow's (parked or suspended)."""
+        ask = first
+        while True:
+            try:
+                plan: Plan = act.journaled(ask)
+                return plan
+            except Suspend as wait:
+                if wait.in_isolate_s is not None and wait.in_isolate_s < act.deadline - time.monotonic() - CHECK_S:
+                    return wait.in_isolate_s
+                if not act.park(wait):
+                    raise
+                ask = again
+
+    def _concurrent_plan(self, act: _Activation, call: StepCall, config: StepConfig, plan: Plan | float) -> Any:
+        if isinstance(plan, float):
+            act.backing_off[(call.name, call.occurrence)] = (call, config, time.time() + plan)
+            return plan
+        if isinstance(plan, Done):
+            act.advance(call)
+            return plan.result
+        if isinstance(plan, StepFailed):
+            act.advance(call)
+            return _failure(plan.name, plan.message)
+        if isinstance(plan, Stop):
+            return None
+        if not act.flights and act.should_checkpoint():
+            raise Suspend(CHECKPOINT_REASON)
+        act.flights[(call.name, call.occurrence)] = act.new_flight(call, config, plan.attempt)
+        return plan.attempt
+
+    def _concurrent_complete(self, act: _Activation, name: str, count: int, outcome: Variant) -> Any:
+        flight = act.flights.get((name, count - 1))
+        if flight is None or flight is act.in_flight:
+            raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-complete for {name!r} #{count} without its attempt")
+        del act.flights[(name, count - 1)]
+        attempt = self._attempt(act, flight, outcome, flight.used)
+        call, config = flight.call, flight.config
+        first = functools.partial(act.journal.step_complete, call, config, attempt)
+        plan = self._concurrent_ask(act, first, functools.partial(act.journal.step_begin, call, config))
+        act.progressed = True
+        return self._concurrent_plan(act, call, config, plan)
+
+    def _step_again(self, act: _Activation, name: str, count: int) -> Any:
+        waited = act.backing_off.pop((name, count - 1), None)
+        if waited is None:
+            raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-again for {name!r} #{count} without a back-off")
+        call, config, _ = waited
+        again = functools.partial(act.journal.step_begin, call, config)
+        return self._concurrent_plan(act, call, config, self._concurrent_ask(act, again, again))
+
+    def _enter(self, act: _Activation, name: str, count: int) -> None:
+        flight = act.flights.get((name, count - 1))
+        if flight is None:
+            raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"enter {name!r} #{count}: no attempt of it in flight")
+        act.switch(flight)
+
+    def _leave(self, act: _Activation) -> None:
+        act.switch(None)
+
+    def _call_start(self, act: _Activation, capability: str, request: str) -> Any:
+        checked = self._fetch_request(act, capability, request)
+        if isinstance(checked, Record):
+            return checked
+        if len(act.calls) >= MAX_CALLS_IN_FLIGHT:
+            return _failure(
+                FailureName.TOO_MANY_CALLS, f"at most {MAX_CALLS_IN_FLIGHT} calls are in flight at once in a workflow"
+            )
+        grants, parsed = checked
+        return act.calls.start(functools.partial(_fetch_answer, grants, parsed))
+
+    def _poll(self, act: _Activation, timeout_ms: int | None) -> Any:
+        """Wait for a started call, the timeout, an attempt's timeout, the deadline or the cancel. The wait is
+        not charged to the fuel (a fetch's is not either); it ends with the activation's wall clock."""
+        until = math.inf if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        if until == math.inf and not len(act.calls):
+            raise Abort(FailureName.WORKFLOW_CODE_ERROR, "the workflow waits with no call in flight and no timer")
+        act.meter(force=True)
+        while True:
+            self._check_timeouts(act)
+            if act.backing_off and not act.flights and not len(act.calls):
+                self._wait_out_backoffs(act)
+            now = time.monotonic()
+            if act.cancel is not None and act.cancel.is_set():
+                act.cancelled = True
+                raise _Interrupted()
+            end = act.end()
+            if now >= end:
+                act.timed_out = True
+                raise _Interrupted()
+            pause = max(0.0, min(until, end, act.next_timeout(), now + CHECK_S) - now)
+            if len(act.calls):
+                done = act.calls.finished(pause)
+            else:
+                done = []
+                (act.cancel or act.calls.abandon).wait(pause)
+            if done or time.monotonic() >= until:
+                break
+        act.start_metering()  # the wait is not the guest's CPU
+        finished = [record(id=call_id, answer=_answer(answer)) for call_id, answer in done]
+        return record(**{"now-ms": int(time.monotonic() * 1000), "done": finished})
+
+    def _wait_out_backoffs(self, act: _Activation) -> None:
+        """Only retry back-offs are left to wait for: park through the first (or end the activation, to go on
+        when it is over), as a synchronous workflow's back-off."""
+        call, _, wake = min(act.backing_off.values(), key=lambda waiting: waiting[2])
+        wait = Suspend(f"retry of {call.name!r}", math.ceil(wake * 1000), parkable=True)
+        if not act.park(wait):
+            raise wait
+
+    def _check_timeouts(self, act: _Activation) -> None:
+        """An attempt in flight that overran its timeout: journaled as failed (StepTimeout) and the
+        activation ends, to go on in a fresh one (the other attempts in flight run again there)."""
+        now = time.monotonic()
+        for flight in list(act.flights.values()):
+            if flight is act.in_flight or flight.timeout_at > now:
+                continue
+            attempt = Attempt(
+                attempt=flight.attempt,
+                ok=False,
+                error_name=FailureName.STEP_TIMEOUT,
+                error_message=f"step {flight.call.name!r} ran longer than {flight.config.timeout_ms} ms",
+                fuel=flight.used,
+                duration_ms=(time.perf_counter() - flight.started) * 1000,
+            )
+            act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
+            raise Suspend(f"{FailureName.STEP_TIMEOUT}; replay to go on")
 
     def _sleep(self, act: _Activation, name: str, duration_ms: int) -> bool:
         name = _check_name("sleep", "step name", name)
@@ -1002,7 +1208,8 @@ class Sandbox:
             )
         act.append_log(text)
 
-    def _call(self, act: _Activation, capability: str, request: str) -> Any:
+    def _fetch_request(self, act: _Activation, capability: str, request: str) -> Record | tuple[Grants, dict[str, Any]]:
+        """A fetch request, checked, with the grants it runs under; or the failure to answer."""
         if capability != "fetch":
             return _failure(FailureName.CAPABILITY_NOT_GRANTED, f"no capability named {str(capability)[:100]!r}")
         if isinstance(request, TooLarge) or _utf8_size(request) > MAX_CALL_REQUEST_BYTES:
@@ -1011,19 +1218,35 @@ class Sandbox:
         if not isinstance(parsed, dict):
             raise invalid_call("call", "a fetch request is a JSON object")
         # A fetch may not outlast the activation, nor the timeout of the step body it is made in.
-        remaining = act.end() - time.monotonic()
+        remaining = min(act.end(), act.next_timeout()) - time.monotonic()
         grants = act.grants
         if remaining < grants.fetch_timeout_s:
             grants = dataclasses.replace(grants, fetch_timeout_s=max(0.0, remaining))
-        try:
-            return fetch(grants, parsed, act.cancel)
-        except FetchError as error:
-            if act.cancel is not None and act.cancel.is_set():
-                act.cancelled = True
-                raise _Interrupted() from None
-            return _failure(error.failure, str(error))
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            return _failure(FailureName.BAD_REQUEST, f"malformed fetch request: {str(error)[:200]}")
+        return grants, parsed
+
+    def _call(self, act: _Activation, capability: str, request: str) -> Any:
+        checked = self._fetch_request(act, capability, request)
+        if isinstance(checked, Record):
+            return checked
+        answer = _fetch_answer(*checked, act.cancel)
+        if not isinstance(answer, str) and act.cancel is not None and act.cancel.is_set():
+            act.cancelled = True
+            raise _Interrupted()
+        return _answer(answer)
+
+
+def _fetch_answer(grants: Grants, request: dict[str, Any], cancel: threading.Event | None) -> Answer:
+    """The response of a fetch, or its failure's name and message."""
+    try:
+        return fetch(grants, request, cancel)
+    except FetchError as error:
+        return error.failure, str(error)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        return FailureName.BAD_REQUEST, f"malformed fetch request: {str(error)[:200]}"
+
+
+def _answer(answer: Answer) -> str | Record:
+    return answer if isinstance(answer, str) else _failure(*answer)
 
 
 class _Detached:

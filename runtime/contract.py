@@ -745,6 +745,10 @@ class Step(_Response):
     parent: int | None = Field(
         default=None, description="The position of the step whose body called this one (a nested step.do)"
     )
+    occurrence: int | None = Field(
+        default=None,
+        description="In an async workflow: which call of its name this is (from 0); replay matches it by name and this",
+    )
     attempt_log: list[Attempt]
 
 

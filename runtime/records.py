@@ -285,6 +285,8 @@ class Entry:
     duration_ms: float = 0.0
     # The position of the step whose body made this call (a nested step.do); None at the top level.
     parent: int | None = None
+    # An async workflow's call: which call of its name it is (from 0), what replay matches it by.
+    occurrence: int | None = None
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ from wit_world.imports.host import Attempt_Ok
 
 def run(event, step):
     host.step_begin("raw", "{}")
-    host.step_complete("raw", Attempt_Ok("this is not json {"))
+    host.step_complete("raw", 1, Attempt_Ok("this is not json {"))
     return "done"
 """
 
@@ -102,7 +102,7 @@ from wit_world.imports import host
 
 def run(event, step):
     host.step_begin("big", '{"limit": 0}')
-    plan = host.step_complete("big", host.Attempt_Fatal(host.Failure("E", "e" * (16 << 20))))
+    plan = host.step_complete("big", 1, host.Attempt_Fatal(host.Failure("E", "e" * (16 << 20))))
     raise tenantflow.StepError(plan.value.name, plan.value.message)
 """
 

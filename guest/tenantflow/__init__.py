@@ -13,7 +13,7 @@ the sandbox, `tenantflow.testing` in a unit test.
 
 from tenantflow._durations import Backoff, Duration, Retries, StepOptions, parse_duration
 from tenantflow._errors import CapabilityError, NonRetryableError, RollbackError, StepError, WaitTimeoutError
-from tenantflow._fetch import Response, fetch
+from tenantflow._fetch import Response, fetch, fetch_async
 from tenantflow._step import MAX_RESULT_BYTES, ReceivedEvent, Step, StepContext, StepInfo
 from tenantflow._workflow import Event, WorkflowEntrypoint
 
@@ -36,5 +36,6 @@ __all__ = [
     "WaitTimeoutError",
     "WorkflowEntrypoint",
     "fetch",
+    "fetch_async",
     "parse_duration",
 ]

@@ -19,6 +19,7 @@ from tenantflow._durations import Duration, Retries, RollbackOptions, StepOption
 from tenantflow._errors import NonRetryableError, RollbackError, StepError, Unwind, WaitTimeoutError
 from tenantflow._streams import Streams
 from tenantflow.transport import (
+    Backoff,
     Done,
     Failed,
     Failure,
@@ -118,6 +119,23 @@ class _Call:
         self.raised: BaseException | None = None
 
 
+class _StepCall:
+    """`@step.do(name)` on a function in an async workflow: `await x()` (or `await x`) runs the step; each
+    call is a call of the step's name."""
+
+    __slots__ = ("_step", "_args")
+
+    def __init__(self, step: Step, *args: Any) -> None:
+        self._step = step
+        self._args = args
+
+    def __call__(self) -> Any:
+        return self._step._step_async(*self._args)
+
+    def __await__(self) -> Any:
+        return self().__await__()
+
+
 class _Undo:
     """A completed step's rollback, to run if the instance fails or is terminated with a rollback."""
 
@@ -135,6 +153,30 @@ class _Undo:
 if TYPE_CHECKING:
     StepBody = Callable[[], T] | Callable[[StepContext], T]
     """A step body: no arguments, or the step's context."""
+
+
+def _call_body(fn: Callable[..., Any], call: _Call, context: StepContext) -> Any:
+    """Call a body (or a rollback, given the step's output; or a test's stand-in for either) with the context
+    if it takes one."""
+    rollback = call.error is not None
+    with_context = call.with_context if fn is call.fn else _takes_context(fn, 1 if rollback else 0)
+    if rollback:
+        return fn(call.output, context) if with_context else fn(call.output)
+    return fn(context) if with_context else fn()
+
+
+def _result(call: _Call, value: Any) -> Outcome:
+    """A body's return value as the attempt's outcome: bounded JSON (a rollback's value is not kept)."""
+    if call.error is not None:
+        value = None
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError) as error:
+        return Fatal(Failure("ResultNotSerializable", str(error)))
+    if len(text) > MAX_RESULT_BYTES:
+        message = f"a step result is at most {MAX_RESULT_BYTES} bytes of JSON, got {len(text)}"
+        return Fatal(Failure("OutputLimitExceeded", message))
+    return Ok(text)
 
 
 def _failure(error: BaseException) -> Failure:
@@ -181,6 +223,44 @@ def _rollback_options(value: Any) -> dict[str, Any]:
     return {k: v for k, v in value.items() if v is not None}
 
 
+def _is_coroutine(value: Any) -> bool:
+    """Whether `value` is what calling an `async def` returns (read without `inspect`, as `_takes_context`)."""
+    return hasattr(value, "cr_code") and hasattr(value, "send")
+
+
+class _Entered:
+    """Drives a step body's coroutine and tells the host at each resume that the body runs (`enter`) and at
+    each suspension that it does not (`leave`, or back into the body it runs inside): the host charges the
+    CPU between the two to that step's attempt, and its clocks and random bytes are real there."""
+
+    __slots__ = ("_coroutine", "_enter", "_leave")
+
+    def __init__(self, coroutine: Any, enter: Callable[[], None], leave: Callable[[], None]) -> None:
+        self._coroutine = coroutine
+        self._enter = enter
+        self._leave = leave
+
+    def __await__(self) -> Any:
+        coroutine = self._coroutine
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            self._enter()
+            try:
+                yielded = coroutine.send(value) if error is None else coroutine.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                self._leave()
+            try:
+                value, error = (yield yielded), None
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as thrown:  # e.g. the task's cancellation: handed to the body
+                value, error = None, thrown
+
+
 def _takes_context(fn: Callable[..., Any], given: int = 0) -> bool:
     """Whether `fn` has a positional parameter without a default beyond the `given` ones (it is given the
     step's context). A parameter with a default, as in `lambda i=i: ...`, keeps its default. Read from the
@@ -207,8 +287,14 @@ def _takes_context(fn: Callable[..., Any], given: int = 0) -> bool:
 class Step:
     """The `step` argument of `run(event, step)`."""
 
-    def __init__(self, transport: Transport | None = None, streams: Streams | None = None) -> None:
+    def __init__(
+        self, transport: Transport | None = None, streams: Streams | None = None, *, concurrent: bool = False
+    ) -> None:
         self._transport = transport if transport is not None else _transport.current()
+        # An async workflow: every durable call is awaited, and step bodies may run side by side.
+        self.concurrent = concurrent
+        # The calls whose bodies run now (async workflow), innermost last: see `_Entered`.
+        self._entered: list[_Call] = []
         # The sandbox's `random` streams: a body draws from its own (see tenantflow._streams).
         self._streams = streams
         # Step bodies running (a step.do in a body nests), and whether a `retries.delay` function runs.
@@ -301,9 +387,96 @@ class Step:
             raise TypeError("rollback is a function of the step's output (and a context)")
         given = {k: v for k, v in (("retries", retries), ("timeout", timeout), ("cpu", cpu)) if v is not None}
         undo_options = _rollback_options(rollback_config)
+        if self.concurrent:
+            if fn is None:
+                return lambda body: _StepCall(self, name, given, body, rollback, undo_options)
+            return self._step_async(name, given, fn, rollback, undo_options)
         if fn is None:
             return lambda body: self._step(name, given, body, rollback, undo_options)
         return self._step(name, given, fn, rollback, undo_options)
+
+    async def _step_async(
+        self,
+        name: str,
+        given: dict[str, Any],
+        fn: Callable[..., Any],
+        rollback: Callable[..., Any] | None,
+        undo_options: dict[str, Any],
+    ) -> Any:
+        """`step.do` in an async workflow: as `_step`, awaited; other steps run while its body awaits."""
+        if self._in_delay:
+            raise RuntimeError(f"step {name!r} is called inside a retries.delay function")
+        # Counted when the step begins (no await before `step_begin`): the host counts in the same order.
+        count = self._counts[name] = self._counts.get(name, 0) + 1
+        name = host_text(name)
+        call = _Call(name, count, given, fn)
+        call.with_context = _takes_context(fn)
+        started = self._started
+        self._started += 1
+        output = await self._run_async(call, self._transport.step_begin(name, call.config))
+        if rollback is not None:
+            undo = _Undo(started, name, count, rollback, undo_options)
+            undo.output = output
+            self._undo.append(undo)
+        return output
+
+    async def _run_async(self, call: _Call, plan: Plan) -> Any:
+        transport = self._transport
+        while True:
+            if isinstance(plan, Done):
+                return json.loads(plan.result)
+            if isinstance(plan, Failed):
+                _raise_failure(plan.failure, call.raised)
+            if isinstance(plan, Stopped):
+                self._stop()
+            if isinstance(plan, Backoff):
+                import asyncio  # loaded by async workflows only: the snapshot stays small
+
+                await asyncio.sleep(plan.delay_s)
+                plan = transport.step_again(call.name, call.count)
+                continue
+            context = StepContext(plan.attempt, StepInfo(call.name, call.count), call.given, call.error)
+            outcome = await self._attempt_async(plan.stand_in or call.fn, call, context)
+            plan = transport.step_complete(call.name, call.count, outcome)
+
+    def _enter(self, call: _Call) -> None:
+        if not self._entered and self._streams is not None:
+            self._streams.enter_body()
+        self._entered.append(call)
+        self._transport.enter(call.name, call.count)
+
+    def _leave(self) -> None:
+        self._entered.pop()
+        if self._entered:
+            inner = self._entered[-1]
+            self._transport.enter(inner.name, inner.count)
+            return
+        self._transport.leave()
+        if self._streams is not None:
+            self._streams.leave_body()
+
+    async def _attempt_async(self, fn: Callable[..., Any], call: _Call, context: StepContext) -> Outcome:
+        self._enter(call)
+        try:
+            value = _call_body(fn, call, context)
+        except NonRetryableError as error:
+            call.raised = error
+            return Fatal(_failure(error))
+        except Exception as error:
+            call.raised = error
+            return self._retryable(call, context, error)
+        finally:
+            self._leave()
+        if _is_coroutine(value):
+            try:
+                value = await _Entered(value, lambda: self._enter(call), self._leave)
+            except NonRetryableError as error:
+                call.raised = error
+                return Fatal(_failure(error))
+            except Exception as error:
+                call.raised = error
+                return self._retryable(call, context, error)
+        return _result(call, value)
 
     def _step(
         self,
@@ -338,8 +511,11 @@ class Step:
                 _raise_failure(plan.failure, call.raised)
             if isinstance(plan, Stopped):
                 self._stop()
+            if isinstance(plan, Backoff):  # the host plans these for async workflows only
+                raise RuntimeError("a retry back-off plan in a synchronous workflow")
             context = StepContext(plan.attempt, StepInfo(call.name, call.count), call.given, call.error)
-            plan = transport.step_complete(call.name, self._attempt(plan.stand_in or call.fn, call, context))
+            outcome = self._attempt(plan.stand_in or call.fn, call, context)
+            plan = transport.step_complete(call.name, call.count, outcome)
 
     def _stop(self) -> NoReturn:
         self.stopped = True
@@ -350,10 +526,11 @@ class Step:
         if self._depth == 1 and self._streams is not None:
             self._streams.enter_body()
         try:
-            if call.error is not None:  # a rollback: given the step's output
-                value = fn(call.output, context) if call.with_context else fn(call.output)
-            else:
-                value = fn(context) if call.with_context else fn()
+            value = _call_body(fn, call, context)
+            if _is_coroutine(value):  # an `async def` body: run on a loop of its own to its end
+                from tenantflow import _loop
+
+                value = _loop.run(_loop.HostLoop(self._transport), value)
         except NonRetryableError as error:
             call.raised = error
             return Fatal(_failure(error))
@@ -364,16 +541,7 @@ class Step:
             self._depth -= 1
             if self._depth == 0 and self._streams is not None:
                 self._streams.leave_body()
-        if call.error is not None:
-            value = None  # what a rollback returns is not kept
-        try:
-            text = json.dumps(value)
-        except (TypeError, ValueError) as error:
-            return Fatal(Failure("ResultNotSerializable", str(error)))
-        if len(text) > MAX_RESULT_BYTES:
-            message = f"a step result is at most {MAX_RESULT_BYTES} bytes of JSON, got {len(text)}"
-            return Fatal(Failure("OutputLimitExceeded", message))
-        return Ok(text)
+        return _result(call, value)
 
     def _retryable(self, call: _Call, context: StepContext, error: Exception) -> Outcome:
         """A failed attempt; with `retries.delay` as a function, it chooses the delay before the next one."""
@@ -408,6 +576,25 @@ class Step:
             except (StepError, NonRetryableError) as failed:
                 raise RollbackError(undo.name, failed.name, failed.message, reason.name, reason.message) from None
 
+    async def _roll_back_async(self, cause: BaseException) -> None:
+        """`_roll_back` in an async workflow: each rollback awaited in turn (a rollback may be `async def`)."""
+        if not self._undo:
+            return
+        if isinstance(cause, Unwind):
+            cause = StepError("Terminated", "the instance was terminated with a rollback")
+        reason = _reason(cause)
+        for undo in sorted(self._undo, key=lambda u: u.started, reverse=True):
+            # A rollback is a durable call of its own: counted as the host counts it.
+            count = self._counts[undo.name] = self._counts.get(undo.name, 0) + 1
+            call = _Call(undo.name, count, undo.given, undo.fn)
+            call.with_context = _takes_context(undo.fn, 1)
+            call.output = undo.output
+            call.error = cause
+            try:
+                await self._run_async(call, self._transport.rollback_begin(undo.name, call.config))
+            except (StepError, NonRetryableError) as failed:
+                raise RollbackError(undo.name, failed.name, failed.message, reason.name, reason.message) from None
+
     @staticmethod
     def now() -> datetime.datetime:
         """The current time (UTC): outside step bodies, the instance's logical time, the same on every replay
@@ -424,14 +611,30 @@ class Step:
         """A random UUID: outside step bodies, from the instance's seed (as `uuid.uuid4()`)."""
         return uuid.uuid4()
 
-    def sleep(self, name: str, duration: Duration) -> None:
-        """Sleep durably for a duration ("1 day", or milliseconds)."""
+    def sleep(self, name: str, duration: Duration) -> Any:
+        """Sleep durably for a duration ("1 day", or milliseconds). Awaited in an async workflow."""
+        if self.concurrent:
+            return self._awaited(self._sleep, name, duration)
+        return self._sleep(name, duration)
+
+    async def _awaited(self, fn: Callable[..., T], *args: Any) -> T:
+        """A durable wait in an async workflow: made when awaited, and counted among the calls of its name.
+        The whole workflow waits with it (the host suspends the isolate): steps run side by side, waits do not."""
+        self._counts[args[0]] = self._counts.get(args[0], 0) + 1
+        return fn(*args)
+
+    def _sleep(self, name: str, duration: Duration) -> None:
         self._check_outside_body(name)
         if not self._transport.sleep(host_text(name), parse_duration(duration)):
             self._stop()
 
-    def sleep_until(self, name: str, when: datetime.datetime | float) -> None:
-        """Sleep durably until a datetime (naive means UTC) or epoch seconds."""
+    def sleep_until(self, name: str, when: datetime.datetime | float) -> Any:
+        """Sleep durably until a datetime (naive means UTC) or epoch seconds. Awaited in an async workflow."""
+        if self.concurrent:
+            return self._awaited(self._sleep_until, name, when)
+        return self._sleep_until(name, when)
+
+    def _sleep_until(self, name: str, when: datetime.datetime | float) -> None:
         self._check_outside_body(name)
         if isinstance(when, datetime.datetime):
             if when.tzinfo is None:
@@ -444,11 +647,17 @@ class Step:
         if not self._transport.sleep_until(host_text(name), int(epoch * 1000)):
             self._stop()
 
-    def wait_for_event(self, name: str, event_type: str, timeout: Duration | None = "24 hours") -> ReceivedEvent:
-        """Wait durably for an event of `event_type`; returns {type, payload, timestamp}.
+    def wait_for_event(self, name: str, event_type: str, timeout: Duration | None = "24 hours") -> Any:
+        """Wait durably for an event of `event_type`; returns {type, payload, timestamp} (awaited in an async
+        workflow).
 
         Raises `WaitTimeoutError` when `timeout` passes first; `timeout=None` waits for ever.
         """
+        if self.concurrent:
+            return self._awaited(self._wait_for_event, name, event_type, timeout)
+        return self._wait_for_event(name, event_type, timeout)
+
+    def _wait_for_event(self, name: str, event_type: str, timeout: Duration | None) -> ReceivedEvent:
         self._check_outside_body(name)
         if not isinstance(event_type, str) or not event_type:
             raise TypeError("event_type is a non-empty string")
@@ -463,7 +672,7 @@ class Step:
 
     def _check_outside_body(self, name: str) -> None:
         _check_name(name)
-        if self._depth or self._in_delay:
+        if self._depth or self._in_delay or self._entered:
             # Not retryable: the body would make the same call on every attempt.
             raise NonRetryableError(
                 f"{name!r}: step.sleep and step.wait_for_event are made outside step bodies (a body may call step.do)",

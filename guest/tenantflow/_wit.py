@@ -5,7 +5,21 @@ from __future__ import annotations
 from componentize_py_types import Err
 from wit_world.imports import host
 
-from tenantflow.transport import STOPPED, Done, Failed, Failure, Ok, Outcome, Plan, Retryable, Run, Stopped
+from tenantflow.transport import (
+    STOPPED,
+    Backoff,
+    Completion,
+    Done,
+    Failed,
+    Failure,
+    Ok,
+    Outcome,
+    Plan,
+    Polled,
+    Retryable,
+    Run,
+    Stopped,
+)
 
 
 def _plan(plan: host.Plan) -> Plan:
@@ -15,6 +29,8 @@ def _plan(plan: host.Plan) -> Plan:
         return Run(plan.value)
     if isinstance(plan, host.Plan_Stop):
         return STOPPED
+    if isinstance(plan, host.Plan_Backoff):
+        return Backoff(plan.value)
     return Failed(Failure(plan.value.name, plan.value.message))
 
 
@@ -38,8 +54,38 @@ class WitTransport:
     def rollback_begin(self, name: str, config: str) -> Plan:
         return _plan(host.rollback_begin(name, config))
 
-    def step_complete(self, name: str, outcome: Outcome) -> Plan:
-        return _plan(host.step_complete(name, _attempt(outcome)))
+    def step_complete(self, name: str, count: int, outcome: Outcome) -> Plan:
+        return _plan(host.step_complete(name, count, _attempt(outcome)))
+
+    def step_again(self, name: str, count: int) -> Plan:
+        return _plan(host.step_again(name, count))
+
+    def concurrent(self) -> None:
+        host.concurrent()
+
+    def enter(self, name: str, count: int) -> None:
+        host.enter(name, count)
+
+    def leave(self) -> None:
+        host.leave()
+
+    def call_start(self, capability: str, request: str) -> int | Failure:
+        try:
+            started: int = host.call_start(capability, request)
+        except Err as err:
+            return Failure(err.value.name, err.value.message)
+        return started
+
+    def poll(self, timeout_ms: int | None) -> Polled:
+        polled = host.poll(timeout_ms)
+        done = []
+        for completion in polled.done:
+            answer = completion.answer
+            if isinstance(answer, Err):
+                done.append(Completion(completion.id, Failure(answer.value.name, answer.value.message)))
+            else:
+                done.append(Completion(completion.id, answer.value))
+        return Polled(polled.now_ms, done)
 
     def sleep(self, name: str, duration_ms: int) -> bool:
         return bool(host.sleep(name, duration_ms))

@@ -30,6 +30,12 @@ class WorkflowEntrypoint:
         raise NotImplementedError("define run(self, event, step)")
 
 
+def is_async(entry: RunFunction) -> bool:
+    """Whether the workflow's `run` is `async def` (read from its code object: no `inspect` in the snapshot)."""
+    code = getattr(getattr(entry, "__func__", entry), "__code__", None)
+    return code is not None and bool(code.co_flags & 0x80)  # CO_COROUTINE
+
+
 def find_entrypoint(namespace: Mapping[str, Any]) -> RunFunction | None:
     """A module's workflow: its first `WorkflowEntrypoint` subclass (a new instance's `run`), else `run`."""
     for value in namespace.values():

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 __all__ = [
+    "Backoff",
+    "Completion",
     "Done",
     "Failed",
     "Failure",
@@ -19,6 +21,7 @@ __all__ = [
     "Ok",
     "Outcome",
     "Plan",
+    "Polled",
     "Retryable",
     "Run",
     "Stopped",
@@ -95,7 +98,40 @@ class Stopped:
 
 STOPPED = Stopped()
 
-Plan = Run | Done | Failed | Stopped
+
+class Backoff:
+    """An async workflow's retry back-off: wait `delay_s` seconds (other steps go on), then `step_again`."""
+
+    __slots__ = ("delay_s",)
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def __repr__(self) -> str:
+        return f"Backoff({self.delay_s!r})"
+
+
+Plan = Run | Done | Failed | Stopped | Backoff
+
+
+class Completion:
+    """A started call that finished: its id and the answer (JSON text, or a failure)."""
+
+    __slots__ = ("id", "answer")
+
+    def __init__(self, id: int, answer: str | Failure) -> None:
+        self.id = id
+        self.answer = answer
+
+
+class Polled:
+    """What `poll` saw: the host's monotonic clock in ms, and the started calls that finished."""
+
+    __slots__ = ("now_ms", "done")
+
+    def __init__(self, now_ms: int, done: list[Completion]) -> None:
+        self.now_ms = now_ms
+        self.done = done
 
 
 # -- how one attempt of a step body ended --------------------------------------------------------
@@ -157,8 +193,24 @@ class Transport(Protocol):
         """Start (or replay) the rollback of the completed step `name`, at the journal's next position."""
         ...
 
-    def step_complete(self, name: str, outcome: Outcome) -> Plan:
-        """Report the attempt started by the last `Run` plan."""
+    def step_complete(self, name: str, count: int, outcome: Outcome) -> Plan:
+        """Report the attempt of `name`'s call number `count` started by its last `Run` plan."""
+        ...
+
+    def step_again(self, name: str, count: int) -> Plan:
+        """After a `Backoff` plan: the next attempt of that call (or its outcome)."""
+        ...
+
+    def concurrent(self) -> None:
+        """The workflow is async: durable calls match the journal by name and count; bodies may overlap."""
+        ...
+
+    def enter(self, name: str, count: int) -> None:
+        """The body of `name`'s call number `count` runs from now."""
+        ...
+
+    def leave(self) -> None:
+        """The workflow's own code runs from now."""
         ...
 
     def sleep(self, name: str, duration_ms: int) -> bool:
@@ -177,6 +229,14 @@ class Transport(Protocol):
         """A capability granted by the platform (e.g. "fetch"); request and response are JSON."""
         ...
 
+    def call_start(self, capability: str, request: str) -> int | Failure:
+        """`call` without waiting: an id for `poll`."""
+        ...
+
+    def poll(self, timeout_ms: int | None) -> Polled:
+        """Wait until a started call finishes or `timeout_ms` passes (None: until one finishes)."""
+        ...
+
     def log(self, fd: int, text: str) -> None:
         """One chunk of the workflow's stdout (1) or stderr (2)."""
         ...
@@ -191,7 +251,8 @@ class _Unbound:
             "or under tenantflow.testing.WorkflowTestEnvironment"
         )
 
-    step_begin = rollback_begin = step_complete = sleep = sleep_until = wait_for_event = call = _refuse
+    step_begin = rollback_begin = step_complete = step_again = sleep = sleep_until = wait_for_event = call = _refuse
+    concurrent = enter = leave = call_start = poll = _refuse
 
     def log(self, fd: int, text: str) -> None:
         pass

@@ -62,6 +62,7 @@ def _entry(step: dict[str, Any]) -> Entry:
         created_at=float(step.get("created_at") or 0.0),
         updated_at=float(step.get("updated_at") or 0.0),
         parent=step.get("parent"),
+        occurrence=step.get("occurrence"),
     )
 
 

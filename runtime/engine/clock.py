@@ -8,18 +8,25 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    # Whether the clock moves on by itself (a wait may be waited out in real time).
+    realtime: bool
+
     def now(self) -> float:
         """Seconds since the epoch."""
         ...
 
 
 class SystemClock:
+    realtime = True
+
     def now(self) -> float:
         return time.time()
 
 
 class ManualClock:
     """A clock that only moves when told to."""
+
+    realtime = False
 
     def __init__(self, start: float | None = None) -> None:
         self._now = time.time() if start is None else start

@@ -8,6 +8,7 @@ parked and go on (`park`), or else it is thrown away.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -68,6 +69,31 @@ def entry_moment(entries: Mapping[int, Entry], position: int) -> float | None:
     return entry.wake_at if entry.kind == "sleep" else entry.updated_at
 
 
+class Keys:
+    """Where an async workflow's calls are journaled. Its calls may run side by side, so they begin in another
+    order on replay: each is matched by its name and occurrence (which call of that name it is), not by the
+    position the host counted, and a new one is journaled after everything recorded."""
+
+    def __init__(self, entries: Mapping[int, Entry]) -> None:
+        self._positions = {(e.name, e.occurrence): p for p, e in entries.items() if e.occurrence is not None}
+        self._next = max(entries, default=-1) + 1
+        # The host's position of each call this activation made -> its journal position (for `parent`).
+        self._resolved: dict[int, int] = {}
+
+    def resolve(self, call: StepCall) -> StepCall:
+        """`call` at its journal position (a keyed call), or as it is."""
+        if not call.keyed:
+            return call
+        key = (call.name, call.occurrence)
+        position = self._positions.get(key)
+        if position is None:
+            position = self._positions[key] = self._next
+            self._next += 1
+        self._resolved[call.position] = position
+        parent = None if call.parent is None else self._resolved.get(call.parent, call.parent)
+        return dataclasses.replace(call, position=position, parent=parent)
+
+
 class InstanceJournal:
     """Implements the host's Journal protocol for one claimed instance."""
 
@@ -103,6 +129,7 @@ class InstanceJournal:
         # Journal positions this activation answered from what was recorded before it started (replay).
         self.replayed = 0
         self._to_replay = set(state.entries)
+        self.keys = Keys(state.entries)
         # Waits gone on from in the parked isolate.
         self.resumes = 0
         # What a park's write has told the store of this activation already.
@@ -157,8 +184,17 @@ class InstanceJournal:
             self._check_step_quota()
             self.steps += 1
         now = self.clock.now()
+        occurrence = call.occurrence if call.keyed else None
         return Entry(
-            call.position, call.name, call.kind, state, created_at=now, updated_at=now, parent=call.parent, **fields
+            call.position,
+            call.name,
+            call.kind,
+            state,
+            created_at=now,
+            updated_at=now,
+            parent=call.parent,
+            occurrence=occurrence,
+            **fields,
         )
 
     def _span(self, position: int) -> int:
@@ -188,7 +224,7 @@ class InstanceJournal:
             raise Suspend("worker stopping", _ms(self.clock.now()))
 
     def moment(self, call: StepCall) -> float | None:
-        return entry_moment(self.entries, call.position)
+        return entry_moment(self.entries, self.keys.resolve(call).position)
 
     def _due(self, wake_at: float | None) -> bool:
         return wake_at is None or wake_at <= self.clock.now() + DUE_SLACK_S
@@ -196,21 +232,29 @@ class InstanceJournal:
     # -- step.do -------------------------------------------------------------
 
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
+        call = self.keys.resolve(call)
         entry = self._existing(call)
+        # A keyed call's nested steps are matched by their keys too (never called: nothing to skip).
         if entry is not None and entry.state == "done":
-            return Done(entry.result or "null", self._span(call.position))
+            return Done(entry.result or "null", 0 if call.keyed else self._span(call.position))
         if entry is not None and entry.state == "failed":
-            return StepFailed(entry.error_name or "Error", entry.error_message or "", self._span(call.position))
+            span = 0 if call.keyed else self._span(call.position)
+            return StepFailed(entry.error_name or "Error", entry.error_message or "", span)
         if self.unwinding and call.kind == "do":
             return STOP
         if entry is None:
             self._check_step_quota()
             return Run(1)
         if not self._due(entry.wake_at):
-            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at or 0), parkable=True)
+            raise self._retry_wait(call, entry.wake_at or 0)
         return Run(entry.attempts + 1)
 
+    def _retry_wait(self, call: StepCall, wake_at: float) -> Suspend:
+        in_isolate = max(0.0, wake_at - self.clock.now()) if self.clock.realtime else None
+        return Suspend(f"retry of {call.name!r}", _ms(wake_at), parkable=True, in_isolate_s=in_isolate)
+
     def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
+        call = self.keys.resolve(call)
         now = self.clock.now()
         self.attempts.append((attempt.duration_ms, attempt.fuel))
         entry = self.entries.get(call.position) or self._new(call, "running")
@@ -240,7 +284,7 @@ class InstanceJournal:
             self._write(entry, record)
             if delay <= 0:
                 return Run(attempt.attempt + 1)
-            raise Suspend(f"retry of {call.name!r}", _ms(entry.wake_at), parkable=True)
+            raise self._retry_wait(call, entry.wake_at)
         entry.state, entry.wake_at = "failed", None
         self._write(entry, record)
         return StepFailed(attempt.error_name or "Error", attempt.error_message or "")
@@ -248,6 +292,7 @@ class InstanceJournal:
     # -- step.sleep ----------------------------------------------------------
 
     def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> Stop | None:
+        call = self.keys.resolve(call)
         entry = self._existing(call)
         if self.unwinding and (entry is None or not self._due(entry.wake_at)):
             return STOP
@@ -278,6 +323,7 @@ class InstanceJournal:
             raise Abort("InvalidEventType", str(error)) from None
 
     def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
+        call = self.keys.resolve(call)
         entry = self._existing(call)
         if entry is not None and entry.state == "done":
             return json.loads(entry.result or "null")

@@ -3,7 +3,8 @@
 Every durable call is answered from the recorded journal and no step body runs: the workflow's code
 between the calls runs as it did (its clocks and randomness are the instance's: logical time and its
 seed), so a replay shows what the instance did and printed, and whether some code (the pinned version or
-another) makes the same calls in the same order. The replay stops at the first call the journal cannot
+another) makes the same calls in the same order (an async workflow's calls, which may begin in another order,
+by name and count). The replay stops at the first call the journal cannot
 answer: a call it does not hold (the instance had not got that far, or the code diverges there), a step
 that was still in progress, a sleep or wait that was not over, or the `until` step.
 """
@@ -73,6 +74,15 @@ class ReplayJournal:
     divergence: Divergence | None = None
     stop: str | None = None
     _seen: Counter[str] = field(default_factory=Counter)
+    _keyed: dict[tuple[str, int], Entry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._keyed = {(e.name, e.occurrence): e for e in self.entries.values() if e.occurrence is not None}
+
+    def _find(self, call: StepCall) -> Entry | None:
+        if call.keyed:
+            return self._keyed.get((call.name, call.occurrence))
+        return self.entries.get(call.position)
 
     def _entry(self, call: StepCall) -> Entry:
         """The entry that answers `call`, or the end of the replay (Suspend) or a divergence (Abort)."""
@@ -80,8 +90,14 @@ class ReplayJournal:
             self._seen[call.name] += 1
             if self.until is not None and self.until == (call.name, self._seen[call.name]):
                 raise self._stopped(UNTIL)
-        entry = self.entries.get(call.position)
+        entry = self._find(call)
         if entry is None:
+            if call.keyed:
+                if self.finished:
+                    position = max(self.entries, default=-1) + 1
+                    self.divergence = Divergence(position, None, _call(call.kind, call.name))
+                    raise Abort(FailureName.NON_DETERMINISM_ERROR, self.divergence.describe())
+                raise self._stopped(f"the journal ends before {_call(call.kind, call.name)}")
             if self.finished or call.position < max(self.entries, default=-1):
                 self.divergence = Divergence(call.position, None, _call(call.kind, call.name))
                 raise Abort(FailureName.NON_DETERMINISM_ERROR, self.divergence.describe())
@@ -101,7 +117,7 @@ class ReplayJournal:
 
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
         entry = self._entry(call)
-        span = nested_span(self.entries, call.position)
+        span = 0 if call.keyed else nested_span(self.entries, call.position)
         if entry.state == "done":
             self._answered(entry, span)
             return Done(entry.result or "null", span)
@@ -115,7 +131,7 @@ class ReplayJournal:
 
     def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None:
         entry = self._entry(call)
-        if call.position == max(self.entries) and not self.finished:
+        if entry.position == max(self.entries) and not self.finished:
             raise self._stopped(f"{_call(call.kind, call.name)} was not over")
         self._answered(entry)
         return None
@@ -131,7 +147,8 @@ class ReplayJournal:
         raise self._stopped(f"{_call(call.kind, call.name)} was waiting for {event_type!r}")
 
     def moment(self, call: StepCall) -> float | None:
-        return entry_moment(self.entries, call.position)
+        entry = self._find(call)
+        return None if entry is None else entry_moment(self.entries, entry.position)
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,10 @@ class Replay:
     @property
     def clean(self) -> bool:
         return self.divergence is None
+
+
+def _at(entry: Entry) -> int:
+    return entry.position
 
 
 def replay(
@@ -168,7 +189,11 @@ def replay(
     outcome = sandbox.run(source, event, journal, limits, Grants(), clock_start=created_at, seed=seed)
     if journal.divergence is None and journal.stop is None and entries:
         # The code returned or failed before making every call the journal holds.
-        left = sorted((e for e in entries if e.position > journal.reached), key=lambda e: e.position)
+        if any(e.occurrence is not None for e in entries):  # an async workflow's: any order, nested ones skipped
+            answered = set(journal.answered)
+            left = sorted((e for e in entries if e.position not in answered and e.parent is None), key=_at)
+        else:
+            left = sorted((e for e in entries if e.position > journal.reached), key=_at)
         if left:
             called = None
             if isinstance(outcome, Failed):

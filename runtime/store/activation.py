@@ -55,8 +55,8 @@ STEP = (
 # What a step commit writes with its fenced write, each only if that applied.
 UPSERT_ENTRY = (
     "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
-    "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at, parent) "
-    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
+    "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at, parent, occurrence) "
+    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
     "ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state, "
     "attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name, "
     "error_message = excluded.error_message, wake_at = excluded.wake_at, fuel = excluded.fuel, "
@@ -220,6 +220,7 @@ class Activation(StoreCore):
                     entry.created_at,
                     entry.updated_at,
                     entry.parent,
+                    entry.occurrence,
                 ),
             ),
         ]

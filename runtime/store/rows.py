@@ -206,6 +206,7 @@ class EntryRow:
     fuel: int
     duration_ms: float
     parent: int | None
+    occurrence: int | None
 
     def entry(self) -> Entry:
         return Entry(
@@ -224,6 +225,7 @@ class EntryRow:
             fuel=self.fuel,
             duration_ms=self.duration_ms,
             parent=self.parent,
+            occurrence=self.occurrence,
         )
 
 

@@ -223,6 +223,10 @@ MIGRATIONS: list[list[str]] = [
         # byte order), by id, then workflow.
         "CREATE INDEX instances_by_id ON instances (tenant_id, instance_id{bytewise}, workflow)",
     ],
+    [
+        # An async workflow's calls are matched by name and occurrence on replay (they may begin in another order).
+        "ALTER TABLE journal ADD COLUMN occurrence INTEGER",
+    ],
 ]
 
 # Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test

@@ -43,9 +43,9 @@ def failed_with(outcome: Outcome, name: str) -> Failed:
         "step.sleep('s', 2**64 - 1)",
         "step.sleep_until('s', 9e12)",
         "step.sleep_until('s', -1)",
-        "host.step_begin('a', '{}'); host.step_complete('a', host.Attempt_Ok('not json'))",
-        "host.step_begin('a', '{}'); host.step_complete('a', host.Attempt_Ok('[' * 200 + ']' * 200))",
-        "host.step_begin('a', '{}'); host.step_complete('a', host.Attempt_Ok('{\"a\": }'))",
+        "host.step_begin('a', '{}'); host.step_complete('a', 1, host.Attempt_Ok('not json'))",
+        "host.step_begin('a', '{}'); host.step_complete('a', 1, host.Attempt_Ok('[' * 200 + ']' * 200))",
+        "host.step_begin('a', '{}'); host.step_complete('a', 1, host.Attempt_Ok('{\"a\": }'))",
     ],
 )
 def test_bad_host_calls_are_invalid_host_call(sandbox: Sandbox, call: str) -> None:
@@ -113,7 +113,7 @@ def test_host_memory_stays_within_a_multiple_of_the_memory_cap(sandbox: Sandbox)
     def run(event, step):
         big = "[" + ",".join(['{"a":1}'] * 5_000_000) + "]"
         host.step_begin("s", "{}")
-        host.step_complete("s", host.Attempt_Ok(big))
+        host.step_complete("s", 1, host.Attempt_Ok(big))
         host.call("fetch", big)
     """
     baseline = _rss()

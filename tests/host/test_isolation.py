@@ -219,7 +219,7 @@ def test_forged_host_calls_are_refused(sandbox: Sandbox) -> None:
         from wit_world.imports import host
 
         def run(event, step):
-            host.step_complete("never begun", host.Attempt_Ok("1"))
+            host.step_complete("never begun", 1, host.Attempt_Ok("1"))
         """
     journal = MemJournal()
     outcome = run(sandbox, source, journal=journal)

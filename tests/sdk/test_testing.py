@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -292,3 +293,62 @@ def test_a_retry_delay_function_chooses_each_wait() -> None:
     env.mock_step("s", raise_=[ValueError("a"), ValueError("b")], result="ok")
     assert env.run(flow) == "ok"
     assert env.elapsed == timedelta(minutes=1 + 2)
+
+
+async def tools(event: Event, step: Step) -> Any:
+    """An async workflow: three tool calls at once, one of which fails once."""
+    import asyncio
+
+    from tenantflow import fetch_async
+
+    async def tool(ctx: Any, i: int) -> str:
+        answer = await fetch_async(f"https://tools.example/{i}")
+        if i == 1 and ctx.attempt == 1:
+            raise ConnectionError("flaky")
+        return str(answer.json()["tool"])
+
+    found = await asyncio.gather(
+        *(step.do(f"tool {i}", {"retries": {"limit": 1, "delay": 0}}, lambda ctx, i=i: tool(ctx, i)) for i in range(3))
+    )
+    await step.sleep("nap", "1 hour")
+    return list(found)
+
+
+def test_an_async_workflow_runs_its_steps_together_and_replays_them_by_name() -> None:
+    import threading
+
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def handler(request: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            seen.append(request["url"])
+        return {"status": 200, "headers": {}, "body": json.dumps({"tool": request["url"][-1]})}
+
+    env = WorkflowTestEnvironment(fetch=handler)
+    assert env.run(tools) == ["0", "1", "2"]
+    assert env.activations == 2  # the nap; the replay answers the tools from the journal
+    assert sorted(seen) == ["https://tools.example/0", *["https://tools.example/1"] * 2, "https://tools.example/2"]
+    assert [(s.name, s.attempts) for s in env.steps] == [("tool 0", 1), ("tool 1", 2), ("tool 2", 1), ("nap", 0)]
+    env.mock_step("tool 2", result="mocked")
+    assert env.run(tools) == ["0", "1", "mocked"]
+
+
+async def undo_on_failure(event: Event, step: Step) -> Any:
+    undone: list[Any] = []
+
+    async def reserve() -> str:
+        return "seat"
+
+    def fail() -> None:
+        raise NonRetryableError("no", "Declined")
+
+    await step.do("reserve", reserve, rollback=lambda output: undone.append(output))
+    await step.do("charge", fail)
+
+
+def test_an_async_workflow_rolls_back_when_it_fails() -> None:
+    env = WorkflowTestEnvironment()
+    with pytest.raises(StepError, match="Declined: no"):
+        env.run(undo_on_failure)
+    assert [(s.name, s.kind) for s in env.steps] == [("reserve", "do"), ("charge", "do"), ("reserve", "rollback")]

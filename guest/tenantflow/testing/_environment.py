@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Any
 
 from tenantflow._durations import Duration, parse_duration
 from tenantflow._step import MAX_RESULT_BYTES, Step
-from tenantflow._workflow import Event, RunFunction, WorkflowEntrypoint, find_entrypoint
+from tenantflow._workflow import Event, RunFunction, WorkflowEntrypoint, find_entrypoint, is_async
 from tenantflow.host.journal import Abort, StepCall
 from tenantflow.testing._journal import Entry, Moment, PendingEvent, TestJournal
 from tenantflow.testing._transport import Stop, TestTransport
@@ -177,16 +178,21 @@ class WorkflowTestEnvironment:
         while self.activations < MAX_ACTIVATIONS:
             self.activations += 1
             transport = TestTransport(self, self._journal)
-            step = Step(transport)
             try:
                 with installed(transport):
                     # A fresh `event` per activation too, as the engine hands the guest.
                     event = Event(_roundtrip(params), self._started_ms / 1000, instance_id)
-                    try:
-                        result = loader()(event, step)
-                    except Exception as error:
-                        step._roll_back(error)  # RollbackError if one fails for good
-                        raise
+                    entry = loader()
+                    if is_async(entry):
+                        transport.concurrent()
+                        result = asyncio.run(_run_async(entry, event, Step(transport, concurrent=True)))
+                    else:
+                        step = Step(transport)
+                        try:
+                            result = entry(event, step)
+                        except Exception as error:
+                            step._roll_back(error)  # RollbackError if one fails for good
+                            raise
             except Stop as stop:
                 self._after(stop)
                 continue
@@ -287,6 +293,15 @@ def _entry(namespace: Mapping[str, Any], where: str) -> RunFunction:
             "WorkflowCodeError", f"{where} defines neither run(event, step) nor a WorkflowEntrypoint subclass"
         )
     return entry
+
+
+async def _run_async(entry: RunFunction, event: Event, step: Step) -> Any:
+    """An `async def run` on asyncio's own loop (a fetch_async runs the transport's fetch in a thread)."""
+    try:
+        return await entry(event, step)
+    except Exception as error:
+        await step._roll_back_async(error)  # RollbackError if one fails for good
+        raise
 
 
 def _output(result: Any) -> Any:

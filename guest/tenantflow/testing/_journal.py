@@ -7,6 +7,7 @@ first buffered event of its type, and a wait or sleep that is not due raises `Su
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -85,6 +86,19 @@ class TestJournal:
         self.entries: dict[int, Entry] = {}
         self.events: list[PendingEvent] = []
         self.timeline: list[Moment] = []
+        # An async workflow's calls by the transport's position -> the journal position (for `parent`).
+        self._resolved: dict[int, int] = {}
+
+    def _resolve(self, call: StepCall) -> StepCall:
+        """A keyed call (an async workflow's) at its journal position: the entry of its name and occurrence,
+        or the next free position (as the runtime's `Keys`)."""
+        if not call.keyed:
+            return call
+        found = [p for p, e in self.entries.items() if (e.name, e.call) == (call.name, call.occurrence)]
+        position = found[0] if found else max(self.entries, default=-1) + 1
+        self._resolved[call.position] = position
+        parent = None if call.parent is None else self._resolved.get(call.parent, call.parent)
+        return dataclasses.replace(call, position=position, parent=parent)
 
     def _mark(self, what: Any, name: str, detail: str = "") -> None:
         self.timeline.append(Moment(self.now_ms, what, name, detail))
@@ -107,13 +121,17 @@ class TestJournal:
     # -- step.do -------------------------------------------------------------
 
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
+        call = self._resolve(call)
         entry = self._existing(call)
         if entry is None:
+            if call.keyed:  # journaled at once, so that the next new call takes the next position
+                self._new(call, "running")
             return Run(1)
+        span = 0 if call.keyed else self._span(call.position)
         if entry.state == "done":
-            return Done(_json(entry.result), self._span(call.position))
+            return Done(_json(entry.result), span)
         if entry.state == "failed":
-            return StepFailed(entry.error_name or "Error", entry.error_message or "", self._span(call.position))
+            return StepFailed(entry.error_name or "Error", entry.error_message or "", span)
         if entry.wake_at_ms is not None and entry.wake_at_ms > self.now_ms:
             raise Suspend(f"retry of {call.name!r}", entry.wake_at_ms)
         return Run(len(entry.attempts) + 1)
@@ -126,6 +144,7 @@ class TestJournal:
         return after - position - 1
 
     def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
+        call = self._resolve(call)
         entry = self.entries.get(call.position) or self._new(call, "running")
         entry.attempts.append(
             AttemptRecord(attempt.attempt, attempt.ok, attempt.error_name, attempt.error_message, self.now_ms)
@@ -150,6 +169,7 @@ class TestJournal:
     # -- step.sleep ----------------------------------------------------------
 
     def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None:
+        call = self._resolve(call)
         entry = self._existing(call)
         if entry is None:
             wake = wake_at_ms if wake_at_ms is not None else self.now_ms + (duration_ms or 0)
@@ -171,6 +191,7 @@ class TestJournal:
     # -- step.wait_for_event -------------------------------------------------
 
     def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
+        call = self._resolve(call)
         entry = self._existing(call)
         if entry is not None and entry.state == "done":
             return entry.result

@@ -37,7 +37,7 @@ from tenantflow.host.limits import (
     MAX_STEP_CPU_MS,
 )
 from tenantflow.transport import Done as SdkDone
-from tenantflow.transport import Failed, Failure, Fatal, Ok, Outcome, Retryable
+from tenantflow.transport import Failed, Failure, Fatal, Ok, Outcome, Polled, Retryable
 from tenantflow.transport import Plan as SdkPlan
 from tenantflow.transport import Run as SdkRun
 
@@ -105,10 +105,17 @@ class TestTransport:
         self.occurrences: Counter[str] = Counter()
         # The bodies running, innermost last (a step.do in a body nests).
         self.flights: list[tuple[StepCall, StepConfig, int, float]] = []
+        # An async workflow: its attempts in flight by (name, occurrence), and the one whose body runs now.
+        self.keyed = False
+        self.open: dict[tuple[str, int], tuple[StepCall, StepConfig, int, float]] = {}
+        self.entered: StepCall | None = None
 
     def _next_call(self, name: str, kind: Kind) -> StepCall:
-        parent = self.flights[-1][0].position if self.flights else None
-        call = StepCall(self.position, name, self.occurrences[name], kind, parent)
+        if self.keyed:
+            parent = None if self.entered is None else self.entered.position
+        else:
+            parent = self.flights[-1][0].position if self.flights else None
+        call = StepCall(self.position, name, self.occurrences[name], kind, parent, self.keyed)
         self.position += 1
         self.occurrences[name] += 1
         return call
@@ -127,6 +134,9 @@ class TestTransport:
             self.position += plan.span
             return Failed(Failure(plan.name, plan.message))
         assert isinstance(plan, Run)
+        if self.keyed:
+            self.open[(call.name, call.occurrence)] = (call, config, plan.attempt, time.perf_counter())
+            return SdkRun(plan.attempt, self.env._stand_in(call, plan.attempt))
         self.position = call.position + 1  # each attempt's nested steps take the same positions
         self.flights.append((call, config, plan.attempt, time.perf_counter()))
         return SdkRun(plan.attempt, self.env._stand_in(call, plan.attempt))
@@ -140,10 +150,14 @@ class TestTransport:
     def rollback_begin(self, name: str, config: str) -> SdkPlan:
         return self.step_begin(name, config, "rollback")
 
-    def step_complete(self, name: str, outcome: Outcome) -> SdkPlan:
-        if not self.flights or self.flights[-1][0].name != name:
+    def step_complete(self, name: str, count: int, outcome: Outcome) -> SdkPlan:
+        if self.keyed:
+            flight = self.open.pop((name, count - 1), None)
+        else:
+            flight = self.flights.pop() if self.flights and self.flights[-1][0].name == name else None
+        if flight is None:
             raise Stop(Abort("WorkflowCodeError", f"step-complete for {name!r} without a step in flight"))
-        call, config, number, started = self.flights.pop()
+        call, config, number, started = flight
         duration_ms = (time.perf_counter() - started) * 1000
         if duration_ms > config.timeout_ms:
             # The sandbox interrupts the body at its timeout; here it ran to the end, and counts as timed out.
@@ -169,6 +183,31 @@ class TestTransport:
                 delay_ms=delay_ms,
             )
         return self._plan(call, config, self._journaled(self.journal.step_complete, call, config, attempt))
+
+    def step_again(self, name: str, count: int) -> SdkPlan:
+        # Back-offs end the activation here (the clock is virtual): no plan ever says `Backoff`.
+        raise invalid("step-again", "no back-off is waited out in a test run")
+
+    def concurrent(self) -> None:
+        if self.position:
+            raise invalid("concurrent", "an async workflow says so before its first durable call")
+        self.keyed = True
+
+    def enter(self, name: str, count: int) -> None:
+        flight = self.open.get((name, count - 1))
+        if flight is None:
+            raise Stop(Abort("WorkflowCodeError", f"enter {name!r} #{count}: no attempt of it in flight"))
+        self.entered = flight[0]
+
+    def leave(self) -> None:
+        self.entered = None
+
+    def call_start(self, capability: str, request: str) -> int | Failure:
+        # fetch_async on asyncio's own loop calls `call` in a thread instead.
+        raise invalid("call-start", "started calls are the sandbox's; tests fetch through `call`")
+
+    def poll(self, timeout_ms: int | None) -> Polled:
+        raise invalid("poll", "started calls are the sandbox's; tests fetch through `call`")
 
     def sleep(self, name: str, duration_ms: int) -> bool:
         check_name("sleep", name)
