@@ -891,6 +891,7 @@ class Sandbox:
             "concurrent": self._concurrent,
             "enter": self._enter,
             "leave": self._leave,
+            "abandon": self._abandon,
             "call-start": self._call_start,
             "poll": self._poll,
             "sleep": self._sleep,
@@ -1093,6 +1094,12 @@ class Sandbox:
     def _leave(self, act: _Activation) -> None:
         act.switch(None)
 
+    def _abandon(self, act: _Activation, name: str, count: int) -> None:
+        flight = act.flights.get((name, count - 1))
+        if flight is None or flight is act.in_flight:
+            raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"abandon {name!r} #{count}: no attempt of it in flight")
+        del act.flights[(name, count - 1)]  # its turns' fuel is in `step_fuel` already, as a lost attempt's
+
     def _call_start(self, act: _Activation, capability: str, request: str) -> Any:
         checked = self._fetch_request(act, capability, request)
         if isinstance(checked, Record):
@@ -1218,7 +1225,7 @@ class Sandbox:
         if not isinstance(parsed, dict):
             raise invalid_call("call", "a fetch request is a JSON object")
         # A fetch may not outlast the activation, nor the timeout of the step body it is made in.
-        remaining = min(act.end(), act.next_timeout()) - time.monotonic()
+        remaining = act.end() - time.monotonic()
         grants = act.grants
         if remaining < grants.fetch_timeout_s:
             grants = dataclasses.replace(grants, fetch_timeout_s=max(0.0, remaining))

@@ -476,6 +476,9 @@ class Step:
             except Exception as error:
                 call.raised = error
                 return self._retryable(call, context, error)
+            except BaseException:  # cancelled (the loser of a race): the attempt is not journaled
+                self._transport.abandon(call.name, call.count)
+                raise
         return _result(call, value)
 
     def _step(

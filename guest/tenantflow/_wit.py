@@ -69,6 +69,9 @@ class WitTransport:
     def leave(self) -> None:
         host.leave()
 
+    def abandon(self, name: str, count: int) -> None:
+        host.abandon(name, count)
+
     def call_start(self, capability: str, request: str) -> int | Failure:
         try:
             started: int = host.call_start(capability, request)

@@ -213,6 +213,10 @@ class Transport(Protocol):
         """The workflow's own code runs from now."""
         ...
 
+    def abandon(self, name: str, count: int) -> None:
+        """The attempt of `name`'s call number `count` will not complete (its task was cancelled)."""
+        ...
+
     def sleep(self, name: str, duration_ms: int) -> bool:
         """`step.sleep`: returns True once the journaled wake time has passed, False to stop (`Stopped`)."""
         ...
@@ -252,7 +256,7 @@ class _Unbound:
         )
 
     step_begin = rollback_begin = step_complete = step_again = sleep = sleep_until = wait_for_event = call = _refuse
-    concurrent = enter = leave = call_start = poll = _refuse
+    concurrent = enter = leave = abandon = call_start = poll = _refuse
 
     def log(self, fd: int, text: str) -> None:
         pass

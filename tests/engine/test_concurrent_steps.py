@@ -296,3 +296,118 @@ def test_calls_in_flight_are_bounded_and_a_wait_for_nothing_fails(
     steps = journal(service, key)
     assert json.loads(json.dumps(steps[0]["result"])) == ["CapabilityError", "Response"]
     assert tools.most <= 16
+
+
+CRASH = """
+import asyncio
+from tenantflow import fetch_async
+
+async def run(event, step):
+    url = event.payload["url"]
+
+    async def slow():
+        return (await fetch_async(f"{url}/600/slow")).json()["tag"]
+
+    async def burns(ctx):
+        await fetch_async(f"{url}/10/burns")
+        if ctx.attempt == 1:
+            while True:  # past its CPU budget: the isolate is thrown away with "slow" in flight
+                pass
+        return "burnt"
+
+    return await asyncio.gather(
+        step.do("slow", slow),
+        step.do("burns", {"cpu": "50 milliseconds", "retries": {"limit": 1, "delay": 0}}, burns),
+    )
+"""
+
+
+def test_an_isolate_thrown_away_mid_flight_runs_only_the_unfinished_steps_again(
+    sandbox: Sandbox, tmp_path: Path, tools: Tools
+) -> None:
+    service, key, activations = run(sandbox, tmp_path, CRASH, {"url": tools.url})
+    instance = service.store.instance(key)
+    assert instance.status == "complete", instance.error
+    assert instance.output == ["slow", "burnt"]
+    assert activations == 2
+    # "slow" was in flight when the first isolate went: its attempt was not journaled, and it ran again.
+    assert tools.hits == Counter({"slow": 2, "burns": 2})
+    steps = {s["name"]: s for s in journal(service, key)}
+    assert steps["slow"]["attempts"] == 1
+    assert [a["error_name"] for a in steps["burns"]["attempt_log"]] == ["StepCPUExhausted", None]
+
+
+RACE = """
+import asyncio
+from tenantflow import fetch_async
+
+async def run(event, step):
+    url = event.payload["url"]
+
+    async def ask(model, ms):
+        return (await fetch_async(f"{url}/{ms}/{model}")).json()["tag"]
+
+    async def race():
+        # Cloudflare's advice: a race of steps inside a step, so that the winner is journaled once.
+        quick = asyncio.ensure_future(step.do("model a", lambda: ask("a", 20)))
+        slow = asyncio.ensure_future(step.do("model b", {"timeout": "300 milliseconds"}, lambda: ask("b", 800)))
+        done, pending = await asyncio.wait([quick, slow], return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return done.pop().result()
+
+    winner = await step.do("race", race)
+    # The loser was cancelled: its attempt is forgotten, so its timeout passing now fails nothing.
+    later = await step.do("after", lambda: ask("c", 600))
+    await step.sleep("nap", "1 hour")
+    return [winner, later]
+"""
+
+
+def test_a_race_of_steps_in_a_step_journals_the_winner(sandbox: Sandbox, tmp_path: Path, tools: Tools) -> None:
+    service, key, activations = run(sandbox, tmp_path, RACE, {"url": tools.url})
+    instance = service.store.instance(key)
+    assert instance.status == "complete", instance.error
+    assert instance.output == ["a", "c"]
+    assert activations == 2
+    steps = journal(service, key)
+    assert [(s["name"], s["state"], s["parent"]) for s in steps] == [
+        ("race", "done", None),
+        ("model a", "done", None),  # begun by tasks of the loop, not inside the race's body
+        ("after", "done", None),
+        ("nap", "sleeping", None),
+    ]
+    assert tools.hits["a"] == 1
+
+
+def test_an_async_workflow_replays_from_its_export(sandbox: Sandbox, tmp_path: Path, tools: Tools) -> None:
+    from tenantflow.runtime.cli.replaying import _entry
+    from tenantflow.runtime.engine.replay import replay
+
+    service, key, _ = run(sandbox, tmp_path, OTHER_ORDER, {"url": tools.url})
+    instance = service.store.instance(key)
+    entries = [_entry(step) for step in journal(service, key)]
+    replayed = replay(
+        sandbox,
+        OTHER_ORDER,
+        entries,
+        params=instance.params,
+        instance_id=instance.instance_id,
+        created_at=instance.created_at,
+        seed=instance.seed_bytes(),
+        finished=True,
+    )
+    assert replayed.clean, replayed.divergence
+    assert sorted(replayed.answered) == [0, 1, 2, 3]
+    changed = OTHER_ORDER.replace('step.do("b"', 'step.do("c"')
+    diverged = replay(
+        sandbox,
+        changed,
+        entries,
+        params=instance.params,
+        instance_id=instance.instance_id,
+        created_at=instance.created_at,
+        seed=instance.seed_bytes(),
+        finished=True,
+    )
+    assert diverged.divergence is not None and "do 'c'" in diverged.divergence.describe()

@@ -202,6 +202,9 @@ class TestTransport:
     def leave(self) -> None:
         self.entered = None
 
+    def abandon(self, name: str, count: int) -> None:
+        self.open.pop((name, count - 1), None)
+
     def call_start(self, capability: str, request: str) -> int | Failure:
         # fetch_async on asyncio's own loop calls `call` in a thread instead.
         raise invalid("call-start", "started calls are the sandbox's; tests fetch through `call`")
