@@ -114,3 +114,12 @@ def test_step_error_escapes_the_workflow(tmp_path: Path) -> None:
     with pytest.raises(StepError) as raised:
         WorkflowTestEnvironment().run(flow)
     assert raised.value.name == "ZeroDivisionError"
+
+
+def test_agent_tools_calls_its_tools_at_once_and_retries_one() -> None:
+    env = WorkflowTestEnvironment()
+    output = env.run(EXAMPLES / "agent_tools.py", {"question": "news and weather", "latency_ms": 20})
+    assert output["tools"] == ["search", "weather", "calendar", "maps", "news"]
+    assert output["retried"] == ["weather"]
+    assert env.step("tool weather").attempts == 2
+    # (That they run side by side is tests/engine/test_concurrent_steps.py's to show, in the sandbox.)
