@@ -49,15 +49,22 @@ if [ ! -x "$NATIVE/python" ]; then
     (cd "$NATIVE" && $NICE "$SRC/configure" -q && $NICE make -s -j"$JOBS") >"$CACHE/build-native.log" 2>&1
 fi
 
-# 4. CPython for wasm32-wasi with Debian's clang and wasi-libc (sysroot /usr, Debian's multiarch layout).
+# 4. CPython for wasm32-wasi with Debian's clang and wasi-libc. Debian's clang searches /usr/include for
+#    wasm32-wasi too (after wasi-libc's headers), so configure would find the host's zlib, lzma and uuid
+#    headers and the link would fail on -lz -llzma -luuid (seen): a sysroot of wasi-libc alone avoids that.
+SYSROOT=$CACHE/sysroot
+mkdir -p "$SYSROOT/include" "$SYSROOT/lib"
+ln -sfn /usr/include/wasm32-wasi "$SYSROOT/include/wasm32-wasi"
+ln -sfn /usr/lib/wasm32-wasi "$SYSROOT/lib/wasm32-wasi"
+WCC="clang --target=wasm32-wasi --sysroot=$SYSROOT"
 WASI=$CACHE/build-wasi
 if [ ! -f "$WASI/libpython3.11.a" ]; then
     log "cross-compiling CPython for wasm32-wasi (once)"
     mkdir -p "$WASI"
     (
         cd "$WASI"
-        CONFIG_SITE="$SRC/Tools/wasm/config.site-wasm32-wasi" \
-            CC="clang --target=wasm32-wasi" CPP="clang --target=wasm32-wasi -E" \
+        CONFIG_SITE="$SRC/Tools/wasm/config.site-wasm32-wasi" PKG_CONFIG_LIBDIR="$SYSROOT/lib/pkgconfig" \
+            CC="$WCC" CPP="$WCC -E" \
             AR=llvm-ar-14 RANLIB=llvm-ranlib-14 LDSHARED=wasm-ld \
             $NICE "$SRC/configure" -C --host=wasm32-unknown-wasi --build="$("$SRC/config.guess")" \
             --with-build-python="$NATIVE/python" --disable-test-modules
@@ -70,10 +77,10 @@ OUT=$CACHE/out
 mkdir -p "$OUT"
 MODLIBS=$(printf 'print:\n\t@echo $(LIBS) $(MODLIBS) $(SYSLIBS)\n' | make -s -C "$WASI" -f Makefile -f - print)
 log "linking tfcore.wasm (module libraries: $MODLIBS)"
-$NICE clang --target=wasm32-wasi -O2 -mexec-model=reactor -I"$WASI" -I"$SRC/Include" \
+$NICE $WCC -O2 -mexec-model=reactor -I"$WASI" -I"$SRC/Include" \
     -c "$HERE/tfcore.c" -o "$OUT/tfcore.o"
 # Linked from inside the build dir: MODLIBS names some archives by paths relative to it.
-(cd "$WASI" && $NICE clang --target=wasm32-wasi -O2 -mexec-model=reactor -o "$OUT/tfcore-raw.wasm" \
+(cd "$WASI" && $NICE $WCC -O2 -mexec-model=reactor -o "$OUT/tfcore-raw.wasm" \
     "$OUT/tfcore.o" libpython3.11.a $MODLIBS \
     -Wl,-z,stack-size=524288 -Wl,--stack-first -Wl,--initial-memory=20971520 -Wl,--max-memory=1073741824)
 

@@ -14,6 +14,7 @@
  * a workflow; the result is handed to the `output` import), tf_resume (send a value into a workflow suspended
  * at an export boundary: see tfcore_app.py).
  */
+#define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>

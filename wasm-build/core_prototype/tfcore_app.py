@@ -12,6 +12,8 @@ saved, the instance dropped, and a fresh instance restored from it and resumed. 
 in Wizer's snapshot.
 """
 
+from __future__ import annotations
+
 import base64  # noqa: F401  (preloaded for tenant code, as guest/app.py does)
 import collections  # noqa: F401
 import dataclasses  # noqa: F401
@@ -187,3 +189,22 @@ def resume(value: str) -> tuple[int, str]:
         return _drive(_suspended, json.loads(value))
     except BaseException as error:
         return _error(error)
+
+
+def _warm_up() -> None:
+    """Run at build time what tenant code and this harness import lazily, so that it is in the snapshot."""
+    try:
+        raise ValueError("warm-up")
+    except ValueError as error:
+        traceback.format_exception(error)
+    json.loads(json.dumps({"a": [1, 2.5, None, "x"]}))
+    compile("def run(event, step):\n    return 1\n", FILENAME, "exec")
+    datetime.datetime.fromtimestamp(0.0, datetime.UTC).isoformat()
+    re.compile(r"[a-z]+\d*").match("warm1")
+
+
+_warm_up()
+# No filesystem at run time (no preopens): a module not imported by now is not found, rather than an OSError
+# from a lookup in the build's directories.
+sys.path.clear()
+sys.path_importer_cache.clear()
