@@ -82,7 +82,7 @@ $NICE $WCC -O2 -mexec-model=reactor -I"$WASI" -I"$SRC/Include" \
 # Linked from inside the build dir: MODLIBS names some archives by paths relative to it.
 (cd "$WASI" && $NICE $WCC -O2 -mexec-model=reactor -o "$OUT/tfcore-raw.wasm" \
     "$OUT/tfcore.o" libpython3.11.a $MODLIBS \
-    -Wl,-z,stack-size=524288 -Wl,--stack-first -Wl,--initial-memory=20971520 -Wl,--max-memory=1073741824)
+    -Wl,-z,stack-size=524288 -Wl,--stack-first -Wl,--max-memory=1073741824)
 
 # 6. What the interpreter imports while Wizer runs it: the stdlib (from the source tree), the harness and
 #    the author SDK (guest/tenantflow without its WIT transport and its host-side testing package).
