@@ -18,9 +18,10 @@ from typing import Any
 
 import tenantflow.host
 import wasmtime
-from tenantflow.host import Completed, ErrorInfo, Failed, Limits, Outcome, Stats, Suspended
+from tenantflow.host import Completed, ErrorInfo, Failed, Limits, Outcome, Suspended
 from tenantflow.host.engine import EpochTicker, make_engine
 from tenantflow.host.journal import Suspend
+from tenantflow.host.outcome import Stats
 
 from bench.core_module import CoreSandbox, load_core_module
 
@@ -68,7 +69,7 @@ class CoreIsolationSandbox:
                 status, text = inst.run(source, event)
             except Suspend as wait:
                 return Suspended(wait.reason, wait.wake_at_ms, self._stats(inst, limits, started))
-            except wasmtime.WasmtimeError as trap:
+            except (wasmtime.WasmtimeError, wasmtime.Trap) as trap:
                 stats = self._stats(inst, limits, started)
                 message = str(trap)
                 for needle, name in _TRAPS:
