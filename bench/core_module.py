@@ -57,7 +57,7 @@ def cache_dir() -> Path:
 def core_wasm() -> Path:
     wasm = cache_dir() / "tfcore.wasm"
     if not wasm.exists():
-        print(f"building the core-module prototype ({BUILD_SCRIPT}); the first build takes ~30 min", file=sys.stderr)
+        print(f"building the core-module prototype ({BUILD_SCRIPT}); the first build takes ~10 min", file=sys.stderr)
         subprocess.run(["sh", str(BUILD_SCRIPT)], check=True)
     return wasm
 
