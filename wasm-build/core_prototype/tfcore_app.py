@@ -72,8 +72,24 @@ class CoreTransport:
     def rollback_begin(self, name: str, config: str) -> transport.Plan:
         return Failed(Failure("NotImplemented", "the core-module prototype has no rollbacks"))
 
-    def step_complete(self, name: str, outcome: transport.Outcome) -> transport.Plan:
+    def step_complete(self, name: str, count: int, outcome: transport.Outcome) -> transport.Plan:
         return _plan(_tfhost.step_complete(name, _outcome(outcome)))
+
+    def step_again(self, name: str, count: int) -> transport.Plan:
+        return Failed(Failure("NotImplemented", "the core-module prototype has no retry back-offs"))
+
+    # Async workflows (steps side by side) are not in the prototype: these are the sync path's no-ops.
+    def concurrent(self) -> None:
+        raise RuntimeError("the core-module prototype runs no async workflows")
+
+    def enter(self, name: str, count: int) -> None:
+        pass
+
+    def leave(self) -> None:
+        pass
+
+    def abandon(self, name: str, count: int) -> None:
+        pass
 
     def sleep(self, name: str, duration_ms: int) -> bool:
         return bool(_tfhost.sleep(name, duration_ms))
@@ -93,6 +109,12 @@ class CoreTransport:
 
     def call(self, capability: str, request: str) -> str | Failure:
         return Failure("CapabilityError", "the core-module prototype grants no capabilities")
+
+    def call_start(self, capability: str, request: str) -> int | Failure:
+        return Failure("CapabilityError", "the core-module prototype grants no capabilities")
+
+    def poll(self, timeout_ms: int | None) -> typing.Any:
+        raise RuntimeError("the core-module prototype starts no calls")
 
     def log(self, fd: int, text: str) -> None:
         _tfhost.log(fd, text)
