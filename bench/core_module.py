@@ -1,8 +1,8 @@
 """The core-module prototype against the componentize-py guest, in one run: `python -m bench.core_module`.
 
 Not a test (never part of `make test`). The prototype (docs/core-module.md) is CPython 3.11 for WASI from
-Debian's source, embedded in a plain core wasm module (wasm-build/core_prototype/tfcore.c) and
-pre-initialized with Wizer; `wasm-build/core_prototype/build.sh` builds it into ~/.cache/tenantflow-core
+Debian's source, embedded in a plain core wasm module (bench/core_prototype/tfcore.c) and
+pre-initialized with Wizer; `bench/core_prototype/build.sh` builds it into ~/.cache/tenantflow-core
 (run here when missing). The component guest is measured through `tenantflow.host.Sandbox`, the prototype
 through `CoreSandbox` below (a minimal host: fresh Store per activation, the same engine and its
 settings, fuel, epoch deadline, memory cap, core imports with the WIT host's roles).
@@ -43,7 +43,7 @@ from tenantflow.host.journal import Attempt, Done, Run, StepCall, StepConfig, St
 from bench.sandbox_bench import WORK, FastJournal, FirstLogSandbox, fresh_store, rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_SCRIPT = ROOT / "wasm-build" / "core_prototype" / "build.sh"
+BUILD_SCRIPT = ROOT / "bench" / "core_prototype" / "build.sh"
 RESULTS: dict[str, dict[str, Any]] = {}
 
 

@@ -2,7 +2,7 @@
 # The core-module prototype (docs/core-module.md): CPython for WASI from Debian's source, built with Debian's
 # clang and wasi-libc, embedded by tfcore.c, pre-initialized with Wizer from the npm registry.
 #
-#   sh wasm-build/core_prototype/build.sh        # → $CACHE/tfcore.wasm (and the stages it needs, cached)
+#   sh bench/core_prototype/build.sh        # → $CACHE/tfcore.wasm (and the stages it needs, cached)
 #
 # Everything comes from Debian (apt-get, apt-get source) and npm; the artifacts go to $CACHE
 # (TENANTFLOW_CORE_CACHE, default ~/.cache/tenantflow-core) and are never committed. Stages already done
