@@ -135,6 +135,8 @@ class Attempt:
     duration_ms: float = 0.0
     # The delay before the next attempt that `retries.delay` as a function chose (None: the config's).
     delay_ms: int | None = None
+    # The tenant's traceback of what a failed attempt's body raised (None: none given).
+    traceback: str | None = None
 
 
 class Suspend(Exception):

@@ -61,6 +61,8 @@ MAX_WAKE_AT_MS = 253_402_300_799_999
 MAX_ERROR_NAME_BYTES = 128
 MAX_ERROR_MESSAGE_BYTES = 16 << 10
 MAX_TRACEBACK_BYTES = 64 << 10
+# A failed step attempt's traceback, kept with the attempt (each retry has its own).
+MAX_ATTEMPT_TRACEBACK_BYTES = 8 << 10
 # os.urandom and friends: CPython asks for 256 bytes at a time; refuse huge asks before allocating.
 MAX_RANDOM_BYTES = 64 << 10
 # One output-stream write (C-level stdout/stderr); WASI's blocking-write-and-flush promises 4096.

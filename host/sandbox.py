@@ -72,6 +72,7 @@ from tenantflow.host.limits import (
     CHECKPOINT_SHARE,
     EVENT_TYPE_PATTERN,
     FUEL_PER_SECOND,
+    MAX_ATTEMPT_TRACEBACK_BYTES,
     MAX_CALL_REQUEST_BYTES,
     MAX_CONFIG_BYTES,
     MAX_DURATION_MS,
@@ -556,7 +557,7 @@ def _trap_cause(text: str) -> str:
 
 
 def _failure(name: str, message: str) -> Record:
-    return record(name=name, message=message)
+    return record(name=name, message=message, traceback="")
 
 
 class Sandbox:
@@ -985,7 +986,7 @@ class Sandbox:
             if delay_ms > MAX_DURATION_MS:
                 raise invalid_call("step-complete", f"a retry delay is at most {MAX_DURATION_MS} ms (365 days)")
             payload = payload.failure
-        name, message = payload.name, payload.message
+        name, message, trace = payload.name, payload.message, payload.traceback
         return Attempt(
             flight.attempt,
             ok=False,
@@ -999,6 +1000,7 @@ class Sandbox:
             fuel=fuel,
             duration_ms=duration_ms,
             delay_ms=delay_ms,
+            traceback=None if isinstance(trace, TooLarge) or not trace else clip(trace, MAX_ATTEMPT_TRACEBACK_BYTES),
         )
 
     def _step_complete(self, act: _Activation, name: str, count: int, outcome: Variant) -> Any:

@@ -725,6 +725,9 @@ class Attempt(_Response):
     fuel: int
     duration_ms: float
     finished_at: float
+    traceback: str | None = Field(
+        default=None, description="A failed attempt's traceback in the workflow's code (its last 8 KiB)"
+    )
 
 
 class Step(_Response):
@@ -748,6 +751,9 @@ class Step(_Response):
     occurrence: int | None = Field(
         default=None,
         description="In an async workflow: which call of its name this is (from 0); replay matches it by name and this",
+    )
+    attempt_limit: int | None = Field(
+        default=None, description="A step's most attempts (its retry limit + 1), as its config said at its last attempt"
     )
     attempt_log: list[Attempt]
 

@@ -287,6 +287,8 @@ class Entry:
     parent: int | None = None
     # An async workflow's call: which call of its name it is (from 0), what replay matches it by.
     occurrence: int | None = None
+    # A step's (or rollback's) most attempts: its retry limit + 1, as its config said at its last attempt.
+    attempt_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,8 @@ class AttemptRecord:
     fuel: int
     duration_ms: float
     finished_at: float
+    # The tenant's traceback of what a failed attempt's body raised.
+    traceback: str | None = None
 
 
 @dataclass(frozen=True)

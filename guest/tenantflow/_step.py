@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import random
 import uuid
 from collections.abc import Callable
@@ -179,10 +180,31 @@ def _result(call: _Call, value: Any) -> Outcome:
     return Ok(text)
 
 
+MAX_TRACEBACK = 8192
+"""The longest traceback kept with a failed attempt, in characters (its end: where the error was raised)."""
+
+_SDK_DIR = os.path.dirname(__file__)
+
+
+def _traceback(error: BaseException) -> str:
+    """What `error` went through in the workflow's code: its traceback without the SDK's own frames."""
+    import traceback  # in the snapshot already (the harness's)
+
+    try:
+        summary = traceback.TracebackException.from_exception(error)
+        summary.stack = traceback.StackSummary.from_list(
+            [frame for frame in summary.stack if not frame.filename.startswith(_SDK_DIR)]
+        )
+        return host_text("".join(summary.format())[-MAX_TRACEBACK:])
+    except Exception:  # a traceback that cannot be rendered is left out, not the failure
+        return ""
+
+
 def _failure(error: BaseException) -> Failure:
+    """A failed attempt's error: name, message and traceback."""
     if isinstance(error, NonRetryableError):
-        return Failure(host_text(error.name[:MAX_NAME]), host_text(error.message[:4096]))
-    return Failure(type(error).__name__, host_text(str(error)[:4096]))
+        return Failure(host_text(error.name[:MAX_NAME]), host_text(error.message[:4096]), _traceback(error))
+    return Failure(type(error).__name__, host_text(str(error)[:4096]), _traceback(error))
 
 
 def _reason(cause: BaseException) -> Failure:

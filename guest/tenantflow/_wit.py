@@ -37,7 +37,7 @@ def _plan(plan: host.Plan) -> Plan:
 def _attempt(outcome: Outcome) -> host.Attempt:
     if isinstance(outcome, Ok):
         return host.Attempt_Ok(outcome.result)
-    failure = host.Failure(outcome.failure.name, outcome.failure.message)
+    failure = host.Failure(outcome.failure.name, outcome.failure.message, outcome.failure.traceback)
     if isinstance(outcome, Retryable):
         if outcome.delay_ms is not None:
             return host.Attempt_RetryAfter(host.Delayed(failure, outcome.delay_ms))

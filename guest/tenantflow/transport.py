@@ -34,13 +34,15 @@ __all__ = [
 
 
 class Failure:
-    """An error with a name (an exception class name) and a message."""
+    """An error with a name (an exception class name) and a message; a failed attempt's has the traceback of
+    what its body raised."""
 
-    __slots__ = ("name", "message")
+    __slots__ = ("name", "message", "traceback")
 
-    def __init__(self, name: str, message: str) -> None:
+    def __init__(self, name: str, message: str, traceback: str = "") -> None:
         self.name = name
         self.message = message
+        self.traceback = traceback
 
     def __repr__(self) -> str:
         return f"Failure({self.name!r}, {self.message!r})"

@@ -63,6 +63,7 @@ def _entry(step: dict[str, Any]) -> Entry:
         updated_at=float(step.get("updated_at") or 0.0),
         parent=step.get("parent"),
         occurrence=step.get("occurrence"),
+        attempt_limit=step.get("attempt_limit"),
     )
 
 

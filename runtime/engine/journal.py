@@ -270,7 +270,9 @@ class InstanceJournal:
             attempt.fuel,
             attempt.duration_ms,
             now,
+            attempt.traceback,
         )
+        entry.attempt_limit = config.limit + 1
         if attempt.ok:
             entry.state, entry.result, entry.wake_at = "done", attempt.result, None
             entry.error_name = entry.error_message = None

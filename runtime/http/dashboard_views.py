@@ -227,6 +227,7 @@ class AttemptView:
     duration_ms: float
     start: float
     end: float
+    traceback: str | None = None
 
 
 @dataclass
@@ -323,6 +324,7 @@ def build_timeline(instance: Instance, journal: dict[str, Any], now: float) -> T
                 duration_ms=float(a.get("duration_ms") or 0.0),
                 start=float(a["finished_at"]) - float(a.get("duration_ms") or 0.0) / 1000,
                 end=float(a["finished_at"]),
+                traceback=a.get("traceback"),
             )
             for a in raw.get("attempt_log", [])
         ]
@@ -449,13 +451,15 @@ def now_line(instance: Instance, last: list[dict[str, Any]], now: float) -> NowL
     """What the instance is doing now, from its status and its last journal entries (the journal API's shape,
     in position order; the last one or two are enough).
 
-    The retry policy (`limit`) is not journaled, so an attempt is given as "attempt n", not "n of m"."""
+    An attempt is "attempt n of m" once the step has journaled its retry limit (after its first attempt)."""
     entry = last[-1] if last else None
     name = None if entry is None else str(entry["name"])
     state = None if entry is None else str(entry["state"])
     kind = None if entry is None else str(entry["kind"])
     wake = None if entry is None or entry.get("wake_at") is None else float(entry["wake_at"])
     attempts = 0 if entry is None else int(entry.get("attempts") or len(entry.get("attempt_log") or []))
+    limit = None if entry is None or entry.get("attempt_limit") is None else int(entry["attempt_limit"])
+    of = f"attempt {attempts + 1}" + ("" if limit is None else f" of {limit}")
     status = instance.status
     rolled = {"terminate": "after terminate", "error": "after an error"}.get(instance.rollback or "", "")
     if status == "complete":
@@ -481,8 +485,7 @@ def now_line(instance: Instance, last: list[dict[str, Any]], now: float) -> NowL
         return NowLine("queued", "Queued: waiting for a worker")
     if status == "running":
         if state == "retrying" and kind in ("do", "rollback") and (wake is None or wake <= now + DUE_SLACK_S):
-            after = f"(attempt {attempts + 1})"
-            return NowLine("retry_running", f"Running step '{name}'", after=after, step=name, attempt=attempts + 1)
+            return NowLine("retry_running", f"Running step '{name}'", after=f"({of})", step=name, attempt=attempts + 1)
         if name is None:
             return NowLine("running", "Running: no step journaled yet")
         return NowLine("running", f"Running: the code after step '{name}'", step=name)
@@ -496,9 +499,7 @@ def now_line(instance: Instance, last: list[dict[str, Any]], now: float) -> NowL
             return NowLine("event", phrase + ", with no timeout", step=name, event_type=event_type)
         return NowLine("event", phrase + " until", wake, step=name, event_type=event_type)
     if kind in ("do", "rollback") and state == "retrying":
-        return NowLine(
-            "retry", f"Retry of '{name}' at", wake, after=f"(attempt {attempts + 1})", step=name, attempt=attempts + 1
-        )
+        return NowLine("retry", f"Retry of '{name}' at", wake, after=f"({of})", step=name, attempt=attempts + 1)
     return NowLine("waiting", "Waiting until" if instance.wake_at is not None else "Waiting", instance.wake_at)
 
 

@@ -55,16 +55,17 @@ STEP = (
 # What a step commit writes with its fenced write, each only if that applied.
 UPSERT_ENTRY = (
     "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
-    "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at, parent, occurrence) "
-    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
+    "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at, parent, occurrence, "
+    f"attempt_limit) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
     "ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state, "
     "attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name, "
     "error_message = excluded.error_message, wake_at = excluded.wake_at, fuel = excluded.fuel, "
-    "duration_ms = excluded.duration_ms, updated_at = excluded.updated_at"
+    "duration_ms = excluded.duration_ms, updated_at = excluded.updated_at, attempt_limit = excluded.attempt_limit"
 )
 INSERT_ATTEMPT = (
     "INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, "
-    f"error_message, fuel, duration_ms, finished_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
+    "error_message, fuel, duration_ms, finished_at, traceback) "
+    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
     "ON CONFLICT DO NOTHING"
 )
 CONSUME_EVENT = f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ? AND {APPLIED}"
@@ -104,7 +105,9 @@ def _entry_size(entry: Entry, result: bytes | None) -> int:
 
 
 def _attempt_size(attempt: AttemptRecord | None) -> int:
-    return 0 if attempt is None else len(attempt.error_name or "") + len(attempt.error_message or "")
+    if attempt is None:
+        return 0
+    return len(attempt.error_name or "") + len(attempt.error_message or "") + len(attempt.traceback or "")
 
 
 def _wake(
@@ -221,6 +224,7 @@ class Activation(StoreCore):
                     entry.updated_at,
                     entry.parent,
                     entry.occurrence,
+                    entry.attempt_limit,
                 ),
             ),
         ]
@@ -238,6 +242,7 @@ class Activation(StoreCore):
                         attempt.fuel,
                         attempt.duration_ms,
                         attempt.finished_at,
+                        attempt.traceback,
                     ),
                 )
             )

@@ -21,9 +21,9 @@ from tenantflow.runtime.usage import day_of
 # The columns a fork copies as they are, but for the instance id (the copy's).
 JOURNAL_COLUMNS = (
     "position, name, kind, state, attempts, result, error_name, error_message, wake_at, event_type, fuel, "
-    "duration_ms, created_at, updated_at, parent, occurrence"
+    "duration_ms, created_at, updated_at, parent, occurrence, attempt_limit"
 )
-ATTEMPT_COLUMNS = "position, attempt, ok, error_name, error_message, fuel, duration_ms, finished_at"
+ATTEMPT_COLUMNS = "position, attempt, ok, error_name, error_message, fuel, duration_ms, finished_at, traceback"
 EVENT_COLUMNS = "seq, type, payload, created_at, consumed_at, size"
 
 

@@ -207,6 +207,7 @@ class EntryRow:
     duration_ms: float
     parent: int | None
     occurrence: int | None
+    attempt_limit: int | None
 
     def entry(self) -> Entry:
         return Entry(
@@ -226,6 +227,7 @@ class EntryRow:
             duration_ms=self.duration_ms,
             parent=self.parent,
             occurrence=self.occurrence,
+            attempt_limit=self.attempt_limit,
         )
 
 
@@ -239,6 +241,7 @@ class AttemptRow:
     fuel: int
     duration_ms: float
     finished_at: float
+    traceback: str | None
 
     def attempt_record(self) -> AttemptRecord:
         return AttemptRecord(
@@ -250,6 +253,7 @@ class AttemptRow:
             fuel=self.fuel,
             duration_ms=self.duration_ms,
             finished_at=self.finished_at,
+            traceback=self.traceback,
         )
 
 

@@ -227,6 +227,11 @@ MIGRATIONS: list[list[str]] = [
         # An async workflow's calls are matched by name and occurrence on replay (they may begin in another order).
         "ALTER TABLE journal ADD COLUMN occurrence INTEGER",
     ],
+    [
+        # Each failed attempt's traceback; a step's most attempts (its retry limit + 1), for "attempt n of m".
+        "ALTER TABLE attempts ADD COLUMN traceback TEXT",
+        "ALTER TABLE journal ADD COLUMN attempt_limit INTEGER",
+    ],
 ]
 
 # Every table that holds a tenant's data, children before parents: what deleting a tenant purges. A test

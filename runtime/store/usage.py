@@ -28,7 +28,9 @@ from tenantflow.runtime.usage import USAGE_COUNTERS, UsageCounts, UsageGroup, Us
 JOURNAL_ROW_BYTES = (
     "COALESCE(LENGTH(result), 0) + LENGTH(name) + COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)"
 )
-ATTEMPT_ROW_BYTES = "COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)"
+ATTEMPT_ROW_BYTES = (
+    "COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0) + COALESCE(LENGTH(traceback), 0)"
+)
 
 
 def shard_of(instance_id: str, shards: int) -> int:

@@ -55,7 +55,7 @@ def run(event, step):
 ENTRY_BYTES = (
     "COALESCE(LENGTH(result), 0) + LENGTH(name) + COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)"
 )
-ATTEMPT_BYTES = "COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0)"
+ATTEMPT_BYTES = "COALESCE(LENGTH(error_name), 0) + COALESCE(LENGTH(error_message), 0) + COALESCE(LENGTH(traceback), 0)"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -86,6 +86,9 @@ def test_now_line_names_what_the_instance_waits_for() -> None:
     assert later.sentence().startswith("Retry of 'charge' at ") and later.after == "(attempt 3)"
     running = now_line(_instance("running"), [{**retry, "wake_at": now - 1}], now)
     assert (running.kind, running.phrase, running.after) == ("retry_running", "Running step 'charge'", "(attempt 3)")
+    # Once the step has journaled its retry limit (limit 5: six attempts at most), "n of m".
+    limited = now_line(_instance("waiting", wake_at=T0 + 60), [{**retry, "attempt_limit": 6}], now)
+    assert limited.after == "(attempt 3 of 6)"
 
 
 def test_now_line_for_every_other_state() -> None:

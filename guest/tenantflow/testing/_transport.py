@@ -181,6 +181,7 @@ class TestTransport:
                 retryable,
                 duration_ms=duration_ms,
                 delay_ms=delay_ms,
+                traceback=failure.traceback or None,
             )
         return self._plan(call, config, self._journaled(self.journal.step_complete, call, config, attempt))
 
