@@ -882,6 +882,10 @@ class UsageCounts(_Response):
     attempts: int = Field(description="step.do attempts (successes, failures and retries)")
     fuel: int = Field(description="Fuel burnt by step attempts")
     cpu_s: float = Field(description="The CPU seconds that fuel stands for (fuel / fuel_per_second)")
+    workflow_fuel: int = Field(
+        description="Fuel burnt by the workflow's own code outside step bodies (replays included), per activation end"
+    )
+    workflow_cpu_s: float = Field(description="The CPU seconds workflow_fuel stands for")
     duration_ms: float = Field(description="Wall time of step attempts, ms")
     journal_bytes: int = Field(description="Net change of the bytes the journal stores (deletions count negative)")
     instances: int = Field(description="Instances created (forks included)")

@@ -256,6 +256,8 @@ class ActivationCounts(TypedDict):
     replayed: int
     activations: int
     resumes: int
+    # Fuel of the workflow's code outside step bodies (known when the activation ends: 0 in a park's report).
+    workflow_fuel: int
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ class UsageCounts:
     """step.do attempts journaled (each success, failure and retry)."""
     fuel: int = 0
     """Fuel the step attempts burnt."""
+    workflow_fuel: int = 0
+    """Fuel the workflow's own code burnt outside step bodies (replays included), counted when an activation
+    ends (one cut short by a terminate, a restart or a lost lease is not counted)."""
     duration_ms: float = 0.0
     """Wall time of the step attempts, ms."""
     journal_bytes: int = 0
@@ -50,7 +53,11 @@ class UsageCounts:
 
     def public(self, fuel_per_second: int) -> dict[str, Any]:
         """The counters, and the CPU seconds the fuel stands for (`fuel_per_second`: the sandbox's rate)."""
-        return {**asdict(self), "cpu_s": self.fuel / fuel_per_second}
+        return {
+            **asdict(self),
+            "cpu_s": self.fuel / fuel_per_second,
+            "workflow_cpu_s": self.workflow_fuel / fuel_per_second,
+        }
 
 
 USAGE_COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(UsageCounts))

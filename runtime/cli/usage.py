@@ -20,6 +20,7 @@ COLUMNS = (
     ("steps", "steps"),
     ("attempts", "attempts"),
     ("cpu_s", "CPU s"),
+    ("workflow_cpu_s", "workflow CPU s"),
     ("duration_ms", "step wall s"),
     ("journal_bytes", "journal bytes"),
     ("instances", "instances"),
@@ -32,7 +33,7 @@ def commands() -> None:
 
 
 def _cell(name: str, value: Any) -> str:
-    if name == "cpu_s":
+    if name in ("cpu_s", "workflow_cpu_s"):
         return f"{value:,.3f}"
     if name == "duration_ms":
         return f"{value / 1000:,.3f}"

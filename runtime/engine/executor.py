@@ -26,7 +26,7 @@ from tenantflow.runtime.engine.codes import CodeCache
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import Parker
-from tenantflow.runtime.records import ActivationState, Claim, InstanceKey, Quotas
+from tenantflow.runtime.records import ActivationCounts, ActivationState, Claim, InstanceKey, Quotas
 from tenantflow.runtime.store import LeaseLost, SQLStore
 
 log = logging.getLogger("tenantflow.executor")
@@ -48,6 +48,14 @@ class Activated:
     claim: Claim
     status: Ending
     outcome: Outcome | None
+
+
+def _counts(journal: InstanceJournal, outcome: Outcome) -> ActivationCounts:
+    """What the activation adds to its instance's counts, with the fuel of the workflow's own code: all it
+    burnt less its step attempts'."""
+    counts = journal.unreported()
+    counts["workflow_fuel"] = max(0, outcome.stats.fuel - sum(fuel for _, fuel in journal.attempts))
+    return counts
 
 
 def limits_for(quotas: Quotas) -> Limits:
@@ -149,7 +157,7 @@ class Executor:
     def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
-        counts = journal.unreported()
+        counts = _counts(journal, outcome)
         cancelled = isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED
         if journal.unwinding and not cancelled and not isinstance(outcome, Suspended):
             return self._unwound(claim, journal, outcome)
@@ -200,7 +208,7 @@ class Executor:
         """The end of a terminate with rollback: `terminated` once the rollbacks ran, `errored` with the
         RollbackError if one failed for good."""
         now = self.clock.now()
-        counts = journal.unreported()
+        counts = _counts(journal, outcome)
         if isinstance(outcome, Failed) and outcome.error.name != FailureName.TERMINATED:
             error = {
                 "name": outcome.error.name,
@@ -217,7 +225,7 @@ class Executor:
     def _suspended(self, claim: Claim, journal: InstanceJournal, outcome: Suspended) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
-        counts = journal.unreported()
+        counts = _counts(journal, outcome)
         if journal.lease_lost:
             return "lost"
         wake_at = None if outcome.wake_at_ms is None else outcome.wake_at_ms / 1000

@@ -133,10 +133,10 @@ class InstanceJournal:
         # Waits gone on from in the parked isolate.
         self.resumes = 0
         # What a park's write has told the store of this activation already.
-        self._reported = ActivationCounts(replayed=0, activations=0, resumes=0)
+        self._reported = ActivationCounts(replayed=0, activations=0, resumes=0, workflow_fuel=0)
 
     def _counts(self) -> ActivationCounts:
-        return ActivationCounts(replayed=self.replayed, activations=1, resumes=self.resumes)
+        return ActivationCounts(replayed=self.replayed, activations=1, resumes=self.resumes, workflow_fuel=0)
 
     def unreported(self) -> ActivationCounts:
         """What this activation adds to its instance's counts that no park has written yet."""
@@ -145,6 +145,7 @@ class InstanceJournal:
             replayed=counts["replayed"] - told["replayed"],
             activations=counts["activations"] - told["activations"],
             resumes=counts["resumes"] - told["resumes"],
+            workflow_fuel=0,
         )
 
     def park(self, wait: Suspend, log: str) -> bool:

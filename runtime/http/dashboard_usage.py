@@ -24,6 +24,7 @@ METRICS: dict[str, tuple[str, Callable[[float], str]]] = {
     "steps": ("Steps completed", lambda v: fmt_count(int(v))),
     "attempts": ("Step attempts", lambda v: fmt_count(int(v))),
     "cpu_s": ("CPU seconds (from fuel)", lambda v: f"{v:,.3f} s"),
+    "workflow_cpu_s": ("Workflow CPU seconds (outside steps)", lambda v: f"{v:,.3f} s"),
     "duration_ms": ("Wall time in steps", fmt_duration),
     "activations": ("Activations", lambda v: fmt_count(int(v))),
     "isolate_starts": ("Isolate starts", lambda v: fmt_count(int(v))),
@@ -39,6 +40,8 @@ BAR_GAP = 4
 def metric_value(counts: UsageCounts, metric: str, fuel_per_second: int) -> float:
     if metric == "cpu_s":
         return counts.fuel / fuel_per_second
+    if metric == "workflow_cpu_s":
+        return counts.workflow_fuel / fuel_per_second
     return float(getattr(counts, metric))
 
 

@@ -77,7 +77,7 @@ STEP_USAGE = upsert_sql(
     ("?", "?", "?", "?", f"? - {ENTRY_SIZE_SQL}"),
 )
 # An activation's end: the activations, isolate starts and replayed positions it adds to its instance's.
-END_USAGE = upsert_sql(("activations", "isolate_starts", "replayed_steps"), APPLIED)
+END_USAGE = upsert_sql(("activations", "isolate_starts", "replayed_steps", "workflow_fuel"), APPLIED)
 
 
 # What an activation loads.
@@ -133,18 +133,18 @@ def _error_columns(error: dict[str, Any] | None) -> tuple[str | None, str | None
 
 
 def fenced_with_usage(
-    tx: Tx, claim: Claim, now: float, counts: tuple[int, int, int], sql: str, params: tuple[Any, ...], shards: int
+    tx: Tx, claim: Claim, now: float, counts: tuple[int, int, int, int], sql: str, params: tuple[Any, ...], shards: int
 ) -> Later:
     """An activation's end (`sql`, an UPDATE ... RETURNING of its instance) with its usage, which applies only
-    with it: `counts` (replayed positions, activations, hot resumes) as its instance counts them."""
-    replayed, activations, resumes = counts
-    if not (replayed or activations or resumes):
+    with it: `counts` (replayed positions, activations, hot resumes, the workflow's fuel) as its instance counts
+    them."""
+    replayed, activations, resumes, workflow_fuel = counts
+    if not (replayed or activations or resumes or workflow_fuel):
         return tx.send(sql, params)
     key = claim.key
     usage = (key.tenant_id, key.workflow, day_of(now), shard_of(key.instance_id, shards))
-    return tx.fenced(
-        Statement(sql, params), [Statement(END_USAGE, (*usage, activations + resumes, activations, replayed))]
-    )
+    added = (activations + resumes, activations, replayed, workflow_fuel)
+    return tx.fenced(Statement(sql, params), [Statement(END_USAGE, (*usage, *added))])
 
 
 class Activation(StoreCore):
@@ -268,6 +268,7 @@ class Activation(StoreCore):
         replayed: int = 0,
         activations: int = 1,
         resumes: int = 0,
+        workflow_fuel: int = 0,
     ) -> bool:
         """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
         instance stays paused (when it would wait) and a terminated one keeps its status.
@@ -281,7 +282,7 @@ class Activation(StoreCore):
         log_blob = codec.encode_text(log) if log else None
         stored = sum(len(b) for b in (output_blob, error_blob, log_blob) if b is not None)
         wake, wake_params = _wake(k, waiting_for, now, wake_at)
-        counts = (replayed, activations, resumes)
+        counts = (replayed, activations, resumes, workflow_fuel)
 
         def write(tx: Tx) -> tuple[Later, Later]:
             # Read first (and, where writers interleave, lock): the update below then sees whatever committed
@@ -298,7 +299,8 @@ class Activation(StoreCore):
                 f"error = ?, error_name = ?, error_summary = ?, wake_at = {wake}, waiting_for = ?, lease_owner = NULL, "
                 "lease_until = NULL, log = ?, host_faults = 0, finished_at = ?, "
                 f"stored_bytes = stored_bytes + ? - ({FINISHED_SIZE_SQL}), updated_at = ?, "
-                "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
+                "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ?, "
+                "workflow_fuel = workflow_fuel + ? "
                 f"WHERE {KEY} AND fence = ? AND status <> 'terminated' RETURNING status, wake_at",
                 (
                     "paused" if status == "waiting" else status,
@@ -315,6 +317,7 @@ class Activation(StoreCore):
                     replayed,
                     activations,
                     resumes,
+                    workflow_fuel,
                     *k,
                     claim.fence,
                 ),
@@ -342,6 +345,7 @@ class Activation(StoreCore):
         replayed: int,
         activations: int,
         resumes: int = 0,
+        workflow_fuel: int = 0,
     ) -> EndedRow | None:
         """The activation's isolate waits parked (hot resume): the instance is `waiting` (or stays `paused`)
         with its wake time, still leased by the claim's owner until `lease_until`. None if the claim is no
@@ -359,10 +363,11 @@ class Activation(StoreCore):
                 tx,
                 claim,
                 now,
-                (replayed, activations, resumes),
+                (replayed, activations, resumes, workflow_fuel),
                 f"UPDATE instances SET status = CASE WHEN status IN {PAUSING} THEN 'paused' ELSE 'waiting' END, "
                 f"wake_at = {wake}, waiting_for = ?, lease_until = ?, {log_sql}host_faults = 0, updated_at = ?, "
-                "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ? "
+                "replayed_steps = replayed_steps + ?, activations = activations + ?, hot_resumes = hot_resumes + ?, "
+                "workflow_fuel = workflow_fuel + ? "
                 f"WHERE {KEY} AND fence = ? AND status IN ('running', {PAUSING[1:-1]}) RETURNING status, wake_at",
                 (
                     *wake_params,
@@ -373,6 +378,7 @@ class Activation(StoreCore):
                     replayed,
                     activations,
                     resumes,
+                    workflow_fuel,
                     *k,
                     claim.fence,
                 ),

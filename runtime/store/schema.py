@@ -231,6 +231,9 @@ MIGRATIONS: list[list[str]] = [
         # Each failed attempt's traceback; a step's most attempts (its retry limit + 1), for "attempt n of m".
         "ALTER TABLE attempts ADD COLUMN traceback TEXT",
         "ALTER TABLE journal ADD COLUMN attempt_limit INTEGER",
+        # The fuel of the workflow's code outside step bodies, metered per activation end.
+        "ALTER TABLE usage ADD COLUMN workflow_fuel {bigint} NOT NULL DEFAULT 0",
+        "ALTER TABLE instances ADD COLUMN workflow_fuel {bigint} NOT NULL DEFAULT 0",
     ],
 ]
 

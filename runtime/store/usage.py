@@ -67,6 +67,7 @@ class UsageRow:
     steps: Any
     attempts: Any
     fuel: Any
+    workflow_fuel: Any
     duration_ms: Any
     journal_bytes: Any
     instances: Any

@@ -116,7 +116,7 @@ def stored(service: Service, tenant: Tenant) -> UsageCounts:
         entry_bytes = tx.scalar(f"SELECT COALESCE(SUM({ENTRY_BYTES}), 0) AS n FROM journal WHERE tenant_id = ?", t)
         instances = tx.one(
             "SELECT COUNT(*), COALESCE(SUM(activations), 0), COALESCE(SUM(hot_resumes), 0), "
-            "COALESCE(SUM(replayed_steps), 0) FROM instances WHERE tenant_id = ?",
+            "COALESCE(SUM(replayed_steps), 0), COALESCE(SUM(workflow_fuel), 0) FROM instances WHERE tenant_id = ?",
             t,
         )
     assert attempts is not None and instances is not None
@@ -127,6 +127,7 @@ def stored(service: Service, tenant: Tenant) -> UsageCounts:
         steps=int(steps),
         attempts=int(attempts[0]),
         fuel=int(attempts[1]),
+        workflow_fuel=int(instances[4]),
         duration_ms=float(attempts[2]),
         journal_bytes=int(entry_bytes) + int(attempts[3]),
         instances=int(instances[0]),
@@ -170,6 +171,7 @@ def test_usage_is_the_sum_over_the_journal(url: str, sandbox: Sandbox) -> None:
         assert expected.attempts == 3 * (3 + 1 + 1 + 1) + 3 * 3  # flaky: 3 attempts; burn, bad, last: 1 each
         assert expected.replayed_steps > 0 and expected.isolate_starts < expected.activations
         assert expected.fuel > 0 and expected.journal_bytes > 0
+        assert expected.workflow_fuel > 0  # the code between the steps, and every replay of it
         hot = service.instance(tenant, "wf", "hot1")
         cold = service.instance(tenant, "wf", "cold1")
         assert hot.hot_resumes > 0 and cold.activations > hot.activations
