@@ -37,6 +37,14 @@ def commands() -> None:
     "(env TENANTFLOW_METRICS_TOKEN); an operator key always may.",
 )
 @park_options
+@click.option(
+    "--processes",
+    envvar="TENANTFLOW_PROCESSES",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes running activations (each with --workers threads): the server's and N-1 worker processes.",
+)
 def serve(
     host: str,
     port: int,
@@ -47,16 +55,25 @@ def serve(
     metrics_token: str | None,
     park_memory_mb: int,
     max_park_s: float,
+    processes: int,
 ) -> None:
-    """Run the HTTP API and the workers in one process (graceful stop on SIGTERM).
+    """Run the HTTP API and the workers in one process (graceful stop on SIGTERM); with --processes N, N-1
+    worker processes beside it on the same database.
 
     Every option can come from the environment too: TENANTFLOW_HOST, TENANTFLOW_PORT, TENANTFLOW_DB,
     TENANTFLOW_WORKERS, TENANTFLOW_LOG_LEVEL, TENANTFLOW_LOG_FORMAT, TENANTFLOW_METRICS_TOKEN,
-    TENANTFLOW_PARK_MEMORY_MB, TENANTFLOW_MAX_PARK_S."""
+    TENANTFLOW_PARK_MEMORY_MB, TENANTFLOW_MAX_PARK_S, TENANTFLOW_PROCESSES."""
+    from tenantflow.runtime.cli.processes import ProcessError, WorkerCommand, WorkerProcesses
     from tenantflow.runtime.http.server import serve as run_server
+    from tenantflow.runtime.store import open_store
 
     logs.configure(log_level, log_format)
+    extra: WorkerProcesses | None = None
     try:
+        if processes > 1:
+            open_store(db).close()  # the schema is made (or migrated) once, before the workers open it
+            command = WorkerCommand(db, workers, log_level, log_format, park_memory_mb, max_park_s, workers * processes)
+            extra = WorkerProcesses(processes - 1, command).start()
         run_server(
             db,
             host,
@@ -66,11 +83,15 @@ def serve(
             metrics_token=metrics_token,
             park_memory_mb=park_memory_mb,
             max_park_s=max_park_s,
+            tenant_cap=workers * processes,
         )
     except OSError as error:
         fail(f"cannot listen on {host}:{port}: {error}")
-    except TenantflowError as error:
+    except (TenantflowError, ProcessError) as error:
         fail(str(error))
+    finally:
+        if extra is not None:
+            extra.stop()
 
 
 @commands.command()
@@ -81,6 +102,12 @@ def serve(
 @click.option("--ready-json", is_flag=True, help="Print a JSON line once the workers run (for a parent process).")
 @click.option("--host-alias", hidden=True, help="Tests: a lease owner that looks like another machine's.")
 @park_options
+@click.option(
+    "--tenant-cap",
+    type=click.IntRange(1),
+    help="The most activations one tenant runs at once across every process on the database (with its quota); "
+    "default: --workers.",
+)
 def worker(
     db: str,
     workers: int,
@@ -91,6 +118,7 @@ def worker(
     host_alias: str | None,
     park_memory_mb: int,
     max_park_s: float,
+    tenant_cap: int | None,
 ) -> None:
     """Run workers only, for scale-out on a shared database (graceful stop on SIGTERM)."""
     from tenantflow.runtime.cli.worker import run_workers
@@ -105,6 +133,7 @@ def worker(
             ready_json=ready_json,
             park_memory_mb=park_memory_mb,
             max_park_s=max_park_s,
+            tenant_cap=tenant_cap,
         )
     except TenantflowError as error:
         fail(str(error))

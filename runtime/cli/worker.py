@@ -31,6 +31,7 @@ def run_workers(
     ready_json: bool = False,
     park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
     max_park_s: float = DEFAULT_MAX_PARK_S,
+    tenant_cap: int | None = None,
 ) -> None:
     """Run a worker pool on `db` until SIGTERM or SIGINT."""
     done = threading.Event()
@@ -41,7 +42,13 @@ def run_workers(
     # lease expiry only, never by the dead-local-process check.
     owner = new_owner(host_alias) if host_alias else None
     service = Service.open(
-        db, workers=threads, lease_s=lease_s, owner=owner, park_memory_mb=park_memory_mb, max_park_s=max_park_s
+        db,
+        workers=threads,
+        lease_s=lease_s,
+        owner=owner,
+        park_memory_mb=park_memory_mb,
+        max_park_s=max_park_s,
+        tenant_cap=tenant_cap,
     )
     try:
         service.start()

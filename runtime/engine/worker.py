@@ -94,13 +94,16 @@ class WorkerPool:
         on_done: Callable[[Activated], None] | None = None,
         park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
         max_park_s: float = DEFAULT_MAX_PARK_S,
+        tenant_cap: int | None = None,
     ) -> None:
         """`park_memory_mb` 0 turns hot resume off; it is off with a clock other than the system's too (a
-        parked isolate waits in real time)."""
+        parked isolate waits in real time). `tenant_cap`: the most activations one tenant runs at once, across
+        the processes on the store (with its quota's `max_concurrent`); by default this pool's `threads`."""
         self.store = store
         self.executor = executor
         self.clock = clock
         self.threads = threads
+        self.tenant_cap = tenant_cap or threads
         self.lease_s = lease_s
         self.owner = owner or new_owner()
         self.on_done = on_done
@@ -194,7 +197,7 @@ class WorkerPool:
         """Claim one runnable instance and run its activation in this thread; whether there was one.
 
         For local runs and tests that drive time themselves; `start` runs the threads instead."""
-        claims = self.store.claim(self.owner, 1, self.clock.now(), self.lease_s, max_per_tenant=self.threads)
+        claims = self.store.claim(self.owner, 1, self.clock.now(), self.lease_s, max_per_tenant=self.tenant_cap)
         for claim in claims:
             self.executor.activate(claim)
         return bool(claims)
@@ -239,7 +242,7 @@ class WorkerPool:
         with self._lock:
             running = dict(self._running)
         claims = self.store.claim(
-            self.owner, free, self.clock.now(), self.lease_s, running, max_per_tenant=self.threads
+            self.owner, free, self.clock.now(), self.lease_s, running, max_per_tenant=self.tenant_cap
         )
         for claim in claims:
             cancel = threading.Event()
@@ -281,7 +284,7 @@ class WorkerPool:
             claim,
             lease_s=self.lease_s,
             memory_bytes=min(quotas.memory_mb << 20, MAX_MEMORY_BYTES),
-            max_running=min(quotas.max_concurrent, self.threads),
+            max_running=min(quotas.max_concurrent, self.tenant_cap),
             cancel=cancel,
             stopping=self.stopping,
             on_end=self._park_ended,

@@ -150,6 +150,7 @@ def serve(
     metrics_token: str | None = None,
     park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
     max_park_s: float = DEFAULT_MAX_PARK_S,
+    tenant_cap: int | None = None,
 ) -> None:
     # uvicorn re-raises the signal it shut down for once it is done, with the handler that was
     # installed before it started: make that one only take note, so the workers get their orderly
@@ -159,7 +160,9 @@ def serve(
     allow_deep_json()  # stored results nested ~1000 deep must read back
     sock = bind(host, port)
     try:
-        service = Service.open(db, workers=workers, park_memory_mb=park_memory_mb, max_park_s=max_park_s)
+        service = Service.open(
+            db, workers=workers, park_memory_mb=park_memory_mb, max_park_s=max_park_s, tenant_cap=tenant_cap
+        )
     except BaseException:
         sock.close()
         raise

@@ -131,6 +131,7 @@ class Service:
         owner: str | None = None,
         park_memory_mb: int = DEFAULT_PARK_MEMORY_MB,
         max_park_s: float = DEFAULT_MAX_PARK_S,
+        tenant_cap: int | None = None,
     ) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise InvalidInput(f"workers is between 1 and {MAX_WORKERS} (the sandbox's pool of isolate slots)")
@@ -153,6 +154,7 @@ class Service:
             park_memory_mb=park_memory_mb,
             max_park_s=max_park_s,
             on_done=lambda done: self.changes.changed(done.claim.key),
+            tenant_cap=tenant_cap,
         )
         self.metrics.watch_parking(self.pool.lot.usage)
         self.metrics.watch_queue(lambda: self.store.next_wake(self.clock.now()), self.clock.now)
