@@ -183,9 +183,11 @@ def child_pids(pid: int) -> list[int]:
 
 class Server:
     """`tenantflow serve` on 127.0.0.1, a free port and its own SQLite file, in a session of its own
-    (so Ctrl-C reaches only the benchmark, which then stops it)."""
+    (so Ctrl-C reaches only the benchmark, which then stops it). `program`: the command that is
+    `tenantflow` (this interpreter's by default; another tree's, to compare builds in one run)."""
 
-    def __init__(self, workdir: Path, name: str, extra: Sequence[str]) -> None:
+    def __init__(self, workdir: Path, name: str, extra: Sequence[str], program: Sequence[str] | None = None) -> None:
+        self.program = list(program or tenantflow_command())
         self.db = f"sqlite:///{workdir / (name + '.db')}"
         self.log_path = workdir / f"{name}.serve.log"
         self.extra = list(extra)
@@ -204,7 +206,7 @@ class Server:
 
     def command(self) -> list[str]:
         return [
-            *tenantflow_command(),
+            *self.program,
             "serve",
             "--db",
             self.db,
@@ -259,7 +261,7 @@ class Server:
         """`tenantflow tenants create NAME --db DB --json` on the server's database; the API key."""
         environ = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
         done = subprocess.run(
-            [*tenantflow_command(), "tenants", "create", name, "--db", self.db, "--json"],
+            [*self.program, "tenants", "create", name, "--db", self.db, "--json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -275,8 +277,10 @@ class Server:
 
 
 @contextmanager
-def running_server(workdir: Path, name: str, extra: Sequence[str]) -> Iterator[Server]:
-    server = Server(workdir, name, extra)
+def running_server(
+    workdir: Path, name: str, extra: Sequence[str], program: Sequence[str] | None = None
+) -> Iterator[Server]:
+    server = Server(workdir, name, extra, program)
     try:
         server.start()
         log(f"{name}: server pid {server.pid} on {server.url} ({' '.join(server.extra) or 'default settings'})")
