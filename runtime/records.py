@@ -324,6 +324,18 @@ class Claim:
     fence: int
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """Free activation slots of a worker pool in the creating process, offered to a create: it may lease up to
+    `slots` of the instances it creates to `owner` in its own transaction (when nothing else is due, and within
+    the tenant's concurrency: min(its max_concurrent, `max_per_tenant`)), and the pool runs them at once."""
+
+    owner: str
+    slots: int
+    lease_s: float
+    max_per_tenant: int
+
+
 @dataclass
 class ActivationState:
     """Everything an activation needs, loaded in one go."""

@@ -90,13 +90,16 @@ class Executor:
         claim: Claim,
         cancel: threading.Event | None = None,
         parker: Callable[[Claim, Quotas], Parker] | None = None,
+        state: ActivationState | None = None,
     ) -> Activated:
         """Run one activation of `claim`; with `parker` (made for the claim and its tenant's quotas), its
-        waits may park the isolate and go on in it (hot resume)."""
-        try:
-            state = self.store.load(claim)
-        except LeaseLost:
-            return Activated(claim, "lost", None)
+        waits may park the isolate and go on in it (hot resume). `state`: what the activation needs, when the
+        caller knows it (a new instance handed over by its create); otherwise it is loaded."""
+        if state is None:
+            try:
+                state = self.store.load(claim)
+            except LeaseLost:
+                return Activated(claim, "lost", None)
         journal = InstanceJournal(
             self.store,
             claim,

@@ -95,10 +95,20 @@ class Slots:
         with self._cond:
             return self.size - self._active - self._resuming
 
-    def take(self) -> None:
-        """A claimed activation starts (the dispatcher took no more than `free`)."""
+    def reserve(self, most: int) -> int:
+        """Take up to `most` free slots at once for activations about to be claimed; how many were taken (each
+        is given back with `give`, or with `unreserve` if its claim did not come)."""
         with self._cond:
-            self._active += 1
+            taken = max(0, min(most, self.size - self._active - self._resuming))
+            self._active += taken
+            return taken
+
+    def unreserve(self, count: int) -> None:
+        """Give back reserved slots whose claims did not come (no activation ended: nothing new to look at)."""
+        if count > 0:
+            with self._cond:
+                self._active -= count
+                self._cond.notify_all()
 
     def give(self) -> None:
         with self._cond:

@@ -27,8 +27,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from tenantflow.host import ISOLATE_SLOTS, MAX_MEMORY_BYTES
 from tenantflow.runtime.engine.clock import Clock, SystemClock
@@ -42,7 +43,7 @@ from tenantflow.runtime.engine.parking import (
     ParkingLot,
     Slots,
 )
-from tenantflow.runtime.records import Claim, InstanceKey, Quotas
+from tenantflow.runtime.records import ActivationState, Claim, Handoff, InstanceKey, Quotas
 from tenantflow.runtime.store import SQLStore
 from tenantflow.runtime.store.rows import EndedRow
 
@@ -79,6 +80,21 @@ def _dead_local_owners(owners: list[str]) -> list[str]:
         except PermissionError:
             pass
     return dead
+
+
+class Offer:
+    """A create's hand-off: the slots offered (None: none) and where the claims it took go."""
+
+    def __init__(self, pool: WorkerPool, handoff: Handoff | None) -> None:
+        self.handoff = handoff
+        self.adopted = 0
+        self._pool = pool
+
+    def adopt(self, claims: list[Claim], states: Mapping[Claim, ActivationState] | None = None) -> None:
+        """Run the claims the create took, in the slots offered; `states`: what their activations would load
+        (the create knows it: a new instance has no journal), so they start without a read."""
+        self.adopted += len(claims)
+        self._pool._run(claims, len(claims), states)
 
 
 class WorkerPool:
@@ -239,18 +255,13 @@ class WorkerPool:
         delay = wake - self.clock.now()
         if delay > 0:
             return min(POLL_S, delay)
-        with self._lock:
-            running = dict(self._running)
-        claims = self.store.claim(
-            self.owner, free, self.clock.now(), self.lease_s, running, max_per_tenant=self.tenant_cap
-        )
-        for claim in claims:
-            cancel = threading.Event()
-            with self._lock:
-                self._held[claim] = cancel
-                self._running[claim.key.tenant_id] += 1
-            self.slots.take()
-            self._pool.submit(self._activate, claim, cancel)
+        free = self.slots.reserve(free)
+        try:
+            claims = self.store.claim(self.owner, free, self.clock.now(), self.lease_s, max_per_tenant=self.tenant_cap)
+        except BaseException:
+            self.slots.unreserve(free)
+            raise
+        self._run(claims, free)
         if claims and len(claims) < free:
             return 0.0
         self._starved = True
@@ -258,9 +269,40 @@ class WorkerPool:
         # activation kicks us.
         return POLL_S
 
-    def _activate(self, claim: Claim, cancel: threading.Event) -> None:
+    @contextmanager
+    def handoff(self, count: int) -> Iterator[Offer]:
+        """Free slots offered to a create of `count` instances in this process (`Offer.handoff` None: none free,
+        or the pool is not running): the create claims what it may in its own transaction and gives the claims
+        to `Offer.adopt` within this block; the slots it did not use are given back after it."""
+        reserved = 0
+        if self._dispatcher.is_alive() and not self.stopping.is_set():
+            reserved = self.slots.reserve(count)
+        offer = Offer(self, Handoff(self.owner, reserved, self.lease_s, self.tenant_cap) if reserved else None)
         try:
-            done = self.executor.activate(claim, cancel, self._parker if self.lot.enabled else None)
+            yield offer
+        finally:
+            self.slots.unreserve(reserved - offer.adopted)
+
+    def _run(self, claims: list[Claim], reserved: int, states: Mapping[Claim, ActivationState] | None = None) -> None:
+        """Start the activations of `claims` in slots reserved for them; give back the rest of `reserved`."""
+        self.slots.unreserve(reserved - len(claims))
+        for claim in claims:
+            cancel = threading.Event()
+            with self._lock:
+                self._held[claim] = cancel
+                self._running[claim.key.tenant_id] += 1
+            try:
+                self._pool.submit(self._activate, claim, cancel, None if states is None else states.get(claim))
+            except RuntimeError:  # the pool has stopped (a create's hand-off raced its stop): its lease runs out
+                log.warning("not running %s: the worker pool has stopped", claim.key)
+                with self._lock:
+                    self._held.pop(claim, None)
+                    self._running[claim.key.tenant_id] -= 1
+                self.slots.unreserve(1)
+
+    def _activate(self, claim: Claim, cancel: threading.Event, state: ActivationState | None = None) -> None:
+        try:
+            done = self.executor.activate(claim, cancel, self._parker if self.lot.enabled else None, state)
         except Exception:
             log.exception("activation of %s failed", claim.key)
             done = Activated(claim, "failed", None)

@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, FailureName, Sandbox
@@ -35,6 +35,7 @@ from tenantflow.runtime.errors import (
 from tenantflow.runtime.records import (
     FINISHED,
     STATUSES,
+    ActivationState,
     AttemptRecord,
     Instance,
     InstanceFilter,
@@ -287,10 +288,7 @@ class Service:
             raise InvalidInput("instance ids in a batch must differ")
         version = self.versions(tenant, workflow)[-1]
         self._check_storage(tenant)
-        created = self.store.create_instances(
-            tenant.tenant_id, version, parsed, self.clock.now(), per_minute=tenant.quotas.max_instances_per_minute
-        )
-        self._created(tenant, workflow, created)
+        created, _ = self._create(tenant, version, parsed, all_or_none=True)
         return created
 
     def create_batch(
@@ -318,17 +316,47 @@ class Service:
         created: list[Instance] = []
         if parsed:
             self._check_storage(tenant)
-            created, taken = self.store.create_available(
-                tenant.tenant_id, version, parsed, self.clock.now(), per_minute=tenant.quotas.max_instances_per_minute
-            )
+            created, taken = self._create(tenant, version, parsed, all_or_none=False)
             for instance_id in taken:
                 errors.append(
                     BatchEntryError(
                         index_of[instance_id], instance_id, Conflict(f"instance {instance_id!r} already exists")
                     )
                 )
-        self._created(tenant, workflow, created)
         return created, sorted(errors, key=lambda e: e.index)
+
+    def _create(
+        self, tenant: Tenant, version: Version, items: list[tuple[str, Any]], *, all_or_none: bool
+    ) -> tuple[list[Instance], list[str]]:
+        """Create what can be (all or none, or what is free); the workers of this process take what they have room
+        for in the same transaction (the hand-off), the dispatchers (here or elsewhere) the rest."""
+        with self.pool.handoff(len(items)) as offer:
+            source = None if offer.handoff is None else self.store.source(tenant.tenant_id, version.source_hash)
+            done = self.store.create_available(
+                tenant.tenant_id,
+                version,
+                items,
+                self.clock.now(),
+                per_minute=tenant.quotas.max_instances_per_minute,
+                all_or_none=all_or_none,
+                handoff=offer.handoff,
+            )
+            # What their activations would load: the instance as leased, its source, no journal, no events yet
+            # (one sent meanwhile is found where the instance waits for it), the quotas just authenticated with.
+            created = {i.key: i for i in done.instances}
+            offer.adopt(
+                done.claims,
+                {
+                    c: ActivationState(
+                        replace(created[c.key], status="running", fence=c.fence), source or "", quotas=tenant.quotas
+                    )
+                    for c in done.claims
+                },
+            )
+        if len(done.claims) < len(done.instances):
+            self.pool.wake()
+        self._log_created(tenant, version.workflow, done.instances)
+        return done.instances, done.taken
 
     @staticmethod
     def _check_batch(items: Sequence[Any]) -> Sequence[Any]:
@@ -355,6 +383,10 @@ class Service:
     def _created(self, tenant: Tenant, workflow: str, created: list[Instance]) -> None:
         if created:
             self.pool.wake()
+        self._log_created(tenant, workflow, created)
+
+    @staticmethod
+    def _log_created(tenant: Tenant, workflow: str, created: list[Instance]) -> None:
         for instance in created:
             logs.event(
                 "instance created",

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from tenantflow.runtime.errors import Conflict, NotFound, QuotaExceeded
-from tenantflow.runtime.records import STATUSES, Instance, InstanceFilter, InstanceKey, ListPosition, Version
+from tenantflow.runtime.records import (
+    STATUSES,
+    Claim,
+    Handoff,
+    Instance,
+    InstanceFilter,
+    InstanceKey,
+    ListPosition,
+    Version,
+)
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import BucketRow, CountRow, InstanceRow, StatusCountRow, SummaryRow, WorkflowCountRow
+from tenantflow.runtime.store.scheduling import claim_created, nothing_due
 from tenantflow.runtime.store.tenants import lock_live_tenant
 from tenantflow.runtime.store.usage import add_usage
 from tenantflow.runtime.usage import day_of
@@ -37,6 +47,14 @@ def take_tokens(tx: Tx, for_update: str, tenant_id: str, per_minute: int, count:
     )
 
 
+class Created(NamedTuple):
+    """What a create did: the instances it created, the ids that were taken, the claims its hand-off took."""
+
+    instances: list[Instance]
+    taken: list[str]
+    claims: list[Claim]
+
+
 # The character after the greatest one an id may hold ('z'): every id that starts with a prefix sorts before the
 # prefix followed by it.
 ID_AFTER = "{"
@@ -52,8 +70,7 @@ class Instances(StoreCore):
         per_minute: int | None = None,
     ) -> list[Instance]:
         """All or nothing: Conflict (and none created) when an id is taken, also by a concurrent creation."""
-        created, _ = self.create_available(tenant_id, version, items, now, per_minute, all_or_none=True)
-        return created
+        return self.create_available(tenant_id, version, items, now, per_minute, all_or_none=True).instances
 
     def create_available(
         self,
@@ -64,67 +81,91 @@ class Instances(StoreCore):
         per_minute: int | None = None,
         *,
         all_or_none: bool = False,
-    ) -> tuple[list[Instance], list[str]]:
-        """Create the instances whose ids are free; (those created, the ids that were taken). With
-        `all_or_none`, Conflict (and none created) when an id is taken, also by a concurrent creation.
+        handoff: Handoff | None = None,
+    ) -> Created:
+        """Create the instances whose ids are free: those created, the ids that were taken, and the claims the
+        hand-off took. With `all_or_none`, Conflict (and none created) when an id is taken, also by a concurrent
+        creation.
 
         With `per_minute`, the tenant's creation rate is a token bucket of that size, refilled at that rate,
         kept in the database (every process takes from the same one): QuotaExceeded, and none created, when
-        it holds fewer tokens than `items`."""
-        created = []
+        it holds fewer tokens than `items`.
+
+        With `handoff` (free slots of the creating process's workers), the new instances are leased to it in
+        this transaction, as many as it has slots and the tenant has room for, when no other instance is due
+        (then the fair claim would take them first anyway): no claim of its own, no fsync of its own."""
+
         with self.transaction() as tx:
-            lock_live_tenant(tx, tenant_id, self.for_update)
-            if not tx.scalar(
-                "SELECT 1 AS n FROM versions WHERE tenant_id = ? AND workflow = ? AND version = ?",
-                (tenant_id, version.workflow, version.version),
-            ):
-                raise NotFound(f"no workflow {version.workflow!r}")  # deleted since its versions were read
-            if per_minute is not None:
-                take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
-            inserts = []
-            for instance_id, params in items:
-                blob = codec.encode(params)
-                inserts.append(
-                    tx.send(
-                        "INSERT INTO instances (tenant_id, workflow, instance_id, version, source_hash, status, "
-                        "params, created_at, updated_at, wake_at, stored_bytes) "
-                        "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING instance_id",
-                        (
-                            tenant_id,
-                            version.workflow,
-                            instance_id,
-                            version.version,
-                            version.source_hash,
-                            blob,
-                            now,
-                            now,
-                            now,
-                            len(blob),
-                        ),
-                    )
-                )
-                created.append(
-                    Instance(
+            done = self._create(tx, tenant_id, version, items, now, per_minute, all_or_none, handoff)
+        if len(done.claims) < len(done.instances):
+            self._notify()
+        return done
+
+    def _create(
+        self,
+        tx: Tx,
+        tenant_id: str,
+        version: Version,
+        items: Sequence[tuple[str, Any]],
+        now: float,
+        per_minute: int | None,
+        all_or_none: bool,
+        handoff: Handoff | None,
+    ) -> Created:
+        created = []
+        lock_live_tenant(tx, tenant_id, self.for_update)
+        if not tx.scalar(
+            "SELECT 1 AS n FROM versions WHERE tenant_id = ? AND workflow = ? AND version = ?",
+            (tenant_id, version.workflow, version.version),
+        ):
+            raise NotFound(f"no workflow {version.workflow!r}")  # deleted since its versions were read
+        if per_minute is not None:
+            take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
+        fair = handoff is not None and nothing_due(tx, now)
+        inserts = []
+        for instance_id, params in items:
+            blob = codec.encode(params)
+            inserts.append(
+                tx.send(
+                    "INSERT INTO instances (tenant_id, workflow, instance_id, version, source_hash, status, "
+                    "params, created_at, updated_at, wake_at, stored_bytes) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING instance_id",
+                    (
                         tenant_id,
                         version.workflow,
                         instance_id,
                         version.version,
                         version.source_hash,
-                        "queued",
-                        params,
-                        created_at=now,
-                        updated_at=now,
-                        wake_at=now,
-                        stored_bytes=len(blob),
-                    )
+                        blob,
+                        now,
+                        now,
+                        now,
+                        len(blob),
+                    ),
                 )
-            taken = [i.instance_id for insert, i in zip(inserts, created, strict=True) if insert.scalar() is None]
-            if taken and all_or_none:
-                raise Conflict(f"instance {taken[0]!r} already exists")
-            add_usage(tx, tenant_id, version.workflow, day_of(now), instances=len(created) - len(taken))
-        if len(taken) < len(created):
-            self._notify()
-        return [i for i in created if i.instance_id not in set(taken)], taken
+            )
+            created.append(
+                Instance(
+                    tenant_id,
+                    version.workflow,
+                    instance_id,
+                    version.version,
+                    version.source_hash,
+                    "queued",
+                    params,
+                    created_at=now,
+                    updated_at=now,
+                    wake_at=now,
+                    stored_bytes=len(blob),
+                )
+            )
+        taken = [i.instance_id for insert, i in zip(inserts, created, strict=True) if insert.scalar() is None]
+        if taken and all_or_none:
+            raise Conflict(f"instance {taken[0]!r} already exists")
+        add_usage(tx, tenant_id, version.workflow, day_of(now), instances=len(created) - len(taken))
+        new = [i for i in created if i.instance_id not in set(taken)]
+        claims = [] if handoff is None else claim_created(tx, tenant_id, [i.key for i in new], handoff, now, fair=fair)
+        return Created(new, taken, claims)
 
     def instance(self, key: InstanceKey) -> Instance:
         """One instance with everything (params, output, error, log), decoded after the read."""

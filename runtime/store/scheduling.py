@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenantflow.runtime.records import Claim, InstanceKey
+from tenantflow.runtime.records import Claim, Handoff, InstanceKey
 from tenantflow.runtime.store._sql import KEY, Later, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import EndedRow, LiveRow, ReadyTenantRow, max_concurrent
@@ -29,6 +29,47 @@ PARKED_LEASED = "status IN ('waiting', 'paused') AND lease_until IS NOT NULL"
 
 # The live count given to a tenant marked deleted during a claim: more than any quota allows.
 NO_ROOM = 1 << 62
+# The earliest time any instance becomes runnable (see `Scheduling.next_wake`).
+NEXT_WAKE = (
+    "SELECT MIN(t) AS next_wake FROM (SELECT MIN(wake_at) AS t FROM instances "
+    f"WHERE status IN ('queued', 'waiting') AND {UNLEASED} "
+    "UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE status = 'running' "
+    f"UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE {PARKED_LEASED}) AS due"
+)
+
+
+def nothing_due(tx: Tx, now: float) -> bool:
+    """No instance of any tenant is runnable at `now` (three index seeks)."""
+    at = tx.scalar(NEXT_WAKE, (now,))
+    return at is None or float(at) > now
+
+
+def claim_created(
+    tx: Tx, tenant_id: str, keys: Sequence[InstanceKey], handoff: Handoff, now: float, *, fair: bool
+) -> list[Claim]:
+    """In the transaction that created `keys` (queued, due now) of `tenant_id`, whose tenant row it holds: lease
+    as many as the hand-off's slots and the tenant's room allow (counted as a claim counts it), if `fair` (nothing
+    else was due before they were created: the fair claim would have chosen them too). Their claims."""
+    if not fair or not keys:
+        return []
+    quotas = tx.scalar("SELECT quotas FROM tenants WHERE tenant_id = ?", (tenant_id,))
+    live = tx.scalar(
+        "SELECT COUNT(*) AS n FROM instances WHERE tenant_id = ? AND status = 'running' AND lease_until >= ?",
+        (tenant_id, now),
+    )
+    room = min(max_concurrent(quotas), handoff.max_per_tenant) - int(live or 0)
+    leases = [
+        (
+            key,
+            tx.send(
+                "UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
+                f"WHERE {KEY} AND status = 'queued' RETURNING fence",
+                (handoff.owner, now + handoff.lease_s, *key_params(key)),
+            ),
+        )
+        for key in keys[: max(0, min(room, handoff.slots))]
+    ]
+    return [Claim(key, int(fence)) for key, lease in leases if (fence := lease.scalar()) is not None]
 
 
 class Scheduling(StoreCore):
@@ -37,13 +78,7 @@ class Scheduling(StoreCore):
         runs or waits parked): three index-ordered minimums, since every idle worker asks about once a second.
         A parked instance's own wake (its lease is live at `now`; by default none is) is its worker's business."""
         with self.read() as tx:
-            at = tx.scalar(
-                "SELECT MIN(t) AS next_wake FROM (SELECT MIN(wake_at) AS t FROM instances "
-                f"WHERE status IN ('queued', 'waiting') AND {UNLEASED} "
-                "UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE status = 'running' "
-                f"UNION ALL SELECT MIN(lease_until) AS t FROM instances WHERE {PARKED_LEASED}) AS due",
-                (now,),
-            )
+            at = tx.scalar(NEXT_WAKE, (now,))
         return None if at is None else float(at)
 
     def claim(
@@ -63,6 +98,7 @@ class Scheduling(StoreCore):
         A tenant never runs more than min(its `max_concurrent`, `max_per_tenant`) at once, counted across
         processes. `running` is ignored (kept for old callers): the store counts live leases itself.
         """
+
         leases: list[tuple[InstanceKey, Later]] = []
         with self.transaction() as tx:
             rooms = self._tenant_rooms(tx, limit, now, max_per_tenant)

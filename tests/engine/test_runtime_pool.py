@@ -10,10 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tenantflow.host import Sandbox
-from tenantflow.runtime.records import FINISHED, Quotas
+from tenantflow.runtime.records import FINISHED, Claim, Quotas
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store.sqlite import SQLiteStore
 
@@ -49,6 +50,59 @@ def test_thousand_concurrent_instances_complete(live: Service) -> None:
     wait_until(all_done, 180, "1,000 instances to complete")
     sample = live.instance(tenant, "wf", "i999")
     assert sample.output == [0, 1, 2]
+
+
+def test_a_create_hands_its_instances_to_free_workers_without_a_claim(
+    live: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The creating process's free workers take the new instances in the create's own transaction; the
+    dispatcher claims only what did not fit, and every slot comes back."""
+    claimed: list[int] = []
+    claim = live.store.claim
+
+    def counted(*args: Any, **kwargs: Any) -> list[Claim]:
+        claims = claim(*args, **kwargs)
+        claimed.append(len(claims))
+        return claims
+
+    monkeypatch.setattr(live.store, "claim", counted)
+    loads: list[Claim] = []
+    load = live.store.load
+    monkeypatch.setattr(live.store, "load", lambda claim: loads.append(claim) or load(claim))
+    tenant = live.create_tenant("fast")[0]
+    live.deploy(tenant, "wf", "def run(event, step):\n    return step.do('first', lambda: 1)\n")
+    for n in range(5):
+        (one,) = live.create_instances(tenant, "wf", [{"id": f"one{n}"}])
+        wait_until(lambda i=one: live.store.instance(i.key).status == "complete", 30, "the instance to complete")
+    assert sum(claimed) == 0 and loads == []  # the create knew what the activation needs
+    wait_until(lambda: live.pool.slots.free() == 4, 10, "every slot to come back")
+    many = live.create_instances(tenant, "wf", [{"id": f"many{n}"} for n in range(10)])
+    for instance in many:
+        wait_until(lambda i=instance: live.store.instance(i.key).status == "complete", 30, "the batch to complete")
+    assert sum(claimed) == 6 and len(loads) == 6  # 4 workers took 4 at once; the dispatcher's claims load
+    wait_until(lambda: live.pool.slots.free() == 4, 10, "every slot to come back")
+
+
+def test_an_event_sent_before_a_handed_off_activation_starts_is_not_lost(
+    live: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handed-off activation starts from what the create knew (no events): one sent in between is still
+    found where the instance waits for it."""
+    tenant = live.create_tenant("events")[0]
+    source = (
+        "def run(event, step):\n    return step.wait_for_event('go', event_type='go', timeout='1 minute')['payload']\n"
+    )
+    live.deploy(tenant, "wf", source)
+    activate = live.executor.activate
+
+    def late(claim: Claim, *args: Any) -> Any:
+        live.send_event(tenant, "wf", claim.key.instance_id, "go", {"n": 1})
+        return activate(claim, *args)
+
+    monkeypatch.setattr(live.executor, "activate", late)
+    (instance,) = live.create_instances(tenant, "wf", [{"id": "e1"}])
+    wait_until(lambda: live.store.instance(instance.key).status == "complete", 30, "the instance to complete")
+    assert live.instance(tenant, "wf", "e1").output == {"n": 1}
 
 
 def test_due_timer_fires_promptly(live: Service) -> None:

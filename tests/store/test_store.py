@@ -22,6 +22,7 @@ from tenantflow.runtime.records import (
     AttemptRecord,
     Claim,
     Entry,
+    Handoff,
     InstanceFilter,
     InstanceKey,
     ListPosition,
@@ -471,6 +472,67 @@ def test_claim_is_fair_across_tenants_and_respects_quotas(store: SQLStore) -> No
     assert sorted(c.key.tenant_id for c in claims) == ["big", "big", "small", "small"]
     claims = store.claim("w", 4, T0 + 1, LEASE, {"small": 2})
     assert [c.key.tenant_id for c in claims] == ["big"] * 4
+
+
+def test_a_create_hands_its_instances_to_free_slots_in_its_own_transaction(store: SQLStore) -> None:
+    make_tenant(store)
+    version = deployed(store)
+    done = store.create_available(
+        "acme", version, [(f"i{i}", None) for i in range(5)], T0, handoff=Handoff("w1", 3, LEASE, 4)
+    )
+    assert [i.instance_id for i in done.instances] == ["i0", "i1", "i2", "i3", "i4"]
+    assert [(c.key.instance_id, c.fence) for c in done.claims] == [("i0", 1), ("i1", 1), ("i2", 1)]  # 3 slots
+    assert [store.instance(InstanceKey("acme", "wf", f"i{n}")).status for n in range(5)] == ["running"] * 3 + [
+        "queued"
+    ] * 2
+    assert set(store.held("w1", done.claims)) == set(done.claims)
+    # The claims are leases as any other: the rest is claimed as usual, the lease fences writes.
+    assert {c.key.instance_id for c in store.claim("w2", 5, T0, LEASE, {})} == {"i3", "i4"}
+    store.record(done.claims[0], done_entry(0), ok_attempt(0), T0 + 1)
+    assert store.finish(done.claims[0], T0 + 2, status="complete", output='"ok"')
+
+
+def test_a_create_hands_off_nothing_while_other_work_is_due(store: SQLStore) -> None:
+    """The fair claim decides who goes first: a create does not jump the queue of another tenant."""
+    make_tenant(store, "other")
+    store.create_instances("other", deployed(store, "other"), [("o1", None)], T0)
+    make_tenant(store)
+    done = store.create_available("acme", deployed(store), [("i1", None)], T0 + 1, handoff=Handoff("w1", 4, LEASE, 4))
+    assert [i.instance_id for i in done.instances] == ["i1"] and done.claims == []
+    assert store.instance(InstanceKey("acme", "wf", "i1")).status == "queued"
+    assert [c.key.tenant_id for c in store.claim("w1", 1, T0 + 1, LEASE, {})] == ["other"]
+
+
+def test_a_create_hands_off_within_the_tenants_concurrency(store: SQLStore) -> None:
+    make_tenant(store, max_concurrent=2)
+    version = deployed(store)
+    store.create_instances("acme", version, [("r1", None)], T0)
+    claim_one(store, T0)  # one running: room for one more
+    done = store.create_available(
+        "acme", version, [("i1", None), ("i2", None)], T0 + 1, handoff=Handoff("w1", 4, LEASE, 4)
+    )
+    assert [c.key.instance_id for c in done.claims] == ["i1"]
+
+
+def test_a_create_hands_off_within_the_pools_cap_per_tenant(store: SQLStore) -> None:
+    make_tenant(store, "wide", max_concurrent=100)
+    done = store.create_available(
+        "wide", deployed(store, "wide"), [(f"w{i}", None) for i in range(4)], T0 + 1, handoff=Handoff("w1", 4, LEASE, 1)
+    )
+    assert [c.key.instance_id for c in done.claims] == ["w0"]
+
+
+def test_a_create_that_fails_hands_off_nothing(store: SQLStore) -> None:
+    make_tenant(store)
+    version = deployed(store)
+    store.create_instances("acme", version, [("i1", None)], T0)
+    with pytest.raises(Conflict):
+        store.create_available(
+            "acme", version, [("i2", None), ("i1", None)], T0, all_or_none=True, handoff=Handoff("w1", 4, LEASE, 4)
+        )
+    assert store.lease_owners() == []
+    with pytest.raises(NotFound):
+        store.instance(InstanceKey("acme", "wf", "i2"))
 
 
 def test_parallel_claims_never_hand_out_one_instance_twice(store: SQLStore, open_more: Opener) -> None:

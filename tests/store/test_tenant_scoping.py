@@ -30,7 +30,7 @@ from scoping import (
     tokenize,
 )
 from tenantflow.runtime.errors import Conflict, InvalidState
-from tenantflow.runtime.records import Entry, InstanceFilter, InstanceKey, ListPosition, Quotas, Tenant
+from tenantflow.runtime.records import Entry, Handoff, InstanceFilter, InstanceKey, ListPosition, Quotas, Tenant
 from tenantflow.runtime.retention import Retention
 from tenantflow.runtime.store import SQLStore, open_store
 from tenantflow.runtime.store.postgres import PostgresStore
@@ -236,12 +236,15 @@ def exercise(s: Any) -> None:
     assert [k.instance_id for k in s.purge_expired("acme", "wf", T0 + 100, 10)] == ["i2"]
 
     # A batch that creates what it can: i1 is taken, i9 is new.
-    made, taken = s.create_available("acme", version, [("i1", None), ("i9", None)], T0 + 12)
+    made, taken, _ = s.create_available("acme", version, [("i1", None), ("i9", None)], T0 + 12)
     assert [i.instance_id for i in made] == ["i9"] and taken == ["i1"]
+    # A create that hands its instance to the creating process's worker (nothing else is due before T0).
+    handed = s.create_available("acme", version, [("h1", None)], T0 - 100, handoff=Handoff("w3", 1, LEASE, 4))
+    assert [c.key.instance_id for c in handed.claims] == ["h1"]
 
     # Usage: one tenant's, and (for an operator) every tenant's, through the tenant registry.
     day = s.usage("acme", "2000-01-01", "2100-01-01", "day")
-    assert sum(line.counts.instances for line in day) == 7  # i1-i3, f1, g1, g2, i9
+    assert sum(line.counts.instances for line in day) == 8  # i1-i3, f1, g1, g2, i9, h1
     assert {line.key for line in s.usage(None, "2000-01-01", "2100-01-01", "tenant")} == {"acme"}
 
 
