@@ -60,9 +60,10 @@ class SQLiteStore(SQLStore):
     and a Python lock hands it over without SQLite's busy-wait sleeps. Every writer taking its turn,
     it needs no row-lock clauses, and it has no notifications (the workers poll).
 
-    Journal writes are group-committed: whoever takes the lock commits every write queued
-    meanwhile in one transaction (one fsync), each in a savepoint of its own so that one
-    caller's error (e.g. a lost lease) does not undo the others.
+    Journal writes (and finishes) are group-committed: whoever takes the lock commits
+    every write queued meanwhile in one transaction (one fsync), each in a savepoint of its own so that
+    one caller's error (e.g. a lost lease) does not undo the others. One-statement reads (`read`) use a
+    second connection, which WAL lets read beside the writer.
     """
 
     dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER", "clustered": " WITHOUT ROWID", "bytewise": ""}
@@ -84,6 +85,11 @@ class SQLiteStore(SQLStore):
         self._connection.execute(f"PRAGMA synchronous={synchronous}")
         self._connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self.migrate()
+        # Reads of one statement go through a connection of their own: in WAL mode a reader sees the last
+        # commit and neither waits for the writer (nor its fsync) nor holds it up.
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
+        self._reader.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        self._read_lock = threading.Lock()
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -108,6 +114,17 @@ class SQLiteStore(SQLStore):
             except sqlite3.OperationalError as error:
                 if self._connection.in_transaction:
                     self._connection.execute("ROLLBACK")
+                if _busy(error):
+                    raise _store_busy() from error
+                raise
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        """One read statement on the reader connection (its own snapshot of the last commit)."""
+        with self._read_lock:
+            try:
+                yield _SQLiteTx(self._reader)
+            except sqlite3.OperationalError as error:
                 if _busy(error):
                     raise _store_busy() from error
                 raise
@@ -156,5 +173,6 @@ class SQLiteStore(SQLStore):
                 pending.done = True
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._connection.close()

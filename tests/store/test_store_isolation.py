@@ -153,8 +153,7 @@ def test_sqlite_locked_past_the_busy_timeout_is_unavailable(tmp_path: Path) -> N
             assert status_of(raised.value) == 503 and raised.value.retry_after_s > 0
             with pytest.raises(Unavailable):
                 busy.record(claim, done_entry(0), None, T0 + 1)  # the group-commit path
-            with pytest.raises(Unavailable):
-                busy.instance(key)
+            assert busy.instance(key).status == "running"  # a read does not wait for the writer (WAL)
         finally:
             other.execute("ROLLBACK")
             other.close()

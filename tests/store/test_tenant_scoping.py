@@ -268,10 +268,13 @@ def test_no_statement_bypasses_the_capture_on_sqlite(tmp_path: Path) -> None:
     traced: list[str] = []
     control = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|PRAGMA)\b", re.IGNORECASE)
     try:
+        connections = (store._connection, store._reader)  # the writer's and the reads'
         with capturing() as capture:
-            store._connection.set_trace_callback(lambda sql: traced.append(sql) if not control.match(sql) else None)
+            for connection in connections:
+                connection.set_trace_callback(lambda sql: traced.append(sql) if not control.match(sql) else None)
             exercise(store)
-            store._connection.set_trace_callback(None)
+            for connection in connections:
+                connection.set_trace_callback(None)
     finally:
         store.close()
     assert capture.count == len(traced) >= 50
