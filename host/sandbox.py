@@ -90,6 +90,7 @@ from tenantflow.host.limits import (
     Limits,
 )
 from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Stats, Suspended
+from tenantflow.host.pool import IsolatePool, size_from_env
 from wasmtime.component import Component, Linker, Record, ResourceType, Variant
 
 HOST_INTERFACE = "tenantflow:sandbox/host@0.1.0"
@@ -568,8 +569,13 @@ class Sandbox:
     while guest code runs).
     """
 
-    def __init__(self, component: Component | None = None, engine: wasmtime.Engine | None = None) -> None:
-        """`component`, if given, must come with the `engine` (from `make_engine`) it was loaded for."""
+    def __init__(
+        self, component: Component | None = None, engine: wasmtime.Engine | None = None, *, pool: int | None = None
+    ) -> None:
+        """`component`, if given, must come with the `engine` (from `make_engine`) it was loaded for.
+
+        `pool`: isolates kept instantiated ahead of time (host/pool.py); None: `TENANTFLOW_ISOLATE_POOL`, or 2.
+        """
         if (component is None) != (engine is None):
             raise ValueError("pass both a component and the engine it was loaded for, or neither")
         if engine is None:
@@ -602,8 +608,12 @@ class Sandbox:
         self._run_index = run_index
         self._run_compiled_index = run_compiled_index
         self._check_index = check_index
+        size = size_from_env() if pool is None else pool
+        exports = (run_index, run_compiled_index, check_index)
+        self.isolates = IsolatePool(self.engine, self.linker, self.component, self._epoch, exports, size)
 
     def close(self) -> None:
+        self.isolates.close()
         self._ticker.close()
 
     def _ticks_left(self) -> int:
@@ -704,22 +714,24 @@ class Sandbox:
     ) -> Outcome | bytes:
         limits = limits or Limits()
         started = time.perf_counter()
-        store = wasmtime.Store(self.engine)
+        isolate = self.isolates.take(limits.memory_bytes, limits.fuel)
+        store = isolate.store
+        # A pooled isolate was made under the smallest cap: the tenant's replaces it (host/pool.py), and the
+        # activation is charged the fuel its instantiation burned, as when it instantiates its own.
+        isolate.cap_bytes = limits.memory_bytes
         store.set_limits(memory_size=limits.memory_bytes)
-        store.set_fuel(limits.fuel)
+        store.set_fuel(limits.fuel - isolate.fuel_used)
         act = _Activation(
             store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s
         )
         act.cancel = cancel
         act.logical_s, act.seed = clock_start, seed
-        self._epoch.install(store)
         store.set_epoch_deadline(act.ticks_left())
         self._local.activation = act
         set_meter(self._meter)
         self._ticker.hold()
         try:
-            instance = self.linker.instantiate(store, self.component)
-            func = instance.get_func(store, index)
+            func = isolate.func(self.isolates.exports, index)
             assert func is not None
             instantiated = time.perf_counter()
             act.start_metering()
@@ -743,6 +755,8 @@ class Sandbox:
             set_meter(None)
             self._ticker.release()
             del act, store
+            # Dropped off this thread (host/pool.py), and now, whatever still refers to it: never used again.
+            self.isolates.retire(isolate)
 
     def _stats(self, act: _Activation, started: float, instantiated: float) -> Stats:
         return Stats(

@@ -1,0 +1,288 @@
+"""Isolates made ahead of time and dropped after the fact, on a background thread.
+
+An activation needs a fresh isolate (a Store and an instance of the guest component): ~0.8-1.4 ms to
+instantiate here. Dropping one afterwards costs as much again with the pooling allocator keeping
+16 MiB resident (it zeroes those pages for the slot's next user). `IsolatePool` does both off the
+activation's thread: it keeps up to `size` isolates instantiated and ready, and drops used ones.
+
+Isolation is unchanged: an isolate is handed out once, used by one activation and dropped (its linear
+memory is never seen by another activation), exactly as when the activation instantiated it itself.
+
+What is per activation is applied when the isolate is taken (`Sandbox._activate`): the memory cap,
+the fuel, the epoch deadline and the thread's activation. What wasmtime allows after instantiation:
+
+- the memory cap: `Store.set_limits` is wasmtime's C `wasmtime_store_limiter`, which builds a new
+  `StoreLimits` and replaces the store's limiter (wasmtime 50 `crates/c-api/src/store.rs`); every
+  later `memory.grow` is checked against the new cap (on the total size asked for, not the growth).
+  So a pooled isolate is instantiated under `floor_bytes` and takes the tenant's cap when taken. An
+  isolate instantiated under a cap works for any larger cap exactly as if instantiated under it
+  (instantiation does not grow memory: the guest starts at 252 pages, ~15.75 MiB, and burns the same
+  6,099 fuel under 16 MiB and 256 MiB). An activation whose cap is below the floor instantiates its
+  own, as before (and fails the same way if the cap is below the guest's initial memory).
+- fuel: `set_fuel` at any time. Instantiation burns a little (`Isolate.fuel_used`); the activation that
+  takes the isolate is charged it, so its fuel (budgets, billing) is what it was when it instantiated
+  inline. An activation with less fuel than that instantiates its own (and runs out the same way).
+- the epoch deadline (`set_epoch_deadline`, relative to the engine's epoch now) and the deadline
+  callback (per store, installed when made) need nothing of instantiation.
+- instantiation calls no host function (no WASI: checked), so the thread-local activation that host
+  functions read is not needed until the first call into the guest.
+
+Bounded: at most `size` ready isolates, each instantiated under `floor_bytes` and never run, so each
+holds at most that much linear memory (resident: ~0.1-0.3 MiB, the copy-on-write image's pages are
+untouched); at most `size` used isolates wait to be dropped, and no more than `retire_bytes` of their
+caps (otherwise the activation drops its own). Each ready or retiring isolate holds one slot of the
+pooling allocator (host/engine.py's POOLING["instances"]; the runtime keeps 8 of them spare).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+from tenantflow.host._wasmtime import EpochCallback
+from wasmtime.component import Component, Linker
+
+log = logging.getLogger(__name__)
+
+# Ready isolates per Sandbox (per process); `TENANTFLOW_ISOLATE_POOL` overrides it, 0 turns the pool off.
+DEFAULT_SIZE = 2
+POOL_ENV = "TENANTFLOW_ISOLATE_POOL"
+# The smallest memory cap a tenant can have (the `memory_mb` quota's minimum): a ready isolate is made under
+# it, so it serves every tenant, and holds at most this much linear memory while it waits.
+FLOOR_BYTES = 16 << 20
+# Caps of used isolates waiting to be dropped, at most (beyond it, the activation drops its own).
+RETIRE_BYTES = 512 << 20
+# Fuel for instantiating (it burns ~6,000).
+_INSTANTIATE_FUEL = 1 << 40
+# No epoch deadline while instantiating (the callback would only let it go on).
+_NO_DEADLINE = 1 << 40
+# After a failed instantiation (e.g. the allocator's slots all taken), wait this long before the next try.
+_RETRY_S = 0.1
+
+
+def size_from_env(default: int = DEFAULT_SIZE) -> int:
+    """The pool size `TENANTFLOW_ISOLATE_POOL` asks for (0-64), or `default`."""
+    text = os.environ.get(POOL_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        size = int(text)
+    except ValueError:
+        raise ValueError(f"{POOL_ENV} is a whole number of isolates (0: no pool), got {text[:50]!r}") from None
+    if not 0 <= size <= 64:
+        raise ValueError(f"{POOL_ENV} is 0-64, got {size}")
+    return size
+
+
+@dataclass(eq=False)
+class Isolate:
+    """A Store with a fresh instance of the guest and its exported functions, never called yet."""
+
+    store: wasmtime.Store
+    funcs: tuple[Any, ...]
+    # The fuel instantiation burned: the activation is charged it.
+    fuel_used: int
+    # Made ahead of time (False: by the activation that uses it).
+    pooled: bool = False
+    # The cap it runs under, once taken (what it may hold while waiting to be dropped).
+    cap_bytes: int = field(default=0)
+
+    def func(self, exports: Sequence[Any], index: Any) -> Any:
+        """The function of export `index` (one of `exports`, the indices the pool resolved)."""
+        for export, func in zip(exports, self.funcs, strict=True):
+            if export is index:
+                return func
+        raise KeyError(index)
+
+
+class IsolatePool:
+    """Fresh isolates of `component`: `take` one (ready, or made on the spot), `retire` it when done.
+
+    Safe to call from many threads. `size` 0 makes and drops every isolate on the caller's thread.
+    """
+
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        linker: Linker,
+        component: Component,
+        epoch: EpochCallback,
+        exports: Sequence[Any],
+        size: int = DEFAULT_SIZE,
+        floor_bytes: int = FLOOR_BYTES,
+        retire_bytes: int = RETIRE_BYTES,
+    ) -> None:
+        self._engine = engine
+        self._linker = linker
+        self._component = component
+        self._epoch = epoch
+        self.exports = tuple(exports)
+        self.size = size
+        self.floor_bytes = floor_bytes
+        self.retire_bytes = retire_bytes
+        self._ready: deque[Isolate] = deque()
+        self._retiring: deque[Isolate] = deque()
+        self._retiring_bytes = 0
+        # The used isolate the thread is dropping now, the Store it is making.
+        self._dropping: Isolate | None = None
+        self._building: wasmtime.Store | None = None
+        self._lock = threading.Condition()
+        self._closed = False
+        # Counters (read by tests and benchmarks): taken from the pool, made by the caller, made by the thread.
+        self.hits = 0
+        self.misses = 0
+        self.built = 0
+        self.dropped_behind = 0
+        self._thread: threading.Thread | None = None
+        if size > 0:
+            self._thread = threading.Thread(target=self._run, name="tenantflow-isolates", daemon=True)
+            self._thread.start()
+
+    # -- the activation's side ---------------------------------------------------------------------
+
+    def take(self, memory_bytes: int, fuel: int) -> Isolate:
+        """An isolate for an activation under this memory cap and fuel, not yet given their limits.
+
+        Raises `wasmtime.WasmtimeError` as `linker.instantiate` would when made on the spot (e.g. a cap
+        below the guest's initial memory). The caller sets the cap, the fuel (less `fuel_used`) and the
+        epoch deadline.
+        """
+        if memory_bytes >= self.floor_bytes:
+            with self._lock:
+                while self._ready:
+                    isolate = self._ready.popleft()
+                    if isolate.fuel_used < fuel:
+                        self.hits += 1
+                        self._lock.notify_all()
+                        return isolate
+                    # Too little fuel to have paid for its instantiation: made on the spot, it fails the same.
+                    self._ready.appendleft(isolate)
+                    break
+                self.misses += 1
+                self._lock.notify_all()
+        else:
+            with self._lock:
+                self.misses += 1
+        return self._make(memory_bytes, fuel, pooled=False)
+
+    def retire(self, isolate: Isolate) -> None:
+        """`isolate` is done with: dropped on the pool's thread, or here if that has enough waiting."""
+        with self._lock:
+            if (
+                not self._closed
+                and self._thread is not None
+                and len(self._retiring) < max(1, self.size)
+                and self._retiring_bytes + isolate.cap_bytes <= self.retire_bytes
+            ):
+                self._retiring.append(isolate)
+                self._retiring_bytes += isolate.cap_bytes
+                self._lock.notify_all()
+                return
+        isolate.store.close()
+
+    def held(self) -> list[wasmtime.Store]:
+        """The Stores of the isolates the pool holds (ready, or waiting to be dropped)."""
+        with self._lock:
+            stores = [isolate.store for isolate in (*self._ready, *self._retiring)]
+            if self._dropping is not None:
+                stores.append(self._dropping.store)
+            if self._building is not None:
+                stores.append(self._building)
+            return stores
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the thread has nothing left to do (all ready, none to drop); False if it did not."""
+        with self._lock:
+            return self._lock.wait_for(self._settled, timeout)
+
+    def _settled(self) -> bool:
+        idle = not self._retiring and self._dropping is None and self._building is None
+        return self._closed or self._thread is None or (idle and len(self._ready) >= self.size)
+
+    def ready(self) -> int:
+        with self._lock:
+            return len(self._ready)
+
+    def retiring(self) -> int:
+        with self._lock:
+            return len(self._retiring)
+
+    def close(self) -> None:
+        """Stop the thread and drop every isolate it holds (those taken are their users' to retire)."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            left = list(self._ready) + list(self._retiring)
+            self._ready.clear()
+            self._retiring.clear()
+            self._retiring_bytes = 0
+        for isolate in left:
+            isolate.store.close()
+
+    # -- making and dropping -----------------------------------------------------------------------
+
+    def _make(self, memory_bytes: int, fuel: int, pooled: bool) -> Isolate:
+        store = wasmtime.Store(self._engine)
+        if pooled:
+            with self._lock:
+                self._building = store
+        try:
+            store.set_limits(memory_size=memory_bytes)
+            store.set_fuel(fuel)
+            self._epoch.install(store)
+            store.set_epoch_deadline(_NO_DEADLINE)
+            instance = self._linker.instantiate(store, self._component)
+            funcs = tuple(instance.get_func(store, index) for index in self.exports)
+        except BaseException:
+            store.close()
+            raise
+        return Isolate(store, funcs, fuel - store.get_fuel(), pooled)
+
+    def _run(self) -> None:
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """Drop one used isolate, or make one ready; False once closed. (A method of its own: no local of
+        the thread's loop keeps a Store referred to after it is handed over or dropped.)"""
+        with self._lock:
+            while not self._closed and not self._retiring and len(self._ready) >= self.size:
+                self._lock.wait()
+            if self._closed:
+                return False
+            if self._retiring:
+                self._dropping = self._retiring.popleft()
+                self._retiring_bytes -= self._dropping.cap_bytes
+        if self._dropping is not None:
+            self._dropping.store.close()
+            with self._lock:
+                self._dropping = None
+                self.dropped_behind += 1
+                self._lock.notify_all()
+            return True
+        try:
+            isolate = self._make(self.floor_bytes, _INSTANTIATE_FUEL, pooled=True)
+        except Exception:
+            log.warning("could not make an isolate ahead of time; retrying", exc_info=True)
+            with self._lock:
+                self._building = None
+                self._lock.wait(_RETRY_S)
+            return True
+        with self._lock:
+            self._building = None
+            if self._closed:
+                isolate.store.close()
+                return False
+            self._ready.append(isolate)
+            self.built += 1
+            self._lock.notify_all()
+        return True
