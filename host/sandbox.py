@@ -716,17 +716,21 @@ class Sandbox:
         started = time.perf_counter()
         isolate = self.isolates.take(limits.memory_bytes, limits.fuel)
         store = isolate.store
-        # A pooled isolate was made under the smallest cap: the tenant's replaces it (host/pool.py), and the
-        # activation is charged the fuel its instantiation burned, as when it instantiates its own.
-        isolate.cap_bytes = limits.memory_bytes
-        store.set_limits(memory_size=limits.memory_bytes)
-        store.set_fuel(limits.fuel - isolate.fuel_used)
-        act = _Activation(
-            store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s
-        )
-        act.cancel = cancel
-        act.logical_s, act.seed = clock_start, seed
-        store.set_epoch_deadline(act.ticks_left())
+        try:
+            # A pooled isolate was made under the smallest cap: the tenant's replaces it (host/pool.py), and the
+            # activation is charged the fuel its instantiation burned, as when it instantiates its own.
+            isolate.cap_bytes = limits.memory_bytes
+            store.set_limits(memory_size=limits.memory_bytes)
+            store.set_fuel(limits.fuel - isolate.fuel_used)
+            act = _Activation(
+                store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s
+            )
+            act.cancel = cancel
+            act.logical_s, act.seed = clock_start, seed
+            store.set_epoch_deadline(act.ticks_left())
+        except BaseException:
+            self.isolates.retire(isolate)
+            raise
         self._local.activation = act
         set_meter(self._meter)
         self._ticker.hold()

@@ -1,0 +1,138 @@
+"""Isolate start with and without the pool of ready isolates: `python -m bench.isolate_pool`.
+
+Not a test. Two sandboxes, each with its own engine: one makes and drops every isolate on the activation's
+thread (`pool=0`, as before host/pool.py), the other takes ready ones and hands used ones back (`pool=2`,
+the default). They alternate in blocks of BLOCK activations, ROUNDS times, so that the load of this shared
+machine hits both alike. Prints one JSON line per figure and mode: min, median and p99 in ms.
+
+- `first_instruction`: `Sandbox.run` called to the tenant's first `print` reaching the host (the figure of
+  bench/sandbox_bench.py: store, instantiate, compile the source in the guest, run it), and
+  `first_instruction_compiled` the same with the version's code compiled ahead (as the runtime runs it).
+- `activation`: the whole `Sandbox.run` of that one-print workflow (returned to the caller).
+- spaced: a pause of GAP_S between activations (a server taking one instance at a time: the pool has
+  refilled); back to back: none (the pool's thread must keep up). `cpu_ms` is the process's CPU per
+  activation, the pool's thread included: what the pool costs in total.
+- `throughput`: THREADS threads running such activations back to back for a while, activations/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from typing import Any
+
+from bench.sandbox_bench import FastJournal, FirstLogSandbox, quantile
+
+SOURCE = "print(1)\n\ndef run(event, step):\n    return 1\n"
+EVENT = {"payload": None}
+BLOCK = 10
+GAP_S = 0.005
+THREADS = 4
+
+
+def one(box: FirstLogSandbox, code: bytes | None) -> tuple[float, float]:
+    """One activation: (to the first instruction, to the return), in seconds."""
+    box.first_log = None
+    started = time.perf_counter()
+    box.run(SOURCE, EVENT, FastJournal(), code=code)
+    ended = time.perf_counter()
+    assert box.first_log is not None
+    return box.first_log - started, ended - started
+
+
+def summary(samples_s: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples_s]
+    return {
+        "min_ms": round(min(ms), 3),
+        "p50_ms": round(statistics.median(ms), 3),
+        "p99_ms": round(quantile(ms, 0.99), 3),
+        "n": len(ms),
+    }
+
+
+def throughput(box: FirstLogSandbox, code: bytes, seconds: float) -> float:
+    done = [0] * THREADS
+    stop = time.perf_counter() + seconds
+
+    def worker(slot: int) -> None:
+        while time.perf_counter() < stop:
+            box.run(SOURCE, EVENT, FastJournal(), code=code)
+            done[slot] += 1
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(THREADS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--throughput-rounds", type=int, default=5)
+    parser.add_argument("--pool", type=int, default=2)
+    args = parser.parse_args()
+    boxes = {"no pool": FirstLogSandbox(pool=0), f"pool {args.pool}": FirstLogSandbox(pool=args.pool)}
+    try:
+        codes = {}
+        for mode, box in boxes.items():
+            compiled = box.compile(SOURCE)
+            assert isinstance(compiled, bytes), compiled
+            codes[mode] = compiled
+            for _ in range(20):
+                one(box, compiled)
+        figures: dict[tuple[str, str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.rounds):
+            for spacing, gap in (("spaced", GAP_S), ("back to back", 0.0)):
+                for mode, box in boxes.items():
+                    box.isolates.settle(timeout=5)
+                    cpu_started = time.process_time()
+                    for i in range(BLOCK):
+                        code = codes[mode] if i % 2 else None
+                        first, total = one(box, code)
+                        kind = "first_instruction_compiled" if code else "first_instruction"
+                        figures.setdefault((spacing, mode, kind), []).append(first)
+                        figures.setdefault((spacing, mode, "activation"), []).append(total)
+                        if gap:
+                            time.sleep(gap)
+                    cpu.setdefault((spacing, mode), []).append((time.process_time() - cpu_started) / BLOCK)
+        for (spacing, mode, kind), samples in sorted(figures.items()):
+            fields: dict[str, Any] = {"figure": kind, "spacing": spacing, "mode": mode, **summary(samples)}
+            if kind == "activation":
+                fields["cpu_ms_median"] = round(statistics.median(cpu[(spacing, mode)]) * 1000, 3)
+            print(json.dumps(fields), flush=True)
+        rates: dict[str, list[float]] = {mode: [] for mode in boxes}
+        for _ in range(args.throughput_rounds):
+            for mode, box in boxes.items():
+                box.isolates.settle(timeout=5)
+                rates[mode].append(throughput(box, codes[mode], 2.0))
+        for mode, values in rates.items():
+            print(
+                json.dumps(
+                    {
+                        "figure": "throughput",
+                        "threads": THREADS,
+                        "mode": mode,
+                        "per_s_min": round(min(values), 1),
+                        "per_s_median": round(statistics.median(values), 1),
+                        "per_s_max": round(max(values), 1),
+                    }
+                ),
+                flush=True,
+            )
+        for mode, box in boxes.items():
+            pool = box.isolates
+            print(json.dumps({"figure": "pool", "mode": mode, "hits": pool.hits, "misses": pool.misses}), flush=True)
+    finally:
+        for box in boxes.values():
+            box.close()
+
+
+if __name__ == "__main__":
+    main()
