@@ -28,8 +28,8 @@ the fuel, the epoch deadline and the thread's activation. What wasmtime allows a
   functions read is not needed until the first call into the guest.
 
 Bounded: at most `size` ready isolates, each instantiated under `floor_bytes` and never run, so each
-holds at most that much linear memory (resident: ~0.1-0.3 MiB, the copy-on-write image's pages are
-untouched); at most `size` used isolates wait to be dropped, and no more than `retire_bytes` of their
+holds at most that much linear memory (resident: ~0.35-0.4 MiB measured, the copy-on-write image's pages
+are untouched); at most `size` used isolates wait to be dropped, and no more than `retire_bytes` of their
 caps (otherwise the activation drops its own). Each ready or retiring isolate holds one slot of the
 pooling allocator (host/engine.py's POOLING["instances"]; the runtime keeps 8 of them spare).
 """

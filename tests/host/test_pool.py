@@ -120,6 +120,28 @@ def test_less_fuel_or_a_cap_below_the_floor_is_made_on_the_spot(pool: IsolatePoo
     pool.retire(small)
 
 
+def test_instantiation_calls_no_host_function(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled isolate is made with no activation on its thread: were the guest to ask WASI for random bytes
+    or the time while instantiating, it would get the host's, not the activation's (seeded, logical)."""
+    from tenantflow.host import sandbox as sandbox_module
+
+    calls: list[str] = []
+
+    class Recording(sandbox_module._Detached):
+        def __getattribute__(self, name: str) -> object:
+            calls.append(name)
+            return object.__getattribute__(self, name)
+
+    monkeypatch.setattr(sandbox_module, "_DETACHED", Recording())
+    here = _pool(sandbox, 0)
+    try:
+        isolate = here.take(256 << 20, 10**10)
+        here.retire(isolate)
+    finally:
+        here.close()
+    assert calls == []
+
+
 def test_close_drops_every_isolate_and_stops_the_thread(sandbox: Sandbox) -> None:
     made = _pool(sandbox, 2)
     assert made.settle(SETTLE_S)
