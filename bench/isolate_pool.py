@@ -13,6 +13,9 @@ machine hits both alike. Prints one JSON line per figure and mode: min, median a
   refilled); back to back: none (the pool's thread must keep up). `cpu_ms` is the process's CPU per
   activation, the pool's thread included: what the pool costs in total.
 - `throughput`: THREADS threads running such activations back to back for a while, activations/s.
+
+`--keep-resident-mb 16,1` runs each mode with each size of the pooling allocator's `keep_resident` (what a
+dropped isolate's slot keeps mapped and zeroes for its next user; 16 MiB in production).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import statistics
 import threading
 import time
 from typing import Any
+
+from tenantflow.host.engine import POOLING, load_guest, make_engine
 
 from bench.sandbox_bench import FastJournal, FirstLogSandbox, quantile
 
@@ -76,8 +81,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--throughput-rounds", type=int, default=5)
     parser.add_argument("--pool", type=int, default=2)
+    parser.add_argument(
+        "--keep-resident-mb",
+        default=str(POOLING["keep_resident_bytes"] >> 20),
+        help="comma-separated: the pooling allocator's keep_resident (host/engine.py POOLING) of each pair of modes",
+    )
     args = parser.parse_args()
-    boxes = {"no pool": FirstLogSandbox(pool=0), f"pool {args.pool}": FirstLogSandbox(pool=args.pool)}
+    boxes: dict[str, FirstLogSandbox] = {}
+    for keep_mb in [int(text) for text in args.keep_resident_mb.split(",")]:
+        for size in (0, args.pool):
+            engine, settings = make_engine(pooling={**POOLING, "keep_resident_bytes": keep_mb << 20})
+            mode = f"pool {size}, keep {keep_mb} MiB" if size else f"no pool, keep {keep_mb} MiB"
+            boxes[mode] = FirstLogSandbox(load_guest(engine, settings), engine, pool=size)
     try:
         codes = {}
         for mode, box in boxes.items():
@@ -88,10 +103,12 @@ def main() -> None:
                 one(box, compiled)
         figures: dict[tuple[str, str, str], list[float]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
+        hits: dict[tuple[str, str], int] = {}
         for _ in range(args.rounds):
             for spacing, gap in (("spaced", GAP_S), ("back to back", 0.0)):
                 for mode, box in boxes.items():
                     box.isolates.settle(timeout=5)
+                    hits_before = box.isolates.hits
                     cpu_started = time.process_time()
                     for i in range(BLOCK):
                         code = codes[mode] if i % 2 else None
@@ -102,10 +119,12 @@ def main() -> None:
                         if gap:
                             time.sleep(gap)
                     cpu.setdefault((spacing, mode), []).append((time.process_time() - cpu_started) / BLOCK)
+                    hits[(spacing, mode)] = hits.get((spacing, mode), 0) + box.isolates.hits - hits_before
         for (spacing, mode, kind), samples in sorted(figures.items()):
             fields: dict[str, Any] = {"figure": kind, "spacing": spacing, "mode": mode, **summary(samples)}
             if kind == "activation":
                 fields["cpu_ms_median"] = round(statistics.median(cpu[(spacing, mode)]) * 1000, 3)
+                fields["from_the_pool"] = hits[(spacing, mode)]
             print(json.dumps(fields), flush=True)
         rates: dict[str, list[float]] = {mode: [] for mode in boxes}
         for _ in range(args.throughput_rounds):
