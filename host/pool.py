@@ -30,8 +30,9 @@ the fuel, the epoch deadline and the thread's activation. What wasmtime allows a
 Bounded: at most `size` ready isolates, each instantiated under `floor_bytes` and never run, so each
 holds at most that much linear memory (resident: ~0.35-0.4 MiB measured, the copy-on-write image's pages
 are untouched); at most `size` used isolates wait to be dropped, and no more than `retire_bytes` of their
-caps (otherwise the activation drops its own). Each ready or retiring isolate holds one slot of the
-pooling allocator (host/engine.py's POOLING["instances"]; the runtime keeps 8 of them spare).
+caps (otherwise the activation drops its own). Each isolate the pool holds (ready, waiting to be dropped,
+or being made or dropped: at most 2 × `size` + 1) takes a slot of the pooling allocator (host/engine.py's
+POOLING["instances"]; the runtime keeps 8 spare, for this and the deploy checks' 2).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,6 +140,9 @@ class IsolatePool:
         # The used isolate the thread is dropping now, the Store it is making.
         self._dropping: Isolate | None = None
         self._building: wasmtime.Store | None = None
+        # After a failed instantiation: no new try before this (monotonic seconds), and whether it was said.
+        self._retry_at = 0.0
+        self._failing = False
         self._lock = threading.Condition()
         self._closed = False
         # Counters (read by tests and benchmarks): taken from the pool, made by the caller, made by the thread.
@@ -220,6 +225,12 @@ class IsolatePool:
         it for the activation's latency while a core is idle, not when activations keep every core busy."""
         return self.running < self.cores
 
+    @property
+    def failing(self) -> bool:
+        """Whether the thread's last try to make an isolate failed (it tries again every _RETRY_S)."""
+        with self._lock:
+            return self._failing
+
     def ready(self) -> int:
         with self._lock:
             return len(self._ready)
@@ -270,8 +281,14 @@ class IsolatePool:
         """Drop one used isolate, or make one ready; False once closed. (A method of its own: no local of
         the thread's loop keeps a Store referred to after it is handed over or dropped.)"""
         with self._lock:
-            while not self._closed and not self._retiring and (len(self._ready) >= self.size or not self._spare()):
-                self._lock.wait()
+            while not self._closed and not self._retiring:
+                if len(self._ready) >= self.size or not self._spare():
+                    self._lock.wait()
+                    continue
+                pause = self._retry_at - time.monotonic()
+                if pause <= 0:
+                    break
+                self._lock.wait(pause)
             if self._closed:
                 return False
             if self._retiring:
@@ -287,13 +304,17 @@ class IsolatePool:
         try:
             isolate = self._make(self.floor_bytes, _INSTANTIATE_FUEL, pooled=True)
         except Exception:
-            log.warning("could not make an isolate ahead of time; retrying", exc_info=True)
+            # E.g. every slot of the pooling allocator taken: activations make their own meanwhile.
+            if not self._failing:
+                log.warning("could not make an isolate ahead of time; retrying every %s s", _RETRY_S, exc_info=True)
             with self._lock:
                 self._building = None
-                self._lock.wait(_RETRY_S)
+                self._failing = True
+                self._retry_at = time.monotonic() + _RETRY_S
             return True
         with self._lock:
             self._building = None
+            self._failing = False
             if self._closed:
                 isolate.store.close()
                 return False

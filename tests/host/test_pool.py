@@ -4,6 +4,7 @@ limits applied when taken, closed cleanly. No timings: the pool's thread is wait
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -140,6 +141,23 @@ def test_instantiation_calls_no_host_function(sandbox: Sandbox, monkeypatch: pyt
     finally:
         here.close()
     assert calls == []
+
+
+def test_a_pool_that_cannot_make_isolates_leaves_activations_to_make_their_own(sandbox: Sandbox) -> None:
+    exports = (sandbox.component.get_export_index("check"),)
+    # A floor below the guest's initial memory: every isolate made ahead of time fails to instantiate.
+    broken = IsolatePool(sandbox.engine, sandbox.linker, sandbox.component, sandbox._epoch, exports, 2, BELOW_INITIAL)
+    try:
+        deadline = time.monotonic() + SETTLE_S
+        while not broken.failing and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert broken.failing and broken.ready() == 0 and broken.built == 0
+        isolate = broken.take(256 << 20, 10**10)
+        assert not isolate.pooled
+        broken.retire(isolate)
+    finally:
+        broken.close()
+    assert broken.held() == []
 
 
 def test_close_drops_every_isolate_and_stops_the_thread(sandbox: Sandbox) -> None:
