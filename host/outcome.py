@@ -21,6 +21,7 @@ class Stats:
 
     fuel: int = 0
     duration_ms: float = 0.0
+    # From the start to a fresh isolate ready to call: taken from the pool (~0.1 ms) or instantiated (~1 ms).
     instantiate_ms: float = 0.0
     log: str = ""
     log_truncated: bool = False
