@@ -426,20 +426,10 @@ class Step:
         undo_options: dict[str, Any],
     ) -> Any:
         """`step.do` in an async workflow: as `_step`, awaited; other steps run while its body awaits."""
-        if self._in_delay:
-            raise RuntimeError(f"step {name!r} is called inside a retries.delay function")
         # Counted when the step begins (no await before `step_begin`): the host counts in the same order.
-        count = self._counts[name] = self._counts.get(name, 0) + 1
-        name = host_text(name)
-        call = _Call(name, count, given, fn)
-        call.with_context = _takes_context(fn)
-        started = self._started
-        self._started += 1
-        output = await self._run_async(call, self._transport.step_begin(name, call.config))
-        if rollback is not None:
-            undo = _Undo(started, name, count, rollback, undo_options)
-            undo.output = output
-            self._undo.append(undo)
+        call, started = self._new_call(name, given, fn)
+        output = await self._run_async(call, self._transport.step_begin(call.name, call.config))
+        self._keep_undo(started, call, rollback, undo_options, output)
         return output
 
     async def _run_async(self, call: _Call, plan: Plan) -> Any:
@@ -511,20 +501,35 @@ class Step:
         rollback: Callable[..., Any] | None,
         undo_options: dict[str, Any],
     ) -> Any:
+        call, started = self._new_call(name, given, fn)
+        output = self._run(call, self._transport.step_begin(call.name, call.config))
+        self._keep_undo(started, call, rollback, undo_options, output)
+        return output
+
+    def _new_call(self, name: str, given: dict[str, Any], fn: Callable[..., Any]) -> tuple[_Call, int]:
+        """A `step.do` call, counted among the calls of its name, and its place in the order of step start."""
         if self._in_delay:
             raise RuntimeError(f"step {name!r} is called inside a retries.delay function")
         count = self._counts[name] = self._counts.get(name, 0) + 1
-        name = host_text(name)
-        call = _Call(name, count, given, fn)
+        call = _Call(host_text(name), count, given, fn)
         call.with_context = _takes_context(fn)
         started = self._started
         self._started += 1
-        output = self._run(call, self._transport.step_begin(name, call.config))
+        return call, started
+
+    def _keep_undo(
+        self,
+        started: int,
+        call: _Call,
+        rollback: Callable[..., Any] | None,
+        undo_options: dict[str, Any],
+        output: Any,
+    ) -> None:
+        """Remember a completed step's rollback, to run if the instance fails or is terminated with one."""
         if rollback is not None:
-            undo = _Undo(started, name, count, rollback, undo_options)
+            undo = _Undo(started, call.name, call.count, rollback, undo_options)
             undo.output = output
             self._undo.append(undo)
-        return output
 
     def _run(self, call: _Call, plan: Plan) -> Any:
         """Drive one durable body from its first plan: run its attempts until it is done or failed for good."""
