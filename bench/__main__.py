@@ -4,9 +4,11 @@ Runs tenantflow, DBOS Transact (in its own environment, bench/.venv-dbos, made h
 bench/requirements-dbos.txt), a plain-Python baseline and the raw commit limit on the same databases
 (SQLite files; scratch PostgreSQL databases at 127.0.0.1:5432), alternating the order of the engines
 run by run, and brackets every scenario with a raw commit-rate measurement, because this machine's
-disk flush speed swings within minutes. Then tenantflow-only figures: 50,000 sleepers and isolate
-start. Writes bench/results/bench-<time>.json (and latest.json / quick.json), and, for the full form,
-docs/bench.md and docs/bench.png, which the README embeds.
+disk flush speed swings within minutes. Then tenantflow-only figures: 50,000 sleepers, isolate start,
+the fast path on a real `tenantflow serve` (create → first step, fan-out in batches, one long instance; each
+bracketed by the raw commit rate) and guest Python against native. Writes bench/results/bench-<time>.json
+(and latest.json / quick.json), and, for the full form, docs/bench.md and docs/bench.png, which the README
+embeds.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios
+from bench import fast_path, guest_speed, scenarios
 from bench.scenarios import BENCH, ROOT, Backend
 
 RESULTS = BENCH / "results"
@@ -129,7 +131,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run, under a minute")
     parser.add_argument("--runs", type=int, help="alternating runs (default 3; quick 1)")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
-    parser.add_argument("--skip", default="", help="comma-separated: sleepers, isolate, dbos, baseline")
+    parser.add_argument("--skip", default="", help="comma-separated: sleepers, isolate, server, guest, dbos, baseline")
     parser.add_argument("--docs", action="store_true", help="write docs/bench.md and .png (default: full form only)")
     args = parser.parse_args()
     quick = args.quick
@@ -141,6 +143,9 @@ def main() -> None:
         "recovery": 40 if quick else 1000,
         "sleepers": 200 if quick else 50_000,
         "raw": 300 if quick else 2000,
+        "server_first": 30 if quick else 200,
+        "server_fan_out": 100 if quick else 500,
+        "server_steps": 300 if quick else 2000,
     }
     kill_at = 0.5
     dbos_python = ensure_dbos_env() if "dbos" not in skip else None
@@ -241,6 +246,14 @@ def main() -> None:
         if "isolate" not in skip:
             results["isolate_start"] = scenarios.isolate_start()
             log(f"isolate start: {json.dumps(results['isolate_start'])}")
+        if "server" not in skip:
+            log("fast path on a real tenantflow serve")
+            results["fast_path"] = fast_path.measure(
+                scratch, sizes["server_first"], sizes["server_fan_out"], sizes["server_steps"]
+            )
+        if "guest" not in skip:
+            log("guest Python against native")
+            results["guest_speed"] = guest_speed.measure(3 if quick else 15, [guest_speed.VARIANTS[0].name])
     sandbox.close()
     meta["finished"] = datetime.now(UTC).isoformat()
     meta["load_after"] = load()

@@ -254,6 +254,13 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measure(workdir: Path, first: int, fan_out: int, steps: int) -> dict[str, Any]:
+    """One round on a real server of this checkout (the full benchmark runner's figures): by scenario, its record."""
+    args = argparse.Namespace(scenarios=list(FIGURES), first=first, fan_out=fan_out, steps=steps)
+    records = one_round(workdir, [("this", tenantflow_command())], args, 0)
+    return {record["scenario"]: record for record in records}
+
+
 def parse_server(text: str) -> tuple[str, list[str]]:
     label, _, path = text.partition("=")
     if not label or not path:

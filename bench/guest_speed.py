@@ -167,13 +167,11 @@ def native(work: str, n: int) -> tuple[float, float, Any]:
     return elapsed, time.thread_time() - cpu_started, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--variants", default="", help="comma-separated names (default: all)")
-    args = parser.parse_args()
-    chosen = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(",")]
+def measure(rounds: int, variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per workload and engine (native first): the figures `main` prints; `variants` by name (None: all)."""
+    chosen = [v for v in VARIANTS if not variants or v.name in variants]
     guests = [Guest(variant) for variant in chosen]
+    figures: list[dict[str, Any]] = []
     try:
         names = ["native"] + [guest.variant.name for guest in guests]
         for workload, (work, n) in WORKLOADS.items():
@@ -183,7 +181,7 @@ def main() -> None:
                 guest.run(source)
             times: dict[str, list[float]] = {name: [] for name in names}
             cpus: dict[str, list[float]] = {name: [] for name in names}
-            for round_no in range(args.rounds):
+            for round_no in range(rounds):
                 order = names[round_no % len(names) :] + names[: round_no % len(names)]
                 for name in order:
                     if name == "native":
@@ -196,23 +194,34 @@ def main() -> None:
             for name in names:
                 ratios = [g / b for g, b in zip(times[name], times["native"], strict=True)]
                 cpu_ratios = [g / b for g, b in zip(cpus[name], cpus["native"], strict=True)]
-                figure = {
-                    "workload": workload,
-                    "engine": name,
-                    "wall_min_ms": round(min(times[name]) * 1000, 2),
-                    "wall_median_ms": round(statistics.median(times[name]) * 1000, 2),
-                    "wall_ratio_of_mins": round(min(times[name]) / min(times["native"]), 3),
-                    "wall_median_ratio": round(statistics.median(ratios), 3),
-                    "cpu_min_ms": round(min(cpus[name]) * 1000, 2),
-                    "cpu_median_ms": round(statistics.median(cpus[name]) * 1000, 2),
-                    "cpu_ratio_of_mins": round(min(cpus[name]) / min(cpus["native"]), 3),
-                    "cpu_median_ratio": round(statistics.median(cpu_ratios), 3),
-                    "rounds": args.rounds,
-                }
-                print(json.dumps(figure), flush=True)
+                figures.append(
+                    {
+                        "workload": workload,
+                        "engine": name,
+                        "wall_min_ms": round(min(times[name]) * 1000, 2),
+                        "wall_median_ms": round(statistics.median(times[name]) * 1000, 2),
+                        "wall_ratio_of_mins": round(min(times[name]) / min(times["native"]), 3),
+                        "wall_median_ratio": round(statistics.median(ratios), 3),
+                        "cpu_min_ms": round(min(cpus[name]) * 1000, 2),
+                        "cpu_median_ms": round(statistics.median(cpus[name]) * 1000, 2),
+                        "cpu_ratio_of_mins": round(min(cpus[name]) / min(cpus["native"]), 3),
+                        "cpu_median_ratio": round(statistics.median(cpu_ratios), 3),
+                        "rounds": rounds,
+                    }
+                )
     finally:
         for guest in guests:
             guest.close()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--variants", default="", help="comma-separated names (default: all)")
+    args = parser.parse_args()
+    for figure in measure(args.rounds, args.variants.split(",") if args.variants else None):
+        print(json.dumps(figure), flush=True)
 
 
 if __name__ == "__main__":
