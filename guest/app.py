@@ -222,9 +222,9 @@ class WitWorld(wit_world.WitWorld):
         entry = _load(source, code)
         data = json.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
-        # The snapshot holds one seeded state for every isolate: draw the instance's own (the host answers
-        # from the instance's seed outside step bodies, so every replay draws the same).
-        _streams.seed()
+        # `random` holds the instance's own state here: componentize-py reseeded it when this isolate first ran
+        # (not the snapshot's, shared by every isolate), from the host's random bytes, which come from the
+        # instance's seed outside step bodies (so every replay draws the same; see SKIPPED_DRAWS in the host).
         if is_async(entry):
             result = self._run_async(entry, started)
         else:

@@ -143,6 +143,13 @@ def _check_name(call: str, what: str, name: Any) -> str:
     return str(name)
 
 
+# The draws from an instance's random stream are numbered from here. componentize-py reseeds `random` when an
+# isolate first runs (2,496 bytes: ten draws of 256) and the guest's harness used to reseed it again, ten more;
+# it no longer does, and the first ten draws are skipped instead, so the start-up reseed reads what the
+# harness's did and an instance draws outside its step bodies exactly what it drew before (a replay across
+# the upgrade included), ten host calls an activation fewer.
+SKIPPED_DRAWS = 10
+
 @dataclass
 class _InFlight:
     call: StepCall
@@ -203,7 +210,7 @@ class _Activation:
     # and the seed of its random stream (None: the host's CSPRNG), with the draws made from it so far.
     logical_s: float | None = None
     seed: bytes | None = None
-    draws: int = 0
+    draws: int = SKIPPED_DRAWS
     # An async workflow (`concurrent`): its calls are keyed; the attempts begun and not completed, by (name,
     # count), and those waiting out a retry back-off (`backoff` plan) until `step-again`.
     concurrent: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 import threading
 import time
@@ -108,6 +109,25 @@ def test_the_guest_still_has_time_and_randomness(sandbox: Sandbox) -> None:
     assert isinstance(outcome, Completed), outcome
     assert outcome.output == "[16, true, 36, true]"
 
+
+
+def test_an_instance_seed_draws_what_it_always_drew(sandbox: Sandbox) -> None:
+    """Replays across an upgrade stay on the same path: the workflow's random draws for a seed are pinned (these
+    values come from the build before the harness stopped reseeding `random`; see SKIPPED_DRAWS)."""
+    source = """
+    import random, uuid, os
+    def run(event, step):
+        return [random.random(), random.getrandbits(64), str(uuid.uuid4()), os.urandom(4).hex(), step.random()]
+    """
+    outcome, _ = run(sandbox, source, seed=b"golden-seed", clock_start=1.0)
+    assert isinstance(outcome, Completed), outcome
+    assert json.loads(outcome.output) == [
+        0.6158914879863611,
+        16259651379581649292,
+        "fb14ecaa-c0e4-453f-ae20-7c0e20244622",
+        "c3b37391",
+        0.6971667894076858,
+    ]
 
 # -- cancellation -------------------------------------------------------------------------------
 
