@@ -150,6 +150,7 @@ def _check_name(call: str, what: str, name: Any) -> str:
 # the upgrade included), ten host calls an activation fewer.
 SKIPPED_DRAWS = 10
 
+
 @dataclass
 class _InFlight:
     call: StepCall

@@ -110,7 +110,6 @@ def test_the_guest_still_has_time_and_randomness(sandbox: Sandbox) -> None:
     assert outcome.output == "[16, true, 36, true]"
 
 
-
 def test_an_instance_seed_draws_what_it_always_drew(sandbox: Sandbox) -> None:
     """Replays across an upgrade stay on the same path: the workflow's random draws for a seed are pinned (these
     values come from the build before the harness stopped reseeding `random`; see SKIPPED_DRAWS)."""
@@ -128,6 +127,7 @@ def test_an_instance_seed_draws_what_it_always_drew(sandbox: Sandbox) -> None:
         "c3b37391",
         0.6971667894076858,
     ]
+
 
 # -- cancellation -------------------------------------------------------------------------------
 
