@@ -143,10 +143,13 @@ class Metrics:
         self.isolate_start.labels(tenant).observe(outcome.stats.instantiate_ms / 1000)
         if isinstance(outcome, Failed) and outcome.error.name in LIMIT_ERRORS:
             self.limit_hits.labels(tenant, outcome.error.name).inc()
-        for duration_ms, fuel in steps:
-            self.step_latency.labels(tenant).observe(duration_ms / 1000)
-            self.step_fuel.labels(tenant).inc(fuel)
-            self.step_attempt_fuel.labels(tenant).observe(fuel)
+        if steps:
+            latency, fuel_total = self.step_latency.labels(tenant), self.step_fuel.labels(tenant)
+            attempt_fuel = self.step_attempt_fuel.labels(tenant)
+            for duration_ms, fuel in steps:
+                latency.observe(duration_ms / 1000)
+                fuel_total.inc(fuel)
+                attempt_fuel.observe(fuel)
         if replayed:
             self.replayed_steps.labels(tenant).inc(replayed)
 
