@@ -186,9 +186,17 @@ class Server:
     (so Ctrl-C reaches only the benchmark, which then stops it). `program`: the command that is
     `tenantflow` (this interpreter's by default; another tree's, to compare builds in one run)."""
 
-    def __init__(self, workdir: Path, name: str, extra: Sequence[str], program: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        extra: Sequence[str],
+        program: Sequence[str] | None = None,
+        db: str | None = None,
+    ) -> None:
+        """`db`: the database's URL (default: a SQLite file of its own in `workdir`)."""
         self.program = list(program or tenantflow_command())
-        self.db = f"sqlite:///{workdir / (name + '.db')}"
+        self.db = db or f"sqlite:///{workdir / (name + '.db')}"
         self.log_path = workdir / f"{name}.serve.log"
         self.extra = list(extra)
         self.metrics_token = secrets.token_urlsafe(24)
@@ -278,9 +286,9 @@ class Server:
 
 @contextmanager
 def running_server(
-    workdir: Path, name: str, extra: Sequence[str], program: Sequence[str] | None = None
+    workdir: Path, name: str, extra: Sequence[str], program: Sequence[str] | None = None, db: str | None = None
 ) -> Iterator[Server]:
-    server = Server(workdir, name, extra, program)
+    server = Server(workdir, name, extra, program, db)
     try:
         server.start()
         log(f"{name}: server pid {server.pid} on {server.url} ({' '.join(server.extra) or 'default settings'})")

@@ -1,7 +1,8 @@
 """The fast path on a real `tenantflow serve`: create → first step, ten-step fan-out, one long instance.
 
     python -m bench.fast_path [--rounds 3] [--first N] [--fan-out 500] [--steps 2000]
-                              [--server LABEL=PATH/TO/tenantflow ...] [--scenarios first_step,...] [--quick]
+                              [--server LABEL=PATH/TO/tenantflow ...] [--server-args LABEL='--processes 2' ...]
+                              [--db sqlite|postgres] [--scenarios first_step,...] [--quick]
 
 Each round starts a fresh `tenantflow serve` (its defaults: SQLite, WAL, synchronous=FULL, 4 workers) on
 127.0.0.1 and a fresh database in a scratch directory, warms it up (a few instances of each workflow),
@@ -19,6 +20,10 @@ machine's disk flush speed swings within minutes:
   sequential  one instance of `--steps` sequential steps: steps/s (created_at → finished_at) and its
               ratio to the raw commit rate (the mean of the brackets).
 
+`--db postgres`: each server on a fresh PostgreSQL database (127.0.0.1:5432, as bench.scenarios), bracketed by
+the raw PostgreSQL commit rate (one-row autocommit INSERTs). `--server-args LABEL=ARGS`: more `serve` options for
+one build (the same program under two labels compares settings, e.g. `--processes 2`, in one run).
+
 With several `--server` (e.g. `--server before=/work/base/.venv/bin/tenantflow --server after=.venv/bin/tenantflow`)
 every build has its server up at once in each round and they take turns: first_step instance by instance,
 the others scenario run by scenario run, the order flipping every round; so before/after figures come from
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sqlite3
 import statistics
 import subprocess
@@ -45,9 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
+from bench import pg_bench, scenarios
 from bench.agent_loop import RESULTS, ROOT, Server, running_server, tenantflow_command
-from bench.runtime_bench import SEQUENTIAL, TEN_STEPS, raw_commit_rate
+from bench.runtime_bench import SEQUENTIAL, TEN_STEPS
 
 FIRST = """
 def run(event, step):
@@ -67,12 +75,17 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def raw(workdir: Path) -> float:
-    return raw_commit_rate(workdir / f"raw-{time.monotonic_ns()}.db", "full", RAW_COMMITS)
+def raw(workdir: Path, database: str = "sqlite") -> float:
+    """The raw commit rate of a fresh database: a SQLite file (WAL, synchronous=FULL) or PostgreSQL."""
+    return scenarios.raw_commit_rate(scenarios.Backend(database, workdir), RAW_COMMITS)
 
 
 def query(server: Server, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read the server's database directly (WAL: a reader does not block its writer)."""
+    """Read the server's database directly (SQLite, WAL: a reader does not block its writer; or PostgreSQL)."""
+    if server.db.startswith("postgresql"):
+        with psycopg.connect(server.db, autocommit=True) as pg:
+            statement = sql.replace("%", "%%").replace("?", "%s")
+            return [tuple(row) for row in pg.execute(statement, params).fetchall()]
     connection = sqlite3.connect(server.db.removeprefix("sqlite:///"), timeout=30)
     try:
         return connection.execute(sql, params).fetchall()
@@ -170,11 +183,13 @@ class Build:
     http: httpx.Client
 
 
-def bracketed(workdir: Path, measure: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def bracketed(
+    workdir: Path, measure: Callable[[], dict[str, Any]], database: str = "sqlite"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The figures of `measure`, and the raw commit rate measured right before and after it."""
-    before = raw(workdir)
+    before = raw(workdir, database)
     figures = measure()
-    after = raw(workdir)
+    after = raw(workdir, database)
     return figures, {"raw_commits_per_s": round((before + after) / 2), "raw_brackets": [round(before), round(after)]}
 
 
@@ -195,12 +210,14 @@ def one_round(
     with ExitStack() as stack:
         builds = []
         for label, program in servers if n % 2 == 0 else servers[::-1]:
-            server = stack.enter_context(running_server(workdir, f"{label}-{n}", [], program))
+            db = stack.enter_context(pg_bench.fresh_database(scenarios.ADMIN_PG)) if args.db == "postgres" else None
+            extra = args.server_args.get(label, [])
+            server = stack.enter_context(running_server(workdir, f"{label}-{n}", extra, program, db))
             http = stack.enter_context(server.client(server.create_tenant("bench")))
             warm_up(server, http)
             builds.append(Build(label, server, http))
         if "first_step" in args.scenarios:
-            by_build, raw_rate = bracketed(workdir, lambda: first_step(builds, args.first))
+            by_build, raw_rate = bracketed(workdir, lambda: first_step(builds, args.first), args.db)
             for label, figures in by_build.items():
                 emitted(label, "first_step", figures, raw_rate)
         runs: list[tuple[str, Scenario, int]] = [
@@ -211,7 +228,7 @@ def one_round(
             if name not in args.scenarios:
                 continue
             for build in builds:
-                figures, raw_rate = bracketed(workdir, partial(scenario, build.server, build.http, size))
+                figures, raw_rate = bracketed(workdir, partial(scenario, build.server, build.http, size), args.db)
                 emitted(build.label, name, figures, raw_rate)
     return out
 
@@ -239,11 +256,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(summary: dict[str, Any]) -> str:
     lines = [
-        "| build | scenario | figure | median (min–max) | raw WAL-FULL commits/s |",
+        "| build | scenario | figure | median (min–max) | raw commits/s beside it |",
         "| --- | --- | --- | ---: | ---: |",
     ]
-    for build, scenarios in summary.items():
-        for scenario, figures in scenarios.items():
+    for build, by_scenario in summary.items():
+        for scenario, figures in by_scenario.items():
             raw_rate = figures["raw_commits_per_s"]
             for figure in FIGURES[scenario]:
                 f = figures[figure]
@@ -256,9 +273,18 @@ def table(summary: dict[str, Any]) -> str:
 
 def measure(workdir: Path, first: int, fan_out: int, steps: int) -> dict[str, Any]:
     """One round on a real server of this checkout (the full benchmark runner's figures): by scenario, its record."""
-    args = argparse.Namespace(scenarios=list(FIGURES), first=first, fan_out=fan_out, steps=steps)
+    args = argparse.Namespace(
+        scenarios=list(FIGURES), first=first, fan_out=fan_out, steps=steps, db="sqlite", server_args={}
+    )
     records = one_round(workdir, [("this", tenantflow_command())], args, 0)
     return {record["scenario"]: record for record in records}
+
+
+def parse_server_args(text: str) -> tuple[str, list[str]]:
+    label, _, extra = text.partition("=")
+    if not label:
+        raise argparse.ArgumentTypeError("--server-args is LABEL=ARGS")
+    return label, shlex.split(extra)
 
 
 def parse_server(text: str) -> tuple[str, list[str]]:
@@ -276,6 +302,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="steps of the sequential instance")
     parser.add_argument("--server", type=parse_server, action="append", help="LABEL=PATH/TO/tenantflow (repeat)")
     parser.add_argument(
+        "--server-args",
+        type=parse_server_args,
+        action="append",
+        default=[],
+        help="LABEL=ARGS: more `serve` options for that build, e.g. this2='--processes 2' (repeat)",
+    )
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="each server's database")
+    parser.add_argument(
         "--scenarios", type=lambda text: text.split(","), default=list(FIGURES), help="first_step,fan_out,sequential"
     )
     parser.add_argument("--quick", action="store_true", help="1 round, 50 first steps, 200 instances, 500 steps")
@@ -283,6 +317,7 @@ def main() -> None:
     if args.quick:
         args.rounds, args.first, args.fan_out, args.steps = 1, 50, 200, 500
     servers: list[tuple[str, list[str]]] = args.server or [("this", tenantflow_command())]
+    args.server_args = dict(args.server_args)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fast-path-") as tmp:
