@@ -147,7 +147,8 @@ def _check_name(call: str, what: str, name: Any) -> str:
 # isolate first runs (2,496 bytes: ten draws of 256) and the guest's harness used to reseed it again, ten more;
 # it no longer does, and the first ten draws are skipped instead, so the start-up reseed reads what the
 # harness's did and an instance draws outside its step bodies exactly what it drew before (a replay across
-# the upgrade included), ten host calls an activation fewer.
+# the upgrade included), ten host calls an activation fewer. This leans on componentize-py's start-up reseed (its
+# runtime, not an API): tests/host/test_host_wasi.py pins a seed's first draws, and fails if it stops.
 SKIPPED_DRAWS = 10
 
 
