@@ -36,20 +36,11 @@ from tenantflow.host._wasmtime import configure_pooling
 from tenantflow.host.engine import POOLING
 from tenantflow.wasm_build import ENGINE_SETTINGS, compiler_config, load_component
 
+from bench import sandbox_bench
+
 WORKLOADS = {
     # bench/sandbox_bench.py's loop: integer arithmetic and branches.
-    "arith": (
-        """
-def work(n):
-    total = 0
-    for i in range(n):
-        total += (i * i) % 7
-        if i % 3 == 0:
-            total ^= i
-    return total
-""",
-        300_000,
-    ),
+    "arith": (sandbox_bench.WORK, 300_000),
     # Objects: calls, dicts, strings, lists, a class with attributes.
     "objects": (
         """

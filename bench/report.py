@@ -65,12 +65,12 @@ def markdown(results: dict[str, Any]) -> str:
             engines = entry["engines"]
             ratios = entry["ratios"]
             target = entry.get("target")
-            met = "–" if target is None else ("**yes**" if target["met"] else "**no**")
+            met_text = "–" if target is None else met(target["met"])
             lines.append(
                 f"| {title.format(**sizes)} ({unit}) | {label} | {cell(engines.get('tenantflow'))} "
                 f"| {cell(engines.get('dbos'))} | {cell(engines.get('baseline'))} | {cell(engines.get('raw'))} "
                 f"| {cell(ratios.get('tenantflow/dbos'), '×')} | {cell(ratios.get('tenantflow/raw'), '×')} "
-                f"| {target['text'] if target else '–'} | {met} |"
+                f"| {target['text'] if target else '–'} | {met_text} |"
             )
     lines.append("")
     if any(results.get(k) for k in ("sleepers", "isolate_start", "fast_path", "guest_speed")):
@@ -83,7 +83,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| created at {fmt(sleep['creation_per_s'])}/s; all parked (`waiting`, no isolate held: "
             f"{sleep['running_at_park']} running, {sleep['activations_held_while_parked']} activations held) "
             f"after {fmt(sleep['park_s'])} s; RSS {fmt(sleep['rss_parked_mb'])} MiB while parked, "
-            f"peak {fmt(sleep['peak_rss_mb'])} MiB (target < 1 GiB: **{'yes' if ok else 'no'}**); "
+            f"peak {fmt(sleep['peak_rss_mb'])} MiB (target < 1 GiB: {met(ok)}); "
             f"all finished {fmt(sleep['wake_to_all_done_s'])} s after the wake time "
             f"({fmt(sleep['woken_per_s'])}/s) |",
         ]
