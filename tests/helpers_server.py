@@ -4,7 +4,8 @@
         key = server.create_tenant("acme")["api_key"]
         client = server.client(key)
 
-The process is stopped (SIGTERM, then SIGKILL if it hangs) when the block ends.
+The process is stopped (SIGTERM, then SIGKILL if it hangs) when the block ends. `app_server(app)`
+serves an app under uvicorn on a thread of the test's own process instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.types import ASGIApp
 from tenantflow.client import Client
+from tenantflow.runtime.http.server import bind
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -32,6 +37,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def app_server(app: ASGIApp, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """`app` under uvicorn (`config`, by default a quiet one) on a thread, listening on 127.0.0.1 as
+    `tenantflow serve` does (its `bind`); the URL until the block ends, when the server stops."""
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(config or uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def cli(

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+from helpers_server import app_server
 from tenantflow.host import Sandbox
 from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.service import Service
@@ -47,25 +43,6 @@ class Weight:
     dom_nodes: int
     page_height: int
     responses: int
-
-
-@contextmanager
-def serving(service: Service) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def long_instance(service: Service, key: str, steps: int, instance_id: str = "long-1") -> None:
@@ -122,7 +99,7 @@ def main() -> None:
         try:
             _, key = service.create_tenant("acme")
             long_instance(service, key, args.steps)
-            with serving(service) as url, sync_playwright() as playwright:
+            with app_server(create_app(service)) as url, sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 total, timeline, nodes, height, count = measure(browser, url, key, "/workflows/long/instances/long-1")
                 browser.close()

@@ -121,9 +121,14 @@ class Server(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (IPv4 or IPv6); OSError if it is taken."""
+    """A listening socket on host:port (IPv4 or IPv6); OSError if it is taken.
+
+    The protocol is named (IPPROTO_TCP, not the default 0): asyncio turns Nagle's algorithm off
+    (TCP_NODELAY) only on connections whose socket says so (`asyncio.base_events._set_nodelay`), and
+    uvicorn writes a response's head and body separately; with Nagle on, a keep-alive client waited
+    for its delayed ACK (~40 ms) on every response."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

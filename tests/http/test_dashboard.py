@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from helpers_server import app_server
 from tenantflow.host import Sandbox
 from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.http.dashboard import STATIC, build_timeline, fmt_bytes, fmt_count, fmt_duration
@@ -90,21 +88,6 @@ class Site:
         raise AssertionError(f"{instance_id} never became {status}")
 
 
-def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    return server, thread, port
-
-
 @pytest.fixture(scope="module")
 def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     db = tmp_path_factory.mktemp("dashboard") / "tf.db"
@@ -115,12 +98,10 @@ def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     service.deploy(service.authenticate(acme), "approval", APPROVAL)
     service.deploy(service.authenticate(acme), "approval", APPROVAL.replace("cool off", "cool down"))
     service.deploy(service.authenticate(globex), "globex-flow", GLOBEX)
-    server, thread, port = _serve(create_app(service))
     try:
-        yield Site(f"http://127.0.0.1:{port}", service, acme, globex, operator)
+        with app_server(create_app(service)) as url:
+            yield Site(url, service, acme, globex, operator)
     finally:
-        server.should_exit = True
-        thread.join(10)
         service.stop()
         service.store.close()
 

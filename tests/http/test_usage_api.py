@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
+from helpers_server import app_server
 from tenantflow.client import AsyncClient, Client, Forbidden, InvalidInput, NotFound
 from tenantflow.host import Sandbox
 from tenantflow.runtime.cli import main
@@ -71,19 +69,10 @@ def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             ids = [f"{workflow}-{n}" for n in range(2)]
             service.create_instances(service.authenticate(key), workflow, [{"id": i} for i in ids])
             _finished(service, key, workflow, ids)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
     try:
-        yield Site(f"http://127.0.0.1:{port}", db, service, acme, globex, operator)
+        with app_server(create_app(service)) as url:
+            yield Site(url, db, service, acme, globex, operator)
     finally:
-        server.should_exit = True
-        thread.join(10)
         service.stop()
         service.store.close()
 

@@ -5,8 +5,6 @@ for a tenant and for an operator across tenants."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from helpers_server import app_server
 from tenantflow.host import Sandbox
 from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.service import Service
@@ -65,19 +63,10 @@ def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     _run(service, acme, "orders", {"o1": 3, "o2": 4})  # 7 steps
     _run(service, acme, "emails", {"e1": 2})  # 2 steps
     _run(service, globex, "reports", {"r1": 5})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
     try:
-        yield Site(f"http://127.0.0.1:{port}", service, acme, globex, operator)
+        with app_server(create_app(service)) as url:
+            yield Site(url, service, acme, globex, operator)
     finally:
-        server.should_exit = True
-        thread.join(10)
         service.stop()
         service.store.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from helpers_server import ServerProcess, servers
+from helpers_server import ServerProcess, app_server, servers
 from tenantflow.client import AsyncClient, Client, EntryEvent, ResetEvent, StatusEvent
 from tenantflow.client import _sync as client_module
 from tenantflow.client._watch import ServerSentEvent, SSEParser
@@ -293,41 +291,26 @@ def test_the_server_stops_promptly_with_watches_open(tmp_path: Path) -> None:
         assert all(s.ended.wait(5) for s in streams), "every watch ends when the server stops"
 
 
-def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 def test_a_quiet_watch_sends_heartbeats(sandbox: Sandbox, tmp_path: Path) -> None:
     service = Service.open(f"sqlite:///{tmp_path / 'tf.db'}", sandbox=sandbox, workers=1).start()
-    server, thread, url = _serve(create_app(service, watch_heartbeat_s=0.3))
     try:
-        _, key = service.create_tenant("acme")
-        site = Site(ServerProcess(tmp_path / "unused.db"), key, key)
-        site.server.port = int(url.rsplit(":", 1)[1])
-        with site.server.client(key) as client:
-            client.deploy("gated", GATED)
-        site.waiting("h1")
-        stream = site.watch("h1")
-        stream.until(entry_in(1, "waiting"))
-        deadline = time.monotonic() + 5
-        while ": keep-alive" not in stream.raw[-3:]:
-            assert time.monotonic() < deadline, "no heartbeat within 5 s"
-            time.sleep(0.05)
-        assert stream.raw.count(": keep-alive") >= 1 and stream.events.empty()
-        site.go("h1")
-        stream.rest()
+        with app_server(create_app(service, watch_heartbeat_s=0.3)) as url:
+            _, key = service.create_tenant("acme")
+            site = Site(ServerProcess(tmp_path / "unused.db"), key, key)
+            site.server.port = int(url.rsplit(":", 1)[1])
+            with site.server.client(key) as client:
+                client.deploy("gated", GATED)
+            site.waiting("h1")
+            stream = site.watch("h1")
+            stream.until(entry_in(1, "waiting"))
+            deadline = time.monotonic() + 5
+            while ": keep-alive" not in stream.raw[-3:]:
+                assert time.monotonic() < deadline, "no heartbeat within 5 s"
+                time.sleep(0.05)
+            assert stream.raw.count(": keep-alive") >= 1 and stream.events.empty()
+            site.go("h1")
+            stream.rest()
     finally:
-        server.should_exit = True
-        thread.join(10)
         service.stop()
         service.store.close()
 

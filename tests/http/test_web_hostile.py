@@ -8,7 +8,6 @@ uvicorn in this process where a test needs to reach inside (a monkeypatched serv
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from helpers_server import ServerProcess, Servers, servers
+from helpers_server import ServerProcess, Servers, app_server, servers
 from tenantflow.host import Sandbox
 from tenantflow.runtime.errors import Unavailable
 from tenantflow.runtime.http.api import create_app
@@ -100,32 +98,16 @@ def test_the_metrics_token_is_taken_from_the_environment(group: Servers, monkeyp
 # -- in-process servers ------------------------------------------------------------------------
 
 
-def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
-    """The app under uvicorn with `tenantflow serve`'s settings, but a 0.5 s header deadline."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn_config(app, "warning", header_timeout_s=0.5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def local(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Service, str, str]]:
     """(service, its tenant's key, url) of the real app under uvicorn, with a 0.5 s body timeout."""
     service = Service.open(f"sqlite:///{tmp_path / 'tf.db'}", sandbox=sandbox, workers=1)
     _, key = service.create_tenant("acme")
-    server, thread, url = _serve(create_app(service, body_timeout_s=0.5))
+    app = create_app(service, body_timeout_s=0.5)
     try:
-        yield service, key, url
+        with app_server(app, uvicorn_config(app, "warning", header_timeout_s=0.5)) as url:
+            yield service, key, url
     finally:
-        server.should_exit = True
-        thread.join(10)
         service.store.close()
 
 

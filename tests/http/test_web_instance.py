@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from instance_weight import CHROMIUM, long_instance, measure, serving
+from helpers_server import app_server
+from instance_weight import CHROMIUM, long_instance, measure
 from tenantflow.host import Sandbox
+from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.http.dashboard_views import build_rows, cap_rows, fmt_duration, now_line
 from tenantflow.runtime.records import Instance
 from tenantflow.runtime.service import Service
@@ -211,7 +213,7 @@ def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     service.deploy(tenant, "sleepy", SLEEPY)
     service.deploy(tenant, "eventy", EVENTY)
     try:
-        with serving(service) as url:
+        with app_server(create_app(service)) as url:
             yield Site(url, service, key)
     finally:
         service.stop()
