@@ -14,7 +14,9 @@ machine's disk flush speed swings within minutes:
               has completed): the instance's created_at → its first journal entry's updated_at, both
               the server's own timestamps; p50 and p90 in ms. The entry's time is taken just before the
               step's commit, so the figure holds the create's commit and everything up to the step's
-              commit (not that commit's own fsync: 1 / raw, printed beside it).
+              commit (not that commit's own fsync: 1 / raw, printed beside it). Beside it, as the client
+              sees it: the create's POST sent → the answer of `GET ...?wait=10` (a long poll that answers
+              once the instance has finished), p50 and p90 (`round_trip_p50_ms`, `round_trip_p90_ms`).
   fan_out     `--fan-out` ten-step instances created in batches of 100 (`POST .../instances/batch`),
               back to back: instances/s from the first request to the last finish the store recorded.
   sequential  one instance of `--steps` sequential steps: steps/s (created_at → finished_at) and its
@@ -115,14 +117,18 @@ def create(http: httpx.Client, workflow: str, body: dict[str, Any]) -> None:
 def first_step(builds: Sequence[Build], n: int) -> dict[str, dict[str, Any]]:
     """One instance at a time, the builds taking turns instance by instance (so the disk's swings reach all
     of them alike): each build's figures from its own database."""
+    round_trips: dict[str, list[float]] = {build.label: [] for build in builds}
     for i in range(n):
         for build in builds if i % 2 == 0 else builds[::-1]:
+            sent = time.perf_counter()
             create(build.http, "first", {"id": f"m{i}"})
             answer = build.http.get(f"/v1/workflows/first/instances/m{i}", params={"wait": 10})
+            round_trips[build.label].append(1000 * (time.perf_counter() - sent))
             if answer.json().get("status") != "complete":
                 raise RuntimeError(f"first step: instance m{i} is {answer.json().get('status')}")
     figures = {}
     for build in builds:
+        trips = statistics.quantiles(round_trips[build.label], n=10)
         rows = query(
             build.server,
             "SELECT j.updated_at - i.created_at FROM instances i JOIN journal j ON j.tenant_id = i.tenant_id "
@@ -131,7 +137,13 @@ def first_step(builds: Sequence[Build], n: int) -> dict[str, dict[str, Any]]:
         )
         times = sorted(1000 * r[0] for r in rows)
         deciles = statistics.quantiles(times, n=10)
-        figures[build.label] = {"p50_ms": statistics.median(times), "p90_ms": deciles[8], "n": len(times)}
+        figures[build.label] = {
+            "p50_ms": statistics.median(times),
+            "p90_ms": deciles[8],
+            "n": len(times),
+            "round_trip_p50_ms": statistics.median(round_trips[build.label]),
+            "round_trip_p90_ms": trips[8],
+        }
     return figures
 
 
@@ -234,7 +246,7 @@ def one_round(
 
 
 FIGURES = {
-    "first_step": ("p50_ms", "p90_ms"),
+    "first_step": ("p50_ms", "p90_ms", "round_trip_p50_ms", "round_trip_p90_ms"),
     "fan_out": ("instances_per_s",),
     "sequential": ("steps_per_s", "ratio_to_raw"),
 }

@@ -142,6 +142,11 @@ def tenantflow_only(results: dict[str, Any]) -> list[str]:
             f"(n = {first['n']}; raw commits/s beside it {first['raw_commits_per_s']:,}) "
             f"(target p50 ≤ 2 ms: {met(first['p50_ms'] <= 2)}) |"
         )
+        if "round_trip_p50_ms" in first:
+            lines.append(
+                "| real server, as its client sees it: create's POST sent → `GET ...?wait` answered with the finished "
+                f"instance | p50 {first['round_trip_p50_ms']:.2f} ms, p90 {first['round_trip_p90_ms']:.2f} ms |"
+            )
     fan = fast.get("fan_out")
     if fan:
         lines.append(
