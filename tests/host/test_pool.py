@@ -18,9 +18,11 @@ SETTLE_S = 60
 BELOW_INITIAL = 8 << 20
 
 
-def _pool(sandbox: Sandbox, size: int, cores: int = 64) -> IsolatePool:
+def _pool(sandbox: Sandbox, size: int, cores: int = 64, quiet_s: float = 0.0) -> IsolatePool:
     exports = (sandbox.component.get_export_index("check"),)
-    return IsolatePool(sandbox.engine, sandbox.linker, sandbox.component, sandbox._epoch, exports, size, cores=cores)
+    return IsolatePool(
+        sandbox.engine, sandbox.linker, sandbox.component, sandbox._epoch, exports, size, cores=cores, quiet_s=quiet_s
+    )
 
 
 @pytest.fixture
@@ -92,6 +94,28 @@ def test_no_refill_while_activations_hold_every_core(sandbox: Sandbox) -> None:
         assert busy.ready() == 2
     finally:
         busy.close()
+
+
+def test_while_one_is_ready_the_thread_waits_out_a_take_and_a_retire(sandbox: Sandbox) -> None:
+    quiet = _pool(sandbox, 3, quiet_s=3600)
+    try:
+        assert quiet.settle(SETTLE_S) and quiet.ready() == 3
+        first = quiet.take(256 << 20, 10**10)
+        quiet.retire(quiet.take(256 << 20, 10**10))
+        time.sleep(0.5)
+        assert quiet.ready() == 1 and quiet.built == 3, "refilled beside an activation's start while one was ready"
+        assert quiet.retiring() == 1, "dropped beside an activation's end while one was ready"
+        quiet.take(256 << 20, 10**10)
+        # None ready: the next activation would make its own, so the thread works at once (drop, then make).
+        deadline = time.monotonic() + SETTLE_S
+        while quiet.ready() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert quiet.ready() == 1 and quiet.retiring() == 0
+        time.sleep(0.5)
+        assert quiet.ready() == 1, "one ready again: the rest waits out the quiet period"
+        quiet.retire(first)
+    finally:
+        quiet.close()
 
 
 def test_instantiation_fuel_is_the_same_pooled_or_not(sandbox: Sandbox, pool: IsolatePool) -> None:
