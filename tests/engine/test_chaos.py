@@ -11,8 +11,9 @@ instances are taken over by lease expiry; the others are recovered at once by th
 which sees their process gone. A few instances run an activation longer than the lease, kept by
 heartbeats. The same on SQLite with one worker process.
 
-Short form by default (CI, ~30 s); TENANTFLOW_CHAOS=long runs 500 instances on PostgreSQL and 200
-on SQLite. Also here: NOTIFY wakes an idle worker process at once.
+Short form by default (40 instances on PostgreSQL, 60 on SQLite: 20-40 s each on a slow 2-core machine,
+a kill every second); TENANTFLOW_CHAOS=long runs 500 instances on PostgreSQL and 200 on SQLite. Also here:
+NOTIFY wakes an idle worker process at once.
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def test_chaos_postgresql(
         counter,
         tmp_path,
         workers=4,
-        n=500 if LONG else 100,
+        n=500 if LONG else 40,
         many_hosts=True,
         slow_every=25,
     )
@@ -301,7 +302,7 @@ def test_chaos_sqlite(sandbox: Sandbox, counter: tuple[str, Counter[str]], tmp_p
         counter,
         tmp_path,
         workers=1,
-        n=200 if LONG else 150,
+        n=200 if LONG else 60,
         many_hosts=False,
     )
 

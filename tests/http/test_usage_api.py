@@ -8,13 +8,14 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 from helpers_server import app_server
+from midday import MiddayClock
 from tenantflow.client import AsyncClient, Client, Forbidden, InvalidInput, NotFound
 from tenantflow.host import Sandbox
 from tenantflow.runtime.cli import main
@@ -59,7 +60,7 @@ def _finished(service: Service, key: str, workflow: str, ids: list[str]) -> None
 @pytest.fixture(scope="module")
 def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     db = f"sqlite:///{tmp_path_factory.mktemp('usage') / 'tf.db'}"
-    service = Service.open(db, sandbox=sandbox, workers=2).start()
+    service = Service.open(db, sandbox=sandbox, workers=2, clock=CLOCK).start()
     _, acme = service.create_tenant("acme")
     _, globex = service.create_tenant("globex")
     _, operator = service.create_tenant("ops", operator=True)
@@ -77,7 +78,8 @@ def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         service.store.close()
 
 
-TODAY = datetime.now(UTC).date()
+CLOCK = MiddayClock()
+TODAY = CLOCK.today()
 
 
 def test_a_tenant_sees_its_own_usage_by_day_and_by_workflow(site: Site) -> None:
@@ -150,7 +152,7 @@ def test_the_clients(site: Site) -> None:
         report = client.usage(TODAY - timedelta(days=6), TODAY)
         assert len(report.rows) == 7 and report.from_ == (TODAY - timedelta(days=6)).isoformat()
         assert client.usage(group_by="workflow").total == report.total
-        assert client.usage(time.time()).rows[0].key == TODAY.isoformat()
+        assert client.usage(CLOCK.now()).rows[0].key == TODAY.isoformat()
         with pytest.raises(InvalidInput):
             client.usage(date(2020, 1, 1), date(2022, 1, 1))
         with pytest.raises(Forbidden):

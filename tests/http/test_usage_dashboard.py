@@ -8,13 +8,13 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from helpers_server import app_server
+from midday import MiddayClock
 from tenantflow.host import Sandbox
 from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.service import Service
@@ -22,7 +22,8 @@ from tenantflow.runtime.service import Service
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).parent.parent / "artifacts"
-TODAY = datetime.now(UTC).date().isoformat()
+CLOCK = MiddayClock()
+TODAY = CLOCK.today().isoformat()
 
 STEPS = """
 def run(event, step):
@@ -56,7 +57,7 @@ def _run(service: Service, key: str, workflow: str, instances: dict[str, int]) -
 @pytest.fixture(scope="module")
 def site(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     db = tmp_path_factory.mktemp("usage-dashboard") / "tf.db"
-    service = Service.open(f"sqlite:///{db}", sandbox=sandbox, workers=2).start()
+    service = Service.open(f"sqlite:///{db}", sandbox=sandbox, workers=2, clock=CLOCK).start()
     _, acme = service.create_tenant("acme")
     _, globex = service.create_tenant("globex")
     _, operator = service.create_tenant("ops", operator=True)
