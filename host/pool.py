@@ -301,8 +301,9 @@ class IsolatePool:
                     self._lock.wait()
                     continue
                 # Measured on a real server, one instance at a time on 2 cores: making and dropping beside the
-                # activation that just took an isolate (or the finish of the one that just retired its) made its
-                # first step ~13% later. With none ready, the next activation would make its own: no waiting.
+                # activation that just took an isolate (or the finish of the one that just retired its) put its
+                # first step at 8.9 ms against 6.4 ms. With none ready, the next activation would make its own:
+                # no waiting then.
                 resume = self._last_use + self.quiet_s if self._ready else 0.0
                 if making:
                     resume = max(resume, self._retry_at)
