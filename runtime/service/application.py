@@ -268,8 +268,9 @@ class Service:
 
     def version(self, tenant: Tenant, workflow: str, version: int | None = None) -> Version:
         """A version of the workflow (None: its latest); NotFound if it has none such."""
-        versions = self.versions(tenant, workflow)
-        chosen = versions[-1] if version is None else next((v for v in versions if v.version == version), None)
+        if version is None:
+            return self.store.latest_version(tenant.tenant_id, check_id(workflow, "workflow name"))
+        chosen = next((v for v in self.versions(tenant, workflow) if v.version == version), None)
         if chosen is None:
             raise NotFound(f"workflow {workflow!r} has no version {version}")
         return chosen
@@ -286,7 +287,7 @@ class Service:
         parsed = [self._parse_item(tenant, item) for item in self._check_batch(items)]
         if len({i for i, _ in parsed}) != len(parsed):
             raise InvalidInput("instance ids in a batch must differ")
-        version = self.versions(tenant, workflow)[-1]
+        version = self.version(tenant, workflow)
         self._check_storage(tenant)
         created, _ = self._create(tenant, version, parsed, all_or_none=True)
         return created
@@ -312,7 +313,7 @@ class Service:
                 continue
             index_of[instance_id] = index
             parsed.append((instance_id, params))
-        version = self.versions(tenant, workflow)[-1]
+        version = self.version(tenant, workflow)
         created: list[Instance] = []
         if parsed:
             self._check_storage(tenant)
@@ -441,8 +442,7 @@ class Service:
         id_prefix: str | None = None,
     ) -> InstancePage:
         """A page of one workflow's instances, newest first (NotFound if there is no such workflow)."""
-        check_id(workflow, "workflow name")
-        self.versions(tenant, workflow)
+        self.version(tenant, workflow)  # NotFound if there is no such workflow
         return self.tenant_instances(
             tenant, workflow, status, limit, after, created_after, created_before, before=before, id_prefix=id_prefix
         )

@@ -19,7 +19,7 @@ class Retentions:
 
     def get(self, tenant: Tenant, workflow: str) -> Retention:
         """How long the workflow's finished instances are kept (NotFound for no such workflow)."""
-        self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"))
+        self.store.latest_version(tenant.tenant_id, check_id(workflow, "workflow name"))
         return self.store.retention(tenant.tenant_id, workflow)
 
     def set(self, tenant: Tenant, workflow: str, given: Mapping[str, Any]) -> Retention:

@@ -88,6 +88,19 @@ class Workflows(StoreCore):
             raise NotFound(f"no workflow {workflow!r}")
         return rows
 
+    def latest_version(self, tenant_id: str, workflow: str) -> Version:
+        """The workflow's newest version (one row, however many it has); NotFound if it has none."""
+        with self.read() as tx:
+            rows = tx.records(
+                Version,
+                f"SELECT {columns(Version)} FROM versions WHERE tenant_id = ? AND workflow = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (tenant_id, workflow),
+            )
+        if not rows:
+            raise NotFound(f"no workflow {workflow!r}")
+        return rows[0]
+
     def workflows(self, tenant_id: str) -> list[Version]:
         """The latest version of each workflow."""
         with self.read() as tx:

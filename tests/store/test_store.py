@@ -168,10 +168,13 @@ def test_deploy_versions(store: SQLStore) -> None:
     assert (v2.version, new) == (2, True)
     store.deploy("acme", "other", "one", "h1", T0 + 3)
     assert [v.version for v in store.versions("acme", "wf")] == [1, 2]
+    assert store.latest_version("acme", "wf") == v2 and store.latest_version("acme", "other").version == 1
     assert [(v.workflow, v.version) for v in store.workflows("acme")] == [("other", 1), ("wf", 2)]
     assert store.source("acme", "h2") == "two"
     with pytest.raises(NotFound):
         store.versions("acme", "missing")
+    with pytest.raises(NotFound):
+        store.latest_version("acme", "missing")
     with pytest.raises(NotFound):
         store.source("acme", "nope")
     make_tenant(store, "zeta")
