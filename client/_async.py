@@ -97,10 +97,19 @@ class AsyncClient:
         return await self.send(calls.deploy(name, source))
 
     async def workflows(self) -> list[c.Version]:
-        return await self.send(calls.workflows())
+        """The latest version of each workflow, by name (every page of them)."""
+        found: list[c.Version] = []
+        page = await self.send(calls.workflows())
+        found += page.workflows
+        while page.next_after is not None:
+            page = await self.send(calls.workflows(page.next_after))
+            found += page.workflows
+        return found
 
-    async def versions(self, name: str) -> c.Workflow:
-        return await self.send(calls.versions(name))
+    async def versions(self, name: str, *, before: int | None = None, limit: int | None = None) -> c.Workflow:
+        """The workflow with a page of its versions: the newest `limit` (100 by default) below `before`, oldest
+        first; the answer's `next_before`, passed as `before`, asks for older ones."""
+        return await self.send(calls.versions(name, before, limit))
 
     async def set_retention(
         self, name: str, *, complete: str | None = None, errored: str | None = None, terminated: str | None = None

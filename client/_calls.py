@@ -134,6 +134,11 @@ def _usage_params(first: Day | None, last: Day | None, **given: str | None) -> d
     return {k: v for k, v in {**days, **given}.items() if v is not None}
 
 
+def _present(**given: Any) -> dict[str, Any]:
+    """The query parameters that are given (not None)."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _quotas(quotas: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: list(v) if k == "egress" else v for k, v in (quotas or {}).items()}
 
@@ -156,12 +161,13 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         return Call("PUT", f"/v1/workflows/{_seg(name)}", _model(c.Deployed), {"source": source})
 
     @staticmethod
-    def workflows() -> Call[list[c.Version]]:
-        return Call("GET", "/v1/workflows", lambda body: c.WorkflowList.model_validate(body).workflows)
+    def workflows(after: str | None = None) -> Call[c.WorkflowList]:
+        return Call("GET", "/v1/workflows", _model(c.WorkflowList), params=_present(after=after))
 
     @staticmethod
-    def versions(name: str) -> Call[c.Workflow]:
-        return Call("GET", f"/v1/workflows/{_seg(name)}", _model(c.Workflow))
+    def versions(name: str, before: int | None = None, limit: int | None = None) -> Call[c.Workflow]:
+        params = _present(before=before, limit=limit)
+        return Call("GET", f"/v1/workflows/{_seg(name)}", _model(c.Workflow), params=params)
 
     @staticmethod
     def set_retention(name: str, retention: Mapping[str, str | None]) -> Call[c.Retention]:
@@ -200,7 +206,7 @@ class calls:  # noqa: N801 - a namespace of call builders, read as `calls.deploy
         }
         for name, at in (("created_after", created_after), ("created_before", created_before)):
             given[name] = None if at is None else c.time_text(at)
-        params = {k: v for k, v in given.items() if v is not None}
+        params = _present(**given)
         path = "/v1/instances" if workflow is None else f"/v1/workflows/{_seg(workflow)}/instances"
         return Call("GET", path, _model(c.InstancePage), params=params)
 

@@ -94,10 +94,19 @@ class Client:
         return self.send(calls.deploy(name, source))
 
     def workflows(self) -> list[c.Version]:
-        return self.send(calls.workflows())
+        """The latest version of each workflow, by name (every page of them)."""
+        found: list[c.Version] = []
+        page = self.send(calls.workflows())
+        found += page.workflows
+        while page.next_after is not None:
+            page = self.send(calls.workflows(page.next_after))
+            found += page.workflows
+        return found
 
-    def versions(self, name: str) -> c.Workflow:
-        return self.send(calls.versions(name))
+    def versions(self, name: str, *, before: int | None = None, limit: int | None = None) -> c.Workflow:
+        """The workflow with a page of its versions: the newest `limit` (100 by default) below `before`, oldest
+        first; the answer's `next_before`, passed as `before`, asks for older ones."""
+        return self.send(calls.versions(name, before, limit))
 
     def set_retention(
         self, name: str, *, complete: str | None = None, errored: str | None = None, terminated: str | None = None

@@ -341,6 +341,7 @@ class QuotaChanges(_Request):
     max_source_bytes: QuotaInt = _quota("max_source_bytes", "A workflow's source, bytes")
     max_payload_bytes: QuotaInt = _quota("max_payload_bytes", "Params and event payloads, bytes of JSON")
     max_stored_mb: QuotaInt = _quota("max_stored_mb", "Everything the tenant's instances store, MB")
+    max_workflows: QuotaInt = _quota("max_workflows", "Workflows (deployed names)")
     egress: list[EgressEntry] | None = Field(
         default=None,
         max_length=MAX_EGRESS_ENTRIES,
@@ -549,6 +550,22 @@ class CountsQuery(_Query):
     id_prefix: Id | None = Field(default=None, description="Only instances whose id starts with this")
 
 
+class WorkflowsQuery(_Query):
+    """The query of `GET /v1/workflows`: by name."""
+
+    after: Id | None = Field(default=None, description="Only workflows named after this one (next_after of a page)")
+    limit: QueryInt = Field(default=MAX_PAGE, ge=1, le=MAX_PAGE)
+
+
+class VersionsQuery(_Query):
+    """The query of `GET /v1/workflows/{name}`: a page of its versions, the newest first."""
+
+    before: Annotated[int, Field(ge=1, le=MAX_QUERY_INT), BeforeValidator(_whole_number)] | None = Field(
+        default=None, description="Only versions below this one (next_before of a page)"
+    )
+    limit: QueryInt = Field(default=100, ge=1, le=MAX_PAGE)
+
+
 class JournalQuery(_Query):
     """The query of `GET .../instances/{id}/journal`."""
 
@@ -611,7 +628,8 @@ class Deployed(Version):
 
 
 class WorkflowList(_Response):
-    workflows: list[Version]
+    workflows: list[Version] = Field(description="The latest version of each workflow, by name")
+    next_after: str | None = Field(default=None, description="Pass as `after` for the next page; null on the last")
 
 
 class Retention(_Response):
@@ -626,7 +644,10 @@ class Retention(_Response):
 class Workflow(_Response):
     name: str
     latest: int
-    versions: list[Version] = Field(description="Oldest first")
+    versions: list[Version] = Field(description="Oldest first: the newest `limit` versions (below `before`, if given)")
+    next_before: int | None = Field(
+        default=None, description="Pass as `before` for the older versions; null when there are none"
+    )
     counts: dict[Status, int] = Field(default_factory=dict, description="How many of its instances are in each status")
     retention: Retention = Field(default_factory=Retention, description="How long its finished instances are kept")
 
@@ -846,6 +867,7 @@ class Quotas(_Response):
     max_source_bytes: int
     max_payload_bytes: int
     max_stored_mb: int
+    max_workflows: int = 1000
     egress: list[str]
 
 

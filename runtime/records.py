@@ -70,6 +70,8 @@ class Quotas:
     egress: tuple[str, ...] = ()
     # Everything the tenant's instances store (params, journal, attempts, events, outputs, errors, logs).
     max_stored_mb: int = 1024
+    # Workflows (names with at least one version); a workflow's versions are counted in max_stored_mb.
+    max_workflows: int = 1000
 
     @property
     def max_stored_bytes(self) -> int:
@@ -90,6 +92,7 @@ QUOTA_BOUNDS: dict[str, tuple[int, int]] = {
     "max_source_bytes": (1, 2 << 20),
     "max_payload_bytes": (1, 2 << 20),
     "max_stored_mb": (1, 10**7),
+    "max_workflows": (1, 100_000),
 }
 MAX_EGRESS_ENTRIES = 100
 # An egress allowlist entry: a host name (or `*.` and a domain), an IPv4 address or a bracketed IPv6
@@ -151,6 +154,24 @@ class Version:
     version: int
     source_hash: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class WorkflowPage:
+    """The latest version of each of a page of workflows, by name; `next_after` (None: the last page) is the
+    name the next page starts after."""
+
+    workflows: list[Version]
+    next_after: str | None
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    """A page of a workflow's versions, oldest first: the newest ones below a version number (the first page:
+    the newest of all); `next_before` (None: none older) asks for the older ones before it."""
+
+    versions: list[Version]
+    next_before: int | None
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,12 @@ def workflows(client: Client, as_json: bool) -> None:
 
 @commands.command()
 @click.argument("name")
+@click.option("--before", type=click.IntRange(1), default=None, help="Only versions below this one (older).")
 @api_options
-def workflow(client: Client, name: str, as_json: bool) -> None:
-    """Show a workflow: its versions, its instances by status, and how long its finished ones are kept."""
-    found = client.versions(name)
+def workflow(client: Client, name: str, before: int | None, as_json: bool) -> None:
+    """Show a workflow: its newest versions (100), its instances by status, and how long its finished ones are
+    kept."""
+    found = client.versions(name, before=before)
     if as_json:
         print_json(plain(found))
         return
@@ -96,6 +98,8 @@ def workflow(client: Client, name: str, as_json: bool) -> None:
     for item in found.versions:
         versions.add_row(str(item.version), item.source_hash[:12], when(item.created_at))
     console.print(versions)
+    if found.next_before is not None:
+        console.print(Text(f"older versions: tenantflow workflow {name} --before {found.next_before}", style="dim"))
     counts = "  ".join(f"{status} {found.counts.get(status, 0)}" for status in STATUSES)
     console.print(Text("instances: ", style="bold") + Text(counts))
     console.print(Text("retention:", style="bold"))

@@ -183,6 +183,7 @@ _QUOTA_HELP = {
     "max_source_bytes": "A workflow's source, bytes.",
     "max_payload_bytes": "Params and event payloads, bytes.",
     "max_stored_mb": "Storage for all the tenant's instances, MB.",
+    "max_workflows": "Workflows (deployed names).",
 }
 # Older spellings of the options, kept working.
 _ALIASES = {"max_instances_per_minute": ["--max-instances"]}

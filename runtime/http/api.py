@@ -179,20 +179,26 @@ class Api:
 
     async def list_workflows(self, request: Request) -> Response:
         tenant = await self.tenant(request)
-        versions = await run_in_threadpool(self.service.workflows, tenant)
-        return JSONBody({"workflows": [version_json(v) for v in versions]})
+        asked = query(contract.WorkflowsQuery, request)
+        page = await run_in_threadpool(self.service.workflows, tenant, asked.after, asked.limit)
+        return JSONBody({"workflows": [version_json(v) for v in page.workflows], "next_after": page.next_after})
 
     async def get_workflow(self, request: Request) -> Response:
         tenant = await self.tenant(request)
         name = request.path_params["name"]
-        versions = await run_in_threadpool(self.service.versions, tenant, name)
+        asked = query(contract.VersionsQuery, request)
+        page = await run_in_threadpool(self.service.versions, tenant, name, asked.before, asked.limit)
+        latest = page.versions[-1] if asked.before is None and page.versions else None
+        if latest is None:
+            latest = await run_in_threadpool(self.service.version, tenant, name)
         counts = await run_in_threadpool(self.service.counts, tenant, name)
         retention = await run_in_threadpool(self.service.retentions.get, tenant, name)
         return JSONBody(
             {
                 "name": name,
-                "latest": versions[-1].version,
-                "versions": [version_json(v) for v in versions],
+                "latest": latest.version,
+                "versions": [version_json(v) for v in page.versions],
+                "next_before": page.next_before,
                 "counts": counts,
                 "retention": retention.public(),
             }

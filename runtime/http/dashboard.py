@@ -65,6 +65,10 @@ from tenantflow.runtime.service.watching import FINAL_STATES
 
 # The last journal position there can be (a tenant's `max_steps` is at most 100,000).
 MAX_POSITION = 10**9
+# The workflow page lists this many of the newest versions; the operator's front page this many workflows of
+# each tenant. The API pages through the rest.
+VERSIONS_SHOWN = 100
+WORKFLOWS_PER_TENANT = 100
 
 __all__ = [
     "STATIC",
@@ -174,13 +178,17 @@ class Dashboard:
 
     def workflows_fragment(self, request: Request) -> Response:
         actor = self.actor(request)
-        groups = [(tenant, self.service.workflows(tenant)) for tenant in self.service.tenants(actor)]
+        tenants = self.service.tenants(actor)
+        # One tenant's page holds as many as its quota allows by default; an operator's view of every tenant
+        # shows the first WORKFLOWS_PER_TENANT of each (the API pages through the rest).
+        limit = MAX_PAGE if len(tenants) == 1 else WORKFLOWS_PER_TENANT
+        groups = [(tenant, self.service.workflows(tenant, limit=limit)) for tenant in tenants]
         return self.render("_workflows.html", fragment=True, actor=actor, groups=groups, q=self.query)
 
     def workflow_fragment(self, request: Request) -> Response:
         actor, viewed = self.scope(request)
         name = request.path_params["name"]
-        versions = self.service.versions(viewed, name)
+        versions = self.service.versions(viewed, name, limit=VERSIONS_SHOWN)
         version_text = request.query_params.get("version", "")
         chosen = int(version_text) if version_text.isdigit() and len(version_text) < 10 else None
         version, source = self.service.source(viewed, name, chosen)
@@ -191,7 +199,8 @@ class Dashboard:
             viewed=viewed,
             readonly=viewed.tenant_id != actor.tenant_id,
             name=name,
-            versions=versions,
+            versions=versions.versions,
+            older=versions.next_before,
             version=version,
             source_lines=source.splitlines(),
             open_source=chosen is not None,

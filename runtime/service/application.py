@@ -43,6 +43,8 @@ from tenantflow.runtime.records import (
     Quotas,
     Tenant,
     Version,
+    VersionPage,
+    WorkflowPage,
     check_event_type,
     check_id,
 )
@@ -222,6 +224,7 @@ class Service:
             raise InvalidInput("source is a string of Python")
         if len(source.encode("utf-8", "surrogatepass")) > tenant.quotas.max_source_bytes:
             raise TooLarge(f"the source is larger than {tenant.quotas.max_source_bytes} bytes")
+        self._check_storage(tenant)  # sources and versions are stored too
         return self.checks.submit(tenant, source)
 
     def finish_deploy(
@@ -233,13 +236,20 @@ class Service:
                 error.message if error.name == FailureName.WORKFLOW_CODE_ERROR else f"{error.name}: {error.message}"
             )
             raise WorkflowCodeError(message, error.line)
-        version, created = self.store.deploy(tenant.tenant_id, workflow, source, source_hash(source), self.clock.now())
+        version, created = self.store.deploy(
+            tenant.tenant_id, workflow, source, source_hash(source), self.clock.now(), tenant.quotas.max_workflows
+        )
         if created:
             logs.event("workflow deployed", tenant=tenant.tenant_id, workflow=workflow, version=version.version)
         return version, created
 
-    def workflows(self, tenant: Tenant) -> list[Version]:
-        return self.store.workflows(tenant.tenant_id)
+    def workflows(self, tenant: Tenant, after: str | None = None, limit: int = MAX_PAGE) -> WorkflowPage:
+        """The latest version of each workflow named after `after`, by name, `limit` at most."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
+        found = self.store.workflows(tenant.tenant_id, after or "", limit + 1)
+        more = len(found) > limit
+        return WorkflowPage(found[:limit], found[limit - 1].workflow if more else None)
 
     def delete_workflow(self, tenant: Tenant, workflow: str) -> int:
         """Delete a workflow with its versions and its (finished) instances, a batch per transaction;
@@ -263,17 +273,21 @@ class Service:
         found = self.store.workflow_counts(tenant.tenant_id, check_id(workflow, "workflow name"))
         return {status: found.get(status, 0) for status in STATUSES}
 
-    def versions(self, tenant: Tenant, workflow: str) -> list[Version]:
-        return self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"))
+    def versions(self, tenant: Tenant, workflow: str, before: int | None = None, limit: int = MAX_PAGE) -> VersionPage:
+        """The workflow's newest `limit` versions below `before` (None: of all), oldest first; NotFound if the
+        workflow has none at all."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit is between 1 and {MAX_PAGE}")
+        found = self.store.versions(tenant.tenant_id, check_id(workflow, "workflow name"), before, limit + 1)
+        more = len(found) > limit
+        page = found[:limit]
+        return VersionPage(page[::-1], page[-1].version if more else None)
 
     def version(self, tenant: Tenant, workflow: str, version: int | None = None) -> Version:
         """A version of the workflow (None: its latest); NotFound if it has none such."""
         if version is None:
             return self.store.latest_version(tenant.tenant_id, check_id(workflow, "workflow name"))
-        chosen = next((v for v in self.versions(tenant, workflow) if v.version == version), None)
-        if chosen is None:
-            raise NotFound(f"workflow {workflow!r} has no version {version}")
-        return chosen
+        return self.store.version(tenant.tenant_id, check_id(workflow, "workflow name"), version)
 
     def source(self, tenant: Tenant, workflow: str, version: int | None = None) -> tuple[Version, str]:
         chosen = self.version(tenant, workflow, version)

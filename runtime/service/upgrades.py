@@ -6,7 +6,7 @@ from __future__ import annotations
 from tenantflow.host import Sandbox
 from tenantflow.runtime.engine.executor import limits_for
 from tenantflow.runtime.engine.replay import Replay, replay
-from tenantflow.runtime.errors import Conflict, InvalidState, NotFound, TooLarge
+from tenantflow.runtime.errors import Conflict, InvalidState, TooLarge
 from tenantflow.runtime.records import Entry, Instance, Quotas
 from tenantflow.runtime.store import SQLStore
 
@@ -21,10 +21,7 @@ def target_version(store: SQLStore, instance: Instance, version: int) -> str:
     """The source hash of `version` of the instance's workflow; InvalidState unless the instance can move."""
     if instance.status not in UPGRADABLE:
         raise InvalidState(f"only a waiting or paused instance is upgraded; this one is {instance.status}")
-    for found in store.versions(instance.tenant_id, instance.workflow):
-        if found.version == version:
-            return found.source_hash
-    raise NotFound(f"no version {version} of workflow {instance.workflow!r}")
+    return store.version(instance.tenant_id, instance.workflow, version).source_hash
 
 
 def journal_entries(store: SQLStore, instance: Instance) -> list[Entry]:

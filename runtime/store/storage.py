@@ -1,7 +1,8 @@
 """What a tenant stores, in bytes, for its storage quota.
 
 Each instance keeps its own total (`stored_bytes`, moved by every write in the statement that makes it);
-a tenant's total is their sum plus its sources, summed at most every STORAGE_CACHE_S by each store object.
+a tenant's total is their sum plus its sources and its versions (VERSION_BYTES each, about a row's size), summed
+at most every STORAGE_CACHE_S by each store object.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from tenantflow.runtime.store.core import StoreCore
 
 # The tenant's stored bytes are summed at most this often per store (the quota is checked on every write).
 STORAGE_CACHE_S = 2.0
+# What one version counts for: a deploy of a source already stored (A, B, A, ...) adds a row and nothing else.
+VERSION_BYTES = 128
 
 
 class Storage(StoreCore):
@@ -21,8 +24,8 @@ class Storage(StoreCore):
     _storage_lock = threading.Lock()
 
     def stored_bytes(self, tenant_id: str, max_age_s: float = STORAGE_CACHE_S) -> int:
-        """What the tenant's instances and sources store, in bytes (as stored, i.e. compressed); summed at most
-        every `max_age_s` by this store object, so checking it on every write is cheap."""
+        """What the tenant's instances, sources and versions store, in bytes (as stored, i.e. compressed); summed
+        at most every `max_age_s` by this store object, so checking it on every write is cheap."""
         cache = self._storage_cache()
         with self._storage_lock:
             cached = cache.get(tenant_id)
@@ -31,8 +34,9 @@ class Storage(StoreCore):
         with self.read() as tx:
             total = tx.scalar(
                 "SELECT (SELECT COALESCE(SUM(stored_bytes), 0) FROM instances WHERE tenant_id = ?) + "
-                "(SELECT COALESCE(SUM(LENGTH(source)), 0) FROM sources WHERE tenant_id = ?) AS stored_bytes",
-                (tenant_id, tenant_id),
+                "(SELECT COALESCE(SUM(LENGTH(source)), 0) FROM sources WHERE tenant_id = ?) + "
+                f"(SELECT COUNT(*) FROM versions WHERE tenant_id = ?) * {VERSION_BYTES} AS stored_bytes",
+                (tenant_id, tenant_id, tenant_id),
             )
         total = int(total or 0)
         with self._storage_lock:

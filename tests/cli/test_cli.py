@@ -72,6 +72,8 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
         "64",
         "--max-step-cpu-ms",
         "60000",
+        "--max-workflows",
+        "5",
         "--egress",
         "api.example.com",
         "--egress",
@@ -91,6 +93,7 @@ def test_tenants_create_prints_the_key_and_stores_only_its_hash(tmp_path: Path) 
         "max_payload_bytes": 1 << 20,
         "max_stored_mb": 64,
         "max_step_cpu_ms": 60_000,
+        "max_workflows": 5,
         "egress": ["api.example.com", "a.example.org", "b.example.org"],
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +219,58 @@ def test_deploy_versions_and_listing(api: Client, http: httpx.Client) -> None:
     assert listed["versioned"].version == 2
 
     assert_problem(http.get("/v1/workflows/never-deployed"), 404, "never-deployed")
+
+
+def test_versions_and_workflows_come_a_page_at_a_time(api: Client, http: httpx.Client) -> None:
+    for n in range(5):
+        api.deploy("paged", ECHO + f"\n# {n}\n")
+    newest = http.get("/v1/workflows/paged", params={"limit": 2}).json()
+    assert [v["version"] for v in newest["versions"]] == [4, 5]
+    assert newest["latest"] == 5 and newest["next_before"] == 4
+    older = api.versions("paged", before=4, limit=2)
+    assert [v.version for v in older.versions] == [2, 3] and older.latest == 5 and older.next_before == 2
+    oldest = api.versions("paged", before=older.next_before, limit=2)
+    assert [v.version for v in oldest.versions] == [1] and oldest.next_before is None
+    assert [v.version for v in api.versions("paged").versions] == [1, 2, 3, 4, 5]  # 100 by default
+
+    api.deploy("paged-b", ECHO)
+    first = http.get("/v1/workflows", params={"limit": 1}).json()
+    assert len(first["workflows"]) == 1 and first["next_after"] == first["workflows"][0]["name"]
+    names, after = [first["workflows"][0]["name"]], first["next_after"]
+    while after is not None:
+        page = http.get("/v1/workflows", params={"limit": 1, "after": after}).json()
+        names += [w["name"] for w in page["workflows"]]
+        after = page["next_after"]
+    assert names == sorted(names) and {"paged", "paged-b"} <= set(names)
+    assert names == [w.name for w in api.workflows()]
+    assert_problem(http.get("/v1/workflows/paged", params={"limit": 0}), 422, "limit")
+    assert_problem(http.get("/v1/workflows", params={"limit": 1001}), 422, "limit")
+    assert_problem(http.get("/v1/workflows/never-deployed", params={"before": 3}), 404, "never-deployed")
+
+
+def test_a_tenant_deploys_at_most_its_workflow_quota(server: ServerProcess) -> None:
+    key = server.create_tenant("few-workflows", "--max-workflows", "2")["api_key"]
+    with server.client(key) as api, server.http(key) as http:
+        api.deploy("one", ECHO)
+        api.deploy("two", ECHO)
+        api.deploy("one", ECHO + "\n# v2\n")  # versions of a deployed workflow do not count
+        refused = http.put("/v1/workflows/three", json={"source": ECHO})
+        assert_problem(refused, 429, "2 workflows", "max_workflows")
+        assert int(refused.headers["retry-after"]) > 0
+        assert_problem(http.get("/v1/workflows/three"), 404)
+        assert http.delete("/v1/workflows/two").status_code == 200
+        assert http.put("/v1/workflows/three", json={"source": ECHO}).status_code == 201
+
+
+def test_deploys_count_in_the_storage_quota(server: ServerProcess) -> None:
+    key = server.create_tenant("small-store", "--max-stored-mb", "1")["api_key"]
+    draw = random.Random(7)
+    with server.http(key) as http:
+        for n in range(2):  # ~700 KB each, stored compressed: the second goes past 1 MB
+            noise = "".join(draw.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(900_000))
+            assert http.put(f"/v1/workflows/big{n}", json={"source": ECHO + f"# {noise}\n"}).status_code == 201
+        time.sleep(2.1)  # the tenant's total is summed at most every 2 s
+        assert_problem(http.put("/v1/workflows/more", json={"source": ECHO}), 429, "storage quota")
 
 
 def test_instances_are_pinned_to_the_version_they_started_with(api: Client) -> None:

@@ -21,7 +21,15 @@ import pytest
 from helpers_server import app_server
 from tenantflow.host import Sandbox
 from tenantflow.runtime.http.api import create_app
-from tenantflow.runtime.http.dashboard import STATIC, build_timeline, fmt_bytes, fmt_count, fmt_duration
+from tenantflow.runtime.http.dashboard import (
+    STATIC,
+    VERSIONS_SHOWN,
+    WORKFLOWS_PER_TENANT,
+    build_timeline,
+    fmt_bytes,
+    fmt_count,
+    fmt_duration,
+)
 from tenantflow.runtime.records import Instance
 from tenantflow.runtime.service import Service
 
@@ -279,6 +287,26 @@ def test_workflow_fragment_shows_versions_and_source(site: Site) -> None:
     first = site.get("/ui/fragments/workflows/approval", site.acme, version="1").text
     assert "Source of v1" in first and "cool off" in first
     assert site.get("/ui/fragments/workflows/approval", site.acme, version="9").status_code == 404
+
+
+def test_long_lists_show_their_newest_page_and_say_where_the_rest_is(site: Site) -> None:
+    tenant, key = site.service.create_tenant("prolific")
+    for n in range(1, VERSIONS_SHOWN + 3):  # straight into the store: a deploy check each would take a while
+        site.service.store.deploy(tenant.tenant_id, "many", f"x = {n}\n", f"h{n}", time.time())
+    page = site.get("/ui/fragments/workflows/many", key).text
+    shown = {int(n) for n in re.findall(r">v(\d+)</a>", page)}
+    assert shown == set(range(3, VERSIONS_SHOWN + 3)) and "Source of v102" in page
+    assert "older versions (v1 to v2)" in page and "before=3" in page
+    assert "Source of v1<" in site.get("/ui/fragments/workflows/many", key, version="1").text  # still reachable
+
+    for n in range(WORKFLOWS_PER_TENANT):
+        site.service.store.deploy(tenant.tenant_id, f"w{n:03}", "x = 0\n", "h0", time.time())
+    mine = site.get("/ui/fragments/workflows", key).text  # the tenant's own page: all of them
+    assert "w099" in mine and "many" in mine and "after=" not in mine
+    everyone = site.get("/ui/fragments/workflows", site.operator).text  # the operator's: 100 of each tenant
+    assert "many" in everyone and "w098" in everyone and "w099" not in everyone  # "many" sorts first
+    assert "GET /v1/workflows?after=w098" in everyone
+    assert "approval" in everyone  # the other tenants' lists are unaffected
 
 
 def test_tenant_text_is_escaped(site: Site) -> None:

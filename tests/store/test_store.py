@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from pg import fresh_schema
 from tenantflow.host import Sandbox
-from tenantflow.runtime.errors import Conflict, InvalidState, NotFound, Unavailable
+from tenantflow.runtime.errors import Conflict, InvalidState, NotFound, QuotaExceeded, Unavailable
 from tenantflow.runtime.records import (
     AttemptRecord,
     Claim,
@@ -34,6 +34,7 @@ from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import LeaseLost, SQLStore, open_store
 from tenantflow.runtime.store.postgres import PostgresStore, split_url
 from tenantflow.runtime.store.schema import MIGRATIONS
+from tenantflow.runtime.store.storage import VERSION_BYTES
 
 T0 = 1_800_000_000.0
 LEASE = 30.0
@@ -90,7 +91,7 @@ def make_instance(store: SQLStore, instance_id: str = "i1", tenant: str = "acme"
     except NotFound:
         make_tenant(store, tenant)
     try:
-        version = store.versions(tenant, "wf")[-1]
+        version = store.latest_version(tenant, "wf")
     except NotFound:
         version = deployed(store, tenant)
     store.create_instances(tenant, version, [(instance_id, params)], T0)
@@ -167,20 +168,66 @@ def test_deploy_versions(store: SQLStore) -> None:
     v2, new = store.deploy("acme", "wf", "two", "h2", T0 + 2)
     assert (v2.version, new) == (2, True)
     store.deploy("acme", "other", "one", "h1", T0 + 3)
-    assert [v.version for v in store.versions("acme", "wf")] == [1, 2]
+    assert [v.version for v in store.versions("acme", "wf", None, 10)] == [2, 1]
     assert store.latest_version("acme", "wf") == v2 and store.latest_version("acme", "other").version == 1
+    assert store.version("acme", "wf", 1) == v1 and store.version("acme", "wf", 2) == v2
     assert [(v.workflow, v.version) for v in store.workflows("acme")] == [("other", 1), ("wf", 2)]
     assert store.source("acme", "h2") == "two"
     with pytest.raises(NotFound):
-        store.versions("acme", "missing")
+        store.versions("acme", "missing", None, 10)
+    assert store.versions("acme", "wf", 1, 10) == []  # none below 1, but the workflow exists
     with pytest.raises(NotFound):
         store.latest_version("acme", "missing")
+    with pytest.raises(NotFound, match="no version 3"):
+        store.version("acme", "wf", 3)
     with pytest.raises(NotFound):
         store.source("acme", "nope")
     make_tenant(store, "zeta")
     assert store.workflows("zeta") == []
     with pytest.raises(NotFound):
         store.source("zeta", "h1")  # sources are per tenant
+
+
+def test_versions_and_workflows_come_a_page_at_a_time(store: SQLStore) -> None:
+    make_tenant(store)
+    for n in range(7):
+        store.deploy("acme", "wf", f"s{n % 2}", f"h{n % 2}", T0 + n)  # A, B, A, ...: a version each
+    assert [v.version for v in store.versions("acme", "wf", None, 3)] == [7, 6, 5]
+    assert [v.version for v in store.versions("acme", "wf", 5, 3)] == [4, 3, 2]
+    assert [v.version for v in store.versions("acme", "wf", 2, 3)] == [1]
+    for name in ("b", "a", "d", "c"):
+        store.deploy("acme", name, "s0", "h0", T0)
+    assert [(v.workflow, v.version) for v in store.workflows("acme", "", 2)] == [("a", 1), ("b", 1)]
+    assert [(v.workflow, v.version) for v in store.workflows("acme", "b", 2)] == [("c", 1), ("d", 1)]
+    assert [(v.workflow, v.version) for v in store.workflows("acme", "d", 2)] == [("wf", 7)]
+
+
+def test_the_workflow_quota_counts_names_not_versions(store: SQLStore) -> None:
+    make_tenant(store)
+    store.deploy("acme", "a", "one", "h1", T0, max_workflows=2)
+    store.deploy("acme", "b", "one", "h1", T0, max_workflows=2)
+    assert store.deploy("acme", "a", "two", "h2", T0, max_workflows=2)[0].version == 2  # a new version: fine
+    with pytest.raises(QuotaExceeded, match="2 workflows") as refused:
+        store.deploy("acme", "c", "one", "h1", T0, max_workflows=2)
+    assert refused.value.retry_after_s > 0
+    with pytest.raises(NotFound):
+        store.latest_version("acme", "c")  # nothing of it stored
+    store.delete_versions("acme", "b")
+    assert store.deploy("acme", "c", "one", "h1", T0, max_workflows=2)[1] is True
+
+
+def test_versions_count_in_the_tenant_storage(store: SQLStore) -> None:
+    make_tenant(store)
+    store.deploy("acme", "wf", "one", "h1", T0)
+    before = store.stored_bytes("acme", max_age_s=0)
+    store.deploy("acme", "wf", "two", "h2", T0)
+    store.deploy("acme", "wf", "one", "h1", T0)  # a version of a stored source: its row alone
+    after = store.stored_bytes("acme", max_age_s=0)
+    with store.transaction() as tx:
+        two = tx.scalar(
+            "SELECT LENGTH(source) AS n FROM sources WHERE tenant_id = ? AND source_hash = ?", ("acme", "h2")
+        )
+    assert after - before == two + 2 * VERSION_BYTES
 
 
 def test_concurrent_deploys_get_distinct_versions(store: SQLStore) -> None:

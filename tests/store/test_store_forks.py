@@ -55,7 +55,7 @@ def test_a_fork_copies_the_journal_before_the_step(store: SQLStore) -> None:
     key = _journaled(store)
     before = store.journal(key)
     original = store.instance(key)
-    version = store.versions("acme", "wf")[-1]
+    version = store.latest_version("acme", "wf")
     tenant_bytes = store.stored_bytes("acme", max_age_s=0)
 
     forked = store.fork(key, "f1", version, ("a", 2), T0 + 10)
@@ -90,7 +90,7 @@ def test_a_fork_copies_the_journal_before_the_step(store: SQLStore) -> None:
 
 def test_a_fork_runs_the_version_it_is_given(store: SQLStore) -> None:
     key = _journaled(store)
-    first = store.versions("acme", "wf")[-1]
+    first = store.latest_version("acme", "wf")
     second = deployed(store, source="src2")
     forked = store.fork(key, "f", second, ("b", 1), T0 + 10)
     assert (forked.version, forked.source_hash) == (second.version, second.source_hash)
@@ -100,7 +100,7 @@ def test_a_fork_runs_the_version_it_is_given(store: SQLStore) -> None:
 
 def test_what_a_fork_refuses(store: SQLStore) -> None:
     key = _journaled(store)
-    version = store.versions("acme", "wf")[-1]
+    version = store.latest_version("acme", "wf")
     with pytest.raises(InvalidInput, match="no call 3 of step 'a' to fork from"):
         store.fork(key, "f", version, ("a", 3), T0)
     with pytest.raises(InvalidInput, match="no call"):

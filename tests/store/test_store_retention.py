@@ -53,7 +53,7 @@ def store(open_more: Opener) -> SQLStore:
 
 def version(store: SQLStore, tenant: str = "acme", workflow: str = "wf") -> Version:
     try:
-        return store.versions(tenant, workflow)[-1]
+        return store.latest_version(tenant, workflow)
     except NotFound:
         return store.deploy(tenant, workflow, "src", "h-src", T0)[0]
 

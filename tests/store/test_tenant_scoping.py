@@ -130,8 +130,8 @@ def exercise(s: Any) -> None:
     version, _ = s.deploy("acme", "wf", "src", "h1", T0)
     assert s.deploy("acme", "wf", "src", "h1", T0)[1] is False
     zeta, _ = s.deploy("zeta", "wf", "src", "h1", T0)
-    assert s.versions("acme", "wf") == [version] and s.workflows("acme") == [version]
-    assert s.latest_version("acme", "wf") == version
+    assert s.versions("acme", "wf", None, 10) == [version] and s.workflows("acme") == [version]
+    assert s.latest_version("acme", "wf") == version and s.version("acme", "wf", 1) == version
     assert s.source("acme", "h1") == "src"
     s.create_instances("acme", version, [("i1", {"p": 1}), ("i2", None), ("i3", None)], T0)
     with pytest.raises(Conflict):
