@@ -40,7 +40,7 @@ from tenantflow.transport import host_text
 _transport = WitTransport()
 tenantflow.transport.install(_transport)
 # `random` draws from the workflow's stream outside step bodies and a body's own inside them.
-_streams = Streams()
+_streams = Streams(_transport.seed_bytes)
 install(_streams)
 
 FILENAME = "workflow.py"

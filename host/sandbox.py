@@ -81,6 +81,7 @@ from tenantflow.host.limits import (
     MAX_ERROR_NAME_BYTES,
     MAX_LIFT_BYTES,
     MAX_NAME_BYTES,
+    MAX_RANDOM_BYTES,
     MAX_RETRIES,
     MAX_STEP_CPU_MS,
     MAX_STREAM_WRITE_BYTES,
@@ -150,6 +151,8 @@ def _check_name(call: str, what: str, name: Any) -> str:
 # the upgrade included), ten host calls an activation fewer. This leans on componentize-py's start-up reseed (its
 # runtime, not an API): tests/host/test_host_wasi.py pins a seed's first draws, and fails if it stops.
 SKIPPED_DRAWS = 10
+# The most a WASI random read gives the guest (wasi-libc's getentropy); `seed-bytes` answers as that many reads.
+WASI_READ_BYTES = 256
 
 
 @dataclass
@@ -926,6 +929,7 @@ class Sandbox:
             "sleep-until": self._sleep_until,
             "wait-for-event": self._wait_for_event,
             "log": self._log,
+            "seed-bytes": self._seed_bytes,
             "call": self._call,
         }
 
@@ -1243,6 +1247,15 @@ class Sandbox:
                 FailureName.OUTPUT_LIMIT_EXCEEDED, f"the activation printed more than {act.limits.log_bytes} bytes"
             )
         act.append_log(text)
+
+    def _seed_bytes(self, act: _Activation, length: int) -> bytes:
+        """What WASI random reads of at most WASI_READ_BYTES each, `length` bytes in all, would give: the same draws
+        from the instance's stream (outside step bodies), in one host call instead of one per read."""
+        if length > MAX_RANDOM_BYTES:
+            raise invalid_call("seed-bytes", f"{length} bytes asked, at most {MAX_RANDOM_BYTES}")
+        return b"".join(
+            act.random_bytes(min(WASI_READ_BYTES, length - done)) for done in range(0, length, WASI_READ_BYTES)
+        )
 
     def _fetch_request(self, act: _Activation, capability: str, request: str) -> Record | tuple[Grants, dict[str, Any]]:
         """A fetch request, checked, with the grants it runs under; or the failure to answer."""

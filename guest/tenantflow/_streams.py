@@ -10,18 +10,41 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Streams", "install"]
+__all__ = ["SEED_BYTES", "Streams", "install", "mt_state"]
+
+SEED_BYTES = 2496
+"""What CPython's `seed()` (no argument) reads from the OS: 624 32-bit words, all of them fed to `init_by_array`."""
 
 
 class Streams(random.Random):
     """`random.Random` whose primitives (`random`, `getrandbits`, `randbytes`) go to the body's stream while a
-    body runs; every other method is built on them. `seed`, `getstate` and `setstate` are the workflow's."""
+    body runs; every other method is built on them. `seed`, `getstate` and `setstate` are the workflow's.
 
-    def __init__(self) -> None:
-        super().__init__()
+    With `seed_bytes` (the host's, in the sandbox), `seed()` reads its 2,496 bytes in one call of it, not in ten
+    WASI reads of 256, and seeds exactly as CPython would have from them: the same state, so the same draws."""
+
+    def __init__(self, seed_bytes: Callable[[int], bytes] | None = None) -> None:
+        self._seed_bytes: Callable[[int], bytes] | None = None
+        super().__init__()  # seeded as CPython seeds (at build time: the snapshot's state, reseeded at start)
+        self._seed_bytes = seed_bytes
         self._real: random.Random | None = None
         self._body: random.Random | None = None
+
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        if a is not None or self._seed_bytes is None:
+            super().seed(a, version)
+            return
+        key = self._seed_bytes(SEED_BYTES)
+        number = int.from_bytes(key, "little")
+        if number >> (SEED_BYTES * 8 - 32):
+            # An int seeds `init_by_array` with its 32-bit words, little-endian: all 624 while the last is not 0.
+            super().seed(number)
+        else:  # fewer words would be used (one key in 2**32): set the state that all 624 give
+            super().seed(0)
+            self.setstate((3, (*mt_state(key), 624), None))
 
     def enter_body(self) -> None:
         if self._real is None:
@@ -44,6 +67,30 @@ class Streams(random.Random):
     def randbytes(self, n: int) -> bytes:
         body = self._body
         return super().randbytes(n) if body is None else body.randbytes(n)
+
+
+def mt_state(key: bytes) -> tuple[int, ...]:
+    """The Mersenne Twister's 624 words after CPython's `init_by_array` over `key`'s 32-bit little-endian words."""
+    n = 624
+    words = [int.from_bytes(key[i : i + 4], "little") for i in range(0, len(key), 4)]
+    mt = [19650218] + [0] * (n - 1)
+    for i in range(1, n):
+        mt[i] = (1812433253 * (mt[i - 1] ^ (mt[i - 1] >> 30)) + i) & 0xFFFFFFFF
+    i, j = 1, 0
+    for _ in range(max(n, len(words))):
+        mt[i] = ((mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1664525)) + words[j] + j) & 0xFFFFFFFF
+        i, j = i + 1, j + 1
+        if i >= n:
+            mt[0], i = mt[n - 1], 1
+        if j >= len(words):
+            j = 0
+    for _ in range(n - 1):
+        mt[i] = ((mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1566083941)) - i) & 0xFFFFFFFF
+        i += 1
+        if i >= n:
+            mt[0], i = mt[n - 1], 1
+    mt[0] = 0x80000000
+    return tuple(mt)
 
 
 # The module-level functions of `random`: bound methods of its hidden instance `random._inst`, as random.py

@@ -114,3 +114,6 @@ class WitTransport:
 
     def log(self, fd: int, text: str) -> None:
         host.log(fd, text)
+
+    def seed_bytes(self, length: int) -> bytes:
+        return bytes(host.seed_bytes(length))

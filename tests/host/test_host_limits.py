@@ -46,6 +46,7 @@ def failed_with(outcome: Outcome, name: str) -> Failed:
         "host.step_begin('a', '{}'); host.step_complete('a', 1, host.Attempt_Ok('not json'))",
         "host.step_begin('a', '{}'); host.step_complete('a', 1, host.Attempt_Ok('[' * 200 + ']' * 200))",
         "host.step_begin('a', '{}'); host.step_complete('a', 1, host.Attempt_Ok('{\"a\": }'))",
+        "host.seed_bytes(2**32 - 1)",
     ],
 )
 def test_bad_host_calls_are_invalid_host_call(sandbox: Sandbox, call: str) -> None:

@@ -6,6 +6,7 @@ import json
 import textwrap
 import threading
 import time
+from typing import Any
 
 import pytest
 from memjournal import MemJournal
@@ -127,6 +128,28 @@ def test_an_instance_seed_draws_what_it_always_drew(sandbox: Sandbox) -> None:
         "c3b37391",
         0.6971667894076858,
     ]
+
+
+class _CountingSandbox(Sandbox):
+    """Records the lengths the guest asks of `seed-bytes`."""
+
+    seeds: list[int]
+
+    def _seed_bytes(self, act: Any, length: int) -> bytes:
+        self.seeds.append(length)
+        return super()._seed_bytes(act, length)
+
+
+def test_the_start_up_reseed_is_one_host_call() -> None:
+    counting = _CountingSandbox()
+    counting.seeds = []
+    try:
+        source = "def run(event, step):\n    return 1\n"
+        outcome, _ = run(counting, source, seed=b"golden-seed", clock_start=1.0)
+        assert isinstance(outcome, Completed), outcome
+        assert counting.seeds == [2496]  # not ten WASI reads of 256
+    finally:
+        counting.close()
 
 
 # -- cancellation -------------------------------------------------------------------------------

@@ -1,0 +1,37 @@
+"""The sandbox's `random` streams, natively: `seed()` from the host's bytes gives the state CPython gives."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from tenantflow._streams import SEED_BYTES, Streams, mt_state
+
+
+def test_mt_state_is_what_cpython_seeds_from_the_same_words() -> None:
+    for _ in range(5):
+        key = os.urandom(SEED_BYTES - 4) + b"\x01\x00\x00\x80"  # the last word not 0: an int uses all 624
+        assert mt_state(key) == random.Random(int.from_bytes(key, "little")).getstate()[1][:624]
+
+
+def test_seed_reads_the_bytes_once_and_draws_as_cpython_would() -> None:
+    key = os.urandom(SEED_BYTES - 4) + b"\xff\x00\x00\x00"
+    asked: list[int] = []
+    streams = Streams(lambda n: asked.append(n) or key)
+    assert asked == []  # the build-time seeding is CPython's own
+    streams.seed()
+    assert asked == [SEED_BYTES]
+    expected = random.Random(int.from_bytes(key, "little"))
+    assert [streams.random() for _ in range(3)] == [expected.random() for _ in range(3)]
+    streams.seed(42)  # a seed given is CPython's, as always
+    assert asked == [SEED_BYTES] and streams.random() == random.Random(42).random()
+
+
+def test_a_key_whose_last_word_is_zero_seeds_all_624_words() -> None:
+    # An int of these bytes has fewer 32-bit words, and CPython would seed from those alone: the state must be
+    # the one all 624 give (init_by_array over the whole key, as CPython's seed() without an argument does).
+    key = os.urandom(SEED_BYTES - 4) + b"\x00\x00\x00\x00"
+    streams = Streams(lambda n: key)
+    streams.seed()
+    assert streams.getstate()[1] == (*mt_state(key), 624)
+    assert streams.getstate()[1][:624] != random.Random(int.from_bytes(key, "little")).getstate()[1][:624]
