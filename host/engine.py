@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping
 
 import wasmtime
-from tenantflow.host._wasmtime import configure_pooling
+from tenantflow.host._wasmtime import configure_pooling, hold_gil_in_short_calls
 from tenantflow.wasm_build import ENGINE_SETTINGS, compiler_config, load_component
 from wasmtime.component import Component
 
@@ -49,6 +49,7 @@ def make_engine(
     The pooling allocator is not part of them: it decides how instances are allocated, not how the
     guest is compiled (an artifact compiled without it loads into an engine with it).
     """
+    hold_gil_in_short_calls()
     chosen = dict(ENGINE_SETTINGS if settings is None else settings)
     config = compiler_config(chosen)
     pool = POOLING if pooling is None else pooling

@@ -59,6 +59,7 @@ FFI_TYPES = [
     "wasmtime_component_func_callback_t",
 ]
 FFI_CONSTANTS = [
+    "dll",  # the CDLL the bindings load every C function from
     "WASMTIME_COMPONENT_VARIANT",
     "WASMTIME_COMPONENT_BOOL",
     "WASMTIME_COMPONENT_U8",
@@ -100,6 +101,21 @@ def test_ffi_function(name: str) -> None:
 @pytest.mark.parametrize("name", FFI_TYPES + FFI_CONSTANTS)
 def test_ffi_type_or_constant(name: str) -> None:
     assert hasattr(ffi, name), f"wasmtime._ffi.{name} is gone. {UPDATE}"
+
+
+@pytest.mark.parametrize("name", _wasmtime.HOLD_GIL)
+def test_short_calls_are_bindings_of_the_library(name: str) -> None:
+    """hold_gil_in_short_calls rebinds the bindings' `_<name>` (which the public wrapper calls) to the same C
+    function of `ffi.dll`'s library, loaded as a PyDLL."""
+    assert isinstance(ffi.dll, ctypes.CDLL) and ffi.dll._name, UPDATE
+    _wasmtime.hold_gil_in_short_calls()
+    bound = getattr(bindings, f"_{name}", None)
+    assert bound is not None and bound.argtypes is not None, f"wasmtime._bindings._{name} is gone. {UPDATE}"
+    assert f"_{name}(" in inspect.getsource(getattr(bindings, name)), f"{name} no longer calls _{name}. {UPDATE}"
+    address = ctypes.cast(bound, ctypes.c_void_p).value
+    assert address == ctypes.cast(getattr(ffi.dll, name), ctypes.c_void_p).value, UPDATE
+    # A PyDLL function keeps the GIL: its flags say so (ctypes' FUNCFLAG_PYTHONAPI).
+    assert bound._flags_ & ctypes._FUNCFLAG_PYTHONAPI, f"{name} still lets go of the GIL"
 
 
 def test_component_value_layout() -> None:
