@@ -82,6 +82,19 @@ HOLD_GIL = (
     "wasmtime_component_val_new",
     "wasmtime_component_val_delete",
     "wasmtime_component_vallist_new_uninit",
+    # What `component.Func.__call__` asks of an export's type on every call (reads of the component's types).
+    "wasmtime_component_func_type",
+    "wasmtime_component_func_type_param_count",
+    "wasmtime_component_func_type_param_nth",
+    "wasmtime_component_func_type_result",
+    "wasmtime_component_func_type_delete",
+    "wasmtime_component_result_type_ok",
+    "wasmtime_component_result_type_err",
+    "wasmtime_component_result_type_delete",
+    "wasmtime_component_record_type_field_count",
+    "wasmtime_component_record_type_field_nth",
+    "wasmtime_component_record_type_delete",
+    "wasmtime_component_valtype_delete",
 )
 
 
