@@ -611,7 +611,8 @@ class Sandbox:
                             add_func(instance, entry.name, guarded, _stream_write_cap)
             with root.add_instance(HOST_INTERFACE) as host:
                 for name, fn in self._host_functions().items():
-                    add_func(host, name, self._guarded(name, fn, checks_sizes=name == "log"), self._lift_cap)
+                    guarded = self._guarded(name, fn, checks_sizes=name == "log", detached=name == "seed-bytes")
+                    add_func(host, name, guarded, self._lift_cap)
         run_index = self.component.get_export_index("run")
         run_compiled_index = self.component.get_export_index("run-compiled")
         check_index = self.component.get_export_index("check")
@@ -883,23 +884,32 @@ class Sandbox:
     # -- host functions ----------------------------------------------------
 
     def _guarded(
-        self, call: str, fn: Callable[..., Any], with_store: bool = False, checks_sizes: bool = False
+        self,
+        call: str,
+        fn: Callable[..., Any],
+        with_store: bool = False,
+        checks_sizes: bool = False,
+        detached: bool = False,
     ) -> Callable[..., Any]:
         """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function.
 
         The host's CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
         whatever it raises is recorded on the activation, which then traps. An argument longer
         than the function's cap is refused before `fn` runs, unless `checks_sizes` (it names its own error).
+        Outside an activation only WASI (`with_store`) and `detached` functions answer, given `_DETACHED`.
         """
 
         def host_function(store: Any, *args: Any) -> Any:
             act: _Activation | None = getattr(self._local, "activation", None)
             if act is None:
                 # An export called directly on an instance from `linker.instantiate` (benchmarks,
-                # tools), outside `Sandbox.run`: WASI answers without ever waiting, the rest refuses.
-                if not with_store:
-                    raise wasmtime.WasmtimeError(f"tenantflow: {call} outside an activation")
-                return fn(_DETACHED, store, *args)
+                # tools), outside `Sandbox.run`: WASI (and the start-up reseed's bytes) answers without
+                # ever waiting, the rest refuses.
+                if with_store:
+                    return fn(_DETACHED, store, *args)
+                if detached:
+                    return fn(_DETACHED, *args)
+                raise wasmtime.WasmtimeError(f"tenantflow: {call} outside an activation")
             if act.pending is not None:
                 raise wasmtime.WasmtimeError("tenantflow: the activation is ending")
             try:
@@ -1248,7 +1258,7 @@ class Sandbox:
             )
         act.append_log(text)
 
-    def _seed_bytes(self, act: _Activation, length: int) -> bytes:
+    def _seed_bytes(self, act: _Activation | _Detached, length: int) -> bytes:
         """What WASI random reads of at most WASI_READ_BYTES each, `length` bytes in all, would give: the same draws
         from the instance's stream (outside step bodies), in one host call instead of one per read."""
         if length > MAX_RANDOM_BYTES:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+import wasmtime
 from memjournal import MemJournal
 from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
 
@@ -150,6 +151,23 @@ def test_the_start_up_reseed_is_one_host_call() -> None:
         assert counting.seeds == [2496]  # not ten WASI reads of 256
     finally:
         counting.close()
+
+
+def test_an_export_called_outside_an_activation_still_starts(sandbox: Sandbox) -> None:
+    """Benchmarks and tools call the guest's exports on an instance of their own, outside `Sandbox.run`: WASI and
+    the start-up reseed's bytes answer there (from the CSPRNG), the durable calls refuse."""
+    store = wasmtime.Store(sandbox.engine)
+    store.set_fuel(10**10)
+    store.set_epoch_deadline(1 << 40)
+    instance = sandbox.linker.instantiate(store, sandbox.component)
+    index = sandbox.component.get_export_index("run")
+    assert index is not None
+    func = instance.get_func(store, index)
+    assert func is not None
+    output = func(store, "import random\ndef run(event, step):\n    return random.random()\n", "{}")
+    func.post_return(store)
+    assert isinstance(output, str) and 0 <= json.loads(output) < 1
+    store.close()
 
 
 # -- cancellation -------------------------------------------------------------------------------
