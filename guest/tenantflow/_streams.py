@@ -21,19 +21,23 @@ SEED_BYTES = 2496
 
 class Streams(random.Random):
     """`random.Random` whose primitives (`random`, `getrandbits`, `randbytes`) go to the body's stream while a
-    body runs; every other method is built on them. `seed`, `getstate` and `setstate` are the workflow's.
+    body runs; every other method is built on them. So do `seed`, `getstate` and `setstate`: a body that seeds
+    `random` seeds its own stream, never the workflow's (a replay, which does not run the body, would not).
 
     With `seed_bytes` (the host's, in the sandbox), `seed()` reads its 2,496 bytes in one call of it, not in ten
     WASI reads of 256, and seeds exactly as CPython would have from them: the same state, so the same draws."""
 
     def __init__(self, seed_bytes: Callable[[int], bytes] | None = None) -> None:
         self._seed_bytes: Callable[[int], bytes] | None = None
-        super().__init__()  # seeded as CPython seeds (at build time: the snapshot's state, reseeded at start)
-        self._seed_bytes = seed_bytes
         self._real: random.Random | None = None
         self._body: random.Random | None = None
+        super().__init__()  # seeded as CPython seeds (at build time: the snapshot's state, reseeded at start)
+        self._seed_bytes = seed_bytes
 
     def seed(self, a: Any = None, version: int = 2) -> None:
+        if self._body is not None:
+            self._body.seed(a, version)
+            return
         if a is not None or self._seed_bytes is None:
             super().seed(a, version)
             return
@@ -45,6 +49,15 @@ class Streams(random.Random):
         else:  # fewer words would be used (one key in 2**32): set the state that all 624 give
             super().seed(0)
             self.setstate((3, (*mt_state(key), 624), None))
+
+    def getstate(self) -> tuple[Any, ...]:
+        return super().getstate() if self._body is None else self._body.getstate()
+
+    def setstate(self, state: tuple[Any, ...]) -> None:
+        if self._body is None:
+            super().setstate(state)
+        else:
+            self._body.setstate(state)
 
     def enter_body(self) -> None:
         if self._real is None:

@@ -131,6 +131,18 @@ def test_an_instance_seed_draws_what_it_always_drew(sandbox: Sandbox) -> None:
     ]
 
 
+def test_a_body_that_seeds_random_leaves_the_workflows_stream_alone(sandbox: Sandbox) -> None:
+    """A replay does not run a finished body: had the body's `random.seed(42)` moved the workflow's stream, the
+    draw after it would differ between the first run and a replay."""
+    outputs = []
+    for body in ("random.seed(42)", "None"):
+        source = f"import random\ndef run(event, step):\n    step.do('s', lambda: {body})\n    return random.random()\n"
+        outcome, _ = run(sandbox, source, seed=b"golden-seed", clock_start=1.0)
+        assert isinstance(outcome, Completed), outcome
+        outputs.append(outcome.output)
+    assert outputs[0] == outputs[1]
+
+
 class _CountingSandbox(Sandbox):
     """Records the lengths the guest asks of `seed-bytes`."""
 

@@ -35,3 +35,20 @@ def test_a_key_whose_last_word_is_zero_seeds_all_624_words() -> None:
     streams.seed()
     assert streams.getstate()[1] == (*mt_state(key), 624)
     assert streams.getstate()[1][:624] != random.Random(int.from_bytes(key, "little")).getstate()[1][:624]
+
+
+def test_a_body_seeds_and_sets_its_own_stream_never_the_workflows() -> None:
+    streams = Streams()
+    streams.seed(7)
+    workflow = streams.getstate()
+    streams.enter_body()
+    streams.seed(42)  # a body's `random.seed(42)`: a replay does not run the body, so it must not move the workflow
+    expected = random.Random(42)
+    assert [streams.random() for _ in range(2)] == [expected.random() for _ in range(2)]
+    saved = streams.getstate()
+    first = streams.random()
+    streams.setstate(saved)
+    assert streams.random() == first  # the body's own state, set back
+    streams.leave_body()
+    assert streams.getstate() == workflow
+    assert streams.random() == random.Random(7).random()
