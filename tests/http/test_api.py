@@ -248,6 +248,24 @@ def test_versions_and_workflows_come_a_page_at_a_time(api: Client, http: httpx.C
     assert_problem(http.get("/v1/workflows/never-deployed", params={"before": 3}), 404, "never-deployed")
 
 
+def test_the_key_is_checked_before_the_body_or_the_query(server: ServerProcess, api: Client, acme: str) -> None:
+    """A create and an instance's read check the key and do their work in one trip to a worker thread; the
+    answers keep their order: 401 before 413, 400 or 422, and 422 before 404."""
+    api.deploy("ordered", ECHO)
+    path = "/v1/workflows/ordered/instances"
+    with server.http("tf_not-a-key") as stranger, server.http(acme) as http:
+        assert_problem(stranger.post(path, content=b"{not json"), 401)
+        assert_problem(stranger.post(path, json={"id": "bad id!"}), 401)
+        assert_problem(stranger.get(f"{path}/nope", params={"wait": "soon"}), 401)
+        assert_problem(http.post(path, content=b"{not json"), 400)
+        assert_problem(http.post(path, json={"id": "bad id!"}), 422, "id")
+        assert_problem(http.get(f"{path}/nope", params={"wait": "soon"}), 422, "wait")
+        assert_problem(http.get(f"{path}/nope"), 404, "nope")
+        created = http.post(path, json={"id": "fine"})
+        assert created.status_code == 201 and created.json()["id"] == "fine"
+        assert http.get(f"{path}/fine", params={"wait": 10}).json()["status"] == "complete"
+
+
 def test_a_tenant_deploys_at_most_its_workflow_quota(server: ServerProcess) -> None:
     key = server.create_tenant("few-workflows", "--max-workflows", "2")["api_key"]
     with server.client(key) as api, server.http(key) as http:
