@@ -140,14 +140,19 @@ class Api:
     async def tenant(self, request: Request) -> Tenant:
         return await run_in_threadpool(self.service.authenticate, bearer_key(request))
 
-    async def authenticated(self, request: Request, then: Callable[[Tenant], T]) -> tuple[Tenant, T]:
-        """The request's tenant and `then(tenant)`, in one trip to a worker thread, the key checked first (401
-        before any other answer). Each trip costs GIL hand-offs while activations run: a create and an
-        instance's read, the client's round trip, make one where they made two."""
+    async def authenticated(
+        self, request: Request, then: Callable[[Tenant], T], refused: TenantflowError | None = None
+    ) -> tuple[Tenant, T]:
+        """The request's tenant and `then(tenant)`, in one trip to a worker thread, the key checked first: 401
+        before any other answer, `refused` (what reading the request's body or query raised) next. Each trip
+        costs GIL hand-offs while activations run: a create and an instance's read, the client's round trip,
+        make one where they made two."""
         key = bearer_key(request)
 
         def both() -> tuple[Tenant, T]:
             tenant = self.service.authenticate(key)
+            if refused is not None:
+                raise refused
             return tenant, then(tenant)
 
         return await run_in_threadpool(both)
@@ -230,20 +235,19 @@ class Api:
 
     async def create_instance(self, request: Request) -> Response:
         bearer_key(request)  # no key at all: 401 before the body is read
-        raw: Any
+        raw: Any = None
+        refused: TenantflowError | None = None
         try:
             raw = await read_body(request, self.max_body, default={})
-        except TenantflowError as refused:
-            raw = refused  # answered once the key is checked, as before
+        except TenantflowError as error:
+            refused = error
         name = request.path_params["name"]
 
         def create(tenant: Tenant) -> Instance:
-            if isinstance(raw, TenantflowError):
-                raise raw
             body = validate(contract.CreateInstance, raw, "the body")
             return self.service.create_instances(tenant, name, [_given(body)])[0]
 
-        _, created = await self.authenticated(request, create)
+        _, created = await self.authenticated(request, create, refused)
         return JSONBody(instance_json(created), status_code=201)
 
     async def create_instances(self, request: Request) -> Response:
@@ -340,19 +344,17 @@ class Api:
 
     async def get_instance(self, request: Request) -> Response:
         name, instance_id = request.path_params["name"], request.path_params["id"]
-        asked: contract.InstanceWait | TenantflowError
+        asked: contract.InstanceWait | None = None
+        refused: TenantflowError | None = None
         try:
             asked = query(contract.InstanceWait, request)
-        except TenantflowError as refused:
-            asked = refused  # answered once the key is checked, as before
+        except TenantflowError as error:
+            refused = error
 
-        def first_read(tenant: Tenant) -> Instance:
-            if isinstance(asked, TenantflowError):
-                raise asked
-            return self.service.instance(tenant, name, instance_id)
-
-        tenant, found = await self.authenticated(request, first_read)
-        assert not isinstance(asked, TenantflowError)
+        tenant, found = await self.authenticated(
+            request, lambda tenant: self.service.instance(tenant, name, instance_id), refused
+        )
+        assert asked is not None  # else `refused` was raised
         read = functools.partial(self.service.instance, tenant, name, instance_id)
         if asked.wait > 0 and not self.settled(found, asked.status):
             found = await self.long_poll(request, found, read, asked.status, asked.wait)
