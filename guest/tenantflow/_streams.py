@@ -47,8 +47,7 @@ class Streams(random.Random):
             # An int seeds `init_by_array` with its 32-bit words, little-endian: all 624 while the last is not 0.
             super().seed(number)
         else:  # fewer words would be used (one key in 2**32): set the state that all 624 give
-            super().seed(0)
-            self.setstate((3, (*mt_state(key), 624), None))
+            super().setstate((3, (*mt_state(key), 624), None))
 
     def getstate(self) -> tuple[Any, ...]:
         return super().getstate() if self._body is None else self._body.getstate()
