@@ -16,7 +16,7 @@ import json
 import linecache
 import marshal
 import math  # noqa: F401
-import random  # noqa: F401
+import random
 import re  # noqa: F401
 import secrets  # noqa: F401
 import sys
@@ -39,8 +39,9 @@ from tenantflow.transport import host_text
 # The SDK's durable calls go to the host's functions; installed here, so it is in the snapshot.
 _transport = WitTransport()
 tenantflow.transport.install(_transport)
-# `random` draws from the workflow's stream outside step bodies and a body's own inside them.
-_streams = Streams(_transport.seed_bytes)
+# `random` draws from the workflow's stream outside step bodies and a body's own inside them. Each run reseeds it
+# (`_guarded_run`); componentize-py's reseed at the isolate's first call (`prepare`) is skipped.
+_streams = Streams(_transport.seed_bytes, skip_first_reseed=True)
 install(_streams)
 
 FILENAME = "workflow.py"
@@ -187,6 +188,11 @@ class WitWorld(wit_world.WitWorld):
         except BaseException as error:  # e.g. MemoryError compiling a huge source
             raise _from_exception(error)
 
+    def prepare(self) -> None:
+        """Nothing of its own: componentize-py's runtime does its set-up at an isolate's first call (the environment
+        and the arguments from the host, a reseed of `random`: its runtime, not an API), and the host makes that
+        call here, ahead of the activation that will run in the isolate."""
+
     def run(self, source: str, event: str) -> str:
         return self._guarded_run(source, None, event)
 
@@ -212,6 +218,9 @@ class WitWorld(wit_world.WitWorld):
 
     def _guarded_run(self, source: str, code: bytes | None, event: str) -> str:
         try:
+            # The workflow's stream, from the host's `seed-bytes` (the instance's seed, outside step bodies: so
+            # every replay draws the same); before the module runs, which may draw.
+            random.seed()
             return self._run(source, _compile(source) if code is None else marshal.loads(code), event)
         except Err:
             raise
@@ -222,9 +231,6 @@ class WitWorld(wit_world.WitWorld):
         entry = _load(source, code)
         data = json.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
-        # `random` holds the instance's own state here: componentize-py reseeded it when this isolate first ran
-        # (not the snapshot's, shared by every isolate), from the host's random bytes, which come from the
-        # instance's seed outside step bodies (so every replay draws the same; see SKIPPED_DRAWS in the host).
         if is_async(entry):
             result = self._run_async(entry, started)
         else:

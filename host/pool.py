@@ -5,6 +5,11 @@ instantiate here. Dropping one afterwards costs as much again with the pooling a
 16 MiB resident (it zeroes those pages for the slot's next user). `IsolatePool` does both off the
 activation's thread: it keeps up to `size` isolates instantiated and ready, and drops used ones.
 
+Each isolate made (ready or on the spot) is also prepared: `prepare`, an export the guest gives for it, is
+called once. componentize-py's runtime does its set-up at an instance's first call (it asks the host for
+the environment and the arguments, and reseeds `random`): in a busy server that was three host calls, each
+waiting for the GIL, between the activation's call into the guest and the workflow's first line.
+
 While an isolate is ready the thread keeps out of the way of the activations: it makes or drops one only
 `quiet_s` (QUIET_S) after the last take or retire, so not beside an activation's start or its finish; with
 none ready it works at once (the next activation would otherwise make its own).
@@ -28,13 +33,16 @@ the fuel, the epoch deadline and the thread's activation. What wasmtime allows a
   inline. An activation with less fuel than that instantiates its own (and runs out the same way).
 - the epoch deadline (`set_epoch_deadline`, relative to the engine's epoch now) and the deadline
   callback (per store, installed when made) need nothing of instantiation.
-- instantiation calls no host function (no WASI: checked), so the thread-local activation that host
-  functions read is not needed until the first call into the guest.
+- instantiation calls no host function, and `prepare` only WASI's environment and arguments (empty for
+  every activation; the guest skips the reseed, each run reseeding from its instance's stream): nothing an
+  activation would answer differently (checked), so the thread-local activation that host functions read
+  is not needed until the activation's call into the guest. The fuel `prepare` burns is charged as
+  instantiation's is (it was burned inside the activation's call before).
 
-Bounded: at most `size` ready isolates, each instantiated under `floor_bytes` and never run, so each
-holds at most that much linear memory (resident: ~0.35-0.4 MiB measured, the copy-on-write image's pages
-are untouched); at most `size` used isolates wait to be dropped, and no more than `retire_bytes` of their
-caps (otherwise the activation drops its own). Each isolate the pool holds (ready, waiting to be dropped,
+Bounded: at most `size` ready isolates, each instantiated under `floor_bytes` and prepared, never run, so
+each holds at most that much linear memory (resident: ~2.7 MiB measured, ~0.4 MiB unprepared); at most
+`size` used isolates wait to be dropped, and no more than `retire_bytes` of their caps (otherwise the
+activation drops its own). Each isolate the pool holds (ready, waiting to be dropped,
 or being made or dropped: at most 2 × `size` + 1) takes a slot of the pooling allocator (host/engine.py's
 POOLING["instances"]; the runtime keeps 8 spare, for this and the deploy checks' 2).
 """
@@ -92,11 +100,11 @@ def size_from_env(default: int = DEFAULT_SIZE) -> int:
 
 @dataclass(eq=False)
 class Isolate:
-    """A Store with a fresh instance of the guest and its exported functions, never called yet."""
+    """A Store with a fresh instance of the guest and its exported functions, never called yet (but `prepare`)."""
 
     store: wasmtime.Store
     funcs: tuple[Any, ...]
-    # The fuel instantiation burned: the activation is charged it.
+    # The fuel instantiation (and `prepare`) burned: the activation is charged it.
     fuel_used: int
     # Made ahead of time (False: by the activation that uses it).
     pooled: bool = False
@@ -129,12 +137,15 @@ class IsolatePool:
         retire_bytes: int = RETIRE_BYTES,
         cores: int | None = None,
         quiet_s: float = QUIET_S,
+        prepare: Any = None,
     ) -> None:
         self._engine = engine
         self._linker = linker
         self._component = component
         self._epoch = epoch
         self.exports = tuple(exports)
+        # The export called once on each isolate made, before it is handed out (None: none).
+        self.prepare = prepare
         self.size = size
         self.floor_bytes = floor_bytes
         self.retire_bytes = retire_bytes
@@ -282,6 +293,11 @@ class IsolatePool:
             store.set_epoch_deadline(_NO_DEADLINE)
             instance = self._linker.instantiate(store, self._component)
             funcs = tuple(instance.get_func(store, index) for index in self.exports)
+            if self.prepare is not None:
+                prepare = instance.get_func(store, self.prepare)
+                assert prepare is not None
+                prepare(store)
+                prepare.post_return(store)
         except BaseException:
             store.close()
             raise

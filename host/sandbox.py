@@ -144,12 +144,12 @@ def _check_name(call: str, what: str, name: Any) -> str:
     return str(name)
 
 
-# The draws from an instance's random stream are numbered from here. componentize-py reseeds `random` when an
-# isolate first runs (2,496 bytes: ten draws of 256) and the guest's harness used to reseed it again, ten more;
-# it no longer does, and the first ten draws are skipped instead, so the start-up reseed reads what the
-# harness's did and an instance draws outside its step bodies exactly what it drew before (a replay across
-# the upgrade included), ten host calls an activation fewer. This leans on componentize-py's start-up reseed (its
-# runtime, not an API): tests/host/test_host_wasi.py pins a seed's first draws, and fails if it stops.
+# The draws from an instance's random stream are numbered from here. Its first ten were read by componentize-py's
+# start-up reseed of `random`, the next ten by the harness's own reseed, which it then stopped making. Now the harness
+# reseeds once, at the start of each run, with `seed-bytes` (2,496 bytes: what ten reads of 256 gave), and skips
+# componentize-py's (made when the isolate is prepared, outside any activation): the first ten draws are skipped, so
+# an instance draws outside its step bodies exactly what it drew before (a replay across the upgrades included).
+# tests/host/test_host_wasi.py pins a seed's first draws, and fails if that changes.
 SKIPPED_DRAWS = 10
 # The most a WASI random read gives the guest (wasi-libc's getentropy); `seed-bytes` answers as that many reads.
 WASI_READ_BYTES = 256
@@ -616,14 +616,17 @@ class Sandbox:
         run_index = self.component.get_export_index("run")
         run_compiled_index = self.component.get_export_index("run-compiled")
         check_index = self.component.get_export_index("check")
-        if run_index is None or run_compiled_index is None or check_index is None:
-            raise RuntimeError("the guest component exports no run/run-compiled/check")
+        prepare_index = self.component.get_export_index("prepare")
+        if run_index is None or run_compiled_index is None or check_index is None or prepare_index is None:
+            raise RuntimeError("the guest component exports no run/run-compiled/check/prepare")
         self._run_index = run_index
         self._run_compiled_index = run_compiled_index
         self._check_index = check_index
         size = size_from_env() if pool is None else pool
         exports = (run_index, run_compiled_index, check_index)
-        self.isolates = IsolatePool(self.engine, self.linker, self.component, self._epoch, exports, size)
+        self.isolates = IsolatePool(
+            self.engine, self.linker, self.component, self._epoch, exports, size, prepare=prepare_index
+        )
 
     def close(self) -> None:
         self.isolates.close()
@@ -902,9 +905,9 @@ class Sandbox:
         def host_function(store: Any, *args: Any) -> Any:
             act: _Activation | None = getattr(self._local, "activation", None)
             if act is None:
-                # An export called directly on an instance from `linker.instantiate` (benchmarks,
-                # tools), outside `Sandbox.run`: WASI (and the start-up reseed's bytes) answers without
-                # ever waiting, the rest refuses.
+                # An isolate being prepared (host/pool.py), or an export called directly on an instance
+                # from `linker.instantiate` (benchmarks, tools), outside `Sandbox.run`: WASI (and a run's
+                # reseed's bytes) answers without ever waiting, the rest refuses.
                 if with_store:
                     return fn(_DETACHED, store, *args)
                 if detached:

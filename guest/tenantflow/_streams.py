@@ -25,14 +25,19 @@ class Streams(random.Random):
     `random` seeds its own stream, never the workflow's (a replay, which does not run the body, would not).
 
     With `seed_bytes` (the host's, in the sandbox), `seed()` reads its 2,496 bytes in one call of it, not in ten
-    WASI reads of 256, and seeds exactly as CPython would have from them: the same state, so the same draws."""
+    WASI reads of 256, and seeds exactly as CPython would have from them: the same state, so the same draws.
 
-    def __init__(self, seed_bytes: Callable[[int], bytes] | None = None) -> None:
+    `skip_first_reseed`: the first `seed()` without an argument does nothing (componentize-py's first call into an
+    isolate reseeds `random`; the sandbox's harness reseeds at the start of each run instead, from the instance's
+    stream, so that one would be work for nothing)."""
+
+    def __init__(self, seed_bytes: Callable[[int], bytes] | None = None, skip_first_reseed: bool = False) -> None:
         self._seed_bytes: Callable[[int], bytes] | None = None
         self._real: random.Random | None = None
         self._body: random.Random | None = None
-        super().__init__()  # seeded as CPython seeds (at build time: the snapshot's state, reseeded at start)
+        super().__init__()  # seeded as CPython seeds (at build time: the snapshot's state, reseeded by each run)
         self._seed_bytes = seed_bytes
+        self._skip_reseed = skip_first_reseed
 
     def seed(self, a: Any = None, version: int = 2) -> None:
         if self._body is not None:
@@ -40,6 +45,9 @@ class Streams(random.Random):
             return
         if a is not None or self._seed_bytes is None:
             super().seed(a, version)
+            return
+        if self._skip_reseed:
+            self._skip_reseed = False
             return
         key = self._seed_bytes(SEED_BYTES)
         number = int.from_bytes(key, "little")

@@ -131,6 +131,17 @@ def test_an_instance_seed_draws_what_it_always_drew(sandbox: Sandbox) -> None:
     ]
 
 
+def test_a_draw_at_import_time_replays(sandbox: Sandbox) -> None:
+    """The run reseeds `random` from the instance's stream before the workflow's module runs, which may draw."""
+    source = "import random\nAT_IMPORT = random.random()\ndef run(event, step):\n    return AT_IMPORT\n"
+    draws = []
+    for seed in (b"golden-seed", b"golden-seed", b"another-seed"):
+        outcome, _ = run(sandbox, source, seed=seed, clock_start=1.0)
+        assert isinstance(outcome, Completed), outcome
+        draws.append(json.loads(outcome.output))
+    assert draws[0] == draws[1] != draws[2]
+
+
 def test_a_body_that_seeds_random_leaves_the_workflows_stream_alone(sandbox: Sandbox) -> None:
     """A replay does not run a finished body: had the body's `random.seed(42)` moved the workflow's stream, the
     draw after it would differ between the first run and a replay."""
@@ -167,7 +178,7 @@ def test_the_start_up_reseed_is_one_host_call() -> None:
 
 def test_an_export_called_outside_an_activation_still_starts(sandbox: Sandbox) -> None:
     """Benchmarks and tools call the guest's exports on an instance of their own, outside `Sandbox.run`: WASI and
-    the start-up reseed's bytes answer there (from the CSPRNG), the durable calls refuse."""
+    a run's reseed's bytes answer there (from the CSPRNG), the durable calls refuse."""
     store = wasmtime.Store(sandbox.engine)
     store.set_fuel(10**10)
     store.set_epoch_deadline(1 << 40)

@@ -18,10 +18,18 @@ SETTLE_S = 60
 BELOW_INITIAL = 8 << 20
 
 
-def _pool(sandbox: Sandbox, size: int, cores: int = 64, quiet_s: float = 0.0) -> IsolatePool:
+def _pool(sandbox: Sandbox, size: int, cores: int = 64, quiet_s: float = 0.0, prepare: bool = True) -> IsolatePool:
     exports = (sandbox.component.get_export_index("check"),)
     return IsolatePool(
-        sandbox.engine, sandbox.linker, sandbox.component, sandbox._epoch, exports, size, cores=cores, quiet_s=quiet_s
+        sandbox.engine,
+        sandbox.linker,
+        sandbox.component,
+        sandbox._epoch,
+        exports,
+        size,
+        cores=cores,
+        quiet_s=quiet_s,
+        prepare=sandbox.component.get_export_index("prepare") if prepare else None,
     )
 
 
@@ -145,9 +153,9 @@ def test_less_fuel_or_a_cap_below_the_floor_is_made_on_the_spot(pool: IsolatePoo
     pool.retire(small)
 
 
-def test_instantiation_calls_no_host_function(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pooled isolate is made with no activation on its thread: were the guest to ask WASI for random bytes
-    or the time while instantiating, it would get the host's, not the activation's (seeded, logical)."""
+def test_making_an_isolate_asks_nothing_of_an_activation(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled isolate is made (and prepared) with no activation on its thread: were the guest to ask WASI for
+    random bytes or the time meanwhile, it would get the host's, not the activation's (seeded, logical)."""
     from tenantflow.host import sandbox as sandbox_module
 
     calls: list[str] = []
@@ -165,6 +173,41 @@ def test_instantiation_calls_no_host_function(sandbox: Sandbox, monkeypatch: pyt
     finally:
         here.close()
     assert calls == []
+
+
+def test_each_isolate_made_is_prepared_and_charged_for_it(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prepare` takes componentize-py's first-call set-up (the environment and the arguments: two host calls; its
+    reseed of `random` is skipped) out of the activation, whose run then asks only for its seed's bytes."""
+    from tenantflow.host import _wasmtime
+
+    host_calls: list[int] = []
+    lift = _wasmtime.lift
+
+    def counting(*args: object) -> object:
+        host_calls.append(1)
+        return lift(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_wasmtime, "lift", counting)
+    bare, prepared = _pool(sandbox, 0, prepare=False), _pool(sandbox, 0)
+    try:
+        plain = bare.take(256 << 20, 10**10)
+        assert host_calls == []
+        ready = prepared.take(256 << 20, 10**10)
+        assert len(host_calls) == 2
+        assert ready.fuel_used > plain.fuel_used
+        bare.retire(plain)
+        prepared.retire(ready)
+    finally:
+        bare.close()
+        prepared.close()
+    box = Sandbox(sandbox.component, sandbox.engine, pool=0)
+    try:
+        host_calls.clear()
+        outcome = _run(box, "def run(event, step):\n    return 1\n", Limits())
+        assert isinstance(outcome, Completed), outcome
+        assert len(host_calls) == 2 + 1  # made and prepared on the spot, then the run's `seed-bytes`
+    finally:
+        box.close()
 
 
 def test_a_pool_that_cannot_make_isolates_leaves_activations_to_make_their_own(sandbox: Sandbox) -> None:
