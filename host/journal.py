@@ -198,6 +198,15 @@ class Journal(Protocol):
         ...
 
 
+class Ready(Protocol):
+    """What an activation started before the instance it runs is durable waits for (`Sandbox.run(ready=)`)."""
+
+    def wait(self) -> bool:
+        """Block until it is known: True, the instance exists (go on); False, it does not (the activation ends
+        Cancelled, having done nothing outside the sandbox)."""
+        ...
+
+
 @runtime_checkable
 class Parking(Protocol):
     """A journal that can hold an isolate through a wait (hot resume) instead of ending the activation."""

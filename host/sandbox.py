@@ -60,6 +60,7 @@ from tenantflow.host.journal import (
     Kind,
     Parking,
     Plan,
+    Ready,
     Run,
     StepCall,
     StepConfig,
@@ -116,6 +117,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 class _Interrupted(Exception):
     """A WASI wait reached the deadline or saw the cancel; `Sandbox._trapped` names the outcome."""
+
+
+def _wait_ready(act: _Activation) -> None:
+    """Block until the instance the activation runs is known to exist; `_Interrupted` (Cancelled) if it does not."""
+    ready, act.ready = act.ready, None
+    if ready is not None and not ready.wait():
+        act.cancelled = True
+        raise _Interrupted()
 
 
 def clip(text: str, max_bytes: int) -> str:
@@ -196,6 +205,8 @@ class _Activation:
     timed_out: bool = False
     cancel: threading.Event | None = None
     cancelled: bool = False
+    # Until it is passed (None since): host calls with effects outside the sandbox wait for it (`Sandbox.run`).
+    ready: Ready | None = None
     cpu_mark: float = 0.0
     fuel_mark: int = 0
     checked_at: float = 0.0
@@ -611,7 +622,11 @@ class Sandbox:
                             add_func(instance, entry.name, guarded, _stream_write_cap)
             with root.add_instance(HOST_INTERFACE) as host:
                 for name, fn in self._host_functions().items():
-                    guarded = self._guarded(name, fn, checks_sizes=name == "log", detached=name == "seed-bytes")
+                    # The two without effects outside the sandbox answer before the instance is durable (`run(ready=)`).
+                    pure = name in ("log", "seed-bytes")
+                    guarded = self._guarded(
+                        name, fn, checks_sizes=name == "log", detached=name == "seed-bytes", gated=not pure
+                    )
                     add_func(host, name, guarded, self._lift_cap)
         run_index = self.component.get_export_index("run")
         run_compiled_index = self.component.get_export_index("run-compiled")
@@ -674,6 +689,7 @@ class Sandbox:
         clock_start: float | None = None,
         seed: bytes | None = None,
         code: bytes | None = None,
+        ready: Ready | None = None,
     ) -> Outcome:
         """Run `run(event, step)` from the top in a fresh isolate until it returns, fails or suspends.
 
@@ -687,6 +703,11 @@ class Sandbox:
 
         `code`: `source` as `compile` gave it (what the deploy check compiled), so the guest does not compile
         it again (a third of a short activation's CPU).
+
+        `ready`: the activation may start before the instance it runs is durable (its creation still committing):
+        the guest starts and runs the workflow's code, but its first host call with an effect outside the sandbox
+        (a durable call, and so any step body, a capability call) waits until `ready.wait()` answers; False ends
+        the activation Cancelled. The random bytes of a reseed and the log do not wait, nor does WASI.
         """
         args: tuple[Any, ...]
         if code is None:
@@ -694,7 +715,7 @@ class Sandbox:
         else:
             # The code's bytes as the characters of those code points: a string is lowered as one copy.
             index, args = self._run_compiled_index, (source, code.decode("latin-1"), json.dumps(event))
-        outcome = self._activate(index, args, journal, limits, grants, cancel, clock_start, seed)
+        outcome = self._activate(index, args, journal, limits, grants, cancel, clock_start, seed, ready=ready)
         assert not isinstance(outcome, bytes)  # only `compile` asks for code
         return outcome
 
@@ -727,6 +748,7 @@ class Sandbox:
         clock_start: float | None = None,
         seed: bytes | None = None,
         code_out: bool = False,
+        ready: Ready | None = None,
     ) -> Outcome | bytes:
         limits = limits or Limits()
         started = time.perf_counter()
@@ -741,7 +763,7 @@ class Sandbox:
             act = _Activation(
                 store, journal, limits, grants or Grants(), self._ticker, time.monotonic() + limits.deadline_s
             )
-            act.cancel = cancel
+            act.cancel, act.ready = cancel, ready
             act.logical_s, act.seed = clock_start, seed
             store.set_epoch_deadline(act.ticks_left())
         except BaseException:
@@ -893,8 +915,10 @@ class Sandbox:
         with_store: bool = False,
         checks_sizes: bool = False,
         detached: bool = False,
+        gated: bool = False,
     ) -> Callable[..., Any]:
-        """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function.
+        """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function; `gated`: it waits for the
+        activation's `ready` first (see `run`).
 
         The host's CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
         whatever it raises is recorded on the activation, which then traps. An argument longer
@@ -916,6 +940,8 @@ class Sandbox:
             if act.pending is not None:
                 raise wasmtime.WasmtimeError("tenantflow: the activation is ending")
             try:
+                if gated and act.ready is not None:
+                    _wait_ready(act)
                 for arg in () if checks_sizes else args:
                     if isinstance(arg, TooLarge):
                         raise invalid_call(call, f"an argument of {arg.size} bytes is longer than the host accepts")

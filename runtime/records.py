@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from tenantflow.runtime.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from tenantflow.host import Ready
 
 Status = Literal["queued", "running", "waiting", "waiting_for_pause", "paused", "errored", "terminated", "complete"]
 STATUSES: tuple[Status, ...] = (
@@ -366,3 +369,6 @@ class ActivationState:
     entries: dict[int, Entry] = field(default_factory=dict)
     events: list[EventRecord] = field(default_factory=list)
     quotas: Quotas = field(default_factory=Quotas)
+    # Handed over by a create before its commit: False once it has ended without committing (the instance does not
+    # exist). Until it answers, the activation does nothing outside the sandbox and writes nothing.
+    ready: Ready | None = None

@@ -112,6 +112,8 @@ class Executor:
         try:
             outcome = self._run(state, journal, cancel)
         except Exception:
+            if not _created(state):
+                return Activated(claim, "cancelled", None)
             now = self.clock.now()
             errored = self.store.host_fault(claim, now, now + RETRY_AFTER_HOST_ERROR_S, MAX_HOST_FAULTS)
             if errored:
@@ -121,6 +123,8 @@ class Executor:
                 return Activated(claim, "errored", None)
             log.exception("activation of %s failed in the host; retrying in %s s", claim.key, RETRY_AFTER_HOST_ERROR_S)
             return Activated(claim, "waiting", None)
+        if not _created(state):  # handed over by a create that did not commit: nothing to write to
+            return Activated(claim, "cancelled", None)
         status = self._record(claim, journal, outcome)
         self._log(claim, state.instance.version, status, outcome)
         if self.metrics is not None:
@@ -155,6 +159,7 @@ class Executor:
             clock_start=origin,
             seed=instance.seed_bytes(),
             code=self.codes.code(instance.source_hash, state.source, limits),
+            ready=state.ready,
         )
 
     def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
@@ -244,3 +249,8 @@ class Executor:
             **counts,
         )
         return "waiting"
+
+
+def _created(state: ActivationState) -> bool:
+    """Whether the instance exists: waits for its create's commit when the activation started before it."""
+    return state.ready is None or state.ready.wait()

@@ -82,12 +82,32 @@ def _dead_local_owners(owners: list[str]) -> list[str]:
     return dead
 
 
+class Committed:
+    """Whether the transaction that created an instance committed, once it has ended: the `ready` of an activation
+    started before that (tenantflow.host.Ready), and of its executor's writes."""
+
+    def __init__(self) -> None:
+        self._ended = threading.Event()
+        self._ok = False
+
+    def settle(self, ok: bool) -> None:
+        self._ok = ok
+        self._ended.set()
+
+    def wait(self) -> bool:
+        self._ended.wait()
+        return self._ok
+
+
 class Offer:
-    """A create's hand-off: the slots offered (None: none) and where the claims it took go."""
+    """A create's hand-off: the slots offered (None: none) and where the claims it took go. The claims are adopted
+    in the create's transaction, before its commit: their activations start meanwhile and wait for `committed`
+    before anything with an effect (see `Sandbox.run(ready=)`), which the create settles once its transaction ends."""
 
     def __init__(self, pool: WorkerPool, handoff: Handoff | None) -> None:
         self.handoff = handoff
         self.adopted = 0
+        self.committed = Committed()
         self._pool = pool
 
     def adopt(self, claims: list[Claim], states: Mapping[Claim, ActivationState] | None = None) -> None:

@@ -58,7 +58,7 @@ from tenantflow.runtime.service.retention import Retentions
 from tenantflow.runtime.service.tenants import Tenants
 from tenantflow.runtime.service.usage import UsageReports
 from tenantflow.runtime.service.watching import Cursor, Follower, entry_json
-from tenantflow.runtime.store import SQLStore, open_store
+from tenantflow.runtime.store import Created, SQLStore, open_store
 
 # Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
 MAX_WORKERS = ISOLATE_SLOTS - 8
@@ -347,27 +347,41 @@ class Service:
         for in the same transaction (the hand-off), the dispatchers (here or elsewhere) the rest."""
         with self.pool.handoff(len(items)) as offer:
             source = None if offer.handoff is None else self.store.source(tenant.tenant_id, version.source_hash)
-            done = self.store.create_available(
-                tenant.tenant_id,
-                version,
-                items,
-                self.clock.now(),
-                per_minute=tenant.quotas.max_instances_per_minute,
-                all_or_none=all_or_none,
-                handoff=offer.handoff,
-            )
-            # What their activations would load: the instance as leased, its source, no journal, no events yet
-            # (one sent meanwhile is found where the instance waits for it), the quotas just authenticated with.
-            created = {i.key: i for i in done.instances}
-            offer.adopt(
-                done.claims,
-                {
-                    c: ActivationState(
-                        replace(created[c.key], status="running", fence=c.fence), source or "", quotas=tenant.quotas
-                    )
-                    for c in done.claims
-                },
-            )
+
+            def adopt(done: Created) -> None:
+                # In the create's transaction: the activations start while it commits, and wait for it (`committed`)
+                # before anything with an effect. What they would load: the instance as leased, its source, no
+                # journal, no events yet (one sent meanwhile is found where the instance waits for it), the quotas
+                # just authenticated with.
+                created = {i.key: i for i in done.instances}
+                offer.adopt(
+                    done.claims,
+                    {
+                        c: ActivationState(
+                            replace(created[c.key], status="running", fence=c.fence),
+                            source or "",
+                            quotas=tenant.quotas,
+                            ready=offer.committed,
+                        )
+                        for c in done.claims
+                    },
+                )
+
+            try:
+                done = self.store.create_available(
+                    tenant.tenant_id,
+                    version,
+                    items,
+                    self.clock.now(),
+                    per_minute=tenant.quotas.max_instances_per_minute,
+                    all_or_none=all_or_none,
+                    handoff=offer.handoff,
+                    claimed=adopt,
+                )
+            except BaseException:
+                offer.committed.settle(False)
+                raise
+            offer.committed.settle(True)
         if len(done.claims) < len(done.instances):
             self.pool.wake()
         self._log_created(tenant, version.workflow, done.instances)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from tenantflow.runtime.errors import Conflict, NotFound, QuotaExceeded
@@ -82,6 +82,7 @@ class Instances(StoreCore):
         *,
         all_or_none: bool = False,
         handoff: Handoff | None = None,
+        claimed: Callable[[Created], None] | None = None,
     ) -> Created:
         """Create the instances whose ids are free: those created, the ids that were taken, and the claims the
         hand-off took. With `all_or_none`, Conflict (and none created) when an id is taken, also by a concurrent
@@ -93,10 +94,14 @@ class Instances(StoreCore):
 
         With `handoff` (free slots of the creating process's workers), the new instances are leased to it in
         this transaction, as many as it has slots and the tenant has room for, when no other instance is due
-        (then the fair claim would take them first anyway): no claim of its own, no fsync of its own."""
+        (then the fair claim would take them first anyway): no claim of its own, no fsync of its own. `claimed`
+        is called with them in the transaction, before its commit (their activations can start meanwhile); the
+        call returns once it has committed, and raises if it has not."""
 
         with self.transaction() as tx:
             done = self._create(tx, tenant_id, version, items, now, per_minute, all_or_none, handoff)
+            if claimed is not None and done.claims:
+                claimed(done)
         if len(done.claims) < len(done.instances):
             self._notify()
         return done

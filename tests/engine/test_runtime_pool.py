@@ -7,13 +7,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tenantflow.host import Sandbox
+from tenantflow.runtime.engine.journal import InstanceJournal
+from tenantflow.runtime.errors import NotFound
 from tenantflow.runtime.records import FINISHED, Claim, Quotas
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store.sqlite import SQLiteStore
@@ -103,6 +106,76 @@ def test_an_event_sent_before_a_handed_off_activation_starts_is_not_lost(
     (instance,) = live.create_instances(tenant, "wf", [{"id": "e1"}])
     wait_until(lambda: live.store.instance(instance.key).status == "complete", 30, "the instance to complete")
     assert live.instance(tenant, "wf", "e1").output == {"n": 1}
+
+
+def _slow_commit(
+    live: Service, monkeypatch: pytest.MonkeyPatch, then: Callable[[list[str]], None]
+) -> tuple[threading.Event, list[str]]:
+    """The create's transaction stays open after its hand-off until the activation runs, then `then(reached)`
+    (which may raise: no commit). The activation's start, and `reached`: the names of the durable calls that reached
+    the journal."""
+    running = threading.Event()
+    reached: list[str] = []
+    run = live.executor._run
+
+    def started(*args: Any) -> Any:
+        running.set()
+        return run(*args)
+
+    monkeypatch.setattr(live.executor, "_run", started)
+    step_begin = InstanceJournal.step_begin
+    monkeypatch.setattr(
+        InstanceJournal,
+        "step_begin",
+        lambda journal, call, *rest: reached.append(call.name) or step_begin(journal, call, *rest),
+    )
+    create_available = live.store.create_available
+
+    def slow(*args: Any, claimed: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
+        def adopt_and_wait(done: Any) -> None:
+            assert claimed is not None
+            claimed(done)
+            assert running.wait(30), "the handed-off activation did not start before the commit"
+            time.sleep(0.3)  # the guest reaches its first durable call meanwhile
+            then(reached)
+
+        return create_available(*args, claimed=adopt_and_wait, **kwargs)
+
+    monkeypatch.setattr(live.store, "create_available", slow)
+    return running, reached
+
+
+def test_a_handed_off_activation_starts_while_its_create_commits(
+    live: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The activation starts in the create's transaction, before its commit; its step waits for the commit."""
+    tenant = live.create_tenant("early")[0]
+    live.deploy(tenant, "wf", "def run(event, step):\n    return step.do('first', lambda: 1)\n")
+    running, reached = _slow_commit(live, monkeypatch, lambda reached: reached.append("(committing)"))
+    (instance,) = live.create_instances(tenant, "wf", [{"id": "e1"}])
+    assert running.is_set()
+    wait_until(lambda: live.store.instance(instance.key).status == "complete", 30, "the instance to complete")
+    assert reached == ["(committing)", "first"]  # the step began only after the transaction ended
+
+
+def test_a_create_that_does_not_commit_ends_its_handed_off_activations(
+    live: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its activations were running meanwhile: they end cancelled, having begun no step and written nothing."""
+    tenant = live.create_tenant("lost")[0]
+    live.deploy(tenant, "wf", "def run(event, step):\n    return step.do('first', lambda: 1)\n")
+
+    def fail(reached: list[str]) -> None:
+        raise RuntimeError("the commit failed")
+
+    running, reached = _slow_commit(live, monkeypatch, fail)
+    with pytest.raises(RuntimeError, match="the commit failed"):
+        live.create_instances(tenant, "wf", [{"id": "gone"}])
+    assert running.is_set()
+    wait_until(lambda: live.pool.slots.free() == 4, 10, "the activation to end and its slot to come back")
+    assert reached == []
+    with pytest.raises(NotFound):
+        live.instance(tenant, "wf", "gone")
 
 
 def test_due_timer_fires_promptly(live: Service) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -555,3 +556,48 @@ def test_corrupt_cached_artifact_is_detected_and_rebuilt(tmp_path: Path, monkeyp
         assert completed(box.run("def run(e, s):\n    return s.do('a', lambda: 40) + 2\n", {}, MemJournal())) == 42
     finally:
         box.close()
+
+
+# -- an activation started before its instance is durable (`ready`) -------------------------------------
+
+
+class _Ready:
+    """Answers `answer` once `release` is called; records whether the guest was asked to wait."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.released = threading.Event()
+        self.waited = 0
+
+    def wait(self) -> bool:
+        self.waited += 1
+        assert self.released.wait(10)
+        return self.answer
+
+
+READY_SOURCE = """
+print("before")
+def run(event, step):
+    print("in run")
+    return step.do("first", lambda: 1)
+"""
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_the_first_call_with_effects_waits_for_ready(sandbox: Sandbox, answer: bool) -> None:
+    """The guest runs up to its first durable call meanwhile (its prints are not held); False ends it Cancelled
+    before the journal hears of anything."""
+    ready = _Ready(answer)
+    journal = MemJournal()
+    threading.Timer(0.3, ready.released.set).start()
+    started = time.monotonic()
+    outcome = sandbox.run(textwrap.dedent(READY_SOURCE), {"payload": None}, journal, SMALL, ready=ready)
+    assert time.monotonic() - started >= 0.3
+    assert ready.waited == 1
+    if answer:
+        assert completed(outcome) == 1
+        assert [attempt.ok for _, attempt in journal.attempts] == [True]
+    else:
+        failed(outcome, "Cancelled")
+        assert journal.attempts == [] and journal.results == {}
+    assert outcome.stats.log == "before\nin run\n"
