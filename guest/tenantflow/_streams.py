@@ -68,9 +68,7 @@ class Streams(random.Random):
 
     def enter_body(self) -> None:
         if self._real is None:
-            # Seeded inside a body, from the host's CSPRNG: 256 bits in one WASI call (`random.Random()` would
-            # read 2,496 bytes, ten calls of 256).
-            self._real = random.Random(int.from_bytes(os.urandom(32), "little"))
+            self._real = _BodyStream()
         self._body = self._real
 
     def leave_body(self) -> None:
@@ -87,6 +85,44 @@ class Streams(random.Random):
     def randbytes(self, n: int) -> bytes:
         body = self._body
         return super().randbytes(n) if body is None else body.randbytes(n)
+
+
+class _BodyStream(random.Random):
+    """The bodies' stream: seeded from the host's CSPRNG at its first use, 256 bits in one WASI call
+    (`random.Random()` would read 2,496 bytes, ten calls of 256); most bodies draw nothing, and make no call."""
+
+    def __init__(self) -> None:
+        super().__init__(0)  # a placeholder state, replaced before anything draws from it
+        self._seeded = False
+
+    def _seed_once(self) -> None:
+        if not self._seeded:
+            self._seeded = True
+            super().seed(int.from_bytes(os.urandom(32), "little"))
+
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        super().seed(a, version)
+        self._seeded = True  # (`__init__` resets it after its placeholder)
+
+    def getstate(self) -> tuple[Any, ...]:
+        self._seed_once()
+        return super().getstate()
+
+    def setstate(self, state: tuple[Any, ...]) -> None:
+        self._seeded = True
+        super().setstate(state)
+
+    def random(self) -> float:
+        self._seed_once()
+        return super().random()
+
+    def getrandbits(self, k: int, /) -> int:
+        self._seed_once()
+        return super().getrandbits(k)
+
+    def randbytes(self, n: int) -> bytes:
+        self._seed_once()
+        return super().randbytes(n)
 
 
 def mt_state(key: bytes) -> tuple[int, ...]:

@@ -154,6 +154,35 @@ def test_a_body_that_seeds_random_leaves_the_workflows_stream_alone(sandbox: San
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.parametrize(("body", "asked"), [("1", []), ("random.random()", [32]), ("random.seed(7) or 1", [])])
+def test_a_body_asks_for_random_bytes_only_if_it_draws(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, body: str, asked: list[int]
+) -> None:
+    """The bodies' stream is seeded from the CSPRNG (one WASI read of 32 bytes) at its first draw, not when a body
+    starts: most bodies draw nothing. Two runs' bodies draw differently."""
+    from tenantflow.host import sandbox as sandbox_module
+
+    inside: list[int] = []
+    random_bytes = sandbox_module._Activation.random_bytes
+
+    def recording(act: Any, length: int) -> bytes:
+        if act.in_flight is not None:
+            inside.append(length)
+        return random_bytes(act, length)
+
+    monkeypatch.setattr(sandbox_module._Activation, "random_bytes", recording)
+    source = f"import random\ndef run(event, step):\n    return [step.do('s', lambda: {body}) for _ in range(2)]\n"
+    outputs = []
+    for _ in range(2):
+        inside.clear()
+        outcome, _ = run(sandbox, source, seed=b"golden-seed", clock_start=1.0)
+        assert isinstance(outcome, Completed), outcome
+        assert inside == asked
+        outputs.append(json.loads(outcome.output))
+    if asked:
+        assert outputs[0] != outputs[1]
+
+
 class _CountingSandbox(Sandbox):
     """Records the lengths the guest asks of `seed-bytes`."""
 
