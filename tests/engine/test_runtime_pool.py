@@ -14,17 +14,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg import fresh_schema
 from tenantflow.host import Sandbox
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.errors import NotFound
 from tenantflow.runtime.records import FINISHED, Claim, Quotas
 from tenantflow.runtime.service import Service
+from tenantflow.runtime.store import SQLStore, open_store
 from tenantflow.runtime.store.sqlite import SQLiteStore
 
 
 @pytest.fixture
 def live(tmp_path: Path, sandbox: Sandbox) -> Iterator[Service]:
     store = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
+    service = Service(store, sandbox, workers=4).start()
+    yield service
+    service.stop()
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def live_any(request: pytest.FixtureRequest, tmp_path: Path, sandbox: Sandbox) -> Iterator[Service]:
+    """`live` on each store."""
+    if request.param == "sqlite":
+        store: SQLStore = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
+    else:
+        store = open_store(fresh_schema(request.getfixturevalue("pg_server")))
     service = Service(store, sandbox, workers=4).start()
     yield service
     service.stop()
@@ -146,36 +161,36 @@ def _slow_commit(
 
 
 def test_a_handed_off_activation_starts_while_its_create_commits(
-    live: Service, monkeypatch: pytest.MonkeyPatch
+    live_any: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The activation starts in the create's transaction, before its commit; its step waits for the commit."""
-    tenant = live.create_tenant("early")[0]
-    live.deploy(tenant, "wf", "def run(event, step):\n    return step.do('first', lambda: 1)\n")
-    running, reached = _slow_commit(live, monkeypatch, lambda reached: reached.append("(committing)"))
-    (instance,) = live.create_instances(tenant, "wf", [{"id": "e1"}])
+    tenant = live_any.create_tenant("early")[0]
+    live_any.deploy(tenant, "wf", "def run(event, step):\n    return step.do('first', lambda: 1)\n")
+    running, reached = _slow_commit(live_any, monkeypatch, lambda reached: reached.append("(committing)"))
+    (instance,) = live_any.create_instances(tenant, "wf", [{"id": "e1"}])
     assert running.is_set()
-    wait_until(lambda: live.store.instance(instance.key).status == "complete", 30, "the instance to complete")
+    wait_until(lambda: live_any.store.instance(instance.key).status == "complete", 30, "the instance to complete")
     assert reached == ["(committing)", "first"]  # the step began only after the transaction ended
 
 
 def test_a_create_that_does_not_commit_ends_its_handed_off_activations(
-    live: Service, monkeypatch: pytest.MonkeyPatch
+    live_any: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its activations were running meanwhile: they end cancelled, having begun no step and written nothing."""
-    tenant = live.create_tenant("lost")[0]
-    live.deploy(tenant, "wf", "def run(event, step):\n    return step.do('first', lambda: 1)\n")
+    tenant = live_any.create_tenant("lost")[0]
+    live_any.deploy(tenant, "wf", "def run(event, step):\n    return step.do('first', lambda: 1)\n")
 
     def fail(reached: list[str]) -> None:
         raise RuntimeError("the commit failed")
 
-    running, reached = _slow_commit(live, monkeypatch, fail)
+    running, reached = _slow_commit(live_any, monkeypatch, fail)
     with pytest.raises(RuntimeError, match="the commit failed"):
-        live.create_instances(tenant, "wf", [{"id": "gone"}])
+        live_any.create_instances(tenant, "wf", [{"id": "gone"}])
     assert running.is_set()
-    wait_until(lambda: live.pool.slots.free() == 4, 10, "the activation to end and its slot to come back")
+    wait_until(lambda: live_any.pool.slots.free() == 4, 10, "the activation to end and its slot to come back")
     assert reached == []
     with pytest.raises(NotFound):
-        live.instance(tenant, "wf", "gone")
+        live_any.instance(tenant, "wf", "gone")
 
 
 def test_due_timer_fires_promptly(live: Service) -> None:
