@@ -55,8 +55,9 @@ POLL_S = 1.0
 CANCEL_CHECK_S = 0.5
 # How long `stop` lets running activations reach their next step before cancelling them.
 STOP_GRACE_S = 2.0
-# Isolate slots kept free of parked isolates beside the activations (deploy checks take some).
-RESERVED_SLOTS = 8
+# Isolate slots kept free of parked isolates beside the activations: the sandbox's isolate pool holds up to
+# 2 x 4 + 1 (ready, waiting to be dropped, being made) and the deploy checks 2; one to spare.
+RESERVED_SLOTS = 12
 
 
 def new_owner(host: str | None = None) -> str:

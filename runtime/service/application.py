@@ -21,7 +21,7 @@ from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.engine.retention import RetentionPurger
-from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool
+from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, RESERVED_SLOTS, WorkerPool
 from tenantflow.runtime.errors import (
     Conflict,
     InvalidInput,
@@ -60,8 +60,9 @@ from tenantflow.runtime.service.usage import UsageReports
 from tenantflow.runtime.service.watching import Cursor, Follower, entry_json
 from tenantflow.runtime.store import Created, SQLStore, open_store
 
-# Each activation thread holds at most one isolate; keep a margin of pool slots for deploy checks.
-MAX_WORKERS = ISOLATE_SLOTS - 8
+# Each activation thread holds at most one isolate; the rest of the allocator's slots are the isolate pool's and
+# the deploy checks' (engine/worker.py RESERVED_SLOTS).
+MAX_WORKERS = ISOLATE_SLOTS - RESERVED_SLOTS
 # Instances deleted per transaction when a workflow is deleted (and at most store.purge.PURGE_ROWS journal rows).
 DELETE_BATCH = 100
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.

@@ -313,7 +313,7 @@ def test_a_pooled_isolate_takes_the_activations_fuel_and_deadline(pooled: Sandbo
 
 def test_pool_size_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(POOL_ENV, raising=False)
-    assert size_from_env() == 2
+    assert size_from_env() == 4
     monkeypatch.setenv(POOL_ENV, "0")
     assert size_from_env() == 0
     monkeypatch.setenv(POOL_ENV, "5")
