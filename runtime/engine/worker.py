@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from tenantflow.host import ISOLATE_SLOTS, MAX_MEMORY_BYTES
+from tenantflow.host import ISOLATE_SLOTS, MAX_MEMORY_BYTES, POOL_SLOTS
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Activated, Executor
 from tenantflow.runtime.engine.parking import (
@@ -55,9 +55,9 @@ POLL_S = 1.0
 CANCEL_CHECK_S = 0.5
 # How long `stop` lets running activations reach their next step before cancelling them.
 STOP_GRACE_S = 2.0
-# Isolate slots kept free of parked isolates beside the activations: the sandbox's isolate pool holds up to
-# 2 x 4 + 1 (ready, waiting to be dropped, being made) and the deploy checks 2; one to spare.
-RESERVED_SLOTS = 12
+# Isolate slots kept free of parked isolates beside the activations: the sandbox's isolate pool's, the deploy
+# checks' 2 (service/checks.py CHECK_THREADS) and one to spare.
+RESERVED_SLOTS = POOL_SLOTS + 3
 
 
 def new_owner(host: str | None = None) -> str:
