@@ -351,13 +351,13 @@ class Api:
         except TenantflowError as error:
             refused = error
 
-        tenant, found = await self.authenticated(
-            request, lambda tenant: self.service.instance(tenant, name, instance_id), refused
-        )
+        def read(tenant: Tenant) -> Instance:
+            return self.service.instance(tenant, name, instance_id)
+
+        tenant, found = await self.authenticated(request, read, refused)
         assert asked is not None  # else `refused` was raised
-        read = functools.partial(self.service.instance, tenant, name, instance_id)
         if asked.wait > 0 and not self.settled(found, asked.status):
-            found = await self.long_poll(request, found, read, asked.status, asked.wait)
+            found = await self.long_poll(request, found, functools.partial(read, tenant), asked.status, asked.wait)
         return JSONBody(instance_json(found))
 
     @staticmethod
