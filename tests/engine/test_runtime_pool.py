@@ -20,7 +20,7 @@ from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.errors import NotFound
 from tenantflow.runtime.records import FINISHED, Claim, Quotas
 from tenantflow.runtime.service import Service
-from tenantflow.runtime.store import SQLStore, open_store
+from tenantflow.runtime.store import open_store
 from tenantflow.runtime.store.sqlite import SQLiteStore
 
 
@@ -34,12 +34,12 @@ def live(tmp_path: Path, sandbox: Sandbox) -> Iterator[Service]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def live_any(request: pytest.FixtureRequest, tmp_path: Path, sandbox: Sandbox) -> Iterator[Service]:
-    """`live` on each store."""
+def live_any(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Service]:
+    """`live`, and the same on PostgreSQL."""
     if request.param == "sqlite":
-        store: SQLStore = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
-    else:
-        store = open_store(fresh_schema(request.getfixturevalue("pg_server")))
+        yield request.getfixturevalue("live")
+        return
+    store = open_store(fresh_schema(request.getfixturevalue("pg_server")))
     service = Service(store, sandbox, workers=4).start()
     yield service
     service.stop()
