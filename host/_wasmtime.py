@@ -118,6 +118,36 @@ def hold_gil_in_short_calls() -> None:
         setattr(bindings, f"_{name}", held)
 
 
+# -- the fuel counter --------------------------------------------------------------------------------
+
+
+class FuelCounter:
+    """A Store's fuel counter, read and written with one C call each (a step's metering reads it several times).
+
+    50.0.x: `Store.get_fuel` allocates a `c_uint64` and goes through two wrappers on every call; this keeps one
+    buffer and calls the bindings' `_wasmtime_context_get_fuel`/`_set_fuel` (rebound to keep the GIL by
+    `hold_gil_in_short_calls`). `Store._context()` raises once the Store is closed, as `get_fuel` does.
+    """
+
+    __slots__ = ("_out", "_store", "_value")
+
+    def __init__(self, store: wasmtime.Store) -> None:
+        self._store = store
+        self._value = ctypes.c_uint64(0)
+        self._out = ctypes.byref(self._value)
+
+    def get(self) -> int:
+        error = bindings._wasmtime_context_get_fuel(self._store._context(), self._out)
+        if error:
+            raise WasmtimeError._from_ptr(error)
+        return int(self._value.value)
+
+    def set(self, fuel: int) -> None:
+        error = bindings._wasmtime_context_set_fuel(self._store._context(), fuel)
+        if error:
+            raise WasmtimeError._from_ptr(error)
+
+
 # -- the epoch deadline callback ---------------------------------------------------------------------
 
 # 50.0.x: the C signature of `wasmtime_store_epoch_deadline_callback`'s callback (the bindings declare
@@ -237,14 +267,32 @@ def _cap() -> int:
     return cap
 
 
+def _name_vec(text: str) -> Any:
+    """`text` as a fresh `wasm_byte_vec_t` (what wasmtime takes ownership of): `ffi.str_to_capi` with one copy
+    fewer (50.0.x's copies the bytes into a ctypes array first)."""
+    data = text.encode()
+    vec = ffi.wasm_byte_vec_t()
+    bindings._wasm_byte_vec_new_uninitialized(ctypes.byref(vec), len(data))
+    ctypes.memmove(vec.data, data, len(data))
+    return vec
+
+
 class _String(wit.String):
-    # 50.0.x: `String.convert_from_c` decodes `c.of.string` (a `wasm_byte_vec_t` it owns) to a str.
+    # 50.0.x: `String.convert_from_c` decodes `c.of.string` (a `wasm_byte_vec_t` it owns) to a str, and
+    # `convert_to_c` sets the value's kind and a fresh byte vector.
     def convert_from_c(self, c: Any) -> Any:
         size = int(c.of.string.size)
         if size > _cap():
             ffi.wasm_byte_vec_delete(ctypes.byref(c.of.string))
             return TooLarge(size)
         return super().convert_from_c(c)
+
+    def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
+        if not isinstance(val, str):
+            raise TypeError("expected string type")
+        contents = ptr.contents
+        contents.kind = ffi.WASMTIME_COMPONENT_STRING
+        contents.of.string = _name_vec(val)
 
 
 class _Variant(wit.VariantType):
@@ -300,7 +348,7 @@ class _Variant(wit.VariantType):
             raw_ptr = ffi.wasmtime_component_val_new(ctypes.byref(raw))
         contents = ptr.contents
         contents.kind = ffi.WASMTIME_COMPONENT_VARIANT
-        contents.of.variant.discriminant = ffi.str_to_capi(name)
+        contents.of.variant.discriminant = _name_vec(name)
         contents.of.variant.val = raw_ptr
 
     # 50.0.x: mirrors `VariantLikeType._lift` (the payload's val is emptied, then deleted).

@@ -44,7 +44,7 @@ from typing import Any
 
 import wasmtime
 from tenantflow.host import jsoncheck, wasi
-from tenantflow.host._wasmtime import EpochCallback, TrapKind, record, trap_kind
+from tenantflow.host._wasmtime import EpochCallback, FuelCounter, TrapKind, record, trap_kind
 from tenantflow.host.calls import MAX_CALLS_IN_FLIGHT, Answer, StartedCalls
 from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochTicker, load_guest, make_engine
 from tenantflow.host.errors import HostRefusal, invalid_call
@@ -233,6 +233,11 @@ class _Activation:
     flights: dict[tuple[str, int], _InFlight] = field(default_factory=dict)
     backing_off: dict[tuple[str, int], tuple[StepCall, StepConfig, float]] = field(default_factory=dict)
     calls: StartedCalls = field(default_factory=StartedCalls)
+    # The Store's fuel counter (read and written on every durable call: without wasmtime-py's wrappers).
+    fuel: FuelCounter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fuel = FuelCounter(self.store)
 
     @functools.cached_property
     def parking(self) -> bool:
@@ -311,11 +316,14 @@ class _Activation:
         if cost <= 0:
             return
         self.fuel_mark -= cost
-        left = self.store.get_fuel()
+        self.fuel.set(self._less(self.fuel.get(), cost))
+
+    def _less(self, left: int, cost: int) -> int:
+        """`left` less `cost`; if that is all of it, the counter is emptied and this raises FuelExhausted."""
         if cost >= left:
-            self.store.set_fuel(0)
+            self.fuel.set(0)
             raise self.exhausted()
-        self.store.set_fuel(left - cost)
+        return left - cost
 
     def exhausted(self) -> HostRefusal:
         """The error for a fuel counter at 0: the step attempt's budget, or the orchestration's."""
@@ -334,14 +342,17 @@ class _Activation:
 
     def refill(self, fuel: int) -> None:
         """Put `fuel` in the Store's one counter (meter first: the host CPU so far is charged to what it held)."""
-        self.store.set_fuel(fuel)
+        self.fuel.set(fuel)
         self.fuel_mark = fuel
 
     def end_segment(self) -> None:
         """A durable call: the code since the last one is done; the next segment gets the full budget."""
-        self.meter(force=True)
-        self.orchestration_fuel += self.limits.fuel - self.store.get_fuel()
+        self._close_segment()
         self.refill(self.limits.fuel)
+
+    def _close_segment(self) -> None:
+        """Count the orchestration's segment so far (metered) as used; the caller refills the counter."""
+        self.orchestration_fuel += self.limits.fuel - self.metered()
 
     def new_flight(self, call: StepCall, config: StepConfig, attempt: int) -> _InFlight:
         """An attempt about to run: its budget and deadlines."""
@@ -360,7 +371,7 @@ class _Activation:
 
     def start_body(self, call: StepCall, config: StepConfig, attempt: int) -> None:
         """Swap the orchestration's fuel for the attempt's own budget and set the attempt's deadlines."""
-        self.end_segment()
+        self._close_segment()
         flight = self.new_flight(call, config, attempt)
         self.step_deadline = flight.deadline
         self.refill(flight.fuel_before)
@@ -370,10 +381,10 @@ class _Activation:
     def switch(self, target: _InFlight | None) -> None:
         """An async workflow's turn: from now the Store's fuel counter, the deadlines, the clocks and the
         random bytes are `target`'s (a step body) or the orchestration's (None)."""
-        self.meter(force=True)
-        left = self.store.get_fuel()
+        left = self.metered()
         current = self.in_flight
         if current is target:
+            self.fuel.set(left)
             return
         if current is None:
             self.orchestration_fuel += self.limits.fuel - left
@@ -393,7 +404,7 @@ class _Activation:
     def attempt_fuel(self, flight: _InFlight) -> int:
         """The fuel `flight`'s attempt has used so far."""
         if flight is self.in_flight:
-            return flight.used + flight.entered_fuel - self.store.get_fuel()
+            return flight.used + flight.entered_fuel - self.fuel.get()
         return flight.used
 
     def next_timeout(self) -> float:
@@ -404,8 +415,7 @@ class _Activation:
         """The attempt's fuel; the orchestration gets a fresh segment. Raises if the attempt's budget ran out."""
         flight = self.in_flight
         assert flight is not None
-        self.meter(force=True)
-        used = flight.entered_fuel - self.store.get_fuel()
+        used = flight.entered_fuel - self.metered()
         self.step_fuel += used
         self.in_flight = None
         self.step_deadline = None
@@ -417,7 +427,7 @@ class _Activation:
         orchestration's new work or the wall clock is past CHECKPOINT_SHARE of its budget."""
         if not self.progressed or self.flights or len(self.calls):
             return False
-        segment = self.limits.fuel - self.store.get_fuel() if self.in_flight is None else 0
+        segment = self.limits.fuel - self.fuel.get() if self.in_flight is None else 0
         new_work = self.orchestration_fuel + segment - (self.frontier_fuel or 0)
         elapsed = time.monotonic() - self.started
         return new_work > self.limits.fuel * CHECKPOINT_SHARE or elapsed > self.limits.deadline_s * CHECKPOINT_SHARE
@@ -462,7 +472,7 @@ class _Activation:
 
     def start_metering(self) -> None:
         self.cpu_mark = time.thread_time()
-        self.fuel_mark = self.store.get_fuel()
+        self.fuel_mark = self.fuel.get()
         self.checked_at = time.perf_counter()
 
     def journaled(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -486,15 +496,29 @@ class _Activation:
         CHARGE_QUANTUM_S of wall time, at the end of a host call: thread CPU since the last check
         minus the guest's own CPU (its fuel burnt / FUEL_PER_SECOND) is what the host spent.
         """
-        now = time.perf_counter()
-        if now - self.checked_at < CHARGE_QUANTUM_S and not force:
+        if not force and time.perf_counter() - self.checked_at < CHARGE_QUANTUM_S:
             return
-        self.checked_at = now
+        read = self.fuel.get()
+        left = self._metered(read)
+        if left != read:
+            self.fuel.set(left)
+
+    def metered(self) -> int:
+        """`meter(force=True)` for a caller that then writes the counter itself (a refill): the counter's value
+        with the host's CPU charged, not written back."""
+        return self._metered(self.fuel.get())
+
+    def _metered(self, fuel: int) -> int:
+        """The counter's value `fuel` less the host's CPU since the last check (FuelExhausted if that is all)."""
+        self.checked_at = time.perf_counter()
         cpu = time.thread_time()
-        fuel = self.store.get_fuel()
         host_s = (cpu - self.cpu_mark) - (self.fuel_mark - fuel) / FUEL_PER_SECOND - self.journal_s
-        self.cpu_mark, self.fuel_mark, self.journal_s = cpu, fuel, 0.0
-        self.charge(host_s)
+        self.cpu_mark, self.journal_s = cpu, 0.0
+        cost = int(host_s * FUEL_PER_SECOND)
+        if cost > 0:
+            fuel = self._less(fuel, cost)
+        self.fuel_mark = fuel
+        return fuel
 
     def wait_until(self, ready_at: float) -> None:
         """WASI poll: wait until `ready_at`, never past the deadline, waking every CHECK_S for the cancel."""
@@ -531,7 +555,7 @@ class _Activation:
 
     def fuel_used(self) -> int:
         """All fuel used: closed orchestration segments, step attempts and the current budget's use."""
-        current = self.store.get_fuel()
+        current = self.fuel.get()
         if self.in_flight is not None:
             return self.orchestration_fuel + self.step_fuel + self.in_flight.entered_fuel - current
         return int(self.orchestration_fuel + self.step_fuel + self.limits.fuel - current)
@@ -1017,7 +1041,7 @@ class Sandbox:
             return None
         act.position = call.position + 1  # each attempt's nested steps take the same positions
         act.meter(force=True)
-        act.nested.append(_InFlight(call, config, plan.attempt, time.perf_counter(), act.store.get_fuel(), math.inf))
+        act.nested.append(_InFlight(call, config, plan.attempt, time.perf_counter(), act.fuel.get(), math.inf))
         return plan.attempt
 
     def _nested_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
@@ -1025,7 +1049,7 @@ class Sandbox:
         if flight.call.name != name:
             raise Abort(FailureName.WORKFLOW_CODE_ERROR, f"step-complete for {name!r} without a step in flight")
         act.meter(force=True)
-        attempt = self._attempt(act, flight, outcome, flight.fuel_before - act.store.get_fuel())
+        attempt = self._attempt(act, flight, outcome, flight.fuel_before - act.fuel.get())
         act.nested.pop()
         plan = act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
         return self._nested_plan(act, flight.call, flight.config, plan)

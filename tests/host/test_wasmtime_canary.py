@@ -57,6 +57,7 @@ FFI_TYPES = [
     "wasmtime_component_val_t",
     "wasmtime_component_vallist_t",
     "wasmtime_component_func_callback_t",
+    "wasm_byte_vec_t",
 ]
 FFI_CONSTANTS = [
     "dll",  # the CDLL the bindings load every C function from
@@ -64,6 +65,7 @@ FFI_CONSTANTS = [
     "WASMTIME_COMPONENT_BOOL",
     "WASMTIME_COMPONENT_U8",
     "WASMTIME_COMPONENT_LIST",
+    "WASMTIME_COMPONENT_STRING",
 ]
 # Classes of `wasmtime.component._types`, and the members of each that host/_wasmtime.py overrides or calls.
 WIT_MEMBERS = {
@@ -84,6 +86,7 @@ PRIVATE_METHODS = [
     (wasmtime.WasmtimeError, "_from_ptr"),
     (wasmtime.WasmtimeError, "_consume"),
     (wasmtime.StoreContext, "_invalidate"),
+    (wasmtime.Store, "_context"),
 ]
 
 
@@ -182,6 +185,9 @@ def test_every_private_name_used_is_named_here() -> None:
     ffi_names = set(FFI_FUNCTIONS) | set(FFI_TYPES) | set(FFI_CONSTANTS)
     assert _used_names("ffi") <= ffi_names, f"add to the canary: {sorted(_used_names('ffi') - ffi_names)}"
     assert _used_names("wit") <= set(WIT_MEMBERS), f"add to the canary: {sorted(_used_names('wit') - set(WIT_MEMBERS))}"
+    # The bindings' raw ctypes functions it calls are short calls whose binding the canary above checks.
+    raw = {f"_{name}" for name in _wasmtime.HOLD_GIL}
+    assert _used_names("bindings") <= raw, f"add to the canary: {sorted(_used_names('bindings') - raw)}"
 
 
 def _private_uses(path: Path) -> list[str]:
@@ -264,3 +270,23 @@ def test_trap_text_matches_trap_code(export: str, options: dict[str, bool], code
 
 def test_the_epoch_callback_traps_as_an_interrupt() -> None:
     assert trap_kind(wasmtime.WasmtimeError(_wasmtime._DEADLINE_MESSAGE.decode())) is TrapKind.INTERRUPT
+
+
+def test_fuel_counter_reads_and_writes_the_stores_counter() -> None:
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    store = wasmtime.Store(wasmtime.Engine(config))
+    counter = _wasmtime.FuelCounter(store)
+    counter.set(12_345)
+    assert store.get_fuel() == counter.get() == 12_345, UPDATE
+    store.set_fuel(7)
+    assert counter.get() == 7, UPDATE
+    store.close()
+    with pytest.raises(ValueError):  # a closed Store's context is gone: no read of freed memory
+        counter.get()
+
+
+def test_fuel_counter_without_fuel_raises_as_get_fuel_does() -> None:
+    counter = _wasmtime.FuelCounter(wasmtime.Store(wasmtime.Engine()))
+    with pytest.raises(wasmtime.WasmtimeError):
+        counter.get()
