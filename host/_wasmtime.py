@@ -278,14 +278,14 @@ def _name_vec(text: str) -> Any:
 
 
 class _String(wit.String):
-    # 50.0.x: `String.convert_from_c` decodes `c.of.string` (a `wasm_byte_vec_t` it owns) to a str, and
-    # `convert_to_c` sets the value's kind and a fresh byte vector.
+    # 50.0.x: `String.convert_from_c` decodes `c.of.string` (a `wasm_byte_vec_t` it owns, deleted after) to a
+    # str, and `convert_to_c` sets the value's kind and a fresh byte vector. Both here copy the bytes once.
     def convert_from_c(self, c: Any) -> Any:
-        size = int(c.of.string.size)
-        if size > _cap():
-            ffi.wasm_byte_vec_delete(ctypes.byref(c.of.string))
-            return TooLarge(size)
-        return super().convert_from_c(c)
+        vec = c.of.string
+        size = int(vec.size)
+        text = TooLarge(size) if size > _cap() else ctypes.string_at(vec.data, size).decode()
+        bindings._wasm_byte_vec_delete(ctypes.byref(vec))
+        return text
 
     def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
         if not isinstance(val, str):
