@@ -21,7 +21,6 @@ from tenantflow.host.journal import (
 )
 from tenantflow.host.limits import Grants, Limits
 from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Suspended
-from tenantflow.host.pool import POOL_SLOTS
 from tenantflow.host.sandbox import Sandbox
 
 __all__ = [
@@ -43,7 +42,6 @@ __all__ = [
     "MAX_MEMORY_BYTES",
     "Outcome",
     "Plan",
-    "POOL_SLOTS",
     "Ready",
     "Run",
     "Sandbox",

@@ -69,8 +69,8 @@ log = logging.getLogger(__name__)
 # the last ready isolate is taken, beside that activation; with four it does so one time in four (measured on a real
 # server: first step p90 4.39 -> 2.78 ms and 3.10 -> 2.75 ms, p50 2.01 -> 1.84 and 1.71 -> 1.69 ms).
 DEFAULT_SIZE = 4
-# The allocator slots a pool of the default size holds at most: ready, waiting to be dropped, and one being made.
-POOL_SLOTS = 2 * DEFAULT_SIZE + 1
+# The most `TENANTFLOW_ISOLATE_POOL` asks for: its slots (`slots_held`) leave most of the allocator's to activations.
+MAX_SIZE = 32
 POOL_ENV = "TENANTFLOW_ISOLATE_POOL"
 # The smallest memory cap a tenant can have (the `memory_mb` quota's minimum): a ready isolate is made under
 # it, so it serves every tenant, and holds at most this much linear memory while it waits.
@@ -89,8 +89,13 @@ _RETRY_S = 0.1
 QUIET_S = 0.01
 
 
+def slots_held(size: int) -> int:
+    """The allocator slots a pool of `size` holds at most: ready, waiting to be dropped, and one being made."""
+    return 2 * size + 1 if size else 0
+
+
 def size_from_env(default: int = DEFAULT_SIZE) -> int:
-    """The pool size `TENANTFLOW_ISOLATE_POOL` asks for (0-64), or `default`."""
+    """The pool size `TENANTFLOW_ISOLATE_POOL` asks for (0-MAX_SIZE), or `default`."""
     text = os.environ.get(POOL_ENV, "").strip()
     if not text:
         return default
@@ -98,8 +103,8 @@ def size_from_env(default: int = DEFAULT_SIZE) -> int:
         size = int(text)
     except ValueError:
         raise ValueError(f"{POOL_ENV} is a whole number of isolates (0: no pool), got {text[:50]!r}") from None
-    if not 0 <= size <= 64:
-        raise ValueError(f"{POOL_ENV} is 0-64, got {size}")
+    if not 0 <= size <= MAX_SIZE:
+        raise ValueError(f"{POOL_ENV} is 0-{MAX_SIZE}, got {size}")
     return size
 
 
@@ -152,6 +157,8 @@ class IsolatePool:
         # The export called once on each isolate made, before it is handed out (None: none).
         self.prepare = prepare
         self.size = size
+        # What it may hold of the allocator's slots (the runtime keeps them free of activations).
+        self.slots = slots_held(size)
         self.floor_bytes = floor_bytes
         self.retire_bytes = retire_bytes
         # The pool's thread works only while fewer activations run than there are cores (`cores`): its work

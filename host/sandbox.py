@@ -621,7 +621,7 @@ class Sandbox:
     ) -> None:
         """`component`, if given, must come with the `engine` (from `make_engine`) it was loaded for.
 
-        `pool`: isolates kept instantiated ahead of time (host/pool.py); None: `TENANTFLOW_ISOLATE_POOL`, or 2.
+        `pool`: isolates kept instantiated ahead of time (host/pool.py); None: `TENANTFLOW_ISOLATE_POOL`, or 4.
         """
         if (component is None) != (engine is None):
             raise ValueError("pass both a component and the engine it was loaded for, or neither")
@@ -1233,6 +1233,9 @@ class Sandbox:
                 done = []
                 (act.cancel or act.calls.abandon).wait(pause)
             if done or time.monotonic() >= until:
+                # A call bounded by its step's timeout ends as that timeout passes: the attempt fails with
+                # StepTimeout, not with what the call answered at that moment.
+                self._check_timeouts(act)
                 break
         act.start_metering()  # the wait is not the guest's CPU
         finished = [record(id=call_id, answer=_answer(answer)) for call_id, answer in done]

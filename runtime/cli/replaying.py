@@ -93,7 +93,7 @@ def replay(bundle_path: Path, until: str | None, source: Path | None, as_json: b
         entries = [_entry(step) for step in steps]
         status = str(bundle["instance"]["status"])
         replayed = run_replay(
-            Sandbox(),
+            Sandbox(pool=0),  # one activation: no isolates made ahead of it
             code,
             entries,
             params=bundle.get("params"),

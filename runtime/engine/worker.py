@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from tenantflow.host import ISOLATE_SLOTS, MAX_MEMORY_BYTES, POOL_SLOTS
+from tenantflow.host import ISOLATE_SLOTS, MAX_MEMORY_BYTES, Sandbox
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Activated, Executor
 from tenantflow.runtime.engine.parking import (
@@ -55,9 +55,14 @@ POLL_S = 1.0
 CANCEL_CHECK_S = 0.5
 # How long `stop` lets running activations reach their next step before cancelling them.
 STOP_GRACE_S = 2.0
-# Isolate slots kept free of parked isolates beside the activations: the sandbox's isolate pool's, the deploy
-# checks' 2 (service/checks.py CHECK_THREADS) and one to spare.
-RESERVED_SLOTS = POOL_SLOTS + 3
+# Isolate slots kept free of activations and parked isolates besides the sandbox's isolate pool's (`IsolatePool.slots`):
+# the deploy checks' 2 (service/checks.py CHECK_THREADS) and one to spare.
+SPARE_SLOTS = 3
+
+
+def max_workers(sandbox: Sandbox) -> int:
+    """The most activation threads beside `sandbox`'s isolate pool: each holds one of the allocator's slots."""
+    return ISOLATE_SLOTS - sandbox.isolates.slots - SPARE_SLOTS
 
 
 def new_owner(host: str | None = None) -> str:
@@ -156,7 +161,7 @@ class WorkerPool:
         self._starved = False
         self.slots = Slots(threads, on_free=self._slot_freed)
         budget = park_memory_mb << 20 if isinstance(clock, SystemClock) else 0
-        self.lot = ParkingLot(budget, max(0, ISOLATE_SLOTS - threads - RESERVED_SLOTS), max_park_s)
+        self.lot = ParkingLot(budget, max(0, max_workers(executor.sandbox) - threads), max_park_s)
         # Parked isolates hold a thread each, blocked with the GIL released.
         workers = threads + (self.lot.max_count if self.lot.enabled else 0)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenantflow-activation")

@@ -13,7 +13,8 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from tenantflow.host import ISOLATE_SLOTS, ErrorInfo, FailureName, Sandbox
+from tenantflow.host import ErrorInfo, FailureName, Sandbox
+from tenantflow.host.pool import size_from_env
 from tenantflow.runtime import logs
 from tenantflow.runtime.contract import CONTROLS, MAX_BATCH, MAX_BULK, MAX_PAGE
 from tenantflow.runtime.engine.clock import Clock, SystemClock
@@ -21,7 +22,7 @@ from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.engine.retention import RetentionPurger
-from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, RESERVED_SLOTS, WorkerPool
+from tenantflow.runtime.engine.worker import DEFAULT_LEASE_S, WorkerPool, max_workers
 from tenantflow.runtime.errors import (
     Conflict,
     InvalidInput,
@@ -60,9 +61,6 @@ from tenantflow.runtime.service.usage import UsageReports
 from tenantflow.runtime.service.watching import Cursor, Follower, entry_json
 from tenantflow.runtime.store import Created, SQLStore, open_store
 
-# Each activation thread holds at most one isolate; the rest of the allocator's slots are the isolate pool's and
-# the deploy checks' (engine/worker.py RESERVED_SLOTS).
-MAX_WORKERS = ISOLATE_SLOTS - RESERVED_SLOTS
 # Instances deleted per transaction when a workflow is deleted (and at most store.purge.PURGE_ROWS journal rows).
 DELETE_BATCH = 100
 # A tenant out of storage frees some only by an operator's action: no point retrying soon.
@@ -123,6 +121,15 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value))
 
 
+def _sandbox_from_env() -> Sandbox:
+    """A Sandbox whose isolate pool is as large as TENANTFLOW_ISOLATE_POOL says (InvalidInput if it makes no sense)."""
+    try:
+        size = size_from_env()
+    except ValueError as error:
+        raise InvalidInput(str(error)) from None
+    return Sandbox(pool=size)
+
+
 class Service:
     def __init__(
         self,
@@ -137,10 +144,17 @@ class Service:
         max_park_s: float = DEFAULT_MAX_PARK_S,
         tenant_cap: int | None = None,
     ) -> None:
-        if not 1 <= workers <= MAX_WORKERS:
-            raise InvalidInput(f"workers is between 1 and {MAX_WORKERS} (the sandbox's pool of isolate slots)")
+        if workers < 1:
+            raise InvalidInput("workers is at least 1")
+        self.sandbox = sandbox or _sandbox_from_env()
+        # Each activation thread holds at most one isolate; the rest of the allocator's slots are the isolate
+        # pool's (as large as TENANTFLOW_ISOLATE_POOL asks) and the deploy checks'.
+        limit = max_workers(self.sandbox)
+        if workers > limit:
+            if sandbox is None:
+                self.sandbox.close()
+            raise InvalidInput(f"workers is between 1 and {limit} (the sandbox's isolate slots, less its pool's)")
         self.store = store
-        self.sandbox = sandbox or Sandbox()
         self.clock = clock or SystemClock()
         self.metrics = Metrics(store.status_counts)
         self.stopping = threading.Event()

@@ -182,6 +182,18 @@ def test_an_unreachable_database_is_one_line_and_exit_1_within_seconds(
         assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", [("serve", "--port", "0"), ("worker",)])
+def test_an_isolate_pool_size_out_of_range_is_one_line_and_exit_1(tmp_path: Path, command: tuple[str, ...]) -> None:
+    db = f"sqlite:///{tmp_path / 'pool.db'}"
+    done = cli(*command, "--db", db, check=False, timeout=30, TENANTFLOW_ISOLATE_POOL="40")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0] == "error: TENANTFLOW_ISOLATE_POOL is 0-32, got 40"
+    too_many = cli(*command, "--db", db, "--workers", "117", check=False, timeout=30)
+    assert too_many.returncode == 1 and "workers is between 1 and 116" in too_many.stderr, too_many.stderr
+    assert "Traceback" not in done.stderr + too_many.stderr
+
+
 def test_worker_runs_instances_and_stops_on_sigterm(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'workers.db'}"
     service = Service.open(db)  # not started: this process only writes the work

@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 from pg import fresh_schema
-from tenantflow.host import Sandbox
+from tenantflow.host import ISOLATE_SLOTS, Sandbox
 from tenantflow.runtime.engine.clock import ManualClock
+from tenantflow.runtime.engine.worker import max_workers
 from tenantflow.runtime.errors import InvalidInput, InvalidState, QuotaExceeded
 from tenantflow.runtime.records import Instance, Quotas, Tenant
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.service.local import drive
 from tenantflow.runtime.store import open_store
+from tenantflow.runtime.store.sqlite import SQLiteStore
 
 
 def start(service: Service, tenant: Tenant, source: str, params: Any = None, name: str = "wf") -> Instance:
@@ -395,3 +397,21 @@ def test_the_creation_rate_holds_across_processes(
     finally:
         for service in (first, second):
             service.store.close()
+
+
+def test_workers_leave_the_isolate_pools_slots_free(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Each worker holds one of the allocator's slots: the most a process runs is what its sandbox's isolate pool
+    (as large as TENANTFLOW_ISOLATE_POOL asks) and the deploy checks leave."""
+    store = SQLiteStore(str(tmp_path / "tf.db"), synchronous="normal")
+    unpooled = Sandbox(sandbox.component, sandbox.engine, pool=0)
+    try:
+        assert max_workers(unpooled) == ISOLATE_SLOTS - 3
+        assert max_workers(sandbox) == ISOLATE_SLOTS - sandbox.isolates.slots - 3
+        with pytest.raises(InvalidInput, match=f"between 1 and {max_workers(sandbox)}"):
+            Service(store, sandbox, workers=max_workers(sandbox) + 1)
+        Service(store, unpooled, workers=max_workers(sandbox) + 1)  # no pool: its slots are the workers'
+        with pytest.raises(InvalidInput):
+            Service(store, sandbox, workers=0)
+    finally:
+        unpooled.close()
+        store.close()

@@ -11,7 +11,7 @@ import pytest
 import wasmtime
 from memjournal import MemJournal
 from tenantflow.host import Completed, Failed, Limits, Outcome, Sandbox
-from tenantflow.host.pool import FLOOR_BYTES, POOL_ENV, IsolatePool, size_from_env
+from tenantflow.host.pool import FLOOR_BYTES, MAX_SIZE, POOL_ENV, IsolatePool, size_from_env
 
 SETTLE_S = 60
 # The guest component's initial linear memory is ~15.75 MiB (252 pages).
@@ -318,7 +318,25 @@ def test_pool_size_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert size_from_env() == 0
     monkeypatch.setenv(POOL_ENV, "5")
     assert size_from_env() == 5
-    for bad in ("-1", "65", "two"):
+    monkeypatch.setenv(POOL_ENV, str(MAX_SIZE))
+    assert size_from_env() == MAX_SIZE
+    for bad in ("-1", str(MAX_SIZE + 1), "64", "two"):
         monkeypatch.setenv(POOL_ENV, bad)
         with pytest.raises(ValueError, match=POOL_ENV):
             size_from_env()
+
+
+def test_a_pool_holds_at_most_its_slots(sandbox: Sandbox) -> None:
+    """Ready, waiting to be dropped and one being made: what the runtime keeps free of activations for it."""
+    assert _pool(sandbox, 0).slots == 0
+    made = _pool(sandbox, 2, quiet_s=10.0)
+    try:
+        assert made.slots == 5
+        assert made.settle(SETTLE_S) and made.ready() == 2
+        taken = [made.take(256 << 20, 10**10) for _ in range(2)]
+        for isolate in taken:
+            made.retire(isolate)
+        # Two used ones wait out `quiet_s` to be dropped; the thread makes no new one meanwhile (one is ready).
+        assert len(made.held()) <= made.slots
+    finally:
+        made.close()
