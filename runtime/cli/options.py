@@ -36,7 +36,7 @@ def workers_option(fn: F) -> F:
         default=4,
         show_default=True,
         type=click.IntRange(1),
-        help="Activation threads.",
+        help="Activation threads (at most 116 with the default isolate pool; see TENANTFLOW_ISOLATE_POOL).",
     )(fn)
 
 
