@@ -267,7 +267,7 @@ def _cap() -> int:
     return cap
 
 
-def _name_vec(text: str) -> Any:
+def _byte_vec(text: str) -> Any:
     """`text` as a fresh `wasm_byte_vec_t` (what wasmtime takes ownership of): `ffi.str_to_capi` with one copy
     fewer (50.0.x's copies the bytes into a ctypes array first)."""
     data = text.encode()
@@ -292,7 +292,7 @@ class _String(wit.String):
             raise TypeError("expected string type")
         contents = ptr.contents
         contents.kind = ffi.WASMTIME_COMPONENT_STRING
-        contents.of.string = _name_vec(val)
+        contents.of.string = _byte_vec(val)
 
 
 class _Variant(wit.VariantType):
@@ -348,7 +348,7 @@ class _Variant(wit.VariantType):
             raw_ptr = ffi.wasmtime_component_val_new(ctypes.byref(raw))
         contents = ptr.contents
         contents.kind = ffi.WASMTIME_COMPONENT_VARIANT
-        contents.of.variant.discriminant = _name_vec(name)
+        contents.of.variant.discriminant = _byte_vec(name)
         contents.of.variant.val = raw_ptr
 
     # 50.0.x: mirrors `VariantLikeType._lift` (the payload's val is emptied, then deleted).

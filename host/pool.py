@@ -44,7 +44,7 @@ each holds at most that much linear memory (resident: ~2.7 MiB measured, ~0.4 Mi
 `size` used isolates wait to be dropped, and no more than `retire_bytes` of their caps (otherwise the
 activation drops its own). Each isolate the pool holds (ready, waiting to be dropped,
 or being made or dropped: at most 2 × `size` + 1) takes a slot of the pooling allocator (host/engine.py's
-POOLING["instances"]; the runtime keeps 12 spare, for this (9 at the default size) and the deploy checks' 2).
+POOLING["instances"]; the runtime keeps `IsolatePool.slots` free for it, 9 at the default size, and 3 more).
 """
 
 from __future__ import annotations
