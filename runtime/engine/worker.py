@@ -100,6 +100,9 @@ class Committed:
         self._ok = ok
         self._ended.set()
 
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
     def wait(self) -> bool:
         self._ended.wait()
         return self._ok
@@ -120,7 +123,7 @@ class Offer:
         """Run the claims the create took, in the slots offered; `states`: what their activations would load
         (the create knows it: a new instance has no journal), so they start without a read."""
         self.adopted += len(claims)
-        self._pool._run(claims, len(claims), states)
+        self._pool._run(claims, len(claims), states, self.committed)
 
 
 class WorkerPool:
@@ -154,6 +157,9 @@ class WorkerPool:
         self._look = threading.Event()
         self._lock = threading.Lock()
         self._held: dict[Claim, threading.Event] = {}
+        # Claims a create handed over in its transaction, by that transaction's end: until it has ended, their
+        # instances are not visible to other connections, and the watcher does not take them for lost.
+        self._committing: dict[Claim, Committed] = {}
         self._running: Counter[str] = Counter()
         # Set when the dispatcher found due work it did not claim (no free slot, or its tenant is at its
         # limit): a slot an isolate gives back by parking kicks it then, and only then (an ending activation
@@ -309,13 +315,22 @@ class WorkerPool:
         finally:
             self.slots.unreserve(reserved - offer.adopted)
 
-    def _run(self, claims: list[Claim], reserved: int, states: Mapping[Claim, ActivationState] | None = None) -> None:
-        """Start the activations of `claims` in slots reserved for them; give back the rest of `reserved`."""
+    def _run(
+        self,
+        claims: list[Claim],
+        reserved: int,
+        states: Mapping[Claim, ActivationState] | None = None,
+        committing: Committed | None = None,
+    ) -> None:
+        """Start the activations of `claims` in slots reserved for them; give back the rest of `reserved`.
+        `committing`: the end of the create's transaction that claimed them, still open (a hand-off)."""
         self.slots.unreserve(reserved - len(claims))
         for claim in claims:
             cancel = threading.Event()
             with self._lock:
                 self._held[claim] = cancel
+                if committing is not None:
+                    self._committing[claim] = committing
                 self._running[claim.key.tenant_id] += 1
             try:
                 self._pool.submit(self._activate, claim, cancel, None if states is None else states.get(claim))
@@ -323,6 +338,7 @@ class WorkerPool:
                 log.warning("not running %s: the worker pool has stopped", claim.key)
                 with self._lock:
                     self._held.pop(claim, None)
+                    self._committing.pop(claim, None)
                     self._running[claim.key.tenant_id] -= 1
                 self.slots.unreserve(1)
 
@@ -335,6 +351,7 @@ class WorkerPool:
         finally:
             with self._lock:
                 self._held.pop(claim, None)
+                self._committing.pop(claim, None)
                 self._running[claim.key.tenant_id] -= 1
             self.slots.give()
             self._kick.set()
@@ -379,7 +396,7 @@ class WorkerPool:
                 if not notified or time.monotonic() - checked >= CANCEL_CHECK_S:
                     checked = time.monotonic()
                     with self._lock:
-                        claims = list(self._held)
+                        claims = [c for c in self._held if c not in self._committing or self._committing[c].ended()]
                 if not claims:
                     continue
                 still = self._cancel_lost(claims)

@@ -151,7 +151,9 @@ def _slow_commit(
             assert claimed is not None
             claimed(done)
             assert running.wait(30), "the handed-off activation did not start before the commit"
-            time.sleep(0.3)  # the guest reaches its first durable call meanwhile
+            # The guest reaches its first durable call meanwhile, and the watcher checks what runs here (every
+            # CANCEL_CHECK_S): the instance is not visible to its read yet, and is not taken for lost.
+            time.sleep(0.6)
             then(reached)
 
         return create_available(*args, claimed=adopt_and_wait, **kwargs)
@@ -171,6 +173,7 @@ def test_a_handed_off_activation_starts_while_its_create_commits(
     assert running.is_set()
     wait_until(lambda: live_any.store.instance(instance.key).status == "complete", 30, "the instance to complete")
     assert reached == ["(committing)", "first"]  # the step began only after the transaction ended
+    assert live_any.store.instance(instance.key).activations == 1  # not cancelled as lost, not run again
 
 
 def test_a_create_that_does_not_commit_ends_its_handed_off_activations(
