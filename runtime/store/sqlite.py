@@ -146,28 +146,30 @@ class SQLiteStore(SQLStore):
         return pending.result  # type: ignore[no-any-return]
 
     def _commit(self, batch: list[_Pending]) -> None:
+        """Every write of `batch` in one transaction. If one raises, none is kept: each is then written again in a
+        transaction of its own, so that the error is that write's alone (savepoints around each write would do the
+        same, at two more statements a write, each of which lets go of the GIL and waits to take it back)."""
         connection = self._connection
         tx = _SQLiteTx(connection)
         try:
             connection.execute("BEGIN IMMEDIATE")
             for pending in batch:
-                if len(batch) > 1:
-                    connection.execute("SAVEPOINT write")
-                try:
-                    pending.result = pending.fn(tx)
-                except Exception as error:
-                    if len(batch) == 1:
-                        raise
-                    connection.execute("ROLLBACK TO write")
-                    pending.error = error
-                if len(batch) > 1:
-                    connection.execute("RELEASE write")
+                pending.result = pending.fn(tx)
             connection.execute("COMMIT")
+        except Exception as error:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            if len(batch) == 1 or _busy(error):
+                for pending in batch:
+                    pending.error = error
+            else:
+                for pending in batch:
+                    self._commit([pending])
         except BaseException as error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             for pending in batch:
-                pending.error = pending.error or error
+                pending.error = error
         finally:
             for pending in batch:
                 pending.done = True

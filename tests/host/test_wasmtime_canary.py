@@ -121,6 +121,14 @@ def test_short_calls_are_bindings_of_the_library(name: str) -> None:
     assert bound._flags_ & ctypes._FUNCFLAG_PYTHONAPI, f"{name} still lets go of the GIL"
 
 
+def test_the_copy_into_wasmtime_memory_keeps_the_gil() -> None:
+    """Strings and byte lists are lowered with libc's memmove through a PyDLL (`ctypes.memmove` lets go of the GIL)."""
+    assert _wasmtime._memmove._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+    target = ctypes.create_string_buffer(8)
+    _wasmtime._memmove(ctypes.addressof(target), b"tenant\x00!", 8)
+    assert target.raw == b"tenant\x00!"
+
+
 def test_component_value_layout() -> None:
     """host/_wasmtime.py writes list<u8> values as raw `wasmtime_component_val_t` structs."""
     val = ffi.wasmtime_component_val_t

@@ -657,6 +657,50 @@ def _race(store: PostgresStore, key: InstanceKey, then: Callable[[], None], bloc
     assert not failures, failures
 
 
+def test_sqlite_group_commit_keeps_the_writes_beside_one_that_fails(tmp_path: Path) -> None:
+    """Writes queued while another holds the connection commit together; one that raises loses only itself."""
+    from tenantflow.runtime.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "g.db"))
+    try:
+        store.write(lambda tx: tx.run("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+
+        def insert(key: str) -> Callable[[Any], str]:
+            def write(tx: Any) -> str:
+                tx.run("INSERT INTO t (k) VALUES (?)", (key,))
+                if key == "bad":
+                    raise ValueError("this write fails after its insert")
+                return key
+
+            return write
+
+        outcomes: dict[str, object] = {}
+
+        def run(key: str) -> None:
+            try:
+                outcomes[key] = store.write(insert(key))
+            except ValueError as error:
+                outcomes[key] = error
+
+        keys = ["a", "bad", "b", "c"]
+        with store._lock:  # the connection is busy: every write below queues behind it and joins one batch
+            threads = [threading.Thread(target=run, args=(key,)) for key in keys]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 10
+            while len(store._queue) < len(keys) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(store._queue) == len(keys)
+        for thread in threads:
+            thread.join(10)
+        assert {k: v for k, v in outcomes.items() if k != "bad"} == {"a": "a", "b": "b", "c": "c"}
+        assert isinstance(outcomes["bad"], ValueError)
+        with store.read() as tx:
+            assert sorted(tx.run("SELECT k FROM t").values()) == ["a", "b", "c"]
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def pg_store(pg_server: str) -> Iterator[PostgresStore]:
     s = PostgresStore(fresh_schema(pg_server))
