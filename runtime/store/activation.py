@@ -149,9 +149,9 @@ def fenced_with_usage(
 
 class Activation(StoreCore):
     def load(self, claim: Claim) -> ActivationState:
-        """Everything an activation needs; read in one go, decoded after the transaction."""
+        """Everything an activation needs; read in one snapshot, decoded after it."""
         k = key_params(claim.key)
-        with self.transaction() as tx:
+        with self.snapshot() as tx:
             instance = tx.send(LOAD_INSTANCE, (*k, claim.fence))
             source = tx.send(LOAD_SOURCE, (claim.key.tenant_id, *k))
             tenant = tx.send(LOAD_TENANT, (claim.key.tenant_id,))

@@ -3,6 +3,7 @@
 Every business operation is written once, in the modules that mix into `SQLStore`, against these hooks:
 
 - `transaction()`: a transaction (`Tx`); `read()`: one statement that needs no transaction around it;
+  `snapshot()`: reads that must see one commit and write nothing;
   `write(fn)`: a write transaction, which a dialect may commit together with other callers' writes.
 - `Tx.run` / `Tx.send`: statements with `?` placeholders; `send` lets a dialect send every statement of a
   write and its commit in one round trip. `Tx.fenced`: a fenced write and the writes that apply only with it
@@ -52,6 +53,10 @@ class StoreCore(ABC):
 
     def read(self) -> AbstractContextManager[Tx]:
         """Where to run one read statement (it needs no transaction of its own around it)."""
+        return self.transaction()
+
+    def snapshot(self) -> AbstractContextManager[Tx]:
+        """Where to run reads that must all see one commit, and write nothing: a transaction by default."""
         return self.transaction()
 
     def write(self, fn: Callable[[Tx], T]) -> T:

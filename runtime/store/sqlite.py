@@ -60,10 +60,10 @@ class SQLiteStore(SQLStore):
     and a Python lock hands it over without SQLite's busy-wait sleeps. Every writer taking its turn,
     it needs no row-lock clauses, and it has no notifications (the workers poll).
 
-    Journal writes (and finishes) are group-committed: whoever takes the lock commits
-    every write queued meanwhile in one transaction (one fsync), each in a savepoint of its own so that
-    one caller's error (e.g. a lost lease) does not undo the others. One-statement reads (`read`) use a
-    second connection, which WAL lets read beside the writer.
+    Journal writes (and finishes) are group-committed: whoever takes the lock commits every write queued
+    meanwhile in one transaction (one fsync); if one raises, each is written again alone, so that one caller's
+    error does not undo the others. One-statement reads (`read`) and read-only snapshots (`snapshot`: an
+    activation's load) use a second connection, which WAL lets read beside the writer.
     """
 
     dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER", "clustered": " WITHOUT ROWID", "bytewise": ""}
@@ -124,6 +124,24 @@ class SQLiteStore(SQLStore):
         with self._read_lock:
             try:
                 yield _SQLiteTx(self._reader)
+            except sqlite3.OperationalError as error:
+                if _busy(error):
+                    raise _store_busy() from error
+                raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Tx]:
+        """Reads on the reader connection in one read transaction: they see the last commit before the first of
+        them, and neither wait for the writer's lock (held through every batch's fsync) nor hold it."""
+        with self._read_lock:
+            connection = self._reader
+            try:
+                connection.execute("BEGIN")
+                try:
+                    yield _SQLiteTx(connection)
+                finally:
+                    if connection.in_transaction:
+                        connection.execute("COMMIT")
             except sqlite3.OperationalError as error:
                 if _busy(error):
                     raise _store_busy() from error

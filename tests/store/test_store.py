@@ -701,6 +701,28 @@ def test_sqlite_group_commit_keeps_the_writes_beside_one_that_fails(tmp_path: Pa
         store.close()
 
 
+def test_sqlite_an_activation_loads_beside_a_commit_in_progress(tmp_path: Path) -> None:
+    """An activation's load reads a snapshot on the reader connection: it does not wait for the writer's lock (held
+    through every group commit's fsync), and sees what had committed before it."""
+    from tenantflow.runtime.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "s.db"))
+    try:
+        key = make_instance(store)
+        claim = claim_one(store)
+        store.record(claim, done_entry(0), ok_attempt(0), T0 + 1)
+        loaded: list[Any] = []
+        with store._lock:  # a writer holds the connection, e.g. in a commit's fsync
+            loader = threading.Thread(target=lambda: loaded.append(store.load(claim)))
+            loader.start()
+            loader.join(10)
+            assert loaded, "the load waited for the writer"
+        assert loaded[0].instance.instance_id == key.instance_id and list(loaded[0].entries) == [0]
+        assert not store._reader.in_transaction
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def pg_store(pg_server: str) -> Iterator[PostgresStore]:
     s = PostgresStore(fresh_schema(pg_server))

@@ -38,7 +38,7 @@ from tenantflow.runtime.store.sqlite import SQLiteStore
 from test_store import LEASE, T0, done_entry, ok_attempt
 
 # What a store offers that issues no SQL of its own, or only through the others.
-NOT_OPERATIONS = frozenset({"close", "listen", "read", "transaction", "write"})
+NOT_OPERATIONS = frozenset({"close", "listen", "read", "snapshot", "transaction", "write"})
 
 
 # -- the rule ---------------------------------------------------------------------------------------
