@@ -6,8 +6,9 @@ module holds their records and the rules of a report's range, shared by the stor
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any, Literal
 
 from tenantflow.runtime.errors import InvalidInput
@@ -18,11 +19,18 @@ USAGE_GROUPS: tuple[UsageGroup, ...] = ("tenant", "workflow", "day")
 MAX_USAGE_DAYS = 366
 # Without a range, a report covers this many days up to today.
 DEFAULT_USAGE_DAYS = 30
+_EPOCH = date(1970, 1, 1)
 
 
 def day_of(seconds: float) -> str:
     """The UTC day of a time, as the usage table keys it (YYYY-MM-DD)."""
-    return datetime.fromtimestamp(seconds, UTC).date().isoformat()
+    return _day(int(seconds // 86_400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day(days: int) -> str:
+    """Day `days` since the epoch (every step commit asks for today's: made once, not per call)."""
+    return (_EPOCH + timedelta(days=days)).isoformat()
 
 
 @dataclass(frozen=True, slots=True)

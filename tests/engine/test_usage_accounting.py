@@ -16,7 +16,7 @@ from tenantflow.host import Sandbox
 from tenantflow.runtime.records import FINISHED, Instance, Tenant
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import open_store
-from tenantflow.runtime.usage import USAGE_COUNTERS, UsageCounts
+from tenantflow.runtime.usage import USAGE_COUNTERS, UsageCounts, day_of
 
 WORKFLOW = """
 from tenantflow import NonRetryableError
@@ -205,3 +205,12 @@ def test_usage_is_the_sum_over_the_journal(url: str, sandbox: Sandbox) -> None:
     finally:
         service.stop()
         service.store.close()
+
+
+@pytest.mark.parametrize(
+    "seconds", [0.0, 86_399.999, 86_400.0, -0.001, -86_400.5, 1_800_000_000.0, 951_825_600.0, 253_402_300_799.999]
+)
+def test_the_usage_day_is_the_utc_date(seconds: float) -> None:
+    """`day_of` (today's day made once) names the UTC date `datetime` gives: around midnight, leap days, year 9999."""
+    assert day_of(seconds) == datetime.fromtimestamp(seconds, UTC).date().isoformat()
+    assert day_of(seconds) == day_of(seconds)  # the second from the cache
