@@ -133,19 +133,13 @@ class SQLiteStore(SQLStore):
     def snapshot(self) -> Iterator[Tx]:
         """Reads on the reader connection in one read transaction: they see the last commit before the first of
         them, and neither wait for the writer's lock (held through every batch's fsync) nor hold it."""
-        with self._read_lock:
-            connection = self._reader
+        with self.read() as tx:
+            self._reader.execute("BEGIN")
             try:
-                connection.execute("BEGIN")
-                try:
-                    yield _SQLiteTx(connection)
-                finally:
-                    if connection.in_transaction:
-                        connection.execute("COMMIT")
-            except sqlite3.OperationalError as error:
-                if _busy(error):
-                    raise _store_busy() from error
-                raise
+                yield tx
+            finally:
+                if self._reader.in_transaction:
+                    self._reader.execute("COMMIT")
 
     def write(self, fn: Callable[[Tx], T]) -> T:
         pending = _Pending(fn)

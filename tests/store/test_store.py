@@ -34,6 +34,7 @@ from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import LeaseLost, SQLStore, open_store
 from tenantflow.runtime.store.postgres import PostgresStore, split_url
 from tenantflow.runtime.store.schema import MIGRATIONS
+from tenantflow.runtime.store.sqlite import SQLiteStore
 from tenantflow.runtime.store.storage import VERSION_BYTES
 
 T0 = 1_800_000_000.0
@@ -659,8 +660,6 @@ def _race(store: PostgresStore, key: InstanceKey, then: Callable[[], None], bloc
 
 def test_sqlite_group_commit_keeps_the_writes_beside_one_that_fails(tmp_path: Path) -> None:
     """Writes queued while another holds the connection commit together; one that raises loses only itself."""
-    from tenantflow.runtime.store.sqlite import SQLiteStore
-
     store = SQLiteStore(str(tmp_path / "g.db"))
     try:
         store.write(lambda tx: tx.run("CREATE TABLE t (k TEXT PRIMARY KEY)"))
@@ -704,8 +703,6 @@ def test_sqlite_group_commit_keeps_the_writes_beside_one_that_fails(tmp_path: Pa
 def test_sqlite_an_activation_loads_beside_a_commit_in_progress(tmp_path: Path) -> None:
     """An activation's load reads a snapshot on the reader connection: it does not wait for the writer's lock (held
     through every group commit's fsync), and sees what had committed before it."""
-    from tenantflow.runtime.store.sqlite import SQLiteStore
-
     store = SQLiteStore(str(tmp_path / "s.db"))
     try:
         key = make_instance(store)
