@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Unpack
 
 from tenantflow.host import (
     LIMIT_ERRORS,
@@ -26,7 +26,8 @@ from tenantflow.runtime.engine.codes import CodeCache
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import Parker
-from tenantflow.runtime.records import ActivationCounts, ActivationState, Claim, InstanceKey, Quotas
+from tenantflow.runtime.records import ActivationCounts, ActivationState, Claim, Handoff, InstanceKey, Quotas
+from tenantflow.runtime.store import Ending as Ended
 from tenantflow.runtime.store import LeaseLost, SQLStore
 
 log = logging.getLogger("tenantflow.executor")
@@ -48,6 +49,8 @@ class Activated:
     claim: Claim
     status: Ending
     outcome: Outcome | None
+    successors: list[Claim] = field(default_factory=list)
+    """What its end leased for the slot it leaves (`Executor.activate(successor=)`), to run next."""
 
 
 def _counts(journal: InstanceJournal, outcome: Outcome) -> ActivationCounts:
@@ -91,10 +94,13 @@ class Executor:
         cancel: threading.Event | None = None,
         parker: Callable[[Claim, Quotas], Parker] | None = None,
         state: ActivationState | None = None,
+        successor: Callable[[], Handoff | None] | None = None,
     ) -> Activated:
         """Run one activation of `claim`; with `parker` (made for the claim and its tenant's quotas), its
         waits may park the isolate and go on in it (hot resume). `state`: what the activation needs, when the
-        caller knows it (a new instance handed over by its create); otherwise it is loaded."""
+        caller knows it (a new instance handed over by its create); otherwise it is loaded. `successor()`, asked as
+        the activation ends: the slot it leaves, offered to what is due next, which its end leases
+        (`Activated.successors`)."""
         if state is None:
             try:
                 state = self.store.load(claim)
@@ -125,11 +131,12 @@ class Executor:
             return Activated(claim, "waiting", None)
         if not _created(state):  # handed over by a create that did not commit: nothing to write to
             return Activated(claim, "cancelled", None)
-        status = self._record(claim, journal, outcome)
+        ender = _Ender(self.store, claim, successor)
+        status = self._record(ender, journal, outcome)
         self._log(claim, state.instance.version, status, outcome)
         if self.metrics is not None:
             self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts, journal.replayed)
-        return Activated(claim, status, outcome)
+        return Activated(claim, status, outcome, ender.successors)
 
     @staticmethod
     def _log(claim: Claim, version: int, status: Ending, outcome: Outcome) -> None:
@@ -162,16 +169,15 @@ class Executor:
             ready=state.ready,
         )
 
-    def _record(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
+    def _record(self, ender: _Ender, journal: InstanceJournal, outcome: Outcome) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
         counts = _counts(journal, outcome)
         cancelled = isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED
         if journal.unwinding and not cancelled and not isinstance(outcome, Suspended):
-            return self._unwound(claim, journal, outcome)
+            return self._unwound(ender, journal, outcome)
         if isinstance(outcome, Completed):
-            self.store.finish(
-                claim,
+            ender.finish(
                 now,
                 status="complete",
                 output=outcome.output,
@@ -183,8 +189,7 @@ class Executor:
             # Cancelled because the pool stops: hand the instance back, runnable now. Otherwise it was
             # terminated, restarted or taken over, and whoever did that owns its state now.
             if self.stopping is not None and self.stopping.is_set():
-                self.store.finish(
-                    claim,
+                ender.finish(
                     now,
                     status="waiting",
                     wake_at=now,
@@ -200,8 +205,7 @@ class Executor:
                 "traceback": outcome.error.traceback,
                 "line": outcome.error.line,
             }
-            self.store.finish(
-                claim,
+            ender.finish(
                 now,
                 status="errored",
                 error=error,
@@ -210,9 +214,9 @@ class Executor:
             )
             return "errored"
         assert isinstance(outcome, Suspended)
-        return self._suspended(claim, journal, outcome)
+        return self._suspended(ender, journal, outcome)
 
-    def _unwound(self, claim: Claim, journal: InstanceJournal, outcome: Outcome) -> Ending:
+    def _unwound(self, ender: _Ender, journal: InstanceJournal, outcome: Outcome) -> Ending:
         """The end of a terminate with rollback: `terminated` once the rollbacks ran, `errored` with the
         RollbackError if one failed for good."""
         now = self.clock.now()
@@ -225,12 +229,12 @@ class Executor:
                 "line": outcome.error.line,
             }
             status: Ending = "errored" if outcome.error.name == FailureName.ROLLBACK_ERROR else "terminated"
-            self.store.finish(claim, now, status=status, error=error, log=outcome.stats.log, **counts)
+            ender.finish(now, status=status, error=error, log=outcome.stats.log, **counts)
             return status
-        self.store.finish(claim, now, status="terminated", log=outcome.stats.log, **counts)
+        ender.finish(now, status="terminated", log=outcome.stats.log, **counts)
         return "terminated"
 
-    def _suspended(self, claim: Claim, journal: InstanceJournal, outcome: Suspended) -> Ending:
+    def _suspended(self, ender: _Ender, journal: InstanceJournal, outcome: Suspended) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
         counts = _counts(journal, outcome)
@@ -239,8 +243,7 @@ class Executor:
         wake_at = None if outcome.wake_at_ms is None else outcome.wake_at_ms / 1000
         if wake_at is None and journal.waiting_for is None:
             wake_at = now
-        self.store.finish(
-            claim,
+        ender.finish(
             now,
             status="waiting",
             wake_at=wake_at,
@@ -254,3 +257,17 @@ class Executor:
 def _created(state: ActivationState) -> bool:
     """Whether the instance exists: waits for its create's commit when the activation started before it."""
     return state.ready is None or state.ready.wait()
+
+
+class _Ender:
+    """Ends one activation; with a successor (the slot it leaves), leases what that slot runs next."""
+
+    def __init__(self, store: SQLStore, claim: Claim, successor: Callable[[], Handoff | None] | None) -> None:
+        self.store = store
+        self.claim = claim
+        self.successor = successor
+        self.successors: list[Claim] = []
+
+    def finish(self, now: float, *, status: str, **ending: Unpack[Ended]) -> None:
+        offered = None if self.successor is None else self.successor()
+        _, self.successors = self.store.finish_and_claim(self.claim, now, offered, status=status, **ending)

@@ -117,6 +117,12 @@ class Slots:
         if self._on_free is not None:
             self._on_free()
 
+    def passable(self) -> bool:
+        """Whether an ending activation's slot may go to a new claim at once: not when it is over the size (a
+        park that ended without resuming, `restore`) nor when a parked isolate waits to resume in it."""
+        with self._cond:
+            return self._active <= self.size and self._resuming == 0
+
     def restore(self) -> None:
         """A park ends without resuming: the activation only records its end, which it may do over the size."""
         with self._cond:

@@ -326,12 +326,7 @@ class WorkerPool:
         `committing`: the end of the create's transaction that claimed them, still open (a hand-off)."""
         self.slots.unreserve(reserved - len(claims))
         for claim in claims:
-            cancel = threading.Event()
-            with self._lock:
-                self._held[claim] = cancel
-                if committing is not None:
-                    self._committing[claim] = committing
-                self._running[claim.key.tenant_id] += 1
+            cancel = self._hold(claim, committing)
             try:
                 self._pool.submit(self._activate, claim, cancel, None if states is None else states.get(claim))
             except RuntimeError:  # the pool has stopped (a create's hand-off raced its stop): its lease runs out
@@ -343,20 +338,55 @@ class WorkerPool:
                 self.slots.unreserve(1)
 
     def _activate(self, claim: Claim, cancel: threading.Event, state: ActivationState | None = None) -> None:
-        try:
-            done = self.executor.activate(claim, cancel, self._parker if self.lot.enabled else None, state)
-        except Exception:
-            log.exception("activation of %s failed", claim.key)
-            done = Activated(claim, "failed", None)
-        finally:
-            with self._lock:
-                self._held.pop(claim, None)
-                self._committing.pop(claim, None)
-                self._running[claim.key.tenant_id] -= 1
-            self.slots.give()
-            self._kick.set()
-        if self.on_done is not None:
-            self.on_done(done)
+        """Run `claim`'s activation in its slot, then whatever its end leased for that slot, one after another:
+        the claim of a slot an activation leaves is made in the same commit as its end (see
+        `SQLStore.finish_and_claim`), not by the dispatcher in one of its own."""
+        while True:
+            successors: list[Claim] = []
+            try:
+                try:
+                    done = self.executor.activate(
+                        claim, cancel, self._parker if self.lot.enabled else None, state, self._successor
+                    )
+                except Exception:
+                    log.exception("activation of %s failed", claim.key)
+                    done = Activated(claim, "failed", None)
+                successors = done.successors
+            finally:
+                with self._lock:
+                    self._held.pop(claim, None)
+                    self._committing.pop(claim, None)
+                    self._running[claim.key.tenant_id] -= 1
+                if successors:
+                    claim, state = successors[0], None
+                    cancel = self._hold(claim)
+                else:
+                    self.slots.give()
+                    self._kick.set()
+            if self.on_done is not None:
+                try:
+                    self.on_done(done)
+                except Exception:
+                    log.exception("on_done of %s failed", done.claim.key)
+            if not successors:
+                return
+
+    def _successor(self) -> Handoff | None:
+        """The slot an ending activation leaves, offered to what is due next (none once the pool stops, or while
+        the slot is owed to a parked isolate)."""
+        if self.stopping.is_set() or not self.slots.passable():
+            return None
+        return Handoff(self.owner, 1, self.lease_s, self.tenant_cap)
+
+    def _hold(self, claim: Claim, committing: Committed | None = None) -> threading.Event:
+        """Count `claim` as running here (heartbeats, the cancel watcher, the tenant's count); its cancel event."""
+        cancel = threading.Event()
+        with self._lock:
+            self._held[claim] = cancel
+            if committing is not None:
+                self._committing[claim] = committing
+            self._running[claim.key.tenant_id] += 1
+        return cancel
 
     def _parker(self, claim: Claim, quotas: Quotas) -> Parker:
         with self._lock:

@@ -9,7 +9,7 @@ read after the commit: a lost lease committed nothing, and raises LeaseLost (or 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from tenantflow.runtime.records import (
     ERROR_SUMMARY_CHARS,
@@ -19,12 +19,14 @@ from tenantflow.runtime.records import (
     Claim,
     Entry,
     EventRecord,
+    Handoff,
+    InstanceKey,
     Quotas,
 )
 from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import APPLIED, KEY, Later, Statement, Tx, columns, key_params
-from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow, InstanceRow, TenantRow
+from tenantflow.runtime.store.scheduling import Scheduling, leased, nothing_due
 from tenantflow.runtime.store.usage import shard_of, upsert_sql
 from tenantflow.runtime.usage import day_of
 
@@ -90,6 +92,20 @@ LOAD_ENTRIES = f"SELECT {columns(EntryRow)} FROM journal WHERE {KEY} ORDER BY po
 LOAD_EVENTS = f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq"
 
 
+class Ending(TypedDict, total=False):
+    """How an activation ends, besides its status (see `Activation.finish`)."""
+
+    output: str | None
+    error: dict[str, Any] | None
+    wake_at: float | None
+    waiting_for: str | None
+    log: str
+    replayed: int
+    activations: int
+    resumes: int
+    workflow_fuel: int
+
+
 class LeaseLost(Exception):
     """The worker no longer holds the instance (lease expired and taken over, or restarted)."""
 
@@ -147,7 +163,7 @@ def fenced_with_usage(
     return tx.fenced(Statement(sql, params), [Statement(END_USAGE, (*usage, *added))])
 
 
-class Activation(StoreCore):
+class Activation(Scheduling):
     def load(self, claim: Claim) -> ActivationState:
         """Everything an activation needs; read in one snapshot, decoded after it."""
         k = key_params(claim.key)
@@ -254,10 +270,20 @@ class Activation(StoreCore):
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
         return str(status)
 
-    def finish(
+    def finish(self, claim: Claim, now: float, *, status: str, **ending: Unpack[Ending]) -> bool:
+        """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
+        instance stays paused (when it would wait) and a terminated one keeps its status.
+
+        A normal end resets the count of host faults in a row; output, error and log replace the previous
+        ones, in the stored bytes too. An instance that waits for an event that has already come wakes now.
+        `replayed` journal positions, `activations` and hot `resumes` are added to the instance's counts."""
+        return self.finish_and_claim(claim, now, None, status=status, **ending)[0]
+
+    def finish_and_claim(
         self,
         claim: Claim,
         now: float,
+        successor: Handoff | None,
         *,
         status: str,
         output: str | None = None,
@@ -269,13 +295,12 @@ class Activation(StoreCore):
         activations: int = 1,
         resumes: int = 0,
         workflow_fuel: int = 0,
-    ) -> bool:
-        """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
-        instance stays paused (when it would wait) and a terminated one keeps its status.
-
-        A normal end resets the count of host faults in a row; output, error and log replace the previous
-        ones, in the stored bytes too. An instance that waits for an event that has already come wakes now.
-        `replayed` journal positions, `activations` and hot `resumes` are added to the instance's counts."""
+    ) -> tuple[bool, list[Claim]]:
+        """`finish`, and with `successor` the next runnable instances for the slots it offers (the claims a
+        dispatcher would make now, fair across tenants), leased to its owner with the end: where every writer
+        takes its turn (SQLite), in the end's own transaction, so that one commit does both; elsewhere in one
+        of their own after it (a claim locks tenants' rows, which an end that holds its instance's row must
+        not wait for). Whether the claim was still held, and what was leased."""
         k = key_params(claim.key)
         output_blob = None if output is None else codec.encode_text(output)
         error_blob = None if error is None else codec.encode(error)
@@ -325,13 +350,29 @@ class Activation(StoreCore):
             )
             return held, ended
 
-        held, ended = self.write(write)
+        chained = successor is not None and not self.for_update
+
+        def end(tx: Tx) -> tuple[Later, Later, list[tuple[InstanceKey, Later]]]:
+            held, ended = write(tx)
+            if not chained or successor is None or nothing_due(tx, now):
+                return held, ended, []
+            leases = self._lease_next(
+                tx, successor.owner, successor.slots, now, successor.lease_s, successor.max_per_tenant
+            )
+            return held, ended, leases
+
+        held, ended, leases = self.write(end)
+        claims = leased(leases)
+        if successor is not None and not chained:
+            claims = self.claim(
+                successor.owner, successor.slots, now, successor.lease_s, max_per_tenant=successor.max_per_tenant
+            )
         if not held.result().rows:
-            return False
-        end = ended.record(EndedRow)
-        if end is not None and end.runnable_before(now + NOTIFY_WITHIN_S):
+            return False, claims
+        end_row = ended.record(EndedRow)
+        if end_row is not None and end_row.runnable_before(now + NOTIFY_WITHIN_S):
             self._notify()
-        return True
+        return True, claims
 
     def park(
         self,

@@ -72,6 +72,11 @@ def claim_created(
     return [Claim(key, int(fence)) for key, lease in leases if (fence := lease.scalar()) is not None]
 
 
+def leased(leases: Sequence[tuple[InstanceKey, Later]]) -> list[Claim]:
+    """The claims of leases taken in a transaction that has committed: those whose instance was still runnable."""
+    return [Claim(key, int(fence)) for key, lease in leases if (fence := lease.scalar()) is not None]
+
+
 class Scheduling(StoreCore):
     def next_wake(self, now: float = math.inf) -> float | None:
         """The earliest time any instance becomes runnable (its wake time, or the expiry of its lease if it
@@ -99,19 +104,22 @@ class Scheduling(StoreCore):
         processes. `running` is ignored (kept for old callers): the store counts live leases itself.
         """
 
-        leases: list[tuple[InstanceKey, Later]] = []
         with self.transaction() as tx:
-            rooms = self._tenant_rooms(tx, limit, now, max_per_tenant)
-            if not rooms:
-                return []
-            for candidate in self._ranked_candidates(tx, rooms, limit, now):
-                leases.append((candidate, self._lease(tx, candidate, owner, now, lease_s)))
-        claims = []
-        for candidate, lease in leases:
-            fence = lease.scalar()
-            if fence is not None:
-                claims.append(Claim(candidate, int(fence)))
-        return claims
+            leases = self._lease_next(tx, owner, limit, now, lease_s, max_per_tenant)
+        return leased(leases)
+
+    def _lease_next(
+        self, tx: Tx, owner: str, limit: int, now: float, lease_s: float, cap: int | None
+    ) -> list[tuple[InstanceKey, Later]]:
+        """In `tx`: lease up to `limit` runnable instances as `claim` chooses them; read with `leased` after the
+        commit."""
+        rooms = self._tenant_rooms(tx, limit, now, cap)
+        if not rooms:
+            return []
+        return [
+            (candidate, self._lease(tx, candidate, owner, now, lease_s))
+            for candidate in self._ranked_candidates(tx, rooms, limit, now)
+        ]
 
     def _tenant_rooms(self, tx: Tx, limit: int, now: float, cap: int | None) -> dict[str, tuple[int, int]]:
         """(running, room) of up to `limit` tenants with runnable work and room, fewest running first.

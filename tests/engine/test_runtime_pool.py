@@ -73,8 +73,9 @@ def test_thousand_concurrent_instances_complete(live: Service) -> None:
 def test_a_create_hands_its_instances_to_free_workers_without_a_claim(
     live: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The creating process's free workers take the new instances in the create's own transaction; the
-    dispatcher claims only what did not fit, and every slot comes back."""
+    """The creating process's free workers take the new instances in the create's own transaction; what did not
+    fit, each ending activation leases for its slot in its end's commit (the dispatcher claims nothing), and
+    every slot comes back."""
     claimed: list[int] = []
     claim = live.store.claim
 
@@ -83,7 +84,16 @@ def test_a_create_hands_its_instances_to_free_workers_without_a_claim(
         claimed.append(len(claims))
         return claims
 
+    chained: list[Claim] = []
+    finish_and_claim = live.store.finish_and_claim
+
+    def chaining(*args: Any, **kwargs: Any) -> tuple[bool, list[Claim]]:
+        held, claims = finish_and_claim(*args, **kwargs)
+        chained.extend(claims)
+        return held, claims
+
     monkeypatch.setattr(live.store, "claim", counted)
+    monkeypatch.setattr(live.store, "finish_and_claim", chaining)
     loads: list[Claim] = []
     load = live.store.load
     monkeypatch.setattr(live.store, "load", lambda claim: loads.append(claim) or load(claim))
@@ -97,7 +107,8 @@ def test_a_create_hands_its_instances_to_free_workers_without_a_claim(
     many = live.create_instances(tenant, "wf", [{"id": f"many{n}"} for n in range(10)])
     for instance in many:
         wait_until(lambda i=instance: live.store.instance(i.key).status == "complete", 30, "the batch to complete")
-    assert sum(claimed) == 6 and len(loads) == 6  # 4 workers took 4 at once; the dispatcher's claims load
+    # 4 workers took 4 at once; their ends leased the other 6, whose activations load.
+    assert sum(claimed) == 0 and len(chained) == 6 and set(loads) == set(chained)
     wait_until(lambda: live.pool.slots.free() == 4, 10, "every slot to come back")
 
 

@@ -586,6 +586,54 @@ def test_a_create_that_fails_hands_off_nothing(store: SQLStore) -> None:
         store.instance(InstanceKey("acme", "wf", "i2"))
 
 
+def test_an_end_leases_what_its_slot_runs_next_fairly(store: SQLStore) -> None:
+    """`finish_and_claim`: the slot an ending activation leaves goes to what a claim would choose now: the tenant
+    with the fewest running first, within its concurrency; nothing when nothing is due."""
+    make_tenant(store, "big")
+    make_tenant(store, "small", max_concurrent=1)
+    for tenant in ("big", "small"):
+        store.create_instances(tenant, deployed(store, tenant), [(f"{tenant}{i}", None) for i in range(3)], T0)
+    first = store.claim("w1", 3, T0 + 1, LEASE, {})
+    assert sorted(c.key.instance_id for c in first) == ["big0", "big1", "small0"]
+    ending = next(c for c in first if c.key.instance_id == "big0")
+    # big still runs big1, small runs small0 (at its limit): big's next goes, small's waits.
+    held, claims = store.finish_and_claim(ending, T0 + 2, Handoff("w1", 1, LEASE, 4), status="complete")
+    assert held and [c.key.instance_id for c in claims] == ["big2"]
+    assert store.instance(claims[0].key).status == "running" and set(store.held("w1", claims)) == set(claims)
+    ending = next(c for c in first if c.key.instance_id == "small0")
+    held, claims = store.finish_and_claim(ending, T0 + 3, Handoff("w1", 1, LEASE, 4), status="complete")
+    assert held and [c.key.instance_id for c in claims] == ["small1"]  # small now runs none: it goes first
+    # No slot offered: nothing leased. A lost claim's end writes nothing but still passes its slot on.
+    big1 = next(c for c in first if c.key.instance_id == "big1")
+    assert store.finish_and_claim(big1, T0 + 4, None, status="complete") == (True, [])
+    store.create_instances("big", store.latest_version("big", "wf"), [("big3", None)], T0 + 4)
+    held, claims = store.finish_and_claim(
+        Claim(big1.key, big1.fence - 1), T0 + 5, Handoff("w1", 1, LEASE, 4), status="errored"
+    )
+    assert not held and [c.key.instance_id for c in claims] == ["big3"]
+    assert store.instance(big1.key).status == "complete"
+    # Nothing due (small's last waits for small1, at small's limit): nothing leased.
+    assert store.finish_and_claim(claims[0], T0 + 6, Handoff("w1", 1, LEASE, 4), status="complete") == (True, [])
+    assert store.instance(InstanceKey("small", "wf", "small2")).status == "queued"
+
+
+def test_sqlite_an_end_and_the_claim_it_makes_are_one_commit(tmp_path: Path) -> None:
+    """Where writers take turns, the next instance is leased in the end's own transaction: one fsync, not two."""
+    store = SQLiteStore(str(tmp_path / "tf.db"))
+    try:
+        make_instance(store, "i1")
+        make_instance(store, "i2")
+        claim = claim_one(store, T0 + 1)
+        statements: list[str] = []
+        store._connection.set_trace_callback(statements.append)
+        held, claims = store.finish_and_claim(claim, T0 + 2, Handoff("w1", 1, LEASE, 4), status="complete")
+        store._connection.set_trace_callback(None)
+        assert held and [c.key.instance_id for c in claims] == ["i2"]
+        assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    finally:
+        store.close()
+
+
 def test_parallel_claims_never_hand_out_one_instance_twice(store: SQLStore, open_more: Opener) -> None:
     make_tenant(store, max_concurrent=1000)
     version = deployed(store)

@@ -158,9 +158,13 @@ def exercise(s: Any) -> None:
     assert set(s.held("w1", list(claims.values()))) == set(claims.values())
     assert s.finish(c1, T0 + 2, status="waiting", waiting_for="later")
     s.send_event(k1, "later", None, T0 + 3)
-    assert s.finish(claims["i2"], T0 + 2, status="complete", output='"done"', log="a log")
+    # i2's end leases what its slot runs next: i3, acme's only due instance (zeta's z1 already runs).
+    held, successors = s.finish_and_claim(
+        claims["i2"], T0 + 2, Handoff("w1", 1, LEASE, 2), status="complete", output='"done"', log="a log"
+    )
+    assert held and [c.key.instance_id for c in successors] == ["i3"]
     assert sorted(s.lease_owners()) == ["w1"]
-    assert s.expire_leases(["w1"]) == 1  # z1's lease: runnable again at once
+    assert s.expire_leases(["w1"]) == 2  # z1's and i3's leases: runnable again at once
 
     again = {c.key.instance_id: c for c in s.claim("w2", 4, T0 + 4, LEASE)}
     assert {"i1", "z1"} <= set(again)
