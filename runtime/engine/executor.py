@@ -27,8 +27,7 @@ from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import Parker
 from tenantflow.runtime.records import ActivationCounts, ActivationState, Claim, Handoff, InstanceKey, Quotas
-from tenantflow.runtime.store import Ending as Ended
-from tenantflow.runtime.store import LeaseLost, SQLStore
+from tenantflow.runtime.store import EndFields, LeaseLost, SQLStore
 
 log = logging.getLogger("tenantflow.executor")
 
@@ -268,6 +267,6 @@ class _Ender:
         self.successor = successor
         self.successors: list[Claim] = []
 
-    def finish(self, now: float, *, status: str, **ending: Unpack[Ended]) -> None:
+    def finish(self, now: float, *, status: str, **ending: Unpack[EndFields]) -> None:
         offered = None if self.successor is None else self.successor()
         _, self.successors = self.store.finish_and_claim(self.claim, now, offered, status=status, **ending)

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tenantflow.runtime.errors import InvalidInput
 from tenantflow.runtime.store import codec
-from tenantflow.runtime.store.activation import HOST_FAULT, Ending, LeaseLost
+from tenantflow.runtime.store.activation import HOST_FAULT, EndFields, LeaseLost
 from tenantflow.runtime.store.instances import Created
 from tenantflow.runtime.store.journal import JOURNAL_PAGE_BYTES, JournalPage
 from tenantflow.runtime.store.sqlstore import SQLStore
@@ -16,7 +16,7 @@ DEFAULT_DB = "sqlite:///./tenantflow.db"
 __all__ = [
     "Created",
     "DEFAULT_DB",
-    "Ending",
+    "EndFields",
     "HOST_FAULT",
     "JOURNAL_PAGE_BYTES",
     "JournalPage",

@@ -92,7 +92,7 @@ LOAD_ENTRIES = f"SELECT {columns(EntryRow)} FROM journal WHERE {KEY} ORDER BY po
 LOAD_EVENTS = f"SELECT {columns(EventRow)} FROM events WHERE {KEY} AND consumed_at IS NULL ORDER BY seq"
 
 
-class Ending(TypedDict, total=False):
+class EndFields(TypedDict, total=False):
     """How an activation ends, besides its status (see `Activation.finish`)."""
 
     output: str | None
@@ -270,7 +270,7 @@ class Activation(Scheduling):
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
         return str(status)
 
-    def finish(self, claim: Claim, now: float, *, status: str, **ending: Unpack[Ending]) -> bool:
+    def finish(self, claim: Claim, now: float, *, status: str, **ending: Unpack[EndFields]) -> bool:
         """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
         instance stays paused (when it would wait) and a terminated one keeps its status.
 
@@ -309,7 +309,10 @@ class Activation(Scheduling):
         wake, wake_params = _wake(k, waiting_for, now, wake_at)
         counts = (replayed, activations, resumes, workflow_fuel)
 
-        def write(tx: Tx) -> tuple[Later, Later]:
+        # Where every writer takes its turn, the end's own transaction leases the successors too: one commit.
+        chained = None if self.for_update else successor
+
+        def write(tx: Tx) -> tuple[Later, Later, list[tuple[InstanceKey, Later]]]:
             # Read first (and, where writers interleave, lock): the update below then sees whatever committed
             # while this waited, a terminate or an event.
             held = tx.send(
@@ -348,22 +351,14 @@ class Activation(Scheduling):
                 ),
                 self.usage_shards,
             )
-            return held, ended
-
-        chained = successor is not None and not self.for_update
-
-        def end(tx: Tx) -> tuple[Later, Later, list[tuple[InstanceKey, Later]]]:
-            held, ended = write(tx)
-            if not chained or successor is None or nothing_due(tx, now):
+            if chained is None or nothing_due(tx, now):
                 return held, ended, []
-            leases = self._lease_next(
-                tx, successor.owner, successor.slots, now, successor.lease_s, successor.max_per_tenant
-            )
+            leases = self._lease_next(tx, chained.owner, chained.slots, now, chained.lease_s, chained.max_per_tenant)
             return held, ended, leases
 
-        held, ended, leases = self.write(end)
+        held, ended, leases = self.write(write)
         claims = leased(leases)
-        if successor is not None and not chained:
+        if successor is not None and chained is None:
             claims = self.claim(
                 successor.owner, successor.slots, now, successor.lease_s, max_per_tenant=successor.max_per_tenant
             )
