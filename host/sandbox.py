@@ -44,7 +44,7 @@ from typing import Any
 
 import wasmtime
 from tenantflow.host import jsoncheck, wasi
-from tenantflow.host._wasmtime import EpochCallback, FuelCounter, TrapKind, record, trap_kind
+from tenantflow.host._wasmtime import EpochCallback, FuelCounter, StringExport, TrapKind, record, trap_kind
 from tenantflow.host.calls import MAX_CALLS_IN_FLIGHT, Answer, StartedCalls
 from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochTicker, load_guest, make_engine
 from tenantflow.host.errors import HostRefusal, invalid_call
@@ -663,6 +663,7 @@ class Sandbox:
         self._check_index = check_index
         size = size_from_env() if pool is None else pool
         exports = (run_index, run_compiled_index, check_index)
+        self._calls = {index: StringExport() for index in exports}
         self.isolates = IsolatePool(
             self.engine, self.linker, self.component, self._epoch, exports, size, prepare=prepare_index
         )
@@ -802,7 +803,7 @@ class Sandbox:
             instantiated = time.perf_counter()
             act.start_metering()
             try:
-                value = func(store, *args)
+                value = self._calls[index](func, store, *args)
             except wasmtime.WasmtimeError as trap:
                 # wasmtime-py raises from a frame that holds the error: without this, that cycle keeps
                 # every frame of the call alive, the Store (and its pool slot) with them.

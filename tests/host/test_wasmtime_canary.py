@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import wasmtime
-from tenantflow.host import _wasmtime
+from tenantflow.host import Sandbox, _wasmtime
 from tenantflow.host._wasmtime import TrapKind, trap_kind
 from wasmtime import _bindings as bindings
 from wasmtime import _ffi as ffi
@@ -48,6 +48,7 @@ FFI_FUNCTIONS = {
     "wasmtime_component_vallist_new_uninit": 2,
     "wasmtime_component_valtuple_delete": 1,
     "wasmtime_component_linker_instance_add_func": 6,
+    "wasmtime_component_func_call": 6,
     "str_to_capi": 1,
 }
 # Types and constants of the bindings.
@@ -57,6 +58,7 @@ FFI_TYPES = [
     "wasmtime_component_val_t",
     "wasmtime_component_vallist_t",
     "wasmtime_component_func_callback_t",
+    "wasmtime_component_func_t",
     "wasm_byte_vec_t",
 ]
 FFI_CONSTANTS = [
@@ -172,6 +174,34 @@ def test_private_methods() -> None:
     params = inspect.signature(wit.FuncType._from_ptr).parameters
     assert "owner" in params, f"FuncType._from_ptr no longer takes owner=. {UPDATE}"
     assert list(inspect.signature(wasmtime.StoreContext).parameters) == ["ptr"], UPDATE
+
+
+def test_an_export_is_called_as_func_calls_it() -> None:
+    """`StringExport` mirrors `component.Func.__call__`: the C function it calls, on `Func._func`, and the same
+    answers (a result, and an error) for the same arguments."""
+    assert wasmtime.component.Func.__annotations__.get("_func") in (
+        "ffi.wasmtime_component_func_t",
+        ffi.wasmtime_component_func_t,
+    ), UPDATE
+    assert "wasmtime_component_func_call(byref(self._func)" in inspect.getsource(wasmtime.component.Func.__call__), (
+        UPDATE
+    )
+    sandbox = Sandbox(pool=0)
+    try:
+        isolate = sandbox.isolates.take(64 << 20, 10**9)
+        check = sandbox.isolates.exports[-1]  # run, run-compiled, check
+        func = isolate.func(sandbox.isolates.exports, check)
+        call = _wasmtime.StringExport()
+        source = "def run(event, step):\n    return 1\n"
+        ours = call(func, isolate.store, source)
+        func.post_return(isolate.store)
+        assert ours == func(isolate.store, source) and isinstance(ours, bytes) and ours
+        func.post_return(isolate.store)
+        with pytest.raises(wasmtime.WasmtimeError):
+            call(func, isolate.store, source, "one too many")
+        sandbox.isolates.retire(isolate)
+    finally:
+        sandbox.close()
 
 
 def test_record_is_an_attribute_bag() -> None:
