@@ -132,9 +132,12 @@ class Executor:
             return Activated(claim, "cancelled", None)
         ender = _Ender(self.store, claim, successor)
         status = self._record(ender, journal, outcome)
-        self._log(claim, state.instance.version, status, outcome)
-        if self.metrics is not None:
-            self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts, journal.replayed)
+        try:
+            self._log(claim, state.instance.version, status, outcome)
+            if self.metrics is not None:
+                self.metrics.activation(claim.key.tenant_id, outcome, journal.attempts, journal.replayed)
+        except Exception:  # the end is recorded (and may have leased what runs next): reporting it must not undo that
+            log.exception("reporting the end of %s failed", claim.key)
         return Activated(claim, status, outcome, ender.successors)
 
     @staticmethod

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pg import fresh_schema
 from tenantflow.host import Sandbox
+from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.errors import NotFound
 from tenantflow.runtime.records import FINISHED, Claim, Quotas
@@ -110,6 +111,25 @@ def test_a_create_hands_its_instances_to_free_workers_without_a_claim(
     # 4 workers took 4 at once; their ends leased the other 6, whose activations load.
     assert sum(claimed) == 0 and len(chained) == 6 and set(loads) == set(chained)
     wait_until(lambda: live.pool.slots.free() == 4, 10, "every slot to come back")
+
+
+def test_what_an_end_leased_runs_even_if_reporting_the_end_fails(
+    live_any: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end's commit leased the next instance for its slot: an error after it (its log line, its metrics)
+    must not drop that claim, which would sit leased and unrun until its lease ran out."""
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("reporting is down")
+
+    monkeypatch.setattr(Executor, "_log", staticmethod(broken))
+    tenant = live_any.create_tenant("busy")[0]
+    live_any.deploy(tenant, "wf", "def run(event, step):\n    return step.do('only', lambda: 1)\n")
+    created = live_any.create_instances(tenant, "wf", [{"id": f"i{n}"} for n in range(12)])
+    for instance in created:  # 4 slots: most of the 12 are leased by ends
+        wait_until(
+            lambda i=instance: live_any.store.instance(i.key).status == "complete", 15, "every instance to complete"
+        )
 
 
 def test_an_event_sent_before_a_handed_off_activation_starts_is_not_lost(
