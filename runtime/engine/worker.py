@@ -382,6 +382,10 @@ class WorkerPool:
         """Count `claim` as running here (heartbeats, the cancel watcher, the tenant's count); its cancel event."""
         cancel = threading.Event()
         with self._lock:
+            if self.stopping.is_set():
+                # Held after `stop` cancelled what it holds (an end's successor, a create's hand-off that raced
+                # it): it ends at once and hands its instance back.
+                cancel.set()
             self._held[claim] = cancel
             if committing is not None:
                 self._committing[claim] = committing

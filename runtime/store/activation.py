@@ -9,6 +9,7 @@ read after the commit: a lost lease committed nothing, and raises LeaseLost (or 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypedDict, Unpack
 
 from tenantflow.runtime.records import (
@@ -29,6 +30,8 @@ from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow
 from tenantflow.runtime.store.scheduling import Scheduling, leased, nothing_due
 from tenantflow.runtime.store.usage import shard_of, upsert_sql
 from tenantflow.runtime.usage import day_of
+
+logger = logging.getLogger("tenantflow.store")
 
 HOST_FAULT = "HostFault"
 # An activation that ends waiting for a timer due within this many seconds wakes the workers of other
@@ -353,21 +356,42 @@ class Activation(Scheduling):
             )
             if chained is None or nothing_due(tx, now):
                 return held, ended, []
-            leases = self._lease_next(tx, chained.owner, chained.slots, now, chained.lease_s, chained.max_per_tenant)
+            # The end stands whatever the claim does: a claim that fails is undone alone (the dispatcher claims).
+            tx.run("SAVEPOINT successors")
+            try:
+                leases = self._lease_next(
+                    tx, chained.owner, chained.slots, now, chained.lease_s, chained.max_per_tenant
+                )
+            except Exception:
+                logger.exception("leasing what runs next failed; the dispatcher will claim")
+                tx.run("ROLLBACK TO successors")
+                leases = []
+            tx.run("RELEASE successors")
             return held, ended, leases
 
         held, ended, leases = self.write(write)
         claims = leased(leases)
-        if successor is not None and chained is None:
-            claims = self.claim(
-                successor.owner, successor.slots, now, successor.lease_s, max_per_tenant=successor.max_per_tenant
-            )
-        if not held.result().rows:
-            return False, claims
-        end_row = ended.record(EndedRow)
+        ok = bool(held.result().rows)
+        end_row = ended.record(EndedRow) if ok else None
         if end_row is not None and end_row.runnable_before(now + NOTIFY_WITHIN_S):
             self._notify()
-        return True, claims
+        if successor is not None and chained is None:
+            claims = self._claim_after(successor, now)
+        return ok, claims
+
+    def _claim_after(self, successor: Handoff, now: float) -> list[Claim]:
+        """The claim of an end's successors in a transaction of its own (where writers interleave), if anything is
+        due; a claim that fails leaves the slot to the dispatcher, the end being recorded already."""
+        try:
+            wake = self.next_wake(now)
+            if wake is None or wake > now:
+                return []
+            return self.claim(
+                successor.owner, successor.slots, now, successor.lease_s, max_per_tenant=successor.max_per_tenant
+            )
+        except Exception:
+            logger.exception("leasing what runs next failed; the dispatcher will claim")
+            return []
 
     def park(
         self,

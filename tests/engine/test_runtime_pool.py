@@ -19,7 +19,7 @@ from tenantflow.host import Sandbox
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.errors import NotFound
-from tenantflow.runtime.records import FINISHED, Claim, Quotas
+from tenantflow.runtime.records import FINISHED, Claim, InstanceKey, Quotas
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import open_store
 from tenantflow.runtime.store.sqlite import SQLiteStore
@@ -130,6 +130,22 @@ def test_what_an_end_leased_runs_even_if_reporting_the_end_fails(
         wait_until(
             lambda i=instance: live_any.store.instance(i.key).status == "complete", 15, "every instance to complete"
         )
+
+
+def test_a_claim_held_after_stop_cancelled_what_it_holds_is_cancelled_at_once(live: Service) -> None:
+    """An end's successor (or a create's hand-off) held after `stop` swept the cancel events ends at once."""
+    pool = live.pool
+    before, after = Claim(InstanceKey("t", "wf", "before"), 1), Claim(InstanceKey("t", "wf", "after"), 1)
+    try:
+        assert not pool._hold(before).is_set()
+        pool.stopping.set()
+        assert pool._hold(after).is_set()
+    finally:
+        pool.stopping.clear()
+        with pool._lock:
+            for claim in (before, after):
+                pool._held.pop(claim, None)
+                pool._running[claim.key.tenant_id] -= 1
 
 
 def test_an_event_sent_before_a_handed_off_activation_starts_is_not_lost(

@@ -362,6 +362,9 @@ class Statement:
     origin: str  # the store function that issued it
 
 
+TRANSACTION_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+
+
 @dataclass
 class Capture:
     statements: dict[str, Statement] = field(default_factory=dict)
@@ -369,6 +372,8 @@ class Capture:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, sql: str, params: Sequence[Any], origin: str) -> None:
+        if TRANSACTION_CONTROL.match(sql):  # a savepoint a write takes through its Tx: no rows, nothing to scope
+            return
         with self._lock:
             self.count += 1
             self.statements.setdefault(sql, Statement(sql, tuple(params), origin))

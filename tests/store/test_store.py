@@ -617,6 +617,23 @@ def test_an_end_leases_what_its_slot_runs_next_fairly(store: SQLStore) -> None:
     assert store.instance(InstanceKey("small", "wf", "small2")).status == "queued"
 
 
+def test_an_end_stands_when_leasing_what_runs_next_fails(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim that raises (in the end's transaction on SQLite, after it on PostgreSQL) leases nothing and undoes
+    nothing of the end: its slot goes back to the dispatcher, which claims as before."""
+    make_instance(store, "i1")
+    make_instance(store, "i2")
+    claim = claim_one(store, T0 + 1)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in the claim")
+
+    monkeypatch.setattr(store, "_lease_next", broken)
+    assert store.finish_and_claim(claim, T0 + 2, Handoff("w1", 1, LEASE, 4), status="complete") == (True, [])
+    assert store.instance(claim.key).status == "complete"
+    monkeypatch.undo()
+    assert [c.key.instance_id for c in store.claim("w1", 4, T0 + 3, LEASE, {})] == ["i2"]
+
+
 def test_sqlite_an_end_and_the_claim_it_makes_are_one_commit(tmp_path: Path) -> None:
     """Where writers take turns, the next instance is leased in the end's own transaction: one fsync, not two."""
     store = SQLiteStore(str(tmp_path / "tf.db"))
