@@ -331,10 +331,7 @@ class WorkerPool:
                 self._pool.submit(self._activate, claim, cancel, None if states is None else states.get(claim))
             except RuntimeError:  # the pool has stopped (a create's hand-off raced its stop): its lease runs out
                 log.warning("not running %s: the worker pool has stopped", claim.key)
-                with self._lock:
-                    self._held.pop(claim, None)
-                    self._committing.pop(claim, None)
-                    self._running[claim.key.tenant_id] -= 1
+                self._release(claim)
                 self.slots.unreserve(1)
 
     def _activate(self, claim: Claim, cancel: threading.Event, state: ActivationState | None = None) -> None:
@@ -353,10 +350,7 @@ class WorkerPool:
                     done = Activated(claim, "failed", None)
                 successors = done.successors
             finally:
-                with self._lock:
-                    self._held.pop(claim, None)
-                    self._committing.pop(claim, None)
-                    self._running[claim.key.tenant_id] -= 1
+                self._release(claim)
                 if successors:
                     claim, state = successors[0], None
                     cancel = self._hold(claim)
@@ -391,6 +385,13 @@ class WorkerPool:
                 self._committing[claim] = committing
             self._running[claim.key.tenant_id] += 1
         return cancel
+
+    def _release(self, claim: Claim) -> None:
+        """`_hold` undone: `claim` no longer runs here."""
+        with self._lock:
+            self._held.pop(claim, None)
+            self._committing.pop(claim, None)
+            self._running[claim.key.tenant_id] -= 1
 
     def _parker(self, claim: Claim, quotas: Quotas) -> Parker:
         with self._lock:

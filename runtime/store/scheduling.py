@@ -69,11 +69,12 @@ def claim_created(
         )
         for key in keys[: max(0, min(room, handoff.slots))]
     ]
-    return [Claim(key, int(fence)) for key, lease in leases if (fence := lease.scalar()) is not None]
+    return leased(leases)
 
 
 def leased(leases: Sequence[tuple[InstanceKey, Later]]) -> list[Claim]:
-    """The claims of leases taken in a transaction that has committed: those whose instance was still runnable."""
+    """The claims of leases taken in a transaction (read once their statements have run): those whose instance was
+    still runnable."""
     return [Claim(key, int(fence)) for key, lease in leases if (fence := lease.scalar()) is not None]
 
 

@@ -142,10 +142,8 @@ def test_a_claim_held_after_stop_cancelled_what_it_holds_is_cancelled_at_once(li
         assert pool._hold(after).is_set()
     finally:
         pool.stopping.clear()
-        with pool._lock:
-            for claim in (before, after):
-                pool._held.pop(claim, None)
-                pool._running[claim.key.tenant_id] -= 1
+        for claim in (before, after):
+            pool._release(claim)
 
 
 def test_an_event_sent_before_a_handed_off_activation_starts_is_not_lost(
