@@ -16,7 +16,7 @@ import json
 import linecache
 import marshal
 import math  # noqa: F401
-import random
+import random  # noqa: F401  (in the snapshot: tenantflow._streams rebinds its functions)
 import re  # noqa: F401
 import secrets  # noqa: F401
 import sys
@@ -39,8 +39,9 @@ from tenantflow.transport import host_text
 # The SDK's durable calls go to the host's functions; installed here, so it is in the snapshot.
 _transport = WitTransport()
 tenantflow.transport.install(_transport)
-# `random` draws from the workflow's stream outside step bodies and a body's own inside them. Each run reseeds it
-# (`_guarded_run`); componentize-py's reseed at the isolate's first call (`prepare`) is skipped.
+# `random` draws from the workflow's stream outside step bodies and a body's own inside them. Each run seeds it from the
+# run's seed at its first draw (`_guarded_run`); componentize-py's reseed at the isolate's first call (`prepare`) is
+# skipped.
 _streams = Streams(_transport.seed_bytes, skip_first_reseed=True)
 install(_streams)
 
@@ -218,9 +219,9 @@ class WitWorld(wit_world.WitWorld):
 
     def _guarded_run(self, source: str, code: bytes | None, event: str) -> str:
         try:
-            # The workflow's stream, from the host's `seed-bytes` (the instance's seed, outside step bodies: so
-            # every replay draws the same); before the module runs, which may draw.
-            random.seed()
+            # The workflow's stream, from the host's `run-seed` (the instance's seed, outside step bodies: so every
+            # replay draws the same), at its first draw: in the module, which may draw, or later, or never.
+            _streams.seed_at_first_draw(_transport.run_seed)
             return self._run(source, _compile(source) if code is None else marshal.loads(code), event)
         except Err:
             raise

@@ -154,14 +154,23 @@ def _check_name(call: str, what: str, name: Any) -> str:
 
 
 # The draws from an instance's random stream are numbered from here. Its first ten were read by componentize-py's
-# start-up reseed of `random`, the next ten by the harness's own reseed, which it then stopped making. Now the harness
-# reseeds once, at the start of each run, with `seed-bytes` (2,496 bytes: what ten reads of 256 gave), and skips
-# componentize-py's (made when the isolate is prepared, outside any activation): the first ten draws are skipped, so
-# an instance draws outside its step bodies exactly what it drew before (a replay across the upgrades included).
-# tests/host/test_host_wasi.py pins a seed's first draws, and fails if that changes.
+# start-up reseed of `random`, the next ten by the harness's own reseed, which it then stopped making. Then the harness
+# reseeded once, at the start of each run, with `seed-bytes` (2,496 bytes: what ten reads of 256 gave), and skipped
+# componentize-py's (made when the isolate is prepared, outside any activation). Now that reseed's draws are the run's
+# seed (`run-seed`), set aside at the run's start and computed only when the workflow first draws from `random` outside
+# its step bodies (most never do), so an instance draws there exactly what it drew before (a replay across the upgrades
+# included). tests/host/test_host_wasi.py pins a seed's first draws, and fails if that changes.
 SKIPPED_DRAWS = 10
 # The most a WASI random read gives the guest (wasi-libc's getentropy); `seed-bytes` answers as that many reads.
 WASI_READ_BYTES = 256
+# A run's seed for `random`: what CPython's `seed()` reads (624 32-bit words), drawn as WASI reads would draw it.
+RUN_SEED_BYTES = 2496
+RUN_SEED_DRAWS = -(-RUN_SEED_BYTES // WASI_READ_BYTES)
+
+
+def _draw(seed: bytes, number: int, length: int) -> bytes:
+    """Draw `number` (from 1) of the random stream of an instance's `seed`."""
+    return hashlib.shake_256(seed + number.to_bytes(8, "big")).digest(length)
 
 
 @dataclass
@@ -226,7 +235,7 @@ class _Activation:
     # and the seed of its random stream (None: the host's CSPRNG), with the draws made from it so far.
     logical_s: float | None = None
     seed: bytes | None = None
-    draws: int = SKIPPED_DRAWS
+    draws: int = SKIPPED_DRAWS + RUN_SEED_DRAWS
     # An async workflow (`concurrent`): its calls are keyed; the attempts begun and not completed, by (name,
     # count), and those waiting out a retry back-off (`backoff` plan) until `step-again`.
     concurrent: bool = False
@@ -287,7 +296,18 @@ class _Activation:
         if self.seed is None or self.in_flight is not None:
             return os.urandom(length)
         self.draws += 1
-        return hashlib.shake_256(self.seed + self.draws.to_bytes(8, "big")).digest(length)
+        return _draw(self.seed, self.draws, length)
+
+    def run_seed(self) -> bytes:
+        """The run's seed for the workflow's `random`: the instance stream's RUN_SEED_DRAWS draws after the skipped
+        ones, set aside for it (whatever was drawn since the run started); from the CSPRNG without an instance seed."""
+        if self.seed is None:
+            return os.urandom(RUN_SEED_BYTES)
+        seed = self.seed
+        return b"".join(
+            _draw(seed, SKIPPED_DRAWS + 1 + n, min(WASI_READ_BYTES, RUN_SEED_BYTES - done))
+            for n, done in enumerate(range(0, RUN_SEED_BYTES, WASI_READ_BYTES))
+        )
 
     @functools.cached_property
     def lift_cap(self) -> int:
@@ -646,10 +666,10 @@ class Sandbox:
                             add_func(instance, entry.name, guarded, _stream_write_cap)
             with root.add_instance(HOST_INTERFACE) as host:
                 for name, fn in self._host_functions().items():
-                    # The two without effects outside the sandbox answer before the instance is durable (`run(ready=)`).
-                    pure = name in ("log", "seed-bytes")
+                    # Those without effects outside the sandbox answer before the instance is durable (`run(ready=)`).
+                    seeds = name in ("seed-bytes", "run-seed")
                     guarded = self._guarded(
-                        name, fn, checks_sizes=name == "log", detached=name == "seed-bytes", gated=not pure
+                        name, fn, checks_sizes=name == "log", detached=seeds, gated=not (seeds or name == "log")
                     )
                     add_func(host, name, guarded, self._lift_cap)
         run_index = self.component.get_export_index("run")
@@ -994,6 +1014,7 @@ class Sandbox:
             "wait-for-event": self._wait_for_event,
             "log": self._log,
             "seed-bytes": self._seed_bytes,
+            "run-seed": self._run_seed,
             "call": self._call,
         }
 
@@ -1324,6 +1345,9 @@ class Sandbox:
             act.random_bytes(min(WASI_READ_BYTES, length - done)) for done in range(0, length, WASI_READ_BYTES)
         )
 
+    def _run_seed(self, act: _Activation | _Detached) -> bytes:
+        return act.run_seed()
+
     def _fetch_request(self, act: _Activation, capability: str, request: str) -> Record | tuple[Grants, dict[str, Any]]:
         """A fetch request, checked, with the grants it runs under; or the failure to answer."""
         if capability != "fetch":
@@ -1386,6 +1410,9 @@ class _Detached:
 
     def random_bytes(self, length: int) -> bytes:
         return os.urandom(length)
+
+    def run_seed(self) -> bytes:
+        return os.urandom(RUN_SEED_BYTES)
 
 
 _DETACHED = _Detached()

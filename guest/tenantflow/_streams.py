@@ -28,28 +28,32 @@ class Streams(random.Random):
     WASI reads of 256, and seeds exactly as CPython would have from them: the same state, so the same draws.
 
     `skip_first_reseed`: the first `seed()` without an argument does nothing (componentize-py's first call into an
-    isolate reseeds `random`; the sandbox's harness reseeds at the start of each run instead, from the instance's
-    stream, so that one would be work for nothing)."""
+    isolate reseeds `random`; the sandbox's harness seeds each run from the run's seed instead, so that one would be
+    work for nothing).
+
+    `seed_at_first_draw(run_seed)`: the stream is seeded from `run_seed()`'s bytes, as `seed()` from `seed_bytes`, at
+    its first use (a draw, or `getstate`) unless something seeds it before; most workflows never draw, and ask nothing.
+    """
 
     def __init__(self, seed_bytes: Callable[[int], bytes] | None = None, skip_first_reseed: bool = False) -> None:
         self._seed_bytes: Callable[[int], bytes] | None = None
+        self._run_seed: Callable[[], bytes] | None = None
         self._real: random.Random | None = None
         self._body: random.Random | None = None
         super().__init__()  # seeded as CPython seeds (at build time: the snapshot's state, reseeded by each run)
         self._seed_bytes = seed_bytes
         self._skip_reseed = skip_first_reseed
 
-    def seed(self, a: Any = None, version: int = 2) -> None:
-        if self._body is not None:
-            self._body.seed(a, version)
-            return
-        if a is not None or self._seed_bytes is None:
-            super().seed(a, version)
-            return
-        if self._skip_reseed:
-            self._skip_reseed = False
-            return
-        key = self._seed_bytes(SEED_BYTES)
+    def seed_at_first_draw(self, run_seed: Callable[[], bytes]) -> None:
+        self._run_seed = run_seed
+
+    def _unseeded(self) -> None:
+        """Seed from the run's seed, which nothing has replaced since `seed_at_first_draw`."""
+        run_seed, self._run_seed = self._run_seed, None
+        if run_seed is not None:
+            self._seed_from(run_seed())
+
+    def _seed_from(self, key: bytes) -> None:
         number = int.from_bytes(key, "little")
         if number >> (SEED_BYTES * 8 - 32):
             # An int seeds `init_by_array` with its 32-bit words, little-endian: all 624 while the last is not 0.
@@ -57,11 +61,29 @@ class Streams(random.Random):
         else:  # fewer words would be used (one key in 2**32): set the state that all 624 give
             super().setstate((3, (*mt_state(key), 624), None))
 
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        if self._body is not None:
+            self._body.seed(a, version)
+            return
+        if a is None and self._seed_bytes is not None and self._skip_reseed:
+            self._skip_reseed = False
+            return
+        self._run_seed = None
+        if a is not None or self._seed_bytes is None:
+            super().seed(a, version)
+            return
+        self._seed_from(self._seed_bytes(SEED_BYTES))
+
     def getstate(self) -> tuple[Any, ...]:
-        return super().getstate() if self._body is None else self._body.getstate()
+        if self._body is not None:
+            return self._body.getstate()
+        if self._run_seed is not None:
+            self._unseeded()
+        return super().getstate()
 
     def setstate(self, state: tuple[Any, ...]) -> None:
         if self._body is None:
+            self._run_seed = None
             super().setstate(state)
         else:
             self._body.setstate(state)
@@ -76,15 +98,27 @@ class Streams(random.Random):
 
     def random(self) -> float:
         body = self._body
-        return super().random() if body is None else body.random()
+        if body is not None:
+            return body.random()
+        if self._run_seed is not None:
+            self._unseeded()
+        return super().random()
 
     def getrandbits(self, k: int, /) -> int:
         body = self._body
-        return super().getrandbits(k) if body is None else body.getrandbits(k)
+        if body is not None:
+            return body.getrandbits(k)
+        if self._run_seed is not None:
+            self._unseeded()
+        return super().getrandbits(k)
 
     def randbytes(self, n: int) -> bytes:
         body = self._body
-        return super().randbytes(n) if body is None else body.randbytes(n)
+        if body is not None:
+            return body.randbytes(n)
+        if self._run_seed is not None:
+            self._unseeded()
+        return super().randbytes(n)
 
 
 class _BodyStream(random.Random):

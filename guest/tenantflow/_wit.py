@@ -117,3 +117,6 @@ class WitTransport:
 
     def seed_bytes(self, length: int) -> bytes:
         return bytes(host.seed_bytes(length))
+
+    def run_seed(self) -> bytes:
+        return bytes(host.run_seed())

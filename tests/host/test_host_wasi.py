@@ -184,25 +184,78 @@ def test_a_body_asks_for_random_bytes_only_if_it_draws(
 
 
 class _CountingSandbox(Sandbox):
-    """Records the lengths the guest asks of `seed-bytes`."""
+    """Records what the guest asks of `seed-bytes` (lengths) and `run-seed`."""
 
-    seeds: list[int]
+    seeds: list[int | str]
 
     def _seed_bytes(self, act: Any, length: int) -> bytes:
         self.seeds.append(length)
         return super()._seed_bytes(act, length)
 
+    def _run_seed(self, act: Any) -> bytes:
+        self.seeds.append("run-seed")
+        return super()._run_seed(act)
 
-def test_the_start_up_reseed_is_one_host_call() -> None:
+
+@pytest.mark.parametrize(
+    ("body", "asked"),
+    [
+        ("return 1", []),  # most workflows never draw outside a step body: nothing is asked
+        ("return step.do('s', lambda: random.random())", []),
+        ("return [random.random(), random.random()]", ["run-seed"]),
+        ("random.seed()\n    return random.random()", [2496]),  # not ten WASI reads of 256
+    ],
+)
+def test_the_run_seed_is_asked_at_the_first_draw_outside_a_body(body: str, asked: list[int | str]) -> None:
     counting = _CountingSandbox()
     counting.seeds = []
     try:
-        source = "def run(event, step):\n    return 1\n"
+        source = f"import random\ndef run(event, step):\n    {body}\n"
         outcome, _ = run(counting, source, seed=b"golden-seed", clock_start=1.0)
         assert isinstance(outcome, Completed), outcome
-        assert counting.seeds == [2496]  # not ten WASI reads of 256
+        assert counting.seeds == asked
     finally:
         counting.close()
+
+
+# What each source drew when every run reseeded `random` at its start (the build before the run seed was asked at
+# the first draw): the draws of the instance stream keep their order whatever the workflow draws first.
+EARLIER_DRAWS = {
+    "first = os.urandom(4).hex()\n    x = random.random()\n    random.seed()\n"
+    "    return [first, x, random.random(), os.urandom(4).hex()]": [
+        "fb14ecaa",
+        0.6158914879863611,
+        0.969094642996345,
+        "09e3d231",
+    ],
+    "random.seed(3)\n    a = random.random()\n    random.seed()\n"
+    "    return [a, random.random(), os.urandom(4).hex()]": [
+        0.23796462709189137,
+        0.5895825485047055,
+        "167fb0eb",
+    ],
+    "s = random.getstate()\n    return [s[1][0], s[1][1], s[1][623], random.random()]": [
+        2147483648,
+        4278499681,
+        1666881464,
+        0.6158914879863611,
+    ],
+    "a = step.do('s', lambda: random.random() < 2)\n    return [a, random.randint(0, 10**9), os.urandom(4).hex()]": [
+        True,
+        661308455,
+        "fb14ecaa",
+    ],
+    "random.setstate(random.Random(5).getstate())\n    a = random.random()\n    random.seed()\n"
+    "    return [a, random.random(), os.urandom(4).hex()]": [0.6229016948897019, 0.5895825485047055, "167fb0eb"],
+}
+
+
+@pytest.mark.parametrize("body", list(EARLIER_DRAWS))
+def test_a_run_draws_what_a_reseed_at_its_start_drew(sandbox: Sandbox, body: str) -> None:
+    source = f"import random, os\ndef run(event, step):\n    {body}\n"
+    outcome, _ = run(sandbox, source, seed=b"golden-seed", clock_start=1.0)
+    assert isinstance(outcome, Completed), outcome
+    assert json.loads(outcome.output) == EARLIER_DRAWS[body]
 
 
 def test_an_export_called_outside_an_activation_still_starts(sandbox: Sandbox) -> None:

@@ -177,7 +177,8 @@ def test_making_an_isolate_asks_nothing_of_an_activation(sandbox: Sandbox, monke
 
 def test_each_isolate_made_is_prepared_and_charged_for_it(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """`prepare` takes componentize-py's first-call set-up (the environment and the arguments: two host calls; its
-    reseed of `random` is skipped) out of the activation, whose run then asks only for its seed's bytes."""
+    reseed of `random` is skipped) out of the activation, whose run then asks nothing more (its
+    seed's bytes only at its first draw from `random`)."""
     from tenantflow.host import _wasmtime
 
     host_calls: list[int] = []
@@ -205,7 +206,7 @@ def test_each_isolate_made_is_prepared_and_charged_for_it(sandbox: Sandbox, monk
         host_calls.clear()
         outcome = _run(box, "def run(event, step):\n    return 1\n", Limits())
         assert isinstance(outcome, Completed), outcome
-        assert len(host_calls) == 2 + 1  # made and prepared on the spot, then the run's `seed-bytes`
+        assert len(host_calls) == 2  # made and prepared on the spot; a run that never draws asks no `run-seed`
     finally:
         box.close()
 

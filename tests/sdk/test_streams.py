@@ -52,3 +52,41 @@ def test_a_body_seeds_and_sets_its_own_stream_never_the_workflows() -> None:
     streams.leave_body()
     assert streams.getstate() == workflow
     assert streams.random() == random.Random(7).random()
+
+
+def test_the_run_seed_is_asked_at_the_first_draw_and_never_without_one() -> None:
+    key = os.urandom(SEED_BYTES - 4) + b"\x01\x00\x00\x80"
+    asked: list[str] = []
+
+    def run_seed() -> bytes:
+        asked.append("run-seed")
+        return key
+
+    streams = Streams(lambda n: os.urandom(n))
+    streams.seed_at_first_draw(run_seed)
+    streams.enter_body()
+    streams.random()  # a body draws from its own stream
+    streams.leave_body()
+    assert asked == []
+    expected = random.Random(int.from_bytes(key, "little"))
+    assert [streams.random(), streams.getrandbits(64), streams.randbytes(3)] == [
+        expected.random(),
+        expected.getrandbits(64),
+        expected.randbytes(3),
+    ]
+    assert streams.randint(0, 10**9) == expected.randint(0, 10**9)  # built on the primitives
+    assert asked == ["run-seed"]
+
+
+def test_getstate_seeds_first_and_a_seed_or_state_set_before_any_draw_replaces_the_run_seed() -> None:
+    key = os.urandom(SEED_BYTES - 4) + b"\x01\x00\x00\x80"
+    streams = Streams(lambda n: os.urandom(n))
+    streams.seed_at_first_draw(lambda: key)
+    assert streams.getstate() == random.Random(int.from_bytes(key, "little")).getstate()
+    asked: list[int] = []
+    for replace in (lambda s: s.seed(5), lambda s: s.setstate(random.Random(5).getstate())):
+        streams = Streams(lambda n: asked.append(n) or os.urandom(n))
+        streams.seed_at_first_draw(lambda: (asked.append(0), key)[1])
+        replace(streams)
+        assert streams.random() == random.Random(5).random()
+    assert asked == []
