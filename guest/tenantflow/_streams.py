@@ -126,7 +126,9 @@ class _BodyStream(random.Random):
     (`random.Random()` would read 2,496 bytes, ten calls of 256); most bodies draw nothing, and make no call."""
 
     def __init__(self) -> None:
-        super().__init__(0)  # a placeholder state, replaced before anything draws from it
+        # Not `super().__init__()`, which seeds (CPython's `init_by_array`: ~90,000 fuel in the guest, a tenth of a
+        # short activation's own) only for `_seed_once` to seed again: the state is set before anything reads it.
+        self.gauss_next = None
         self._seeded = False
 
     def _seed_once(self) -> None:

@@ -90,3 +90,27 @@ def test_getstate_seeds_first_and_a_seed_or_state_set_before_any_draw_replaces_t
         replace(streams)
         assert streams.random() == random.Random(5).random()
     assert asked == []
+
+
+def test_the_bodies_stream_is_seeded_once_at_its_first_use() -> None:
+    from tenantflow import _streams
+
+    seeded: list[int] = []
+    original = random.Random.seed
+
+    def counting(self: random.Random, a: object = None, version: int = 2) -> None:
+        seeded.append(1)
+        original(self, a, version)  # type: ignore[arg-type]
+
+    random.Random.seed = counting  # type: ignore[method-assign]
+    try:
+        body = _streams._BodyStream()
+        assert seeded == []  # no placeholder seeding
+        first = [body.random() for _ in range(3)]
+        assert len(seeded) == 1
+    finally:
+        random.Random.seed = original  # type: ignore[method-assign]
+    assert first != [_streams._BodyStream().random() for _ in range(3)]  # from the CSPRNG
+    given = _streams._BodyStream()
+    given.seed(7)
+    assert given.random() == random.Random(7).random()
