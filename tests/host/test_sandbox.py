@@ -601,3 +601,46 @@ def test_the_first_call_with_effects_waits_for_ready(sandbox: Sandbox, answer: b
         failed(outcome, "Cancelled")
         assert journal.attempts == [] and journal.results == {}
     assert outcome.stats.log == "before\nin run\n"
+
+
+class _GuestFuel(Sandbox):
+    """Records the fuel the guest burns between two of its host calls (the Store's counter read as each host
+    function begins, against its value once the previous call was metered): its own instructions, deterministic."""
+
+    segments: list[tuple[str, int]]
+    _since: int | None = None
+
+    def _meter(self) -> None:
+        super()._meter()
+        act = getattr(self._local, "activation", None)
+        self._since = None if act is None else act.fuel.get()
+
+    def _step_begin(self, act: Any, *args: Any, **kwargs: Any) -> Any:
+        self._record("begin", act)
+        return super()._step_begin(act, *args, **kwargs)
+
+    def _step_complete(self, act: Any, *args: Any, **kwargs: Any) -> Any:
+        self._record("complete", act)
+        return super()._step_complete(act, *args, **kwargs)
+
+    def _record(self, what: str, act: Any) -> None:
+        if self._since is not None:
+            self.segments.append((what, self._since - act.fuel.get()))
+        self._since = None
+
+
+def test_the_snapshot_holds_the_sdk_warmed(sandbox: Sandbox) -> None:
+    """guest/app.py runs a short workflow at build time, so a run's first step costs the guest about what its later
+    ones do: CPython's adaptive interpreter specializes an instruction the first times it runs, and without the
+    warm-up every fresh isolate did that again (its first body burnt ~2.1x a later one's fuel; ~1.2x with it)."""
+    box = _GuestFuel(sandbox.component, sandbox.engine, pool=0)
+    try:
+        source = "def run(event, step):\n    return [step.do('s', lambda: {'i': i}) for i in range(6)]\n"
+        box.segments = []
+        outcome = box.run(source, {"payload": None}, MemJournal(), seed=b"s")
+        assert isinstance(outcome, Completed), outcome
+        bodies = [fuel for what, fuel in box.segments if what == "complete"]
+        assert len(bodies) == 6
+        assert bodies[0] < 1.5 * min(bodies[2:]), bodies
+    finally:
+        box.close()
