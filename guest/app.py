@@ -4,7 +4,7 @@ Everything imported here is loaded at build time and lands in componentize-py's
 pre-initialized snapshot, so a fresh isolate starts with it already imported.
 """
 
-import asyncio  # noqa: F401  (async workflows: tenantflow._loop)
+import asyncio
 import base64  # noqa: F401  (preloaded for tenant code)
 import collections  # noqa: F401
 import dataclasses  # noqa: F401
@@ -258,26 +258,50 @@ class WitWorld(wit_world.WitWorld):
         return text
 
 
-_WARM_SOURCE = """
+_WARM_SOURCES = (
+    """
 def run(event, step):
     done = [step.do(f"s{i}", lambda: {"i": i, "ok": True}) for i in range(event.payload["steps"])]
     print("done", len(done))
     return {"steps": done}
-"""
+""",
+    """
+import asyncio
+
+async def run(event, step):
+    done = [await step.do(f"s{i}", lambda: {"i": i, "ok": True}) for i in range(event.payload["steps"])]
+    both = await asyncio.gather(step.do("a", lambda: 1), step.do("b", lambda: 2))
+    print("done", len(done))
+    return {"steps": done, "both": both}
+""",
+)
 
 
 def _warm() -> None:
-    """Run a short workflow once, at build time, against stand-ins for the host's functions: the snapshot then holds
+    """Run short workflows once, at build time, against stand-ins for the host's functions: the snapshot then holds
     the harness's and the SDK's bytecode specialized (CPython's adaptive interpreter rewrites an instruction the first
-    times it runs it), which every run would otherwise redo in its fresh isolate. It leaves nothing of its own behind:
-    no source in `linecache`, `random`'s streams as they were, the host's functions put back."""
-    imports = {name: getattr(host, name) for name in ("step_begin", "step_complete", "log")}
-    host.step_begin = lambda name, config: host.Plan_Run(1)
-    host.step_complete = lambda name, count, attempt: host.Plan_Done(attempt.value)
-    host.log = lambda fd, text: None
+    times it runs it), which every run would otherwise redo in its fresh isolate. A plain workflow and an async one
+    (its loop, its tasks side by side). They leave nothing of their own behind: no source in `linecache`, `random`'s
+    streams as they were, no event loop set, the host's functions put back."""
+    stand_ins = {
+        "step_begin": lambda name, config: host.Plan_Run(1),
+        "step_complete": lambda name, count, attempt: host.Plan_Done(attempt.value),
+        "log": lambda fd, text: None,
+        "concurrent": lambda: None,
+        "enter": lambda name, count: None,
+        "leave": lambda: None,
+        "poll": lambda timeout_ms: host.Polled(0, []),
+    }
+    imports = {name: getattr(host, name) for name in stand_ins}
+    for name, fn in stand_ins.items():
+        setattr(host, name, fn)
     try:
         event = json.dumps({"payload": {"steps": 8}, "timestamp": 0.0, "instance_id": "warm"})
-        WitWorld()._run(_WARM_SOURCE, _compile(_WARM_SOURCE), event)
+        for source in _WARM_SOURCES:
+            WitWorld()._run(source, _compile(source), event)
+            if source is _WARM_SOURCES[1]:
+                asyncio.get_event_loop().close()
+                asyncio.set_event_loop(None)
     finally:
         for name, fn in imports.items():
             setattr(host, name, fn)
