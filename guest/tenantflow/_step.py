@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import random
+import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, TypeVar, overload
@@ -222,13 +223,17 @@ def _raise_failure(failure: Failure, cause: BaseException | None = None) -> NoRe
     raise (error or StepError(failure.name, failure.message)) from cause
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""The control characters a name may not have (C0, DEL and C1)."""
+
+
 def _check_name(name: Any) -> str:
     """A step, sleep or wait name: 1-256 characters, no control characters (ValueError, at the call)."""
     if not isinstance(name, str) or not name:
         raise TypeError("a step name is a non-empty string")
     if len(name) > MAX_NAME:
         raise ValueError(f"a step name is at most {MAX_NAME} characters, got {len(name)}")
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+    if _CONTROL.search(name):
         raise ValueError(f"a step name has no control characters: {name[:60]!r}")
     return name
 
@@ -407,8 +412,11 @@ class Step:
             raise TypeError("step.do(name, fn) or step.do(name, config, fn)")
         if rollback is not None and not callable(rollback):
             raise TypeError("rollback is a function of the step's output (and a context)")
-        given = {k: v for k, v in (("retries", retries), ("timeout", timeout), ("cpu", cpu)) if v is not None}
-        undo_options = _rollback_options(rollback_config)
+        if retries is None and timeout is None and cpu is None:
+            given: dict[str, Any] = {}
+        else:
+            given = {k: v for k, v in (("retries", retries), ("timeout", timeout), ("cpu", cpu)) if v is not None}
+        undo_options = {} if rollback_config is None else _rollback_options(rollback_config)
         if self.concurrent:
             if fn is None:
                 return lambda body: _StepCall(self, name, given, body, rollback, undo_options)
