@@ -306,8 +306,7 @@ def _warm() -> None:
         for name, fn in imports.items():
             setattr(host, name, fn)
         linecache.cache.pop(FILENAME, None)
-        _streams.leave_body()
-        _streams._real = None
+        _streams.forget_bodies()
 
 
 _warm()

@@ -96,6 +96,10 @@ class Streams(random.Random):
     def leave_body(self) -> None:
         self._body = None
 
+    def forget_bodies(self) -> None:
+        """Drop the bodies' stream: the next body's first draw makes it again, seeded from the CSPRNG."""
+        self._body = self._real = None
+
     def random(self) -> float:
         body = self._body
         if body is not None:
