@@ -106,12 +106,17 @@ class _Call:
         self.name = name
         self.count = count
         self.given = given
-        retries = given.get("retries")
-        self.config = step_config(retries, given.get("timeout"), given.get("cpu"))
-        delay = retries.get("delay") if isinstance(retries, dict) else None
-        self.delay: Callable[[StepContext, BaseException], Any] | None = delay if callable(delay) else None
-        limit = retries.get("limit", 5) if isinstance(retries, dict) else 5
-        self.limit: int = limit
+        self.delay: Callable[[StepContext, BaseException], Any] | None = None
+        self.limit: int = 5
+        if not given:  # the defaults (most steps)
+            self.config = "{}"
+        else:
+            retries = given.get("retries")
+            self.config = step_config(retries, given.get("timeout"), given.get("cpu"))
+            if isinstance(retries, dict):
+                delay = retries.get("delay")
+                self.delay = delay if callable(delay) else None
+                self.limit = retries.get("limit", 5)
         self.fn = fn
         self.with_context = False
         self.output: Any = None
