@@ -34,11 +34,6 @@ WORKFLOWS = {
 }
 
 
-class _Journal(FastJournal):
-    def moment(self, call: Any) -> None:
-        return None
-
-
 class FuelSandbox(Sandbox):
     """Adds up the guest's fuel between host calls: before the first `step-begin`, inside each body, between steps."""
 
@@ -102,7 +97,7 @@ def measure(box: FuelSandbox, source: str) -> dict[str, Any]:
     code = box.compile(source)
     assert isinstance(code, bytes), code
     box.reset()
-    outcome = box.run(source, {"payload": None}, _Journal(), code=code, seed=b"bench")
+    outcome = box.run(source, {"payload": None}, FastJournal(), code=code, seed=b"bench")
     assert isinstance(outcome, Completed), outcome
     between = box.between[: len(box.bodies) - 1]  # after the last step: nothing ends it with a host call
     total = box.start + sum(box.bodies) + sum(between)

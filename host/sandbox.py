@@ -165,12 +165,19 @@ SKIPPED_DRAWS = 10
 WASI_READ_BYTES = 256
 # A run's seed for `random`: what CPython's `seed()` reads (624 32-bit words), drawn as WASI reads would draw it.
 RUN_SEED_BYTES = 2496
-RUN_SEED_DRAWS = -(-RUN_SEED_BYTES // WASI_READ_BYTES)
 
 
 def _draw(seed: bytes, number: int, length: int) -> bytes:
     """Draw `number` (from 1) of the random stream of an instance's `seed`."""
     return hashlib.shake_256(seed + number.to_bytes(8, "big")).digest(length)
+
+
+def _read_sizes(length: int) -> list[int]:
+    """The sizes of the WASI random reads that would give `length` bytes (WASI_READ_BYTES at most each)."""
+    return [min(WASI_READ_BYTES, length - done) for done in range(0, length, WASI_READ_BYTES)]
+
+
+RUN_SEED_DRAWS = len(_read_sizes(RUN_SEED_BYTES))
 
 
 @dataclass
@@ -304,10 +311,7 @@ class _Activation:
         if self.seed is None:
             return os.urandom(RUN_SEED_BYTES)
         seed = self.seed
-        return b"".join(
-            _draw(seed, SKIPPED_DRAWS + 1 + n, min(WASI_READ_BYTES, RUN_SEED_BYTES - done))
-            for n, done in enumerate(range(0, RUN_SEED_BYTES, WASI_READ_BYTES))
-        )
+        return b"".join(_draw(seed, SKIPPED_DRAWS + 1 + n, size) for n, size in enumerate(_read_sizes(RUN_SEED_BYTES)))
 
     @functools.cached_property
     def lift_cap(self) -> int:
@@ -1341,9 +1345,7 @@ class Sandbox:
         from the instance's stream (outside step bodies), in one host call instead of one per read."""
         if length > MAX_RANDOM_BYTES:
             raise invalid_call("seed-bytes", f"{length} bytes asked, at most {MAX_RANDOM_BYTES}")
-        return b"".join(
-            act.random_bytes(min(WASI_READ_BYTES, length - done)) for done in range(0, length, WASI_READ_BYTES)
-        )
+        return b"".join(act.random_bytes(size) for size in _read_sizes(length))
 
     def _run_seed(self, act: _Activation | _Detached) -> bytes:
         return act.run_seed()
