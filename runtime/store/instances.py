@@ -20,7 +20,7 @@ from tenantflow.runtime.store import codec
 from tenantflow.runtime.store._sql import KEY, Tx, columns, key_params
 from tenantflow.runtime.store.core import StoreCore
 from tenantflow.runtime.store.rows import BucketRow, CountRow, InstanceRow, StatusCountRow, SummaryRow, WorkflowCountRow
-from tenantflow.runtime.store.scheduling import claim_created, nothing_due
+from tenantflow.runtime.store.scheduling import created_room
 from tenantflow.runtime.store.tenants import lock_live_tenant
 from tenantflow.runtime.store.usage import add_usage
 from tenantflow.runtime.usage import day_of
@@ -126,26 +126,34 @@ class Instances(StoreCore):
             raise NotFound(f"no workflow {version.workflow!r}")  # deleted since its versions were read
         if per_minute is not None:
             take_tokens(tx, self.for_update, tenant_id, per_minute, len(items), now)
-        fair = handoff is not None and nothing_due(tx, now)
+        # The first `leasing` are leased to the hand-off as they are inserted: running, fence 1, as a claim would
+        # leave them (no update of their own: four index pages fewer in the create's commit).
+        leasing = 0 if handoff is None else created_room(tx, tenant_id, len(items), handoff, now)
+        owner, lease_until = (handoff.owner, now + handoff.lease_s) if handoff is not None else (None, None)
         inserts = []
-        for instance_id, params in items:
+        for index, (instance_id, params) in enumerate(items):
             blob = codec.encode(params)
+            leased = index < leasing
             inserts.append(
                 tx.send(
                     "INSERT INTO instances (tenant_id, workflow, instance_id, version, source_hash, status, "
-                    "params, created_at, updated_at, wake_at, stored_bytes) "
-                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING instance_id",
+                    "params, created_at, updated_at, wake_at, stored_bytes, lease_owner, lease_until, fence) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING instance_id",
                     (
                         tenant_id,
                         version.workflow,
                         instance_id,
                         version.version,
                         version.source_hash,
+                        "running" if leased else "queued",
                         blob,
                         now,
                         now,
                         now,
                         len(blob),
+                        owner if leased else None,
+                        lease_until if leased else None,
+                        1 if leased else 0,
                     ),
                 )
             )
@@ -164,12 +172,13 @@ class Instances(StoreCore):
                     stored_bytes=len(blob),
                 )
             )
-        taken = [i.instance_id for insert, i in zip(inserts, created, strict=True) if insert.scalar() is None]
+        inserted = [insert.scalar() is not None for insert in inserts]
+        taken = [i.instance_id for i, done in zip(created, inserted, strict=True) if not done]
         if taken and all_or_none:
             raise Conflict(f"instance {taken[0]!r} already exists")
         add_usage(tx, tenant_id, version.workflow, day_of(now), instances=len(created) - len(taken))
-        new = [i for i in created if i.instance_id not in set(taken)]
-        claims = [] if handoff is None else claim_created(tx, tenant_id, [i.key for i in new], handoff, now, fair=fair)
+        new = [i for i, done in zip(created, inserted, strict=True) if done]
+        claims = [Claim(i.key, 1) for i, done in zip(created[:leasing], inserted, strict=False) if done]
         return Created(new, taken, claims)
 
     def instance(self, key: InstanceKey) -> Instance:

@@ -44,32 +44,20 @@ def nothing_due(tx: Tx, now: float) -> bool:
     return at is None or float(at) > now
 
 
-def claim_created(
-    tx: Tx, tenant_id: str, keys: Sequence[InstanceKey], handoff: Handoff, now: float, *, fair: bool
-) -> list[Claim]:
-    """In the transaction that created `keys` (queued, due now) of `tenant_id`, whose tenant row it holds: lease
-    as many as the hand-off's slots and the tenant's room allow (counted as a claim counts it), if `fair` (nothing
-    else was due before they were created: the fair claim would have chosen them too). Their claims."""
-    if not fair or not keys:
-        return []
+def created_room(tx: Tx, tenant_id: str, count: int, handoff: Handoff, now: float) -> int:
+    """In the transaction that creates `count` instances (queued, due now) of `tenant_id`, whose tenant row it
+    holds: how many of them to lease to the hand-off at once (inserted running), as many as its slots and the
+    tenant's room allow (counted as a claim counts it), if nothing else is due (the fair claim would have chosen
+    them too); else none."""
+    if not count or not nothing_due(tx, now):
+        return 0
     quotas = tx.scalar("SELECT quotas FROM tenants WHERE tenant_id = ?", (tenant_id,))
     live = tx.scalar(
         "SELECT COUNT(*) AS n FROM instances WHERE tenant_id = ? AND status = 'running' AND lease_until >= ?",
         (tenant_id, now),
     )
     room = min(max_concurrent(quotas), handoff.max_per_tenant) - int(live or 0)
-    leases = [
-        (
-            key,
-            tx.send(
-                "UPDATE instances SET status = 'running', lease_owner = ?, lease_until = ?, fence = fence + 1 "
-                f"WHERE {KEY} AND status = 'queued' RETURNING fence",
-                (handoff.owner, now + handoff.lease_s, *key_params(key)),
-            ),
-        )
-        for key in keys[: max(0, min(room, handoff.slots))]
-    ]
-    return leased(leases)
+    return max(0, min(room, handoff.slots, count))
 
 
 def leased(leases: Sequence[tuple[InstanceKey, Later]]) -> list[Claim]:

@@ -586,6 +586,23 @@ def test_a_create_that_fails_hands_off_nothing(store: SQLStore) -> None:
         store.instance(InstanceKey("acme", "wf", "i2"))
 
 
+def test_a_batch_hands_off_only_what_it_created(store: SQLStore) -> None:
+    """Leased as they are inserted: an id already taken is neither created nor claimed (its slot stays free),
+    and what the batch created beyond the slots waits queued for the dispatcher."""
+    make_tenant(store)
+    version = deployed(store)
+    store.create_instances("acme", version, [("i1", None)], T0)
+    claim_one(store, T0)
+    done = store.create_available(
+        "acme", version, [("i1", None), ("i2", None), ("i3", None)], T0 + 1, handoff=Handoff("w1", 2, LEASE, 4)
+    )
+    assert done.taken == ["i1"] and [i.instance_id for i in done.instances] == ["i2", "i3"]
+    assert [(c.key.instance_id, c.fence) for c in done.claims] == [("i2", 1)]
+    assert set(store.held("w1", done.claims)) == set(done.claims)
+    assert store.instance(InstanceKey("acme", "wf", "i3")).status == "queued"
+    assert store.instance(InstanceKey("acme", "wf", "i1")).fence == 1  # the earlier claim's, untouched
+
+
 def test_an_end_leases_what_its_slot_runs_next_fairly(store: SQLStore) -> None:
     """`finish_and_claim`: the slot an ending activation leaves goes to what a claim would choose now: the tenant
     with the fewest running first, within its concurrency; nothing when nothing is due."""
