@@ -208,6 +208,22 @@ class Ready(Protocol):
 
 
 @runtime_checkable
+class Deferring(Protocol):
+    """A journal that may answer a step's `step_complete` with Done before its write has committed (`pending`).
+
+    The workflow's code goes on meanwhile, up to its next host call with an effect outside the sandbox (every
+    host call but the log and the random bytes), before which the host calls `flush`: that commits the write, or
+    raises what the write would have raised (Suspend, Abort). What the workflow did in between touched nothing
+    but its own isolate. A write still pending when the activation ends is the caller's of `Sandbox.run` to
+    commit (with the end, in one commit) or to `flush`."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def flush(self) -> None: ...
+
+
+@runtime_checkable
 class Parking(Protocol):
     """A journal that can hold an isolate through a wait (hot resume) instead of ending the activation."""
 

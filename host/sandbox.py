@@ -54,6 +54,7 @@ from tenantflow.host.fetch import FetchError, fetch
 from tenantflow.host.journal import (
     Abort,
     Attempt,
+    Deferring,
     Done,
     EventTimeout,
     Journal,
@@ -223,6 +224,8 @@ class _Activation:
     cancelled: bool = False
     # Until it is passed (None since): host calls with effects outside the sandbox wait for it (`Sandbox.run`).
     ready: Ready | None = None
+    # The journal holds a write it answered before committing (`Deferring`): flushed before the next gated call.
+    unflushed: bool = False
     cpu_mark: float = 0.0
     fuel_mark: int = 0
     checked_at: float = 0.0
@@ -259,6 +262,17 @@ class _Activation:
     def parking(self) -> bool:
         """Whether the journal can park (a runtime-checkable Protocol's isinstance is slow: asked once)."""
         return isinstance(self.journal, Parking)
+
+    @functools.cached_property
+    def deferring(self) -> Deferring | None:
+        """The journal, if it may leave a step's write pending (`Deferring`); asked once."""
+        return self.journal if isinstance(self.journal, Deferring) else None
+
+    def flush(self) -> None:
+        """Commit the journal's pending write before a host call with an effect (see `Deferring`)."""
+        self.unflushed = False
+        if self.deferring is not None:
+            self.journaled(self.deferring.flush)
 
     def next_call(self, name: str, kind: Any) -> StepCall:
         parent = None
@@ -512,6 +526,8 @@ class _Activation:
             return fn(*args)
         finally:
             self.journal_s += time.perf_counter() - started
+            if self.deferring is not None and self.deferring.pending:
+                self.unflushed = True
 
     def meter(self, force: bool = False) -> None:
         """Charge the thread CPU time that the fuel did not count (the host's work) since the last check.
@@ -757,6 +773,9 @@ class Sandbox:
         the guest starts and runs the workflow's code, but its first host call with an effect outside the sandbox
         (a durable call, and so any step body, a capability call) waits until `ready.wait()` answers; False ends
         the activation Cancelled. The random bytes of a reseed and the log do not wait, nor does WASI.
+
+        A journal that is `Deferring` may answer a step's completion before its write commits: the same host calls
+        wait for that write (`flush`); one still pending when the run ends is the caller's to commit.
         """
         args: tuple[Any, ...]
         if code is None:
@@ -991,6 +1010,8 @@ class Sandbox:
             try:
                 if gated and act.ready is not None:
                     _wait_ready(act)
+                if gated and act.unflushed:
+                    act.flush()
                 for arg in () if checks_sizes else args:
                     if isinstance(arg, TooLarge):
                         raise invalid_call(call, f"an argument of {arg.size} bytes is longer than the host accepts")
@@ -1143,7 +1164,7 @@ class Sandbox:
         else:
             act.progressed = True
             if not isinstance(plan, Run) and act.should_checkpoint():
-                # The attempt is committed: the replay in a fresh activation returns it.
+                # The attempt is journaled (committed before the end, if not yet): the replay returns it.
                 raise Suspend(CHECKPOINT_REASON)
         return self._plan(act, flight.call, flight.config, plan)
 

@@ -18,6 +18,7 @@ from tenantflow.host import (
     Limits,
     Outcome,
     Sandbox,
+    Suspend,
     Suspended,
 )
 from tenantflow.runtime import logs
@@ -27,7 +28,7 @@ from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.engine.metrics import Metrics
 from tenantflow.runtime.engine.parking import Parker
 from tenantflow.runtime.records import ActivationCounts, ActivationState, Claim, Handoff, InstanceKey, Quotas
-from tenantflow.runtime.store import EndFields, LeaseLost, SQLStore
+from tenantflow.runtime.store import PAUSING_STATUSES, EndFields, LeaseLost, Recording, SQLStore
 
 log = logging.getLogger("tenantflow.executor")
 
@@ -115,23 +116,24 @@ class Executor:
             self.on_write,
         )
         try:
-            outcome = self._run(state, journal, cancel)
+            outcome = self._flushed(journal, self._run(state, journal, cancel))
         except Exception:
             if not _created(state):
                 return Activated(claim, "cancelled", None)
-            now = self.clock.now()
-            errored = self.store.host_fault(claim, now, now + RETRY_AFTER_HOST_ERROR_S, MAX_HOST_FAULTS)
-            if errored:
-                log.exception(
-                    "activation of %s failed in the host %d times in a row; errored", claim.key, MAX_HOST_FAULTS
-                )
-                return Activated(claim, "errored", None)
-            log.exception("activation of %s failed in the host; retrying in %s s", claim.key, RETRY_AFTER_HOST_ERROR_S)
-            return Activated(claim, "waiting", None)
+            try:  # a step that finished before the fault is kept, as it was when its call committed it
+                journal.flush()
+            except Exception:
+                log.debug("the pending step of %s was not written", claim.key, exc_info=True)
+            return self._faulted(claim)
         if not _created(state):  # handed over by a create that did not commit: nothing to write to
             return Activated(claim, "cancelled", None)
         ender = _Ender(self.store, claim, successor)
-        status = self._record(ender, journal, outcome)
+        try:
+            status = self._record(ender, journal, outcome)
+        except Exception:
+            if not ender.carried_step:
+                raise
+            return self._faulted(claim)  # the step's write failed with the end, as it would have in its call
         try:
             self._log(claim, state.instance.version, status, outcome)
             if self.metrics is not None:
@@ -139,6 +141,16 @@ class Executor:
         except Exception:  # the end is recorded (and may have leased what runs next): reporting it must not undo that
             log.exception("reporting the end of %s failed", claim.key)
         return Activated(claim, status, outcome, ender.successors)
+
+    def _faulted(self, claim: Claim) -> Activated:
+        """The activation failed in the host: retried a little later, errored after MAX_HOST_FAULTS in a row."""
+        now = self.clock.now()
+        errored = self.store.host_fault(claim, now, now + RETRY_AFTER_HOST_ERROR_S, MAX_HOST_FAULTS)
+        if errored:
+            log.exception("activation of %s failed in the host %d times in a row; errored", claim.key, MAX_HOST_FAULTS)
+            return Activated(claim, "errored", None)
+        log.exception("activation of %s failed in the host; retrying in %s s", claim.key, RETRY_AFTER_HOST_ERROR_S)
+        return Activated(claim, "waiting", None)
 
     @staticmethod
     def _log(claim: Claim, version: int, status: Ending, outcome: Outcome) -> None:
@@ -171,6 +183,19 @@ class Executor:
             ready=state.ready,
         )
 
+    @staticmethod
+    def _flushed(journal: InstanceJournal, outcome: Outcome) -> Outcome:
+        """Commit a step's write still pending (`InstanceJournal.flush`) unless the end will, in its own commit:
+        a workflow that returned (not unwinding). What the write raises ends the activation as it would have had
+        the step's call raised it (the workflow's code after that step touched nothing outside its isolate)."""
+        if not journal.pending or (isinstance(outcome, Completed) and not journal.unwinding):
+            return outcome
+        try:
+            journal.flush()
+        except Suspend as wait:
+            return Suspended(wait.reason, wait.wake_at_ms, outcome.stats)
+        return outcome
+
     def _record(self, ender: _Ender, journal: InstanceJournal, outcome: Outcome) -> Ending:
         now = self.clock.now()
         log_text = outcome.stats.log
@@ -179,13 +204,15 @@ class Executor:
         if journal.unwinding and not cancelled and not isinstance(outcome, Suspended):
             return self._unwound(ender, journal, outcome)
         if isinstance(outcome, Completed):
-            ender.finish(
-                now,
-                status="complete",
-                output=outcome.output,
-                log=log_text,
-                **counts,
-            )
+            # The last step's write, if pending, goes first in the end's commit: one commit for both.
+            last = journal.end_write()
+            ender.finish(now, status="complete", output=outcome.output, log=log_text, before=last, **counts)
+            if last is not None:
+                journal.end_written(last)
+                if last.status is None:
+                    return "lost"
+                if last.status in PAUSING_STATUSES:  # paused in the last step: the end is the pause's
+                    return self._suspended(ender, journal, Suspended("paused", None, outcome.stats))
             return "complete"
         if isinstance(outcome, Failed) and outcome.error.name == FailureName.CANCELLED:
             # Cancelled because the pool stops: hand the instance back, runnable now. Otherwise it was
@@ -269,7 +296,12 @@ class _Ender:
         self.claim = claim
         self.successor = successor
         self.successors: list[Claim] = []
+        # The end carried the activation's last step write (`finish(before=)`).
+        self.carried_step = False
 
-    def finish(self, now: float, *, status: str, **ending: Unpack[EndFields]) -> None:
+    def finish(self, now: float, *, status: str, before: Recording | None = None, **ending: Unpack[EndFields]) -> None:
+        self.carried_step = before is not None
         offered = None if self.successor is None else self.successor()
-        _, self.successors = self.store.finish_and_claim(self.claim, now, offered, status=status, **ending)
+        _, self.successors = self.store.finish_and_claim(
+            self.claim, now, offered, status=status, before=before, **ending
+        )

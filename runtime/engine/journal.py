@@ -44,7 +44,7 @@ from tenantflow.runtime.records import (
     InstanceKey,
     check_event_type,
 )
-from tenantflow.runtime.store import LeaseLost, SQLStore
+from tenantflow.runtime.store import PAUSING_STATUSES, LeaseLost, Recording, SQLStore
 
 
 def _ms(seconds: float) -> int:
@@ -94,6 +94,14 @@ class Keys:
         return dataclasses.replace(call, position=position, parent=parent)
 
 
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+    """A step's write answered Done before its commit."""
+
+    entry: Entry
+    attempt: AttemptRecord
+
+
 class InstanceJournal:
     """Implements the host's Journal protocol for one claimed instance."""
 
@@ -134,6 +142,9 @@ class InstanceJournal:
         self.resumes = 0
         # What a park's write has told the store of this activation already.
         self._reported = ActivationCounts(replayed=0, activations=0, resumes=0, workflow_fuel=0)
+        # A step's write answered Done before its commit (the host's `Deferring`): committed by the next durable
+        # call (`flush`), or with the activation's end (`end_write`).
+        self._deferred: Deferred | None = None
 
     def _counts(self) -> ActivationCounts:
         return ActivationCounts(replayed=self.replayed, activations=1, resumes=self.resumes, workflow_fuel=0)
@@ -150,6 +161,7 @@ class InstanceJournal:
 
     def park(self, wait: Suspend, log: str) -> bool:
         """The host's `Parking.park`: wait in this isolate if the parker takes it (events refreshed)."""
+        self.flush()
         if self.parker is None:
             return False
         parked = self.parker.park(wait, log or None, self.unreported())
@@ -208,21 +220,58 @@ class InstanceJournal:
         return span
 
     def _write(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
+        self._stamp(entry)
+        self._commit(entry, attempt, consumed)
+
+    def _stamp(self, entry: Entry) -> None:
+        """What a write checks before the store does any work for it, and its time."""
         if self.store.storage_exhausted(self.claim.key.tenant_id, self.quotas):
             raise Abort(FailureName.STORAGE_QUOTA_EXCEEDED, f"the tenant's {self.quotas.storage_exhausted()}")
         entry.updated_at = self.clock.now()
+
+    def _commit(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
         try:
             status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed)
         except LeaseLost:
             self.lease_lost = True
             raise Suspend("lease lost") from None
         self.entries[entry.position] = entry
-        if self.on_write is not None:
-            self.on_write(self.claim.key)
-        if status in ("paused", "waiting_for_pause"):
+        self._written()
+        if status in PAUSING_STATUSES:
             raise Suspend("paused")
         if self.stopping is not None and self.stopping.is_set():
             raise Suspend("worker stopping", _ms(self.clock.now()))
+
+    def _written(self) -> None:
+        if self.on_write is not None:
+            self.on_write(self.claim.key)
+
+    # -- a step's write left pending (the host's Deferring) -------------------
+
+    @property
+    def pending(self) -> bool:
+        return self._deferred is not None
+
+    def flush(self) -> None:
+        """Commit the pending write, raising what `_write` would have (Suspend: lease lost, paused, stopping)."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self._commit(deferred.entry, deferred.attempt)
+
+    def end_write(self) -> Recording | None:
+        """The pending write, taken to go first in the activation's end (`finish_and_claim(before=)`); None if
+        there is none. Once the end has committed, `end_written` with it."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None:
+            return None
+        return self.store.recording(self.claim, deferred.entry, deferred.attempt, deferred.entry.updated_at)
+
+    def end_written(self, recording: Recording) -> None:
+        """After the end's commit: what its first write found (the lease lost; else watchers are told)."""
+        if recording.status is None:
+            self.lease_lost = True
+        else:
+            self._written()
 
     def moment(self, call: StepCall) -> float | None:
         return entry_moment(self.entries, self.keys.resolve(call).position)
@@ -233,6 +282,7 @@ class InstanceJournal:
     # -- step.do -------------------------------------------------------------
 
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
+        self.flush()
         call = self.keys.resolve(call)
         entry = self._existing(call)
         # A keyed call's nested steps are matched by their keys too (never called: nothing to skip).
@@ -255,6 +305,7 @@ class InstanceJournal:
         return Suspend(f"retry of {call.name!r}", _ms(wake_at), parkable=True, in_isolate_s=in_isolate)
 
     def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
+        self.flush()
         call = self.keys.resolve(call)
         now = self.clock.now()
         self.attempts.append((attempt.duration_ms, attempt.fuel))
@@ -277,7 +328,10 @@ class InstanceJournal:
         if attempt.ok:
             entry.state, entry.result, entry.wake_at = "done", attempt.result, None
             entry.error_name = entry.error_message = None
-            self._write(entry, record)
+            # Answered now, committed before the workflow's next call with an effect, or with the end.
+            self._stamp(entry)
+            self.entries[entry.position] = entry
+            self._deferred = Deferred(entry, record)
             return Done(attempt.result or "null")
         entry.error_name, entry.error_message = attempt.error_name, attempt.error_message
         if attempt.retryable and attempt.attempt <= config.limit:
@@ -295,6 +349,7 @@ class InstanceJournal:
     # -- step.sleep ----------------------------------------------------------
 
     def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> Stop | None:
+        self.flush()
         call = self.keys.resolve(call)
         entry = self._existing(call)
         if self.unwinding and (entry is None or not self._due(entry.wake_at)):
@@ -326,6 +381,7 @@ class InstanceJournal:
             raise Abort("InvalidEventType", str(error)) from None
 
     def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
+        self.flush()
         call = self.keys.resolve(call)
         entry = self._existing(call)
         if entry is not None and entry.state == "done":

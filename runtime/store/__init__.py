@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tenantflow.runtime.errors import InvalidInput
 from tenantflow.runtime.store import codec
-from tenantflow.runtime.store.activation import HOST_FAULT, EndFields, LeaseLost
+from tenantflow.runtime.store.activation import HOST_FAULT, PAUSING_STATUSES, EndFields, LeaseLost, Recording
 from tenantflow.runtime.store.instances import Created
 from tenantflow.runtime.store.journal import JOURNAL_PAGE_BYTES, JournalPage
 from tenantflow.runtime.store.sqlstore import SQLStore
@@ -21,6 +21,8 @@ __all__ = [
     "JOURNAL_PAGE_BYTES",
     "JournalPage",
     "LeaseLost",
+    "PAUSING_STATUSES",
+    "Recording",
     "SQLStore",
     "codec",
     "open_store",

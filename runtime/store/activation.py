@@ -10,6 +10,7 @@ read after the commit: a lost lease committed nothing, and raises LeaseLost (or 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, TypedDict, Unpack
 
 from tenantflow.runtime.records import (
@@ -41,6 +42,7 @@ NOTIFY_WITHIN_S = 1.0
 # The instance is held with the claim's fence and may take steps (KEY, then the fence).
 # Held by an activation: running, or paused (or about to be: `waiting_for_pause`) while it goes on.
 HELD = f"{KEY} AND fence = ? AND status IN ('running', 'waiting_for_pause', 'paused')"
+PAUSING_STATUSES = ("waiting_for_pause", "paused")
 PAUSING = "('waiting_for_pause', 'paused')"
 # The stored size of the journal row at a position (0 if none), as `_entry_size` counts it.
 ENTRY_SIZE_SQL = (
@@ -166,6 +168,21 @@ def fenced_with_usage(
     return tx.fenced(Statement(sql, params), [Statement(END_USAGE, (*usage, *added))])
 
 
+class Recording:
+    """A journal write that goes first in an activation's end (`Activation.recording`): `status`, the instance's
+    status it found once it ran (None: the claim is no longer held, nothing was written). The end goes on
+    unless the write did not apply, or the instance is being paused: the end is then the pause's."""
+
+    def __init__(self, write: Callable[[Tx], Later]) -> None:
+        self._write = write
+        self.status: str | None = None
+
+    def __call__(self, tx: Tx) -> bool:
+        found = self._write(tx).scalar()
+        self.status = None if found is None else str(found)
+        return self.status is not None and self.status not in PAUSING_STATUSES
+
+
 class Activation(Scheduling):
     def load(self, claim: Claim) -> ActivationState:
         """Everything an activation needs; read in one snapshot, decoded after it."""
@@ -196,7 +213,26 @@ class Activation(Scheduling):
         now: float,
         consumed_event: int | None = None,
     ) -> str:
-        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost.
+        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost."""
+        status = self.write(self._recording(claim, entry, attempt, now, consumed_event)).scalar()
+        if status is None:
+            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
+        return str(status)
+
+    def recording(self, claim: Claim, entry: Entry, attempt: AttemptRecord | None, now: float) -> Recording:
+        """`record`'s write, to go first in the activation's end (`finish_and_claim(before=recording)`)."""
+        return Recording(self._recording(claim, entry, attempt, now))
+
+    def _recording(
+        self,
+        claim: Claim,
+        entry: Entry,
+        attempt: AttemptRecord | None,
+        now: float,
+        consumed_event: int | None = None,
+    ) -> Callable[[Tx], Later]:
+        """`record`'s write, to run in a transaction: its result's scalar is the instance's status, None if the
+        claim is no longer held.
 
         The fenced write is the instance's: its step count, and its stored bytes, by what this writes less what
         the position held before. The journal row, the attempt and the consumed event apply only with it (see
@@ -268,10 +304,7 @@ class Activation(Scheduling):
         if consumed_event is not None:
             then.append(Statement(CONSUME_EVENT, (entry.position, *k, consumed_event)))
         step = Statement(STEP, (now, done, entry.kind, added, *k, entry.position, *held))
-        status = self.write(lambda tx: tx.fenced(step, then)).scalar()
-        if status is None:
-            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
-        return str(status)
+        return lambda tx: tx.fenced(step, then)
 
     def finish(self, claim: Claim, now: float, *, status: str, **ending: Unpack[EndFields]) -> bool:
         """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused
@@ -298,12 +331,17 @@ class Activation(Scheduling):
         activations: int = 1,
         resumes: int = 0,
         workflow_fuel: int = 0,
+        before: Callable[[Tx], bool] | None = None,
     ) -> tuple[bool, list[Claim]]:
         """`finish`, and with `successor` the next runnable instances for the slots it offers (the claims a
         dispatcher would make now, fair across tenants), leased to its owner with the end: where every writer
         takes its turn (SQLite), in the end's own transaction, so that one commit does both; elsewhere in one
         of their own after it (a claim locks tenants' rows, which an end that holds its instance's row must
-        not wait for). Whether the claim was still held, and what was leased."""
+        not wait for). Whether the claim was still held, and what was leased.
+
+        `before`: a write that goes first in the end's transaction (the activation's last journal write, see
+        `recording`); if it answers False, the end is not written (what `before` wrote commits alone) and this
+        answers (False, [])."""
         k = key_params(claim.key)
         output_blob = None if output is None else codec.encode_text(output)
         error_blob = None if error is None else codec.encode(error)
@@ -315,7 +353,9 @@ class Activation(Scheduling):
         # Where every writer takes its turn, the end's own transaction leases the successors too: one commit.
         chained = None if self.for_update else successor
 
-        def write(tx: Tx) -> tuple[Later, Later, list[tuple[InstanceKey, Later]]]:
+        def write(tx: Tx) -> tuple[Later, Later, list[tuple[InstanceKey, Later]]] | None:
+            if before is not None and not before(tx):
+                return None
             # Read first (and, where writers interleave, lock): the update below then sees whatever committed
             # while this waited, a terminate or an event.
             held = tx.send(
@@ -369,7 +409,10 @@ class Activation(Scheduling):
             tx.run("RELEASE successors")
             return held, ended, leases
 
-        held, ended, leases = self.write(write)
+        written = self.write(write)
+        if written is None:
+            return False, []
+        held, ended, leases = written
         claims = leased(leases)
         ok = bool(held.result().rows)
         end_row = ended.record(EndedRow) if ok else None

@@ -603,6 +603,37 @@ def test_a_batch_hands_off_only_what_it_created(store: SQLStore) -> None:
     assert store.instance(InstanceKey("acme", "wf", "i1")).fence == 1  # the earlier claim's, untouched
 
 
+def test_an_end_can_carry_the_last_step_write_in_its_commit(store: SQLStore) -> None:
+    """`finish_and_claim(before=recording)`: the step's write goes first; the end follows unless the write did not
+    apply (a lost lease: nothing is written) or found the instance being paused (the step alone is written)."""
+    make_tenant(store)
+    carried = make_instance(store, "carried")
+    claim = claim_one(store)
+    last = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 1)
+    assert store.finish_and_claim(claim, T0 + 2, None, status="complete", output='"ok"', before=last) == (True, [])
+    assert last.status == "running"
+    done = store.instance(carried)
+    assert done.status == "complete" and done.steps == 1
+    assert [e.state for e in store.journal(carried)[0]] == ["done"]
+
+    paused_key = make_instance(store, "paused")
+    claim = claim_one(store, T0 + 3)
+    store.pause(paused_key, T0 + 3)
+    last = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 4)
+    assert store.finish_and_claim(claim, T0 + 5, None, status="complete", output='"ok"', before=last) == (False, [])
+    assert last.status == "waiting_for_pause"
+    held = store.instance(paused_key)
+    assert held.status == "waiting_for_pause" and held.output is None and held.steps == 1
+
+    lost_key = make_instance(store, "lost")
+    claim = claim_one(store, T0 + 6)
+    stale = Claim(claim.key, claim.fence - 1)
+    last = store.recording(stale, done_entry(0), ok_attempt(0), T0 + 7)
+    assert store.finish_and_claim(stale, T0 + 8, None, status="complete", output='"ok"', before=last) == (False, [])
+    assert last.status is None
+    assert store.instance(lost_key).status == "running" and store.journal(lost_key) == ([], [], [])
+
+
 def test_an_end_leases_what_its_slot_runs_next_fairly(store: SQLStore) -> None:
     """`finish_and_claim`: the slot an ending activation leaves goes to what a claim would choose now: the tenant
     with the fewest running first, within its concurrency; nothing when nothing is due."""

@@ -159,9 +159,17 @@ def exercise(s: Any) -> None:
     assert s.finish(c1, T0 + 2, status="waiting", waiting_for="later")
     s.send_event(k1, "later", None, T0 + 3)
     # i2's end leases what its slot runs next: i3, acme's only due instance (zeta's z1 already runs).
+    last = s.recording(claims["i2"], done_entry(0), ok_attempt(0), T0 + 2)  # i2's last step, with its end
     held, successors = s.finish_and_claim(
-        claims["i2"], T0 + 2, Handoff("w1", 1, LEASE, 2), status="complete", output='"done"', log="a log"
+        claims["i2"],
+        T0 + 2,
+        Handoff("w1", 1, LEASE, 2),
+        status="complete",
+        output='"done"',
+        log="a log",
+        before=last,
     )
+    assert last.status == "running"
     assert held and [c.key.instance_id for c in successors] == ["i3"]
     assert sorted(s.lease_owners()) == ["w1"]
     assert s.expire_leases(["w1"]) == 2  # z1's and i3's leases: runnable again at once

@@ -1,0 +1,127 @@
+"""A step's write is answered before it commits and goes with the activation's next durable call, or with its end.
+
+The host flushes it before any call with an effect (tests/host/test_deferred_writes.py); here, the runtime's side:
+a workflow that returns after its last step commits that step and its end together, and what the step's own
+commit would have met (a pause, a lost lease, a failing disk) still decides the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tenantflow.runtime.engine.clock import ManualClock
+from tenantflow.runtime.engine.journal import InstanceJournal
+from tenantflow.runtime.records import Instance, Tenant
+from tenantflow.runtime.service import Service
+from tenantflow.runtime.service.local import drive
+from tenantflow.runtime.store import SQLStore
+
+ONE_STEP = """
+def run(event, step):
+    return step.do("only", lambda: {"n": 1})
+"""
+TWO_STEPS = """
+def run(event, step):
+    a = step.do("a", lambda: 1)
+    print("between", a)
+    return [a, step.do("b", lambda: 2)]
+"""
+
+
+def start(service: Service, tenant: Tenant, source: str) -> Instance:
+    service.deploy(tenant, "wf", source)
+    return service.create_instances(tenant, "wf", [{}])[0]
+
+
+def count_writes(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each write transaction the store commits, named by the function that asked for it."""
+    seen: list[str] = []
+    real = store.write
+
+    def write(fn: Any) -> Any:
+        seen.append(getattr(fn, "__qualname__", repr(fn)))
+        return real(fn)
+
+    monkeypatch.setattr(store, "write", write)
+    return seen
+
+
+def activate(service: Service, clock: ManualClock) -> str:
+    claims = service.store.claim("test", 1, clock.now(), 60.0, {})
+    assert len(claims) == 1
+    return service.executor.activate(claims[0]).status
+
+
+def test_the_last_step_and_the_end_are_one_commit(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = start(service, tenant, ONE_STEP)
+    writes = count_writes(service.store, monkeypatch)
+    assert activate(service, clock) == "complete"
+    assert len(writes) == 1, writes  # it was two: the step's commit, then the end's
+    done = service.store.instance(instance.key)
+    assert done.status == "complete" and done.output == {"n": 1} and done.steps == 1
+    [step] = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert step["name"] == "only" and step["state"] == "done" and step["result"] == {"n": 1}
+    assert [a["ok"] for a in step["attempt_log"]] == [True]
+
+
+def test_a_step_before_another_commits_before_that_ones_body(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = start(service, tenant, TWO_STEPS)
+    writes = count_writes(service.store, monkeypatch)
+    assert activate(service, clock) == "complete"
+    assert len(writes) == 2, writes  # "a" before "b" runs; "b" with the end
+    done = service.store.instance(instance.key)
+    assert done.output == [1, 2] and "between 1" in (done.log or "")
+
+
+def test_a_pause_in_the_last_step_still_pauses(service: Service, tenant: Tenant, clock: ManualClock) -> None:
+    """As when the step committed alone: the step is journaled, then the instance is paused, not complete."""
+    instance = start(service, tenant, ONE_STEP)
+    claim = service.store.claim("test", 1, clock.now(), 60.0, {})[0]
+    service.control(tenant, "wf", instance.instance_id, "pause")
+    assert service.executor.activate(claim).status == "waiting"
+    paused = service.store.instance(instance.key)
+    assert paused.status == "paused" and paused.output is None
+    assert [s["state"] for s in service.journal(tenant, "wf", instance.instance_id)["steps"]] == ["done"]
+    service.control(tenant, "wf", instance.instance_id, "resume")
+    drive(service, clock, instance.key)
+    done = service.store.instance(instance.key)
+    assert done.status == "complete" and done.output == {"n": 1}
+
+
+def test_a_lease_lost_in_the_last_step_writes_nothing(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = start(service, tenant, ONE_STEP)
+    real = InstanceJournal.end_write
+
+    def taken_over(journal: InstanceJournal) -> Any:
+        with service.store.transaction() as tx:  # another worker's claim since: a new fence
+            tx.execute("UPDATE instances SET fence = fence + 1")
+        return real(journal)
+
+    monkeypatch.setattr(InstanceJournal, "end_write", taken_over)
+    assert activate(service, clock) == "lost"
+    after = service.store.instance(instance.key)
+    assert after.status == "running" and after.output is None and after.steps == 0
+    assert service.journal(tenant, "wf", instance.instance_id)["steps"] == []
+
+
+def test_a_workflow_that_fails_after_a_step_commits_the_step_first(
+    service: Service, tenant: Tenant, clock: ManualClock
+) -> None:
+    source = """
+def run(event, step):
+    step.do("kept", lambda: 7)
+    raise ValueError("after the step")
+"""
+    instance = start(service, tenant, source)
+    assert activate(service, clock) == "errored"
+    failed = service.store.instance(instance.key)
+    assert failed.error is not None and failed.error["name"] == "ValueError"
+    [step] = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert step["name"] == "kept" and step["result"] == 7

@@ -1,0 +1,87 @@
+"""A journal that answers a step's completion before committing it (`tenantflow.host.Deferring`): the host commits
+the write (`flush`) before the workflow's next call with an effect outside its isolate, never later, and leaves a
+write still pending at the end to the caller of `Sandbox.run` (the runtime commits it with the end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from memjournal import MemJournal
+from tenantflow.host import Attempt, Completed, Deferring, Plan, Sandbox, StepCall, StepConfig, Suspend, Suspended
+
+
+@dataclass
+class DeferringJournal(MemJournal):
+    """MemJournal whose successful steps stay pending until `flush`; `order` is what the host asked, in turn."""
+
+    unwritten: list[int] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+    refuse: Suspend | None = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.unwritten)
+
+    def flush(self) -> None:
+        positions, self.unwritten = self.unwritten, []
+        self.order += [f"flush {p}" for p in positions]
+        if positions and self.refuse is not None:
+            raise self.refuse
+
+    def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
+        self.order.append(f"begin {call.name}")
+        return super().step_begin(call, config)
+
+    def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
+        plan = super().step_complete(call, config, attempt)
+        if attempt.ok:
+            self.unwritten.append(call.position)
+        self.order.append(f"complete {call.name}")
+        return plan
+
+    def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> None:
+        self.order.append(f"sleep {call.name}")
+        super().sleep_until(call, wake_at_ms, duration_ms)
+
+
+def run(sandbox: Sandbox, source: str, journal: DeferringJournal) -> Any:
+    return sandbox.run(source, {"payload": None}, journal)
+
+
+def test_it_is_a_deferring_journal() -> None:
+    assert isinstance(DeferringJournal(), Deferring)
+
+
+def test_a_step_is_written_before_the_next_ones_body_and_the_last_is_left_to_the_caller(sandbox: Sandbox) -> None:
+    journal = DeferringJournal()
+    source = (
+        "def run(event, step):\n"
+        "    a = step.do('a', lambda: 1)\n"
+        "    print('between', a)\n"
+        "    b = step.do('b', lambda: a + 1)\n"
+        "    return [a, b]\n"
+    )
+    outcome = run(sandbox, source, journal)
+    assert isinstance(outcome, Completed) and outcome.output == "[1, 2]"
+    # The print does not wait for the write (the log has no effect outside); the next step's call does.
+    assert journal.order == ["begin a", "complete a", "flush 0", "begin b", "complete b"]
+    assert journal.pending and journal.unwritten == [1]
+    assert "between 1" in outcome.stats.log
+
+
+def test_a_sleep_after_a_step_waits_for_its_write(sandbox: Sandbox) -> None:
+    journal = DeferringJournal()
+    source = "def run(event, step):\n    step.do('a', lambda: 1)\n    step.sleep('nap', 60_000)\n    return 1\n"
+    outcome = run(sandbox, source, journal)
+    assert isinstance(outcome, Suspended)
+    assert journal.order == ["begin a", "complete a", "flush 0", "sleep nap"]
+
+
+def test_what_the_write_raises_ends_the_activation_before_the_next_body(sandbox: Sandbox) -> None:
+    journal = DeferringJournal(refuse=Suspend("paused"))
+    source = "def run(event, step):\n    step.do('a', lambda: 1)\n    step.do('b', lambda: 2)\n    return 'never'\n"
+    outcome = run(sandbox, source, journal)
+    assert isinstance(outcome, Suspended) and outcome.reason == "paused"
+    assert journal.order == ["begin a", "complete a", "flush 0"]
+    assert [call.name for call, _ in journal.attempts] == ["a"]  # b's body never ran
