@@ -214,8 +214,10 @@ class Deferring(Protocol):
     The workflow's code goes on meanwhile, up to its next host call with an effect outside the sandbox (every
     host call but the log and the random bytes), before which the host calls `flush`: that commits the write, or
     raises what the write would have raised (Suspend, Abort). What the workflow did in between touched nothing
-    but its own isolate. A write still pending when the activation ends is the caller's of `Sandbox.run` to
-    commit (with the end, in one commit) or to `flush`."""
+    but its own isolate. The journal's own waits (`sleep_until`, `wait_for_event`) are not flushed first: they
+    commit the pending write themselves, with theirs in one commit or before they answer. A write still pending
+    when the activation ends is the caller's of `Sandbox.run` to commit (with the end, in one commit) or to
+    `flush`."""
 
     @property
     def pending(self) -> bool: ...

@@ -113,6 +113,8 @@ _NAMELESS_OPERANDS = re.compile(r"^unsupported operand type\(s\) for \S+: '' and
 LimitHit = HostRefusal
 
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
+# Host functions whose journal call commits a pending step write itself, with its own (`Deferring`).
+JOURNAL_WAITS = frozenset({"sleep", "sleep-until", "wait-for-event"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -688,8 +690,14 @@ class Sandbox:
                 for name, fn in self._host_functions().items():
                     # Those without effects outside the sandbox answer before the instance is durable (`run(ready=)`).
                     seeds = name in ("seed-bytes", "run-seed")
+                    gated = not (seeds or name == "log")
                     guarded = self._guarded(
-                        name, fn, checks_sizes=name == "log", detached=seeds, gated=not (seeds or name == "log")
+                        name,
+                        fn,
+                        checks_sizes=name == "log",
+                        detached=seeds,
+                        gated=gated,
+                        flushes=gated and name not in JOURNAL_WAITS,
                     )
                     add_func(host, name, guarded, self._lift_cap)
         run_index = self.component.get_export_index("run")
@@ -984,9 +992,10 @@ class Sandbox:
         checks_sizes: bool = False,
         detached: bool = False,
         gated: bool = False,
+        flushes: bool = False,
     ) -> Callable[..., Any]:
         """`fn(act, *args)` (or `fn(act, store, *args)`) as a host function; `gated`: it waits for the
-        activation's `ready` first (see `run`).
+        activation's `ready` first (see `run`); `flushes`: and for a `Deferring` journal's pending write.
 
         The host's CPU time (lifting and lowering included) is charged to the fuel by `_meter`, and
         whatever it raises is recorded on the activation, which then traps. An argument longer
@@ -1010,7 +1019,7 @@ class Sandbox:
             try:
                 if gated and act.ready is not None:
                     _wait_ready(act)
-                if gated and act.unflushed:
+                if flushes and act.unflushed:
                     act.flush()
                 for arg in () if checks_sizes else args:
                     if isinstance(arg, TooLarge):

@@ -230,12 +230,15 @@ class InstanceJournal:
         entry.updated_at = self.clock.now()
 
     def _commit(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
+        """Write `entry` (and the pending write first, in the same commit: `_carried`)."""
+        carried = self._carried()
         try:
-            status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed)
+            status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed, before=carried)
         except LeaseLost:
             self.lease_lost = True
             raise Suspend("lease lost") from None
-        self.entries[entry.position] = entry
+        if carried is None or carried.status not in PAUSING_STATUSES:  # else only the carried write was
+            self.entries[entry.position] = entry
         self._written()
         if status in PAUSING_STATUSES:
             raise Suspend("paused")
@@ -257,6 +260,10 @@ class InstanceJournal:
         deferred, self._deferred = self._deferred, None
         if deferred is not None:
             self._commit(deferred.entry, deferred.attempt)
+
+    def _carried(self) -> Recording | None:
+        """The pending write, taken to go first in another write's commit (a sleep's or a wait's)."""
+        return self.end_write()
 
     def end_write(self) -> Recording | None:
         """The pending write, taken to go first in the activation's end (`finish_and_claim(before=)`); None if
@@ -349,7 +356,12 @@ class InstanceJournal:
     # -- step.sleep ----------------------------------------------------------
 
     def sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> Stop | None:
-        self.flush()
+        try:
+            return self._sleep_until(call, wake_at_ms, duration_ms)
+        finally:
+            self.flush()  # unless its write took the pending one with it
+
+    def _sleep_until(self, call: StepCall, wake_at_ms: int | None, duration_ms: int | None) -> Stop | None:
         call = self.keys.resolve(call)
         entry = self._existing(call)
         if self.unwinding and (entry is None or not self._due(entry.wake_at)):
@@ -381,7 +393,12 @@ class InstanceJournal:
             raise Abort("InvalidEventType", str(error)) from None
 
     def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
-        self.flush()
+        try:
+            return self._wait_for_event(call, event_type, timeout_ms)
+        finally:
+            self.flush()  # unless its write took the pending one with it
+
+    def _wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
         call = self.keys.resolve(call)
         entry = self._existing(call)
         if entry is not None and entry.state == "done":

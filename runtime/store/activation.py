@@ -212,9 +212,21 @@ class Activation(Scheduling):
         attempt: AttemptRecord | None,
         now: float,
         consumed_event: int | None = None,
+        before: Recording | None = None,
     ) -> str:
-        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost."""
-        status = self.write(self._recording(claim, entry, attempt, now, consumed_event)).scalar()
+        """Write one journal position (and its attempt) durably; the instance's status, or LeaseLost.
+
+        `before`: another position's write that goes first in the same commit; if it finds the instance being
+        paused, this one is not written and its status (the pause's) is answered."""
+        write = self._recording(claim, entry, attempt, now, consumed_event)
+        if before is None:
+            status = self.write(write).scalar()
+        else:
+
+            def both(tx: Tx) -> Any:
+                return write(tx).scalar() if before(tx) else before.status
+
+            status = self.write(both)
         if status is None:
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
         return str(status)

@@ -1,8 +1,9 @@
 """A step's write is answered before it commits and goes with the activation's next durable call, or with its end.
 
 The host flushes it before any call with an effect (tests/host/test_deferred_writes.py); here, the runtime's side:
-a workflow that returns after its last step commits that step and its end together, and what the step's own
-commit would have met (a pause, a lost lease, a failing disk) still decides the end.
+a workflow that returns after its last step commits that step and its end together, a sleep or a wait after a
+step commits both together, and what the step's own commit would have met (a pause, a lost lease, a failing disk)
+still decides what happens next.
 """
 
 from __future__ import annotations
@@ -125,3 +126,40 @@ def run(event, step):
     assert failed.error is not None and failed.error["name"] == "ValueError"
     [step] = service.journal(tenant, "wf", instance.instance_id)["steps"]
     assert step["name"] == "kept" and step["result"] == 7
+
+
+STEP_THEN_WAITS = """
+def run(event, step):
+    a = step.do("a", lambda: 1)
+    step.sleep("nap", "1 minute")
+    got = step.wait_for_event("tool", event_type="tool_result")
+    return [a, got["payload"]]
+"""
+
+
+def test_a_step_goes_with_the_sleep_or_wait_after_it(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = start(service, tenant, STEP_THEN_WAITS)
+    writes = count_writes(service.store, monkeypatch)
+    assert activate(service, clock) == "waiting"
+    assert len(writes) == 2, writes  # the step with the sleep, then the end (it was three)
+    journal = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert [(s["name"], s["state"]) for s in journal] == [("a", "done"), ("nap", "sleeping")]
+    clock.advance(61)
+    service.send_event(tenant, "wf", instance.instance_id, "tool_result", {"ok": True})
+    drive(service, clock, instance.key)
+    done = service.store.instance(instance.key)
+    assert done.status == "complete" and done.output == [1, {"ok": True}]
+
+
+def test_a_pause_in_a_step_before_a_sleep_pauses_before_the_sleep(
+    service: Service, tenant: Tenant, clock: ManualClock
+) -> None:
+    instance = start(service, tenant, STEP_THEN_WAITS)
+    claim = service.store.claim("test", 1, clock.now(), 60.0, {})[0]
+    service.control(tenant, "wf", instance.instance_id, "pause")
+    service.executor.activate(claim)
+    assert service.store.instance(instance.key).status == "paused"
+    journal = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert [(s["name"], s["state"]) for s in journal] == [("a", "done")]  # the sleep was never journaled
