@@ -169,9 +169,10 @@ def fenced_with_usage(
 
 
 class Recording:
-    """A journal write that goes first in an activation's end (`Activation.recording`): `status`, the instance's
-    status it found once it ran (None: the claim is no longer held, nothing was written). The end goes on
-    unless the write did not apply, or the instance is being paused: the end is then the pause's."""
+    """A journal write that goes first in another write's transaction (`Activation.recording`): `status`, the
+    instance's status it found once it ran (None: the claim is no longer held, nothing was written). The other
+    write goes on unless this one did not apply, or the instance is being paused (what follows is then the
+    pause's)."""
 
     def __init__(self, write: Callable[[Tx], Later]) -> None:
         self._write = write
@@ -232,7 +233,8 @@ class Activation(Scheduling):
         return str(status)
 
     def recording(self, claim: Claim, entry: Entry, attempt: AttemptRecord | None, now: float) -> Recording:
-        """`record`'s write, to go first in the activation's end (`finish_and_claim(before=recording)`)."""
+        """`record`'s write, to go first in another's transaction: the activation's end (`finish_and_claim(before=)`)
+        or another position's write (`record(before=)`)."""
         return Recording(self._recording(claim, entry, attempt, now))
 
     def _recording(
