@@ -564,6 +564,8 @@ class _Activation:
 
     def wait_until(self, ready_at: float) -> None:
         """WASI poll: wait until `ready_at`, never past the deadline, waking every CHECK_S for the cancel."""
+        if self.unflushed:
+            self.flush()  # a step's write waits for nothing of the workflow's: a terminate must find it
         while True:
             now = time.monotonic()
             if ready_at <= now:

@@ -133,7 +133,12 @@ class Executor:
         except Exception:
             if not ender.carried_step:
                 raise
-            return self._faulted(claim)  # the step's write failed with the end, as it would have in its call
+            journal.end_failed()  # the step rolled back with the end: written alone if it can be, as in its call
+            try:
+                journal.flush()
+            except Exception:
+                log.debug("the last step of %s was not written", claim.key, exc_info=True)
+            return self._faulted(claim)
         try:
             self._log(claim, state.instance.version, status, outcome)
             if self.metrics is not None:

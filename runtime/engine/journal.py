@@ -145,6 +145,8 @@ class InstanceJournal:
         # A step's write answered Done before its commit (the host's `Deferring`): committed by the next durable
         # call (`flush`), or with the activation's end (`end_write`).
         self._deferred: Deferred | None = None
+        # The pending write while another write carries it (`end_write`), until that one has committed.
+        self._taken: Deferred | None = None
 
     def _counts(self) -> ActivationCounts:
         return ActivationCounts(replayed=self.replayed, activations=1, resumes=self.resumes, workflow_fuel=0)
@@ -237,6 +239,10 @@ class InstanceJournal:
         except LeaseLost:
             self.lease_lost = True
             raise Suspend("lease lost") from None
+        except Exception:
+            self.end_failed()  # the carried write rolled back with this one: still pending
+            raise
+        self._taken = None
         if carried is None or carried.status not in PAUSING_STATUSES:  # else only the carried write was
             self.entries[entry.position] = entry
         self._written()
@@ -267,14 +273,22 @@ class InstanceJournal:
 
     def end_write(self) -> Recording | None:
         """The pending write, taken to go first in the activation's end (`finish_and_claim(before=)`); None if
-        there is none. Once the end has committed, `end_written` with it."""
+        there is none. Once the end has committed, `end_written` with it; if it did not, `end_failed`."""
         deferred, self._deferred = self._deferred, None
+        self._taken = deferred
         if deferred is None:
             return None
         return self.store.recording(self.claim, deferred.entry, deferred.attempt, deferred.entry.updated_at)
 
+    def end_failed(self) -> None:
+        """The write that took the pending one raised (and rolled back): it is pending again, for `flush`."""
+        if self._deferred is None:
+            self._deferred = self._taken
+        self._taken = None
+
     def end_written(self, recording: Recording) -> None:
         """After the end's commit: what its first write found (the lease lost; else watchers are told)."""
+        self._taken = None
         if recording.status is None:
             self.lease_lost = True
         else:

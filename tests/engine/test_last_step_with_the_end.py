@@ -163,3 +163,63 @@ def test_a_pause_in_a_step_before_a_sleep_pauses_before_the_sleep(
     assert service.store.instance(instance.key).status == "paused"
     journal = service.journal(tenant, "wf", instance.instance_id)["steps"]
     assert [(s["name"], s["state"]) for s in journal] == [("a", "done")]  # the sleep was never journaled
+
+
+RANDOM_THEN_SLEEP = """
+import random
+def run(event, step):
+    a = step.do("a", lambda: random.random())
+    step.sleep("nap", "1 minute")
+    return a
+"""
+
+
+def test_a_write_that_fails_with_the_step_keeps_the_step(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sleep's write fails once (a store error, not a lost lease): the step it carried is written alone, as
+    when it committed in its own call, and is not run again."""
+    instance = start(service, tenant, RANDOM_THEN_SLEEP)
+    real = service.store.record
+    failures: list[str] = []
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("before") is not None and not failures:
+            failures.append("once")
+            raise RuntimeError("the disk hiccups")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "record", record)
+    assert activate(service, clock) == "waiting"  # a host fault: retried
+    assert failures == ["once"]
+    [kept] = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert kept["name"] == "a" and kept["state"] == "done"
+    clock.advance(120)
+    drive(service, clock, instance.key)
+    done = service.store.instance(instance.key)
+    assert done.status == "complete" and done.output == kept["result"]
+
+
+def test_an_end_that_fails_with_the_last_step_keeps_the_step(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = start(
+        service, tenant, "import random\ndef run(event, step):\n    return step.do('a', lambda: random.random())\n"
+    )
+    real = service.store.finish_and_claim
+    failures: list[str] = []
+
+    def finish_and_claim(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("before") is not None and not failures:
+            failures.append("once")
+            raise RuntimeError("the disk hiccups")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "finish_and_claim", finish_and_claim)
+    assert activate(service, clock) == "waiting"  # a host fault: retried
+    [kept] = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert kept["state"] == "done"
+    clock.advance(120)
+    drive(service, clock, instance.key)
+    done = service.store.instance(instance.key)
+    assert done.status == "complete" and done.output == kept["result"]

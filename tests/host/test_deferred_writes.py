@@ -87,3 +87,13 @@ def test_what_the_write_raises_ends_the_activation_before_the_next_body(sandbox:
     assert isinstance(outcome, Suspended) and outcome.reason == "paused"
     assert journal.order == ["begin a", "complete a", "flush 0"]
     assert [call.name for call, _ in journal.attempts] == ["a"]  # b's body never ran
+
+
+def test_a_wait_in_the_workflows_own_code_commits_the_step_first(sandbox: Sandbox) -> None:
+    """A wait in WASI outside a body (the SDK refuses `time.sleep`, not every way to block): the step is committed
+    before it, not held through it."""
+    journal = DeferringJournal()
+    source = "import select\ndef run(event, step):\n    step.do('a', lambda: 1)\n    select.select([], [], [], 0.01)\n"
+    outcome = run(sandbox, source, journal)
+    assert isinstance(outcome, Completed)
+    assert journal.order == ["begin a", "complete a", "flush 0"] and not journal.pending
