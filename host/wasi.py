@@ -104,6 +104,8 @@ class WasiState:
 
 
 def _rep(store: Any, handle: ResourceAny) -> int:
+    """The handle's rep. Every method given a borrowed handle takes it so (`to_host`) before returning: one left
+    untaken traps the call ("borrow handles still remain at the end of the call")."""
     return int(handle.to_host(store).rep)
 
 
@@ -172,31 +174,40 @@ def _random_bytes(caller: WasiCaller, store: Any, length: int) -> bytes:
 
 # -- wasi:io/streams and wasi:cli ------------------------------------------------------------------
 
-_CLOSED = Variant("closed")
+# `stream-error.closed`: wasmtime-py lowers `result<list<u8>, stream-error>` by the value's class, and
+# `stream-error` (a resource or nothing) untagged, so its payload-less case is None (a Variant matches no case).
+_CLOSED = None
+# `result<_, stream-error>`: both cases may be nothing, so that result is tagged (a Variant).
+_WRITTEN = Variant("ok")
 
 
 def _stream_pollable(caller: WasiCaller, store: Any, this: ResourceAny) -> ResourceHost:
+    _rep(store, this)
     return caller.wasi.pollable(_ALWAYS)
 
 
-def _read(caller: WasiCaller, store: Any, this: ResourceAny, length: int) -> Variant:
+def _read(caller: WasiCaller, store: Any, this: ResourceAny, length: int) -> None:
+    _rep(store, this)
     return _CLOSED
 
 
 def _check_write(caller: WasiCaller, store: Any, this: ResourceAny) -> int:
+    _rep(store, this)
     return MAX_STREAM_WRITE_BYTES
 
 
-def _write(caller: WasiCaller, store: Any, this: ResourceAny, contents: bytes) -> None:
+def _write(caller: WasiCaller, store: Any, this: ResourceAny, contents: bytes) -> Variant:
+    fd = _rep(store, this)
     if len(contents) > MAX_STREAM_WRITE_BYTES:
         raise invalid_call("wasi:io/streams.output-stream.write", f"more than {MAX_STREAM_WRITE_BYTES} bytes")
-    fd = _rep(store, this)
     if fd in (_STDOUT, _STDERR):
         caller.write_stream(fd, contents.decode("utf-8", "backslashreplace"))
+    return _WRITTEN
 
 
-def _flush(caller: WasiCaller, store: Any, this: ResourceAny) -> None:
-    return None
+def _flush(caller: WasiCaller, store: Any, this: ResourceAny) -> Variant:
+    _rep(store, this)
+    return _WRITTEN
 
 
 def _stdin(caller: WasiCaller, store: Any) -> ResourceHost:

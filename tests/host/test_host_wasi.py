@@ -84,6 +84,21 @@ def test_environment_and_arguments_are_empty(sandbox: Sandbox) -> None:
     assert outcome.output in ("[{}, []]", '[{}, [""]]')
 
 
+def test_the_standard_streams_by_their_descriptors(sandbox: Sandbox) -> None:
+    """Past `sys.stdout`: writes to fd 1 and 2 go to the log, stdin is at its end (it was a guest crash)."""
+    source = (
+        "import os, sys\n"
+        "def run(event, step):\n"
+        "    os.write(1, b'to one ')\n"
+        "    os.write(2, b'to two')\n"
+        "    return [os.read(0, 10).decode(), sys.stdin.read()]\n"
+    )
+    outcome, _ = run(sandbox, source)
+    assert isinstance(outcome, Completed), outcome
+    assert outcome.output == '["", ""]'
+    assert "to one " in outcome.stats.log and "to two" in outcome.stats.log
+
+
 def test_exit_is_a_named_error(sandbox: Sandbox) -> None:
     outcome, _ = run(sandbox, "import os\ndef run(event, step):\n    os._exit(3)\n")
     failed_with(outcome, "GuestExit")

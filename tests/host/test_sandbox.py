@@ -591,8 +591,8 @@ def test_the_first_call_with_effects_waits_for_ready(sandbox: Sandbox, answer: b
     before the journal hears of anything."""
     ready = _Ready(answer)
     journal = MemJournal()
+    started = time.monotonic()  # before the timer starts: it may fire 0.3 s after its own start, not after this
     threading.Timer(0.3, ready.released.set).start()
-    started = time.monotonic()
     outcome = sandbox.run(textwrap.dedent(READY_SOURCE), {"payload": None}, journal, SMALL, ready=ready)
     assert time.monotonic() - started >= 0.3
     assert ready.waited == 1
