@@ -634,6 +634,32 @@ def test_an_end_can_carry_the_last_step_write_in_its_commit(store: SQLStore) -> 
     assert store.instance(lost_key).status == "running" and store.journal(lost_key) == ([], [], [])
 
 
+def test_a_write_can_carry_the_step_before_it_in_its_commit(store: SQLStore) -> None:
+    """`record(before=recording)`: a sleep's write takes the pending step with it; a pause found by the step's
+    write skips the sleep's (the pause's status is answered); a lost lease writes neither."""
+    make_tenant(store)
+    key = make_instance(store, "carried")
+    claim = claim_one(store)
+    sleep = Entry(1, "nap", "sleep", "sleeping", wake_at=T0 + 60, created_at=T0, updated_at=T0)
+    step = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 1)
+    assert store.record(claim, sleep, None, T0 + 1, before=step) == "running"
+    assert [(e.name, e.state) for e in store.journal(key)[0]] == [("s", "done"), ("nap", "sleeping")]
+
+    paused_key = make_instance(store, "paused")
+    claim = claim_one(store, T0 + 2)
+    store.pause(paused_key, T0 + 2)
+    step = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 3)
+    assert store.record(claim, sleep, None, T0 + 3, before=step) == "waiting_for_pause"
+    assert [e.name for e in store.journal(paused_key)[0]] == ["s"]
+
+    lost_key = make_instance(store, "lost")
+    claim = claim_one(store, T0 + 4)
+    stale = Claim(claim.key, claim.fence - 1)
+    with pytest.raises(LeaseLost):
+        store.record(stale, sleep, None, T0 + 5, before=store.recording(stale, done_entry(0), ok_attempt(0), T0 + 5))
+    assert store.journal(lost_key) == ([], [], [])
+
+
 def test_an_end_leases_what_its_slot_runs_next_fairly(store: SQLStore) -> None:
     """`finish_and_claim`: the slot an ending activation leaves goes to what a claim would choose now: the tenant
     with the fewest running first, within its concurrency; nothing when nothing is due."""
