@@ -114,7 +114,7 @@ LimitHit = HostRefusal
 
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 # Host functions whose journal call commits a pending step write itself, with its own (`Deferring`).
-JOURNAL_WAITS = frozenset({"sleep", "sleep-until", "wait-for-event"})
+_JOURNAL_WAITS = frozenset({"sleep", "sleep-until", "wait-for-event"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -226,8 +226,6 @@ class _Activation:
     cancelled: bool = False
     # Until it is passed (None since): host calls with effects outside the sandbox wait for it (`Sandbox.run`).
     ready: Ready | None = None
-    # The journal holds a write it answered before committing (`Deferring`): flushed before the next gated call.
-    unflushed: bool = False
     cpu_mark: float = 0.0
     fuel_mark: int = 0
     checked_at: float = 0.0
@@ -270,9 +268,13 @@ class _Activation:
         """The journal, if it may leave a step's write pending (`Deferring`); asked once."""
         return self.journal if isinstance(self.journal, Deferring) else None
 
+    @property
+    def unflushed(self) -> bool:
+        """The journal holds a write it answered before committing (`Deferring`)."""
+        return self.deferring is not None and self.deferring.pending
+
     def flush(self) -> None:
         """Commit the journal's pending write before a host call with an effect (see `Deferring`)."""
-        self.unflushed = False
         if self.deferring is not None:
             self.journaled(self.deferring.flush)
 
@@ -528,8 +530,6 @@ class _Activation:
             return fn(*args)
         finally:
             self.journal_s += time.perf_counter() - started
-            if self.deferring is not None and self.deferring.pending:
-                self.unflushed = True
 
     def meter(self, force: bool = False) -> None:
         """Charge the thread CPU time that the fuel did not count (the host's work) since the last check.
@@ -699,7 +699,7 @@ class Sandbox:
                         checks_sizes=name == "log",
                         detached=seeds,
                         gated=gated,
-                        flushes=gated and name not in JOURNAL_WAITS,
+                        flushes=gated and name not in _JOURNAL_WAITS,
                     )
                     add_func(host, name, guarded, self._lift_cap)
         run_index = self.component.get_export_index("run")

@@ -120,25 +120,16 @@ class Executor:
         except Exception:
             if not _created(state):
                 return Activated(claim, "cancelled", None)
-            try:  # a step that finished before the fault is kept, as it was when its call committed it
-                journal.flush()
-            except Exception:
-                log.debug("the pending step of %s was not written", claim.key, exc_info=True)
-            return self._faulted(claim)
+            return self._faulted(claim, journal)
         if not _created(state):  # handed over by a create that did not commit: nothing to write to
             return Activated(claim, "cancelled", None)
         ender = _Ender(self.store, claim, successor)
         try:
             status = self._record(ender, journal, outcome)
         except Exception:
-            if not ender.carried_step:
+            if not journal.pending:  # else the end carried the last step, which rolled back with it
                 raise
-            journal.end_failed()  # the step rolled back with the end: written alone if it can be, as in its call
-            try:
-                journal.flush()
-            except Exception:
-                log.debug("the last step of %s was not written", claim.key, exc_info=True)
-            return self._faulted(claim)
+            return self._faulted(claim, journal)
         try:
             self._log(claim, state.instance.version, status, outcome)
             if self.metrics is not None:
@@ -147,8 +138,14 @@ class Executor:
             log.exception("reporting the end of %s failed", claim.key)
         return Activated(claim, status, outcome, ender.successors)
 
-    def _faulted(self, claim: Claim) -> Activated:
-        """The activation failed in the host: retried a little later, errored after MAX_HOST_FAULTS in a row."""
+    def _faulted(self, claim: Claim, journal: InstanceJournal) -> Activated:
+        """The activation failed in the host: retried a little later, errored after MAX_HOST_FAULTS in a row. A
+        step that finished before the fault and is still pending is written alone first, if it can be, as its
+        own call would have written it."""
+        try:
+            journal.flush()
+        except Exception:
+            log.debug("the pending step of %s was not written", claim.key, exc_info=True)
         now = self.clock.now()
         errored = self.store.host_fault(claim, now, now + RETRY_AFTER_HOST_ERROR_S, MAX_HOST_FAULTS)
         if errored:
@@ -210,10 +207,10 @@ class Executor:
             return self._unwound(ender, journal, outcome)
         if isinstance(outcome, Completed):
             # The last step's write, if pending, goes first in the end's commit: one commit for both.
-            last = journal.end_write()
+            last = journal.carried()
             ender.finish(now, status="complete", output=outcome.output, log=log_text, before=last, **counts)
             if last is not None:
-                journal.end_written(last)
+                journal.carried_written(last)
                 if last.status is None:
                     return "lost"
                 if last.status in PAUSING_STATUSES:  # paused in the last step: the end is the pause's
@@ -301,11 +298,8 @@ class _Ender:
         self.claim = claim
         self.successor = successor
         self.successors: list[Claim] = []
-        # The end carried the activation's last step write (`finish(before=)`).
-        self.carried_step = False
 
     def finish(self, now: float, *, status: str, before: Recording | None = None, **ending: Unpack[EndFields]) -> None:
-        self.carried_step = before is not None
         offered = None if self.successor is None else self.successor()
         _, self.successors = self.store.finish_and_claim(
             self.claim, now, offered, status=status, before=before, **ending

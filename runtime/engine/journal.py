@@ -143,10 +143,8 @@ class InstanceJournal:
         # What a park's write has told the store of this activation already.
         self._reported = ActivationCounts(replayed=0, activations=0, resumes=0, workflow_fuel=0)
         # A step's write answered Done before its commit (the host's `Deferring`): committed by the next durable
-        # call (`flush`), or with the activation's end (`end_write`).
+        # call (`flush`), or with another write, a sleep's, a wait's or the activation's end (`carried`).
         self._deferred: Deferred | None = None
-        # The pending write while another write carries it (`end_write`), until that one has committed.
-        self._taken: Deferred | None = None
 
     def _counts(self) -> ActivationCounts:
         return ActivationCounts(replayed=self.replayed, activations=1, resumes=self.resumes, workflow_fuel=0)
@@ -232,17 +230,16 @@ class InstanceJournal:
         entry.updated_at = self.clock.now()
 
     def _commit(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
-        """Write `entry` (and the pending write first, in the same commit: `_carried`)."""
-        carried = self._carried()
+        """Write `entry`, and the pending write first in the same commit (`carried`). If the store raises, the
+        pending write rolled back with it and is still pending."""
+        carried = self.carried()
         try:
             status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed, before=carried)
         except LeaseLost:
+            self._deferred = None
             self.lease_lost = True
             raise Suspend("lease lost") from None
-        except Exception:
-            self.end_failed()  # the carried write rolled back with this one: still pending
-            raise
-        self._taken = None
+        self._deferred = None
         if carried is None or carried.status not in PAUSING_STATUSES:  # else only the carried write was
             self.entries[entry.position] = entry
         self._written()
@@ -267,28 +264,18 @@ class InstanceJournal:
         if deferred is not None:
             self._commit(deferred.entry, deferred.attempt)
 
-    def _carried(self) -> Recording | None:
-        """The pending write, taken to go first in another write's commit (a sleep's or a wait's)."""
-        return self.end_write()
-
-    def end_write(self) -> Recording | None:
-        """The pending write, taken to go first in the activation's end (`finish_and_claim(before=)`); None if
-        there is none. Once the end has committed, `end_written` with it; if it did not, `end_failed`."""
-        deferred, self._deferred = self._deferred, None
-        self._taken = deferred
+    def carried(self) -> Recording | None:
+        """The pending write, to go first in another write's transaction (a sleep's, a wait's: `_commit`; the
+        activation's end: `finish_and_claim(before=)`); None if there is none. It stays pending until that write
+        has committed (`carried_written`), so a write that raised leaves it for `flush`."""
+        deferred = self._deferred
         if deferred is None:
             return None
         return self.store.recording(self.claim, deferred.entry, deferred.attempt, deferred.entry.updated_at)
 
-    def end_failed(self) -> None:
-        """The write that took the pending one raised (and rolled back): it is pending again, for `flush`."""
-        if self._deferred is None:
-            self._deferred = self._taken
-        self._taken = None
-
-    def end_written(self, recording: Recording) -> None:
-        """After the end's commit: what its first write found (the lease lost; else watchers are told)."""
-        self._taken = None
+    def carried_written(self, recording: Recording) -> None:
+        """After the end's commit: what its carried write found (the lease lost; else watchers are told)."""
+        self._deferred = None
         if recording.status is None:
             self.lease_lost = True
         else:

@@ -98,14 +98,14 @@ def test_a_lease_lost_in_the_last_step_writes_nothing(
     service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     instance = start(service, tenant, ONE_STEP)
-    real = InstanceJournal.end_write
+    real = InstanceJournal.carried
 
     def taken_over(journal: InstanceJournal) -> Any:
         with service.store.transaction() as tx:  # another worker's claim since: a new fence
             tx.execute("UPDATE instances SET fence = fence + 1")
         return real(journal)
 
-    monkeypatch.setattr(InstanceJournal, "end_write", taken_over)
+    monkeypatch.setattr(InstanceJournal, "carried", taken_over)
     assert activate(service, clock) == "lost"
     after = service.store.instance(instance.key)
     assert after.status == "running" and after.output is None and after.steps == 0
@@ -174,51 +174,42 @@ def run(event, step):
 """
 
 
-def test_a_write_that_fails_with_the_step_keeps_the_step(
-    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The sleep's write fails once (a store error, not a lost lease): the step it carried is written alone, as
-    when it committed in its own call, and is not run again."""
-    instance = start(service, tenant, RANDOM_THEN_SLEEP)
-    real = service.store.record
+RANDOM_STEP = "import random\ndef run(event, step):\n    return step.do('a', lambda: random.random())\n"
+
+
+def fail_once_when_carrying(store: SQLStore, method: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The store's `method` raises a store error (not a lost lease) the first time it carries a step (`before=`)."""
+    real = getattr(store, method)
     failures: list[str] = []
 
-    def record(*args: Any, **kwargs: Any) -> Any:
+    def failing(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("before") is not None and not failures:
             failures.append("once")
             raise RuntimeError("the disk hiccups")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(service.store, "record", record)
+    monkeypatch.setattr(store, method, failing)
+    return failures
+
+
+@pytest.mark.parametrize(
+    ("source", "method"),
+    [
+        (RANDOM_THEN_SLEEP, "record"),  # the sleep's write carries the step
+        (RANDOM_STEP, "finish_and_claim"),  # the end carries it
+    ],
+)
+def test_a_write_that_fails_with_the_step_keeps_the_step(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, source: str, method: str
+) -> None:
+    """The write that carried the step fails once: the step is written alone, as when it committed in its own
+    call, and is not run again (its random result is the instance's output)."""
+    instance = start(service, tenant, source)
+    failures = fail_once_when_carrying(service.store, method, monkeypatch)
     assert activate(service, clock) == "waiting"  # a host fault: retried
     assert failures == ["once"]
     [kept] = service.journal(tenant, "wf", instance.instance_id)["steps"]
     assert kept["name"] == "a" and kept["state"] == "done"
-    clock.advance(120)
-    drive(service, clock, instance.key)
-    done = service.store.instance(instance.key)
-    assert done.status == "complete" and done.output == kept["result"]
-
-
-def test_an_end_that_fails_with_the_last_step_keeps_the_step(
-    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    instance = start(
-        service, tenant, "import random\ndef run(event, step):\n    return step.do('a', lambda: random.random())\n"
-    )
-    real = service.store.finish_and_claim
-    failures: list[str] = []
-
-    def finish_and_claim(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("before") is not None and not failures:
-            failures.append("once")
-            raise RuntimeError("the disk hiccups")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(service.store, "finish_and_claim", finish_and_claim)
-    assert activate(service, clock) == "waiting"  # a host fault: retried
-    [kept] = service.journal(tenant, "wf", instance.instance_id)["steps"]
-    assert kept["state"] == "done"
     clock.advance(120)
     drive(service, clock, instance.key)
     done = service.store.instance(instance.key)
