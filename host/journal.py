@@ -211,13 +211,13 @@ class Ready(Protocol):
 class Deferring(Protocol):
     """A journal that may answer a step's `step_complete` with Done before its write has committed (`pending`).
 
-    The workflow's code goes on meanwhile, up to its next host call with an effect outside the sandbox (every
-    host call but the log and the random bytes), before which the host calls `flush`: that commits the write, or
-    raises what the write would have raised (Suspend, Abort). What the workflow did in between touched nothing
-    but its own isolate. The journal's own waits (`sleep_until`, `wait_for_event`) are not flushed first: they
-    commit the pending write themselves, with theirs in one commit or before they answer. A write still pending
-    when the activation ends is the caller's of `Sandbox.run` to commit (with the end, in one commit) or to
-    `flush`."""
+    The workflow's code goes on meanwhile, other steps included, up to its next host call with an effect outside
+    the sandbox (a capability call, a wait for one, a wait in WASI), before which the host calls `flush`: that
+    commits the pending writes, or raises what they would have raised (Suspend, Abort). What the workflow did in
+    between touched nothing but its own isolate. The journal's own calls are not flushed first: a write of theirs
+    (a failed attempt's, a sleep's, a wait's) commits the pending writes with its own, and the journal may commit
+    them whenever it chooses (it bounds how many wait). Writes still pending when the activation ends are the
+    caller's of `Sandbox.run` to commit (with the end, in one commit) or to `flush`."""
 
     @property
     def pending(self) -> bool: ...

@@ -113,8 +113,10 @@ _NAMELESS_OPERANDS = re.compile(r"^unsupported operand type\(s\) for \S+: '' and
 LimitHit = HostRefusal
 
 _EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
-# Host functions whose journal call commits a pending step write itself, with its own (`Deferring`).
-_JOURNAL_WAITS = frozenset({"sleep", "sleep-until", "wait-for-event"})
+# Host functions with an effect outside the isolate, or a wait: a `Deferring` journal's pending step writes
+# commit before them. The others are the journal's own calls (a write of theirs carries the pending ones) or
+# touch only the isolate.
+_FLUSHING = frozenset({"call-start", "call", "poll"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -699,7 +701,7 @@ class Sandbox:
                         checks_sizes=name == "log",
                         detached=seeds,
                         gated=gated,
-                        flushes=gated and name not in _JOURNAL_WAITS,
+                        flushes=name in _FLUSHING,
                     )
                     add_func(host, name, guarded, self._lift_cap)
         run_index = self.component.get_export_index("run")
@@ -784,8 +786,9 @@ class Sandbox:
         (a durable call, and so any step body, a capability call) waits until `ready.wait()` answers; False ends
         the activation Cancelled. The random bytes of a reseed and the log do not wait, nor does WASI.
 
-        A journal that is `Deferring` may answer a step's completion before its write commits: the same host calls
-        wait for that write (`flush`); one still pending when the run ends is the caller's to commit.
+        A journal that is `Deferring` may answer a step's completion before its write commits: a host call with an
+        effect outside the isolate (a capability call, a wait for one, a WASI wait) waits for that write (`flush`);
+        one still pending when the run ends is the caller's to commit.
         """
         args: tuple[Any, ...]
         if code is None:

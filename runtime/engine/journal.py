@@ -1,9 +1,14 @@
 """The journal of one activation: answers the host's durable calls from the store.
 
-Replay returns what is recorded; a new result is written durably before the
-host function returns into the guest. When the instance has to wait, this
-raises `Suspend`; a wait is parkable, and with a `Parker` the isolate may wait
-parked and go on (`park`), or else it is thrown away.
+Replay returns what is recorded. A step's new result is answered before its
+write commits (`Deferred`): the pending writes commit together before the
+workflow's next call with an effect outside its isolate (the host's `flush`),
+with the journal's next write of its own, or with the activation's end, and
+at the latest once `MAX_PENDING_STEPS`, `MAX_PENDING_BYTES` or `MAX_PENDING_S`
+is reached; any other call's result is written before it answers. When the
+instance has to wait, this raises `Suspend`; a wait is parkable, and with a
+`Parker` the isolate may wait parked and go on (`park`), or else it is thrown
+away.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import dataclasses
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +51,13 @@ from tenantflow.runtime.records import (
     check_event_type,
 )
 from tenantflow.runtime.store import PAUSING_STATUSES, LeaseLost, Recording, SQLStore
+
+# Step writes answered before their commit (`Deferred`) wait for one commit together: at most this many, this many
+# bytes of results, and only while the first of them began (its body) less than MAX_PENDING_S ago. What a crash
+# makes run again: cheap steps, never one whose body took longer than that (it commits as it completes).
+MAX_PENDING_STEPS = 64
+MAX_PENDING_BYTES = 1 << 20
+MAX_PENDING_S = 0.05
 
 
 def _ms(seconds: float) -> int:
@@ -142,9 +155,12 @@ class InstanceJournal:
         self.resumes = 0
         # What a park's write has told the store of this activation already.
         self._reported = ActivationCounts(replayed=0, activations=0, resumes=0, workflow_fuel=0)
-        # A step's write answered Done before its commit (the host's `Deferring`): committed by the next durable
-        # call (`flush`), or with another write, a sleep's, a wait's or the activation's end (`carried`).
-        self._deferred: Deferred | None = None
+        # Steps' writes answered Done before their commit (the host's `Deferring`), in order: committed together
+        # before the next call with an effect (`flush`), with another write, a sleep's, a wait's or the
+        # activation's end (`carried`), or once there are too many or the first has waited too long.
+        self._deferred: list[Deferred] = []
+        self._deferred_bytes = 0
+        self._deferred_since = 0.0
 
     def _counts(self) -> ActivationCounts:
         return ActivationCounts(replayed=self.replayed, activations=1, resumes=self.resumes, workflow_fuel=0)
@@ -229,17 +245,23 @@ class InstanceJournal:
             raise Abort(FailureName.STORAGE_QUOTA_EXCEEDED, f"the tenant's {self.quotas.storage_exhausted()}")
         entry.updated_at = self.clock.now()
 
-    def _commit(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
-        """Write `entry`, and the pending write first in the same commit (`carried`). If the store raises, the
-        pending write rolled back with it and is still pending."""
-        carried = self.carried()
+    def _commit(
+        self,
+        entry: Entry,
+        attempt: AttemptRecord | None = None,
+        consumed: int | None = None,
+        carrying: list[Deferred] | None = None,
+    ) -> None:
+        """Write `entry`, and pending writes first in the same commit (`carrying`, by default all of them). If the
+        store raises, the pending writes rolled back with it and are still pending."""
+        carried = self._recordings(self._deferred if carrying is None else carrying)
         try:
             status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed, before=carried)
         except LeaseLost:
-            self._deferred = None
+            self._clear()
             self.lease_lost = True
             raise Suspend("lease lost") from None
-        self._deferred = None
+        self._clear()
         if carried is None or carried.status not in PAUSING_STATUSES:  # else only the carried write was
             self.entries[entry.position] = entry
         self._written()
@@ -256,26 +278,45 @@ class InstanceJournal:
 
     @property
     def pending(self) -> bool:
-        return self._deferred is not None
+        return bool(self._deferred)
+
+    def _defer(self, deferred: Deferred) -> None:
+        """Leave a step's write pending; commit the pending writes now if there are too many, or too old."""
+        if not self._deferred:
+            self._deferred_since = time.monotonic() - deferred.attempt.duration_ms / 1000
+        self._deferred.append(deferred)
+        self._deferred_bytes += len(deferred.entry.result or "")
+        if len(self._deferred) >= MAX_PENDING_STEPS or self._deferred_bytes >= MAX_PENDING_BYTES:
+            self.flush()
+        else:
+            self._flush_if_old()
+
+    def _flush_if_old(self) -> None:
+        if self._deferred and time.monotonic() - self._deferred_since >= MAX_PENDING_S:
+            self.flush()
+
+    def _clear(self) -> None:
+        self._deferred = []
+        self._deferred_bytes = 0
 
     def flush(self) -> None:
-        """Commit the pending write, raising what `_write` would have (Suspend: lease lost, paused, stopping)."""
-        deferred, self._deferred = self._deferred, None
-        if deferred is not None:
-            self._commit(deferred.entry, deferred.attempt)
+        """Commit the pending writes, raising what `_write` would have (Suspend: lease lost, paused, stopping)."""
+        if self._deferred:
+            *rest, last = self._deferred
+            self._commit(last.entry, last.attempt, carrying=rest)
 
     def carried(self) -> Recording | None:
-        """The pending write, to go first in another write's transaction (a sleep's, a wait's: `_commit`; the
-        activation's end: `finish_and_claim(before=)`); None if there is none. It stays pending until that write
-        has committed (`carried_written`), so a write that raised leaves it for `flush`."""
-        deferred = self._deferred
-        if deferred is None:
-            return None
-        return self.store.recording(self.claim, deferred.entry, deferred.attempt, deferred.entry.updated_at)
+        """The pending writes, to go first in another write's transaction (a sleep's, a wait's: `_commit`; the
+        activation's end: `finish_and_claim(before=)`); None if there are none. They stay pending until that
+        write has committed (`carried_written`), so a write that raised leaves them for `flush`."""
+        return self._recordings(self._deferred)
+
+    def _recordings(self, deferred: list[Deferred]) -> Recording | None:
+        return self.store.recordings(self.claim, [(d.entry, d.attempt) for d in deferred]) if deferred else None
 
     def carried_written(self, recording: Recording) -> None:
-        """After the end's commit: what its carried write found (the lease lost; else watchers are told)."""
-        self._deferred = None
+        """After the end's commit: what its carried writes found (the lease lost; else watchers are told)."""
+        self._clear()
         if recording.status is None:
             self.lease_lost = True
         else:
@@ -290,7 +331,7 @@ class InstanceJournal:
     # -- step.do -------------------------------------------------------------
 
     def step_begin(self, call: StepCall, config: StepConfig) -> Plan:
-        self.flush()
+        self._flush_if_old()  # the workflow's code since may have taken a while: not before another body
         call = self.keys.resolve(call)
         entry = self._existing(call)
         # A keyed call's nested steps are matched by their keys too (never called: nothing to skip).
@@ -313,7 +354,6 @@ class InstanceJournal:
         return Suspend(f"retry of {call.name!r}", _ms(wake_at), parkable=True, in_isolate_s=in_isolate)
 
     def step_complete(self, call: StepCall, config: StepConfig, attempt: Attempt) -> Plan:
-        self.flush()
         call = self.keys.resolve(call)
         now = self.clock.now()
         self.attempts.append((attempt.duration_ms, attempt.fuel))
@@ -339,7 +379,7 @@ class InstanceJournal:
             # Answered now, committed before the workflow's next call with an effect, or with the end.
             self._stamp(entry)
             self.entries[entry.position] = entry
-            self._deferred = Deferred(entry, record)
+            self._defer(Deferred(entry, record))
             return Done(attempt.result or "null")
         entry.error_name, entry.error_message = attempt.error_name, attempt.error_message
         if attempt.retryable and attempt.attempt <= config.limit:

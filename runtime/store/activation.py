@@ -10,7 +10,7 @@ read after the commit: a lost lease committed nothing, and raises LeaseLost (or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, Unpack
 
 from tenantflow.runtime.records import (
@@ -169,18 +169,21 @@ def fenced_with_usage(
 
 
 class Recording:
-    """A journal write that goes first in another write's transaction (`Activation.recording`): `status`, the
-    instance's status it found once it ran (None: the claim is no longer held, nothing was written). The other
-    write goes on unless this one did not apply, or the instance is being paused (what follows is then the
-    pause's)."""
+    """Journal writes that go first, in order, in another write's transaction (`Activation.recording`): `status`,
+    the instance's status the last of them found once they ran (None: the claim is no longer held, nothing was
+    written). Each is written even if an earlier one found the instance being paused; the other write goes on
+    unless they did not apply or the instance is being paused (what follows is then the pause's)."""
 
-    def __init__(self, write: Callable[[Tx], Later]) -> None:
-        self._write = write
+    def __init__(self, *writes: Callable[[Tx], Later]) -> None:
+        self._writes = writes
         self.status: str | None = None
 
     def __call__(self, tx: Tx) -> bool:
-        found = self._write(tx).scalar()
-        self.status = None if found is None else str(found)
+        for write in self._writes:
+            found = write(tx).scalar()
+            self.status = None if found is None else str(found)
+            if self.status is None:
+                return False
         return self.status is not None and self.status not in PAUSING_STATUSES
 
 
@@ -236,6 +239,10 @@ class Activation(Scheduling):
         """`record`'s write, to go first in another's transaction: the activation's end (`finish_and_claim(before=)`)
         or another position's write (`record(before=)`)."""
         return Recording(self._recording(claim, entry, attempt, now))
+
+    def recordings(self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None]]) -> Recording:
+        """Several positions' writes (each at its entry's `updated_at`), in order, as one `recording`."""
+        return Recording(*(self._recording(claim, entry, attempt, entry.updated_at) for entry, attempt in writes))
 
     def _recording(
         self,

@@ -1,9 +1,9 @@
-"""A step's write is answered before it commits and goes with the activation's next durable call, or with its end.
+"""Steps' writes are answered before they commit and go together with the activation's next write, or its end.
 
-The host flushes it before any call with an effect (tests/host/test_deferred_writes.py); here, the runtime's side:
-a workflow that returns after its last step commits that step and its end together, a sleep or a wait after a
-step commits both together, and what the step's own commit would have met (a pause, a lost lease, a failing disk)
-still decides what happens next.
+The host flushes them before any call with an effect (tests/host/test_deferred_writes.py); here, the runtime's side:
+a workflow that returns after its steps commits them and its end together, a sleep or a wait after steps commits
+them all together, the pending writes are bounded (in number, bytes and age), and what the steps' own commits would
+have met (a pause, a lost lease, a failing disk) still decides what happens next.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tenantflow.runtime.engine import journal as journal_module
 from tenantflow.runtime.engine.clock import ManualClock
 from tenantflow.runtime.engine.journal import InstanceJournal
 from tenantflow.runtime.records import Instance, Tenant
@@ -68,15 +69,71 @@ def test_the_last_step_and_the_end_are_one_commit(
     assert [a["ok"] for a in step["attempt_log"]] == [True]
 
 
-def test_a_step_before_another_commits_before_that_ones_body(
+def test_steps_with_no_effect_between_them_go_with_the_end(
     service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     instance = start(service, tenant, TWO_STEPS)
     writes = count_writes(service.store, monkeypatch)
     assert activate(service, clock) == "complete"
-    assert len(writes) == 2, writes  # "a" before "b" runs; "b" with the end
+    assert len(writes) == 1, writes  # "a", "b" and the end (it was three, then two)
     done = service.store.instance(instance.key)
-    assert done.output == [1, 2] and "between 1" in (done.log or "")
+    assert done.output == [1, 2] and "between 1" in (done.log or "") and done.steps == 2
+    journal = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert [(s["name"], s["result"], len(s["attempt_log"])) for s in journal] == [("a", 1, 1), ("b", 2, 1)]
+
+
+FIVE_STEPS = "def run(event, step):\n    return [step.do(f's{i}', lambda: 'x' * 10) for i in range(5)]\n"
+
+
+@pytest.mark.parametrize(
+    ("bound", "value", "writes"),
+    [
+        ("MAX_PENDING_STEPS", 2, 3),  # two, two, then the last with the end
+        ("MAX_PENDING_BYTES", 20, 3),  # two results of 12 bytes (JSON) pass 20: the same
+        ("MAX_PENDING_S", 0.0, 6),  # each step at once, then the end
+    ],
+)
+def test_pending_step_writes_are_bounded(
+    service: Service,
+    tenant: Tenant,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    bound: str,
+    value: float,
+    writes: int,
+) -> None:
+    monkeypatch.setattr(journal_module, "MAX_PENDING_S", 3600.0)  # a slow machine's steps still go together
+    monkeypatch.setattr(journal_module, bound, value)
+    instance = start(service, tenant, FIVE_STEPS)
+    seen = count_writes(service.store, monkeypatch)
+    assert activate(service, clock) == "complete"
+    assert len(seen) == writes, seen
+    done = service.store.instance(instance.key)
+    assert done.output == ["x" * 10] * 5 and done.steps == 5
+
+
+SLOW_THEN_QUICK = """
+import time
+def busy():
+    began = time.monotonic()
+    while time.monotonic() - began < 0.1:
+        pass
+    return "slow"
+def run(event, step):
+    return [step.do("slow", busy), step.do("quick", lambda: "quick")]
+"""
+
+
+def test_a_step_whose_body_took_long_commits_as_it_completes(
+    service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a crash would make run again stays cheap: a body longer than MAX_PENDING_S is not left pending."""
+    monkeypatch.setattr(journal_module, "MAX_PENDING_S", 0.05)
+    instance = start(service, tenant, SLOW_THEN_QUICK)
+    writes = count_writes(service.store, monkeypatch)
+    assert activate(service, clock) == "complete"
+    assert len(writes) == 2, writes  # "slow" as it completed; "quick" with the end
+    assert service.store.instance(instance.key).output == ["slow", "quick"]
 
 
 def test_a_pause_in_the_last_step_still_pauses(service: Service, tenant: Tenant, clock: ManualClock) -> None:

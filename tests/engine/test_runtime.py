@@ -259,12 +259,16 @@ def test_pause_resume_terminate_restart(service: Service, tenant: Tenant, clock:
         service.control(tenant, "other", other.instance_id, "resume")
 
 
-def test_pause_while_running_takes_effect_at_the_next_step(
+def test_pause_while_running_takes_effect_at_the_next_commit(
     service: Service, tenant: Tenant, clock: ManualClock
 ) -> None:
+    """The steps before the commit that finds the pause are journaled; what came after them (a sleep, here) is
+    not, and runs once resumed."""
     source = """
 def run(event, step):
-    return [step.do(f"s{i}", lambda: i) for i in range(3)]
+    done = [step.do(f"s{i}", lambda: i) for i in range(3)]
+    step.sleep("nap", "1 second")
+    return done + [step.do("after", lambda: 3)]
 """
     instance = start(service, tenant, source)
     claim = service.store.claim("test", 1, clock.now(), 60.0, {})[0]
@@ -273,9 +277,19 @@ def run(event, step):
     service.executor.activate(claim)
     paused = service.store.instance(instance.key)
     assert paused.status == "paused"
-    assert len(service.journal(tenant, "wf", instance.instance_id)["steps"]) == 1
+    steps = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert [s["name"] for s in steps] == ["s0", "s1", "s2"]
     service.control(tenant, "wf", instance.instance_id, "resume")
-    assert finish(service, clock, instance).output == [0, 1, 2]
+    clock.advance(2)
+    assert finish(service, clock, instance).output == [0, 1, 2, 3]
+    steps = service.journal(tenant, "wf", instance.instance_id)["steps"]
+    assert [(s["name"], len(s["attempt_log"])) for s in steps] == [
+        ("s0", 1),
+        ("s1", 1),
+        ("s2", 1),
+        ("nap", 0),
+        ("after", 1),
+    ]
 
 
 def test_non_determinism_is_detected(service: Service, tenant: Tenant, clock: ManualClock) -> None:

@@ -122,20 +122,20 @@ def test_host_faults_are_retried_then_error_the_instance(tmp_path: Path, sandbox
     instance = start(service, tenant, ECHO, "echo", {"x": 1})
     broken = threading.Event()
     broken.set()
-    real_record, real_recording = store.record, store.recording
+    real_record, real_recordings = store.record, store.recordings
 
     def record(*args: Any, **kwargs: Any) -> Any:
         if broken.is_set():
             raise RuntimeError("the disk is on fire")
         return real_record(*args, **kwargs)
 
-    def recording(*args: Any, **kwargs: Any) -> Any:  # the last step's write, made with the activation's end
+    def recordings(*args: Any, **kwargs: Any) -> Any:  # the steps' writes, made with the activation's end
         if broken.is_set():
             return lambda tx: record()
-        return real_recording(*args, **kwargs)
+        return real_recordings(*args, **kwargs)
 
     store.record = record  # type: ignore[method-assign]
-    store.recording = recording  # type: ignore[method-assign]
+    store.recordings = recordings  # type: ignore[method-assign]
     for n in range(1, MAX_HOST_FAULTS + 1):
         claims = store.claim("test", 1, clock.now(), 60.0)
         assert len(claims) == 1, n

@@ -1,6 +1,6 @@
 """A journal that answers a step's completion before committing it (`tenantflow.host.Deferring`): the host commits
-the write (`flush`) before the workflow's next call with an effect outside its isolate, never later, and leaves a
-write still pending at the end to the caller of `Sandbox.run` (the runtime commits it with the end)."""
+the pending writes (`flush`) before the workflow's next call with an effect outside its isolate, never later, and
+leaves writes still pending at the end to the caller of `Sandbox.run` (the runtime commits them with the end)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_it_is_a_deferring_journal() -> None:
     assert isinstance(DeferringJournal(), Deferring)
 
 
-def test_a_step_is_written_before_the_next_ones_body_and_the_last_is_left_to_the_caller(sandbox: Sandbox) -> None:
+def test_steps_between_effects_are_left_pending_to_the_caller(sandbox: Sandbox) -> None:
     journal = DeferringJournal()
     source = (
         "def run(event, step):\n"
@@ -65,10 +65,41 @@ def test_a_step_is_written_before_the_next_ones_body_and_the_last_is_left_to_the
     )
     outcome = run(sandbox, source, journal)
     assert isinstance(outcome, Completed) and outcome.output == "[1, 2]"
-    # The print does not wait for the write (the log has no effect outside); the next step's call does.
-    assert journal.order == ["begin a", "complete a", "flush 0", "begin b", "complete b"]
-    assert journal.pending and journal.unwritten == [1]
+    # Neither the print (the log has no effect outside) nor the next step waits for the write.
+    assert journal.order == ["begin a", "complete a", "begin b", "complete b"]
+    assert journal.pending and journal.unwritten == [0, 1]
     assert "between 1" in outcome.stats.log
+
+
+# A capability call refused (no egress granted): an effect outside the isolate all the same, flushed before.
+FETCH_BETWEEN = (
+    "from tenantflow import CapabilityError, fetch\n"
+    "def run(event, step):\n"
+    "    step.do('a', lambda: 1)\n"
+    "    step.do('b', lambda: 2)\n"
+    "    try:\n"
+    "        fetch('http://127.0.0.1:9/')\n"
+    "    except CapabilityError:\n"
+    "        pass\n"
+    "    return step.do('c', lambda: 3)\n"
+)
+
+
+def test_a_call_with_an_effect_waits_for_the_pending_writes(sandbox: Sandbox) -> None:
+    journal = DeferringJournal()
+    outcome = run(sandbox, FETCH_BETWEEN, journal)
+    assert isinstance(outcome, Completed) and outcome.output == "3"
+    assert journal.order == [
+        "begin a",
+        "complete a",
+        "begin b",
+        "complete b",
+        "flush 0",
+        "flush 1",
+        "begin c",
+        "complete c",
+    ]
+    assert journal.unwritten == [2]
 
 
 def test_a_sleep_after_a_step_is_left_to_commit_it(sandbox: Sandbox) -> None:
@@ -80,13 +111,12 @@ def test_a_sleep_after_a_step_is_left_to_commit_it(sandbox: Sandbox) -> None:
     assert journal.order == ["begin a", "complete a", "sleep nap", "flush 0"]
 
 
-def test_what_the_write_raises_ends_the_activation_before_the_next_body(sandbox: Sandbox) -> None:
+def test_what_the_write_raises_ends_the_activation_before_the_effect(sandbox: Sandbox) -> None:
     journal = DeferringJournal(refuse=Suspend("paused"))
-    source = "def run(event, step):\n    step.do('a', lambda: 1)\n    step.do('b', lambda: 2)\n    return 'never'\n"
-    outcome = run(sandbox, source, journal)
+    outcome = run(sandbox, FETCH_BETWEEN, journal)
     assert isinstance(outcome, Suspended) and outcome.reason == "paused"
-    assert journal.order == ["begin a", "complete a", "flush 0"]
-    assert [call.name for call, _ in journal.attempts] == ["a"]  # b's body never ran
+    assert journal.order == ["begin a", "complete a", "begin b", "complete b", "flush 0", "flush 1"]
+    assert [call.name for call, _ in journal.attempts] == ["a", "b"]  # c's body never ran
 
 
 def test_a_wait_in_the_workflows_own_code_commits_the_step_first(sandbox: Sandbox) -> None:

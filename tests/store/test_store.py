@@ -660,6 +660,39 @@ def test_a_write_can_carry_the_step_before_it_in_its_commit(store: SQLStore) -> 
     assert store.journal(lost_key) == ([], [], [])
 
 
+def test_several_steps_go_first_in_order_in_one_commit(store: SQLStore) -> None:
+    """`recordings`: steps' writes in order before another write; a pause found by the first is still followed by
+    the other steps (their bodies ran before it), not by the write they go with; a lost lease writes none."""
+    make_tenant(store)
+    steps = [(done_entry(p, f'"r{p}"', f"s{p}"), ok_attempt(p)) for p in range(3)]
+    key = make_instance(store, "carried")
+    claim = claim_one(store)
+    carried = store.recordings(claim, steps)
+    assert store.finish_and_claim(claim, T0 + 2, None, status="complete", output='"ok"', before=carried) == (True, [])
+    done = store.instance(key)
+    assert done.status == "complete" and done.steps == 3
+    entries, attempts, _ = store.journal(key)
+    assert [(e.name, e.result) for e in entries] == [("s0", '"r0"'), ("s1", '"r1"'), ("s2", '"r2"')]
+    assert [a.position for a in attempts] == [0, 1, 2]
+
+    paused_key = make_instance(store, "paused")
+    claim = claim_one(store, T0 + 3)
+    store.pause(paused_key, T0 + 3)
+    carried = store.recordings(claim, steps)
+    assert store.finish_and_claim(claim, T0 + 5, None, status="complete", output='"ok"', before=carried) == (False, [])
+    assert carried.status == "waiting_for_pause"
+    held = store.instance(paused_key)
+    assert held.status == "waiting_for_pause" and held.output is None and held.steps == 3
+
+    lost_key = make_instance(store, "lost")
+    claim = claim_one(store, T0 + 6)
+    stale = Claim(claim.key, claim.fence - 1)
+    carried = store.recordings(stale, steps)
+    assert store.finish_and_claim(stale, T0 + 8, None, status="complete", output='"ok"', before=carried) == (False, [])
+    assert carried.status is None
+    assert store.instance(lost_key).status == "running" and store.journal(lost_key) == ([], [], [])
+
+
 def test_an_end_leases_what_its_slot_runs_next_fairly(store: SQLStore) -> None:
     """`finish_and_claim`: the slot an ending activation leaves goes to what a claim would choose now: the tenant
     with the fewest running first, within its concurrency; nothing when nothing is due."""

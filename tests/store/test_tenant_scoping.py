@@ -151,15 +151,15 @@ def exercise(s: Any) -> None:
     c1 = claims["i1"]
     assert s.load(c1).instance.params == {"p": 1}
     s.send_event(k1, "go", {"x": 1}, T0 + 1)
-    s.record(c1, done_entry(0), ok_attempt(0), T0 + 1)
     wait = Entry(1, "approval", "wait", "done", result='{"type": "go"}', event_type="go", created_at=T0)
-    s.record(c1, wait, None, T0 + 1, consumed_event=1)
+    s.record(c1, wait, None, T0 + 1, consumed_event=1, before=s.recording(c1, done_entry(0), ok_attempt(0), T0 + 1))
     s.heartbeat("w1", list(claims.values()), T0 + LEASE)
     assert set(s.held("w1", list(claims.values()))) == set(claims.values())
     assert s.finish(c1, T0 + 2, status="waiting", waiting_for="later")
     s.send_event(k1, "later", None, T0 + 3)
     # i2's end leases what its slot runs next: i3, acme's only due instance (zeta's z1 already runs).
-    last = s.recording(claims["i2"], done_entry(0), ok_attempt(0), T0 + 2)  # i2's last step, with its end
+    # i2's two steps, with its end
+    last = s.recordings(claims["i2"], [(done_entry(0), ok_attempt(0)), (done_entry(1, name="t"), ok_attempt(1))])
     held, successors = s.finish_and_claim(
         claims["i2"],
         T0 + 2,
