@@ -541,7 +541,7 @@ class RowView:
 
     @property
     def busy_text(self) -> str:
-        return " ".join(f"{b:.3f} {e:.3f}" for b, e in self.busy)
+        return " ".join(f"{b:.6f} {e:.6f}" for b, e in self.busy)
 
 
 MAX_BUSY = 24
@@ -646,7 +646,7 @@ class GapView:
 
     @property
     def busy_text(self) -> str:
-        return " ".join(f"{b:.3f} {e:.3f}" for b, e in self.busy)
+        return " ".join(f"{b:.6f} {e:.6f}" for b, e in self.busy)
 
 
 def cap_rows(rows: list[RowView], limit: int = MAX_ROWS) -> list[RowView | GapView]:

@@ -179,11 +179,10 @@ class Recording:
         self.status: str | None = None
 
     def __call__(self, tx: Tx) -> bool:
-        for write in self._writes:
-            found = write(tx).scalar()
+        # All sent before any is read (PostgreSQL pipelines them): each is fenced, so if one does not apply, none do.
+        for written in [write(tx) for write in self._writes]:
+            found = written.scalar()
             self.status = None if found is None else str(found)
-            if self.status is None:
-                return False
         return self.status is not None and self.status not in PAUSING_STATUSES
 
 
