@@ -137,8 +137,9 @@ def tenantflow_only(results: dict[str, Any]) -> list[str]:
     first = fast.get("first_step")
     if first:
         lines.append(
-            "| real `tenantflow serve` (SQLite, WAL, synchronous=FULL, 4 workers): instance created → its first step "
-            f"committed, one at a time | p50 {first['p50_ms']:.2f} ms, p90 {first['p90_ms']:.2f} ms "
+            "| real `tenantflow serve` (SQLite, WAL, synchronous=FULL, 4 workers): instance created → its first step's "
+            "journal time (taken just before its commit), one at a time | "
+            f"p50 {first['p50_ms']:.2f} ms, p90 {first['p90_ms']:.2f} ms "
             f"(n = {first['n']}; raw commits/s beside it {first['raw_commits_per_s']:,}) "
             f"(target p50 ≤ 2 ms: {met(first['p50_ms'] <= 2)}) |"
         )
