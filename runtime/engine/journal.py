@@ -109,10 +109,12 @@ class Keys:
 
 @dataclasses.dataclass(frozen=True)
 class Deferred:
-    """A step's write answered Done before its commit."""
+    """A write answered before its commit: a step's (Done), or an event wait's (its entry as it begins to wait,
+    or done with the event it consumed)."""
 
     entry: Entry
-    attempt: AttemptRecord
+    attempt: AttemptRecord | None
+    consumed: int | None = None
 
 
 class InstanceJournal:
@@ -176,11 +178,17 @@ class InstanceJournal:
         )
 
     def park(self, wait: Suspend, log: str) -> bool:
-        """The host's `Parking.park`: wait in this isolate if the parker takes it (events refreshed)."""
-        self.flush()
+        """The host's `Parking.park`: wait in this isolate if the parker takes it (events refreshed). An event
+        wait's park carries the pending writes (the wait's own entry among them) in its commit; if it makes
+        none, they stay pending for the activation's end."""
+        carried = self.carried() if wait.waiting_for is not None and self.parker is not None else None
+        if carried is None:
+            self.flush()
         if self.parker is None:
             return False
-        parked = self.parker.park(wait, log or None, self.unreported())
+        parked = self.parker.park(wait, log or None, self.unreported(), before=carried)
+        if carried is not None and carried.ran:
+            self.carried_written(carried)
         if parked.reported:
             self._reported = self._counts()
         if not parked.resumed:
@@ -283,7 +291,8 @@ class InstanceJournal:
     def _defer(self, deferred: Deferred) -> None:
         """Leave a step's write pending; commit the pending writes now if there are too many, or too old."""
         if not self._deferred:
-            self._deferred_since = time.monotonic() - deferred.attempt.duration_ms / 1000
+            took = 0.0 if deferred.attempt is None else deferred.attempt.duration_ms / 1000
+            self._deferred_since = time.monotonic() - took
         self._deferred.append(deferred)
         self._deferred_bytes += len(deferred.entry.result or "")
         if len(self._deferred) >= MAX_PENDING_STEPS or self._deferred_bytes >= MAX_PENDING_BYTES:
@@ -303,7 +312,7 @@ class InstanceJournal:
         """Commit the pending writes, raising what `_write` would have (Suspend: lease lost, paused, stopping)."""
         if self._deferred:
             *rest, last = self._deferred
-            self._commit(last.entry, last.attempt, carrying=rest)
+            self._commit(last.entry, last.attempt, last.consumed, carrying=rest)
 
     def carried(self) -> Recording | None:
         """The pending writes, to go first in another write's transaction (a sleep's, a wait's: `_commit`; the
@@ -312,7 +321,11 @@ class InstanceJournal:
         return self._recordings(self._deferred)
 
     def _recordings(self, deferred: list[Deferred]) -> Recording | None:
-        return self.store.recordings(self.claim, [(d.entry, d.attempt) for d in deferred]) if deferred else None
+        return (
+            self.store.recordings(self.claim, [(d.entry, d.attempt, d.consumed) for d in deferred])
+            if deferred
+            else None
+        )
 
     def carried_written(self, recording: Recording) -> None:
         """After the end's commit: what its carried writes found (the lease lost; else watchers are told)."""
@@ -434,12 +447,9 @@ class InstanceJournal:
             raise Abort("InvalidEventType", str(error)) from None
 
     def wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
-        try:
-            return self._wait_for_event(call, event_type, timeout_ms)
-        finally:
-            self.flush()  # unless its write took the pending one with it
-
-    def _wait_for_event(self, call: StepCall, event_type: str, timeout_ms: int | None) -> Any:
+        """An event's payload, recorded or consumed now (its write left pending, as a step's); or Suspend, the
+        wait's own entry left pending with the writes before it: the park's commit carries them (`park`), or else
+        the activation's end."""
         call = self.keys.resolve(call)
         entry = self._existing(call)
         if entry is not None and entry.state == "done":
@@ -458,7 +468,9 @@ class InstanceJournal:
                 self.events.remove(event)
                 value = {"type": event.type, "payload": event.payload, "timestamp": event.created_at}
                 entry.state, entry.result = "done", json.dumps(value)
-                self._write(entry, consumed=event.seq)
+                self._stamp(entry)
+                self.entries[entry.position] = entry
+                self._defer(Deferred(entry, None, event.seq))
                 return value
         if entry.wake_at is not None and self._due(entry.wake_at):
             entry.state = "timed_out"
@@ -467,7 +479,9 @@ class InstanceJournal:
             self._write(entry)
             raise EventTimeout(entry.error_message)
         if fresh:
-            self._write(entry)
+            self._stamp(entry)
+            self.entries[entry.position] = entry
+            self._defer(Deferred(entry, None))
         self.waiting_for = event_type
         wake_at_ms = None if entry.wake_at is None else _ms(entry.wake_at)
         raise Suspend(f"waiting for {event_type!r}", wake_at_ms, parkable=True, waiting_for=event_type)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from tenantflow.host import Suspend
 from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.records import DUE_SLACK_S, ActivationCounts, Claim, EventRecord, InstanceKey
-from tenantflow.runtime.store import SQLStore
+from tenantflow.runtime.store import Recording, SQLStore
 
 __all__ = [
     "DEFAULT_MAX_PARK_S",
@@ -244,18 +244,21 @@ class Parker:
         # Told how each wait ended: None (resumed in the isolate) or why not.
         self.on_end = on_end
 
-    def park(self, wait: Suspend, log: str | None, counts: ActivationCounts) -> Parked:
+    def park(self, wait: Suspend, log: str | None, counts: ActivationCounts, before: Recording | None = None) -> Parked:
         """Hold the isolate until `wait` is over (or not: the activation ends with `wait`). `log` (None:
-        unchanged) and the `counts` go to the store with the park's write, if it makes one."""
+        unchanged), the `counts` and the journal writes `before` go to the store with the park's write, if it
+        makes one."""
         ended: Evicted | None = None
         try:
-            parked, ended = self._park(wait, log, counts)
+            parked, ended = self._park(wait, log, counts, before)
             return parked
         finally:
             if self.on_end is not None:
                 self.on_end(self.claim, ended)
 
-    def _park(self, wait: Suspend, log: str | None, counts: ActivationCounts) -> tuple[Parked, Evicted | None]:
+    def _park(
+        self, wait: Suspend, log: str | None, counts: ActivationCounts, before: Recording | None
+    ) -> tuple[Parked, Evicted | None]:
         if not self.lot.enabled:
             return Parked(False), OFF
         now = self.clock.now()
@@ -277,6 +280,7 @@ class Parker:
                 waiting_for=wait.waiting_for,
                 lease_until=now + self.lease_s,
                 log=log,
+                before=before,
                 **counts,
             )
             if row is None:

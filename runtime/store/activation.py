@@ -177,8 +177,11 @@ class Recording:
     def __init__(self, *writes: Callable[[Tx], Later]) -> None:
         self._writes = writes
         self.status: str | None = None
+        # Whether a transaction has run them (a write given them may have made none).
+        self.ran = False
 
     def __call__(self, tx: Tx) -> bool:
+        self.ran = True
         # All sent before any is read (PostgreSQL pipelines them): each is fenced, so if one does not apply, none do.
         for written in [write(tx) for write in self._writes]:
             found = written.scalar()
@@ -239,9 +242,12 @@ class Activation(Scheduling):
         or another position's write (`record(before=)`)."""
         return Recording(self._recording(claim, entry, attempt, now))
 
-    def recordings(self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None]]) -> Recording:
-        """Several positions' writes (each at its entry's `updated_at`), in order, as one `recording`."""
-        return Recording(*(self._recording(claim, entry, attempt, entry.updated_at) for entry, attempt in writes))
+    def recordings(self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None, int | None]]) -> Recording:
+        """Several positions' writes (each at its entry's `updated_at`, with the event it consumed), in order, as
+        one `recording`."""
+        return Recording(
+            *(self._recording(claim, entry, attempt, entry.updated_at, consumed) for entry, attempt, consumed in writes)
+        )
 
     def _recording(
         self,
@@ -469,11 +475,13 @@ class Activation(Scheduling):
         activations: int,
         resumes: int = 0,
         workflow_fuel: int = 0,
+        before: Recording | None = None,
     ) -> EndedRow | None:
         """The activation's isolate waits parked (hot resume): the instance is `waiting` (or stays `paused`)
         with its wake time, still leased by the claim's owner until `lease_until`. None if the claim is no
         longer held. As `finish`: an event already there for `waiting_for` makes it due now; `log` (None:
-        unchanged) replaces the stored one; the counts are added."""
+        unchanged) replaces the stored one; the counts are added. `before`: journal writes that go first in
+        the same commit (a pause they find is the park's to keep: it leaves the instance `paused`)."""
         k = key_params(claim.key)
         wake, wake_params = _wake(k, waiting_for, now, wake_at)
         log_sql, log_params = "", ()  # type: tuple[str, tuple[Any, ...]]
@@ -481,8 +489,11 @@ class Activation(Scheduling):
             blob = codec.encode_text(log) if log else None
             log_sql = "log = ?, stored_bytes = stored_bytes + ? - COALESCE(LENGTH(log), 0), "
             log_params = (blob, 0 if blob is None else len(blob))
-        parked = self.write(
-            lambda tx: fenced_with_usage(
+
+        def write(tx: Tx) -> Later | None:
+            if before is not None and not before(tx) and before.status is None:
+                return None
+            return fenced_with_usage(
                 tx,
                 claim,
                 now,
@@ -507,8 +518,9 @@ class Activation(Scheduling):
                 ),
                 self.usage_shards,
             )
-        )
-        return parked.record(EndedRow)
+
+        parked = self.write(write)
+        return None if parked is None else parked.record(EndedRow)
 
     def unpark(
         self, claim: Claim, now: float, lease_until: float, max_running: int

@@ -153,6 +153,56 @@ def test_waits_go_on_in_the_parked_isolate(live: Service) -> None:
     assert live.pool.lot.usage() == (0, 0)
 
 
+TOOL_LOOP = """
+def run(event, step):
+    got = []
+    for i in range(3):
+        step.do(f"think {i}", lambda: i)
+        got.append(step.wait_for_event(f"tool {i}", event_type="tool")["payload"])
+    return got
+"""
+
+
+def test_an_event_waits_park_carries_the_steps_and_the_wait_in_one_commit(
+    live: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn of an agent loop (a step, then an event wait that parks) makes one commit before it waits: the
+    step's write and the wait's own entry go with the park's."""
+    tenant = live.create_tenant("acme")[0]
+    live.deploy(tenant, "wf", TOOL_LOOP)
+    writes: list[str] = []
+    real = live.store.write
+
+    def write(fn: Any) -> Any:
+        writes.append(getattr(fn, "__qualname__", repr(fn)))
+        return real(fn)
+
+    monkeypatch.setattr(live.store, "write", write)
+    live.create_instances(tenant, "wf", [{"id": "loop"}])
+
+    def parks() -> int:
+        return sum(w.startswith("Activation.park") for w in writes)
+
+    for turn in range(3):
+        wait_until(lambda turn=turn: parks() == turn + 1 and parked(live, tenant, "loop"), 20, f"turn {turn}'s park")
+        states = [(s["name"], s["state"]) for s in live.journal(tenant, "wf", "loop")["steps"]]
+        assert states[-2:] == [(f"think {turn}", "done"), (f"tool {turn}", "waiting")], states
+        live.send_event(tenant, "wf", "loop", "tool", turn)
+    instance = finished(live, tenant, "loop")
+    assert instance.output == [0, 1, 2] and (instance.activations, instance.hot_resumes) == (1, 3)
+    # A turn: the unpark, then the park carrying the event consumed, the step and the next wait; the last event,
+    # consumed, goes with the end.
+    assert [w.split(".<locals>")[0] for w in writes] == [
+        "Activation.park",
+        "Activation.unpark",
+        "Activation.park",
+        "Activation.unpark",
+        "Activation.park",
+        "Activation.unpark",
+        "Activation.finish_and_claim",
+    ], writes
+
+
 def test_hot_resume_off_replays_the_same_run(tmp_path: Path, sandbox: Sandbox) -> None:
     service = start(tmp_path, sandbox, park_memory_mb=0)
     try:

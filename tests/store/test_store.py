@@ -664,7 +664,7 @@ def test_several_steps_go_first_in_order_in_one_commit(store: SQLStore) -> None:
     """`recordings`: steps' writes in order before another write; a pause found by the first is still followed by
     the other steps (their bodies ran before it), not by the write they go with; a lost lease writes none."""
     make_tenant(store)
-    steps = [(done_entry(p, f'"r{p}"', f"s{p}"), ok_attempt(p)) for p in range(3)]
+    steps = [(done_entry(p, f'"r{p}"', f"s{p}"), ok_attempt(p), None) for p in range(3)]
     key = make_instance(store, "carried")
     claim = claim_one(store)
     carried = store.recordings(claim, steps)
@@ -690,6 +690,49 @@ def test_several_steps_go_first_in_order_in_one_commit(store: SQLStore) -> None:
     carried = store.recordings(stale, steps)
     assert store.finish_and_claim(stale, T0 + 8, None, status="complete", output='"ok"', before=carried) == (False, [])
     assert carried.status is None
+    assert store.instance(lost_key).status == "running" and store.journal(lost_key) == ([], [], [])
+
+
+def test_a_park_can_carry_the_writes_before_it(store: SQLStore) -> None:
+    """`park(before=)`: a step and the event wait's entry go with the park's commit; a lost lease writes none."""
+    make_tenant(store)
+    wait = Entry(1, "tool", "wait", "waiting", event_type="tool", created_at=T0, updated_at=T0)
+    key = make_instance(store, "carried")
+    claim = claim_one(store)
+    carried = store.recordings(claim, [(done_entry(0), ok_attempt(0), None), (wait, None, None)])
+    row = store.park(
+        claim,
+        T0 + 1,
+        wake_at=None,
+        waiting_for="tool",
+        lease_until=T0 + 60,
+        log=None,
+        replayed=0,
+        activations=1,
+        before=carried,
+    )
+    assert row is not None and row.status == "waiting" and carried.ran and carried.status == "running"
+    assert [(e.name, e.state) for e in store.journal(key)[0]] == [("s", "done"), ("tool", "waiting")]
+
+    lost_key = make_instance(store, "lost")
+    claim = claim_one(store, T0 + 2)
+    stale = Claim(claim.key, claim.fence - 1)
+    carried = store.recordings(stale, [(done_entry(0), ok_attempt(0), None)])
+    assert (
+        store.park(
+            stale,
+            T0 + 3,
+            wake_at=None,
+            waiting_for="tool",
+            lease_until=T0 + 60,
+            log=None,
+            replayed=0,
+            activations=1,
+            before=carried,
+        )
+        is None
+    )
+    assert carried.ran and carried.status is None
     assert store.instance(lost_key).status == "running" and store.journal(lost_key) == ([], [], [])
 
 

@@ -159,7 +159,9 @@ def exercise(s: Any) -> None:
     s.send_event(k1, "later", None, T0 + 3)
     # i2's end leases what its slot runs next: i3, acme's only due instance (zeta's z1 already runs).
     # i2's two steps, with its end
-    last = s.recordings(claims["i2"], [(done_entry(0), ok_attempt(0)), (done_entry(1, name="t"), ok_attempt(1))])
+    last = s.recordings(
+        claims["i2"], [(done_entry(0), ok_attempt(0), None), (done_entry(1, name="t"), ok_attempt(1), None)]
+    )
     held, successors = s.finish_and_claim(
         claims["i2"],
         T0 + 2,
@@ -186,6 +188,7 @@ def exercise(s: Any) -> None:
         log="p",
         replayed=2,
         activations=1,
+        before=s.recordings(again["i1"], [(done_entry(0), None, None)]),  # its step 0 rewritten as it was
     )
     assert parked is not None and parked.status == "waiting"
     parked_row = s.held("w2", [again["i1"]])[again["i1"]]
