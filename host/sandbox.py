@@ -202,6 +202,8 @@ class _InFlight:
     fuel_left: int = 0
     entered_fuel: int = 0
     used: int = 0
+    # The activation's count of calls with an effect when the attempt began (`_Activation.effects`).
+    effects: int = 0
 
 
 @dataclass
@@ -243,6 +245,8 @@ class _Activation:
     progressed: bool = False
     # The log's size when it was last handed to `Parking.park` (unchanged: not handed again).
     parked_log_size: int = -1
+    # Calls with an effect outside the isolate made so far (a step whose attempt made one commits as it completes).
+    effects: int = 0
     # Determinism outside step bodies: the instance's logical time (epoch seconds; None: the real clocks)
     # and the seed of its random stream (None: the host's CSPRNG), with the draws made from it so far.
     logical_s: float | None = None
@@ -279,6 +283,12 @@ class _Activation:
         """Commit the journal's pending write before a host call with an effect (see `Deferring`)."""
         if self.deferring is not None:
             self.journaled(self.deferring.flush)
+
+    def flush_after_effect(self, flight: _InFlight) -> None:
+        """`flight`'s attempt, just completed, made a call with an effect (a fetch): commit it now, so that a crash
+        does not make a finished step's effect happen again."""
+        if self.effects > flight.effects and self.unflushed:
+            self.flush()
 
     def next_call(self, name: str, kind: Any) -> StepCall:
         parent = None
@@ -411,6 +421,7 @@ class _Activation:
             limit = max(limit, now + config.cpu_budget_ms(self.limits.max_step_cpu_ms) / 1000)
         flight = _InFlight(call, config, attempt, time.perf_counter(), budget, timeout_at, min(timeout_at, limit))
         flight.fuel_left = budget
+        flight.effects = self.effects
         return flight
 
     def start_body(self, call: StepCall, config: StepConfig, attempt: int) -> None:
@@ -1024,8 +1035,10 @@ class Sandbox:
             try:
                 if gated and act.ready is not None:
                     _wait_ready(act)
-                if flushes and act.unflushed:
-                    act.flush()
+                if flushes:
+                    if act.unflushed:
+                        act.flush()
+                    act.effects += 1
                 for arg in () if checks_sizes else args:
                     if isinstance(arg, TooLarge):
                         raise invalid_call(call, f"an argument of {arg.size} bytes is longer than the host accepts")
@@ -1102,7 +1115,9 @@ class Sandbox:
             return None
         act.position = call.position + 1  # each attempt's nested steps take the same positions
         act.meter(force=True)
-        act.nested.append(_InFlight(call, config, plan.attempt, time.perf_counter(), act.fuel.get(), math.inf))
+        nested = _InFlight(call, config, plan.attempt, time.perf_counter(), act.fuel.get(), math.inf)
+        nested.effects = act.effects
+        act.nested.append(nested)
         return plan.attempt
 
     def _nested_complete(self, act: _Activation, name: str, outcome: Variant) -> Any:
@@ -1113,6 +1128,7 @@ class Sandbox:
         attempt = self._attempt(act, flight, outcome, flight.fuel_before - act.fuel.get())
         act.nested.pop()
         plan = act.journaled(act.journal.step_complete, flight.call, flight.config, attempt)
+        act.flush_after_effect(flight)
         return self._nested_plan(act, flight.call, flight.config, plan)
 
     def _rollback_begin(self, act: _Activation, name: str, config_json: str) -> Any:
@@ -1177,6 +1193,7 @@ class Sandbox:
             plan = act.durable(act.journal.step_begin, flight.call, flight.config)
         else:
             act.progressed = True
+            act.flush_after_effect(flight)
             if not isinstance(plan, Run) and act.should_checkpoint():
                 # The attempt is journaled (committed before the end, if not yet): the replay returns it.
                 raise Suspend(CHECKPOINT_REASON)
@@ -1232,6 +1249,7 @@ class Sandbox:
         first = functools.partial(act.journal.step_complete, call, config, attempt)
         plan = self._concurrent_ask(act, first, functools.partial(act.journal.step_begin, call, config))
         act.progressed = True
+        act.flush_after_effect(flight)
         return self._concurrent_plan(act, call, config, plan)
 
     def _step_again(self, act: _Activation, name: str, count: int) -> Any:

@@ -111,6 +111,36 @@ def test_a_sleep_after_a_step_is_left_to_commit_it(sandbox: Sandbox) -> None:
     assert journal.order == ["begin a", "complete a", "sleep nap", "flush 0"]
 
 
+def test_a_step_with_an_effect_in_its_body_is_written_as_it_completes(sandbox: Sandbox) -> None:
+    """A crash after it must not run its fetch again: its write is not left pending behind the effect."""
+    journal = DeferringJournal()
+    source = (
+        "from tenantflow import CapabilityError, fetch\n"
+        "def call():\n"
+        "    try:\n"
+        "        fetch('http://127.0.0.1:9/')\n"
+        "    except CapabilityError:\n"
+        "        return 'refused'\n"
+        "def run(event, step):\n"
+        "    step.do('a', lambda: 1)\n"
+        "    step.do('b', call)\n"
+        "    return step.do('c', lambda: 3)\n"
+    )
+    outcome = run(sandbox, source, journal)
+    assert isinstance(outcome, Completed) and outcome.output == "3"
+    assert journal.order == [
+        "begin a",
+        "complete a",
+        "begin b",
+        "flush 0",
+        "complete b",
+        "flush 1",
+        "begin c",
+        "complete c",
+    ]
+    assert journal.unwritten == [2]
+
+
 def test_what_the_write_raises_ends_the_activation_before_the_effect(sandbox: Sandbox) -> None:
     journal = DeferringJournal(refuse=Suspend("paused"))
     outcome = run(sandbox, FETCH_BETWEEN, journal)
