@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from tenantflow.host import (
     STOP,
@@ -253,25 +253,27 @@ class InstanceJournal:
             raise Abort(FailureName.STORAGE_QUOTA_EXCEEDED, f"the tenant's {self.quotas.storage_exhausted()}")
         entry.updated_at = self.clock.now()
 
-    def _commit(
-        self,
-        entry: Entry,
-        attempt: AttemptRecord | None = None,
-        consumed: int | None = None,
-        carrying: list[Deferred] | None = None,
-    ) -> None:
-        """Write `entry`, and pending writes first in the same commit (`carrying`, by default all of them). If the
-        store raises, the pending writes rolled back with it and are still pending."""
-        carried = self._recordings(self._deferred if carrying is None else carrying)
+    def _commit(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
+        """Write `entry`, and the pending writes first in the same commit. If the store raises, the pending writes
+        rolled back with it and are still pending."""
+        carried = self.carried()
         try:
             status = self.store.record(self.claim, entry, attempt, entry.updated_at, consumed, before=carried)
         except LeaseLost:
-            self._clear()
-            self.lease_lost = True
-            raise Suspend("lease lost") from None
-        self._clear()
-        if carried is None or carried.status not in PAUSING_STATUSES:  # else only the carried write was
+            self._lost()
+        if carried is None or carried.status not in PAUSING_STATUSES:  # else only the carried writes were
             self.entries[entry.position] = entry
+        self._committed(status)
+
+    def _lost(self) -> NoReturn:
+        self._clear()
+        self.lease_lost = True
+        raise Suspend("lease lost") from None
+
+    def _committed(self, status: str) -> None:
+        """After a write committed (the pending writes with it): watchers are told; a pause or a stopping worker
+        found then ends the activation."""
+        self._clear()
         self._written()
         if status in PAUSING_STATUSES:
             raise Suspend("paused")
@@ -309,10 +311,16 @@ class InstanceJournal:
         self._deferred_bytes = 0
 
     def flush(self) -> None:
-        """Commit the pending writes, raising what `_write` would have (Suspend: lease lost, paused, stopping)."""
-        if self._deferred:
-            *rest, last = self._deferred
-            self._commit(last.entry, last.attempt, last.consumed, carrying=rest)
+        """Commit the pending writes (every one, even if the first finds the instance being paused), raising what
+        `_write` would have (Suspend: lease lost, paused, stopping)."""
+        carried = self.carried()
+        if carried is None:
+            return
+        try:
+            status = self.store.record_all(self.claim, carried)
+        except LeaseLost:
+            self._lost()
+        self._committed(status)
 
     def carried(self) -> Recording | None:
         """The pending writes, to go first in another write's transaction (a sleep's, a wait's: `_commit`; the

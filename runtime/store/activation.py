@@ -237,6 +237,13 @@ class Activation(Scheduling):
             raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
         return str(status)
 
+    def record_all(self, claim: Claim, writes: Recording) -> str:
+        """Commit `writes` (a `recordings`) alone: the instance's status they found, or LeaseLost."""
+        self.write(writes)
+        if writes.status is None:
+            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
+        return writes.status
+
     def recording(self, claim: Claim, entry: Entry, attempt: AttemptRecord | None, now: float) -> Recording:
         """`record`'s write, to go first in another's transaction: the activation's end (`finish_and_claim(before=)`)
         or another position's write (`record(before=)`)."""

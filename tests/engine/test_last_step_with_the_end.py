@@ -151,6 +151,37 @@ def test_a_pause_in_the_last_step_still_pauses(service: Service, tenant: Tenant,
     assert done.status == "complete" and done.output == {"n": 1}
 
 
+THREE_THEN_FAIL = """
+def run(event, step):
+    [step.do(f"s{i}", lambda: i) for i in range(3)]
+    raise ValueError("boom")
+"""
+THREE_THEN_FETCH = """
+from tenantflow import CapabilityError, fetch
+def run(event, step):
+    done = [step.do(f"s{i}", lambda: i) for i in range(3)]
+    try:
+        fetch("http://127.0.0.1:9/")
+    except CapabilityError:
+        pass
+    return done
+"""
+
+
+@pytest.mark.parametrize("source", [THREE_THEN_FAIL, THREE_THEN_FETCH], ids=["then-fails", "then-fetches"])
+def test_a_pause_found_by_a_flush_keeps_every_pending_step(
+    service: Service, tenant: Tenant, clock: ManualClock, source: str
+) -> None:
+    """A flush alone (before a fetch, before a failed end) writes all its steps even when the first finds the pause:
+    none is dropped to run again."""
+    instance = start(service, tenant, source)
+    claim = service.store.claim("test", 1, clock.now(), 60.0, {})[0]
+    service.control(tenant, "wf", instance.instance_id, "pause")
+    service.executor.activate(claim)
+    assert service.store.instance(instance.key).status == "paused"
+    assert [s["name"] for s in service.journal(tenant, "wf", instance.instance_id)["steps"]] == ["s0", "s1", "s2"]
+
+
 def test_a_lease_lost_in_the_last_step_writes_nothing(
     service: Service, tenant: Tenant, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
