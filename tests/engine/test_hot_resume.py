@@ -29,7 +29,7 @@ def run(event, step):
     total = 0
     for i in range(event.payload["turns"]):
         total += step.do(f"turn {i}", lambda: i * i)
-        step.sleep(f"think {i}", 20 + i % 3 * 10)
+        step.sleep(f"think {i}", 60 + i % 3 * 15)  # long enough that a stall under load does not make it due first
     return total
 """
 
