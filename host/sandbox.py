@@ -276,11 +276,11 @@ class _Activation:
 
     @property
     def unflushed(self) -> bool:
-        """The journal holds a write it answered before committing (`Deferring`)."""
+        """The journal holds writes it answered before committing (`Deferring`)."""
         return self.deferring is not None and self.deferring.pending
 
     def flush(self) -> None:
-        """Commit the journal's pending write before a host call with an effect (see `Deferring`)."""
+        """Commit the journal's pending writes before a host call with an effect (see `Deferring`)."""
         if self.deferring is not None:
             self.journaled(self.deferring.flush)
 

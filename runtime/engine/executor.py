@@ -127,7 +127,7 @@ class Executor:
         try:
             status = self._record(ender, journal, outcome)
         except Exception:
-            if not journal.pending:  # else the end carried the last step, which rolled back with it
+            if not journal.pending:  # else the end carried the pending writes, which rolled back with it
                 raise
             return self._faulted(claim, journal)
         try:
@@ -139,13 +139,13 @@ class Executor:
         return Activated(claim, status, outcome, ender.successors)
 
     def _faulted(self, claim: Claim, journal: InstanceJournal) -> Activated:
-        """The activation failed in the host: retried a little later, errored after MAX_HOST_FAULTS in a row. A
-        step that finished before the fault and is still pending is written alone first, if it can be, as its
-        own call would have written it."""
+        """The activation failed in the host: retried a little later, errored after MAX_HOST_FAULTS in a row. Steps
+        that finished before the fault and are still pending are written first, if they can be, as their own calls
+        would have written them."""
         try:
             journal.flush()
         except Exception:
-            log.debug("the pending step of %s was not written", claim.key, exc_info=True)
+            log.debug("the pending writes of %s were not written", claim.key, exc_info=True)
         now = self.clock.now()
         errored = self.store.host_fault(claim, now, now + RETRY_AFTER_HOST_ERROR_S, MAX_HOST_FAULTS)
         if errored:
@@ -187,7 +187,7 @@ class Executor:
 
     @staticmethod
     def _flushed(journal: InstanceJournal, outcome: Outcome) -> Outcome:
-        """Commit a step's write still pending (`InstanceJournal.flush`) unless the end will, in its own commit:
+        """Commit the writes still pending (`InstanceJournal.flush`) unless the end will, in its own commit:
         a workflow that returned (not unwinding). What the write raises ends the activation as it would have had
         the step's call raised it (the workflow's code after that step touched nothing outside its isolate)."""
         if not journal.pending or (isinstance(outcome, Completed) and not journal.unwinding):
@@ -206,7 +206,7 @@ class Executor:
         if journal.unwinding and not cancelled and not isinstance(outcome, Suspended):
             return self._unwound(ender, journal, outcome)
         if isinstance(outcome, Completed):
-            # The last step's write, if pending, goes first in the end's commit: one commit for both.
+            # The pending writes, if any, go first in the end's commit: one commit for all.
             last = journal.carried()
             ender.finish(now, status="complete", output=outcome.output, log=log_text, before=last, **counts)
             if last is not None:

@@ -247,6 +247,12 @@ class InstanceJournal:
         self._stamp(entry)
         self._commit(entry, attempt, consumed)
 
+    def _write_later(self, entry: Entry, attempt: AttemptRecord | None = None, consumed: int | None = None) -> None:
+        """`_write`, answered now and committed with the pending writes (`_defer`)."""
+        self._stamp(entry)
+        self.entries[entry.position] = entry
+        self._defer(Deferred(entry, attempt, consumed))
+
     def _stamp(self, entry: Entry) -> None:
         """What a write checks before the store does any work for it, and its time."""
         if self.store.storage_exhausted(self.claim.key.tenant_id, self.quotas):
@@ -326,14 +332,9 @@ class InstanceJournal:
         """The pending writes, to go first in another write's transaction (a sleep's, a wait's: `_commit`; the
         activation's end: `finish_and_claim(before=)`); None if there are none. They stay pending until that
         write has committed (`carried_written`), so a write that raised leaves them for `flush`."""
-        return self._recordings(self._deferred)
-
-    def _recordings(self, deferred: list[Deferred]) -> Recording | None:
-        return (
-            self.store.recordings(self.claim, [(d.entry, d.attempt, d.consumed) for d in deferred])
-            if deferred
-            else None
-        )
+        if not self._deferred:
+            return None
+        return self.store.recordings(self.claim, [(d.entry, d.attempt, d.consumed) for d in self._deferred])
 
     def carried_written(self, recording: Recording) -> None:
         """After the end's commit: what its carried writes found (the lease lost; else watchers are told)."""
@@ -398,9 +399,7 @@ class InstanceJournal:
             entry.state, entry.result, entry.wake_at = "done", attempt.result, None
             entry.error_name = entry.error_message = None
             # Answered now, committed before the workflow's next call with an effect, or with the end.
-            self._stamp(entry)
-            self.entries[entry.position] = entry
-            self._defer(Deferred(entry, record))
+            self._write_later(entry, record)
             return Done(attempt.result or "null")
         entry.error_name, entry.error_message = attempt.error_name, attempt.error_message
         if attempt.retryable and attempt.attempt <= config.limit:
@@ -476,9 +475,7 @@ class InstanceJournal:
                 self.events.remove(event)
                 value = {"type": event.type, "payload": event.payload, "timestamp": event.created_at}
                 entry.state, entry.result = "done", json.dumps(value)
-                self._stamp(entry)
-                self.entries[entry.position] = entry
-                self._defer(Deferred(entry, None, event.seq))
+                self._write_later(entry, consumed=event.seq)
                 return value
         if entry.wake_at is not None and self._due(entry.wake_at):
             entry.state = "timed_out"
@@ -487,9 +484,7 @@ class InstanceJournal:
             self._write(entry)
             raise EventTimeout(entry.error_message)
         if fresh:
-            self._stamp(entry)
-            self.entries[entry.position] = entry
-            self._defer(Deferred(entry, None))
+            self._write_later(entry)
         self.waiting_for = event_type
         wake_at_ms = None if entry.wake_at is None else _ms(entry.wake_at)
         raise Suspend(f"waiting for {event_type!r}", wake_at_ms, parkable=True, waiting_for=event_type)

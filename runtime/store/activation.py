@@ -169,7 +169,7 @@ def fenced_with_usage(
 
 
 class Recording:
-    """Journal writes that go first, in order, in another write's transaction (`Activation.recording`): `status`,
+    """Journal writes that go first, in order, in another write's transaction (`Activation.recordings`): `status`,
     the instance's status the last of them found once they ran (None: the claim is no longer held, nothing was
     written). Each is written even if an earlier one found the instance being paused; the other write goes on
     unless they did not apply or the instance is being paused (what follows is then the pause's)."""
@@ -187,6 +187,13 @@ class Recording:
             found = written.scalar()
             self.status = None if found is None else str(found)
         return self.status is not None and self.status not in PAUSING_STATUSES
+
+
+def _held(claim: Claim, status: Any) -> str:
+    """A journal write's status, or LeaseLost if it found the claim no longer held (None)."""
+    if status is None:
+        raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
+    return str(status)
 
 
 class Activation(Scheduling):
@@ -233,25 +240,17 @@ class Activation(Scheduling):
                 return write(tx).scalar() if before(tx) else before.status
 
             status = self.write(both)
-        if status is None:
-            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
-        return str(status)
+        return _held(claim, status)
 
     def record_all(self, claim: Claim, writes: Recording) -> str:
         """Commit `writes` (a `recordings`) alone: the instance's status they found, or LeaseLost."""
         self.write(writes)
-        if writes.status is None:
-            raise LeaseLost(f"{claim.key} is no longer held with fence {claim.fence}")
-        return writes.status
-
-    def recording(self, claim: Claim, entry: Entry, attempt: AttemptRecord | None, now: float) -> Recording:
-        """`record`'s write, to go first in another's transaction: the activation's end (`finish_and_claim(before=)`)
-        or another position's write (`record(before=)`)."""
-        return Recording(self._recording(claim, entry, attempt, now))
+        return _held(claim, writes.status)
 
     def recordings(self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None, int | None]]) -> Recording:
-        """Several positions' writes (each at its entry's `updated_at`, with the event it consumed), in order, as
-        one `recording`."""
+        """Positions' writes (each at its entry's `updated_at`, with the event it consumed), in order, to go first
+        in another's transaction: the activation's end (`finish_and_claim(before=)`), another position's write
+        (`record(before=)`), a park (`park(before=)`), or alone (`record_all`)."""
         return Recording(
             *(self._recording(claim, entry, attempt, entry.updated_at, consumed) for entry, attempt, consumed in writes)
         )
@@ -372,8 +371,8 @@ class Activation(Scheduling):
         of their own after it (a claim locks tenants' rows, which an end that holds its instance's row must
         not wait for). Whether the claim was still held, and what was leased.
 
-        `before`: a write that goes first in the end's transaction (the activation's last journal write, see
-        `recording`); if it answers False, the end is not written (what `before` wrote commits alone) and this
+        `before`: writes that go first in the end's transaction (the activation's pending journal writes, see
+        `recordings`); if it answers False, the end is not written (what `before` wrote commits alone) and this
         answers (False, [])."""
         k = key_params(claim.key)
         output_blob = None if output is None else codec.encode_text(output)

@@ -6,6 +6,7 @@ Times are passed explicitly, so lease expiry needs no sleeping.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -604,12 +605,12 @@ def test_a_batch_hands_off_only_what_it_created(store: SQLStore) -> None:
 
 
 def test_an_end_can_carry_the_last_step_write_in_its_commit(store: SQLStore) -> None:
-    """`finish_and_claim(before=recording)`: the step's write goes first; the end follows unless the write did not
+    """`finish_and_claim(before=recordings)`: the step's write goes first; the end follows unless the write did not
     apply (a lost lease: nothing is written) or found the instance being paused (the step alone is written)."""
     make_tenant(store)
     carried = make_instance(store, "carried")
     claim = claim_one(store)
-    last = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 1)
+    last = store.recordings(claim, [(done_entry(0), ok_attempt(0), None)])
     assert store.finish_and_claim(claim, T0 + 2, None, status="complete", output='"ok"', before=last) == (True, [])
     assert last.status == "running"
     done = store.instance(carried)
@@ -619,7 +620,7 @@ def test_an_end_can_carry_the_last_step_write_in_its_commit(store: SQLStore) -> 
     paused_key = make_instance(store, "paused")
     claim = claim_one(store, T0 + 3)
     store.pause(paused_key, T0 + 3)
-    last = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 4)
+    last = store.recordings(claim, [(done_entry(0), ok_attempt(0), None)])
     assert store.finish_and_claim(claim, T0 + 5, None, status="complete", output='"ok"', before=last) == (False, [])
     assert last.status == "waiting_for_pause"
     held = store.instance(paused_key)
@@ -628,27 +629,27 @@ def test_an_end_can_carry_the_last_step_write_in_its_commit(store: SQLStore) -> 
     lost_key = make_instance(store, "lost")
     claim = claim_one(store, T0 + 6)
     stale = Claim(claim.key, claim.fence - 1)
-    last = store.recording(stale, done_entry(0), ok_attempt(0), T0 + 7)
+    last = store.recordings(stale, [(done_entry(0), ok_attempt(0), None)])
     assert store.finish_and_claim(stale, T0 + 8, None, status="complete", output='"ok"', before=last) == (False, [])
     assert last.status is None
     assert store.instance(lost_key).status == "running" and store.journal(lost_key) == ([], [], [])
 
 
 def test_a_write_can_carry_the_step_before_it_in_its_commit(store: SQLStore) -> None:
-    """`record(before=recording)`: a sleep's write takes the pending step with it; a pause found by the step's
+    """`record(before=recordings)`: a sleep's write takes the pending step with it; a pause found by the step's
     write skips the sleep's (the pause's status is answered); a lost lease writes neither."""
     make_tenant(store)
     key = make_instance(store, "carried")
     claim = claim_one(store)
     sleep = Entry(1, "nap", "sleep", "sleeping", wake_at=T0 + 60, created_at=T0, updated_at=T0)
-    step = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 1)
+    step = store.recordings(claim, [(done_entry(0), ok_attempt(0), None)])
     assert store.record(claim, sleep, None, T0 + 1, before=step) == "running"
     assert [(e.name, e.state) for e in store.journal(key)[0]] == [("s", "done"), ("nap", "sleeping")]
 
     paused_key = make_instance(store, "paused")
     claim = claim_one(store, T0 + 2)
     store.pause(paused_key, T0 + 2)
-    step = store.recording(claim, done_entry(0), ok_attempt(0), T0 + 3)
+    step = store.recordings(claim, [(done_entry(0), ok_attempt(0), None)])
     assert store.record(claim, sleep, None, T0 + 3, before=step) == "waiting_for_pause"
     assert [e.name for e in store.journal(paused_key)[0]] == ["s"]
 
@@ -656,7 +657,7 @@ def test_a_write_can_carry_the_step_before_it_in_its_commit(store: SQLStore) -> 
     claim = claim_one(store, T0 + 4)
     stale = Claim(claim.key, claim.fence - 1)
     with pytest.raises(LeaseLost):
-        store.record(stale, sleep, None, T0 + 5, before=store.recording(stale, done_entry(0), ok_attempt(0), T0 + 5))
+        store.record(stale, sleep, None, T0 + 5, before=store.recordings(stale, [(done_entry(0), ok_attempt(0), None)]))
     assert store.journal(lost_key) == ([], [], [])
 
 
@@ -696,21 +697,14 @@ def test_several_steps_go_first_in_order_in_one_commit(store: SQLStore) -> None:
 def test_a_park_can_carry_the_writes_before_it(store: SQLStore) -> None:
     """`park(before=)`: a step and the event wait's entry go with the park's commit; a lost lease writes none."""
     make_tenant(store)
+    park = functools.partial(
+        store.park, wake_at=None, waiting_for="tool", lease_until=T0 + 60, log=None, replayed=0, activations=1
+    )
     wait = Entry(1, "tool", "wait", "waiting", event_type="tool", created_at=T0, updated_at=T0)
     key = make_instance(store, "carried")
     claim = claim_one(store)
     carried = store.recordings(claim, [(done_entry(0), ok_attempt(0), None), (wait, None, None)])
-    row = store.park(
-        claim,
-        T0 + 1,
-        wake_at=None,
-        waiting_for="tool",
-        lease_until=T0 + 60,
-        log=None,
-        replayed=0,
-        activations=1,
-        before=carried,
-    )
+    row = park(claim, T0 + 1, before=carried)
     assert row is not None and row.status == "waiting" and carried.ran and carried.status == "running"
     assert [(e.name, e.state) for e in store.journal(key)[0]] == [("s", "done"), ("tool", "waiting")]
 
@@ -718,20 +712,7 @@ def test_a_park_can_carry_the_writes_before_it(store: SQLStore) -> None:
     claim = claim_one(store, T0 + 2)
     stale = Claim(claim.key, claim.fence - 1)
     carried = store.recordings(stale, [(done_entry(0), ok_attempt(0), None)])
-    assert (
-        store.park(
-            stale,
-            T0 + 3,
-            wake_at=None,
-            waiting_for="tool",
-            lease_until=T0 + 60,
-            log=None,
-            replayed=0,
-            activations=1,
-            before=carried,
-        )
-        is None
-    )
+    assert park(stale, T0 + 3, before=carried) is None
     assert carried.ran and carried.status is None
     assert store.instance(lost_key).status == "running" and store.journal(lost_key) == ([], [], [])
 

@@ -152,7 +152,7 @@ def exercise(s: Any) -> None:
     assert s.load(c1).instance.params == {"p": 1}
     s.send_event(k1, "go", {"x": 1}, T0 + 1)
     wait = Entry(1, "approval", "wait", "done", result='{"type": "go"}', event_type="go", created_at=T0)
-    s.record(c1, wait, None, T0 + 1, consumed_event=1, before=s.recording(c1, done_entry(0), ok_attempt(0), T0 + 1))
+    s.record(c1, wait, None, T0 + 1, consumed_event=1, before=s.recordings(c1, [(done_entry(0), ok_attempt(0), None)]))
     assert s.record_all(c1, s.recordings(c1, [(done_entry(0), None, None)])) == "running"  # step 0 again, as it was
     s.heartbeat("w1", list(claims.values()), T0 + LEASE)
     assert set(s.held("w1", list(claims.values()))) == set(claims.values())
