@@ -78,7 +78,6 @@ HOLD_GIL = (
     "wasmtime_context_set_fuel",
     "wasmtime_context_set_epoch_deadline",
     "wasmtime_store_limiter",
-    "wasm_byte_vec_new_uninitialized",
     "wasm_byte_vec_delete",
     "wasmtime_component_val_new",
     "wasmtime_component_val_delete",
@@ -282,13 +281,28 @@ def _gil_holding_memmove() -> Callable[[Any, bytes, int], Any]:
 _memmove = _gil_holding_memmove()
 
 
+def _gil_holding_byte_vec_new() -> Callable[[Any, int, bytes], None]:
+    """The C API's `wasm_byte_vec_new` (a new vector holding a copy of the bytes), called with the GIL held and
+    taking a `bytes` as it is: one C call where `ffi.str_to_capi` makes three and copies twice. The bindings'
+    own `_wasm_byte_vec_new` releases the GIL (a `CDLL`: see `hold_gil_in_short_calls`) and takes a pointer to
+    `wasm_byte_t`, not a `bytes`; this is the same function of the same library, typed for one."""
+    new = ctypes.PyDLL(ffi.dll._name).wasm_byte_vec_new
+    new.argtypes = (ctypes.POINTER(ffi.wasm_byte_vec_t), ctypes.c_size_t, ctypes.c_char_p)
+    new.restype = None
+    return new
+
+
+_byte_vec_new = _gil_holding_byte_vec_new()
+
+
 def _byte_vec(text: str) -> Any:
-    """`text` as a fresh `wasm_byte_vec_t` (what wasmtime takes ownership of): `ffi.str_to_capi` with one copy
-    fewer (50.0.x's copies the bytes into a ctypes array first), and the GIL kept."""
-    data = text.encode()
+    """`text` as a fresh `wasm_byte_vec_t` (what wasmtime takes ownership of): `ffi.str_to_capi` in one C call."""
+    return _bytes_vec(text.encode())
+
+
+def _bytes_vec(data: bytes) -> Any:
     vec = ffi.wasm_byte_vec_t()
-    bindings._wasm_byte_vec_new_uninitialized(ctypes.byref(vec), len(data))
-    _memmove(vec.data, data, len(data))
+    _byte_vec_new(ctypes.byref(vec), len(data), data)
     return vec
 
 
@@ -338,6 +352,16 @@ class _Variant(wit.VariantType):
             picks.append((tuple(classes) if ty is not None else None, name, ty))
         return picks
 
+    @functools.cached_property
+    def _by_type(self) -> dict[type, tuple[bytes, wit.ValType | None]]:
+        """An untagged variant's case for a value of exactly this class (the first case that takes it, as in
+        `_by_class`) and its name's bytes; a value of a subclass is looked up in `_by_class`."""
+        picks: dict[type, tuple[bytes, wit.ValType | None]] = {}
+        for classes, name, ty in self._by_class:
+            for cls in (type(None),) if classes is None else classes:
+                picks.setdefault(cls, (name.encode(), ty))
+        return picks
+
     # 50.0.x: mirrors `VariantLikeType.convert_to_c` (the payload lowered into a fresh
     # `wasmtime_component_val_t`, the case name as a `wasm_name_t`).
     def convert_to_c(self, store: Any, val: Any, ptr: Any) -> None:
@@ -347,24 +371,35 @@ class _Variant(wit.VariantType):
             name, payload = val.tag, val.payload
             if name not in self._by_name:
                 raise ValueError("value not valid for this variant")
-            ty = self._by_name[name]
+            tag, ty = name.encode(), self._by_name[name]
         else:
-            for classes, case, case_type in self._by_class:
-                if (val is None) if classes is None else isinstance(val, classes):
-                    name, ty = case, case_type
-                    break
-            else:
-                raise ValueError("value not valid for this variant")
+            pick = self._by_type.get(type(val))
+            if pick is None:
+                for classes, case, case_type in self._by_class:
+                    if (val is None) if classes is None else isinstance(val, classes):
+                        pick = case.encode(), case_type
+                        break
+                else:
+                    raise ValueError("value not valid for this variant")
+            tag, ty = pick
             payload = val
         raw_ptr = None
         if ty is not None:
             raw = ffi.wasmtime_component_val_t()
             ty.convert_to_c(store, payload, ctypes.pointer(raw))
-            raw_ptr = ffi.wasmtime_component_val_new(ctypes.byref(raw))
-        contents = ptr.contents
-        contents.kind = ffi.WASMTIME_COMPONENT_VARIANT
-        contents.of.variant.discriminant = _byte_vec(name)
-        contents.of.variant.val = raw_ptr
+            raw_ptr = bindings._wasmtime_component_val_new(ctypes.byref(raw))
+        variant = ptr.contents.of.variant
+        ptr.contents.kind = ffi.WASMTIME_COMPONENT_VARIANT
+        variant.discriminant = _bytes_vec(tag)
+        variant.val = raw_ptr
+
+    # 50.0.x: mirrors `VariantType.convert_from_c` (the case name is a `wasm_name_t` the lift deletes).
+    def convert_from_c(self, c: Any) -> Any:
+        variant = c.of.variant
+        name = variant.discriminant
+        tag = ctypes.string_at(name.data, name.size).decode()
+        bindings._wasm_byte_vec_delete(ctypes.byref(name))
+        return self._lift(tag, variant.val)
 
     # 50.0.x: mirrors `VariantLikeType._lift` (the payload's val is emptied, then deleted).
     def _lift(self, tag: str, ptr: Any) -> Any:
@@ -377,7 +412,7 @@ class _Variant(wit.VariantType):
         payload = ty.convert_from_c(contents)
         contents.kind = ffi.WASMTIME_COMPONENT_BOOL
         contents.of.boolean = False
-        ffi.wasmtime_component_val_delete(ptr)
+        bindings._wasmtime_component_val_delete(ptr)
         return wit.Variant(tag, payload) if self._is_tagged else payload
 
 

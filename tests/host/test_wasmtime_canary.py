@@ -42,6 +42,7 @@ FFI_FUNCTIONS = {
     "wasmtime_pooling_allocation_strategy_set": 2,
     "wasmtime_store_epoch_deadline_callback": 4,
     "wasmtime_error_new": 1,
+    "wasm_byte_vec_new": 3,
     "wasm_byte_vec_delete": 1,
     "wasmtime_component_val_new": 1,
     "wasmtime_component_val_delete": 1,
@@ -73,7 +74,7 @@ FFI_CONSTANTS = [
 WIT_MEMBERS = {
     "ValType": ["add_classes", "convert_from_c", "convert_to_c"],
     "String": ["convert_from_c"],
-    "VariantType": ["cases", "_tagged", "_lift", "convert_to_c"],
+    "VariantType": ["cases", "_tagged", "_lift", "convert_to_c", "convert_from_c"],
     "RecordType": ["fields"],
     "OptionType": ["payload"],
     "ResultType": ["ok", "err"],
@@ -129,6 +130,18 @@ def test_the_copy_into_wasmtime_memory_keeps_the_gil() -> None:
     target = ctypes.create_string_buffer(8)
     _wasmtime._memmove(ctypes.addressof(target), b"tenant\x00!", 8)
     assert target.raw == b"tenant\x00!"
+
+
+def test_byte_vectors_are_made_in_one_call_that_keeps_the_gil() -> None:
+    """Strings are lowered into a `wasm_byte_vec_t` by the C API's `wasm_byte_vec_new`, typed to take a `bytes`,
+    through a PyDLL; the vector holds a copy of the bytes."""
+    assert _wasmtime._byte_vec_new._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+    vec = _wasmtime._byte_vec("tenant\x00é")
+    try:
+        assert vec.size == len("tenant\x00é".encode())
+        assert ctypes.string_at(vec.data, vec.size) == "tenant\x00é".encode()
+    finally:
+        bindings._wasm_byte_vec_delete(ctypes.byref(vec))
 
 
 def test_component_value_layout() -> None:
