@@ -34,10 +34,14 @@ if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-sr
 fi
 
 # 2. CPython 3.11 from Debian's source package (with Debian's patches applied by dpkg-source).
+#    Pinned to bookworm's own version (PYTHON_DEB_VERSION to change it): the newest one apt knows may be listed
+#    by the security suite's index but not be fetchable there (3.11.2-6+deb12u9 answered 404 on 2026-11-30).
+PYTHON_DEB_VERSION=${PYTHON_DEB_VERSION:-3.11.2-6+deb12u8}
 SRC=$CACHE/src-3.11
 if [ ! -x "$SRC/configure" ]; then
-    log "fetching Debian's python3.11 source"
-    (cd "$CACHE" && apt-get source -qq --download-only python3.11 && dpkg-source -x python3.11_*.dsc src-3.11) >/dev/null
+    log "fetching Debian's python3.11 $PYTHON_DEB_VERSION source"
+    (cd "$CACHE" && apt-get source -qq --download-only "python3.11=$PYTHON_DEB_VERSION" &&
+        dpkg-source -x "python3.11_$PYTHON_DEB_VERSION.dsc" src-3.11) >/dev/null
 fi
 DEB_VERSION=$(sed -n 's/^Version: //p' "$CACHE"/python3.11_*.dsc | head -n 1)
 
