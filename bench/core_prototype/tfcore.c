@@ -11,8 +11,9 @@
  * answer is longer than cap, the guest allocates that many bytes and collects it with `take`.
  *
  * Exports: tf_alloc/tf_free (the host writes the source and event into guest memory), tf_run (compile and run
- * a workflow; the result is handed to the `output` import), tf_resume (send a value into a workflow suspended
- * at an export boundary: see tfcore_app.py).
+ * a workflow; the result is handed to the `output` import), tf_check (compile a workflow version once: its
+ * marshalled code object to `output`), tf_run_compiled (run with that code instead of compiling the source),
+ * tf_resume (send a value into a workflow suspended at an export boundary: see tfcore_app.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,6 +42,8 @@ extern void __wasm_call_ctors(void);
 
 static char reply[16384];
 static PyObject *app_run;
+static PyObject *app_run_compiled;
+static PyObject *app_check;
 static PyObject *app_resume;
 
 /* The host's answer as a Python str: from the reply buffer, or collected with `take` when it did not fit. */
@@ -137,8 +140,11 @@ EXPORT("wizer.initialize") void tf_initialize(void) {
     PyObject *app = PyImport_ImportModule("tfcore_app");
     if (app == NULL) fail("import tfcore_app");
     app_run = PyObject_GetAttrString(app, "run");
+    app_run_compiled = PyObject_GetAttrString(app, "run_compiled");
+    app_check = PyObject_GetAttrString(app, "check");
     app_resume = PyObject_GetAttrString(app, "resume");
-    if (app_run == NULL || app_resume == NULL) fail("tfcore_app.run/resume");
+    if (app_run == NULL || app_run_compiled == NULL || app_check == NULL || app_resume == NULL)
+        fail("tfcore_app.run/run_compiled/check/resume");
     /* Collect what the imports left behind, so the snapshot carries no garbage. */
     PyGC_Collect();
 }
@@ -147,7 +153,8 @@ EXPORT("tf_alloc") void *tf_alloc(int32_t size) { return malloc(size > 0 ? (size
 
 EXPORT("tf_free") void tf_free(void *p) { free(p); }
 
-/* Calls the harness; it answers (status, text): 0 done (JSON result), 1 failed (JSON error), 2 suspended. */
+/* Calls the harness; it answers (status, text): 0 done (JSON result), 1 failed (JSON error), 2 suspended, or
+ * (3, bytes): the marshalled code `check` compiled. */
 static int32_t deliver(PyObject *answer_tuple) {
     if (answer_tuple == NULL) {
         PyErr_Print();
@@ -156,8 +163,14 @@ static int32_t deliver(PyObject *answer_tuple) {
         return 1;
     }
     long status = PyLong_AsLong(PyTuple_GET_ITEM(answer_tuple, 0));
+    PyObject *body = PyTuple_GET_ITEM(answer_tuple, 1);
     Py_ssize_t len;
-    const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(answer_tuple, 1), &len);
+    char *text;
+    if (PyBytes_Check(body)) {
+        PyBytes_AsStringAndSize(body, &text, &len);
+    } else {
+        text = (char *)PyUnicode_AsUTF8AndSize(body, &len);
+    }
     host_output((int32_t)status, text, (int32_t)len);
     Py_DECREF(answer_tuple);
     return (int32_t)status;
@@ -169,6 +182,32 @@ EXPORT("tf_run") int32_t tf_run(const char *src, int32_t src_len, const char *ev
     PyObject *result = NULL;
     if (source != NULL && ev != NULL) result = PyObject_CallFunctionObjArgs(app_run, source, ev, NULL);
     Py_XDECREF(source);
+    Py_XDECREF(ev);
+    return deliver(result);
+}
+
+/* Compiles the source, runs its module once and checks it defines a workflow; the marshalled code object goes to
+ * `output` with status 3 (component guest: `check`). Called once per workflow version. */
+EXPORT("tf_check") int32_t tf_check(const char *src, int32_t src_len) {
+    PyObject *source = PyUnicode_DecodeUTF8(src, src_len, "strict");
+    PyObject *result = NULL;
+    if (source != NULL) result = PyObject_CallFunctionObjArgs(app_check, source, NULL);
+    Py_XDECREF(source);
+    return deliver(result);
+}
+
+/* tf_run with the code tf_check made: loaded (marshal) and run, not compiled (component guest: `run-compiled`). */
+EXPORT("tf_run_compiled")
+int32_t tf_run_compiled(const char *src, int32_t src_len, const char *code, int32_t code_len, const char *event,
+                        int32_t event_len) {
+    PyObject *source = PyUnicode_DecodeUTF8(src, src_len, "strict");
+    PyObject *marshalled = PyBytes_FromStringAndSize(code, code_len);
+    PyObject *ev = PyUnicode_DecodeUTF8(event, event_len, "strict");
+    PyObject *result = NULL;
+    if (source != NULL && marshalled != NULL && ev != NULL)
+        result = PyObject_CallFunctionObjArgs(app_run_compiled, source, marshalled, ev, NULL);
+    Py_XDECREF(source);
+    Py_XDECREF(marshalled);
     Py_XDECREF(ev);
     return deliver(result);
 }

@@ -1,9 +1,10 @@
 """The core-module prototype's guest harness (runs inside CPython 3.11 for WASI, see tfcore.c).
 
-A small counterpart of guest/app.py: it compiles the tenant's source, runs `run(event, step)` with the real
-author SDK (guest/tenantflow) over a transport that calls the core imports of module "tenantflow" (through the
-builtin module `_tfhost`), and answers (status, text): 0 and the result's JSON, 1 and an error's JSON, or 2
-and the JSON of what a suspended workflow waits for.
+A small counterpart of guest/app.py: it compiles the tenant's source (or loads the code `check` compiled and
+marshalled, as `run-compiled` does), runs `run(event, step)` with the real author SDK (guest/tenantflow) over
+a transport that calls the core imports of module "tenantflow" (through the builtin module `_tfhost`), and
+answers (status, text): 0 and the result's JSON, 1 and an error's JSON, or 2 and the JSON of what a suspended
+workflow waits for; `check` answers 3 and the marshalled code (bytes).
 
 Suspension at an export boundary: when `run` is a generator function, each `yield value` ends the export
 with status 2; `resume(json)` sends the decoded value back into the generator. Between the two exports no
@@ -22,6 +23,7 @@ import functools  # noqa: F401
 import hashlib  # noqa: F401
 import itertools  # noqa: F401
 import json
+import marshal
 import math  # noqa: F401
 import random  # noqa: F401
 import re  # noqa: F401
@@ -184,14 +186,50 @@ def _drive(generator: types.GeneratorType[typing.Any, typing.Any, typing.Any], v
     return 2, json.dumps(waiting_for)
 
 
+def _no_entry() -> tuple[int, str]:
+    return 1, json.dumps({"name": "WorkflowCodeError", "message": "no run(event, step)", "traceback": ""})
+
+
+def check(source: str) -> tuple[int, str | bytes]:
+    """Compile `source`, run its module once and check it defines a workflow: (3, the code object marshalled),
+    or (1, the error's JSON). guest/app.py's `check`: code objects are this interpreter's (marshal's format and
+    the bytecode are version-specific), so the host compiles a version here, once, and hands the bytes to
+    `run_compiled` for every activation."""
+    try:
+        code = compile(source, FILENAME, "exec")
+        namespace: dict[str, typing.Any] = {"__name__": "workflow", "__file__": FILENAME}
+        exec(code, namespace)
+        if find_entrypoint(namespace) is None:
+            return _no_entry()
+        return 3, marshal.dumps(code)
+    except BaseException as error:
+        return _error(error)
+
+
 def run(source: str, event: str) -> tuple[int, str]:
     """Compile `source` and run its workflow with `event` (JSON)."""
     try:
+        return _run(compile(source, FILENAME, "exec"), event)
+    except BaseException as error:
+        return _error(error)
+
+
+def run_compiled(source: str, code: bytes, event: str) -> tuple[int, str]:
+    """`run` with the code `check` made (marshalled): loaded instead of compiled (guest/app.py's `run-compiled`;
+    `source` is passed as there, for parity, and not compiled)."""
+    try:
+        return _run(marshal.loads(code), event)
+    except BaseException as error:
+        return _error(error)
+
+
+def _run(code: types.CodeType, event: str) -> tuple[int, str]:
+    try:
         namespace: dict[str, typing.Any] = {"__name__": "workflow", "__file__": FILENAME}
-        exec(compile(source, FILENAME, "exec"), namespace)
+        exec(code, namespace)
         entry = find_entrypoint(namespace)
         if entry is None:
-            return 1, json.dumps({"name": "WorkflowCodeError", "message": "no run(event, step)", "traceback": ""})
+            return _no_entry()
         data = json.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
         _streams.seed()
@@ -220,7 +258,7 @@ def _warm_up() -> None:
     except ValueError as error:
         traceback.format_exception(error)
     json.loads(json.dumps({"a": [1, 2.5, None, "x"]}))
-    compile("def run(event, step):\n    return 1\n", FILENAME, "exec")
+    marshal.loads(marshal.dumps(compile("def run(event, step):\n    return 1\n", FILENAME, "exec")))
     datetime.datetime.fromtimestamp(0.0, datetime.UTC).isoformat()
     re.compile(r"[a-z]+\d*").match("warm1")
 
