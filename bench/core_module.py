@@ -7,6 +7,12 @@ pre-initialized with Wizer; `bench/core_prototype/build.sh` builds it into ~/.ca
 through `CoreSandbox` below (a minimal host: fresh Store per activation, the same engine and its
 settings, fuel, epoch deadline, memory cap, core imports with the WIT host's roles).
 
+First instruction is measured with the source compiled in the guest per activation, and with the version's
+code compiled ahead (`Sandbox.compile` / `CoreSandbox.compile` once, then `run-compiled` / `tf_run_compiled`
+per activation), from a fresh isolate and from one instantiated ahead of time (the component Sandbox's pool;
+a core Store instantiated before the timer). The component Sandbox runs without a pool (`pool=0`) for every
+figure but that last pair.
+
 Both guests run in the same process on the same engine, interleaved (A, B, A, B, ...) so a drifting
 machine load hits both alike; every figure is reported as min and median within the run. Prints one
 JSON line per figure and a Markdown summary at the end.
@@ -39,6 +45,9 @@ import zstandard
 from tenantflow.host import Limits
 from tenantflow.host.engine import make_engine
 from tenantflow.host.journal import Attempt, Done, Run, StepCall, StepConfig, StepFailed, Stop
+from wasmtime import _ffi as ffi
+from wasmtime._extern import wrap_extern
+from wasmtime._func import enter_wasm
 
 from bench.sandbox_bench import WORK, FastJournal, FirstLogSandbox, fresh_store, rss_mb
 
@@ -123,6 +132,7 @@ class CoreActivation:
     log: list[str] = field(default_factory=list)
     first_log: float | None = None
     output: tuple[int, str] | None = None
+    code: bytes | None = None
     pending: bytes = b""
 
 
@@ -131,38 +141,86 @@ class CoreInstance:
 
     def __init__(self, box: CoreSandbox, store: wasmtime.Store, act: CoreActivation) -> None:
         self.box, self.store, self.act = box, store, act
-        instance = box.linker.instantiate(store, box.module)
-        exports = instance.exports(store)
-        memory = exports["memory"]
+        self.instance = box.linker.instantiate(store, box.module)
+        memory = self._export("memory")
         assert isinstance(memory, wasmtime.Memory)
         self.memory = act.memory = memory
-        self.alloc = exports["tf_alloc"]
-        self.run_export = exports["tf_run"]
-        self.resume_export = exports["tf_resume"]
+        self.alloc = self._func("tf_alloc")
 
-    def _write(self, data: bytes) -> int:
-        ptr = self.alloc(self.store, max(1, len(data)))
-        assert isinstance(ptr, int)
-        self.memory.write(self.store, data, ptr)
-        return ptr
+    def _export(self, name: str) -> Any:
+        """One export by name (`Instance.exports` wraps every export of the module, ~0.1 ms here)."""
+        item = ffi.wasmtime_extern_t()
+        raw = name.encode()
+        if not ffi.wasmtime_instance_export_get(
+            self.store._context(), ctypes.byref(self.instance._instance), raw, len(raw), ctypes.byref(item)
+        ):
+            raise KeyError(name)
+        return wrap_extern(item)
 
-    def run(self, source: str, event: dict[str, Any]) -> tuple[int, str]:
-        src, ev = source.encode(), json.dumps(event).encode()
+    def _func(self, name: str) -> wasmtime.Func:
+        func = self._export(name)
+        assert isinstance(func, wasmtime.Func)
+        return func
+
+    def _call(self, func: wasmtime.Func, *args: int) -> int:
+        """Call an export taking i32s and answering one i32, with the C API directly: wasmtime-py's
+        `Func.__call__` asks for the function's type and converts each value through `Val` on every call
+        (~60 µs a call here, measured on `tf_alloc`), which the component Sandbox's call path does not."""
+        params = (ffi.wasmtime_val_t * len(args))()
+        for slot, value in zip(params, args, strict=True):
+            slot.kind = ffi.WASMTIME_I32.value
+            slot.of.i32 = value
+        results = (ffi.wasmtime_val_t * 1)()
+        with enter_wasm(self.store) as trap:
+            error = ffi.wasmtime_func_call(
+                self.store._context(), ctypes.byref(func._func), params, len(args), results, 1, trap
+            )
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
+        return int(results[0].of.i32)
+
+    def _args(self, *parts: bytes) -> list[int]:
+        """The parts written into guest memory (one `tf_alloc` for all of them): (pointer, length) each."""
+        ptr = self._call(self.alloc, max(1, sum(len(part) for part in parts)))
+        base = ctypes.addressof(self.memory.data_ptr(self.store).contents)
+        if ptr <= 0 or ptr + sum(len(part) for part in parts) > self.memory.data_len(self.store):
+            raise wasmtime.WasmtimeError("tenantflow: tf_alloc answered outside the guest's memory")
+        out: list[int] = []
+        for part in parts:
+            ctypes.memmove(base + ptr, part, len(part))
+            out += [ptr, len(part)]
+            ptr += len(part)
+        return out
+
+    def _enter(self, export: wasmtime.Func, *parts: bytes) -> None:
         self.box.current = self.act
         try:
-            self.run_export(self.store, self._write(src), len(src), self._write(ev), len(ev))
+            self._call(export, *self._args(*parts))
         finally:
             self.box.current = None
+
+    def run(self, source: str, event: dict[str, Any]) -> tuple[int, str]:
+        self._enter(self._func("tf_run"), source.encode(), json.dumps(event).encode())
+        assert self.act.output is not None
+        return self.act.output
+
+    def run_compiled(self, source: str, code: bytes, event: dict[str, Any]) -> tuple[int, str]:
+        """`run` with the code `check` made: the guest loads it (marshal) instead of compiling the source."""
+        self._enter(self._func("tf_run_compiled"), source.encode(), code, json.dumps(event).encode())
+        assert self.act.output is not None
+        return self.act.output
+
+    def check(self, source: str) -> bytes | tuple[int, str]:
+        """The source compiled by this guest's interpreter, its module run once: the marshalled code, or the
+        (status, error JSON) answer."""
+        self._enter(self._func("tf_check"), source.encode())
+        if self.act.code is not None:
+            return self.act.code
         assert self.act.output is not None
         return self.act.output
 
     def resume(self, value: Any) -> tuple[int, str]:
-        data = json.dumps(value).encode()
-        self.box.current = self.act
-        try:
-            self.resume_export(self.store, self._write(data), len(data))
-        finally:
-            self.box.current = None
+        self._enter(self._func("tf_resume"), json.dumps(value).encode())
         assert self.act.output is not None
         return self.act.output
 
@@ -203,8 +261,24 @@ class CoreSandbox:
         store = self.new_store(limits or Limits())
         return CoreInstance(self, store, CoreActivation(store, journal if journal is not None else FastJournal()))
 
-    def run(self, source: str, event: dict[str, Any], journal: Any, limits: Limits | None = None) -> tuple[int, str]:
-        return self.instance(journal, limits).run(source, event)
+    def run(
+        self,
+        source: str,
+        event: dict[str, Any],
+        journal: Any,
+        limits: Limits | None = None,
+        code: bytes | None = None,
+    ) -> tuple[int, str]:
+        inst = self.instance(journal, limits)
+        return inst.run(source, event) if code is None else inst.run_compiled(source, code, event)
+
+    def compile(self, source: str, limits: Limits | None = None) -> bytes:
+        """`Sandbox.compile`'s counterpart: in a fresh isolate, once per workflow version (code objects are the
+        guest interpreter's: CPython 3.11 here, not the host's)."""
+        answer = self.instance(limits=limits).check(source)
+        if not isinstance(answer, bytes):
+            raise RuntimeError(f"the core module's check failed: {answer}")
+        return answer
 
     # -- host functions: pointers and lengths into the caller's memory, bounds-checked --------------------
 
@@ -286,7 +360,11 @@ class CoreSandbox:
     def _output(self, status: int, ptr: int, length: int) -> None:
         act = self.current
         assert act is not None
-        act.output = (status, self._read(ptr, length).decode())
+        data = self._read(ptr, length)
+        if status == 3:  # tf_check's marshalled code
+            act.code = data
+        else:
+            act.output = (status, data.decode())
 
 
 # -- reporting ------------------------------------------------------------------------------------------
@@ -418,6 +496,126 @@ def bench_first_instruction(box: FirstLogSandbox, core: CoreSandbox, runs: int) 
     )
 
 
+def bench_first_instruction_compiled(
+    box: FirstLogSandbox, pooled: FirstLogSandbox, core: CoreSandbox, runs: int
+) -> None:
+    """First instruction with the version's code compiled ahead, as the runtime runs a deployed version: the
+    host compiled it once in each guest (`Sandbox.compile`, `CoreSandbox.compile`: code objects are the guest
+    interpreter's), and every activation loads the marshalled code instead of compiling the source.
+
+    Two pairs, all four interleaved: from a fresh isolate (the component's Sandbox without a pool; the core
+    module's Store made and instantiated inside the timer), and from an isolate instantiated ahead of time
+    (what a pool gives: the component's Sandbox with a pool of ready, prepared isolates, settled before and
+    after each sample so its thread is idle while anything is timed; the core module's Store instantiated
+    before the timer starts and dropped after it stops)."""
+    component_code = box.compile(FIRST)
+    assert isinstance(component_code, bytes), component_code
+    core_code = core.compile(FIRST)
+    first: dict[str, list[float]] = {"component": [], "core": [], "component_pooled": [], "core_pooled": []}
+    total: dict[str, list[float]] = {name: [] for name in first}
+    hits = {"taken": 0, "hits": 0}
+
+    def component() -> float:
+        box.first_log = None
+        started = time.perf_counter()
+        outcome = box.run(FIRST, {"payload": None}, FastJournal(), code=component_code)
+        ended = time.perf_counter()
+        assert box.first_log is not None and getattr(outcome, "output", None) == "1", outcome
+        first["component"].append(box.first_log - started)
+        total["component"].append(ended - started)
+        return 0.0
+
+    def prototype() -> float:
+        started = time.perf_counter()
+        instance = core.instance()
+        answer = instance.run_compiled(FIRST, core_code, {"payload": None})
+        first_log = instance.act.first_log
+        del instance  # as Sandbox.run drops its Store before it returns
+        ended = time.perf_counter()
+        assert answer == (0, "1") and first_log is not None, answer
+        first["core"].append(first_log - started)
+        total["core"].append(ended - started)
+        return 0.0
+
+    def component_pooled() -> float:
+        assert pooled.isolates.settle(timeout=5)
+        before = pooled.isolates.hits
+        pooled.first_log = None
+        started = time.perf_counter()
+        outcome = pooled.run(FIRST, {"payload": None}, FastJournal(), code=component_code)
+        ended = time.perf_counter()
+        assert pooled.first_log is not None and getattr(outcome, "output", None) == "1", outcome
+        first["component_pooled"].append(pooled.first_log - started)
+        total["component_pooled"].append(ended - started)
+        hits["taken"] += 1
+        hits["hits"] += pooled.isolates.hits - before
+        pooled.isolates.settle(timeout=5)  # the used isolate dropped, a new one made: not beside the next sample
+        return 0.0
+
+    def prototype_pooled() -> float:
+        instance = core.instance()
+        started = time.perf_counter()
+        answer = instance.run_compiled(FIRST, core_code, {"payload": None})
+        ended = time.perf_counter()
+        first_log = instance.act.first_log
+        del instance  # dropped after the timer, as the pool's thread drops a used isolate
+        assert answer == (0, "1") and first_log is not None, answer
+        first["core_pooled"].append(first_log - started)
+        total["core_pooled"].append(ended - started)
+        return 0.0
+
+    fns = {
+        "component": component,
+        "core": prototype,
+        "component_pooled": component_pooled,
+        "core_pooled": prototype_pooled,
+    }
+    interleaved(fns, runs, warmup=0)
+    warm = 5  # drop the first rounds: caches, pool slots
+
+    def ratio(a: str, b: str, samples: dict[str, list[float]]) -> float:
+        return round(statistics.median(samples[a][warm:]) / statistics.median(samples[b][warm:]), 2)
+
+    emit(
+        "first_instruction_compiled_fresh_ms",
+        component=summary(first["component"][warm:]),
+        core=summary(first["core"][warm:]),
+        speedup_p50=ratio("component", "core", first),
+        speedup_min=round(min(first["component"][warm:]) / min(first["core"][warm:]), 2),
+        target_p50_ms=0.25,
+        code_bytes={"component": len(component_code), "core": len(core_code)},
+        what="fresh isolate -> print(1) reaches the host, the version's code compiled ahead (run-compiled / "
+        "tf_run_compiled: marshal.loads + exec); component Sandbox pool=0, core Store made inside the timer",
+    )
+    emit(
+        "activation_compiled_fresh_ms",
+        component=summary(total["component"][warm:]),
+        core=summary(total["core"][warm:]),
+        speedup_p50=ratio("component", "core", total),
+        what="the same activation end to end (print(1), return 1), the drop of the Store included",
+    )
+    emit(
+        "first_instruction_compiled_preinstantiated_ms",
+        component=summary(first["component_pooled"][warm:]),
+        core=summary(first["core_pooled"][warm:]),
+        speedup_p50=ratio("component_pooled", "core_pooled", first),
+        speedup_min=round(min(first["component_pooled"][warm:]) / min(first["core_pooled"][warm:]), 2),
+        target_p50_ms=0.25,
+        component_pool_hits=f"{hits['hits']}/{hits['taken']}",
+        what="an isolate instantiated ahead of time -> print(1) reaches the host, code compiled ahead; component: "
+        "Sandbox(pool=2), settled before and after each sample (the ready isolate is prepared; limits, fuel and "
+        "deadline applied when taken, inside the timer); core: the Store made and instantiated before the timer",
+    )
+    emit(
+        "activation_compiled_preinstantiated_ms",
+        component=summary(total["component_pooled"][warm:]),
+        core=summary(total["core_pooled"][warm:]),
+        speedup_p50=ratio("component_pooled", "core_pooled", total),
+        what="the same, to the activation's return; the drop is off the path on both (the pool's thread; the core "
+        "Store dropped after the timer)",
+    )
+
+
 def in_guest_source(call: str, per: int, rounds: int, preamble: str) -> str:
     return textwrap.dedent(
         f"""
@@ -522,7 +720,7 @@ SMALL = "def run(event, step):\n    return {'ok': [1, 2, 3]}\n"
 
 
 def rss_child(kind: str, live: int) -> None:
-    box = FirstLogSandbox()
+    box = FirstLogSandbox(pool=0)
     core = CoreSandbox(box.engine, load_core_module(box.engine, box.settings), box._ticker.ticks)
     limits = Limits()
     # One instance of each first, so the code pages and artifacts are mapped before the baseline.
@@ -726,12 +924,16 @@ def main() -> None:
         restore_child(args.restore_child)
         return
     runs = 30 if args.quick else args.runs
-    box = FirstLogSandbox()
+    # Fresh isolates for the component too (no pool: the Sandbox's default keeps isolates instantiated ahead);
+    # `pooled` has one, for the pre-instantiated pair, on the same engine and component.
+    box = FirstLogSandbox(pool=0)
+    pooled = FirstLogSandbox(box.component, box.engine, pool=2)
     try:
         core = CoreSandbox(box.engine, load_core_module(box.engine, box.settings), box._ticker.ticks)
         load = os.getloadavg()
         bench_instantiate(box, core, runs)
         bench_first_instruction(box, core, runs)
+        bench_first_instruction_compiled(box, pooled, core, runs)
         bench_host_calls(box, core, 50 if args.quick else 200)
         bench_compute(box, core, 5 if args.quick else 15)
         bench_rss(1 if args.quick else 3, args.live)
@@ -747,6 +949,7 @@ def main() -> None:
             core_versions=(cache_dir() / "tfcore.versions").read_text().strip(),
         )
     finally:
+        pooled.close()
         box.close()
 
 
