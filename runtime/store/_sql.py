@@ -152,6 +152,11 @@ class Tx(ABC):
     def send(self, sql: str, params: Params = ()) -> Later:
         return Done(self.run(sql, params))
 
+    def send_many(self, sql: str, rows: Sequence[Params]) -> None:
+        """`sql` once for each of `rows` (its parameters), in order; no results."""
+        for params in rows:
+            self.send(sql, params)
+
     def fenced(self, write: Statement, then: Sequence[Statement]) -> Later:
         """A write that checks a fence (an UPDATE ... RETURNING: a row if it applied), and the writes that apply
         only with it: each of `then` has APPLIED among its conditions, after its last parameter.

@@ -44,10 +44,14 @@ NOTIFY_WITHIN_S = 1.0
 HELD = f"{KEY} AND fence = ? AND status IN ('running', 'waiting_for_pause', 'paused')"
 PAUSING_STATUSES = ("waiting_for_pause", "paused")
 PAUSING = "('waiting_for_pause', 'paused')"
-# The stored size of the journal row at a position (0 if none), as `_entry_size` counts it.
+# What a journal row (of the table as `{j}`) stores, as `_entry_size` counts it.
+ROW_SIZE_SQL = (
+    "COALESCE(LENGTH({j}result), 0) + LENGTH({j}name) + COALESCE(LENGTH({j}error_name), 0) "
+    "+ COALESCE(LENGTH({j}error_message), 0)"
+)
+# The stored size of the journal row at a position (0 if none).
 ENTRY_SIZE_SQL = (
-    "COALESCE((SELECT COALESCE(LENGTH(j.result), 0) + LENGTH(j.name) + COALESCE(LENGTH(j.error_name), 0) "
-    "+ COALESCE(LENGTH(j.error_message), 0) FROM journal j WHERE j.tenant_id = ? AND j.workflow = ? "
+    f"COALESCE((SELECT {ROW_SIZE_SQL.format(j='j.')} FROM journal j WHERE j.tenant_id = ? AND j.workflow = ? "
     "AND j.instance_id = ? AND j.position = ?), 0)"
 )
 # What a finish replaces: the instance's current output, error and log.
@@ -83,6 +87,20 @@ STEP_USAGE = upsert_sql(
     APPLIED,
     ("?", "?", "?", "?", f"? - {ENTRY_SIZE_SQL}"),
 )
+# A batch of journal writes (`Activation._batch`, where statements run at once): the sizes of the rows it replaces
+# (BATCH_ROWS positions, padded with -1), its instance's write (its steps, and its stored bytes by what it writes
+# less what its positions held), its usage (each day's), and the rows' statements once the instance's applied.
+BATCH_ROWS = 64
+ROW_SIZES = (
+    f"SELECT position, {ROW_SIZE_SQL.format(j='')} AS size FROM journal "
+    f"WHERE {KEY} AND position IN ({', '.join('?' * BATCH_ROWS)})"
+)
+STEPS = (
+    "UPDATE instances SET updated_at = ?, steps = steps + ?, "
+    "rollback = CASE WHEN ? = 1 THEN COALESCE(rollback, 'error') ELSE rollback END, "
+    f"stored_bytes = stored_bytes + ? WHERE {HELD} RETURNING status"
+)
+STEPS_USAGE = upsert_sql(("steps", "attempts", "fuel", "duration_ms", "journal_bytes"), APPLIED)
 # An activation's end: the activations, isolate starts and replayed positions it adds to its instance's.
 END_USAGE = upsert_sql(("activations", "isolate_starts", "replayed_steps", "workflow_fuel"), APPLIED)
 
@@ -168,6 +186,75 @@ def fenced_with_usage(
     return tx.fenced(Statement(sql, params), [Statement(END_USAGE, (*usage, *added))])
 
 
+class _Row:
+    """One position's write, as its statements' parameters: its journal row, its attempt and the event it consumed
+    (None if none); `added`, what it stores (the row and the attempt), and `size`, the row's part."""
+
+    __slots__ = ("added", "attempt", "consumed", "done", "entry", "kind", "position", "size", "updated_at", "_usage")
+
+    def __init__(
+        self, k: tuple[str, str, str], entry: Entry, attempt: AttemptRecord | None, consumed: int | None
+    ) -> None:
+        result = None if entry.result is None else codec.encode_text(entry.result)
+        self.position, self.kind, self.updated_at = entry.position, entry.kind, entry.updated_at
+        self.size = _entry_size(entry, result)
+        self.added = self.size + _attempt_size(attempt)
+        self.done = 1 if entry.state == "done" else 0
+        # Usage: a step (a `step.do`'s, done), an attempt, its fuel and duration.
+        self._usage = (
+            self.done if entry.kind == "do" else 0,
+            0 if attempt is None else 1,
+            0 if attempt is None else attempt.fuel,
+            0.0 if attempt is None else attempt.duration_ms,
+        )
+        self.entry = (
+            *k,
+            entry.position,
+            entry.name,
+            entry.kind,
+            entry.state,
+            entry.attempts,
+            result,
+            entry.error_name,
+            entry.error_message,
+            entry.wake_at,
+            entry.event_type,
+            entry.fuel,
+            entry.duration_ms,
+            entry.created_at,
+            entry.updated_at,
+            entry.parent,
+            entry.occurrence,
+            entry.attempt_limit,
+        )
+        self.attempt = (
+            None
+            if attempt is None
+            else (
+                *k,
+                attempt.position,
+                attempt.attempt,
+                int(attempt.ok),
+                attempt.error_name,
+                attempt.error_message,
+                attempt.fuel,
+                attempt.duration_ms,
+                attempt.finished_at,
+                attempt.traceback,
+            )
+        )
+        self.consumed = None if consumed is None else (entry.position, *k, consumed)
+
+    def usage(self) -> tuple[int, int, int, float]:
+        return self._usage
+
+
+def _now(sql: str) -> str:
+    """A statement that goes with a fenced write, where that is known to have applied (in the same transaction,
+    every writer taking its turn: `Tx.fenced`'s own rule)."""
+    return sql.replace(APPLIED, "TRUE")
+
+
 class Recording:
     """Journal writes that go first, in order, in another write's transaction (`Activation.recordings`): `status`,
     the instance's status the last of them found once they ran (None: the claim is no longer held, nothing was
@@ -250,7 +337,10 @@ class Activation(Scheduling):
     def recordings(self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None, int | None]]) -> Recording:
         """Positions' writes (each at its entry's `updated_at`, with the event it consumed), in order, to go first
         in another's transaction: the activation's end (`finish_and_claim(before=)`), another position's write
-        (`record(before=)`), a park (`park(before=)`), or alone (`record_all`)."""
+        (`record(before=)`), a park (`park(before=)`), or alone (`record_all`). Where statements run at once
+        (`immediate`), several go as one batch (`_batch`), which writes what they would, one after the other."""
+        if self.immediate and 1 < len(writes) <= BATCH_ROWS:
+            return Recording(self._batch(claim, writes))
         return Recording(
             *(self._recording(claim, entry, attempt, entry.updated_at, consumed) for entry, attempt, consumed in writes)
         )
@@ -270,73 +360,63 @@ class Activation(Scheduling):
         the position held before. The journal row, the attempt and the consumed event apply only with it (see
         `Tx.fenced`: on PostgreSQL, one statement)."""
         k = key_params(claim.key)
-        held = (*k, claim.fence)
-        result = None if entry.result is None else codec.encode_text(entry.result)
-        added = _entry_size(entry, result) + _attempt_size(attempt)
-        done = 1 if entry.state == "done" else 0
+        row = _Row(k, entry, attempt, consumed_event)
         usage = Statement(
             STEP_USAGE,
             (
                 *k[:2],
                 day_of(now),
                 shard_of(claim.key.instance_id, self.usage_shards),
-                done if entry.kind == "do" else 0,
-                0 if attempt is None else 1,
-                0 if attempt is None else attempt.fuel,
-                0.0 if attempt is None else attempt.duration_ms,
-                added,
+                *row.usage(),
+                row.added,
                 *k,
                 entry.position,
             ),
         )
-        then = [
-            usage,
-            Statement(
-                UPSERT_ENTRY,
-                (
-                    *k,
-                    entry.position,
-                    entry.name,
-                    entry.kind,
-                    entry.state,
-                    entry.attempts,
-                    result,
-                    entry.error_name,
-                    entry.error_message,
-                    entry.wake_at,
-                    entry.event_type,
-                    entry.fuel,
-                    entry.duration_ms,
-                    entry.created_at,
-                    entry.updated_at,
-                    entry.parent,
-                    entry.occurrence,
-                    entry.attempt_limit,
-                ),
-            ),
-        ]
-        if attempt is not None:
-            then.append(
-                Statement(
-                    INSERT_ATTEMPT,
-                    (
-                        *k,
-                        attempt.position,
-                        attempt.attempt,
-                        int(attempt.ok),
-                        attempt.error_name,
-                        attempt.error_message,
-                        attempt.fuel,
-                        attempt.duration_ms,
-                        attempt.finished_at,
-                        attempt.traceback,
-                    ),
-                )
-            )
-        if consumed_event is not None:
-            then.append(Statement(CONSUME_EVENT, (entry.position, *k, consumed_event)))
-        step = Statement(STEP, (now, done, entry.kind, added, *k, entry.position, *held))
+        then = [usage, Statement(UPSERT_ENTRY, row.entry)]
+        if row.attempt is not None:
+            then.append(Statement(INSERT_ATTEMPT, row.attempt))
+        if row.consumed is not None:
+            then.append(Statement(CONSUME_EVENT, row.consumed))
+        step = Statement(STEP, (now, row.done, entry.kind, row.added, *k, entry.position, *k, claim.fence))
         return lambda tx: tx.fenced(step, then)
+
+    def _batch(
+        self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None, int | None]]
+    ) -> Callable[[Tx], Later]:
+        """`_recording`'s writes of several positions as one: what the rows they replace held is read first (the
+        statements run at once), so that the instance's step count and stored bytes, and each day's usage, are
+        written once for all; then the rows, many to a statement. A position written twice counts as written in
+        turn (its second write replaces the first's row). The result's scalar is as `_recording`'s."""
+        k = key_params(claim.key)
+        rows = [_Row(k, entry, attempt, consumed) for entry, attempt, consumed in writes]
+        shard = shard_of(claim.key.instance_id, self.usage_shards)
+        positions = list(dict.fromkeys(row.position for row in rows))
+
+        def write(tx: Tx) -> Later:
+            found_rows = tx.run(ROW_SIZES, (*k, *positions, *[-1] * (BATCH_ROWS - len(positions)))).rows
+            held: dict[int, int] = {int(position): int(size) for position, size in found_rows}
+            days: dict[str, list[float]] = {}
+            grown = steps = 0
+            for row in rows:
+                written = row.added - held.get(row.position, 0)
+                held[row.position] = row.size
+                grown += written
+                steps += row.done
+                day = days.setdefault(day_of(row.updated_at), [0, 0, 0, 0.0, 0])
+                for i, count in enumerate((*row.usage(), written)):
+                    day[i] += count
+            rollback = any(row.kind == "rollback" for row in rows)
+            step = Statement(STEPS, (rows[-1].updated_at, steps, int(rollback), grown, *k, claim.fence))
+            usage = [Statement(STEPS_USAGE, (*k[:2], day, shard, *counts)) for day, counts in days.items()]
+            found = tx.fenced(step, usage)
+            if found.result().rows:
+                tx.send_many(_now(UPSERT_ENTRY), [row.entry for row in rows])
+                tx.send_many(_now(INSERT_ATTEMPT), [row.attempt for row in rows if row.attempt is not None])
+                tx.send_many(_now(CONSUME_EVENT), [row.consumed for row in rows if row.consumed is not None])
+            return found
+
+        return write
 
     def finish(self, claim: Claim, now: float, *, status: str, **ending: Unpack[EndFields]) -> bool:
         """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused

@@ -6,8 +6,9 @@ Every business operation is written once, in the modules that mix into `SQLStore
   `snapshot()`: reads that must see one commit and write nothing;
   `write(fn)`: a write transaction, which a dialect may commit together with other callers' writes.
 - `Tx.run` / `Tx.send`: statements with `?` placeholders; `send` lets a dialect send every statement of a
-  write and its commit in one round trip. `Tx.fenced`: a fenced write and the writes that apply only with it
-  (statements in turn on SQLite; one statement, with data-modifying CTEs, on PostgreSQL).
+  write and its commit in one round trip; `Tx.send_many`: one statement for many rows (`executemany`).
+  `Tx.fenced`: a fenced write and the writes that apply only with it (statements in turn on SQLite; one
+  statement, with data-modifying CTEs, on PostgreSQL).
 - No hook for `RETURNING`, `ON CONFLICT` (upserts; a conflict found as an insert that returned no row) or
   `MATERIALIZED` CTEs: both dialects take the same SQL.
 - `for_update` and `skip_locked`: the row-lock clauses of a database whose writers interleave (PostgreSQL),
@@ -44,6 +45,10 @@ class StoreCore(ABC):
     # The rows each (tenant, workflow, day) of usage is spread over (store/usage.py): one where every writer takes
     # its turn anyway (SQLite); more where concurrent step commits would wait for each other's row lock.
     usage_shards = 1
+    # Whether statements run at once, in the process (SQLite): a write may then read what it replaces at no
+    # round trip's cost, so pending journal writes go as one batch (store/activation.py `recordings`). Where
+    # every statement costs a round trip unless sent together (PostgreSQL), each is one statement of its own.
+    immediate = False
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Tx]: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,6 +46,9 @@ class _SQLiteTx(Tx):
             names = _names[sql] = tuple(d[0] for d in cursor.description or ())
         return Result(names, rows)
 
+    def send_many(self, sql: str, rows: Sequence[Params]) -> None:
+        self._connection.executemany(sql, rows)
+
 
 @dataclass
 class _Pending:
@@ -67,6 +70,7 @@ class SQLiteStore(SQLStore):
     """
 
     dialect = {"blob": "BLOB", "float": "REAL", "bigint": "INTEGER", "clustered": " WITHOUT ROWID", "bytewise": ""}
+    immediate = True
 
     def __init__(self, path: str, synchronous: str = "full", busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         if synchronous not in SYNCHRONOUS:

@@ -415,6 +415,18 @@ def capturing() -> Iterator[Capture]:
 
             patched.append((cls, name, original))
             setattr(cls, name, wrapper)
+        many = cls.__dict__.get("send_many")
+        if many is not None:  # one statement for many rows: each row runs it once
+
+            def many_wrapper(self: Tx, sql: str, rows: Sequence[Sequence[Any]], _original: Any = many) -> Any:
+                origin = _origin()
+                if origin is not None:
+                    for params in rows:
+                        capture.add(sql, params, origin)
+                return _original(self, sql, rows)
+
+            patched.append((cls, "send_many", many))
+            cls.send_many = many_wrapper  # type: ignore[method-assign]
     try:
         yield capture
     finally:
