@@ -87,9 +87,10 @@ STEP_USAGE = upsert_sql(
     APPLIED,
     ("?", "?", "?", "?", f"? - {ENTRY_SIZE_SQL}"),
 )
-# A batch of journal writes (`Activation._batch`, where statements run at once): the sizes of the rows it replaces
-# (BATCH_ROWS positions, padded with -1), its instance's write (its steps, and its stored bytes by what it writes
-# less what its positions held), its usage (each day's), and the rows' statements once the instance's applied.
+# A batch of journal writes of distinct positions (`Activation._batch`, where statements run at once): the sizes of
+# the rows it replaces (BATCH_ROWS positions, padded with -1), its instance's write (its steps, and its stored bytes
+# by what it writes less what its positions held), then, once that applied, each write's usage and its rows. The
+# journal commits its pending writes at 64 (engine/journal.py MAX_PENDING_STEPS): more go one at a time.
 BATCH_ROWS = 64
 ROW_SIZES = (
     f"SELECT position, {ROW_SIZE_SQL.format(j='')} AS size FROM journal "
@@ -100,7 +101,7 @@ STEPS = (
     "rollback = CASE WHEN ? = 1 THEN COALESCE(rollback, 'error') ELSE rollback END, "
     f"stored_bytes = stored_bytes + ? WHERE {HELD} RETURNING status"
 )
-STEPS_USAGE = upsert_sql(("steps", "attempts", "fuel", "duration_ms", "journal_bytes"), APPLIED)
+STEPS_USAGE = upsert_sql(("steps", "attempts", "fuel", "duration_ms", "journal_bytes"), "TRUE")
 # An activation's end: the activations, isolate starts and replayed positions it adds to its instance's.
 END_USAGE = upsert_sql(("activations", "isolate_starts", "replayed_steps", "workflow_fuel"), APPLIED)
 
@@ -249,10 +250,11 @@ class _Row:
         return self._usage
 
 
-def _now(sql: str) -> str:
-    """A statement that goes with a fenced write, where that is known to have applied (in the same transaction,
-    every writer taking its turn: `Tx.fenced`'s own rule)."""
-    return sql.replace(APPLIED, "TRUE")
+# What a batch writes once its fenced write applied: in the same transaction, every writer taking its turn (where
+# statements run at once: SQLite), nothing changes the instance in between (`Tx.fenced`'s own rule there).
+UPSERT_ENTRY_NOW, INSERT_ATTEMPT_NOW, CONSUME_EVENT_NOW = (
+    sql.replace(APPLIED, "TRUE") for sql in (UPSERT_ENTRY, INSERT_ATTEMPT, CONSUME_EVENT)
+)
 
 
 class Recording:
@@ -338,8 +340,14 @@ class Activation(Scheduling):
         """Positions' writes (each at its entry's `updated_at`, with the event it consumed), in order, to go first
         in another's transaction: the activation's end (`finish_and_claim(before=)`), another position's write
         (`record(before=)`), a park (`park(before=)`), or alone (`record_all`). Where statements run at once
-        (`immediate`), several go as one batch (`_batch`), which writes what they would, one after the other."""
-        if self.immediate and 1 < len(writes) <= BATCH_ROWS:
+        (`immediate`), the writes of distinct positions go as one batch (`_batch`), which stores what they would,
+        one after the other; a position written twice (an event wait's entry, then the event it consumed) goes
+        write by write, the second counting what the first stored."""
+        if (
+            self.immediate
+            and 1 < len(writes) <= BATCH_ROWS
+            and len({entry.position for entry, _, _ in writes}) == len(writes)
+        ):
             return Recording(self._batch(claim, writes))
         return Recording(
             *(self._recording(claim, entry, attempt, entry.updated_at, consumed) for entry, attempt, consumed in writes)
@@ -384,36 +392,31 @@ class Activation(Scheduling):
     def _batch(
         self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None, int | None]]
     ) -> Callable[[Tx], Later]:
-        """`_recording`'s writes of several positions as one: what the rows they replace held is read first (the
-        statements run at once), so that the instance's step count and stored bytes, and each day's usage, are
-        written once for all; then the rows, many to a statement. A position written twice counts as written in
-        turn (its second write replaces the first's row). The result's scalar is as `_recording`'s."""
+        """`_recording`'s writes of distinct positions as one: what the rows they replace held is read first (the
+        statements run at once), so that the instance's step count and stored bytes are written once for all; then,
+        if that applied, each write's usage (in order: the sums come out as one at a time) and its rows, many to a
+        statement. The result's scalar is as `_recording`'s."""
         k = key_params(claim.key)
         rows = [_Row(k, entry, attempt, consumed) for entry, attempt, consumed in writes]
         shard = shard_of(claim.key.instance_id, self.usage_shards)
-        positions = list(dict.fromkeys(row.position for row in rows))
+        padded = (*k, *(row.position for row in rows), *[-1] * (BATCH_ROWS - len(rows)))
+        rollback = int(any(row.kind == "rollback" for row in rows))
 
         def write(tx: Tx) -> Later:
-            found_rows = tx.run(ROW_SIZES, (*k, *positions, *[-1] * (BATCH_ROWS - len(positions)))).rows
-            held: dict[int, int] = {int(position): int(size) for position, size in found_rows}
-            days: dict[str, list[float]] = {}
-            grown = steps = 0
-            for row in rows:
-                written = row.added - held.get(row.position, 0)
-                held[row.position] = row.size
-                grown += written
-                steps += row.done
-                day = days.setdefault(day_of(row.updated_at), [0, 0, 0, 0.0, 0])
-                for i, count in enumerate((*row.usage(), written)):
-                    day[i] += count
-            rollback = any(row.kind == "rollback" for row in rows)
-            step = Statement(STEPS, (rows[-1].updated_at, steps, int(rollback), grown, *k, claim.fence))
-            usage = [Statement(STEPS_USAGE, (*k[:2], day, shard, *counts)) for day, counts in days.items()]
-            found = tx.fenced(step, usage)
+            held: dict[int, int] = {int(position): int(size) for position, size in tx.run(ROW_SIZES, padded).rows}
+            written = [row.added - held.get(row.position, 0) for row in rows]
+            steps = sum(row.done for row in rows)
+            step = Statement(STEPS, (rows[-1].updated_at, steps, rollback, sum(written), *k, claim.fence))
+            found = tx.fenced(step, ())
             if found.result().rows:
-                tx.send_many(_now(UPSERT_ENTRY), [row.entry for row in rows])
-                tx.send_many(_now(INSERT_ATTEMPT), [row.attempt for row in rows if row.attempt is not None])
-                tx.send_many(_now(CONSUME_EVENT), [row.consumed for row in rows if row.consumed is not None])
+                usage = [
+                    (*k[:2], day_of(row.updated_at), shard, *row.usage(), size)
+                    for row, size in zip(rows, written, strict=True)
+                ]
+                tx.send_many(STEPS_USAGE, usage)
+                tx.send_many(UPSERT_ENTRY_NOW, [row.entry for row in rows])
+                tx.send_many(INSERT_ATTEMPT_NOW, [row.attempt for row in rows if row.attempt is not None])
+                tx.send_many(CONSUME_EVENT_NOW, [row.consumed for row in rows if row.consumed is not None])
             return found
 
         return write

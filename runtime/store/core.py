@@ -45,9 +45,10 @@ class StoreCore(ABC):
     # The rows each (tenant, workflow, day) of usage is spread over (store/usage.py): one where every writer takes
     # its turn anyway (SQLite); more where concurrent step commits would wait for each other's row lock.
     usage_shards = 1
-    # Whether statements run at once, in the process (SQLite): a write may then read what it replaces at no
-    # round trip's cost, so pending journal writes go as one batch (store/activation.py `recordings`). Where
-    # every statement costs a round trip unless sent together (PostgreSQL), each is one statement of its own.
+    # Whether statements run at once, in the process, and every writer takes its turn (SQLite): a write may then
+    # read what it replaces at no round trip's cost, and what it found holds until it commits, so pending journal
+    # writes go as one batch (store/activation.py `recordings`). Where every statement costs a round trip unless
+    # sent together and writers interleave (PostgreSQL), each is one statement of its own.
     immediate = False
 
     @abstractmethod

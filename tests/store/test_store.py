@@ -695,23 +695,27 @@ def test_several_steps_go_first_in_order_in_one_commit(store: SQLStore) -> None:
 
 
 def test_a_batch_of_writes_stores_what_they_would_one_at_a_time(store: SQLStore) -> None:
-    """Where statements run at once (SQLite), `recordings` of several writes goes as one batch (rows read first,
-    the instance and each day's usage written once): it must leave exactly what the same writes leave one at a
-    time, with rows that were there before, a position written twice, a failed attempt, a rollback's entry, a
-    consumed event and writes on two days. On PostgreSQL both are the one-at-a-time writes."""
+    """Where statements run at once (SQLite), `recordings` of several positions goes as one batch (the rows it
+    replaces read first, the instance written once, the rows many to a statement): it must leave exactly what the
+    same writes leave one at a time (floats summed in the same order too), with rows that were there before, a
+    failed attempt, a rollback's entry, a consumed event and writes on two days; and a position written twice goes
+    write by write. On PostgreSQL every write is one at a time."""
     day = 86_400.0
 
-    def writes(event: int) -> list[tuple[Entry, AttemptRecord | None, int | None]]:
-        failed = AttemptRecord(2, 1, False, "Boom", "a message", 7, 2.5, T0, "Traceback ...")
+    def attempt(position: int, ms: float) -> AttemptRecord:
+        return AttemptRecord(position, 1, True, None, None, 10, ms, T0)
+
+    def writes(event: int, twice: bool) -> list[tuple[Entry, AttemptRecord | None, int | None]]:
+        failed = AttemptRecord(2, 1, False, "Boom", "a message", 7, 0.3, T0, "Traceback ...")
         flaky = Entry(2, "flaky", "do", "retrying", 1, error_name="Boom", error_message="a message", updated_at=T0)
-        return [
+        done = [
             (done_entry(0, '"replaced, longer than before"'), None, None),
-            (done_entry(1, '{"é": "ü"}', "unicodé"), ok_attempt(1), None),
+            (done_entry(1, '{"é": "ü"}', "unicodé"), attempt(1, 0.2), None),
             (flaky, failed, None),
             (Entry(3, "go", "wait", "done", result='{"type": "go"}', event_type="go", updated_at=T0 + 1), None, event),
-            (done_entry(1, '"shorter"', "unicodé"), None, None),  # position 1 again
-            (Entry(4, "undo", "rollback", "done", attempts=1, result="null", updated_at=T0 + day), ok_attempt(4), None),
+            (Entry(4, "undo", "rollback", "done", 1, result="null", updated_at=T0 + day), attempt(4, 0.7), None),
         ]
+        return done + [(done_entry(1, '"shorter"', "unicodé"), None, None)] if twice else done
 
     def state(tenant: str, key: InstanceKey) -> tuple[Any, ...]:
         row = store.instance(key)
@@ -722,26 +726,30 @@ def test_a_batch_of_writes_stores_what_they_would_one_at_a_time(store: SQLStore)
                 (tenant,),
             )
             consumed = tx.execute("SELECT consumed_at FROM events WHERE tenant_id = ?", (tenant,))
-        return (row.status, row.steps, row.stored_bytes, row.rollback, store.journal(key)[:2], usage, consumed)
+        instance = (row.status, row.steps, row.stored_bytes, row.rollback, row.updated_at)
+        return (instance, store.journal(key)[:2], usage, consumed)
 
-    found = []
-    for tenant, batched in (("batch", True), ("single", False)):
-        key = make_instance(store, "i1", tenant)
-        claim = claim_one(store)
-        before = [(done_entry(0, '"short"'), ok_attempt(0), None), (done_entry(1, '"was here"', "unicodé"), None, None)]
-        for write in before:
-            store.record_all(claim, store.recordings(claim, [write]))
-        event = store.send_event(key, "go", None, T0)
-        if batched:
-            assert store.record_all(claim, store.recordings(claim, writes(event))) == "running"
-        else:
-            for write in writes(event):
-                assert store.record_all(claim, store.recordings(claim, [write])) == "running"
-        found.append(state(tenant, key))
-    assert found[0] == found[1]
-    status, steps, stored, rollback, _, usage, consumed = found[0]
-    assert (status, steps, rollback, consumed) == ("running", 7, "error", [(3,)])
-    assert stored > 0 and [line[0] for line in usage] == sorted({line[0] for line in usage}) and len(usage) == 2
+    for twice in (False, True):
+        found = []
+        for way in ("batch", "single"):
+            tenant = f"{way}-{int(twice)}"
+            key = make_instance(store, "i1", tenant)
+            claim = claim_one(store)
+            before = [(done_entry(0, '"short"'), attempt(0, 0.1), None), (done_entry(1, '"x"', "unicodé"), None, None)]
+            for write in before:
+                store.record_all(claim, store.recordings(claim, [write]))
+            event = store.send_event(key, "go", None, T0)
+            if way == "batch":
+                assert store.record_all(claim, store.recordings(claim, writes(event, twice))) == "running"
+            else:
+                for write in writes(event, twice):
+                    assert store.record_all(claim, store.recordings(claim, [write])) == "running"
+            found.append(state(tenant, key))
+        assert found[0] == found[1], twice
+        (status, steps, stored, rollback, updated_at), _, usage, consumed = found[0]
+        last = T0 if twice else T0 + day  # the last write's
+        assert (status, steps, rollback, updated_at, consumed) == ("running", 6 + twice, "error", last, [(3,)])
+        assert stored > 0 and len(usage) == 2
 
 
 def test_a_park_can_carry_the_writes_before_it(store: SQLStore) -> None:
