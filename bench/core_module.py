@@ -452,14 +452,21 @@ def bench_instantiate(box: FirstLogSandbox, core: CoreSandbox, runs: int) -> Non
 FIRST = "print(1)\n\ndef run(event, step):\n    return 1\n"
 
 
-def bench_first_instruction(box: FirstLogSandbox, core: CoreSandbox, runs: int) -> None:
-    first: dict[str, list[float]] = {"component": [], "core": []}
-    total: dict[str, list[float]] = {"component": [], "core": []}
+def fresh_samplers(
+    box: FirstLogSandbox,
+    core: CoreSandbox,
+    first: dict[str, list[float]],
+    total: dict[str, list[float]],
+    code: tuple[bytes, bytes] | None = None,
+) -> dict[str, Callable[[], float]]:
+    """One activation of `FIRST` in a fresh isolate of each guest, timed to its first instruction (into `first`) and
+    to its return (into `total`, the drop of the Store included); with `code` (the component's, the core module's)
+    the version's code compiled ahead, else the source compiled in the guest."""
 
     def component() -> float:
         box.first_log = None
         started = time.perf_counter()
-        outcome = box.run(FIRST, {"payload": None}, FastJournal())
+        outcome = box.run(FIRST, {"payload": None}, FastJournal(), code=None if code is None else code[0])
         ended = time.perf_counter()
         assert box.first_log is not None and getattr(outcome, "output", None) == "1", outcome
         first["component"].append(box.first_log - started)
@@ -469,7 +476,10 @@ def bench_first_instruction(box: FirstLogSandbox, core: CoreSandbox, runs: int) 
     def prototype() -> float:
         started = time.perf_counter()
         instance = core.instance()
-        answer = instance.run(FIRST, {"payload": None})
+        if code is None:
+            answer = instance.run(FIRST, {"payload": None})
+        else:
+            answer = instance.run_compiled(FIRST, code[1], {"payload": None})
         first_log = instance.act.first_log
         del instance  # as Sandbox.run drops its Store before it returns
         ended = time.perf_counter()
@@ -478,7 +488,13 @@ def bench_first_instruction(box: FirstLogSandbox, core: CoreSandbox, runs: int) 
         total["core"].append(ended - started)
         return 0.0
 
-    interleaved({"component": component, "core": prototype}, runs, warmup=0)
+    return {"component": component, "core": prototype}
+
+
+def bench_first_instruction(box: FirstLogSandbox, core: CoreSandbox, runs: int) -> None:
+    first: dict[str, list[float]] = {"component": [], "core": []}
+    total: dict[str, list[float]] = {"component": [], "core": []}
+    interleaved(fresh_samplers(box, core, first, total), runs, warmup=0)
     warm = 5  # drop the first rounds: caches, pool slots
     emit(
         "fresh_isolate_to_first_instruction_ms",
@@ -514,28 +530,7 @@ def bench_first_instruction_compiled(
     first: dict[str, list[float]] = {"component": [], "core": [], "component_pooled": [], "core_pooled": []}
     total: dict[str, list[float]] = {name: [] for name in first}
     hits = {"taken": 0, "hits": 0}
-
-    def component() -> float:
-        box.first_log = None
-        started = time.perf_counter()
-        outcome = box.run(FIRST, {"payload": None}, FastJournal(), code=component_code)
-        ended = time.perf_counter()
-        assert box.first_log is not None and getattr(outcome, "output", None) == "1", outcome
-        first["component"].append(box.first_log - started)
-        total["component"].append(ended - started)
-        return 0.0
-
-    def prototype() -> float:
-        started = time.perf_counter()
-        instance = core.instance()
-        answer = instance.run_compiled(FIRST, core_code, {"payload": None})
-        first_log = instance.act.first_log
-        del instance  # as Sandbox.run drops its Store before it returns
-        ended = time.perf_counter()
-        assert answer == (0, "1") and first_log is not None, answer
-        first["core"].append(first_log - started)
-        total["core"].append(ended - started)
-        return 0.0
+    fresh = fresh_samplers(box, core, first, total, (component_code, core_code))
 
     def component_pooled() -> float:
         assert pooled.isolates.settle(timeout=5)
@@ -565,8 +560,7 @@ def bench_first_instruction_compiled(
         return 0.0
 
     fns = {
-        "component": component,
-        "core": prototype,
+        **fresh,
         "component_pooled": component_pooled,
         "core_pooled": prototype_pooled,
     }
