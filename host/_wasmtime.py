@@ -267,32 +267,25 @@ def _cap() -> int:
     return cap
 
 
-def _gil_holding_memmove() -> Callable[[Any, bytes, int], Any]:
-    """libc's memmove, called with the GIL held. `ctypes.memmove` lets go of the GIL for the call and takes it back
-    after, which inside a busy server means waiting for another thread to yield it (up to the switch interval)
-    for a copy of a few bytes: measured in a fan-out of ten-step instances, activation threads spent ~7% of their
-    time waiting there, lowering host calls' results."""
-    memmove = ctypes.PyDLL(None).memmove
-    memmove.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t)
-    memmove.restype = ctypes.c_void_p
-    return memmove
+def _gil_holding(library: str | None, name: str, argtypes: tuple[Any, ...], restype: Any) -> Any:
+    """C function `name` of `library` (None: the process's own, libc), called with the GIL held: a `ctypes.PyDLL`
+    function, typed here. A `CDLL` one (`ctypes.memmove`, the bindings') lets go of the GIL for the call and takes
+    it back after, which inside a busy server means waiting for another thread to yield it (up to the switch
+    interval) for a copy of a few bytes: measured in a fan-out of ten-step instances, activation threads spent ~7%
+    of their time waiting there, lowering host calls' results."""
+    fn = getattr(ctypes.PyDLL(library), name)
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
 
 
-_memmove = _gil_holding_memmove()
-
-
-def _gil_holding_byte_vec_new() -> Callable[[Any, int, bytes], None]:
-    """The C API's `wasm_byte_vec_new` (a new vector holding a copy of the bytes), called with the GIL held and
-    taking a `bytes` as it is: one C call where `ffi.str_to_capi` makes three and copies twice. The bindings'
-    own `_wasm_byte_vec_new` releases the GIL (a `CDLL`: see `hold_gil_in_short_calls`) and takes a pointer to
-    `wasm_byte_t`, not a `bytes`; this is the same function of the same library, typed for one."""
-    new = ctypes.PyDLL(ffi.dll._name).wasm_byte_vec_new
-    new.argtypes = (ctypes.POINTER(ffi.wasm_byte_vec_t), ctypes.c_size_t, ctypes.c_char_p)
-    new.restype = None
-    return new
-
-
-_byte_vec_new = _gil_holding_byte_vec_new()
+# libc's memmove, for the values of a list<u8>.
+_memmove = _gil_holding(None, "memmove", (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t), ctypes.c_void_p)
+# The C API's `wasm_byte_vec_new` (a new vector holding a copy of the bytes), typed to take a `bytes` as it is: one C
+# call where `ffi.str_to_capi` makes three and copies twice (the bindings' `_wasm_byte_vec_new` takes a pointer to
+# `wasm_byte_t`).
+_byte_vec_new = _gil_holding(
+    ffi.dll._name, "wasm_byte_vec_new", (ctypes.POINTER(ffi.wasm_byte_vec_t), ctypes.c_size_t, ctypes.c_char_p), None
+)
 
 
 def _byte_vec(text: str) -> Any:
