@@ -191,7 +191,7 @@ class _Row:
     """One position's write, as its statements' parameters: its journal row, its attempt and the event it consumed
     (None if none); `added`, what it stores (the row and the attempt), and `size`, the row's part."""
 
-    __slots__ = ("added", "attempt", "consumed", "done", "entry", "kind", "position", "size", "updated_at", "_usage")
+    __slots__ = ("added", "attempt", "consumed", "done", "entry", "kind", "position", "size", "updated_at", "usage")
 
     def __init__(
         self, k: tuple[str, str, str], entry: Entry, attempt: AttemptRecord | None, consumed: int | None
@@ -202,7 +202,7 @@ class _Row:
         self.added = self.size + _attempt_size(attempt)
         self.done = 1 if entry.state == "done" else 0
         # Usage: a step (a `step.do`'s, done), an attempt, its fuel and duration.
-        self._usage = (
+        self.usage = (
             self.done if entry.kind == "do" else 0,
             0 if attempt is None else 1,
             0 if attempt is None else attempt.fuel,
@@ -245,9 +245,6 @@ class _Row:
             )
         )
         self.consumed = None if consumed is None else (entry.position, *k, consumed)
-
-    def usage(self) -> tuple[int, int, int, float]:
-        return self._usage
 
 
 # What a batch writes once its fenced write applied: in the same transaction, every writer taking its turn (where
@@ -375,7 +372,7 @@ class Activation(Scheduling):
                 *k[:2],
                 day_of(now),
                 shard_of(claim.key.instance_id, self.usage_shards),
-                *row.usage(),
+                *row.usage,
                 row.added,
                 *k,
                 entry.position,
@@ -410,7 +407,7 @@ class Activation(Scheduling):
             found = tx.fenced(step, ())
             if found.result().rows:
                 usage = [
-                    (*k[:2], day_of(row.updated_at), shard, *row.usage(), size)
+                    (*k[:2], day_of(row.updated_at), shard, *row.usage, size)
                     for row, size in zip(rows, written, strict=True)
                 ]
                 tx.send_many(STEPS_USAGE, usage)
