@@ -6,7 +6,9 @@ What it supplies to the shared store (see `core.StoreCore`), and nothing else:
   statements back and sends them together, in pipeline mode: a write that needs no answer before its end
   takes one round trip (see `_PostgresTx`; a nested `transaction()` on the same thread is a savepoint in the
   outer one); `read()` runs one statement on its own.
-- Statements written with `?` are translated to `%s` once.
+- Statements written with `?` are translated to PostgreSQL's `$1`, `$2`, … once, and run on `psycopg.RawCursor`s,
+  which send them as they are: psycopg's own `%s` conversion re-parses every statement longer than 4,096 bytes or
+  with more than 50 parameters (its cache's limits), which a step's fenced write and an activation's end exceed.
 - A fenced write and the writes that go with it (a step commit) are one statement, with data-modifying CTEs.
 - `FOR UPDATE` on the reads that decide a write, and `FOR UPDATE SKIP LOCKED` on claims, so the
   read-then-write operations behave as under SQLite's single writer.
@@ -43,10 +45,11 @@ _translated: dict[str, str] = {}
 
 
 def translate(sql: str) -> str:
-    """`?` placeholders to psycopg's `%s` (the shared SQL has no `%` and no `?` inside literals)."""
+    """`?` placeholders to PostgreSQL's `$1`, `$2`, … in order (the shared SQL has no `?` inside literals)."""
     out = _translated.get(sql)
     if out is None:
-        out = _translated[sql] = sql.replace("%", "%%").replace("?", "%s")
+        first, *rest = sql.split("?")
+        out = _translated[sql] = first + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
     return out
 
 
@@ -89,7 +92,7 @@ class _Sent(Later):
         self._result: Result | None = None
 
     def execute(self) -> None:
-        self.cursor = self._tx.connection.cursor()
+        self.cursor = psycopg.RawCursor(self._tx.connection)
         self.cursor.execute(self.sql, self.params)
 
     def result(self) -> Result:
@@ -330,7 +333,7 @@ class PostgresStore(SQLStore):
         """Tell listening workers (in every process) to look for runnable work now."""
         try:
             with self._pool.connection() as connection:
-                connection.execute("SELECT pg_notify(%s, '')", (self.channel,))
+                psycopg.RawCursor(connection).execute("SELECT pg_notify($1, '')", (self.channel,))
         except psycopg.Error:
             log.warning("NOTIFY failed; workers will find the work by polling", exc_info=True)
 

@@ -33,7 +33,7 @@ from tenantflow.runtime.records import (
 )
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import LeaseLost, SQLStore, open_store
-from tenantflow.runtime.store.postgres import PostgresStore, split_url
+from tenantflow.runtime.store.postgres import PostgresStore, split_url, translate
 from tenantflow.runtime.store.schema import MIGRATIONS
 from tenantflow.runtime.store.sqlite import SQLiteStore
 from tenantflow.runtime.store.storage import VERSION_BYTES
@@ -1042,6 +1042,34 @@ def test_pg_controls_racing_on_one_instance_take_turns(pg_store: PostgresStore) 
 
     _race(store, key, lambda: store.terminate(key, T0 + 1), pause)
     assert store.instance(key).status == "terminated"
+
+
+def test_pg_placeholders_are_numbered_once_in_order() -> None:
+    assert translate("SELECT ? + ?, '100%' FROM t WHERE a = ?") == "SELECT $1 + $2, '100%' FROM t WHERE a = $3"
+    assert translate("SELECT 1") == "SELECT 1"
+
+
+def test_pg_statements_go_to_the_server_as_written(pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg does not parse a statement with parameters (its own placeholder conversion re-parses every statement
+    past 4,096 bytes or 50 parameters, as a step's fenced write is), however long, and a `%` is only a character."""
+    parsed: list[Any] = []
+    convert = psycopg._queries.PostgresQuery.convert  # psycopg 3.3's query conversion (a private module)
+
+    def counted(self: Any, query: Any, params: Any) -> None:
+        if params is not None:
+            parsed.append(query)
+        convert(self, query, params)
+
+    monkeypatch.setattr(psycopg._queries.PostgresQuery, "convert", counted)
+    values = list(range(60))
+    sql = f"SELECT {' + '.join(['CAST(? AS INTEGER)'] * 60)} AS total, '100%' AS pct, '{'x' * 5000}' AS pad"
+    with pg_store.transaction() as tx:
+        total, pct, pad = tx.run(sql, values).rows[0]
+    assert (total, pct, len(pad)) == (sum(values), "100%", 5000)
+    key = make_instance(pg_store)
+    pg_store.record(claim_one(pg_store), done_entry(0, '"one"'), ok_attempt(0), T0 + 1)
+    assert [e.result for e in pg_store.journal(key)[0]] == ['"one"']
+    assert parsed == []
 
 
 def test_pg_concurrent_migrations_on_an_empty_schema(pg_server: str) -> None:
