@@ -58,6 +58,9 @@ STOP_GRACE_S = 2.0
 # Isolate slots kept free of activations and parked isolates besides the sandbox's isolate pool's (`IsolatePool.slots`):
 # the deploy checks' 2 (service/checks.py CHECK_THREADS) and one to spare.
 SPARE_SLOTS = 3
+# How long a create's thread, its transaction committed, lets an activation waiting on that commit go first (see
+# `Committed.settle`); it is back as soon as the activation has passed its gate, tens of microseconds.
+HANDOFF_S = 0.001
 
 
 def max_workers(sandbox: Sandbox) -> int:
@@ -90,21 +93,31 @@ def _dead_local_owners(owners: list[str]) -> list[str]:
 
 class Committed:
     """Whether the transaction that created an instance committed, once it has ended: the `ready` of an activation
-    started before that (tenantflow.host.Ready), and of its executor's writes."""
+    started before that (tenantflow.host.Ready), and of its executor's writes.
+
+    `settle` hands over: if an activation is waiting at its gate (its first call with an effect), the create's
+    thread lets it through first, for at most HANDOFF_S. Otherwise the woken activation waits for the GIL while the
+    create's thread logs and answers (measured on a real server: created → first step p50 1.74 → 1.44 ms)."""
 
     def __init__(self) -> None:
         self._ended = threading.Event()
         self._ok = False
+        self._waiting = False
+        self._through = threading.Event()
 
     def settle(self, ok: bool) -> None:
         self._ok = ok
         self._ended.set()
+        if ok and self._waiting:
+            self._through.wait(HANDOFF_S)
 
     def ended(self) -> bool:
         return self._ended.is_set()
 
     def wait(self) -> bool:
+        self._waiting = True
         self._ended.wait()
+        self._through.set()
         return self._ok
 
 

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from pg import fresh_schema
 from tenantflow.host import Sandbox
+from tenantflow.runtime.engine import worker
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.journal import InstanceJournal
+from tenantflow.runtime.engine.worker import Committed
 from tenantflow.runtime.errors import NotFound
 from tenantflow.runtime.records import FINISHED, Claim, InstanceKey, Quotas
 from tenantflow.runtime.service import Service
@@ -219,6 +221,39 @@ def test_a_handed_off_activation_starts_while_its_create_commits(
     wait_until(lambda: live_any.store.instance(instance.key).status == "complete", 30, "the instance to complete")
     assert reached == ["(committing)", "first"]  # the step began only after the transaction ended
     assert live_any.store.instance(instance.key).activations == 1  # not cancelled as lost, not run again
+
+
+def test_a_settled_commit_lets_the_waiting_activation_through_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The create's thread, its commit settled, goes on only once the activation waiting at its gate has passed it
+    (both need the GIL: without the hand-over the create's thread went on and the activation waited for it)."""
+    monkeypatch.setattr(worker, "HANDOFF_S", 5.0)  # however slow this machine is to wake the waiter
+    committed = Committed()
+    order: list[str] = []
+    waiter = threading.Thread(target=lambda: order.append(f"activation {committed.wait()}"))
+    waiter.start()
+    time.sleep(0.05)  # the activation is blocked at its gate
+    committed.settle(True)
+    order.append("create")
+    waiter.join(5)
+    assert order == ["activation True", "create"]
+
+
+def test_a_settle_with_no_activation_waiting_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "HANDOFF_S", 5.0)
+    for ok in (True, False):
+        committed = Committed()
+        started = time.perf_counter()
+        committed.settle(ok)
+        assert time.perf_counter() - started < 1.0
+        assert committed.ended() and committed.wait() is ok
+    lost = Committed()
+    waiter = threading.Thread(target=lost.wait)
+    waiter.start()
+    time.sleep(0.05)
+    started = time.perf_counter()
+    lost.settle(False)  # a create that did not commit: its activations end, nobody waits for them
+    assert time.perf_counter() - started < 1.0
+    waiter.join(5)
 
 
 def test_a_create_that_does_not_commit_ends_its_handed_off_activations(
