@@ -228,14 +228,14 @@ def test_a_settled_commit_lets_the_waiting_activation_through_first(monkeypatch:
     (both need the GIL: without the hand-over the create's thread went on and the activation waited for it)."""
     monkeypatch.setattr(worker, "HANDOFF_S", 5.0)  # however slow this machine is to wake the waiter
     committed = Committed()
-    order: list[str] = []
-    waiter = threading.Thread(target=lambda: order.append(f"activation {committed.wait()}"))
+    answers: list[bool] = []
+    waiter = threading.Thread(target=lambda: answers.append(committed.wait()))
     waiter.start()
-    time.sleep(0.05)  # the activation is blocked at its gate
+    wait_until(lambda: committed._waiting, 5, "the activation to block at its gate")
     committed.settle(True)
-    order.append("create")
+    assert committed._through.is_set()  # settle returned because the activation passed, not on its time-out
     waiter.join(5)
-    assert order == ["activation True", "create"]
+    assert answers == [True]
 
 
 def test_a_settle_with_no_activation_waiting_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,7 +249,7 @@ def test_a_settle_with_no_activation_waiting_does_not_wait(monkeypatch: pytest.M
     lost = Committed()
     waiter = threading.Thread(target=lost.wait)
     waiter.start()
-    time.sleep(0.05)
+    wait_until(lambda: lost._waiting, 5, "the activation to block at its gate")
     started = time.perf_counter()
     lost.settle(False)  # a create that did not commit: its activations end, nobody waits for them
     assert time.perf_counter() - started < 1.0
