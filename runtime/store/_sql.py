@@ -142,6 +142,12 @@ class Statement(NamedTuple):
 APPLIED = "{applied}"
 
 
+def applied(sql: str) -> str:
+    """`sql`, one of a fenced write's `then`, where that write is known to have applied (APPLIED being TRUE): right
+    where the row cannot change in between, every writer taking its turn (SQLite)."""
+    return sql.replace(APPLIED, "TRUE")
+
+
 class Tx(ABC):
     """One transaction. `run` executes a statement now; `send` may hold it back so that a dialect sends
     every statement of a write, and its commit, in one round trip (its result is read after the commit)."""
@@ -167,7 +173,7 @@ class Tx(ABC):
         result = self.send(*write)
         if result.result().rows:
             for statement in then:
-                self.send(statement.sql.replace(APPLIED, "TRUE"), statement.params)
+                self.send(applied(statement.sql), statement.params)
         return result
 
     def execute(self, sql: str, params: Params = ()) -> list[Sequence[Any]]:

@@ -26,7 +26,7 @@ from tenantflow.runtime.records import (
     Quotas,
 )
 from tenantflow.runtime.store import codec
-from tenantflow.runtime.store._sql import APPLIED, KEY, Later, Statement, Tx, columns, key_params
+from tenantflow.runtime.store._sql import APPLIED, KEY, Later, Statement, Tx, applied, columns, key_params
 from tenantflow.runtime.store.rows import EndedRow, EntryRow, EventRow, FaultRow, InstanceRow, TenantRow
 from tenantflow.runtime.store.scheduling import Scheduling, leased, nothing_due
 from tenantflow.runtime.store.usage import shard_of, upsert_sql
@@ -247,11 +247,8 @@ class _Row:
         self.consumed = None if consumed is None else (entry.position, *k, consumed)
 
 
-# What a batch writes once its fenced write applied: in the same transaction, every writer taking its turn (where
-# statements run at once: SQLite), nothing changes the instance in between (`Tx.fenced`'s own rule there).
-UPSERT_ENTRY_NOW, INSERT_ATTEMPT_NOW, CONSUME_EVENT_NOW = (
-    sql.replace(APPLIED, "TRUE") for sql in (UPSERT_ENTRY, INSERT_ATTEMPT, CONSUME_EVENT)
-)
+# What a batch writes once its fenced write applied (where statements run at once: `Tx.fenced`'s rule there).
+UPSERT_ENTRY_NOW, INSERT_ATTEMPT_NOW, CONSUME_EVENT_NOW = map(applied, (UPSERT_ENTRY, INSERT_ATTEMPT, CONSUME_EVENT))
 
 
 class Recording:
