@@ -110,7 +110,10 @@ def fresh_store(box: Sandbox, limits: Limits) -> wasmtime.Store:
 
 
 def run_ok(box: Sandbox, source: str, payload: Any = None, journal: Any = None) -> Any:
-    outcome = box.run(textwrap.dedent(source), {"payload": payload}, journal or FastJournal())
+    # A figure's loop is one long activation: budgets past the loop's needs, so that a slow or
+    # loaded machine (whose host CPU is charged to the guest's fuel) measures rather than checkpoints.
+    limits = Limits(fuel=1_000_000_000_000, deadline_s=3_600.0)
+    outcome = box.run(textwrap.dedent(source), {"payload": payload}, journal or FastJournal(), limits)
     output = getattr(outcome, "output", None)
     if output is None:
         raise RuntimeError(f"benchmark workflow failed: {outcome}")
