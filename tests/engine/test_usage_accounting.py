@@ -159,6 +159,7 @@ def test_usage_is_the_sum_over_the_journal(url: str, sandbox: Sandbox) -> None:
         finished(service, other, "simple", "elsewhere")
     finally:
         service.stop()
+        service.store.close()
     # Hot resume off: every wait ends its isolate and the next activation replays the journal.
     service = run_service(url, sandbox, park_memory_mb=0)
     try:

@@ -251,6 +251,18 @@ def _start(site: Site, workflow: str, instance_id: str, params: Any = None) -> N
     site.wait_status(workflow, instance_id, "waiting")
 
 
+def _start_eventy(site: Site, instance_id: str, params: Any = None) -> None:
+    """An `eventy` instance, once it waits for its event: its first wait is the retry's second (1 s), which a page
+    loaded then would have to see end within its expectation's time (not always so on a slow machine)."""
+    _start(site, "eventy", instance_id, params)
+    tenant = site.service.authenticate(site.key)
+    deadline = time.monotonic() + 30
+    while not any(s["name"] == "approval" for s in site.service.journal(tenant, "eventy", instance_id)["steps"]):
+        assert time.monotonic() < deadline, f"{instance_id} never reached its event wait"
+        time.sleep(0.05)
+    site.wait_status("eventy", instance_id, "waiting")
+
+
 def test_browser_sleeping_instance_now_line_and_grouped_timeline(site: Site, browser: Any) -> None:
     from playwright.sync_api import expect
 
@@ -304,7 +316,7 @@ def test_browser_sleeping_instance_now_line_and_grouped_timeline(site: Site, bro
 def test_browser_event_wait_prefills_and_warns(site: Site, browser: Any) -> None:
     from playwright.sync_api import expect
 
-    _start(site, "eventy", "ev-1")
+    _start_eventy(site, "ev-1")
     context, page, errors = _page(site, browser, "/workflows/eventy/instances/ev-1")
     expect(page.locator("#now-line")).to_contain_text("Waiting for event 'approved' (step 'approval') until")
     field = page.get_by_label("Event type")
@@ -341,7 +353,7 @@ def test_browser_event_wait_prefills_and_warns(site: Site, browser: Any) -> None
 def test_browser_narrow_screen_and_dark_mode(site: Site, browser: Any) -> None:
     from playwright.sync_api import expect
 
-    _start(site, "eventy", "a-rather-long-instance-id-0123456789abcdef-0123456789abcdef-0123", {"sha256": SHA})
+    _start_eventy(site, "a-rather-long-instance-id-0123456789abcdef-0123456789abcdef-0123", {"sha256": SHA})
     context, page, errors = _page(
         site,
         browser,
