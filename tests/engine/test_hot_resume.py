@@ -18,6 +18,7 @@ from typing import Any
 
 import pg
 import pytest
+import waiting
 from tenantflow.host import Sandbox
 from tenantflow.runtime.records import FINISHED, Instance, Quotas, Tenant
 from tenantflow.runtime.service import Service
@@ -78,13 +79,7 @@ def run(event, step):
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+    return waiting.wait_until(predicate, timeout, what, every=0.01)
 
 
 def start(tmp_path: Path, sandbox: Sandbox, name: str = "tf.db", **options: Any) -> Service:

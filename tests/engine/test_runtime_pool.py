@@ -25,6 +25,7 @@ from tenantflow.runtime.records import FINISHED, Claim, InstanceKey, Quotas
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import open_store
 from tenantflow.runtime.store.sqlite import SQLiteStore
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -47,15 +48,6 @@ def live_any(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Servi
     yield service
     service.stop()
     store.close()
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_thousand_concurrent_instances_complete(live: Service) -> None:

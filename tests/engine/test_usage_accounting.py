@@ -4,8 +4,6 @@ journal, its attempts and the instance rows, read straight from the database."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from tenantflow.runtime.records import FINISHED, Instance, Tenant
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import open_store
 from tenantflow.runtime.usage import USAGE_COUNTERS, UsageCounts, day_of
+from waiting import wait_until
 
 WORKFLOW = """
 from tenantflow import NonRetryableError
@@ -63,16 +62,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tf.db'}"
     return fresh_schema(request.getfixturevalue("pg_server"))
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_service(url: str, sandbox: Sandbox, **options: Any) -> Service:

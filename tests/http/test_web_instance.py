@@ -5,7 +5,6 @@ the real app (as tests/http/test_dashboard.py runs it)."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from tenantflow.runtime.http.api import create_app
 from tenantflow.runtime.http.dashboard_views import build_rows, cap_rows, fmt_duration, now_line
 from tenantflow.runtime.records import Instance
 from tenantflow.runtime.service import Service
+from waiting import wait_until
 
 ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 T0 = 1_700_000_000.0
@@ -198,10 +198,12 @@ class Site:
 
     def wait_status(self, workflow: str, instance_id: str, status: str, timeout: float = 30) -> None:
         tenant = self.service.authenticate(self.key)
-        deadline = time.monotonic() + timeout
-        while self.service.instance(tenant, workflow, instance_id).status != status:
-            assert time.monotonic() < deadline, f"{instance_id} never became {status}"
-            time.sleep(0.05)
+        wait_until(
+            lambda: self.service.instance(tenant, workflow, instance_id).status == status,
+            timeout,
+            f"{instance_id} to become {status}",
+            every=0.05,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -256,10 +258,12 @@ def _start_eventy(site: Site, instance_id: str, params: Any = None) -> None:
     loaded then would have to see end within its expectation's time (not always so on a slow machine)."""
     _start(site, "eventy", instance_id, params)
     tenant = site.service.authenticate(site.key)
-    deadline = time.monotonic() + 30
-    while not any(s["name"] == "approval" for s in site.service.journal(tenant, "eventy", instance_id)["steps"]):
-        assert time.monotonic() < deadline, f"{instance_id} never reached its event wait"
-        time.sleep(0.05)
+    wait_until(
+        lambda: any(s["name"] == "approval" for s in site.service.journal(tenant, "eventy", instance_id)["steps"]),
+        30,
+        f"{instance_id} to reach its event wait",
+        every=0.05,
+    )
     site.wait_status("eventy", instance_id, "waiting")
 
 
