@@ -7,7 +7,9 @@ reshapes one; no other module under host/ may touch wasmtime-py's internals (the
 too).
 
 What is here:
-- the pooling allocator (no Python API in 50.0.x; its C API is in the ctypes bindings);
+- the pooling allocator (no Python API in 50.0.x; its C API is in the ctypes bindings), and its
+  `pagemap_scan` option, which the C API does not reach (one byte of wasmtime's Rust struct, found
+  by a fingerprint of the fields around it and left alone if the fingerprint does not match);
 - the epoch deadline callback (idem);
 - the C side of host/fastcall.py's host functions (registered through the C API with their WIT
   types resolved once), and the caching subclasses of the component value types that lift and
@@ -42,8 +44,8 @@ from wasmtime.component import _types as wit
 # -- the pooling allocator ---------------------------------------------------------------------------
 
 
-def configure_pooling(config: wasmtime.Config, pooling: dict[str, int]) -> None:
-    """Switch `config` to the pooling allocator with these sizes.
+def configure_pooling(config: wasmtime.Config, pooling: dict[str, int]) -> bool:
+    """Switch `config` to the pooling allocator with these sizes; True if `pagemap_scan` was switched on.
 
     50.0.x: `wasmtime.Config` has no pooling setting; the C API's `wasmtime_pooling_allocation_*`
     functions are in the bindings (`config.ptr()` is the `wasm_config_t*`).
@@ -52,6 +54,7 @@ def configure_pooling(config: wasmtime.Config, pooling: dict[str, int]) -> None:
     per_component = pooling["core_instances_per_component"]
     cfg = ffi.wasmtime_pooling_allocation_config_new()
     try:
+        pagemap = bool(pooling.get("pagemap_scan")) and _enable_pagemap_scan(cfg)
         ffi.wasmtime_pooling_allocation_config_total_component_instances_set(cfg, instances)
         ffi.wasmtime_pooling_allocation_config_max_core_instances_per_component_set(cfg, per_component)
         ffi.wasmtime_pooling_allocation_config_total_core_instances_set(cfg, instances * per_component)
@@ -67,6 +70,54 @@ def configure_pooling(config: wasmtime.Config, pooling: dict[str, int]) -> None:
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), cfg)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(cfg)
+    return pagemap
+
+
+# `PoolingAllocationConfig::pagemap_scan(Enabled)` (wasmtime 37 and later; off by default, not in the C API):
+# when an isolate's slot is reset, only the pages the guest wrote (Linux's PAGEMAP_SCAN ioctl, kernel 6.7 and
+# later) are copied back from the image, not the whole `keep_resident` region. 50.0.1's C API boxes the Rust
+# struct as `wasmtime_pooling_allocation_config_t`; rustc laid it out with `max_unused_warm_slots: u32` at 128,
+# then `memory_protection_keys: Enabled` at 132 and `pagemap_scan: Enabled` at 133 (`Enabled` is a one-byte
+# enum: Auto 0, Yes 1, No 2; both default to No), after `linear_memory_keep_resident` and `table_keep_resident`
+# (usize) at 104 and 112. The layout is not a contract: `_enable_pagemap_scan` writes the byte only if the
+# fields the C API can set sit where this expects them, and the canary test checks the fingerprint and (in a
+# subprocess, as a wrong guess aborts) that the byte at 132 is the protection keys' and the one at 133 works.
+PAGEMAP_FINGERPRINT = {104: (8, 0x0000_0011_1111_1111), 112: (8, 0x0000_0022_2222_2222), 128: (4, 0x3333_3333)}
+MPK_OFFSET = 132
+PAGEMAP_SCAN_OFFSET = 133
+ENABLED_AUTO, ENABLED_NO = 0, 2
+
+
+def pagemap_fingerprint_matches(cfg: Any) -> bool:
+    """Set the fingerprint's fields of a fresh pooling config `cfg` and check they land where expected."""
+    ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(cfg, PAGEMAP_FINGERPRINT[104][1])
+    ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(cfg, PAGEMAP_FINGERPRINT[112][1])
+    ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(cfg, PAGEMAP_FINGERPRINT[128][1])
+    raw = _config_bytes(cfg, PAGEMAP_SCAN_OFFSET + 1)
+    fields = all(
+        int.from_bytes(raw[offset : offset + size], "little") == value
+        for offset, (size, value) in PAGEMAP_FINGERPRINT.items()
+    )
+    return fields and raw[MPK_OFFSET] == ENABLED_NO and raw[PAGEMAP_SCAN_OFFSET] == ENABLED_NO
+
+
+def _enable_pagemap_scan(cfg: Any) -> bool:
+    """`pagemap_scan(Enabled::Auto)` on a fresh pooling config (wasmtime uses it where the kernel has the ioctl)."""
+    if not pagemap_fingerprint_matches(cfg):
+        return False
+    ctypes.c_ubyte.from_address(_config_address(cfg) + PAGEMAP_SCAN_OFFSET).value = ENABLED_AUTO
+    return True
+
+
+def _config_address(cfg: Any) -> int:
+    address = ctypes.cast(cfg, ctypes.c_void_p).value
+    if address is None:
+        raise WasmtimeError("a null pooling allocation config")
+    return address
+
+
+def _config_bytes(cfg: Any, size: int) -> bytes:
+    return ctypes.string_at(_config_address(cfg), size)
 
 
 # -- short calls keep the GIL ------------------------------------------------------------------------
