@@ -74,14 +74,14 @@ def configure_pooling(config: wasmtime.Config, pooling: dict[str, int]) -> bool:
 
 
 # `PoolingAllocationConfig::pagemap_scan(Enabled)` (wasmtime 37 and later; off by default, not in the C API):
-# when an isolate's slot is reset, only the pages the guest wrote (Linux's PAGEMAP_SCAN ioctl, kernel 6.7 and
-# later) are copied back from the image, not the whole `keep_resident` region. 50.0.1's C API boxes the Rust
-# struct as `wasmtime_pooling_allocation_config_t`; rustc laid it out with `max_unused_warm_slots: u32` at 128,
-# then `memory_protection_keys: Enabled` at 132 and `pagemap_scan: Enabled` at 133 (`Enabled` is a one-byte
-# enum: Auto 0, Yes 1, No 2; both default to No), after `linear_memory_keep_resident` and `table_keep_resident`
-# (usize) at 104 and 112. The layout is not a contract: `_enable_pagemap_scan` writes the byte only if the
-# fields the C API can set sit where this expects them, and the canary test checks the fingerprint and (in a
-# subprocess, as a wrong guess aborts) that the byte at 132 is the protection keys' and the one at 133 works.
+# when an isolate's slot is reset, the pages the guest only read (Linux's PAGEMAP_SCAN ioctl, kernel 6.7 and
+# later, tells them apart) are not copied back from the image; the rest of `keep_resident` is.
+# 50.0.1's C API boxes the Rust struct as `wasmtime_pooling_allocation_config_t`; rustc laid it out with
+# `linear_memory_keep_resident` and `table_keep_resident` (usize) at 104 and 112, `max_unused_warm_slots` (u32) at
+# 128, then `memory_protection_keys: Enabled` at 132 and `pagemap_scan: Enabled` at 133 (`Enabled` is a one-byte
+# enum: Auto 0, Yes 1, No 2; both default to No). The layout is not a contract: `_enable_pagemap_scan` writes the
+# byte only if the fields the C API can set sit where this expects them. The canary test checks the fingerprint,
+# and that the byte does what it should (in a fresh process, a used slot keeps MiBs less resident with it).
 PAGEMAP_FINGERPRINT = {104: (8, 0x0000_0011_1111_1111), 112: (8, 0x0000_0022_2222_2222), 128: (4, 0x3333_3333)}
 MPK_OFFSET = 132
 PAGEMAP_SCAN_OFFSET = 133

@@ -29,8 +29,8 @@ CHECK_S = 0.05
 # activation. With the default allocator, concurrent activations on several threads contend on the
 # process's memory map (mmap/munmap per instance) and two threads ran slower than one; pooled, with
 # recently used pages kept resident, they scale (see bench/sandbox_bench.py threads_2_vs_1).
-# `pagemap_scan`: a used slot's reset copies back only the pages its guest wrote, where Linux has PAGEMAP_SCAN
-# (6.7 and later), instead of the whole resident 16 MiB (README, "Isolate start and guest speed").
+# `pagemap_scan`: a used slot's reset skips the pages its guest only read, where Linux has PAGEMAP_SCAN (6.7 and
+# later), instead of copying the image back over the whole resident 16 MiB (README, "Resetting a used slot").
 POOLING: dict[str, int] = {
     "instances": 128,
     "core_instances_per_component": 64,
