@@ -2,11 +2,11 @@
 
 Not a test. When an activation ends, its isolate's slot in wasmtime's pooling allocator is reset for the next
 one: without `pagemap_scan` the whole `keep_resident` region (16 MiB) is copied back from the guest's image or
-zeroed; with it (host/engine.py POOLING, on by default) only the pages the guest wrote, found with Linux's
-PAGEMAP_SCAN ioctl. Two sandboxes, one engine each, the same but for that option, take turns running an
-in-process fan-out (`bench.runtime_bench.fan_out`: INSTANCES ten-step instances, 4 workers, a fresh SQLite
-file in WAL with synchronous=FULL each round), ROUNDS times. Prints one JSON line per mode: instances/s and
-the process's CPU per instance (min, median, max over the rounds).
+zeroed; with it (host/engine.py POOLING, on by default) the pages the guest only read are skipped (Linux's
+PAGEMAP_SCAN ioctl tells them apart; README, "Resetting a used slot"). Two sandboxes, one engine each, the same
+but for that option, take turns running an in-process fan-out (`bench.runtime_bench.fan_out`: INSTANCES ten-step
+instances, 4 workers, a fresh SQLite file in WAL with synchronous=FULL each round), ROUNDS times. Prints one
+JSON line per mode: instances/s and the process's CPU per instance (min, median, max over the rounds).
 """
 
 from __future__ import annotations
