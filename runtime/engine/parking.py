@@ -26,11 +26,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from tenantflow.host import Suspend
-from tenantflow.runtime.engine.clock import Clock
 from tenantflow.runtime.records import DUE_SLACK_S, ActivationCounts, Claim, EventRecord, InstanceKey
-from tenantflow.runtime.store import Recording, SQLStore
+
+if TYPE_CHECKING:
+    # Names for annotations only: the CLI reads this module's defaults without loading the sandbox or the store.
+    from tenantflow.host import Suspend
+    from tenantflow.runtime.engine.clock import Clock
+    from tenantflow.runtime.store import Recording, SQLStore
 
 __all__ = [
     "DEFAULT_MAX_PARK_S",

@@ -521,3 +521,15 @@ def test_run_reports_failures(tmp_path: Path) -> None:
     assert invoke("run", str(crash), "--event", "no-equals-sign-and-no-json={").exit_code == 2
     assert invoke("run", str(crash), "--params", "{bad").exit_code == 2
     assert invoke("run", str(tmp_path / "missing.py")).exit_code == 2
+
+
+def test_loading_the_cli_leaves_the_sandbox_unloaded() -> None:
+    """A remote command (`instances`, `send`, ...) never runs a guest: the CLI's import does not load wasmtime,
+    the sandbox or the engine's heavy parts (they cost ~0.15 s a command here); `serve`, `worker` and `run` load
+    them when they run."""
+    probe = (
+        "import sys, tenantflow.runtime.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wasmtime' or m.startswith('tenantflow.host')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
