@@ -82,7 +82,13 @@ def configure_pooling(config: wasmtime.Config, pooling: dict[str, int]) -> bool:
 # enum: Auto 0, Yes 1, No 2; both default to No). The layout is not a contract: `_enable_pagemap_scan` writes the
 # byte only if the fields the C API can set sit where this expects them. The canary test checks the fingerprint,
 # and that the byte does what it should (in a fresh process, a used slot keeps MiBs less resident with it).
-PAGEMAP_FINGERPRINT = {104: (8, 0x0000_0011_1111_1111), 112: (8, 0x0000_0022_2222_2222), 128: (4, 0x3333_3333)}
+# (C API setter, offset, size, a sentinel value unlike any default): each field set through its setter must read back
+# at its offset.
+PAGEMAP_FINGERPRINT = (
+    (ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set, 104, 8, 0x0000_0011_1111_1111),
+    (ffi.wasmtime_pooling_allocation_config_table_keep_resident_set, 112, 8, 0x0000_0022_2222_2222),
+    (ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set, 128, 4, 0x3333_3333),
+)
 MPK_OFFSET = 132
 PAGEMAP_SCAN_OFFSET = 133
 ENABLED_AUTO, ENABLED_NO = 0, 2
@@ -90,13 +96,11 @@ ENABLED_AUTO, ENABLED_NO = 0, 2
 
 def pagemap_fingerprint_matches(cfg: Any) -> bool:
     """Set the fingerprint's fields of a fresh pooling config `cfg` and check they land where expected."""
-    ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(cfg, PAGEMAP_FINGERPRINT[104][1])
-    ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(cfg, PAGEMAP_FINGERPRINT[112][1])
-    ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(cfg, PAGEMAP_FINGERPRINT[128][1])
+    for setter, _, _, value in PAGEMAP_FINGERPRINT:
+        setter(cfg, value)
     raw = _config_bytes(cfg, PAGEMAP_SCAN_OFFSET + 1)
     fields = all(
-        int.from_bytes(raw[offset : offset + size], "little") == value
-        for offset, (size, value) in PAGEMAP_FINGERPRINT.items()
+        int.from_bytes(raw[offset : offset + size], "little") == value for _, offset, size, value in PAGEMAP_FINGERPRINT
     )
     return fields and raw[MPK_OFFSET] == ENABLED_NO and raw[PAGEMAP_SCAN_OFFSET] == ENABLED_NO
 
