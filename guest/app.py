@@ -26,6 +26,7 @@ import typing  # noqa: F401
 import uuid  # noqa: F401
 
 import tenantflow
+import tenantflow._codec
 import tenantflow._loop  # noqa: F401
 import tenantflow.transport
 import wit_world
@@ -231,7 +232,7 @@ class WitWorld(wit_world.WitWorld):
 
     def _run(self, source: str, code: typing.Any, event: str) -> str:
         entry = _load(source, code)
-        data = json.loads(event)
+        data = tenantflow._codec.loads(event)
         started = tenantflow.Event(data.get("payload"), data.get("timestamp", 0.0), data.get("instance_id", ""))
         if is_async(entry):
             result = self._run_async(entry, started)
@@ -246,7 +247,7 @@ class WitWorld(wit_world.WitWorld):
                     _roll_back(step, error)
                 raise _from_exception(error)
         try:
-            text = json.dumps(result)
+            text = tenantflow._codec.dumps(result)
         except (TypeError, ValueError) as error:
             raise _error("OutputNotSerializable", f"the workflow's return value is not JSON: {error}")
         except BaseException as error:  # MemoryError, RecursionError: let go of the value first

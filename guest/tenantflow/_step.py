@@ -8,7 +8,6 @@ traps, and the isolate is thrown away.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import random
 import re
@@ -16,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypedDict, TypeVar, overload
 
+from tenantflow import _codec
 from tenantflow import transport as _transport
 from tenantflow._durations import Duration, Retries, RollbackOptions, StepOptions, parse_duration, step_config
 from tenantflow._errors import NonRetryableError, RollbackError, StepError, Unwind, WaitTimeoutError
@@ -177,7 +177,7 @@ def _result(call: _Call, value: Any) -> Outcome:
     if call.error is not None:
         value = None
     try:
-        text = json.dumps(value)
+        text = _codec.dumps(value)
     except (TypeError, ValueError) as error:
         return Fatal(Failure("ResultNotSerializable", str(error)))
     if len(text) > MAX_RESULT_BYTES:
@@ -293,6 +293,9 @@ class _Entered:
                 value, error = None, thrown
 
 
+_FUNCTION = type(_check_name)
+
+
 def _takes_context(fn: Callable[..., Any], given: int = 0) -> bool:
     """Whether `fn` has a positional parameter without a default beyond the `given` ones (it is given the
     step's context). A parameter with a default, as in `lambda i=i: ...`, keeps its default. Read from the
@@ -300,6 +303,9 @@ def _takes_context(fn: Callable[..., Any], given: int = 0) -> bool:
     SDK loads nothing it can do without (no `inspect`, no dataclasses or typing at run time), since every
     object in the snapshot's heap makes each isolate's garbage collection work more (measured: +14% fuel
     for an allocating loop)."""
+    if type(fn) is _FUNCTION:  # a def or a lambda, as nearly every body is: its attributes read directly
+        fn_code, defaults = fn.__code__, fn.__defaults__
+        return bool(fn_code.co_flags & 0x04) or fn_code.co_argcount - (len(defaults) if defaults else 0) >= given + 1
     bound = 0
     target: Any = fn
     if not hasattr(target, "__code__"):
@@ -449,7 +455,7 @@ class Step:
         transport = self._transport
         while True:
             if isinstance(plan, Done):
-                return json.loads(plan.result)
+                return _codec.loads(plan.result)
             if isinstance(plan, Failed):
                 _raise_failure(plan.failure, call.raised)
             if isinstance(plan, Stopped):
@@ -549,7 +555,7 @@ class Step:
         transport = self._transport
         while True:
             if isinstance(plan, Done):
-                return json.loads(plan.result)
+                return _codec.loads(plan.result)
             if isinstance(plan, Failed):
                 _raise_failure(plan.failure, call.raised)
             if isinstance(plan, Stopped):
@@ -710,7 +716,7 @@ class Step:
             raise WaitTimeoutError(answer.message)
         if isinstance(answer, Stopped):
             self._stop()
-        result: ReceivedEvent = json.loads(answer)
+        result: ReceivedEvent = _codec.loads(answer)
         return result
 
     def _check_outside_body(self, name: str) -> None:

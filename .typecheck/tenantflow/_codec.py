@@ -1,0 +1,1 @@
+../../guest/tenantflow/_codec.py
