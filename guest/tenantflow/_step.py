@@ -100,6 +100,7 @@ class _Call:
         "output",
         "error",
         "raised",
+        "attempt",
     )
 
     def __init__(self, name: str, count: int, given: dict[str, Any], fn: Callable[..., Any]) -> None:
@@ -124,6 +125,11 @@ class _Call:
         # What the last attempt in this activation raised: a step that fails for good raises from it, so that
         # the error points at the line in the body, not at the step.do call.
         self.raised: BaseException | None = None
+        self.attempt = 0  # the attempt running (or last run) in this activation, from 1
+
+    def context(self) -> StepContext:
+        """The context of the attempt running: made only for a body that takes it (or a `retries.delay`)."""
+        return StepContext(self.attempt, StepInfo(self.name, self.count), self.given, self.error)
 
 
 class _StepCall:
@@ -162,14 +168,14 @@ if TYPE_CHECKING:
     """A step body: no arguments, or the step's context."""
 
 
-def _call_body(fn: Callable[..., Any], call: _Call, context: StepContext) -> Any:
+def _call_body(fn: Callable[..., Any], call: _Call) -> Any:
     """Call a body (or a rollback, given the step's output; or a test's stand-in for either) with the context
-    if it takes one."""
+    of `call`'s attempt if it takes one."""
     rollback = call.error is not None
     with_context = call.with_context if fn is call.fn else _takes_context(fn, 1 if rollback else 0)
     if rollback:
-        return fn(call.output, context) if with_context else fn(call.output)
-    return fn(context) if with_context else fn()
+        return fn(call.output, call.context()) if with_context else fn(call.output)
+    return fn(call.context()) if with_context else fn()
 
 
 def _result(call: _Call, value: Any) -> Outcome:
@@ -466,8 +472,8 @@ class Step:
                 await asyncio.sleep(plan.delay_s)
                 plan = transport.step_again(call.name, call.count)
                 continue
-            context = StepContext(plan.attempt, StepInfo(call.name, call.count), call.given, call.error)
-            outcome = await self._attempt_async(plan.stand_in or call.fn, call, context)
+            call.attempt = plan.attempt
+            outcome = await self._attempt_async(plan.stand_in or call.fn, call)
             plan = transport.step_complete(call.name, call.count, outcome)
 
     def _enter(self, call: _Call) -> None:
@@ -486,16 +492,16 @@ class Step:
         if self._streams is not None:
             self._streams.leave_body()
 
-    async def _attempt_async(self, fn: Callable[..., Any], call: _Call, context: StepContext) -> Outcome:
+    async def _attempt_async(self, fn: Callable[..., Any], call: _Call) -> Outcome:
         self._enter(call)
         try:
-            value = _call_body(fn, call, context)
+            value = _call_body(fn, call)
         except NonRetryableError as error:
             call.raised = error
             return Fatal(_failure(error))
         except Exception as error:
             call.raised = error
-            return self._retryable(call, context, error)
+            return self._retryable(call, error)
         finally:
             self._leave()
         if _is_coroutine(value):
@@ -506,7 +512,7 @@ class Step:
                 return Fatal(_failure(error))
             except Exception as error:
                 call.raised = error
-                return self._retryable(call, context, error)
+                return self._retryable(call, error)
             except BaseException:  # cancelled (the loser of a race): the attempt is not journaled
                 self._transport.abandon(call.name, call.count)
                 raise
@@ -562,20 +568,20 @@ class Step:
                 self._stop()
             if isinstance(plan, Backoff):  # the host plans these for async workflows only
                 raise RuntimeError("a retry back-off plan in a synchronous workflow")
-            context = StepContext(plan.attempt, StepInfo(call.name, call.count), call.given, call.error)
-            outcome = self._attempt(plan.stand_in or call.fn, call, context)
+            call.attempt = plan.attempt
+            outcome = self._attempt(plan.stand_in or call.fn, call)
             plan = transport.step_complete(call.name, call.count, outcome)
 
     def _stop(self) -> NoReturn:
         self.stopped = True
         raise Unwind("the instance is terminated with a rollback")
 
-    def _attempt(self, fn: Callable[..., Any], call: _Call, context: StepContext) -> Outcome:
+    def _attempt(self, fn: Callable[..., Any], call: _Call) -> Outcome:
         self._depth += 1
         if self._depth == 1 and self._streams is not None:
             self._streams.enter_body()
         try:
-            value = _call_body(fn, call, context)
+            value = _call_body(fn, call)
             if _is_coroutine(value):  # an `async def` body: run on a loop of its own to its end
                 from tenantflow import _loop
 
@@ -585,21 +591,21 @@ class Step:
             return Fatal(_failure(error))
         except Exception as error:
             call.raised = error
-            return self._retryable(call, context, error)
+            return self._retryable(call, error)
         finally:
             self._depth -= 1
             if self._depth == 0 and self._streams is not None:
                 self._streams.leave_body()
         return _result(call, value)
 
-    def _retryable(self, call: _Call, context: StepContext, error: Exception) -> Outcome:
+    def _retryable(self, call: _Call, error: Exception) -> Outcome:
         """A failed attempt; with `retries.delay` as a function, it chooses the delay before the next one."""
         failure = _failure(error)
-        if call.delay is None or context.attempt > call.limit:
+        if call.delay is None or call.attempt > call.limit:
             return Retryable(failure)
         self._in_delay = True
         try:
-            delay_ms = parse_duration(call.delay(context, error))
+            delay_ms = parse_duration(call.delay(call.context(), error))
         except Exception as bad:
             message = f"retries.delay raised {type(bad).__name__}: {bad}"[:4096]
             return Fatal(Failure("RetryDelayError", host_text(message)))

@@ -291,6 +291,8 @@ def installed(transport: Transport) -> Iterator[Transport]:
 
 def host_text(value: str) -> str:
     """`value` as valid UTF-8 for the host: lone surrogates become backslash escapes."""
+    if value.isascii():  # nearly every name: no surrogates, and no encoding to find out
+        return value
     try:
         value.encode()
     except UnicodeEncodeError:
