@@ -618,3 +618,22 @@ def test_the_snapshot_holds_the_sdk_warmed() -> None:
     for workflow in ("five steps", "async, four steps"):
         bodies = runs[workflow]["bodies"]
         assert bodies[0] < 1.3 * min(bodies[2:]), (workflow, bodies)
+
+
+GC_SOURCE = """
+import gc
+
+def run(event, step):
+    tracked = len(gc.get_objects())
+    gc.collect()
+    return {"frozen": gc.get_freeze_count(), "tracked": tracked, "after": len(gc.get_objects())}
+"""
+
+
+def test_the_snapshots_objects_are_out_of_the_collectors_reach(sandbox: Sandbox) -> None:
+    """guest/app.py freezes what the snapshot holds (`gc.freeze`): a collection in an activation walks only what the
+    activation made, and does not write to the snapshot's pages (each page an isolate wrote is copied back from the
+    image when it is dropped). Seen: ~17,800 frozen, ~830 tracked; ~18,600 tracked without the freeze."""
+    counts = completed(sandbox.run(GC_SOURCE, {"payload": None}, MemJournal(), SMALL))
+    assert counts["frozen"] > 10_000, counts
+    assert counts["tracked"] < counts["frozen"] // 5 and counts["after"] <= counts["tracked"], counts
