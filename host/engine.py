@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 import wasmtime
 from tenantflow.host._wasmtime import configure_pooling, hold_gil_in_short_calls
-from tenantflow.wasm_build import ENGINE_SETTINGS, compiler_config, load_component
+from tenantflow.wasm_build import ENGINE_SETTINGS, compiler_config, load_component, load_component_file
 from wasmtime.component import Component
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "TICK_S",
     "EpochTicker",
     "load_guest",
+    "load_guest_file",
     "make_engine",
 ]
 
@@ -67,6 +69,11 @@ def load_guest(engine: wasmtime.Engine, settings: Mapping[str, object]) -> Compo
     The artifact is built on first use (or by `python -m tenantflow.wasm_build`) and cached.
     """
     return load_component(engine, settings)
+
+
+def load_guest_file(engine: wasmtime.Engine, settings: Mapping[str, object]) -> tuple[Component, Path]:
+    """`load_guest`, and the artifact's path (the image its isolates' memory is mapped from: host/slots.py)."""
+    return load_component_file(engine, settings)
 
 
 class EpochTicker:

@@ -60,6 +60,7 @@ from typing import Any
 
 import wasmtime
 from tenantflow.host._wasmtime import EpochCallback
+from tenantflow.host.slots import SlotPrimer
 from wasmtime.component import Component, Linker
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class IsolatePool:
         cores: int | None = None,
         quiet_s: float = QUIET_S,
         prepare: Any = None,
+        primer: SlotPrimer | None = None,
     ) -> None:
         self._engine = engine
         self._linker = linker
@@ -156,6 +158,9 @@ class IsolatePool:
         self.exports = tuple(exports)
         # The export called once on each isolate made, before it is handed out (None: none).
         self.prepare = prepare
+        # Reads in each new slot of the allocator before its first reset (host/slots.py); None: not done. It looks
+        # after each isolate is made and before each is dropped.
+        self.primer = primer
         self.size = size
         # What it may hold of the allocator's slots (the runtime keeps them free of activations).
         self.slots = slots_held(size)
@@ -234,7 +239,7 @@ class IsolatePool:
                 self._retiring.append(isolate)
                 self._retiring_bytes += isolate.cap_bytes
                 return
-        isolate.store.close()
+        self._drop(isolate)
 
     def held(self) -> list[wasmtime.Store]:
         """The Stores of the isolates the pool holds (ready, or waiting to be dropped)."""
@@ -290,6 +295,8 @@ class IsolatePool:
             self._retiring_bytes = 0
         for isolate in left:
             isolate.store.close()
+        if self.primer is not None:
+            self.primer.close()
 
     # -- making and dropping -----------------------------------------------------------------------
 
@@ -313,7 +320,14 @@ class IsolatePool:
         except BaseException:
             store.close()
             raise
+        if self.primer is not None:
+            self.primer.check()
         return Isolate(store, funcs, fuel - store.get_fuel(), pooled)
+
+    def _drop(self, isolate: Isolate) -> None:
+        if self.primer is not None:
+            self.primer.check()  # before the slot's reset: a slot new to this process is read in first
+        isolate.store.close()
 
     def _run(self) -> None:
         while self._step():
@@ -345,7 +359,7 @@ class IsolatePool:
                 self._dropping = self._retiring.popleft()
                 self._retiring_bytes -= self._dropping.cap_bytes
         if self._dropping is not None:
-            self._dropping.store.close()
+            self._drop(self._dropping)
             with self._lock:
                 self._dropping = None
                 self.dropped_behind += 1

@@ -46,7 +46,7 @@ import wasmtime
 from tenantflow.host import jsoncheck, wasi
 from tenantflow.host._wasmtime import EpochCallback, FuelCounter, StringExport, TrapKind, record, trap_kind
 from tenantflow.host.calls import MAX_CALLS_IN_FLIGHT, Answer, StartedCalls
-from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochTicker, load_guest, make_engine
+from tenantflow.host.engine import CHECK_S, ENGINE_SETTINGS, EpochTicker, load_guest_file, make_engine
 from tenantflow.host.errors import HostRefusal, invalid_call
 from tenantflow.host.failures import FailureName
 from tenantflow.host.fastcall import TooLarge, add_func, set_meter
@@ -94,6 +94,7 @@ from tenantflow.host.limits import (
 )
 from tenantflow.host.outcome import Completed, ErrorInfo, Failed, Outcome, Stats, Suspended
 from tenantflow.host.pool import IsolatePool, size_from_env
+from tenantflow.host.slots import SlotPrimer
 from wasmtime.component import Component, Linker, Record, ResourceType, Variant
 
 HOST_INTERFACE = "tenantflow:sandbox/host@0.1.0"
@@ -674,11 +675,18 @@ class Sandbox:
     """
 
     def __init__(
-        self, component: Component | None = None, engine: wasmtime.Engine | None = None, *, pool: int | None = None
+        self,
+        component: Component | None = None,
+        engine: wasmtime.Engine | None = None,
+        *,
+        pool: int | None = None,
+        artifact: str | os.PathLike[str] | None = None,
     ) -> None:
         """`component`, if given, must come with the `engine` (from `make_engine`) it was loaded for.
 
         `pool`: isolates kept instantiated ahead of time (host/pool.py); None: `TENANTFLOW_ISOLATE_POOL`, or 4.
+        `artifact`: the file `component` was deserialized from, if it was, so that each slot its isolates take is
+        read in before its first reset (host/slots.py); the guest this loads itself always is.
         """
         if (component is None) != (engine is None):
             raise ValueError("pass both a component and the engine it was loaded for, or neither")
@@ -686,7 +694,9 @@ class Sandbox:
             self.engine, self.settings = make_engine()
         else:
             self.engine, self.settings = engine, dict(ENGINE_SETTINGS)
-        self.component = component if component is not None else load_guest(self.engine, self.settings)
+        if component is None:
+            component, artifact = load_guest_file(self.engine, self.settings)
+        self.component = component
         self._local = threading.local()
         self._ticker = EpochTicker(self.engine)
         self._epoch = EpochCallback(self._ticks_left)
@@ -728,7 +738,14 @@ class Sandbox:
         exports = (run_index, run_compiled_index, check_index)
         self._calls = {index: StringExport() for index in exports}
         self.isolates = IsolatePool(
-            self.engine, self.linker, self.component, self._epoch, exports, size, prepare=prepare_index
+            self.engine,
+            self.linker,
+            self.component,
+            self._epoch,
+            exports,
+            size,
+            prepare=prepare_index,
+            primer=SlotPrimer(artifact) if artifact is not None else None,
         )
 
     def close(self) -> None:

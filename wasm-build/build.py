@@ -151,9 +151,15 @@ def build_component(engine: wasmtime.Engine, settings: Mapping[str, object]) -> 
 
 def load_component(engine: wasmtime.Engine, settings: Mapping[str, object]) -> Component:
     """Deserialize the cached artifact (mmap); a corrupt entry is rebuilt once."""
+    return load_component_file(engine, settings)[0]
+
+
+def load_component_file(engine: wasmtime.Engine, settings: Mapping[str, object]) -> tuple[Component, Path]:
+    """`load_component`, and the path of the artifact it maps (its file stays mapped while the component lives)."""
     path = build_component(engine, settings)
     try:
-        return Component.deserialize_file(engine, str(path))
+        return Component.deserialize_file(engine, str(path)), path
     except wasmtime.WasmtimeError:
         path.unlink(missing_ok=True)
-        return Component.deserialize_file(engine, str(build_component(engine, settings)))
+        path = build_component(engine, settings)
+        return Component.deserialize_file(engine, str(path)), path
