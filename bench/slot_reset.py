@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from tenantflow.host import Sandbox
 from tenantflow.host.engine import POOLING, load_guest_file, make_engine
 from wasmtime.component import Component
 
+from bench.guest_ab import spread
 from bench.runtime_bench import fan_out
 
 WORKERS = 4
@@ -42,17 +42,18 @@ def sandbox(mode: str, tmp: Path) -> Sandbox:
     return Sandbox(component, engine, artifact=artifact if mode == "read_in" else None)
 
 
-def anonymous_pages(artifact: Path) -> int:
-    """Pages of the slots mapping `artifact` that are anonymous memory: written by a guest or copied by a reset."""
-    pages = 0
+def slot_anonymous_pages(artifact: Path) -> list[int]:
+    """For each slot mapping `artifact`'s image in this process, its pages that are anonymous memory: written by a
+    guest or copied over by a reset (tests/host/test_slots.py counts with it too)."""
+    slots: list[int] = []
     with open("/proc/self/smaps") as smaps:
         inside = False
         for line in smaps:
             if "-" in line.split(" ", 1)[0]:
                 inside = line.rstrip().endswith(str(artifact)) and " rw-p " in line
             elif inside and line.startswith("Anonymous:"):
-                pages += int(line.split()[1]) // 4
-    return pages
+                slots.append(int(line.split()[1]) // 4)
+    return slots
 
 
 def main() -> None:
@@ -83,9 +84,9 @@ def main() -> None:
                             "mode": mode,
                             "instances": args.instances,
                             "rounds": args.rounds,
-                            "per_s": [round(f(rates[mode]), 1) for f in (min, statistics.median, max)],
-                            "cpu_ms_per_instance": [round(f(cpu_ms[mode]), 2) for f in (min, statistics.median, max)],
-                            "anonymous_pages_in_slots": anonymous_pages(Path(tmp) / f"guest-{mode}.cwasm"),
+                            "per_s": spread(rates[mode], 1),
+                            "cpu_ms_per_instance": spread(cpu_ms[mode]),
+                            "anonymous_pages_in_slots": sum(slot_anonymous_pages(Path(tmp) / f"guest-{mode}.cwasm")),
                         }
                     ),
                     flush=True,

@@ -82,7 +82,6 @@ class SlotPrimer:
         # by the process that reads it: a forked child opens its own).
         self._file_pages = 0
         self._statm: tuple[int, int] | None = None
-        self._statm_lock = threading.Lock()
         # Counters (read by tests and benchmarks): slots read in, and /proc/self/maps reads.
         self.slots = 0
         self.scans = 0
@@ -138,18 +137,18 @@ class SlotPrimer:
             return primed
 
     def close(self) -> None:
-        with self._statm_lock:
+        with self._lock:
             if self._statm is not None and self._statm[0] == os.getpid():
                 os.close(self._statm[1])
             self._statm = None
 
     def _resident_file_pages(self) -> int:
-        with self._statm_lock:
-            statm = self._statm
-            if statm is None or statm[0] != os.getpid():
-                statm = self._statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
-            # "size resident shared text lib data dt", in pages; `shared`: resident file-backed (and shmem) pages.
-            return int(os.pread(statm[1], 128, 0).split()[2])
+        """The process's resident file-backed (and shmem) pages; called with the lock held."""
+        statm = self._statm
+        if statm is None or statm[0] != os.getpid():
+            statm = self._statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+        # "size resident shared text lib data dt", in pages.
+        return int(os.pread(statm[1], 128, 0).split()[2])
 
 
 def _anonymous_rw(mapping: _Mapping) -> bool:

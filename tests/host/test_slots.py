@@ -7,7 +7,6 @@ the artifact file's (shared, and skipped by the reset)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ from tenantflow.host.slots import SlotPrimer
 _SCRIPT = """
 import json, shutil, sys, threading
 from pathlib import Path
-sys.path.insert(0, {tests!r})
-from memjournal import MemJournal
+sys.path[:0] = [{tests!r}, {root!r}]
+from bench.slot_reset import slot_anonymous_pages
 from memjournal import MemJournal
 from tenantflow.host import Sandbox
 from tenantflow.host.engine import load_guest_file, make_engine
@@ -46,20 +45,15 @@ for thread in threads:
 for thread in threads:
     thread.join()
 box.close()
-slots, inside = [], False
-for line in open("/proc/self/smaps"):
-    if "-" in line.split(" ", 1)[0]:
-        inside = line.rstrip().endswith(str(artifact)) and " rw-p " in line
-    elif inside and line.startswith("Anonymous:"):
-        slots.append(int(line.split()[1]) // 4)
 primer = box.isolates.primer
-print(json.dumps({{"anonymous": slots, "primed": primer.slots if primer else 0}}))
+print(json.dumps({{"anonymous": slot_anonymous_pages(artifact), "primed": primer.slots if primer else 0}}))
 """
 
 
 def _slots(tmp_path: Path, mode: str, activations: int, threads: int, pool: int) -> dict[str, list[int] | int]:
     script = _SCRIPT.format(
         tests=str(Path(__file__).resolve().parent.parent),
+        root=str(Path(__file__).resolve().parents[2]),
         tmp=str(tmp_path),
         mode=mode,
         activations=activations,
@@ -95,9 +89,9 @@ def test_every_slot_taken_under_load_is_read_in_before_its_first_reset(tmp_path:
     assert max(anonymous) < 700, result
 
 
-def test_a_primer_for_a_file_nothing_maps_primes_nothing(tmp_path: Path, sandbox: Sandbox) -> None:
+def test_a_primer_for_a_file_nothing_maps_primes_nothing(tmp_path: Path) -> None:
     artifact = tmp_path / "unmapped.cwasm"
-    shutil.copyfile(Path(sandbox.isolates.primer.artifact) if sandbox.isolates.primer else __file__, artifact)
+    artifact.write_bytes(b"nothing maps this")
     primer = SlotPrimer(artifact)
     assert primer.prime() == 0 and primer.slots == 0 and primer.scans == 1
 
