@@ -22,7 +22,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
-from rich.console import Console
 from wasmtime.component import Component
 
 GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
@@ -109,6 +108,8 @@ def _componentize(out: Path) -> None:
 @contextmanager
 def _step(what: str) -> Iterator[None]:
     """A long step of the one-time build, said on stderr (with a spinner on a terminal) and timed."""
+    from rich.console import Console  # here: loading the guest, every process's start, needs no rich
+
     console = Console(stderr=True, highlight=False)
     started = time.monotonic()
     console.print(f"tenantflow: {what} (once per guest version; cached in {cache_dir()})")

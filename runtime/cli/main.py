@@ -13,18 +13,66 @@ Every command prints for people by default and JSON with `--json`.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import click
-from tenantflow.runtime.cli import local, operator, output, remote, replaying, retention, tenants, usage
+from tenantflow.runtime.bounds import allow_deep_json
+from tenantflow.runtime.cli import output
 from tenantflow.runtime.cli.output import fail
-from tenantflow.runtime.contract import allow_deep_json
 from tenantflow.runtime.errors import TenantflowError
+
+COMMANDS = {
+    "serve": "operator",
+    "worker": "operator",
+    "tenants": "tenants",
+    "admin": "tenants",
+    **dict.fromkeys(
+        (
+            "deploy",
+            "workflows",
+            "workflow",
+            "start",
+            "instances",
+            "status",
+            "events",
+            "watch",
+            "journal",
+            "delete",
+            "restart",
+            "export",
+            "fork",
+            "terminate",
+            "upgrade",
+            "pause",
+            "resume",
+        ),
+        "remote",
+    ),
+    "retention": "retention",
+    "run": "local",
+    "replay": "replaying",
+    "usage": "usage",
+}
+"""Each command's module (`tenantflow.runtime.cli.<module>.commands` holds it), imported only when the command
+runs or help lists them: `tenantflow worker` then starts without the client, the HTTP contract and the server's
+imports (a worker that replaces a killed one is ready sooner)."""
 
 
 class _Main(click.Group):
-    """A named error (a database that cannot be reached, a bad URL) is one line and exit code 1."""
+    """Commands loaded lazily (`COMMANDS`, click's documented pattern); a named error (a database that cannot be
+    reached, a bad URL) is one line and exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        group: click.Group = importlib.import_module(f"tenantflow.runtime.cli.{module}").commands
+        return group.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         given = [*getattr(ctx, "_protected_args", []), *ctx.args]
@@ -52,8 +100,3 @@ class _Main(click.Group):
 def main() -> None:
     """tenantflow: durable workflows from tenant-supplied Python, in a WASI sandbox."""
     allow_deep_json()  # results nested ~1000 deep must print
-
-
-for _module in (operator, tenants, remote, retention, local, replaying, usage):
-    for _command in _module.commands.commands.values():
-        main.add_command(_command)

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import httpx
-from tenantflow.client import DEFAULT_URL, ApiError, Client
 from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.logs import FORMATS
@@ -85,6 +83,9 @@ def json_option(fn: F) -> F:
 
 def api_options(fn: F) -> F:
     """--url, --key and --json; the command gets a `client` instead of url and key."""
+    # Imported here: `serve` and `worker` take their options from this module too and need no client.
+    import httpx
+    from tenantflow.client import DEFAULT_URL, ApiError, Client
 
     @click.option(
         "--url",

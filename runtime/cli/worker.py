@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 
-from tenantflow.runtime.contract import allow_deep_json
+from tenantflow.runtime.bounds import allow_deep_json
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.engine.worker import new_owner
 from tenantflow.runtime.service import Service

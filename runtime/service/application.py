@@ -16,7 +16,7 @@ from typing import Any
 from tenantflow.host import ErrorInfo, FailureName, Sandbox
 from tenantflow.host.pool import size_from_env
 from tenantflow.runtime import logs
-from tenantflow.runtime.contract import CONTROLS, MAX_BATCH, MAX_BULK, MAX_PAGE
+from tenantflow.runtime.bounds import CONTROLS, MAX_BATCH, MAX_BULK, MAX_PAGE
 from tenantflow.runtime.engine.clock import Clock, SystemClock
 from tenantflow.runtime.engine.executor import Executor
 from tenantflow.runtime.engine.metrics import Metrics

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tenantflow.runtime.contract import BUNDLE_FORMAT, MAX_PAGE
+from tenantflow.runtime.bounds import BUNDLE_FORMAT, MAX_PAGE
 from tenantflow.runtime.errors import InvalidState, TooLarge
 from tenantflow.runtime.records import AttemptRecord, EventRecord, Instance, InstanceKey
 from tenantflow.runtime.service.watching import entry_json

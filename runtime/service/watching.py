@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from tenantflow.runtime.contract import WATCH_CURSOR
+from tenantflow.runtime.bounds import WATCH_CURSOR
 from tenantflow.runtime.errors import InvalidInput
 from tenantflow.runtime.records import FINISHED, AttemptRecord, Entry, InstanceKey
 from tenantflow.runtime.store import SQLStore
