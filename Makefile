@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DB ?= sqlite:///./tenantflow.db
 PG_VERSION := $(shell ls /etc/postgresql 2>/dev/null | head -n 1)
 
-.PHONY: install install-serve guest serve test lint pytest postgres chromium bench bench-quick clean
+.PHONY: install install-serve bytecode guest serve test lint pytest postgres chromium bench bench-quick clean
 
 # What serving needs (the embedded default and PostgreSQL), and everything for tests on top of it.
 $(BIN)/.installed-serve: pyproject.toml
@@ -28,7 +28,13 @@ install: $(BIN)/.installed
 guest: install-serve
 	$(BIN)/python -m tenantflow.wasm_build
 
-serve: guest
+# The project's modules compiled ahead, as pip does for an installed wheel: where PYTHONDONTWRITEBYTECODE is set
+# (this machine kind sets it) Python never caches them, so every process would compile them all at its start
+# (a worker's start: ~0.8 against ~0.57 s). compileall writes anyway, and only what changed since.
+bytecode: install-serve
+	$(BIN)/python -m compileall -q client guest host runtime wasm-build
+
+serve: guest bytecode
 	$(BIN)/tenantflow serve --db $(DB)
 
 lint: install
@@ -46,15 +52,15 @@ postgres:
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-pytest: install guest postgres chromium
+pytest: install guest bytecode postgres chromium
 	$(BIN)/pytest -q
 
 test: lint pytest
 
-bench: guest postgres
+bench: guest bytecode postgres
 	$(BIN)/python -m bench
 
-bench-quick: guest postgres
+bench-quick: guest bytecode postgres
 	$(BIN)/python -m bench --quick
 
 clean:
