@@ -130,9 +130,18 @@ def tenantflow_only(results: dict[str, Any]) -> list[str]:
     start = results.get("isolate_start")
     if start:
         lines.append(
-            f"| isolate start: fresh instance to the tenant's first instruction | p50 {start['p50_ms']:.2f} ms, "
+            f"| isolate start, back to back (the pool cannot keep up), the source compiled in the guest: fresh "
+            f"instance to the tenant's first instruction | p50 {start['p50_ms']:.2f} ms, "
             f"p99 {start['p99_ms']:.2f} ms (n = {start['n']}) (target ≤ 0.25 ms: {met(start['p50_ms'] <= 0.25)}) |"
         )
+        pooled = start.get("pooled")
+        if pooled:
+            lines.append(
+                "| isolate start as the runtime starts an activation: an isolate the pool made ahead, the version's "
+                f"code compiled at deploy, to the tenant's first instruction | p50 {pooled['p50_ms']:.2f} ms, "
+                f"p99 {pooled['p99_ms']:.2f} ms (n = {pooled['n']}, {pooled['from_the_pool']} from the pool) "
+                f"(target ≤ 0.25 ms: {met(pooled['p50_ms'] <= 0.25)}) |"
+            )
     fast = results.get("fast_path") or {}
     first = fast.get("first_step")
     if first:
