@@ -409,8 +409,12 @@ class Activation(Scheduling):
                 ]
                 tx.send_many(STEPS_USAGE, usage)
                 tx.send_many(UPSERT_ENTRY_NOW, [row.entry for row in rows])
-                tx.send_many(INSERT_ATTEMPT_NOW, [row.attempt for row in rows if row.attempt is not None])
-                tx.send_many(CONSUME_EVENT_NOW, [row.consumed for row in rows if row.consumed is not None])
+                attempts = [row.attempt for row in rows if row.attempt is not None]
+                if attempts:
+                    tx.send_many(INSERT_ATTEMPT_NOW, attempts)
+                consumed = [row.consumed for row in rows if row.consumed is not None]
+                if consumed:  # most batches consume no event: no statement for none
+                    tx.send_many(CONSUME_EVENT_NOW, consumed)
             return found
 
         return write
