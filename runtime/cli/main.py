@@ -19,8 +19,7 @@ from typing import Any
 
 import click
 from tenantflow.runtime.bounds import allow_deep_json
-from tenantflow.runtime.cli import output
-from tenantflow.runtime.cli.output import fail
+from tenantflow.runtime.cli.options import JSON_GIVEN
 from tenantflow.runtime.errors import TenantflowError
 
 COMMANDS = {
@@ -75,14 +74,19 @@ class _Main(click.Group):
         return group.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        given = [*getattr(ctx, "_protected_args", []), *ctx.args]
-        output.JSON_ERRORS = "--json" in given
+        # Read before the group hands them to the command (click then empties them). Note: `_protected_args` is
+        # click 8's private name for the command's name and what precedes `args` (`protected_args` is deprecated).
+        ctx.meta[JSON_GIVEN] = "--json" in [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
         except TenantflowError as error:
+            from tenantflow.runtime.cli.output import fail  # loaded (with rich) when something is printed
+
             fail(str(error))
         except click.ClickException as error:
-            if not output.JSON_ERRORS:
+            from tenantflow.runtime.cli import output
+
+            if not output.json_wanted():
                 raise
             # With --json, a usage error (a missing argument, a bad option value) is a JSON problem too.
             usage = isinstance(error, click.UsageError)

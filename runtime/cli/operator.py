@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import click
 from tenantflow.runtime import logs
 from tenantflow.runtime.cli.options import db_option, log_options, park_options, workers_option
-from tenantflow.runtime.cli.output import (
-    fail,
-)
 from tenantflow.runtime.errors import TenantflowError
 from tenantflow.runtime.logs import LogFormat
+
+
+def _fail(message: str) -> NoReturn:
+    """`output.fail`, imported when called: it prints with rich, which running the service never needs."""
+    from tenantflow.runtime.cli.output import fail
+
+    fail(message)
 
 
 @click.group()
@@ -86,9 +92,9 @@ def serve(
             tenant_cap=workers * processes,
         )
     except OSError as error:
-        fail(f"cannot listen on {host}:{port}: {error}")
+        _fail(f"cannot listen on {host}:{port}: {error}")
     except (TenantflowError, ProcessError) as error:
-        fail(str(error))
+        _fail(str(error))
     finally:
         if extra is not None:
             extra.stop()
@@ -136,4 +142,4 @@ def worker(
             tenant_cap=tenant_cap,
         )
     except TenantflowError as error:
-        fail(str(error))
+        _fail(str(error))

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from tenantflow.runtime.cli.output import fail
 from tenantflow.runtime.engine.parking import DEFAULT_MAX_PARK_S, DEFAULT_PARK_MEMORY_MB
 from tenantflow.runtime.logs import FORMATS
 from tenantflow.runtime.store import DEFAULT_DB
@@ -77,6 +76,12 @@ def park_options(fn: F) -> F:
     )(fn)
 
 
+JSON_GIVEN = "tenantflow.json_given"
+"""The key, in click's context meta (one dict for all of an invocation's contexts), that says --json is among the
+invocation's arguments: the main group sets it before its command parses them, so that an error in that parsing (a
+usage error) is a JSON problem too."""
+
+
 def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 
@@ -86,6 +91,7 @@ def api_options(fn: F) -> F:
     # Imported here: `serve` and `worker` take their options from this module too and need no client.
     import httpx
     from tenantflow.client import DEFAULT_URL, ApiError, Client
+    from tenantflow.runtime.cli.output import fail
 
     @click.option(
         "--url",

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
+from tenantflow.runtime.cli.options import JSON_GIVEN
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -85,18 +86,16 @@ def parse_json(text: str | None, what: str) -> Any:
         raise click.BadParameter(f"{what} is not valid JSON: {error}") from None
 
 
-JSON_ERRORS = False
-"""Set for an invocation given --json (anywhere in its arguments): errors are printed as JSON problems."""
-
-
 def json_wanted() -> bool:
-    """Whether this invocation prints JSON: --json was given (an error then prints a JSON problem)."""
+    """Whether this invocation prints JSON: --json was given, to the command or anywhere in the arguments (an error,
+    a usage error too, then prints a JSON problem)."""
     ctx = click.get_current_context(silent=True)
+    given = ctx is not None and bool(ctx.meta.get(JSON_GIVEN))
     while ctx is not None:
         if ctx.params.get("as_json"):
             return True
         ctx = ctx.parent
-    return JSON_ERRORS
+    return given
 
 
 def problem_json(title: str, detail: str, code: int, kind: str = "error") -> None:

@@ -13,8 +13,9 @@ import click
 import tenantflow.runtime.cli as cli_package
 from tenantflow.runtime.cli.main import COMMANDS, main
 
-# What only the HTTP API, its contract and the client need.
+# What only the HTTP API, its contract, the client and the command line's printing need.
 NOT_IN_A_WORKER = (
+    "rich",
     "pydantic",
     "httpx",
     "starlette",
