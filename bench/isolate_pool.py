@@ -29,23 +29,12 @@ from typing import Any
 
 from tenantflow.host.engine import POOLING, load_guest, make_engine
 
-from bench.sandbox_bench import FastJournal, FirstLogSandbox, quantile
+from bench.sandbox_bench import FIRST_PRINT, FastJournal, FirstLogSandbox, first_instruction, quantile
 
-SOURCE = "print(1)\n\ndef run(event, step):\n    return 1\n"
 EVENT = {"payload": None}
 BLOCK = 10
 GAP_S = 0.005
 THREADS = 4
-
-
-def one(box: FirstLogSandbox, code: bytes | None) -> tuple[float, float]:
-    """One activation: (to the first instruction, to the return), in seconds."""
-    box.first_log = None
-    started = time.perf_counter()
-    box.run(SOURCE, EVENT, FastJournal(), code=code)
-    ended = time.perf_counter()
-    assert box.first_log is not None
-    return box.first_log - started, ended - started
 
 
 def summary(samples_s: list[float]) -> dict[str, float]:
@@ -64,7 +53,7 @@ def throughput(box: FirstLogSandbox, code: bytes, seconds: float) -> float:
 
     def worker(slot: int) -> None:
         while time.perf_counter() < stop:
-            box.run(SOURCE, EVENT, FastJournal(), code=code)
+            box.run(FIRST_PRINT, EVENT, FastJournal(), code=code)
             done[slot] += 1
 
     threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(THREADS)]
@@ -96,11 +85,11 @@ def main() -> None:
     try:
         codes = {}
         for mode, box in boxes.items():
-            compiled = box.compile(SOURCE)
+            compiled = box.compile(FIRST_PRINT)
             assert isinstance(compiled, bytes), compiled
             codes[mode] = compiled
             for _ in range(20):
-                one(box, compiled)
+                first_instruction(box, compiled)
         figures: dict[tuple[str, str, str], list[float]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
         hits: dict[tuple[str, str], int] = {}
@@ -112,7 +101,7 @@ def main() -> None:
                     cpu_started = time.process_time()
                     for i in range(BLOCK):
                         code = codes[mode] if i % 2 else None
-                        first, total = one(box, code)
+                        first, total = first_instruction(box, code)
                         kind = "first_instruction_compiled" if code else "first_instruction"
                         figures.setdefault((spacing, mode, kind), []).append(first)
                         figures.setdefault((spacing, mode, "activation"), []).append(total)

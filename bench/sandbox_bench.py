@@ -152,20 +152,27 @@ def bench_instantiate(box: Sandbox) -> None:
     emit_timing("instantiate", instantiations, target_ms=1.0, what="linker.instantiate on a fresh Store")
 
 
+FIRST_PRINT = "print(1)\n\ndef run(event, step):\n    return 1\n"
+
+
+def first_instruction(box: FirstLogSandbox, code: bytes | None = None) -> tuple[float, float]:
+    """One activation of FIRST_PRINT: (to the tenant's first instruction, to the return), in seconds."""
+    box.first_log = None
+    started = time.perf_counter()
+    box.run(FIRST_PRINT, {"payload": None}, FastJournal(), code=code)
+    ended = time.perf_counter()
+    assert box.first_log is not None
+    return box.first_log - started, ended - started
+
+
 def bench_first_instruction(box: FirstLogSandbox) -> None:
-    source = "print(1)\n\ndef run(event, step):\n    return 1\n"
-    event = {"payload": None}
     samples: list[float] = []
     totals: list[float] = []
     for i in range(RUNS + 10):
-        box.first_log = None
-        started = time.perf_counter()
-        box.run(source, event, FastJournal())
-        ended = time.perf_counter()
-        assert box.first_log is not None
+        first, total = first_instruction(box)
         if i >= 10:
-            samples.append(box.first_log - started)
-            totals.append(ended - started)
+            samples.append(first)
+            totals.append(total)
     emit_timing(
         "fresh_instance_to_first_instruction",
         samples,
@@ -175,19 +182,16 @@ def bench_first_instruction(box: FirstLogSandbox) -> None:
     emit_timing("trivial_activation", totals, what="Sandbox.run of print(1) + return 1, end to end")
     # As the runtime starts an activation: the version's code compiled at deploy, and an isolate the pool made
     # ahead, never used (one at a time, the pool settled between them, as a server taking instances as they come).
-    code = box.compile(source)
+    code = box.compile(FIRST_PRINT)
     assert isinstance(code, bytes), code
     pooled: list[float] = []
     from_pool = 0
     for i in range(RUNS + 10):
         box.isolates.settle(timeout=5)
         hits = box.isolates.hits
-        box.first_log = None
-        started = time.perf_counter()
-        box.run(source, event, FastJournal(), code=code)
-        assert box.first_log is not None
+        first, _ = first_instruction(box, code)
         if i >= 10:
-            pooled.append(box.first_log - started)
+            pooled.append(first)
             from_pool += box.isolates.hits - hits
     emit_timing(
         "pooled_isolate_to_first_instruction",

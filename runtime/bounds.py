@@ -1,7 +1,7 @@
 """The API's plain bounds and names, in a module without pydantic.
 
-`tenantflow.runtime.contract` re-exports them beside its models; the service and the engine import them from
-here, so that a process that only runs activations (`tenantflow worker`, `serve --processes`' extra workers)
+`tenantflow.runtime.contract` re-exports them beside its models; the service and the `worker` command import them
+from here, so that a process that only runs activations (`tenantflow worker`, `serve --processes`' extra workers)
 starts without building the HTTP contract's models (a third of its import time).
 """
 
