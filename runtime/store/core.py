@@ -15,6 +15,8 @@ Every business operation is written once, in the modules that mix into `SQLStore
   empty where every writer takes its turn (SQLite).
 - `_notify()`: called after a commit that made work runnable, so that idle workers elsewhere look now.
 - `_lock_migrations(tx)`: one migrating process at a time.
+- `_instances_added(tenant_id)`: called after a commit that created instances (PostgreSQL gives a table it has
+  never analyzed its first statistics).
 - `dialect`: the column types that `schema.MIGRATIONS` is written with.
 """
 
@@ -86,6 +88,10 @@ class StoreCore(ABC):
 
     def _lock_migrations(self, tx: Tx) -> None:
         """Make concurrent migrations of one database take turns (SQLite's write lock already does)."""
+        return None
+
+    def _instances_added(self, tenant_id: str) -> None:
+        """`tenant_id`'s new instances have committed. Nothing by default."""
         return None
 
     def migrate(self) -> None:

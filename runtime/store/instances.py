@@ -104,6 +104,8 @@ class Instances(StoreCore):
                 claimed(done)
         if len(done.claims) < len(done.instances):
             self._notify()
+        if done.instances:
+            self._instances_added(tenant_id)
         return done
 
     def _create(

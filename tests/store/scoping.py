@@ -32,6 +32,8 @@ OTHER_TABLES = {
     "tenants": "the registry of tenants itself (one row per tenant; a Citus reference table): a tenant is found "
     "by its key hash when it authenticates, and claims walk the registry to share workers fairly",
     "schema_migrations": "the schema's version, not tenant data",
+    "pg_stats": "PostgreSQL's view of the planner's statistics: whether the instances table has any yet "
+    "(store/postgres.py ANALYZE_AT_ROWS)",
 }
 SCHEDULING_COLUMNS = frozenset({"wake_at", "lease_until"})
 

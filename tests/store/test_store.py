@@ -33,7 +33,8 @@ from tenantflow.runtime.records import (
 )
 from tenantflow.runtime.service import Service
 from tenantflow.runtime.store import LeaseLost, SQLStore, open_store
-from tenantflow.runtime.store.postgres import PostgresStore, split_url, translate
+from tenantflow.runtime.store.activation import LOAD_INSTANCE
+from tenantflow.runtime.store.postgres import ANALYZE_AT_ROWS, PostgresStore, split_url, translate
 from tenantflow.runtime.store.schema import MIGRATIONS
 from tenantflow.runtime.store.sqlite import SQLiteStore
 from tenantflow.runtime.store.storage import VERSION_BYTES
@@ -1119,6 +1120,34 @@ def test_pg_url_options_and_unreachable_server() -> None:
     with pytest.raises(Unavailable, match="(?i)cannot reach the PostgreSQL database 'none'.*refused"):
         PostgresStore("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", timeout_s=1.0)
     assert time.monotonic() - started < 10
+
+
+def test_pg_gives_a_never_analyzed_instances_table_statistics_so_key_lookups_take_the_primary_key(
+    pg_store: PostgresStore,
+) -> None:
+    """Without statistics the planner found an instance by its key through `instances_by_created` or `instances_by_id`
+    as readily as through the primary key, reading every instance of the workflow: once a tenant has ANALYZE_AT_ROWS
+    instances and the table was never analyzed, the create analyzes it."""
+    store = pg_store
+    make_tenant(store)
+    version = deployed(store)
+
+    def analyzed() -> bool:
+        with store.read() as tx:
+            return bool(
+                tx.scalar(
+                    "SELECT COUNT(*) FROM pg_stats WHERE schemaname = current_schema() AND tablename = 'instances'"
+                )
+            )
+
+    store.create_instances("acme", version, [(f"i{n}", None) for n in range(ANALYZE_AT_ROWS - 1)], T0)
+    assert not analyzed()  # fewer than ANALYZE_AT_ROWS: every tenant and workflow would look unique
+    store.create_instances("acme", version, [("last", None)], T0)
+    assert analyzed()
+    with store.transaction() as tx:
+        tx.run("SET LOCAL enable_seqscan = off")  # a table this small is read whole: which index would it take?
+        plan = "\n".join(row[0] for row in tx.run("EXPLAIN " + LOAD_INSTANCE, ("acme", "wf", "i7", 0)).rows)
+    assert "Index Scan using instances_pkey" in plan, plan
 
 
 def test_open_store_routes_postgresql_urls(pg_server: str) -> None:
