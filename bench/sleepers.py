@@ -73,6 +73,9 @@ def run(url: str, instances: int, workers: int, park_rate: float, margin_s: floa
         parked_before_wake = at_park.get("waiting", 0) == instances and parked < wake
         busy_while_parked = service.pool.busy
         rss_parked_kb = proc_status_kb("VmRSS")
+        # Anonymous memory (the heap, the isolates' slots kept resident) apart from file pages (the guest's image,
+        # mapped into each allocator slot read in: shared page cache, counted once per slot in VmRSS).
+        anon_parked_kb, file_parked_kb = proc_status_kb("RssAnon"), proc_status_kb("RssFile")
         while True:
             status = counts(reader)
             if status.get("complete", 0) + status.get("errored", 0) >= instances:
@@ -99,6 +102,8 @@ def run(url: str, instances: int, workers: int, park_rate: float, margin_s: floa
         "activations_held_while_parked": busy_while_parked,
         "rss_before_mb": rss_before_kb / 1024,
         "rss_parked_mb": rss_parked_kb / 1024,
+        "rss_anon_parked_mb": anon_parked_kb / 1024,
+        "rss_file_parked_mb": file_parked_kb / 1024,
         "peak_rss_mb": max(peak[0], proc_status_kb("VmHWM")) / 1024,
         "wake_to_all_done_s": last - wake,
         "woken_per_s": instances / max(last - wake, 1e-9),
