@@ -342,7 +342,9 @@ class PostgresStore(SQLStore):
 
     def _instances_added(self, tenant_id: str) -> None:
         """Analyze the instances table if it has never been and `tenant_id` has ANALYZE_AT_ROWS instances (see
-        there); once it has statistics, this process never looks again. A concurrent create goes on meanwhile."""
+        there). Once it has statistics, or this process has run the ANALYZE (which PostgreSQL skips, with a warning,
+        for a user that does not own the table), this process never looks again; until then each create pays this
+        one read. A concurrent create goes on meanwhile."""
         if self._analyzed.is_set() or not self._analyzing.acquire(blocking=False):
             return
         try:
