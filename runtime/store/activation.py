@@ -3,8 +3,9 @@
 Every write on behalf of an activation is fenced: it applies only while the instance's `fence` is the one the
 worker claimed it with, so a worker whose lease was taken over can no longer change anything. A step commit
 and an activation's end are each written as statements that all check the fence themselves, so a dialect can
-send them and their commit in one round trip (PostgreSQL: a step commit is one statement) and the outcome is
-read after the commit: a lost lease committed nothing, and raises LeaseLost (or returns False) then.
+send them and their commit in one round trip (PostgreSQL: a step commit, or a batch of them, is one statement)
+and the outcome is read after the commit: a lost lease committed nothing, and raises LeaseLost (or returns False)
+then.
 """
 
 from __future__ import annotations
@@ -63,22 +64,24 @@ STEP = (
     "rollback = CASE WHEN ? = 'rollback' THEN COALESCE(rollback, 'error') ELSE rollback END, "
     f"stored_bytes = stored_bytes + ? - {ENTRY_SIZE_SQL} WHERE {HELD} RETURNING status"
 )
-# What a step commit writes with its fenced write, each only if that applied.
-UPSERT_ENTRY = (
+# What a step commit writes with its fenced write, each only if that applied: its journal row and its attempt, from
+# parameters (`?`) or, for a batch, from arrays (`_unnest`).
+JOURNAL_UPSERT = (
     "INSERT INTO journal (tenant_id, workflow, instance_id, position, name, kind, state, attempts, result, "
     "error_name, error_message, wake_at, event_type, fuel, duration_ms, created_at, updated_at, parent, occurrence, "
-    f"attempt_limit) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
+    f"attempt_limit) SELECT {{rows}} WHERE {APPLIED} "
     "ON CONFLICT (tenant_id, workflow, instance_id, position) DO UPDATE SET state = excluded.state, "
     "attempts = excluded.attempts, result = excluded.result, error_name = excluded.error_name, "
     "error_message = excluded.error_message, wake_at = excluded.wake_at, fuel = excluded.fuel, "
     "duration_ms = excluded.duration_ms, updated_at = excluded.updated_at, attempt_limit = excluded.attempt_limit"
 )
-INSERT_ATTEMPT = (
+ATTEMPT_INSERT = (
     "INSERT INTO attempts (tenant_id, workflow, instance_id, position, attempt, ok, error_name, "
-    "error_message, fuel, duration_ms, finished_at, traceback) "
-    f"SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE {APPLIED} "
+    f"error_message, fuel, duration_ms, finished_at, traceback) SELECT {{rows}} WHERE {APPLIED} "
     "ON CONFLICT DO NOTHING"
 )
+UPSERT_ENTRY = JOURNAL_UPSERT.replace("{rows}", ", ".join("?" * 20))
+INSERT_ATTEMPT = ATTEMPT_INSERT.replace("{rows}", ", ".join("?" * 12))
 CONSUME_EVENT = f"UPDATE events SET consumed_at = ? WHERE {KEY} AND seq = ? AND {APPLIED}"
 # The step commit's usage: its step, attempt and journal bytes (what it writes less what the position held: sent
 # before the journal row's upsert, so that SQLite, running them in turn, still reads the row as it was).
@@ -101,7 +104,98 @@ STEPS = (
     "rollback = CASE WHEN ? = 1 THEN COALESCE(rollback, 'error') ELSE rollback END, "
     f"stored_bytes = stored_bytes + ? WHERE {HELD} RETURNING status"
 )
-STEPS_USAGE = upsert_sql(("steps", "attempts", "fuel", "duration_ms", "journal_bytes"), "TRUE")
+_USAGE_COUNTERS = ("steps", "attempts", "fuel", "duration_ms", "journal_bytes")
+STEPS_USAGE = upsert_sql(_USAGE_COUNTERS, "TRUE")
+# The same batch where statements are held back and writers interleave (PostgreSQL): one fenced statement, its
+# rows as one array a column (`_batch_arrays`), whose parts see the journal as it was before it. The instance's
+# stored bytes and each day's usage count what the batch writes less what its positions held.
+POSITIONS_HELD = (
+    f"COALESCE((SELECT SUM({ROW_SIZE_SQL.format(j='j.')}) FROM journal j WHERE j.tenant_id = ? AND j.workflow = ? "
+    "AND j.instance_id = ? AND j.position IN (SELECT unnest(CAST(? AS INTEGER[])))), 0)"
+)
+STEPS_HELD = (
+    "UPDATE instances SET updated_at = ?, steps = steps + ?, "
+    "rollback = CASE WHEN ? = 1 THEN COALESCE(rollback, 'error') ELSE rollback END, "
+    f"stored_bytes = stored_bytes + ? - {POSITIONS_HELD} WHERE {HELD} RETURNING status"
+)
+# The journal's columns after the key, each an array, and the type of its elements.
+ENTRY_ARRAYS = (
+    ("position", "INTEGER"),
+    ("name", "TEXT"),
+    ("kind", "TEXT"),
+    ("state", "TEXT"),
+    ("attempts", "INTEGER"),
+    ("result", "BYTEA"),
+    ("error_name", "TEXT"),
+    ("error_message", "TEXT"),
+    ("wake_at", "DOUBLE PRECISION"),
+    ("event_type", "TEXT"),
+    ("fuel", "BIGINT"),
+    ("duration_ms", "DOUBLE PRECISION"),
+    ("created_at", "DOUBLE PRECISION"),
+    ("updated_at", "DOUBLE PRECISION"),
+    ("parent", "INTEGER"),
+    ("occurrence", "INTEGER"),
+    ("attempt_limit", "INTEGER"),
+)
+ATTEMPT_ARRAYS = (
+    ("position", "INTEGER"),
+    ("attempt", "INTEGER"),
+    ("ok", "INTEGER"),
+    ("error_name", "TEXT"),
+    ("error_message", "TEXT"),
+    ("fuel", "BIGINT"),
+    ("duration_ms", "DOUBLE PRECISION"),
+    ("finished_at", "DOUBLE PRECISION"),
+    ("traceback", "TEXT"),
+)
+USAGE_ARRAYS = (
+    ("day", "TEXT"),
+    ("position", "INTEGER"),
+    ("steps", "BIGINT"),
+    ("attempts", "BIGINT"),
+    ("fuel", "BIGINT"),
+    ("duration_ms", "DOUBLE PRECISION"),
+    ("added", "BIGINT"),
+)
+_AS_PYTHON: dict[str, Callable[[Any], Any]] = {"INTEGER": int, "BIGINT": int, "DOUBLE PRECISION": float}
+
+
+def _arrays(rows: Sequence[Sequence[Any]], arrays: Sequence[tuple[str, str]]) -> list[list[Any]]:
+    """Rows as one list a column, each value of the column's Python type (psycopg types a list by its elements,
+    and refuses one of mixed ints and floats)."""
+    columns = []
+    for values, (_, kind) in zip(zip(*rows, strict=True), arrays, strict=True):
+        convert = _AS_PYTHON.get(kind)
+        columns.append([v if convert is None or v is None else convert(v) for v in values])
+    return columns
+
+
+def _unnest(arrays: Sequence[tuple[str, str]]) -> str:
+    """The columns of `r`, and `FROM` it: the arrays (one parameter each) as rows."""
+    names = [name for name, _ in arrays]
+    casts = ", ".join(f"CAST(? AS {kind}[])" for _, kind in arrays)
+    return f"{', '.join(f'r.{name}' for name in names)} FROM unnest({casts}) AS r({', '.join(names)})"
+
+
+ROWS_USAGE = (
+    f"INSERT INTO usage (tenant_id, workflow, day, shard, {', '.join(_USAGE_COUNTERS)}) "
+    "SELECT ?, ?, r.day, ?, SUM(r.steps), SUM(r.attempts), SUM(r.fuel), SUM(r.duration_ms), "
+    f"SUM(r.added - COALESCE((SELECT {ROW_SIZE_SQL.format(j='j.')} FROM journal j WHERE j.tenant_id = ? "
+    "AND j.workflow = ? AND j.instance_id = ? AND j.position = r.position), 0)) "
+    f"FROM unnest({', '.join(f'CAST(? AS {kind}[])' for _, kind in USAGE_ARRAYS)}) "
+    f"AS r({', '.join(name for name, _ in USAGE_ARRAYS)}) WHERE {APPLIED} GROUP BY r.day "
+    "ON CONFLICT (tenant_id, workflow, day, shard) DO UPDATE SET "
+    + ", ".join(f"{name} = usage.{name} + excluded.{name}" for name in _USAGE_COUNTERS)
+)
+UPSERT_ENTRIES = JOURNAL_UPSERT.replace("{rows}", f"?, ?, ?, {_unnest(ENTRY_ARRAYS)}")
+INSERT_ATTEMPTS = ATTEMPT_INSERT.replace("{rows}", f"?, ?, ?, {_unnest(ATTEMPT_ARRAYS)}")
+CONSUMED_ARRAYS = (("seq", "BIGINT"), ("position", "INTEGER"))
+CONSUME_EVENTS = (
+    "UPDATE events SET consumed_at = r.position FROM unnest(CAST(? AS BIGINT[]), CAST(? AS INTEGER[])) "
+    "AS r(seq, position) WHERE events.tenant_id = ? "
+    f"AND events.workflow = ? AND events.instance_id = ? AND events.seq = r.seq AND {APPLIED}"
+)
 # An activation's end: the activations, isolate starts and replayed positions it adds to its instance's.
 END_USAGE = upsert_sql(("activations", "isolate_starts", "replayed_steps", "workflow_fuel"), APPLIED)
 
@@ -337,12 +431,11 @@ class Activation(Scheduling):
         (`immediate`), the writes of distinct positions go as one batch (`_batch`), which stores what they would,
         one after the other; a position written twice (an event wait's entry, then the event it consumed) goes
         write by write, the second counting what the first stored."""
-        if (
-            self.immediate
-            and 1 < len(writes) <= BATCH_ROWS
-            and len({entry.position for entry, _, _ in writes}) == len(writes)
-        ):
-            return Recording(self._batch(claim, writes))
+        if len(writes) > 1 and len({entry.position for entry, _, _ in writes}) == len(writes):
+            if not self.immediate:
+                return Recording(self._batch_arrays(claim, writes))
+            if len(writes) <= BATCH_ROWS:
+                return Recording(self._batch(claim, writes))
         return Recording(
             *(self._recording(claim, entry, attempt, entry.updated_at, consumed) for entry, attempt, consumed in writes)
         )
@@ -418,6 +511,42 @@ class Activation(Scheduling):
             return found
 
         return write
+
+    def _batch_arrays(
+        self, claim: Claim, writes: Sequence[tuple[Entry, AttemptRecord | None, int | None]]
+    ) -> Callable[[Tx], Later]:
+        """`_batch` where statements are held back (PostgreSQL): one fenced statement, whose parts all read the
+        journal as it was before it, so what the positions held is subtracted in SQL; its rows go as one array a
+        column. The result's scalar is as `_recording`'s."""
+        k = key_params(claim.key)
+        rows = [_Row(k, entry, attempt, consumed) for entry, attempt, consumed in writes]
+        positions = [row.position for row in rows]
+        step = Statement(
+            STEPS_HELD,
+            (
+                rows[-1].updated_at,
+                sum(row.done for row in rows),
+                int(any(row.kind == "rollback" for row in rows)),
+                sum(row.added for row in rows),
+                *k,
+                positions,
+                *k,
+                claim.fence,
+            ),
+        )
+        usage = [(day_of(row.updated_at), row.position, *row.usage, row.added) for row in rows]
+        shard = shard_of(claim.key.instance_id, self.usage_shards)
+        then = [
+            Statement(ROWS_USAGE, (*k[:2], shard, *k, *_arrays(usage, USAGE_ARRAYS))),
+            Statement(UPSERT_ENTRIES, (*k, *_arrays([row.entry[3:] for row in rows], ENTRY_ARRAYS))),
+        ]
+        attempts = [row.attempt[3:] for row in rows if row.attempt is not None]
+        if attempts:
+            then.append(Statement(INSERT_ATTEMPTS, (*k, *_arrays(attempts, ATTEMPT_ARRAYS))))
+        consumed = [(row.consumed[4], row.consumed[0]) for row in rows if row.consumed is not None]
+        if consumed:
+            then.append(Statement(CONSUME_EVENTS, (*_arrays(consumed, CONSUMED_ARRAYS), *k)))
+        return lambda tx: tx.fenced(step, then)
 
     def finish(self, claim: Claim, now: float, *, status: str, **ending: Unpack[EndFields]) -> bool:
         """End an activation: complete, errored or waiting; False if the claim is no longer held. A paused

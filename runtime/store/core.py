@@ -49,8 +49,9 @@ class StoreCore(ABC):
     usage_shards = 1
     # Whether statements run at once, in the process, and every writer takes its turn (SQLite): a write may then
     # read what it replaces at no round trip's cost, and what it found holds until it commits, so pending journal
-    # writes go as one batch (store/activation.py `recordings`). Where every statement costs a round trip unless
-    # sent together and writers interleave (PostgreSQL), each is one statement of its own.
+    # writes go as one batch of statements (store/activation.py `recordings`). Where every statement costs a round
+    # trip unless sent together and writers interleave (PostgreSQL), they go as one statement whose parts read what
+    # they replace themselves.
     immediate = False
 
     @abstractmethod

@@ -9,7 +9,8 @@ What it supplies to the shared store (see `core.StoreCore`), and nothing else:
 - Statements written with `?` are translated to PostgreSQL's `$1`, `$2`, … once, and run on `psycopg.RawCursor`s,
   which send them as they are: psycopg's own `%s` conversion re-parses every statement longer than 4,096 bytes or
   with more than 50 parameters (its cache's limits), which a step's fenced write and an activation's end exceed.
-- A fenced write and the writes that go with it (a step commit) are one statement, with data-modifying CTEs.
+- A fenced write and the writes that go with it (a step commit, or an activation's pending step commits, their
+  rows as arrays) are one statement, with data-modifying CTEs.
 - `FOR UPDATE` on the reads that decide a write, and `FOR UPDATE SKIP LOCKED` on claims, so the
   read-then-write operations behave as under SQLite's single writer.
 - `_instances_added()`: the instances table's first statistics, once a tenant has ANALYZE_AT_ROWS instances and

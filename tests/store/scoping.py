@@ -131,7 +131,7 @@ CROSS_TENANT: tuple[CrossTenant, ...] = (
 
 _TOKEN = re.compile(
     r"\s*(?:('(?:[^']|'')*')|(\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z_0-9]*(?:\.[A-Za-z_][A-Za-z_0-9]*)?)"
-    r"|(<>|<=|>=|!=|\|\||[(),=<>?*+\-/;%])|(\"[A-Za-z_0-9]+\"))"  # a quoted name: a collation's, "C"
+    r"|(<>|<=|>=|!=|\|\||\[\]|[(),=<>?*+\-/;%])|(\"[A-Za-z_0-9]+\"))"  # [] an array type's; "C" a collation's
 )
 _KEYWORDS = frozenset(
     [
@@ -265,6 +265,8 @@ def table_refs(block: Group) -> list[TableRef]:
             continue
         alias = target
         rest = block[n + 2 :]
+        if token in ("from", "join") and rest and isinstance(rest[0], Group):
+            continue  # a set-returning function (unnest of the statement's own arrays), not a table
         if rest and rest[0] == "as" and len(rest) > 1 and isinstance(rest[1], str):
             alias = rest[1]
         elif rest and isinstance(rest[0], str) and rest[0] not in _KEYWORDS and re.match(r"^[a-z_]\w*$", rest[0]):

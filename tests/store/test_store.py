@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from pg import fresh_schema
+from scoping import capturing
 from tenantflow.host import Sandbox
 from tenantflow.runtime.errors import Conflict, InvalidState, NotFound, QuotaExceeded, Unavailable
 from tenantflow.runtime.records import (
@@ -696,11 +697,12 @@ def test_several_steps_go_first_in_order_in_one_commit(store: SQLStore) -> None:
 
 
 def test_a_batch_of_writes_stores_what_they_would_one_at_a_time(store: SQLStore) -> None:
-    """Where statements run at once (SQLite), `recordings` of several positions goes as one batch (the rows it
-    replaces read first, the instance written once, the rows many to a statement): it must leave exactly what the
-    same writes leave one at a time (floats summed in the same order too), with rows that were there before, a
-    failed attempt, a rollback's entry, a consumed event and writes on two days; and a position written twice goes
-    write by write. On PostgreSQL every write is one at a time."""
+    """`recordings` of several positions goes as one batch: where statements run at once (SQLite), the rows it
+    replaces read first, the instance written once, the rows many to a statement; on PostgreSQL one statement, the
+    rows as arrays. It must leave exactly what the same writes leave one at a time (on SQLite floats summed in the
+    same order too; on PostgreSQL each day's durations are summed before they are added, so to within rounding),
+    with rows that were there before, a failed attempt, a rollback's entry, a consumed event and writes on two days;
+    and a position written twice goes write by write."""
     day = 86_400.0
 
     def attempt(position: int, ms: float) -> AttemptRecord:
@@ -741,11 +743,18 @@ def test_a_batch_of_writes_stores_what_they_would_one_at_a_time(store: SQLStore)
                 store.record_all(claim, store.recordings(claim, [write]))
             event = store.send_event(key, "go", None, T0)
             if way == "batch":
-                assert store.record_all(claim, store.recordings(claim, writes(event, twice))) == "running"
+                with capturing() as capture:
+                    assert store.record_all(claim, store.recordings(claim, writes(event, twice))) == "running"
+                if isinstance(store, PostgresStore) and not twice:
+                    assert capture.count == 1, "a batch is one statement on PostgreSQL"
             else:
                 for write in writes(event, twice):
                     assert store.record_all(claim, store.recordings(claim, [write])) == "running"
             found.append(state(tenant, key))
+        if isinstance(store, PostgresStore):
+            # Rounding: the durations' sum, (0.1 + 0.2) + 0.3 one at a time, 0.1 + (0.2 + 0.3) in a batch.
+            assert [row[4] for row in found[0][2]] == pytest.approx([row[4] for row in found[1][2]], rel=1e-12)
+            found = [(*f[:2], [(*row[:4], round(row[4], 9), *row[5:]) for row in f[2]], f[3]) for f in found]
         assert found[0] == found[1], twice
         (status, steps, stored, rollback, updated_at), _, usage, consumed = found[0]
         last = T0 if twice else T0 + day  # the last write's
